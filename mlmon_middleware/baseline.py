@@ -1,0 +1,185 @@
+"""Baseline: the reference profile of a model's inputs and predictions, saved as a versioned file.
+
+Built once from training (or validation) data and shipped with the model, it holds per feature
+what the drift and quality checks compare production against: the kind, quantile bin edges and
+the share of rows in each bin (for PSI and the fleet-wide bin counters), a bounded random
+sample (for KS and Wasserstein), min/max, missing rate and category frequencies; the same for
+each prediction output; and the row count, a schema hash, the creation time and the package
+version.
+
+>>> import numpy as np, tempfile, os
+>>> rng = np.random.default_rng(0)
+>>> rows = [{"age": float(a), "region": r} for a, r in zip(rng.normal(40, 10, 500), rng.choice(["eu", "us"], 500))]
+>>> base = Baseline.from_data(rows, predictions=rng.random(500), model="demo")
+>>> base.schema
+FeatureSchema(['age', 'region'], ['numeric', 'categorical'])
+>>> len(base.features["age"]["bin_proportions"]), round(sum(base.features["age"]["bin_proportions"]), 9)
+(10, 1.0)
+>>> path = os.path.join(tempfile.mkdtemp(), "baseline.json")
+>>> base.save(path)
+>>> Baseline.load(path).schema_hash == base.schema_hash
+True
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlmon_middleware._version import __version__
+from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema, extract_rows
+
+FORMAT = "mlmon-baseline"
+FORMAT_VERSION = 1
+MAX_CATEGORIES = 1000  # categories beyond the most frequent ones are pooled as "__other__"
+
+
+class BaselineError(ValueError):
+    """A baseline file or its data cannot be used; the message says which and why."""
+
+
+def schema_hash(schema: FeatureSchema) -> str:
+    """A short stable hash of feature names and kinds, to tell baselines of other schemas apart."""
+    text = "\n".join(f"{n}:{k}" for n, k in zip(schema.names, schema.kinds))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def profile_numeric(values: np.ndarray, bins: int, sample_size: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Profile of a numeric column (NaN = missing): quantile bins, proportions, sample, moments."""
+    present = values[~np.isnan(values)]
+    n = len(values)
+    if len(present) == 0:
+        return {"kind": NUMERIC, "count": n, "missing_rate": 1.0 if n else 0.0, "bin_edges": [],
+                "bin_proportions": [1.0], "sample": [], "min": None, "max": None, "mean": None, "std": None}
+    edges = np.unique(np.quantile(present, np.linspace(0.0, 1.0, bins + 1)))
+    cuts = edges[1:-1]  # interior edges; the outer bins are open to -inf and +inf
+    counts = np.bincount(np.searchsorted(cuts, present, side="right"), minlength=len(cuts) + 1)
+    sample = present if len(present) <= sample_size else rng.choice(present, sample_size, replace=False)
+    return {
+        "kind": NUMERIC, "count": n, "missing_rate": float(1 - len(present) / n),
+        "bin_edges": edges.tolist(), "bin_proportions": (counts / len(present)).tolist(),
+        "sample": np.sort(sample).tolist(),
+        "min": float(present.min()), "max": float(present.max()),
+        "mean": float(present.mean()), "std": float(present.std(ddof=1)) if len(present) > 1 else 0.0,
+    }
+
+
+def profile_categorical(values: np.ndarray) -> dict[str, Any]:
+    """Profile of a categorical column (None = missing): category frequencies."""
+    present = [v for v in values.tolist() if v is not None]
+    n = len(values)
+    cats, counts = np.unique(np.asarray(present, dtype=object).astype(str), return_counts=True) if present \
+        else (np.array([]), np.array([]))
+    order = np.argsort(-counts, kind="stable")
+    freqs = {str(cats[i]): float(counts[i] / len(present)) for i in order[:MAX_CATEGORIES]}
+    if len(order) > MAX_CATEGORIES:
+        freqs["__other__"] = float(counts[order[MAX_CATEGORIES:]].sum() / len(present))
+    return {"kind": CATEGORICAL, "count": n, "missing_rate": float(1 - len(present) / n) if n else 0.0,
+            "frequencies": freqs}
+
+
+class Baseline:
+    """Reference profile of one model. Build with :meth:`from_data`, persist with :meth:`save`
+    and :meth:`load`."""
+
+    def __init__(self, payload: Mapping[str, Any]) -> None:
+        self.payload = dict(payload)
+        self.features: dict[str, dict[str, Any]] = self.payload["features"]
+        self.predictions: dict[str, dict[str, Any]] = self.payload.get("predictions") or {}
+        self.schema = FeatureSchema(list(self.features), [f["kind"] for f in self.features.values()])
+        self.schema_hash: str = self.payload["schema_hash"]
+        self.model: str | None = self.payload.get("model")
+        self.row_count: int = self.payload["row_count"]
+        self.created_at: str = self.payload["created_at"]
+
+    @classmethod
+    def from_data(cls, data: Any, *, features: Sequence[str] | None = None, predictions: Any = None,
+                  categorical: Sequence[str] = (), model: str | None = None, bins: int = 10,
+                  sample_size: int = 2000, seed: int = 0) -> Baseline:
+        """Profile ``data`` (a pandas DataFrame, a 2-D array or a list of dicts).
+
+        ``features`` picks and orders the columns (default: all but a prediction column);
+        ``predictions`` is a column name in ``data`` or the predictions themselves (a sequence,
+        or an (n × k) array of class probabilities); ``categorical`` forces kinds.
+        """
+        if bins < 2:
+            raise BaselineError(f"bins must be >= 2, got {bins}")
+        rows = extract_rows(data)
+        pred_values = None
+        if isinstance(predictions, str):
+            if not isinstance(rows[0], Mapping) or predictions not in rows[0]:
+                raise BaselineError(f"prediction column {predictions!r} is not in the data")
+            pred_values = [r[predictions] for r in rows]
+        elif predictions is not None:
+            pred_values = np.asarray(predictions).tolist() if hasattr(predictions, "__array__") else list(predictions)
+            if len(pred_values) != len(rows):
+                raise BaselineError(f"{len(pred_values)} predictions for {len(rows)} rows")
+        if features is None and isinstance(rows[0], Mapping):
+            features = [k for k in rows[0] if not (isinstance(predictions, str) and k == predictions)]
+        kinds = {name: CATEGORICAL for name in categorical}
+        schema = FeatureSchema.infer(rows, names=features, kinds=kinds)
+        encoded = schema.encode(rows)
+        rng = np.random.default_rng(seed)
+        profiles = _profiles(schema, encoded, bins, sample_size, rng)
+        pred_profiles: dict[str, Any] = {}
+        if pred_values is not None:
+            pred_rows = [v if isinstance(v, list) else [v] for v in pred_values]
+            names = ["prediction"] if len(pred_rows[0]) == 1 else [f"class_{i}" for i in range(len(pred_rows[0]))]
+            pred_schema = FeatureSchema.infer(pred_rows, names=names)
+            pred_profiles = _profiles(pred_schema, pred_schema.encode(pred_rows), bins, sample_size, rng)
+        return cls({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "mlmon_version": __version__, "row_count": len(rows), "schema_hash": schema_hash(schema),
+            "features": profiles, "predictions": pred_profiles,
+        })
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the baseline as JSON (atomically: a reader never sees half a file)."""
+        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(orjson.dumps(self.payload, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Baseline:
+        """Read a baseline file, with a clear error for a missing, corrupt, foreign or newer file."""
+        try:
+            with open(path, "rb") as fh:
+                payload = orjson.loads(fh.read())
+        except FileNotFoundError:
+            raise BaselineError(f"baseline file {os.fspath(path)!r} does not exist") from None
+        except orjson.JSONDecodeError as exc:
+            raise BaselineError(f"baseline file {os.fspath(path)!r} is corrupt (not JSON: {exc})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise BaselineError(f"{os.fspath(path)!r} is not an mlmon baseline (no \"format\": {FORMAT!r})")
+        version = payload.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise BaselineError(f"{os.fspath(path)!r} has format_version {version!r}; this mlmon "
+                                f"({__version__}) reads up to {FORMAT_VERSION}: upgrade mlmon-middleware")
+        try:
+            baseline = cls(payload)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BaselineError(f"baseline file {os.fspath(path)!r} is corrupt: {exc!r}") from None
+        if schema_hash(baseline.schema) != baseline.schema_hash:
+            raise BaselineError(f"baseline file {os.fspath(path)!r} is corrupt: its schema hash does not match its features")
+        return baseline
+
+    def summary(self) -> dict[str, Any]:
+        """What ``/mlmon/health`` shows of the baseline."""
+        return {"model": self.model, "rows": self.row_count, "created_at": self.created_at,
+                "features": len(self.features), "schema_hash": self.schema_hash}
+
+
+def _profiles(schema: FeatureSchema, encoded: Any, bins: int, sample_size: int,
+              rng: np.random.Generator) -> dict[str, dict[str, Any]]:
+    numeric = {n: profile_numeric(encoded.numeric[:, j], bins, sample_size, rng)
+               for j, n in enumerate(schema.numeric_names)}
+    categorical = {n: profile_categorical(encoded.categorical[:, j]) for j, n in enumerate(schema.categorical_names)}
+    return {n: numeric[n] if n in numeric else categorical[n] for n in schema.names}

@@ -1,0 +1,1 @@
+"""The request path: the decorator and the ASGI middleware that capture inferences."""

@@ -1,0 +1,273 @@
+"""MLMonitorMiddleware: pure ASGI capture for any ASGI app (FastAPI, Starlette, plain ASGI).
+
+It does two jobs. For every HTTP request it opens a :class:`RequestState` so that decorated
+endpoints inside can hand their record to it; it then completes those records with the route
+template and the status code actually sent, and adds the ``X-Prediction-ID`` header. For the
+endpoints configured by path (apps without the decorator), it tees the request and response
+bodies (up to ``max_body_bytes``) and records them as one inference; JSON is parsed later,
+in the background pipeline.
+
+The middleware object holds only configuration; per-request state lives in a
+``_Responder`` created per call (the shape of Starlette's GZipMiddleware). Every message
+passes through in order and unchanged, except the added response header. Websockets,
+lifespan and unmonitored paths go straight to the app.
+
+>>> import asyncio
+>>> from mlmon_middleware import Monitor, MonitorConfig
+>>> async def app(scope, receive, send):
+...     await receive()
+...     await send({"type": "http.response.start", "status": 200,
+...                 "headers": [(b"content-type", b"application/json")]})
+...     await send({"type": "http.response.body", "body": b'{"prediction": 0.5}'})
+>>> mon = Monitor(MonitorConfig(tracing=False))
+>>> wrapped = MLMonitorMiddleware(app, monitor=mon, endpoints=[Endpoint("/predict", model="toy")])
+>>> sent = []
+>>> async def receive():
+...     return {"type": "http.request", "body": b'{"x": 1.0}', "more_body": False}
+>>> async def send(message):
+...     sent.append(message)
+>>> scope = {"type": "http", "method": "POST", "path": "/predict",
+...          "headers": [(b"content-type", b"application/json")]}
+>>> asyncio.run(wrapped(scope, receive, send))
+>>> any(k == b"x-prediction-id" for k, _ in sent[0]["headers"])
+True
+>>> mon.flush(); mon.model("toy").health()["predictions"]
+{'ok': 1, 'error': 0}
+>>> mon.shutdown()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mlmon_middleware.capture.context import RequestState, current_request
+from mlmon_middleware.monitor import Monitor, ModelMonitor, new_prediction_id
+from mlmon_middleware.record import RawBody, Record
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+PREDICTION_HEADER = b"x-prediction-id"
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """A path whose JSON request and response bodies the middleware records as inferences.
+
+    ``path`` may hold ``{name}`` segments (``/models/{name}/predict``); ``input`` and
+    ``prediction_key`` point into the request and response JSON like the decorator's options.
+    """
+
+    path: str
+    model: str
+    version: str = "unknown"
+    methods: Sequence[str] = ("POST",)
+    features: Any = None
+    baseline: Any = None
+    input: str | None = None
+    prediction_key: str | None = None
+    class_names: Sequence[str] | None = None
+
+
+def _path_regex(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[^}/]+\})", template)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts) + r"\Z")
+
+
+class MLMonitorMiddleware:
+    """Pure ASGI middleware; see the module docstring.
+
+    Parameters:
+        app: the ASGI app to wrap.
+        monitor: the :class:`Monitor` to report to (default ``Monitor.get()``).
+        endpoints: :class:`Endpoint` entries (or dicts of their fields) to capture by path.
+        max_body_bytes: body size limit for capture (default: the monitor's config, 1 MiB).
+    """
+
+    def __init__(self, app: Any, monitor: Monitor | None = None, endpoints: Iterable[Endpoint | dict] = (),
+                 max_body_bytes: int | None = None) -> None:
+        self.app = app
+        self.monitor = monitor or Monitor.get()
+        self.max_body_bytes = self.monitor.config.max_body_bytes if max_body_bytes is None else max_body_bytes
+        self._exact: dict[tuple[str, str], tuple[Endpoint, ModelMonitor]] = {}
+        self._templates: list[tuple[re.Pattern[str], frozenset[str], Endpoint, ModelMonitor]] = []
+        for ep in endpoints:
+            ep = ep if isinstance(ep, Endpoint) else Endpoint(**ep)
+            mm = self.monitor.model(ep.model, ep.version, features=ep.features, baseline=ep.baseline,
+                                    input=ep.input, prediction_key=ep.prediction_key, class_names=ep.class_names)
+            methods = frozenset(m.upper() for m in ep.methods)
+            if "{" in ep.path:
+                self._templates.append((_path_regex(ep.path), methods, ep, mm))
+            else:
+                for method in methods:
+                    self._exact[(method, ep.path)] = (ep, mm)
+
+    def _match(self, scope: Scope) -> tuple[Endpoint, ModelMonitor] | None:
+        method, path = scope.get("method", ""), scope.get("path", "")
+        found = self._exact.get((method, path))
+        if found is None and self._templates:
+            for regex, methods, ep, mm in self._templates:
+                if method in methods and regex.match(path):
+                    return ep, mm
+        return found
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await _Responder(self, scope, self._match(scope) if (self._exact or self._templates) else None)(receive, send)
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+class _Tee:
+    """Copies of the body chunks that pass by, up to a limit, or the reason there are none."""
+
+    __slots__ = ("chunks", "size", "limit", "skip")
+
+    def __init__(self, limit: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self.chunks: list[bytes] | None = []
+        self.size = 0
+        self.limit = limit
+        self.skip = ""
+        length = _header(headers, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._stop("too_large")
+
+    def _stop(self, reason: str) -> None:
+        self.chunks = None
+        self.skip = reason
+
+    def add(self, body: bytes) -> None:
+        if self.chunks is None or not body:
+            return
+        self.size += len(body)
+        if self.size > self.limit:
+            self._stop("too_large")
+        else:
+            self.chunks.append(body)
+
+    def raw(self, content_type: str) -> RawBody:
+        body = None if self.chunks is None else b"".join(self.chunks)
+        return RawBody(body, content_type, self.skip)
+
+
+class _Responder:
+    """State of one HTTP request: the decorated records, the tees, the status and timing."""
+
+    __slots__ = ("mw", "scope", "endpoint", "state", "start_ns", "wall_ns", "status", "request_tee",
+                 "response_tee", "response_type", "prediction_id")
+
+    def __init__(self, mw: MLMonitorMiddleware, scope: Scope, endpoint: tuple[Endpoint, ModelMonitor] | None):
+        self.mw = mw
+        self.scope = scope
+        self.endpoint = endpoint
+        self.state = RequestState()
+        self.start_ns = time.perf_counter_ns()
+        self.wall_ns = time.time_ns()
+        self.status: int | None = None
+        self.request_tee: _Tee | None = _Tee(mw.max_body_bytes, scope.get("headers") or ()) if endpoint else None
+        self.response_tee: _Tee | None = None
+        self.response_type = ""
+        self.prediction_id = new_prediction_id() if endpoint else None
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        if self.request_tee is not None:
+            receive = self._wrap_receive(receive)
+        token = current_request.set(self.state)
+        try:
+            await self.mw.app(self.scope, receive, self._wrap_send(send))
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+        finally:
+            current_request.reset(token)
+        self._finish(None)  # a response that never sent its last chunk still counts
+
+    def _wrap_receive(self, receive: Any) -> Any:
+        tee = self.request_tee
+
+        async def tee_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                try:
+                    tee.add(message.get("body", b""))
+                except Exception as exc:
+                    self.mw.monitor.errors.report("capture", exc)
+            return message
+
+        return tee_receive
+
+    def _wrap_send(self, send: Any) -> Any:
+        async def monitored_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                message = self._on_start(message)
+            elif kind == "http.response.body":
+                if self.response_tee is not None:
+                    self.response_tee.add(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await send(message)
+                    self._finish(None)  # latency ends when the last chunk is sent
+                    return
+            elif kind == "http.response.pathsend":
+                await send(message)
+                self._finish(None)
+                return
+            await send(message)
+
+        return monitored_send
+
+    def _on_start(self, message: Message) -> Message:
+        try:
+            self.status = message["status"]
+            pid = self.state.prediction_id or self.prediction_id
+            if pid is not None and self.status < 400:
+                message = {**message, "headers": [*message.get("headers", ()), (PREDICTION_HEADER, pid.encode())]}
+            if self.endpoint is not None:
+                headers = message.get("headers") or ()
+                self.response_type = (_header(headers, b"content-type") or b"").decode("latin-1")
+                self.response_tee = _Tee(self.mw.max_body_bytes, headers)
+        except Exception as exc:
+            self.mw.monitor.errors.report("capture", exc)
+        return message
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """Complete and submit this request's records once (never raises)."""
+        state = self.state
+        if state.finished:
+            return
+        state.finished = True
+        try:
+            status = self.status if self.status is not None else 500
+            error_type = None if exc is None else type(exc).__qualname__
+            route = getattr(self.scope.get("route"), "path", "") or ""
+            for record in state.records:
+                record.route = record.route or route
+                record.status_code = status
+                record.error_type = record.error_type or error_type
+                record.model.submit(record)
+            if self.endpoint is not None and not state.records:
+                self._submit_endpoint(status, error_type)
+        except Exception as error:
+            self.mw.monitor.errors.report("capture", error)
+
+    def _submit_endpoint(self, status: int, error_type: str | None) -> None:
+        endpoint, mm = self.endpoint
+        request_type = (_header(self.scope.get("headers") or (), b"content-type") or b"").decode("latin-1")
+        response_tee = self.response_tee or _Tee(0, ())
+        if self.response_tee is None:
+            response_tee._stop("no_response")
+        duration = time.perf_counter_ns() - self.start_ns
+        mm.submit(Record(mm, self.prediction_id, self.wall_ns, duration, self.request_tee.raw(request_type),
+                         response_tee.raw(self.response_type), endpoint.path, status, error_type,
+                         self.mw.monitor.current_context()))

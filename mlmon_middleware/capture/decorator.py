@@ -1,0 +1,113 @@
+"""``@monitor``: one decorator that makes a model-serving function observable.
+
+It wraps sync and async callables alike, keeps the function's signature (FastAPI and
+others read it), and on each call captures references to the arguments and the result, the
+duration and the outcome, then returns or re-raises exactly what the function did. All
+parsing happens later in the background pipeline.
+
+>>> from mlmon_middleware import Monitor, MonitorConfig, monitor
+>>> mon = Monitor(MonitorConfig(tracing=False))
+>>> @monitor(model="churn", version="2.0", registry=mon)
+... def predict(row: dict) -> float:
+...     return 0.25 if row["tenure"] > 12 else 0.75
+>>> predict({"tenure": 24, "plan": "pro"})
+0.25
+>>> mon.flush()
+>>> mon.model("churn").health()["predictions"]
+{'ok': 1, 'error': 0}
+>>> mon.shutdown()
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from mlmon_middleware.capture.context import current_request
+from mlmon_middleware.monitor import Monitor, ModelMonitor, new_prediction_id
+from mlmon_middleware.record import CallArgs, Record
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def monitor(model: str, version: str = "unknown", *, features: Any = None, baseline: Any = None,
+            explain: Any = None, input: str | None = None, prediction_key: str | None = None,
+            class_names: Sequence[str] | None = None, route: str | None = None,
+            registry: Monitor | None = None) -> Callable[[F], F]:
+    """Monitor every call of the decorated function as an inference of ``model``.
+
+    Parameters:
+        model, version: the model identity on every metric and span.
+        features: feature names (kinds inferred), a ``{name: "numeric"|"categorical"}`` dict,
+            or a FeatureSchema; default: read from the baseline or the first rows.
+        baseline: a :class:`~mlmon_middleware.Baseline` or the path of its file.
+        explain: reserved for SHAP explanations; must be None in this version.
+        input: the parameter that holds the features (default: the first argument that looks
+            like data: a dict, list, pydantic model, array or DataFrame).
+        prediction_key: where a dict answer holds the prediction (default: ``prediction``,
+            ``predictions``, ``probabilities``, ... whichever is present).
+        class_names: names of the columns of a probability vector.
+        route: ``http.route`` when no middleware supplies it.
+        registry: the :class:`Monitor` to report to (default ``Monitor.get()``).
+    """
+    def decorate(fn: F) -> F:
+        mon = registry or Monitor.get()
+        mm = mon.model(model, version, features=features, baseline=baseline, explain=explain, input=input,
+                       prediction_key=prediction_key, class_names=class_names)
+        names = tuple(inspect.signature(fn).parameters)
+        capture = functools.partial(_capture, mon, mm, names, route or "")
+        perf_ns, wall_ns = time.perf_counter_ns, time.time_ns
+
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                start, wall = perf_ns(), wall_ns()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    capture(args, kwargs, None, start, wall, exc)
+                    raise
+                capture(args, kwargs, result, start, wall, None)
+                return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start, wall = perf_ns(), wall_ns()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                capture(args, kwargs, None, start, wall, exc)
+                raise
+            capture(args, kwargs, result, start, wall, None)
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _capture(mon: Monitor, mm: ModelMonitor, names: tuple[str, ...], route: str, args: tuple, kwargs: dict,
+             result: Any, start_ns: int, wall_ns: int, exc: BaseException | None) -> None:
+    """Hand one call to the pipeline, or to the middleware when one is serving the request."""
+    try:
+        duration = time.perf_counter_ns() - start_ns
+        pid = new_prediction_id()
+        record = Record(mm, pid, wall_ns, duration, CallArgs(args, kwargs, names), result, route,
+                        None, None if exc is None else type(exc).__qualname__, mon.current_context())
+        state = current_request.get()
+        if state is not None and not state.finished:
+            state.records.append(record)  # the middleware adds route and status, then submits
+            if exc is None:
+                state.prediction_id = pid
+            return
+        if exc is not None:
+            status = getattr(exc, "status_code", None)
+            record.status_code = status if isinstance(status, int) else 500
+        mm.submit(record)
+    except Exception as error:  # monitoring never changes what the caller gets
+        mon.errors.report("capture", error)

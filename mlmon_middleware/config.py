@@ -1,0 +1,150 @@
+"""MonitorConfig: the process-wide settings of a Monitor, validated at start-up.
+
+Everything here is about *how* monitoring runs (limits, exporters, tracing), not about
+a particular model; per-model settings are arguments of ``monitor()`` and
+``Monitor.model()``. Deploy-time settings can be overridden by ``MLMON_*`` environment
+variables, which win over values given in code, so the same image can be tuned per
+environment without a rebuild.
+
+>>> MonitorConfig(reservoir_size=500).reservoir_size
+500
+>>> MonitorConfig(reservoir_size=0)
+Traceback (most recent call last):
+...
+mlmon_middleware.config.ConfigError: reservoir_size must be an integer >= 1, got 0
+>>> MonitorConfig().with_env({"MLMON_RESERVOIR_SIZE": "2000"}).reservoir_size
+2000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected one of true/false/1/0/yes/no/on/off")
+
+
+def _parse_optional_bool(text: str) -> bool | None:
+    return None if text.strip().lower() == "auto" else _parse_bool(text)
+
+
+def _parse_names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _parse_optional_int(text: str) -> int | None:
+    return None if text.strip().lower() in ("", "off", "none") else int(text)
+
+
+# field name -> (environment variable, parser)
+_ENV: dict[str, tuple[str, Any]] = {
+    "service_name": ("MLMON_SERVICE_NAME", str),
+    "reservoir_size": ("MLMON_RESERVOIR_SIZE", int),
+    "max_body_bytes": ("MLMON_MAX_BODY_BYTES", int),
+    "queue_size": ("MLMON_QUEUE_SIZE", int),
+    "flush_interval": ("MLMON_FLUSH_INTERVAL", float),
+    "tracing": ("MLMON_TRACING", _parse_optional_bool),
+    "trace_features": ("MLMON_TRACE_FEATURES", _parse_names),
+    "prometheus_port": ("MLMON_PROMETHEUS_PORT", _parse_optional_int),
+    "prometheus_addr": ("MLMON_PROMETHEUS_ADDR", str),
+    "otlp_endpoint": ("MLMON_OTLP_ENDPOINT", str),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """Settings of a :class:`~mlmon_middleware.Monitor`.
+
+    Parameters:
+        service_name: ``service.name`` of the exported telemetry; default ``OTEL_SERVICE_NAME``
+            or ``"mlmon"``.
+        reservoir_size: rows kept per model for analysis (the sliding window). Memory is
+            bounded by this times the number of features, never by traffic.
+        max_body_bytes: largest request or response body the middleware tees for capture;
+            beyond it capture is skipped and counted (``too_large``), the request still served.
+        queue_size: records waiting for the background pipeline; when full, new records are
+            dropped and counted (``mlmon_monitor_errors_total{stage="queue_full"}``).
+        flush_interval: seconds between background pipeline runs (turning raw captures into
+            feature rows, metrics and spans).
+        tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
+            given, OTLP is configured, or an SDK tracer provider is installed globally.
+        trace_features: feature names whose raw values may be written into spans (none by default).
+        prometheus_port: serve ``/metrics`` on this port from a thread of our own (off by default;
+            the FastAPI adapter serves it on the app instead).
+        prometheus_addr: address for ``prometheus_port``.
+        otlp_endpoint: OTLP/HTTP endpoint; default ``OTEL_EXPORTER_OTLP_ENDPOINT`` when set.
+        meter_provider: an OpenTelemetry ``MeterProvider`` to use instead of our own.
+        tracer_provider: an OpenTelemetry ``TracerProvider`` to use instead of our own.
+        metric_readers: extra readers for our own meter provider (for example
+            ``InMemoryMetricReader`` in tests).
+        set_global_providers: also install our providers as the global ones (off: we never
+            touch globals unless asked).
+    """
+
+    service_name: str | None = None
+    reservoir_size: int = 10_000
+    max_body_bytes: int = 1 << 20
+    queue_size: int = 100_000
+    flush_interval: float = 0.5
+    tracing: bool | None = None
+    trace_features: tuple[str, ...] = ()
+    prometheus_port: int | None = None
+    prometheus_addr: str = "127.0.0.1"
+    otlp_endpoint: str | None = None
+    meter_provider: Any = None
+    tracer_provider: Any = None
+    metric_readers: tuple[Any, ...] = ()
+    set_global_providers: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int(self, "reservoir_size", minimum=1)
+        _check_int(self, "max_body_bytes", minimum=0)
+        _check_int(self, "queue_size", minimum=1)
+        if not isinstance(self.flush_interval, (int, float)) or not 0 < self.flush_interval <= 3600:
+            raise ConfigError(f"flush_interval must be a number of seconds in (0, 3600], got {self.flush_interval!r}")
+        if self.tracing not in (None, True, False):
+            raise ConfigError(f"tracing must be True, False or None (auto), got {self.tracing!r}")
+        if isinstance(self.trace_features, str) or not all(isinstance(n, str) for n in self.trace_features):
+            raise ConfigError(f"trace_features must be a sequence of feature names, got {self.trace_features!r}")
+        object.__setattr__(self, "trace_features", tuple(self.trace_features))
+        if self.prometheus_port is not None:
+            _check_int(self, "prometheus_port", minimum=0, maximum=65535)
+        object.__setattr__(self, "metric_readers", tuple(self.metric_readers))
+
+    def with_env(self, environ: Mapping[str, str] | None = None) -> MonitorConfig:
+        """A copy with every ``MLMON_*`` variable present in ``environ`` applied over this config."""
+        environ = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        for field, (var, parse) in _ENV.items():
+            if var in environ:
+                try:
+                    changes[field] = parse(environ[var])
+                except ValueError as exc:
+                    raise ConfigError(f"{var}={environ[var]!r} is not a valid {field}: {exc}") from None
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def resolved_service_name(self) -> str:
+        return self.service_name or os.environ.get("OTEL_SERVICE_NAME") or "mlmon"
+
+    def resolved_otlp_endpoint(self) -> str | None:
+        return self.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+
+
+def _check_int(config: MonitorConfig, field: str, minimum: int, maximum: int | None = None) -> None:
+    value = getattr(config, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{field} must be an integer {allowed}, got {value!r}")

@@ -1,0 +1,426 @@
+"""Monitor (the process-wide registry) and ModelMonitor (one model's state).
+
+``ModelMonitor.record()`` is the one entry of the request path: it builds a
+:class:`~mlmon_middleware.record.Record` of references and appends it to a bounded queue
+(O(1), no I/O, no parsing, never raises). A background thread of the :class:`Monitor`
+drains the queue every ``flush_interval`` and does the rest in one direction: turn payloads
+into feature rows, count and time, push rows into the model's sliding window, create spans.
+
+>>> from mlmon_middleware import Monitor, MonitorConfig
+>>> mon = Monitor(MonitorConfig(tracing=False))
+>>> fraud = mon.model("fraud", version="1.2.0")
+>>> pid = fraud.record({"amount": 12.5, "country": "fr"}, {"prediction": 0.91}, latency=0.004)
+>>> mon.flush()
+>>> fraud.health()["predictions"], fraud.health()["rows_in_window"]
+({'ok': 1, 'error': 0}, 1)
+>>> mon.shutdown()
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mlmon_middleware.config import ConfigError, MonitorConfig
+from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.record import Record, resolve_payload
+from mlmon_middleware.reservoir import SlidingWindow
+from mlmon_middleware.schema import (KINDS, CaptureError, FeatureSchema, extract_predictions,
+                                     extract_rows)
+from mlmon_middleware.telemetry import (ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS, MODEL_NAME, MODEL_VERSION,
+                                        PREDICTION_ID, Telemetry)
+
+_NS = 1e-9
+
+
+def new_prediction_id() -> str:
+    """A random 128-bit id as 32 hex characters (the header ``X-Prediction-ID``)."""
+    return os.urandom(16).hex()
+
+
+def _declared_features(features: Any) -> tuple[tuple[str, ...] | None, dict[str, str]]:
+    """Names and known kinds from the ``features=`` argument (kinds left out are inferred later)."""
+    if features is None:
+        return None, {}
+    if isinstance(features, FeatureSchema):
+        return features.names, features.to_dict()
+    if isinstance(features, Mapping):
+        bad = {n: k for n, k in features.items() if k not in KINDS}
+        if bad:
+            raise ConfigError(f"features: kinds must be in {KINDS}, got {bad}")
+        return tuple(map(str, features)), dict(features)
+    if isinstance(features, Sequence) and not isinstance(features, str) and features:
+        return tuple(map(str, features)), {}
+    raise ConfigError(f"features must be a non-empty list of names, a {{name: kind}} dict with kinds in "
+                      f"{KINDS}, or a FeatureSchema; got {features!r}")
+
+
+class ModelMonitor:
+    """Monitoring state of one model: its schema, window and counts.
+
+    Created by :meth:`Monitor.model`; use :meth:`record` to report an inference by hand.
+    """
+
+    def __init__(self, monitor: Monitor, name: str, version: str, *, features: Any = None,
+                 baseline: Any = None, input: str | None = None, prediction_key: str | None = None,
+                 class_names: Sequence[str] | None = None, explain: Any = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"model must be a non-empty string, got {name!r}")
+        if explain is not None:
+            raise ConfigError("explain= is not available yet in this version; leave it None")
+        self.monitor = monitor
+        self.name = name
+        self.version = str(version)
+        self.input_arg = input
+        self.prediction_key = prediction_key
+        self.class_names = tuple(class_names) if class_names else None
+        self.baseline = _load_baseline(baseline)
+        self._declared_names, self._declared_kinds = _declared_features(features)
+        self.schema: FeatureSchema | None = None
+        if self.baseline is not None:
+            self.schema = self.baseline.schema
+            if self._declared_names is not None and self._declared_names != self.schema.names:
+                raise ConfigError(f"model {name!r}: features {list(self._declared_names)} do not match the "
+                                  f"baseline's {list(self.schema.names)}")
+        elif self._declared_names is not None and len(self._declared_kinds) == len(self._declared_names):
+            self.schema = FeatureSchema(self._declared_names, [self._declared_kinds[n] for n in self._declared_names])
+        self.output_schema: FeatureSchema | None = None
+        self.window: SlidingWindow | None = None  # feature rows
+        self.output_window: SlidingWindow | None = None  # prediction rows
+        self.attrs = {MODEL_NAME: name, MODEL_VERSION: self.version}
+        self._lock = threading.Lock()  # guards the counters below (pipeline writes, health reads)
+        self._predictions: collections.Counter[str] = collections.Counter()
+        self._capture_errors: collections.Counter[str] = collections.Counter()
+        self._last_capture_error: dict[str, str] = {}
+
+    # ----------------------------------------------------------------------------- request path
+    def record(self, inputs: Any, outputs: Any = None, *, latency: float | None = None, route: str = "",
+               status_code: int | None = None, error: BaseException | str | None = None,
+               prediction_id: str | None = None) -> str:
+        """Report one inference (a row or a batch) and return its prediction id.
+
+        ``inputs`` and ``outputs`` are anything :mod:`~mlmon_middleware.schema` reads (dicts,
+        pydantic models, lists, arrays, DataFrames). Never raises: failures are counted.
+        """
+        pid = prediction_id or new_prediction_id()
+        try:
+            error_type = None if error is None else (error if isinstance(error, str) else type(error).__qualname__)
+            duration_ns = 0 if latency is None else int(latency * 1e9)
+            self.submit(Record(self, pid, time.time_ns() - duration_ns, duration_ns, inputs, outputs,
+                               route, status_code, error_type, self.monitor.current_context()))
+        except Exception as exc:  # never let monitoring break the caller
+            self.monitor.errors.report("record", exc)
+        return pid
+
+    def submit(self, record: Record) -> None:
+        """Queue a ready record for the pipeline (the capture layers call this)."""
+        self.monitor.submit(record)
+
+    # --------------------------------------------------------------------------- pipeline side
+    def _ingest(self, records: list[Record], telemetry: Telemetry) -> None:
+        """Turn a batch of records into counts, timings, rows and spans (background thread)."""
+        counts: collections.Counter = collections.Counter()
+        capture: collections.Counter = collections.Counter()
+        feature_rows: list[Any] = []
+        output_rows: list[dict | None] = []
+        row_times: list[float] = []
+        for rec in records:
+            outcome = "ok" if rec.ok else "error"
+            counts[(rec.route, outcome)] += 1
+            attrs = {**self.attrs, HTTP_ROUTE: rec.route, HTTP_STATUS: rec.status_code or (500 if rec.error_type else 200)}
+            if rec.error_type:
+                attrs[ERROR_TYPE] = rec.error_type
+            telemetry.inference_duration.record(rec.duration_ns * _NS, attrs)
+            rows, outputs = self._rows_of(rec, capture) if rec.ok else ([], [])
+            feature_rows.extend(rows)
+            output_rows.extend(outputs)
+            row_times.extend([rec.wall_ns * _NS] * len(rows))
+            if telemetry.tracer is not None:
+                self._span(telemetry, rec, rows, outputs)
+        for (route, outcome), n in counts.items():
+            telemetry.predictions.add(n, {**self.attrs, HTTP_ROUTE: route, "outcome": outcome})
+        if feature_rows:
+            self._store(feature_rows, output_rows, np.asarray(row_times), capture, telemetry)
+        for reason, n in capture.items():
+            telemetry.capture_errors.add(n, {**self.attrs, "reason": reason})
+        with self._lock:
+            for (_, outcome), n in counts.items():
+                self._predictions[outcome] += n
+            self._capture_errors.update(capture)
+
+    def _rows_of(self, rec: Record, capture: collections.Counter) -> tuple[list, list]:
+        try:
+            rows = extract_rows(resolve_payload(rec.inputs, self.input_arg))
+        except CaptureError as exc:
+            capture[exc.reason] += 1
+            self._last_capture_error[exc.reason] = str(exc)
+            return [], []
+        try:
+            outputs = extract_predictions(resolve_payload(rec.outputs), len(rows), self.prediction_key,
+                                          self.class_names)
+        except CaptureError as exc:
+            capture[exc.reason] += 1
+            self._last_capture_error[exc.reason] = str(exc)
+            outputs = [None] * len(rows)
+        return rows, outputs
+
+    def _store(self, rows: list, outputs: list, times: np.ndarray, capture: collections.Counter,
+               telemetry: Telemetry) -> None:
+        size = self.monitor.config.reservoir_size
+        if self.schema is None:
+            self.schema = FeatureSchema.infer(rows, names=self._declared_names, kinds=self._declared_kinds)
+        if self.window is None:
+            self.window = SlidingWindow(size, numeric=(len(self.schema.numeric_names), float),
+                                        categorical=(len(self.schema.categorical_names), object))
+        encoded = self.schema.encode(rows)
+        capture.update(encoded.errors)
+        self.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
+
+        answered = [i for i, o in enumerate(outputs) if o is not None]
+        if not answered:
+            return
+        if self.output_schema is None:
+            self.output_schema = FeatureSchema.infer([outputs[i] for i in answered])
+            self.output_window = SlidingWindow(size, numeric=(len(self.output_schema.numeric_names), float),
+                                               categorical=(len(self.output_schema.categorical_names), object))
+        out = self.output_schema.encode([outputs[i] for i in answered])
+        for reason, n in out.errors.items():
+            capture[f"prediction_{reason}"] += n
+        self.output_window.extend(times[answered], numeric=out.numeric, categorical=out.categorical)
+        for j, name in enumerate(self.output_schema.numeric_names):
+            attrs = {**self.attrs, "output": name}
+            for value in out.numeric[:, j]:
+                if value == value:  # not NaN
+                    telemetry.prediction_value.record(float(value), attrs)
+
+    def _span(self, telemetry: Telemetry, rec: Record, rows: list, outputs: list) -> None:
+        attrs: dict[str, Any] = {**self.attrs, PREDICTION_ID: rec.prediction_id, "mlmon.batch.size": len(rows)}
+        if rec.route:
+            attrs[HTTP_ROUTE] = rec.route
+        if outputs and outputs[0]:
+            for name, value in outputs[0].items():
+                if isinstance(value, (int, float, str, bool)):
+                    attrs[f"mlmon.prediction.{name}" if len(outputs[0]) > 1 else "mlmon.prediction"] = value
+        allowed = self.monitor.config.trace_features
+        if allowed and rows and isinstance(rows[0], Mapping):
+            for name in allowed:
+                value = rows[0].get(name)
+                if isinstance(value, (int, float, str, bool)):
+                    attrs[f"mlmon.feature.{name}"] = value
+        if rec.error_type:
+            attrs[ERROR_TYPE] = rec.error_type
+        span = telemetry.tracer.start_span(f"mlmon.inference {self.name}", context=rec.context,
+                                           attributes=attrs, start_time=rec.wall_ns)
+        if rec.error_type:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR, rec.error_type))
+        span.end(end_time=rec.wall_ns + rec.duration_ns)
+
+    # ---------------------------------------------------------------------------------- reading
+    def window_snapshot(self, since: float | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """Copies of the current window: ``{"features": {...}, "outputs": {...}}``, each with
+        ``time``, ``numeric`` and ``categorical`` matrices in arrival order (see SlidingWindow)."""
+        return {"features": self.window.snapshot(since) if self.window else {},
+                "outputs": self.output_window.snapshot(since) if self.output_window else {}}
+
+    def health(self) -> dict[str, Any]:
+        """Counts and window fill of this model, as shown by ``/mlmon/health``."""
+        with self._lock:
+            predictions = {"ok": self._predictions["ok"], "error": self._predictions["error"]}
+            capture = dict(self._capture_errors)
+            last = dict(self._last_capture_error)
+        return {
+            "model": self.name,
+            "version": self.version,
+            "predictions": predictions,
+            "capture_errors": capture,
+            "last_capture_errors": last,
+            "features": self.schema.to_dict() if self.schema else None,
+            "outputs": self.output_schema.to_dict() if self.output_schema else None,
+            "rows_in_window": 0 if self.window is None else len(self.window),
+            "window_capacity": self.monitor.config.reservoir_size,
+            "baseline": None if self.baseline is None else self.baseline.summary(),
+        }
+
+
+def _load_baseline(baseline: Any) -> Any:
+    if baseline is None:
+        return None
+    from mlmon_middleware.baseline import Baseline
+
+    if isinstance(baseline, Baseline):
+        return baseline
+    return Baseline.load(baseline)
+
+
+class Monitor:
+    """The process-wide registry of monitored models, their queue and background pipeline.
+
+    ``Monitor.get()`` returns the default instance that ``@monitor`` uses; create your own
+    with a :class:`MonitorConfig` to pass it explicitly (tests do).
+    """
+
+    _default: ClassVar[Monitor | None] = None
+    _default_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, config: MonitorConfig | None = None) -> None:
+        self.config = (config or MonitorConfig()).with_env()
+        if self.config.resolved_otlp_endpoint() and self.config.meter_provider is None:
+            try:
+                import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+            except ImportError:
+                raise ConfigError("OTLP export is configured (otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT) but "
+                                  "its exporter is not installed: pip install 'mlmon-middleware[otlp]'") from None
+        self.errors = ErrorLog()
+        self._models: dict[str, ModelMonitor] = {}
+        self._queue: collections.deque[Record] = collections.deque()
+        self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._started = False
+        self._telemetry: Telemetry | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m._forget_process())
+
+    @classmethod
+    def get(cls) -> Monitor:
+        """The default process-wide monitor, created on first use from ``MonitorConfig()`` and env."""
+        if cls._default is None:
+            with cls._default_lock:
+                if cls._default is None:
+                    cls._default = cls()
+        return cls._default
+
+    @classmethod
+    def set_default(cls, monitor: Monitor) -> Monitor:
+        """Make ``monitor`` the one ``@monitor`` and the adapters use when none is passed."""
+        cls._default = monitor
+        return monitor
+
+    def model(self, name: str, version: str | None = None, **options: Any) -> ModelMonitor:
+        """The ModelMonitor of ``name``, created on first call with ``version`` and ``options``
+        (``features``, ``baseline``, ``input``, ``prediction_key``, ``class_names``)."""
+        existing = self._models.get(name)
+        if existing is not None:
+            if version is not None and str(version) != existing.version:
+                raise ConfigError(f"model {name!r} is already monitored as version {existing.version!r}, "
+                                  f"not {version!r}; one process serves one version per model name")
+            return existing
+        with self._start_lock:
+            if name not in self._models:
+                self._models[name] = ModelMonitor(self, name, "unknown" if version is None else version, **options)
+        return self._models[name]
+
+    @property
+    def models(self) -> dict[str, ModelMonitor]:
+        return dict(self._models)
+
+    # ----------------------------------------------------------------------------- request path
+    def submit(self, record: Record) -> None:
+        if not self._started:
+            self._start()
+        if len(self._queue) >= self.config.queue_size:
+            self.errors.report("queue_full", message="record dropped: the pipeline queue is full")
+            return
+        self._queue.append(record)
+
+    def current_context(self) -> Any:
+        """The OTel context to parent our span on, or None when not tracing (cheap)."""
+        if self.telemetry.tracer is None:
+            return None
+        from opentelemetry import context
+
+        return context.get_current()
+
+    # ---------------------------------------------------------------------------- the pipeline
+    @property
+    def telemetry(self) -> Telemetry:
+        if not self._started:
+            self._start()
+        assert self._telemetry is not None
+        return self._telemetry
+
+    def _start(self) -> None:
+        """Start telemetry and the pipeline thread in this process (lazily: after any fork)."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._telemetry = Telemetry(self.config, flush=self.flush, monitor_errors=self.errors.counts,
+                                        reservoir_sizes=self._reservoir_sizes)
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
+            self._thread.start()
+            self._started = True
+            atexit.register(self.shutdown)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.flush_interval):
+            self.flush()
+
+    def flush(self) -> None:
+        """Process every queued record now (the pipeline thread calls this periodically)."""
+        if self._telemetry is None:
+            return
+        with self._flush_lock:
+            queue = self._queue
+            batch: dict[ModelMonitor, list[Record]] = {}
+            for _ in range(len(queue)):
+                record = queue.popleft()
+                batch.setdefault(record.model, []).append(record)
+            for model, records in batch.items():
+                try:
+                    model._ingest(records, self._telemetry)
+                except Exception as exc:
+                    self.errors.report("ingest", exc)
+
+    def _reservoir_sizes(self) -> list[tuple[dict[str, str], int]]:
+        return [(m.attrs, len(m.window)) for m in self._models.values() if m.window is not None]
+
+    def health(self) -> dict[str, Any]:
+        """Models, counts, window fill and recent monitoring errors (``/mlmon/health``)."""
+        self.flush()
+        errors = self.errors.counts()
+        return {
+            "status": "ok" if not errors else "degraded",
+            "pid": os.getpid(),
+            "instance_id": None if self._telemetry is None else self._telemetry.instance_id,
+            "queue": len(self._queue),
+            "models": {name: m.health() for name, m in self._models.items()},
+            "monitor_errors": errors,
+            "last_errors": self.errors.recent(),
+        }
+
+    def shutdown(self) -> None:
+        """Flush what is queued, stop the pipeline thread and our exporters."""
+        if not self._started:
+            return
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.flush()
+        if self._telemetry is not None:
+            self._telemetry.shutdown()
+        self._started = False
+        self._telemetry = None
+        atexit.unregister(self.shutdown)
+
+    def _forget_process(self) -> None:
+        """In a forked child: drop the parent's threads, exporters and queue; start afresh on use."""
+        self._started = False
+        self._telemetry = None
+        self._thread = None
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._queue = collections.deque()
+

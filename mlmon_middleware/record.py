@@ -1,0 +1,119 @@
+"""Record: what the request path hands to the background pipeline.
+
+A record holds *references* to what the endpoint saw (its call arguments, or the raw
+request and response bodies) plus timing and outcome. Nothing is parsed, copied or
+validated on the request path; :func:`resolve_payload` does that later, in the pipeline.
+
+>>> payload = RawBody(b'{"x": 1.5}', "application/json")
+>>> resolve_payload(payload)
+{'x': 1.5}
+>>> resolve_payload(CallArgs(("req",), {"tx": {"x": 2}}, ("request", "tx")))
+{'x': 2}
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from mlmon_middleware.schema import CaptureError
+
+
+class RawBody:
+    """A request or response body as bytes, with its content type; ``None`` body when it was
+    not captured (``skip_reason`` says why)."""
+
+    __slots__ = ("body", "content_type", "skip_reason")
+
+    def __init__(self, body: bytes | None, content_type: str = "", skip_reason: str = "") -> None:
+        self.body = body
+        self.content_type = content_type
+        self.skip_reason = skip_reason
+
+
+class CallArgs:
+    """The positional and keyword arguments of a decorated call, with the parameter names
+    in signature order, so the pipeline can pick the one that holds the features."""
+
+    __slots__ = ("args", "kwargs", "names")
+
+    def __init__(self, args: tuple, kwargs: dict, names: tuple[str, ...]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.names = names
+
+
+class Record:
+    """One monitored inference, as captured on the request path."""
+
+    __slots__ = ("model", "prediction_id", "wall_ns", "duration_ns", "inputs", "outputs",
+                 "route", "status_code", "error_type", "context")
+
+    def __init__(self, model: Any, prediction_id: str, wall_ns: int, duration_ns: int, inputs: Any,
+                 outputs: Any, route: str = "", status_code: int | None = None,
+                 error_type: str | None = None, context: Any = None) -> None:
+        self.model = model
+        self.prediction_id = prediction_id
+        self.wall_ns = wall_ns
+        self.duration_ns = duration_ns
+        self.inputs = inputs
+        self.outputs = outputs
+        self.route = route
+        self.status_code = status_code
+        self.error_type = error_type
+        self.context = context
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call produced a prediction: no exception and no 4xx/5xx status."""
+        return self.error_type is None and (self.status_code is None or self.status_code < 400)
+
+
+def _json_content_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _looks_like_data(value: Any) -> bool:
+    return (isinstance(value, (Mapping, list, tuple))
+            or callable(getattr(value, "model_dump", None))
+            or hasattr(value, "__array__"))
+
+
+def resolve_payload(payload: Any, arg: str | None = None) -> Any:
+    """The plain object behind a captured payload.
+
+    ``RawBody`` is parsed as JSON (only JSON content types); ``CallArgs`` yields the argument
+    named ``arg``, or else the first argument that looks like data (a mapping, a sequence, a
+    pydantic model, an array or a DataFrame). Anything else is returned as it is.
+    """
+    if isinstance(payload, RawBody):
+        if payload.body is None:
+            raise CaptureError(payload.skip_reason or "not_captured")
+        if payload.content_type and not _json_content_type(payload.content_type):
+            raise CaptureError("not_json", payload.content_type)
+        if not payload.body.strip():
+            raise CaptureError("empty_body")
+        try:
+            return orjson.loads(payload.body)
+        except orjson.JSONDecodeError as exc:
+            raise CaptureError("invalid_json", str(exc)) from None
+    if isinstance(payload, CallArgs):
+        values = dict(zip(payload.names, payload.args))
+        values.update(payload.kwargs)
+        if arg is not None:
+            if arg not in values:
+                raise CaptureError("missing_input", f"no argument {arg!r} in the call")
+            return values[arg]
+        for name in (*payload.names, *payload.kwargs):
+            value = values.get(name)
+            if value is not None and _looks_like_data(value) and not isinstance(value, (str, bytes)):
+                return value
+        scalars = {k: v for k, v in values.items() if isinstance(v, (numbers.Number, str)) and not isinstance(v, bool)}
+        if scalars:  # an endpoint taking its features as separate scalar parameters
+            return scalars
+        raise CaptureError("missing_input", "no argument holds features; set input=")
+    return payload

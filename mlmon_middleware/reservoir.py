@@ -1,0 +1,83 @@
+"""Bounded, thread-safe samples of recent rows, stored column-wise in numpy.
+
+The analyzer needs the last N rows of each model (the current window) as matrices;
+the request path must never wait for it. A :class:`SlidingWindow` is a ring buffer of
+fixed capacity: ``extend`` writes a batch with one vectorised assignment, ``snapshot``
+returns copies in arrival order, and both hold the lock only for those copies. Memory is
+capacity × columns, whatever the traffic.
+
+>>> import numpy as np
+>>> w = SlidingWindow(3, x=(2, float), label=(1, object))
+>>> w.extend(np.array([1.0, 2.0]), x=np.array([[1, 1], [2, 2]]), label=np.array([["a"], ["b"]], dtype=object))
+>>> w.extend(np.array([3.0, 4.0]), x=np.array([[3, 3], [4, 4]]), label=np.array([["c"], ["d"]], dtype=object))
+>>> snap = w.snapshot()
+>>> snap["x"][:, 0].tolist(), snap["label"][:, 0].tolist(), len(w), w.total
+([2.0, 3.0, 4.0], ['b', 'c', 'd'], 3, 4)
+>>> w.snapshot(since=3.5)["x"].tolist()
+[[4.0, 4.0]]
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class SlidingWindow:
+    """The last ``capacity`` rows, by arrival, with a timestamp per row.
+
+    Parameters:
+        capacity: rows kept; older rows are overwritten.
+        **columns: ``name=(width, dtype)`` for each matrix stored per row.
+    """
+
+    def __init__(self, capacity: int, **columns: tuple[int, type]) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._time = np.zeros(capacity)
+        self._columns = {
+            name: np.full((capacity, width), None if np.dtype(dtype) == object else np.nan, dtype=dtype)
+            for name, (width, dtype) in columns.items()
+        }
+        self._next = 0  # slot the next row goes to
+        self._size = 0
+        self.total = 0  # rows ever written
+
+    def __len__(self) -> int:
+        return self._size
+
+    def extend(self, timestamps: np.ndarray, **arrays: np.ndarray) -> None:
+        """Append a batch: one timestamp per row and, for every column, an (n × width) matrix."""
+        n = len(timestamps)
+        if n == 0:
+            return
+        if set(arrays) != set(self._columns):
+            raise ValueError(f"expected columns {sorted(self._columns)}, got {sorted(arrays)}")
+        skip = max(0, n - self.capacity)  # a batch larger than the window keeps its tail
+        with self._lock:
+            slots = (self._next + np.arange(skip, n)) % self.capacity
+            self._time[slots] = timestamps[skip:]
+            for name, matrix in arrays.items():
+                self._columns[name][slots] = matrix[skip:]
+            self._next = int((self._next + n) % self.capacity)
+            self._size = min(self.capacity, self._size + n)
+            self.total += n
+
+    def snapshot(self, since: float | None = None) -> dict[str, np.ndarray]:
+        """Copies of the stored rows in arrival order (``"time"`` plus every column),
+        optionally only those with a timestamp ``>= since``."""
+        with self._lock:
+            if self._size < self.capacity:
+                order = np.arange(self._size)
+            else:
+                order = (self._next + np.arange(self.capacity)) % self.capacity
+            out = {"time": self._time[order]}
+            for name, matrix in self._columns.items():
+                out[name] = matrix[order]
+        if since is not None:
+            keep = out["time"] >= since
+            out = {name: values[keep] for name, values in out.items()}
+        return out

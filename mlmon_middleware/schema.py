@@ -1,0 +1,304 @@
+"""FeatureSchema: feature names and kinds, and turning what an endpoint sees into rows.
+
+An endpoint receives a dict, a pydantic model, a list of them (a batch), a numpy array, a
+pandas DataFrame or raw JSON; it answers with a scalar, a list, class probabilities or a
+dict. This module turns both sides into rows and encodes rows into two numpy matrices (one
+float64 matrix for numeric features, one object matrix for categorical ones), counting
+every problem by reason instead of raising. It runs in the background pipeline, never on
+the request path, and imports neither pydantic nor pandas: they are recognised by shape.
+
+>>> schema = FeatureSchema(["age", "income", "region"], ["numeric", "numeric", "categorical"])
+>>> enc = schema.encode(extract_rows([{"age": 31, "income": 5e4, "region": "eu"},
+...                                   {"age": "old", "income": 6e4, "region": "us", "x": 1}]))
+>>> enc.numeric.tolist()
+[[31.0, 50000.0], [nan, 60000.0]]
+>>> enc.categorical.tolist()
+[['eu'], ['us']]
+>>> sorted(enc.errors.items())
+[('type_mismatch', 1), ('unexpected_feature', 1)]
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+KINDS = (NUMERIC, CATEGORICAL)
+
+# Keys under which JSON bodies conventionally carry a batch (KServe, TF Serving, MLflow, ...).
+BATCH_KEYS = ("instances", "inputs", "rows", "records", "data", "dataframe_records")
+# Keys under which responses conventionally carry the prediction, tried in this order.
+PREDICTION_KEYS = ("prediction", "predictions", "probabilities", "probability", "proba", "scores",
+                   "score", "label", "labels", "class", "output", "outputs", "result", "y")
+
+
+class CaptureError(ValueError):
+    """Input or output that cannot be turned into rows; ``reason`` is the counted label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """Rows encoded by a schema: ``numeric`` (n × numeric features, NaN where missing or
+    invalid), ``categorical`` (n × categorical features, ``None`` where missing), and the
+    problems found, counted once per row and reason."""
+
+    numeric: np.ndarray
+    categorical: np.ndarray
+    errors: collections.Counter
+
+    def __len__(self) -> int:
+        return self.numeric.shape[0]
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bytes, numbers.Number, np.generic))
+
+
+def _as_plain(obj: Any) -> Any:
+    """Unwrap pydantic models, numpy arrays and pandas objects into dicts and lists."""
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump) and not isinstance(obj, type):
+        return dump()
+    if hasattr(obj, "columns") and callable(getattr(obj, "to_dict", None)):  # pandas DataFrame
+        return [{str(k): v for k, v in row.items()} for row in obj.to_dict(orient="records")]
+    if callable(getattr(obj, "to_numpy", None)):  # pandas Series / Index
+        return obj.to_numpy().tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def extract_rows(obj: Any) -> list[Any]:
+    """The feature rows in an endpoint's input: a list of dicts or of sequences.
+
+    A dict is one row unless it wraps a batch under a conventional key (``instances``,
+    ``inputs``, ...); a list of scalars is one row; a list of dicts, models or lists is a
+    batch; a 1-D array is one row and a 2-D array a batch.
+
+    >>> extract_rows({"instances": [[1, 2], [3, 4]]})
+    [[1, 2], [3, 4]]
+    >>> extract_rows([0.5, "eu"])
+    [[0.5, 'eu']]
+    """
+    obj = _as_plain(obj)
+    if isinstance(obj, Mapping):
+        if len(obj) == 1:
+            (key, value), = obj.items()
+            if key in BATCH_KEYS and isinstance(value, (list, tuple, np.ndarray)):
+                return extract_rows(value)
+        if not obj:
+            raise CaptureError("empty_input", "empty object")
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            raise CaptureError("empty_input", "empty list")
+        if all(_is_scalar(v) for v in obj):
+            return [list(obj)]
+        rows = [_as_plain(v) for v in obj]
+        if all(isinstance(r, Mapping) for r in rows):
+            return rows
+        if all(isinstance(r, (list, tuple)) for r in rows):
+            widths = {len(r) for r in rows}
+            if len(widths) != 1:
+                raise CaptureError("shape_mismatch", f"batch rows have {sorted(widths)} values")
+            return rows
+        raise CaptureError("shape_mismatch", "batch mixes rows of different types")
+    if _is_scalar(obj):
+        raise CaptureError("unsupported_input", f"a bare {type(obj).__name__} is not a feature row")
+    raise CaptureError("unsupported_input", f"cannot read features from {type(obj).__name__}")
+
+
+def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
+                        class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One ``{output name: value}`` dict per input row, from an endpoint's output.
+
+    Scalars are named ``prediction``; probability vectors are named by ``class_names`` (or
+    ``class_0``, ``class_1``, ...); a dict answer is read under ``key`` or the first
+    conventional key present (``prediction``, ``predictions``, ``probabilities``, ...).
+
+    >>> extract_predictions({"prediction": 0.8}, 1)
+    [{'prediction': 0.8}]
+    >>> extract_predictions([[0.1, 0.9], [0.7, 0.3]], 2, class_names=["ok", "fraud"])
+    [{'ok': 0.1, 'fraud': 0.9}, {'ok': 0.7, 'fraud': 0.3}]
+    """
+    obj = _as_plain(obj)
+    if isinstance(obj, Mapping):
+        obj = _prediction_from_mapping(obj, key)
+    if _is_scalar(obj):
+        values = [obj]
+    elif isinstance(obj, (list, tuple)):
+        values = [_as_plain(v) for v in obj]
+        if n_rows == 1 and len(values) > 1 and all(_is_scalar(v) for v in values):
+            values = [values]  # one row answered with a vector (class probabilities)
+    else:
+        raise CaptureError("unsupported_output", f"cannot read a prediction from {type(obj).__name__}")
+    if len(values) != n_rows:
+        raise CaptureError("prediction_mismatch", f"{len(values)} predictions for {n_rows} rows")
+    return [_prediction_row(v, key, class_names) for v in values]
+
+
+def _prediction_from_mapping(obj: Mapping, key: str | None) -> Any:
+    if key is not None:
+        if key not in obj:
+            raise CaptureError("missing_prediction", f"no key {key!r} in the response")
+        return _as_plain(obj[key])
+    for candidate in PREDICTION_KEYS:
+        if candidate in obj:
+            return _as_plain(obj[candidate])
+    raise CaptureError("missing_prediction", f"none of {PREDICTION_KEYS} in the response; set prediction_key=")
+
+
+def _prediction_row(value: Any, key: str | None, class_names: Sequence[str] | None) -> dict[str, Any]:
+    value = _as_plain(value)
+    if isinstance(value, Mapping):
+        inner = value
+        if any(k in value for k in ((key,) if key else PREDICTION_KEYS)):
+            inner = _prediction_from_mapping(value, key)
+            if not isinstance(inner, Mapping):
+                return _prediction_row(inner, key, class_names)
+        return {str(k): v for k, v in inner.items()}
+    if _is_scalar(value):
+        return {"prediction": value}
+    if isinstance(value, (list, tuple)):
+        names = list(class_names) if class_names and len(class_names) == len(value) \
+            else [f"class_{i}" for i in range(len(value))]
+        return dict(zip(names, value))
+    raise CaptureError("unsupported_output", f"cannot read a prediction from {type(value).__name__}")
+
+
+def infer_kind(values: Iterable[Any]) -> str:
+    """``categorical`` if any present value is text, else ``numeric``."""
+    for v in values:
+        if isinstance(v, (str, bytes)):
+            return CATEGORICAL
+    return NUMERIC
+
+
+class FeatureSchema:
+    """Ordered feature names with their kinds (``numeric`` or ``categorical``).
+
+    Build it explicitly, or let :meth:`infer` read names and kinds from the first rows.
+    """
+
+    __slots__ = ("names", "kinds", "numeric_names", "categorical_names", "_slots")
+
+    def __init__(self, names: Sequence[str], kinds: Sequence[str] | None = None) -> None:
+        names = tuple(str(n) for n in names)
+        kinds = tuple(kinds) if kinds is not None else (NUMERIC,) * len(names)
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique, got {list(names)}")
+        if len(kinds) != len(names):
+            raise ValueError(f"{len(names)} feature names but {len(kinds)} kinds")
+        for name, kind in zip(names, kinds):
+            if kind not in KINDS:
+                raise ValueError(f"feature {name!r}: kind must be one of {KINDS}, got {kind!r}")
+        self.names = names
+        self.kinds = kinds
+        self.numeric_names = tuple(n for n, k in zip(names, kinds) if k == NUMERIC)
+        self.categorical_names = tuple(n for n, k in zip(names, kinds) if k == CATEGORICAL)
+        # per feature: (is_numeric, column in its matrix)
+        num_pos = {n: i for i, n in enumerate(self.numeric_names)}
+        cat_pos = {n: i for i, n in enumerate(self.categorical_names)}
+        self._slots = tuple((k == NUMERIC, num_pos[n] if k == NUMERIC else cat_pos[n]) for n, k in zip(names, kinds))
+
+    def __repr__(self) -> str:
+        return f"FeatureSchema({list(self.names)!r}, {list(self.kinds)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FeatureSchema) and (self.names, self.kinds) == (other.names, other.kinds)
+
+    def __hash__(self) -> int:
+        return hash((self.names, self.kinds))
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(zip(self.names, self.kinds))
+
+    @classmethod
+    def infer(cls, rows: Sequence[Any], names: Sequence[str] | None = None,
+              kinds: Mapping[str, str] | None = None) -> FeatureSchema:
+        """Names from ``names`` or the first row (dict keys, else ``f0``, ``f1``, ...); kinds from
+        ``kinds`` where given, else from the values in ``rows``."""
+        first = rows[0]
+        if names is None:
+            names = [str(k) for k in first] if isinstance(first, Mapping) else [f"f{i}" for i in range(len(first))]
+        kinds = dict(kinds or {})
+        inferred = []
+        for pos, name in enumerate(names):
+            if name in kinds:
+                inferred.append(kinds[name])
+                continue
+            column = (r.get(name) if isinstance(r, Mapping) else (r[pos] if pos < len(r) else None) for r in rows)
+            inferred.append(infer_kind(column))
+        return cls(names, inferred)
+
+    def encode(self, rows: Sequence[Any]) -> Encoded:
+        """Encode rows (dicts by name, sequences by position) into numeric and categorical matrices."""
+        n = len(rows)
+        numeric = np.full((n, len(self.numeric_names)), np.nan)
+        categorical = np.full((n, len(self.categorical_names)), None, dtype=object)
+        errors: collections.Counter = collections.Counter()
+        width = len(self.names)
+        for i, row in enumerate(rows):
+            problems: set[str] = set()
+            if isinstance(row, Mapping):
+                values = [row.get(name) for name in self.names]
+                present = sum(1 for name in self.names if name in row)
+                if present < width:
+                    problems.add("missing_feature")
+                if len(row) > present:  # keys beyond the schema's
+                    problems.add("unexpected_feature")
+            else:
+                if len(row) != width:
+                    errors["shape_mismatch"] += 1
+                    continue
+                values = row
+            for (is_num, col), value in zip(self._slots, values):
+                if is_num:
+                    numeric[i, col] = _to_float(value, problems)
+                else:
+                    categorical[i, col] = _to_category(value, problems)
+            errors.update(problems)
+        return Encoded(numeric, categorical, errors)
+
+
+def _to_float(value: Any, problems: set[str]) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, (str, bytes)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            problems.add("type_mismatch")
+            return math.nan
+        if not math.isfinite(number):
+            problems.add("non_finite")
+            return math.nan
+        return number
+    problems.add("type_mismatch")
+    return math.nan
+
+
+def _to_category(value: Any, problems: set[str]) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, numbers.Integral, np.integer)):
+        return str(value)
+    if isinstance(value, (numbers.Real, np.floating)):
+        if not math.isfinite(float(value)):
+            problems.add("non_finite")
+            return None
+        return str(value)
+    problems.add("type_mismatch")
+    return None
