@@ -1,0 +1,38 @@
+# Two entry points, each building .venv from nothing when needed:
+#   make demo   an example FastAPI + scikit-learn service with live, drifting traffic
+#   make test   the whole suite (unit, doctests, integration with real uvicorn and promtool)
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_ARGS ?=
+
+.PHONY: demo test test-slow bench tools clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[fastapi,otlp,dev,bench]'
+	touch $(STAMP)
+
+# promtool (Debian's prometheus package) checks our /metrics output in the suite.
+tools:
+	@command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus package for promtool"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+demo: $(STAMP)
+	$(BIN)/python examples/fastapi_sklearn/demo.py $(DEMO_ARGS)
+
+test: $(STAMP) tools
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(STAMP) tools
+	$(BIN)/python -m pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .demo test-artifacts

@@ -1,0 +1,76 @@
+"""A bounded traffic generator for the demo service: live requests whose inputs drift.
+
+    python examples/fastapi_sklearn/traffic.py --url http://127.0.0.1:8000 --duration 60 --drift-after 20
+
+Sends single and batch predictions at ``--rate`` requests/s to a service on this machine;
+after ``--drift-after`` seconds the applicant population starts moving (``data.make_rows``'s
+drift ramps to 1 over ``--drift-ramp`` seconds). Stops after ``--duration`` seconds or
+``--max-requests`` requests, whichever comes first, or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from data import make_rows  # noqa: E402
+
+
+def drive(url: str, duration: float, rate: float, drift_after: float, drift_ramp: float = 30.0,
+          max_requests: int = 1_000_000, batch_every: int = 10, seed: int = 11,
+          report_every: float = 10.0) -> dict[str, int]:
+    """Send the traffic; return counts of requests by status code ("error" for failed connections)."""
+    if not url.startswith(("http://127.", "http://localhost")):
+        raise SystemExit("traffic.py only sends to this machine (127.0.0.0/8 or localhost)")
+    rng = np.random.default_rng(seed)
+    counts: dict[str, int] = {}
+    start = last_report = time.monotonic()
+    sent = 0
+    with httpx.Client(base_url=url, timeout=10.0) as client:
+        while sent < max_requests:
+            elapsed = time.monotonic() - start
+            if elapsed >= duration:
+                break
+            drift = float(np.clip((elapsed - drift_after) / drift_ramp, 0.0, 1.0))
+            try:
+                if sent % batch_every == batch_every - 1:
+                    response = client.post("/predict/batch", json=make_rows(8, rng, drift))
+                else:
+                    response = client.post("/predict", json=make_rows(1, rng, drift)[0])
+                key = str(response.status_code)
+            except httpx.HTTPError:
+                key = "error"
+            counts[key] = counts.get(key, 0) + 1
+            sent += 1
+            if report_every and time.monotonic() - last_report >= report_every:
+                last_report = time.monotonic()
+                print(f"  t={elapsed:5.0f}s  sent={sent:6d}  drift={drift:.2f}  status={counts}", flush=True)
+            pause = start + sent / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--drift-after", type=float, default=20.0)
+    parser.add_argument("--drift-ramp", type=float, default=30.0)
+    parser.add_argument("--max-requests", type=int, default=1_000_000)
+    args = parser.parse_args()
+    try:
+        print(drive(args.url, args.duration, args.rate, args.drift_after, args.drift_ramp, args.max_requests))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
