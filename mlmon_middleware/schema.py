@@ -136,7 +136,7 @@ def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
     obj = _as_plain(obj)
     if isinstance(obj, Mapping):
         obj = _prediction_from_mapping(obj, key)
-    if _is_scalar(obj):
+    if _is_scalar(obj) or isinstance(obj, Mapping):
         values = [obj]
     elif isinstance(obj, (list, tuple)):
         values = [_as_plain(v) for v in obj]

@@ -1,0 +1,169 @@
+"""MLMonitorMiddleware on raw ASGI apps: pass-through, tees, limits, latency, state."""
+
+import asyncio
+import copy
+
+import orjson
+import pytest
+
+from mlmon_middleware import Endpoint, MLMonitorMiddleware
+
+JSON = [(b"content-type", b"application/json")]
+
+
+def run(app, scope, chunks=(b"",)):
+    """Call an ASGI app with the request body in ``chunks``; return the messages it sent."""
+    sent = []
+    pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(copy.deepcopy(message))
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def http_scope(path="/predict", method="POST", headers=JSON):
+    return {"type": "http", "method": method, "path": path, "headers": list(headers)}
+
+
+def echo_app(response_chunks=(b'{"prediction": 0.5}',), status=200, delay=0.0, content_type=b"application/json"):
+    """Reads the whole body, answers with ``response_chunks`` (streamed), records what it read."""
+    seen = {}
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen["body"] = body
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
+        for i, chunk in enumerate(response_chunks):
+            await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < len(response_chunks) - 1})
+
+    app.seen = seen
+    return app
+
+
+def test_unmonitored_paths_pass_through_unchanged(harness):
+    app = echo_app((b"a", b"b", b"c"))
+    bare = run(app, http_scope("/other"), [b"x", b"y"])
+    wrapped = run(MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")]),
+                  http_scope("/other"), [b"x", b"y"])
+    assert wrapped == bare and app.seen["body"] == b"xy"
+    assert harness.total("mlmon.predictions") == 0
+
+
+def test_websocket_and_lifespan_go_straight_to_the_app(harness):
+    calls = []
+
+    async def app(scope, receive, send):
+        calls.append((scope["type"], receive, send))
+
+    mw = MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/ws", "m", methods=("GET",))])
+
+    async def receive():
+        return {}
+
+    async def send(message):
+        pass
+
+    for kind in ("websocket", "lifespan"):
+        asyncio.run(mw({"type": kind, "path": "/ws", "method": "GET"}, receive, send))
+    assert calls == [("websocket", receive, send), ("lifespan", receive, send)]
+
+
+def test_endpoint_capture_tees_chunked_bodies_and_adds_the_header(harness):
+    app = echo_app((b'{"predic', b'tion": 0.5}'))
+    mw = MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/predict", "toy", "3")])
+    sent = run(mw, http_scope(), [b'{"x": 1', b'.5, "c": "a"}'])
+    assert app.seen["body"] == b'{"x": 1.5, "c": "a"}'
+    start, *bodies = sent
+    headers = dict(start["headers"])
+    assert len(headers[b"x-prediction-id"]) == 32 and headers[b"content-type"] == b"application/json"
+    assert b"".join(b["body"] for b in bodies) == b'{"prediction": 0.5}'
+    assert harness.total("mlmon.predictions", outcome="ok", **{"http.route": "/predict"}) == 1
+    snap = harness.monitor.model("toy").window_snapshot()
+    assert snap["features"]["numeric"].tolist() == [[1.5]] and snap["outputs"]["numeric"].tolist() == [[0.5]]
+    [span] = harness.finished_spans()
+    assert span.attributes["mlmon.prediction.id"] == headers[b"x-prediction-id"].decode()
+
+
+def test_path_templates_and_methods(harness):
+    mw = MLMonitorMiddleware(echo_app(), monitor=harness.monitor,
+                             endpoints=[{"path": "/models/{name}/predict", "model": "t"}])
+    run(mw, http_scope("/models/abc/predict"), [b'{"x": 1}'])
+    run(mw, http_scope("/models/abc/predict", method="GET"), [b""])
+    run(mw, http_scope("/models/abc/def/predict"), [b'{"x": 1}'])
+    assert harness.total("mlmon.predictions") == 1
+    assert harness.total("mlmon.predictions", **{"http.route": "/models/{name}/predict"}) == 1
+
+
+def test_latency_ends_when_the_last_chunk_is_sent(harness):
+    mw = MLMonitorMiddleware(echo_app((b'{"prediction":', b" 1}"), delay=0.05), monitor=harness.monitor,
+                             endpoints=[Endpoint("/predict", "slow")])
+    run(mw, http_scope(), [b'{"x": 1}'])
+    [(_, point)] = harness.points("mlmon.inference.duration")
+    assert point.sum >= 0.1  # two 50 ms pauses happen before the last chunk
+
+
+def test_bodies_over_the_limit_are_skipped_not_truncated(harness):
+    app = echo_app()
+    mw = MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")], max_body_bytes=10)
+    big = [b'{"x": ', b"1" * 20, b"}"]
+    sent = run(mw, http_scope(), big)
+    assert app.seen["body"] == b"".join(big)
+    assert sent[1]["body"] == b'{"prediction": 0.5}'
+    stated = run(mw, http_scope(headers=[*JSON, (b"content-length", b"5000")]), [b'{"x": 1}'])
+    assert stated[1]["body"] == b'{"prediction": 0.5}'
+    assert harness.total("mlmon.capture.errors", reason="too_large") == 2
+    assert harness.total("mlmon.predictions", outcome="ok") == 2
+
+
+def test_only_json_is_parsed(harness):
+    mw = MLMonitorMiddleware(echo_app(), monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")])
+    run(mw, http_scope(headers=[(b"content-type", b"text/csv")]), [b"1,2,3"])
+    run(mw, http_scope(headers=[(b"content-type", b"application/vnd.api+json")]), [b'{"x": 2}'])
+    assert harness.total("mlmon.capture.errors", reason="not_json") == 1
+    assert harness.monitor.model("m").health()["rows_in_window"] == 1
+
+
+def test_app_exceptions_propagate_and_are_counted(harness):
+    error = RuntimeError("model crashed")
+
+    async def app(scope, receive, send):
+        await receive()
+        raise error
+
+    mw = MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")])
+    with pytest.raises(RuntimeError) as info:
+        run(mw, http_scope(), [b'{"x": 1}'])
+    assert info.value is error
+    [(attrs, _)] = harness.points("mlmon.inference.duration")
+    assert attrs["error.type"] == "RuntimeError" and attrs["http.response.status_code"] == 500
+    assert harness.total("mlmon.predictions", outcome="error") == 1
+
+
+def test_error_statuses_get_no_prediction_id(harness):
+    mw = MLMonitorMiddleware(echo_app(status=422), monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")])
+    start = run(mw, http_scope(), [b'{"x": 1}'])[0]
+    assert b"x-prediction-id" not in dict(start["headers"])
+    assert harness.total("mlmon.predictions", outcome="error") == 1
+    assert harness.monitor.model("m").health()["rows_in_window"] == 0
+
+
+def test_no_per_request_state_on_the_middleware(harness):
+    mw = MLMonitorMiddleware(echo_app(), monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")])
+    def state():
+        return {k: (id(v), copy.copy(v) if isinstance(v, (dict, list, int)) else None) for k, v in vars(mw).items()}
+
+    before = state()
+    for _ in range(5):
+        run(mw, http_scope(), [orjson.dumps({"x": 1})])
+    assert state() == before

@@ -1,0 +1,76 @@
+import re
+
+import pytest
+
+from mlmon_middleware import ConfigError, Monitor, MonitorConfig, monitor
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("reservoir_size", 0, "reservoir_size must be an integer >= 1"),
+    ("reservoir_size", 1.5, "reservoir_size must be an integer >= 1"),
+    ("max_body_bytes", -1, "max_body_bytes must be an integer >= 0"),
+    ("queue_size", True, "queue_size must be an integer >= 1"),
+    ("flush_interval", 0, "flush_interval must be a number of seconds in (0, 3600]"),
+    ("tracing", "yes", "tracing must be True, False or None"),
+    ("trace_features", "age", "trace_features must be a sequence of feature names"),
+    ("prometheus_port", 70000, "prometheus_port must be an integer in [0, 65535]"),
+])
+def test_invalid_values_name_the_field(field, value, message):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        MonitorConfig(**{field: value})
+
+
+def test_env_overrides_values_given_in_code():
+    env = {"MLMON_RESERVOIR_SIZE": "123", "MLMON_TRACING": "off", "MLMON_TRACE_FEATURES": "age, income",
+           "MLMON_PROMETHEUS_PORT": "9464", "MLMON_SERVICE_NAME": "scoring", "UNRELATED": "x"}
+    config = MonitorConfig(reservoir_size=10, tracing=True).with_env(env)
+    assert (config.reservoir_size, config.tracing, config.trace_features, config.prometheus_port,
+            config.service_name) == (123, False, ("age", "income"), 9464, "scoring")
+    assert MonitorConfig().with_env({"MLMON_TRACING": "auto"}).tracing is None
+    assert MonitorConfig(prometheus_port=1).with_env({"MLMON_PROMETHEUS_PORT": "off"}).prometheus_port is None
+
+
+@pytest.mark.parametrize("var, value, message", [
+    ("MLMON_RESERVOIR_SIZE", "lots", "MLMON_RESERVOIR_SIZE='lots' is not a valid reservoir_size"),
+    ("MLMON_TRACING", "maybe", "MLMON_TRACING='maybe' is not a valid tracing"),
+    ("MLMON_RESERVOIR_SIZE", "-5", "reservoir_size must be an integer >= 1, got -5"),
+])
+def test_invalid_env_is_a_clear_error(var, value, message):
+    with pytest.raises(ConfigError, match=message):
+        MonitorConfig().with_env({var: value})
+
+
+def test_monitor_applies_env_at_start_up(monkeypatch):
+    monkeypatch.setenv("MLMON_RESERVOIR_SIZE", "77")
+    assert Monitor(MonitorConfig()).config.reservoir_size == 77
+    monkeypatch.setenv("MLMON_MAX_BODY_BYTES", "nope")
+    with pytest.raises(ConfigError, match="MLMON_MAX_BODY_BYTES"):
+        Monitor()
+
+
+def test_model_options_are_checked_at_decoration_time():
+    mon = Monitor(MonitorConfig(tracing=False))
+    with pytest.raises(ConfigError, match="model must be a non-empty string"):
+        monitor(model="")(lambda x: x)
+    with pytest.raises(ConfigError, match="kinds must be in"):
+        monitor(model="m", features={"age": "ordinal"}, registry=mon)(lambda x: x)
+    monitor(model="m2", version="1", registry=mon)(lambda x: x)
+    with pytest.raises(ConfigError, match="already monitored as version '1'"):
+        monitor(model="m2", version="2", registry=mon)(lambda x: x)
+    with pytest.raises(ConfigError, match="explain= is not available yet"):
+        monitor(model="m3", explain="auto", registry=mon)(lambda x: x)
+
+
+def test_otlp_endpoint_needs_the_exporter_or_says_how_to_get_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("opentelemetry.exporter.otlp"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ConfigError, match=r"pip install 'mlmon-middleware\[otlp\]'"):
+        Monitor(MonitorConfig(otlp_endpoint="http://127.0.0.1:4318"))

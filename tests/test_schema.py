@@ -1,0 +1,103 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import BaseModel
+
+from mlmon_middleware.schema import CaptureError, FeatureSchema, extract_predictions, extract_rows
+
+
+class Tx(BaseModel):
+    amount: float
+    country: str
+
+
+@pytest.mark.parametrize("payload, rows", [
+    ({"amount": 1.0, "country": "fr"}, [{"amount": 1.0, "country": "fr"}]),
+    (Tx(amount=2.0, country="de"), [{"amount": 2.0, "country": "de"}]),
+    ([Tx(amount=1.0, country="a"), Tx(amount=2.0, country="b")],
+     [{"amount": 1.0, "country": "a"}, {"amount": 2.0, "country": "b"}]),
+    ({"instances": [[1, 2], [3, 4]]}, [[1, 2], [3, 4]]),
+    ({"inputs": [{"a": 1}]}, [{"a": 1}]),
+    ([1.0, "x"], [[1.0, "x"]]),
+    (np.array([1.0, 2.0]), [[1.0, 2.0]]),
+    (np.array([[1.0, 2.0], [3.0, 4.0]]), [[1.0, 2.0], [3.0, 4.0]]),
+    (pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}), [{"a": 1.0, "b": "x"}, {"a": 2.0, "b": "y"}]),
+])
+def test_extract_rows_reads_every_input_shape(payload, rows):
+    assert extract_rows(payload) == rows
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ({}, "empty_input"), ([], "empty_input"), ([[1, 2], [3]], "shape_mismatch"),
+    ([{"a": 1}, [1]], "shape_mismatch"), ("text", "unsupported_input"), (3.0, "unsupported_input"),
+    (object(), "unsupported_input"),
+])
+def test_extract_rows_names_the_problem(payload, reason):
+    with pytest.raises(CaptureError) as info:
+        extract_rows(payload)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("output, n, kwargs, expected", [
+    (0.7, 1, {}, [{"prediction": 0.7}]),
+    (np.float32(0.5), 1, {}, [{"prediction": 0.5}]),
+    ("fraud", 1, {}, [{"prediction": "fraud"}]),
+    ([0.1, 0.2], 2, {}, [{"prediction": 0.1}, {"prediction": 0.2}]),
+    ([0.3, 0.7], 1, {"class_names": ["no", "yes"]}, [{"no": 0.3, "yes": 0.7}]),
+    (np.array([[0.3, 0.7]]), 1, {}, [{"class_0": 0.3, "class_1": 0.7}]),
+    ({"score": 3.5, "model": "x"}, 1, {}, [{"prediction": 3.5}]),
+    ({"risk": 0.2}, 1, {"key": "risk"}, [{"prediction": 0.2}]),
+    ({"probabilities": {"a": 0.4, "b": 0.6}}, 1, {}, [{"a": 0.4, "b": 0.6}]),
+    ([{"prediction": 1, "decision": "x"}, {"prediction": 0, "decision": "y"}], 2, {},
+     [{"prediction": 1}, {"prediction": 0}]),
+])
+def test_extract_predictions(output, n, kwargs, expected):
+    assert extract_predictions(output, n, **kwargs) == expected
+
+
+@pytest.mark.parametrize("output, n, kwargs, reason", [
+    ([0.1, 0.2, 0.3], 2, {}, "prediction_mismatch"),
+    ({"other": 1}, 1, {}, "missing_prediction"),
+    ({"score": 1}, 1, {"key": "risk"}, "missing_prediction"),
+    (object(), 1, {}, "unsupported_output"),
+])
+def test_extract_predictions_names_the_problem(output, n, kwargs, reason):
+    with pytest.raises(CaptureError) as info:
+        extract_predictions(output, n, **kwargs)
+    assert info.value.reason == reason
+
+
+def test_encode_counts_each_problem_once_per_row():
+    schema = FeatureSchema(["a", "b", "c"], ["numeric", "numeric", "categorical"])
+    rows = [
+        {"a": 1, "b": 2.5, "c": "x"},
+        {"a": float("nan"), "b": float("inf"), "c": "y"},   # non-finite twice: one row, one count
+        {"a": "1", "b": [1], "c": {"k": 1}},               # type mismatches
+        {"a": 1},                                           # missing b and c
+        {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5},           # extra keys; numeric category kept as text
+        [1, 2, "z"],                                        # by position
+        [1, 2],                                             # wrong width
+        {"a": True, "b": None, "c": None},                  # bool is numeric; None is a missing value
+    ]
+    enc = schema.encode(rows)
+    assert dict(enc.errors) == {"non_finite": 1, "type_mismatch": 1, "missing_feature": 1,
+                                "unexpected_feature": 1, "shape_mismatch": 1}
+    np.testing.assert_array_equal(enc.numeric[:, 0], [1, np.nan, np.nan, 1, 1, 1, np.nan, 1])
+    assert enc.categorical[:, 0].tolist() == ["x", "y", None, None, "3", "z", None, None]
+    assert math.isnan(enc.numeric[7, 1])
+
+
+def test_infer_takes_kinds_from_values_and_overrides():
+    rows = [{"a": None, "b": "x", "c": 1}, {"a": 2.0, "b": "y", "c": 2}]
+    assert FeatureSchema.infer(rows).to_dict() == {"a": "numeric", "b": "categorical", "c": "numeric"}
+    assert FeatureSchema.infer(rows, kinds={"c": "categorical"}).kinds == ("numeric", "categorical", "categorical")
+    assert FeatureSchema.infer([[1, "a"]]).names == ("f0", "f1")
+
+
+def test_schema_rejects_bad_definitions():
+    with pytest.raises(ValueError, match="unique"):
+        FeatureSchema(["a", "a"])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        FeatureSchema(["a"], ["text"])
