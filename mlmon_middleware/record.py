@@ -13,6 +13,7 @@ validated on the request path; :func:`resolve_payload` does that later, in the p
 
 from __future__ import annotations
 
+import json
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -100,7 +101,10 @@ def resolve_payload(payload: Any, arg: str | None = None) -> Any:
         try:
             return orjson.loads(payload.body)
         except orjson.JSONDecodeError as exc:
-            raise CaptureError("invalid_json", str(exc)) from None
+            try:  # NaN and Infinity are not JSON, but Python clients send them: read them as values
+                return json.loads(payload.body)
+            except ValueError:
+                raise CaptureError("invalid_json", str(exc)) from None
     if isinstance(payload, CallArgs):
         values = dict(zip(payload.names, payload.args))
         values.update(payload.kwargs)
