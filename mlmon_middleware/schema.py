@@ -179,10 +179,14 @@ def _prediction_row(value: Any, key: str | None, class_names: Sequence[str] | No
 
 
 def infer_kind(values: Iterable[Any]) -> str:
-    """``categorical`` if any present value is text, else ``numeric``."""
+    """The kind of the first present value: ``categorical`` for text, else ``numeric``.
+
+    The first value decides, so a later bad value is counted as a type mismatch rather
+    than turning a numeric feature into a categorical one.
+    """
     for v in values:
-        if isinstance(v, (str, bytes)):
-            return CATEGORICAL
+        if v is not None:
+            return CATEGORICAL if isinstance(v, (str, bytes)) else NUMERIC
     return NUMERIC
 
 

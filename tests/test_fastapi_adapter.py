@@ -1,0 +1,172 @@
+"""instrument_app: middleware, /metrics, /mlmon/health, route templates, status codes, providers."""
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI, HTTPException
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from starlette.testclient import TestClient
+
+from mlmon_fastapi import instrument_app
+from mlmon_middleware import Monitor, MonitorConfig, monitor
+
+
+def make_app(mon) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/models/{name}/predict")
+    @monitor(model="iris", version="1.0", registry=mon)
+    async def predict(name: str, row: dict) -> dict:
+        if row.get("petal_length", 0) < 0:
+            raise HTTPException(status_code=400, detail="negative length")
+        if row.get("petal_length") == 99:
+            raise ValueError("model failure")
+        return {"prediction": "setosa" if row["petal_length"] < 2.5 else "virginica", "score": 0.9}
+
+    @app.get("/plain")
+    def plain() -> dict:
+        return {"ok": True}
+
+    instrument_app(app, monitor=mon)
+    return app
+
+
+def test_routes_statuses_and_headers(harness):
+    with TestClient(make_app(harness.monitor), raise_server_exceptions=False) as client:
+        ok = client.post("/models/a/predict", json={"petal_length": 1.4})
+        bad = client.post("/models/a/predict", json={"petal_length": -1})
+        crash = client.post("/models/b/predict", json={"petal_length": 99})
+        plain = client.get("/plain")
+    assert ok.json() == {"prediction": "setosa", "score": 0.9} and len(ok.headers["x-prediction-id"]) == 32
+    assert bad.status_code == 400 and "x-prediction-id" not in bad.headers
+    assert crash.status_code == 500 and "x-prediction-id" not in crash.headers
+    assert "x-prediction-id" not in plain.headers
+    seen = {(a["http.route"], a["http.response.status_code"], a.get("error.type")): p.count
+            for a, p in harness.points("mlmon.inference.duration")}
+    assert seen == {("/models/{name}/predict", 200, None): 1, ("/models/{name}/predict", 400, "HTTPException"): 1,
+                    ("/models/{name}/predict", 500, "ValueError"): 1}
+    assert harness.total("mlmon.predictions", outcome="error") == 2
+    snap = harness.monitor.model("iris").window_snapshot()
+    assert snap["outputs"]["categorical"].tolist() == [["setosa"]]  # text predictions are kept as labels
+    assert snap["outputs"]["numeric"].shape == (1, 0)  # "prediction" is read; "score" is not a prediction
+
+
+def test_metrics_and_health_endpoints(harness):
+    with TestClient(make_app(harness.monitor)) as client:
+        client.post("/models/a/predict", json={"petal_length": 1.4, "petal_width": 0.2})
+        client.post("/models/a/predict", json={"petal_length": 5.1, "petal_width": "wide"})
+        metrics_response = client.get("/metrics")
+        health = client.get("/mlmon/health")
+    assert metrics_response.headers["content-type"].startswith("text/plain; version=")
+    text = metrics_response.text
+    assert 'mlmon_predictions_total{http_route="/models/{name}/predict",mlmon_model_name="iris",' \
+           'mlmon_model_version="1.0",outcome="ok"} 2.0' in text
+    assert 'mlmon_capture_errors_total{mlmon_model_name="iris",mlmon_model_version="1.0",reason="type_mismatch"} 1.0' in text
+    assert "mlmon_inference_duration_seconds_bucket{" in text and 'le="0.005"' in text
+    assert 'mlmon_reservoir_size{mlmon_model_name="iris",mlmon_model_version="1.0"} 2.0' in text
+    body = orjson.loads(health.content)
+    assert body["status"] == "ok" and body["queue"] == 0 and body["monitor_errors"] == {}
+    iris = body["models"]["iris"]
+    assert iris["predictions"] == {"ok": 2, "error": 0}
+    assert iris["rows_in_window"] == 2 and iris["window_capacity"] == 10_000
+    assert iris["features"] == {"petal_length": "numeric", "petal_width": "numeric"}
+    assert iris["capture_errors"] == {"type_mismatch": 1}
+
+
+def test_promtool_accepts_our_metrics(harness):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
+    harness.monitor.errors.report("ingest", message="synthetic failure")  # so the errors counter is there
+    with TestClient(make_app(harness.monitor), raise_server_exceptions=False) as client:
+        for length in (1.0, 3.0, -1, 99):
+            client.post("/models/x/predict", json={"petal_length": length})
+        client.post("/models/x/predict", json={"petal_length": "long"})
+        text = client.get("/metrics").content
+    for name in (b"mlmon_monitor_errors_total", b"mlmon_capture_errors_total", b"mlmon_prediction_value_bucket",
+                 b"mlmon_inference_duration_seconds_bucket", b"mlmon_predictions_total", b"mlmon_reservoir_size"):
+        assert name in text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == b"" and result.stderr.strip() == b""  # not even lint warnings
+
+
+def test_metrics_on_a_port_of_their_own(monkeypatch):
+    monkeypatch.setenv("MLMON_PROMETHEUS_PORT", "0")  # 0: any free port, read back below
+    mon = Monitor(MonitorConfig(tracing=False))
+    try:
+        @monitor(model="m", registry=mon)
+        def predict(row: dict) -> float:
+            return 1.0
+
+        predict({"a": 1.0})
+        port = mon.telemetry.prometheus_port
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'mlmon_predictions_total{http_route="",mlmon_model_name="m",mlmon_model_version="unknown",outcome="ok"} 1.0' in text
+    finally:
+        mon.shutdown()
+
+
+def test_a_meter_provider_passed_in_is_used():
+    reader = InMemoryMetricReader()
+    mon = Monitor(MonitorConfig(meter_provider=MeterProvider(metric_readers=[reader]), tracing=False))
+    try:
+        monitor(model="m", registry=mon)(lambda row: 1.0)({"a": 1.0})
+        mon.flush()
+        names = {m.name for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics
+                 for m in sm.metrics}
+        assert {"mlmon.predictions", "mlmon.inference.duration", "mlmon.prediction.value"} <= names
+    finally:
+        mon.shutdown()
+
+
+def test_global_providers_are_untouched_unless_asked(harness):
+    meter_before, tracer_before = metrics.get_meter_provider(), trace.get_tracer_provider()
+    harness.monitor.model("m").record({"a": 1}, 1.0)
+    harness.monitor.flush()
+    assert metrics.get_meter_provider() is meter_before and trace.get_tracer_provider() is tracer_before
+    script = textwrap.dedent("""
+        from opentelemetry import metrics
+        from mlmon_middleware import Monitor, MonitorConfig
+        mon = Monitor(MonitorConfig(set_global_providers=True, tracing=False))
+        mon.flush(); _ = mon.telemetry
+        assert metrics.get_meter_provider() is mon.telemetry.meter_provider
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_instrument_app_can_leave_metrics_to_someone_else(harness):
+    app = FastAPI()
+
+    @app.get("/metrics")
+    def theirs() -> dict:
+        return {"theirs": True}
+
+    instrument_app(app, monitor=harness.monitor, metrics_path=None, health_path="/_health")
+    with TestClient(app) as client:
+        assert client.get("/metrics").json() == {"theirs": True}
+        assert client.get("/_health").json()["status"] == "ok"
+        assert client.get("/mlmon/health").status_code == 404
+
+
+@pytest.mark.parametrize("payload", [{"petal_length": 1.0}])
+def test_decorator_without_the_middleware_still_records(harness, payload):
+    app = FastAPI()
+
+    @app.post("/p")
+    @monitor(model="bare", registry=harness.monitor)
+    def predict(row: dict) -> dict:
+        return {"prediction": 1}
+
+    with TestClient(app) as client:
+        response = client.post("/p", json=payload)
+    assert "x-prediction-id" not in response.headers  # the header needs the middleware
+    assert harness.total("mlmon.predictions", outcome="ok") == 1
