@@ -86,8 +86,8 @@ def test_promtool_accepts_our_metrics(harness):
     harness.monitor.errors.report("ingest", message="synthetic failure")  # so the errors counter is there
     with TestClient(make_app(harness.monitor), raise_server_exceptions=False) as client:
         for length in (1.0, 3.0, -1, 99):
-            client.post("/models/x/predict", json={"petal_length": length})
-        client.post("/models/x/predict", json={"petal_length": "long"})
+            client.post("/models/x/predict", json={"petal_length": length, "petal_width": 0.2})
+        client.post("/models/x/predict", json={"petal_length": 1.0, "petal_width": "wide"})
         text = client.get("/metrics").content
     for name in (b"mlmon_monitor_errors_total", b"mlmon_capture_errors_total", b"mlmon_prediction_value_bucket",
                  b"mlmon_inference_duration_seconds_bucket", b"mlmon_predictions_total", b"mlmon_reservoir_size"):
