@@ -89,7 +89,7 @@ def test_promtool_accepts_our_metrics(harness):
             client.post("/models/x/predict", json={"petal_length": length, "petal_width": 0.2})
         client.post("/models/x/predict", json={"petal_length": 1.0, "petal_width": "wide"})
         text = client.get("/metrics").content
-    for name in (b"mlmon_monitor_errors_total", b"mlmon_capture_errors_total", b"mlmon_prediction_value_bucket",
+    for name in (b"mlmon_monitor_errors_total", b"mlmon_capture_errors_total",
                  b"mlmon_inference_duration_seconds_bucket", b"mlmon_predictions_total", b"mlmon_reservoir_size"):
         assert name in text
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
