@@ -1,0 +1,146 @@
+"""OTLP export, child spans of the server span, fork safety, light imports."""
+
+import http.server
+import multiprocessing
+import subprocess
+import sys
+import threading
+
+import pytest
+from fastapi import FastAPI
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from starlette.testclient import TestClient
+
+from mlmon_fastapi import instrument_app
+from mlmon_middleware import Monitor, MonitorConfig, monitor
+
+
+class Collector(http.server.ThreadingHTTPServer):
+    """A stand-in OTLP/HTTP collector on 127.0.0.1 that keeps what it receives."""
+
+    def __init__(self):
+        self.received: list[tuple[str, bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((self.path, body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_otlp_export_of_metrics_and_spans(monkeypatch, via_env):
+    collector = Collector()
+    try:
+        if via_env:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+            config = MonitorConfig()
+        else:
+            config = MonitorConfig(otlp_endpoint=collector.url + "/")
+        mon = Monitor(config)
+        predict = monitor(model="otlp-model", version="3", registry=mon)(lambda row: {"prediction": 0.4})
+        for _ in range(3):
+            predict({"x": 1.0})
+        mon.shutdown()  # flushes the periodic metric reader and the batch span processor
+    finally:
+        collector.shutdown()
+    paths = {path for path, _ in collector.received}
+    assert paths == {"/v1/metrics", "/v1/traces"}
+    counts = {}
+    for path, body in collector.received:
+        if path != "/v1/metrics":
+            continue
+        request = ExportMetricsServiceRequest.FromString(body)
+        for rm in request.resource_metrics:
+            resource = {a.key: a.value.string_value for a in rm.resource.attributes}
+            assert resource["service.instance.id"] and resource["service.name"] == "mlmon"
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name == "mlmon.predictions":
+                        counts["predictions"] = max(p.as_int for p in metric.sum.data_points)
+    assert counts == {"predictions": 3}
+    spans = [span for path, body in collector.received if path == "/v1/traces"
+             for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+             for ss in rs.scope_spans for span in ss.spans]
+    assert [s.name for s in spans] == ["mlmon.inference otlp-model"] * 3
+
+
+def test_our_span_is_a_child_of_the_server_span(harness):
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    app = FastAPI()
+
+    @app.post("/predict")
+    @monitor(model="m", registry=harness.monitor)
+    async def predict(row: dict) -> dict:
+        return {"prediction": 1.0}
+
+    instrument_app(app, monitor=harness.monitor)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=harness.tracer_provider)
+    try:
+        with TestClient(app) as client:
+            pid = client.post("/predict", json={"a": 1.0}).headers["x-prediction-id"]
+    finally:
+        FastAPIInstrumentor.uninstrument_app(app)
+    spans = harness.finished_spans()
+    server = [s for s in spans if s.kind.name == "SERVER"]
+    ours = [s for s in spans if s.name == "mlmon.inference m"]
+    assert len(server) == 1 and len(ours) == 1
+    assert ours[0].parent.span_id == server[0].context.span_id
+    assert ours[0].attributes["mlmon.prediction.id"] == pid
+
+
+def _child(mon, conn):
+    mon.model("forked").record({"a": 1.0}, 0.5)
+    mon.flush()
+    health = mon.health()
+    conn.send((mon.telemetry.instance_id, health["models"]["forked"]["predictions"], mon._thread.is_alive()))
+    conn.close()
+
+
+def test_after_fork_the_child_starts_its_own_telemetry_and_drops_the_parents_queue():
+    mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600))
+    mon.model("forked").record({"a": 1.0}, 0.5)
+    mon.model("forked").record({"a": 2.0}, 0.5)  # both still queued in the parent at the fork
+    parent_instance = mon.telemetry.instance_id
+    ctx = multiprocessing.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(mon, sender))
+    proc.start()
+    child_instance, child_counts, child_thread_alive = receiver.recv()
+    proc.join(timeout=30)
+    assert proc.exitcode == 0
+    assert child_instance != parent_instance and child_thread_alive
+    assert child_counts == {"ok": 1, "error": 0}  # the parent's queued records stay the parent's
+    mon.flush()
+    assert mon.model("forked").health()["predictions"] == {"ok": 2, "error": 0}
+    mon.shutdown()
+
+
+def test_importing_and_using_the_core_loads_no_framework_or_ml_library():
+    script = (
+        "import sys\n"
+        "from mlmon_middleware import Monitor, MonitorConfig, monitor\n"
+        "mon = Monitor(MonitorConfig(tracing=False))\n"
+        "f = monitor(model='m', registry=mon)(lambda row: {'prediction': 0.5})\n"
+        "f({'a': 1.0, 'b': 'x'}); mon.flush(); mon.telemetry.prometheus_text(); mon.shutdown()\n"
+        "heavy = ['fastapi', 'starlette', 'pydantic', 'pandas', 'sklearn', 'shap', 'bentoml', 'scipy']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr

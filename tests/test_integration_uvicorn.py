@@ -1,0 +1,75 @@
+"""The example service in a real uvicorn process on 127.0.0.1: exact counts over HTTP."""
+
+import pytest
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from data import make_rows  # examples/fastapi_sklearn, on sys.path via conftest
+from demo import free_port, start_service
+from train import train
+
+pytestmark = pytest.mark.integration
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """{(sample name, sorted labels without le): value} of a Prometheus exposition."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(found: dict, name: str, **labels) -> float:
+    return sum(v for (n, ls), v in found.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    demo_dir = tmp_path_factory.mktemp("demo")
+    train(demo_dir, rows=1500)
+    port = free_port(0)
+    proc = start_service(demo_dir, port, demo_dir / "service.log")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_exact_counts_over_real_http(service):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    ids = []
+    with httpx.Client(base_url=service, timeout=10) as client:
+        for row in make_rows(30, rng):
+            response = client.post("/predict", json=row)
+            assert response.status_code == 200
+            ids.append(response.headers["x-prediction-id"])
+        for _ in range(5):
+            response = client.post("/predict/batch", json=make_rows(4, rng, drift=1.0))
+            assert response.status_code == 200 and len(response.json()) == 4
+            ids.append(response.headers["x-prediction-id"])
+        bad = {**make_rows(1, rng)[0], "age": "old"}
+        for _ in range(3):
+            assert client.post("/predict", json=bad).status_code == 422  # rejected by FastAPI: not an inference
+        for _ in range(2):
+            response = client.post("/predict/batch", json=[])
+            assert response.status_code == 422 and "x-prediction-id" not in response.headers
+        found = samples(client.get("/metrics").text)
+        health = client.get("/mlmon/health").json()
+    assert len(set(ids)) == 35
+    model = {"mlmon_model_name": "credit-risk", "mlmon_model_version": "1.0.0"}
+    assert value(found, "mlmon_predictions_total", http_route="/predict", outcome="ok", **model) == 30
+    assert value(found, "mlmon_predictions_total", http_route="/predict", outcome="error") == 0
+    assert value(found, "mlmon_predictions_total", http_route="/predict/batch", outcome="ok") == 5
+    assert value(found, "mlmon_predictions_total", http_route="/predict/batch", outcome="error") == 2
+    assert value(found, "mlmon_inference_duration_seconds_count", http_route="/predict",
+                 http_response_status_code="200") == 30
+    assert value(found, "mlmon_inference_duration_seconds_count", http_route="/predict/batch",
+                 http_response_status_code="422", error_type="HTTPException") == 2
+    assert value(found, "mlmon_prediction_value_count", output="prediction") == 50
+    assert value(found, "mlmon_reservoir_size", **model) == 50
+    assert value(found, "mlmon_capture_errors_total") == 0
+    credit = health["models"]["credit-risk"]
+    assert credit["predictions"] == {"ok": 35, "error": 2} and credit["rows_in_window"] == 50
+    assert credit["baseline"]["features"] == 16 and credit["outputs"] == {"prediction": "numeric"}
