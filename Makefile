@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: demo test test-slow bench tools clean
+.PHONY: demo test bench tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,13 +26,13 @@ demo: $(STAMP)
 	$(BIN)/python examples/fastapi_sklearn/demo.py $(DEMO_ARGS)
 
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest
 
-test-slow: $(STAMP) tools
-	$(BIN)/python -m pytest -m slow
-
+# The overhead benchmark (not a test): in-process ASGI, real uvicorn under wrk, memory.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python benchmarks/overhead.py all
 
 clean:
 	rm -rf $(VENV) .demo test-artifacts

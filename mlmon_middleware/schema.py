@@ -248,61 +248,94 @@ class FeatureSchema:
         return cls(names, inferred)
 
     def encode(self, rows: Sequence[Any]) -> Encoded:
-        """Encode rows (dicts by name, sequences by position) into numeric and categorical matrices."""
-        n = len(rows)
+        """Encode rows (dicts by name, sequences by position) into numeric and categorical matrices.
+
+        Column by column: a column of plain numbers (or of text, for a categorical feature)
+        converts in one numpy call; only columns holding something else go value by value.
+        """
+        n, width = len(rows), len(self.names)
+        flags = {reason: np.zeros(n, dtype=bool) for reason in _REASONS}
+        table = []
+        for i, row in enumerate(rows):
+            if isinstance(row, Mapping):
+                values = [row.get(name, _MISSING) for name in self.names]
+                present = width - values.count(_MISSING)
+                if present < width:
+                    flags["missing_feature"][i] = True
+                if len(row) > present:  # keys beyond the schema's
+                    flags["unexpected_feature"][i] = True
+            elif len(row) == width:
+                values = list(row)
+            else:
+                flags["shape_mismatch"][i] = True
+                values = [_MISSING] * width
+            table.append(values)
+        columns = list(zip(*table)) if table else [()] * width
         numeric = np.full((n, len(self.numeric_names)), np.nan)
         categorical = np.full((n, len(self.categorical_names)), None, dtype=object)
-        errors: collections.Counter = collections.Counter()
-        width = len(self.names)
-        for i, row in enumerate(rows):
-            problems: set[str] = set()
-            if isinstance(row, Mapping):
-                values = [row.get(name) for name in self.names]
-                present = sum(1 for name in self.names if name in row)
-                if present < width:
-                    problems.add("missing_feature")
-                if len(row) > present:  # keys beyond the schema's
-                    problems.add("unexpected_feature")
+        for (is_num, col), column in zip(self._slots, columns):
+            if is_num:
+                numeric[:, col] = _numeric_column(column, flags)
             else:
-                if len(row) != width:
-                    errors["shape_mismatch"] += 1
-                    continue
-                values = row
-            for (is_num, col), value in zip(self._slots, values):
-                if is_num:
-                    numeric[i, col] = _to_float(value, problems)
-                else:
-                    categorical[i, col] = _to_category(value, problems)
-            errors.update(problems)
+                categorical[:, col] = _categorical_column(column, flags)
+        errors = collections.Counter({reason: int(mask.sum()) for reason, mask in flags.items() if mask.any()})
         return Encoded(numeric, categorical, errors)
 
 
-def _to_float(value: Any, problems: set[str]) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, (str, bytes)):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            problems.add("type_mismatch")
-            return math.nan
-        if not math.isfinite(number):
-            problems.add("non_finite")
-            return math.nan
-        return number
-    problems.add("type_mismatch")
-    return math.nan
+class _Missing:
+    """A key absent from a row (unlike ``None``, a value that is present but missing)."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
 
 
-def _to_category(value: Any, problems: set[str]) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (bool, numbers.Integral, np.integer)):
-        return str(value)
-    if isinstance(value, (numbers.Real, np.floating)):
-        if not math.isfinite(float(value)):
-            problems.add("non_finite")
-            return None
-        return str(value)
-    problems.add("type_mismatch")
-    return None
+_MISSING = _Missing()
+_REASONS = ("missing_feature", "unexpected_feature", "shape_mismatch", "type_mismatch", "non_finite")
+_PLAIN_NUMBERS = {float, int, np.float64, np.float32, np.int64, np.int32}
+
+
+def _numeric_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
+    if set(map(type, column)) <= _PLAIN_NUMBERS:  # the common case: one numpy conversion
+        values = np.array(column, dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            flags["non_finite"] |= bad
+            values[bad] = np.nan
+        return values
+    values = np.full(len(column), np.nan)
+    for i, value in enumerate(column):
+        if value is None or value is _MISSING:
+            continue
+        if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, (str, bytes)):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                flags["type_mismatch"][i] = True
+                continue
+            if math.isfinite(number):
+                values[i] = number
+            else:
+                flags["non_finite"][i] = True
+        else:
+            flags["type_mismatch"][i] = True
+    return values
+
+
+def _categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
+    out = np.empty(len(column), dtype=object)
+    if set(map(type, column)) <= {str}:
+        out[:] = column
+        return out
+    for i, value in enumerate(column):
+        if value is None or value is _MISSING or isinstance(value, str):
+            out[i] = None if value is _MISSING else value
+        elif isinstance(value, (bool, numbers.Integral, np.integer)):
+            out[i] = str(value)
+        elif isinstance(value, (numbers.Real, np.floating)):
+            if math.isfinite(float(value)):
+                out[i] = str(value)
+            else:
+                flags["non_finite"][i] = True
+        else:
+            flags["type_mismatch"][i] = True
+    return out

@@ -1,0 +1,297 @@
+"""What monitoring costs a request, against bare FastAPI and two peers, in one process and one run.
+
+    python benchmarks/overhead.py [asgi|http|memory|all] [--rounds 7] [--requests 3000]
+
+asgi    the same trivial JSON predict endpoint as bare FastAPI; with ``@monitor`` +
+        ``instrument_app`` (tracing off, then on); with OpenTelemetry's ``FastAPIInstrumentor``;
+        with ``prometheus-fastapi-instrumentator``. Driven by direct ASGI calls (no network),
+        interleaved round by round; prints the median µs per request and the µs added to bare.
+        For mlmon two numbers: the request path alone, and the total including the background
+        pipeline's work for those requests (flushed inside the timed round: same process, same GIL).
+http    bare vs monitored app in real uvicorn processes on 127.0.0.1, loaded by ``wrk`` (Debian's
+        package) from a second process for a bounded time; prints requests/s and the ratio.
+memory  RSS of a process after 10,000 and after 1,000,000 monitored calls.
+"""
+
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+BODY = b'{"amount": 120.5, "age": 41, "country": "fr", "channel": "web"}'
+
+
+def build_apps() -> dict[str, tuple[object, object]]:
+    """name -> (ASGI app, Monitor or None) for every variant, each its own FastAPI instance."""
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from pydantic import BaseModel
+
+    from mlmon_fastapi import instrument_app
+    from mlmon_middleware import Monitor, MonitorConfig, monitor
+
+    class Tx(BaseModel):
+        amount: float
+        age: int
+        country: str
+        channel: str
+
+    class Discard(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    def tracer_provider() -> TracerProvider:
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Discard()))
+        return provider
+
+    def app_with(decorate=lambda f: f) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/predict")
+        @decorate
+        async def predict(tx: Tx) -> dict:
+            return {"prediction": 0.42 if tx.amount > 100 else 0.1}
+
+        return app
+
+    apps: dict[str, tuple[object, object]] = {"bare FastAPI": (app_with(), None)}
+    for label, tracing in (("mlmon, tracing off", False), ("mlmon, tracing on", True)):
+        mon = Monitor(MonitorConfig(tracing=tracing, tracer_provider=tracer_provider() if tracing else None,
+                                    service_name="bench"))
+        app = app_with(monitor(model="bench", version="1", registry=mon))
+        instrument_app(app, monitor=mon)
+        apps[label] = (app, mon)
+
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    app = app_with()
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider(), meter_provider=MeterProvider())
+    apps["OTel FastAPIInstrumentor"] = (app, None)
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    app = app_with()
+    Instrumentator(registry=CollectorRegistry()).instrument(app)
+    apps["prometheus-fastapi-instrumentator"] = (app, None)
+    return apps
+
+
+async def drive(app, n: int) -> None:
+    """``n`` POST /predict calls straight into the ASGI app, checking each answer."""
+    scope_base = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                  "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+                  "root_path": "", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
+                  "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
+                              (b"content-length", str(len(BODY)).encode())]}
+    status = []
+
+    async def receive():
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    for _ in range(n):
+        await app(dict(scope_base), receive, send)
+    if status.count(200) != n:
+        raise RuntimeError(f"unexpected statuses: {set(status)}")
+
+
+def bench_asgi(rounds: int, requests: int) -> list[dict]:
+    apps = build_apps()
+    loop = asyncio.new_event_loop()
+    for app, _ in apps.values():  # warm up: imports, pydantic schemas, first-use paths
+        loop.run_until_complete(drive(app, 500))
+    for _, mon in apps.values():
+        if mon is not None:
+            mon.flush()
+    path: dict[str, list[float]] = {k: [] for k in apps}
+    total: dict[str, list[float]] = {k: [] for k in apps}
+    for _ in range(rounds):
+        for name, (app, mon) in apps.items():
+            gc.collect()
+            start = time.perf_counter()
+            loop.run_until_complete(drive(app, requests))
+            mid = time.perf_counter()
+            if mon is not None:
+                mon.flush()  # the pipeline's work for this round's requests
+            end = time.perf_counter()
+            path[name].append((mid - start) / requests * 1e6)
+            total[name].append((end - start) / requests * 1e6)
+    for _, mon in apps.values():
+        if mon is not None:
+            mon.shutdown()
+    bare = statistics.median(path["bare FastAPI"])
+    rows = []
+    for name in apps:
+        p, t = statistics.median(path[name]), statistics.median(total[name])
+        rows.append({"variant": name, "us_per_request": t, "added_us": t - bare,
+                     "request_path_us": p, "request_path_added_us": p - bare})
+    return rows
+
+
+def print_asgi(rows: list[dict]) -> None:
+    print("| variant | µs/request (median) | added vs bare | of which on the request path |")
+    print("|---|---:|---:|---:|")
+    for r in rows:
+        path = f"{r['request_path_added_us']:.1f}" if r["variant"].startswith("mlmon") else "(all of it)"
+        print(f"| {r['variant']} | {r['us_per_request']:.1f} | {r['added_us']:+.1f} | {path} |")
+    by = {r["variant"]: r["added_us"] for r in rows}
+    ours_off, ours_on = by["mlmon, tracing off"], by["mlmon, tracing on"]
+    print(f"\nratios: mlmon (tracing on) adds {ours_on / by['OTel FastAPIInstrumentor']:.2f}× what "
+          f"FastAPIInstrumentor adds and {ours_on / by['prometheus-fastapi-instrumentator']:.2f}× what "
+          f"prometheus-fastapi-instrumentator adds; tracing off: {ours_off:.1f} µs, on: {ours_on:.1f} µs")
+
+
+# ------------------------------------------------------------------------------------------ http
+SERVICE = textwrap.dedent('''
+    import os
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    class Tx(BaseModel):
+        amount: float
+        age: int
+        country: str
+        channel: str
+
+    app = FastAPI()
+    monitored = os.environ["BENCH_MONITORED"] == "1"
+    if monitored:
+        from mlmon_fastapi import instrument_app
+        from mlmon_middleware import monitor
+        decorate = monitor(model="bench", version="1")
+    else:
+        decorate = lambda f: f
+
+    @app.post("/predict")
+    @decorate
+    async def predict(tx: Tx) -> dict:
+        return {"prediction": 0.42 if tx.amount > 100 else 0.1}
+
+    if monitored:
+        instrument_app(app)
+''')
+
+WRK_SCRIPT = f'wrk.method = "POST"\nwrk.body = \'{BODY.decode()}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_http(seconds: int, rounds: int) -> list[dict]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("the http benchmark needs wrk: apt-get install wrk")
+    workdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".http-bench")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
+        fh.write(SERVICE)
+    with open(os.path.join(workdir, "post.lua"), "w") as fh:
+        fh.write(WRK_SCRIPT)
+    results: dict[str, list[float]] = {"bare": [], "monitored": []}
+    for _ in range(rounds):
+        for label in ("bare", "monitored"):
+            port = free_port()
+            env = {**os.environ, "BENCH_MONITORED": "1" if label == "monitored" else "0", "MLMON_TRACING": "off"}
+            proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir,
+                                     "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                                     "--no-access-log"], env=env)
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    with socket.socket() as s:
+                        if s.connect_ex(("127.0.0.1", port)) == 0:
+                            break
+                    time.sleep(0.1)
+                url = f"http://127.0.0.1:{port}/predict"
+                subprocess.run([wrk, "-t1", "-c16", "-d2s", "-s", os.path.join(workdir, "post.lua"), url],
+                               capture_output=True, check=True)  # warm-up
+                out = subprocess.run([wrk, "-t1", "-c16", f"-d{seconds}s", "-s", os.path.join(workdir, "post.lua"),
+                                      url], capture_output=True, text=True, check=True).stdout
+                if "Non-2xx" in out:
+                    raise RuntimeError(out)
+                results[label].append(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return [{"variant": k, "rps": statistics.median(v), "runs": v} for k, v in results.items()]
+
+
+# ---------------------------------------------------------------------------------------- memory
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_memory(total: int) -> dict:
+    from mlmon_middleware import Monitor, MonitorConfig, monitor
+
+    mon = Monitor(MonitorConfig(tracing=False))
+    countries = ("fr", "de", "es", "it", "pl")
+
+    @monitor(model="mem", version="1", registry=mon)
+    def predict(row: dict) -> dict:
+        return {"prediction": row["amount"] / 1000}
+
+    marks = {}
+    for i in range(1, total + 1):
+        predict({"amount": float(i % 997), "age": i % 90, "country": countries[i % 5], "id": str(i)[:0]})
+        if i in (10_000, total):
+            mon.flush()
+            gc.collect()
+            marks[i] = rss_mb()
+    mon.flush()
+    health = mon.health()["models"]["mem"]
+    mon.shutdown()
+    return {"rss_10k_mb": marks[10_000], "rss_total_mb": marks[total], "calls": total,
+            "predictions_ok": health["predictions"]["ok"], "rows_in_window": health["rows_in_window"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["asgi", "http", "memory", "all"])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per run (http)")
+    parser.add_argument("--calls", type=int, default=1_000_000, help="monitored calls (memory)")
+    args = parser.parse_args()
+    print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}\n")
+    if args.what in ("asgi", "all"):
+        print_asgi(bench_asgi(args.rounds, args.requests))
+    if args.what in ("http", "all"):
+        rows = bench_http(args.seconds, max(1, args.rounds // 2))
+        by = {r["variant"]: r["rps"] for r in rows}
+        print("\n| uvicorn on 127.0.0.1, wrk -t1 -c16 | requests/s (median) | runs |\n|---|---:|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {r['rps']:.0f} | {', '.join(f'{v:.0f}' for v in r['runs'])} |")
+        print(f"\nratio monitored / bare: {by['monitored'] / by['bare']:.3f}")
+    if args.what in ("memory", "all"):
+        m = bench_memory(args.calls)
+        print(f"\nmemory: RSS {m['rss_10k_mb']:.1f} MB after 10,000 calls, {m['rss_total_mb']:.1f} MB after "
+              f"{m['calls']:,} calls: {m['rss_total_mb'] - m['rss_10k_mb']:+.1f} MB "
+              f"(pipeline saw {m['predictions_ok']:,} predictions; window holds {m['rows_in_window']:,} rows)")
+
+
+if __name__ == "__main__":
+    main()
