@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from opentelemetry.context import Context
 
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.errors import ErrorLog
@@ -40,7 +39,6 @@ from mlmon_middleware.telemetry import (ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS, MOD
                                         PREDICTION_ID, Telemetry)
 
 _NS = 1e-9
-_NO_CONTEXT = Context()  # measurements carry no trace context (exemplars are off): skips a lookup per call
 
 
 def new_prediction_id() -> str:
@@ -98,7 +96,6 @@ class ModelMonitor:
         self.window: SlidingWindow | None = None  # feature rows
         self.output_window: SlidingWindow | None = None  # prediction rows
         self.attrs = {MODEL_NAME: name, MODEL_VERSION: self.version}
-        self._duration_attrs: dict[tuple, dict[str, Any]] = {}
         self._lock = threading.Lock()  # guards the counters below (pipeline writes, health reads)
         self._predictions: collections.Counter[str] = collections.Counter()
         self._capture_errors: collections.Counter[str] = collections.Counter()
@@ -135,24 +132,22 @@ class ModelMonitor:
         feature_rows: list[Any] = []
         output_rows: list[dict | None] = []
         row_times: list[float] = []
+        durations: dict[tuple, list[float]] = {}
         for rec in records:
             outcome = "ok" if rec.ok else "error"
             counts[(rec.route, outcome)] += 1
-            key = (rec.route, rec.status_code, rec.error_type)
-            attrs = self._duration_attrs.get(key)
-            if attrs is None:
-                attrs = {**self.attrs, HTTP_ROUTE: rec.route, HTTP_STATUS: rec.status_code or (500 if rec.error_type else 200)}
-                if rec.error_type:
-                    attrs[ERROR_TYPE] = rec.error_type
-                if len(self._duration_attrs) < 1000:  # bounded: routes x statuses x error types
-                    self._duration_attrs[key] = attrs
-            telemetry.inference_duration.record(rec.duration_ns * _NS, attrs, _NO_CONTEXT)
+            durations.setdefault((rec.route, rec.status_code, rec.error_type), []).append(rec.duration_ns * _NS)
             rows, outputs = self._rows_of(rec, capture) if rec.ok else ([], [])
             feature_rows.extend(rows)
             output_rows.extend(outputs)
             row_times.extend([rec.wall_ns * _NS] * len(rows))
             if telemetry.tracer is not None:
                 self._span(telemetry, rec, rows, outputs)
+        for (route, status, error_type), values in durations.items():
+            attrs = {**self.attrs, HTTP_ROUTE: route, HTTP_STATUS: status or (500 if error_type else 200)}
+            if error_type:
+                attrs[ERROR_TYPE] = error_type
+            telemetry.inference_duration.observe(np.array(values), attrs)
         for (route, outcome), n in counts.items():
             telemetry.predictions.add(n, {**self.attrs, HTTP_ROUTE: route, "outcome": outcome})
         if feature_rows:
@@ -203,12 +198,8 @@ class ModelMonitor:
         for reason, n in out.errors.items():
             capture[f"prediction_{reason}"] += n
         self.output_window.extend(times[answered], numeric=out.numeric, categorical=out.categorical)
-        record = telemetry.prediction_value.record
         for j, name in enumerate(self.output_schema.numeric_names):
-            attrs = {**self.attrs, "output": name}
-            for value in out.numeric[:, j].tolist():
-                if value >= 0:  # skips NaN; OTel histograms take no negative values (see docs/metrics.md)
-                    record(value, attrs, _NO_CONTEXT)
+            telemetry.prediction_value.observe(out.numeric[:, j], {**self.attrs, "output": name})
 
     def _span(self, telemetry: Telemetry, rec: Record, rows: list, outputs: list) -> None:
         attrs: dict[str, Any] = {**self.attrs, PREDICTION_ID: rec.prediction_id, "mlmon.batch.size": len(rows)}
