@@ -75,8 +75,10 @@ class MonitorConfig:
             bounded by this times the number of features, never by traffic.
         max_body_bytes: largest request or response body the middleware tees for capture;
             beyond it capture is skipped and counted (``too_large``), the request still served.
-        queue_size: records waiting for the background pipeline; when full, new records are
-            dropped and counted (``mlmon_monitor_errors_total{stage="queue_full"}``).
+        queue_size: records waiting for the background pipeline; past 2,048 the pipeline runs at
+            once, and when the queue is full new records are dropped and counted
+            (``mlmon_monitor_errors_total{stage="queue_full"}``). A queued record holds references
+            to the call's arguments and result, so this bounds that memory too.
         flush_interval: seconds between background pipeline runs (turning raw captures into
             feature rows, metrics and spans).
         tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
@@ -97,7 +99,7 @@ class MonitorConfig:
     service_name: str | None = None
     reservoir_size: int = 10_000
     max_body_bytes: int = 1 << 20
-    queue_size: int = 100_000
+    queue_size: int = 20_000
     flush_interval: float = 0.5
     tracing: bool | None = None
     trace_features: tuple[str, ...] = ()

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from opentelemetry.context import get_current as get_current_context
 
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.errors import ErrorLog
@@ -286,9 +287,12 @@ class Monitor:
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._started = False
+        self._tracing = False
         self._telemetry: Telemetry | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._wake_at = min(2048, self.config.queue_size // 2)
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m._forget_process())
 
@@ -329,18 +333,19 @@ class Monitor:
     def submit(self, record: Record) -> None:
         if not self._started:
             self._start()
-        if len(self._queue) >= self.config.queue_size:
+        queued = len(self._queue)
+        if queued >= self.config.queue_size:
             self.errors.report("queue_full", message="record dropped: the pipeline queue is full")
             return
         self._queue.append(record)
+        if queued == self._wake_at:  # a burst: run the pipeline now rather than at the next interval
+            self._wake.set()
 
     def current_context(self) -> Any:
         """The OTel context to parent our span on, or None when not tracing (cheap)."""
-        if self.telemetry.tracer is None:
-            return None
-        from opentelemetry import context
-
-        return context.get_current()
+        if not self._started:
+            self._start()
+        return get_current_context() if self._tracing else None
 
     # ---------------------------------------------------------------------------- the pipeline
     @property
@@ -357,6 +362,7 @@ class Monitor:
                 return
             self._telemetry = Telemetry(self.config, flush=self.flush, monitor_errors=self.errors.counts,
                                         reservoir_sizes=self._reservoir_sizes)
+            self._tracing = self._telemetry.tracer is not None
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
             self._thread.start()
@@ -364,7 +370,9 @@ class Monitor:
             atexit.register(self.shutdown)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.config.flush_interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.config.flush_interval)
+            self._wake.clear()
             self.flush()
 
     def flush(self) -> None:
@@ -405,6 +413,7 @@ class Monitor:
         if not self._started:
             return
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self.flush()
@@ -420,6 +429,7 @@ class Monitor:
         self._telemetry = None
         self._thread = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._queue = collections.deque()

@@ -24,6 +24,7 @@ import collections
 import dataclasses
 import math
 import numbers
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -62,12 +63,18 @@ class Encoded:
         return self.numeric.shape[0]
 
 
+_SCALAR_TYPES = {float, int, str, bool, type(None)}
+_PLAIN_CONTAINERS = {dict, list, tuple}
+
+
 def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, bytes, numbers.Number, np.generic))
+    return type(value) in _SCALAR_TYPES or isinstance(value, (str, bytes, numbers.Number, np.generic))
 
 
 def _as_plain(obj: Any) -> Any:
     """Unwrap pydantic models, numpy arrays and pandas objects into dicts and lists."""
+    if type(obj) in _PLAIN_CONTAINERS or type(obj) in _SCALAR_TYPES:
+        return obj
     dump = getattr(obj, "model_dump", None)
     if callable(dump) and not isinstance(obj, type):
         return dump()
@@ -134,6 +141,10 @@ def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
     [{'ok': 0.1, 'fraud': 0.9}, {'ok': 0.7, 'fraud': 0.3}]
     """
     obj = _as_plain(obj)
+    if type(obj) is dict and n_rows == 1:  # the common case: {"prediction": 0.3, ...}
+        value = obj.get(key) if key is not None else next((obj[k] for k in PREDICTION_KEYS if k in obj), None)
+        if type(value) in _SCALAR_TYPES and value is not None:
+            return [{"prediction": value}]
     if isinstance(obj, Mapping):
         obj = _prediction_from_mapping(obj, key)
     if _is_scalar(obj) or isinstance(obj, Mapping):
@@ -196,7 +207,7 @@ class FeatureSchema:
     Build it explicitly, or let :meth:`infer` read names and kinds from the first rows.
     """
 
-    __slots__ = ("names", "kinds", "numeric_names", "categorical_names", "_slots")
+    __slots__ = ("names", "kinds", "numeric_names", "categorical_names", "_slots", "_pick")
 
     def __init__(self, names: Sequence[str], kinds: Sequence[str] | None = None) -> None:
         names = tuple(str(n) for n in names)
@@ -216,6 +227,7 @@ class FeatureSchema:
         num_pos = {n: i for i, n in enumerate(self.numeric_names)}
         cat_pos = {n: i for i, n in enumerate(self.categorical_names)}
         self._slots = tuple((k == NUMERIC, num_pos[n] if k == NUMERIC else cat_pos[n]) for n, k in zip(names, kinds))
+        self._pick = operator.itemgetter(*names) if names else (lambda row: ())
 
     def __repr__(self) -> str:
         return f"FeatureSchema({list(self.names)!r}, {list(self.kinds)!r})"
@@ -256,7 +268,15 @@ class FeatureSchema:
         n, width = len(rows), len(self.names)
         flags = {reason: np.zeros(n, dtype=bool) for reason in _REASONS}
         table = []
+        pick = self._pick
         for i, row in enumerate(rows):
+            if type(row) is dict and len(row) == width:  # the common case: exactly our features
+                try:
+                    values = pick(row)
+                    table.append(values if width > 1 else (values,))
+                    continue
+                except KeyError:
+                    pass
             if isinstance(row, Mapping):
                 values = [row.get(name, _MISSING) for name in self.names]
                 present = width - values.count(_MISSING)

@@ -58,8 +58,11 @@ def monitor(model: str, version: str = "unknown", *, features: Any = None, basel
         mm = mon.model(model, version, features=features, baseline=baseline, explain=explain, input=input,
                        prediction_key=prediction_key, class_names=class_names)
         names = tuple(inspect.signature(fn).parameters)
-        capture = functools.partial(_capture, mon, mm, names, route or "")
+        route_name = route or ""
         perf_ns, wall_ns = time.perf_counter_ns, time.time_ns
+
+        def capture(args: tuple, kwargs: dict, result: Any, start: int, wall: int, exc: BaseException | None) -> None:
+            _capture(mon, mm, names, route_name, args, kwargs, result, start, wall, exc)
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
