@@ -134,30 +134,36 @@ class ModelMonitor:
         output_rows: list[dict | None] = []
         row_times: list[float] = []
         durations: dict[tuple, list[float]] = {}
+        tracer = telemetry.tracer
         for rec in records:
-            outcome = "ok" if rec.ok else "error"
-            counts[(rec.route, outcome)] += 1
-            durations.setdefault((rec.route, rec.status_code, rec.error_type), []).append(rec.duration_ns * _NS)
-            rows, outputs = self._rows_of(rec, capture) if rec.ok else ([], [])
-            feature_rows.extend(rows)
-            output_rows.extend(outputs)
-            row_times.extend([rec.wall_ns * _NS] * len(rows))
-            if telemetry.tracer is not None:
+            ok = rec.ok
+            counts[(rec.route, ok)] += 1
+            key = (rec.route, rec.status_code, rec.error_type)
+            group = durations.get(key)
+            if group is None:
+                group = durations[key] = []
+            group.append(rec.duration_ns)
+            rows, outputs = self._rows_of(rec, capture) if ok else ((), ())
+            if rows:
+                feature_rows += rows
+                output_rows += outputs
+                row_times += [rec.wall_ns] * len(rows) if len(rows) > 1 else [rec.wall_ns]
+            if tracer is not None:
                 self._span(telemetry, rec, rows, outputs)
         for (route, status, error_type), values in durations.items():
             attrs = {**self.attrs, HTTP_ROUTE: route, HTTP_STATUS: status or (500 if error_type else 200)}
             if error_type:
                 attrs[ERROR_TYPE] = error_type
-            telemetry.inference_duration.observe(np.array(values), attrs)
-        for (route, outcome), n in counts.items():
-            telemetry.predictions.add(n, {**self.attrs, HTTP_ROUTE: route, "outcome": outcome})
+            telemetry.inference_duration.observe(np.array(values) * _NS, attrs)
+        for (route, ok), n in counts.items():
+            telemetry.predictions.add(n, {**self.attrs, HTTP_ROUTE: route, "outcome": "ok" if ok else "error"})
         if feature_rows:
-            self._store(feature_rows, output_rows, np.asarray(row_times), capture, telemetry)
+            self._store(feature_rows, output_rows, np.array(row_times) * _NS, capture, telemetry)
         for reason, n in capture.items():
             telemetry.capture_errors.add(n, {**self.attrs, "reason": reason})
         with self._lock:
-            for (_, outcome), n in counts.items():
-                self._predictions[outcome] += n
+            for (_, ok), n in counts.items():
+                self._predictions["ok" if ok else "error"] += n
             self._capture_errors.update(capture)
 
     def _rows_of(self, rec: Record, capture: collections.Counter) -> tuple[list, list]:

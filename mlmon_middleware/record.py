@@ -79,8 +79,9 @@ def _json_content_type(content_type: str) -> bool:
 
 
 def _looks_like_data(value: Any) -> bool:
-    return (isinstance(value, (Mapping, list, tuple))
+    return (type(value) in (dict, list, tuple)
             or callable(getattr(value, "model_dump", None))
+            or isinstance(value, (Mapping, list, tuple))
             or hasattr(value, "__array__"))
 
 
@@ -106,8 +107,7 @@ def resolve_payload(payload: Any, arg: str | None = None) -> Any:
             except ValueError:
                 raise CaptureError("invalid_json", str(exc)) from None
     if isinstance(payload, CallArgs):
-        values = dict(zip(payload.names, payload.args))
-        values.update(payload.kwargs)
+        values = {**dict(zip(payload.names, payload.args)), **payload.kwargs} if payload.args else payload.kwargs
         if arg is not None:
             if arg not in values:
                 raise CaptureError("missing_input", f"no argument {arg!r} in the call")

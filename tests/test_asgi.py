@@ -167,3 +167,32 @@ def test_no_per_request_state_on_the_middleware(harness):
     for _ in range(5):
         run(mw, http_scope(), [orjson.dumps({"x": 1})])
     assert state() == before
+
+
+def test_on_a_starlette_app(harness):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    async def score(request: Request) -> JSONResponse:
+        row = await request.json()
+        return JSONResponse({"probabilities": [0.2, 0.8] if row["x"] > 0 else [0.9, 0.1]})
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def chunks():
+            for part in (b"a", b"b", b"c"):
+                yield part
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    app = Starlette(routes=[Route("/score", score, methods=["POST"]), Route("/stream", stream)])
+    wrapped = MLMonitorMiddleware(app, monitor=harness.monitor,
+                                  endpoints=[Endpoint("/score", model="star", class_names=("no", "yes"))])
+    with TestClient(wrapped) as client:
+        assert client.post("/score", json={"x": 1.0}).json() == {"probabilities": [0.2, 0.8]}
+        assert client.post("/score", json={"x": -1.0}).headers["x-prediction-id"]
+        streamed = client.get("/stream")
+    assert streamed.content == b"abc" and "x-prediction-id" not in streamed.headers
+    values = {a["output"]: p for a, p in harness.points("mlmon.prediction.value")}
+    assert values["yes"].sum == pytest.approx(0.9) and values["no"].count == 2

@@ -172,13 +172,16 @@ class _Responder:
         self.scope = scope
         self.endpoint = endpoint
         self.state = RequestState()
-        self.start_ns = time.perf_counter_ns()
-        self.wall_ns = time.time_ns()
         self.status: int | None = None
-        self.request_tee: _Tee | None = _Tee(mw.max_body_bytes, scope.get("headers") or ()) if endpoint else None
         self.response_tee: _Tee | None = None
         self.response_type = ""
-        self.prediction_id = new_prediction_id() if endpoint else None
+        if endpoint is None:  # only decorated calls to complete: no clocks, no tees
+            self.request_tee = self.prediction_id = None
+        else:
+            self.start_ns = time.perf_counter_ns()
+            self.wall_ns = time.time_ns()
+            self.request_tee = _Tee(mw.max_body_bytes, scope.get("headers") or ())
+            self.prediction_id = new_prediction_id()
 
     async def __call__(self, receive: Any, send: Any) -> None:
         if self.request_tee is not None:
@@ -264,10 +267,8 @@ class _Responder:
     def _submit_endpoint(self, status: int, error_type: str | None) -> None:
         endpoint, mm = self.endpoint
         request_type = (_header(self.scope.get("headers") or (), b"content-type") or b"").decode("latin-1")
-        response_tee = self.response_tee or _Tee(0, ())
-        if self.response_tee is None:
-            response_tee._stop("no_response")
+        # No response started means an error status, so the pipeline never reads this body.
+        response = self.response_tee.raw(self.response_type) if self.response_tee else RawBody(None)
         duration = time.perf_counter_ns() - self.start_ns
         mm.submit(Record(mm, self.prediction_id, self.wall_ns, duration, self.request_tee.raw(request_type),
-                         response_tee.raw(self.response_type), endpoint.path, status, error_type,
-                         self.mw.monitor.current_context()))
+                         response, endpoint.path, status, error_type, self.mw.monitor.current_context()))
