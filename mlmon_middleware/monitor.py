@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 from opentelemetry.context import get_current as get_current_context
 
+from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.record import Record, resolve_payload
@@ -132,8 +133,9 @@ class ModelMonitor:
         capture: collections.Counter = collections.Counter()
         feature_rows: list[Any] = []
         output_rows: list[dict | None] = []
-        row_times: list[float] = []
-        durations: dict[tuple, list[float]] = {}
+        row_times: list[int] = []
+        durations: dict[tuple, list[int]] = {}
+        messages: dict[str, str] = {}  # last message per capture-error reason
         tracer = telemetry.tracer
         for rec in records:
             ok = rec.ok
@@ -143,7 +145,7 @@ class ModelMonitor:
             if group is None:
                 group = durations[key] = []
             group.append(rec.duration_ns)
-            rows, outputs = self._rows_of(rec, capture) if ok else ((), ())
+            rows, outputs = self._rows_of(rec, capture, messages) if ok else ((), ())
             if rows:
                 feature_rows += rows
                 output_rows += outputs
@@ -165,20 +167,21 @@ class ModelMonitor:
             for (_, ok), n in counts.items():
                 self._predictions["ok" if ok else "error"] += n
             self._capture_errors.update(capture)
+            self._last_capture_error.update(messages)
 
-    def _rows_of(self, rec: Record, capture: collections.Counter) -> tuple[list, list]:
+    def _rows_of(self, rec: Record, capture: collections.Counter, messages: dict[str, str]) -> tuple[list, list]:
         try:
             rows = extract_rows(resolve_payload(rec.inputs, self.input_arg))
         except CaptureError as exc:
             capture[exc.reason] += 1
-            self._last_capture_error[exc.reason] = str(exc)
+            messages[exc.reason] = str(exc)
             return [], []
         try:
             outputs = extract_predictions(resolve_payload(rec.outputs), len(rows), self.prediction_key,
                                           self.class_names)
         except CaptureError as exc:
             capture[exc.reason] += 1
-            self._last_capture_error[exc.reason] = str(exc)
+            messages[exc.reason] = str(exc)
             outputs = [None] * len(rows)
         return rows, outputs
 
@@ -259,12 +262,8 @@ class ModelMonitor:
         }
 
 
-def _load_baseline(baseline: Any) -> Any:
-    if baseline is None:
-        return None
-    from mlmon_middleware.baseline import Baseline
-
-    if isinstance(baseline, Baseline):
+def _load_baseline(baseline: Baseline | str | os.PathLike | None) -> Baseline | None:
+    if baseline is None or isinstance(baseline, Baseline):
         return baseline
     return Baseline.load(baseline)
 

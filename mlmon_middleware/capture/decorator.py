@@ -61,9 +61,6 @@ def monitor(model: str, version: str = "unknown", *, features: Any = None, basel
         route_name = route or ""
         perf_ns, wall_ns = time.perf_counter_ns, time.time_ns
 
-        def capture(args: tuple, kwargs: dict, result: Any, start: int, wall: int, exc: BaseException | None) -> None:
-            _capture(mon, mm, names, route_name, args, kwargs, result, start, wall, exc)
-
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -71,9 +68,9 @@ def monitor(model: str, version: str = "unknown", *, features: Any = None, basel
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
-                    capture(args, kwargs, None, start, wall, exc)
+                    _capture(mon, mm, names, route_name, args, kwargs, None, start, wall, exc)
                     raise
-                capture(args, kwargs, result, start, wall, None)
+                _capture(mon, mm, names, route_name, args, kwargs, result, start, wall, None)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
@@ -84,9 +81,9 @@ def monitor(model: str, version: str = "unknown", *, features: Any = None, basel
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                capture(args, kwargs, None, start, wall, exc)
+                _capture(mon, mm, names, route_name, args, kwargs, None, start, wall, exc)
                 raise
-            capture(args, kwargs, result, start, wall, None)
+            _capture(mon, mm, names, route_name, args, kwargs, result, start, wall, None)
             return result
 
         return wrapper  # type: ignore[return-value]
