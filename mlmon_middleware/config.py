@@ -56,6 +56,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "max_body_bytes": ("MLMON_MAX_BODY_BYTES", int),
     "queue_size": ("MLMON_QUEUE_SIZE", int),
     "flush_interval": ("MLMON_FLUSH_INTERVAL", float),
+    "flush_batch": ("MLMON_FLUSH_BATCH", int),
     "tracing": ("MLMON_TRACING", _parse_optional_bool),
     "trace_features": ("MLMON_TRACE_FEATURES", _parse_names),
     "prometheus_port": ("MLMON_PROMETHEUS_PORT", _parse_optional_int),
@@ -75,12 +76,14 @@ class MonitorConfig:
             bounded by this times the number of features, never by traffic.
         max_body_bytes: largest request or response body the middleware tees for capture;
             beyond it capture is skipped and counted (``too_large``), the request still served.
-        queue_size: records waiting for the background pipeline; past 2,048 the pipeline runs at
-            once, and when the queue is full new records are dropped and counted
-            (``mlmon_monitor_errors_total{stage="queue_full"}``). A queued record holds references
-            to the call's arguments and result, so this bounds that memory too.
+        queue_size: records waiting for the background pipeline; when it is full, new records are
+            dropped and counted (``mlmon_monitor_errors_total{stage="queue_full"}``). A queued record
+            holds references to the call's arguments and result, so this bounds that memory too.
         flush_interval: seconds between background pipeline runs (turning raw captures into
             feature rows, metrics and spans).
+        flush_batch: queued records that make the pipeline run at once, before the interval is
+            up. Small batches keep captured objects young, which keeps the garbage collector's
+            work (the largest cost of holding them) low; 256 measured best of 256/1024/2048.
         tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
             given, OTLP is configured, or an SDK tracer provider is installed globally.
         trace_features: feature names whose raw values may be written into spans (none by default).
@@ -101,6 +104,7 @@ class MonitorConfig:
     max_body_bytes: int = 1 << 20
     queue_size: int = 20_000
     flush_interval: float = 0.5
+    flush_batch: int = 256
     tracing: bool | None = None
     trace_features: tuple[str, ...] = ()
     prometheus_port: int | None = None
@@ -115,6 +119,7 @@ class MonitorConfig:
         _check_int(self, "reservoir_size", minimum=1)
         _check_int(self, "max_body_bytes", minimum=0)
         _check_int(self, "queue_size", minimum=1)
+        _check_int(self, "flush_batch", minimum=1)
         if not isinstance(self.flush_interval, (int, float)) or not 0 < self.flush_interval <= 3600:
             raise ConfigError(f"flush_interval must be a number of seconds in (0, 3600], got {self.flush_interval!r}")
         if self.tracing not in (None, True, False):

@@ -297,7 +297,7 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._wake_at = min(2048, self.config.queue_size // 2)
+        self._wake_at = min(self.config.flush_batch, self.config.queue_size - 1)
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m._forget_process())
 
