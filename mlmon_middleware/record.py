@@ -85,6 +85,20 @@ def _looks_like_data(value: Any) -> bool:
             or hasattr(value, "__array__"))
 
 
+def input_argument(names: tuple[str, ...], args: tuple, kwargs: Mapping[str, Any]) -> str | None:
+    """The first argument, in signature order, that looks like data (a mapping, a sequence, a
+    pydantic model, an array or a DataFrame), or None.
+
+    >>> input_argument(("request", "tx"), ("GET",), {"tx": {"amount": 1}})
+    'tx'
+    """
+    for i, name in enumerate((*names, *(k for k in kwargs if k not in names))):
+        value = args[i] if i < len(args) else kwargs.get(name)
+        if value is not None and not isinstance(value, (str, bytes)) and _looks_like_data(value):
+            return name
+    return None
+
+
 def resolve_payload(payload: Any, arg: str | None = None) -> Any:
     """The plain object behind a captured payload.
 
@@ -112,10 +126,9 @@ def resolve_payload(payload: Any, arg: str | None = None) -> Any:
             if arg not in values:
                 raise CaptureError("missing_input", f"no argument {arg!r} in the call")
             return values[arg]
-        for name in (*payload.names, *payload.kwargs):
-            value = values.get(name)
-            if value is not None and _looks_like_data(value) and not isinstance(value, (str, bytes)):
-                return value
+        name = input_argument(payload.names, payload.args, payload.kwargs)
+        if name is not None:
+            return values[name]
         scalars = {k: v for k, v in values.items() if isinstance(v, (numbers.Number, str)) and not isinstance(v, bool)}
         if scalars:  # an endpoint taking its features as separate scalar parameters
             return scalars

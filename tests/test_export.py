@@ -144,3 +144,31 @@ def test_importing_and_using_the_core_loads_no_framework_or_ml_library():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def _child_ids(conn):
+    from mlmon_middleware.monitor import new_prediction_id
+
+    conn.send([new_prediction_id() for _ in range(300)])
+    conn.close()
+
+
+def test_prediction_ids_are_unique_across_threads_and_forked_workers():
+    import concurrent.futures
+
+    from mlmon_middleware.monitor import new_prediction_id
+
+    new_prediction_id()  # the parent holds a partly used buffer when it forks
+    ctx = multiprocessing.get_context("fork")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
+    procs = [ctx.Process(target=_child_ids, args=(sender,)) for _, sender in pipes]
+    for p in procs:
+        p.start()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ours = list(pool.map(lambda _: new_prediction_id(), range(5000)))
+    children = [receiver.recv() for receiver, _ in pipes]
+    for p in procs:
+        p.join(timeout=30)
+    every = ours + children[0] + children[1]
+    assert len(set(every)) == len(every) == 5600
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in every)
