@@ -95,7 +95,8 @@ class _InputPicker:
     """Which argument of a decorated function holds the features: the one named by ``input=``,
     else the first that looked like data on the first call, remembered. The record then keeps
     only that value, not the call's argument dict: fewer objects held per record is less work
-    for the garbage collector while records wait for the pipeline."""
+    for the garbage collector while records wait for the pipeline (measured under uvicorn: the
+    largest cost of deferring work to the pipeline)."""
 
     __slots__ = ("names", "name", "position")
 
@@ -117,7 +118,13 @@ class _InputPicker:
         else:
             position = self.position
             value = args[position] if position is not None and position < len(args) else None
-        return CallArgs(args, kwargs, self.names) if value is None else value
+        if value is None:
+            return CallArgs(args, kwargs, self.names)
+        if hasattr(value, "__pydantic_fields__"):
+            # A pydantic model's field values, already a plain dict: the model itself (and its
+            # fields-set) would be two more objects for the garbage collector to track.
+            return value.__dict__
+        return value
 
 
 def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, args: tuple, kwargs: dict,
