@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/fastapi_sklearn/demo.py $(DEMO_ARGS)
 
 test: $(STAMP) tools
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # The overhead benchmark (not a test): in-process ASGI, real uvicorn under wrk, memory.

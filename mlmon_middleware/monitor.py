@@ -35,10 +35,8 @@ from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.record import Record, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
-from mlmon_middleware.schema import (KINDS, CaptureError, FeatureSchema, extract_predictions,
-                                     extract_rows)
-from mlmon_middleware.telemetry import (ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS, MODEL_NAME, MODEL_VERSION,
-                                        PREDICTION_ID, Telemetry)
+from mlmon_middleware.schema import KINDS, CaptureError, FeatureSchema, extract_predictions, extract_rows
+from mlmon_middleware.telemetry import ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS, MODEL_NAME, MODEL_VERSION, PREDICTION_ID, Telemetry
 
 _NS = 1e-9
 

@@ -1,7 +1,7 @@
 """The example service in a real uvicorn process on 127.0.0.1: exact counts over HTTP."""
 
-import pytest
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from data import make_rows  # examples/fastapi_sklearn, on sys.path via conftest

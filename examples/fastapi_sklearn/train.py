@@ -20,9 +20,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from data import FEATURES, NUMERIC, default_risk, make_rows  # noqa: E402
-
 from mlmon_middleware import Baseline  # noqa: E402
+
+from data import FEATURES, NUMERIC, default_risk, make_rows  # noqa: E402
 
 
 def train(out: pathlib.Path, rows: int = 5000, seed: int = 7) -> tuple[pathlib.Path, pathlib.Path]:

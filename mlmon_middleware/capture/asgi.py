@@ -45,7 +45,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mlmon_middleware.capture.context import RequestState, current_request
-from mlmon_middleware.monitor import Monitor, ModelMonitor, new_prediction_id
+from mlmon_middleware.monitor import ModelMonitor, Monitor, new_prediction_id
 from mlmon_middleware.record import RawBody, Record
 
 Scope = dict[str, Any]
