@@ -1,0 +1,128 @@
+"""Two-sample drift statistics, computed for many features at once.
+
+Numeric features are compared with a reference *profile* (the baseline's quantile bins and
+sorted sample) rather than raw training data, so a check never needs the training set:
+
+* PSI on the baseline's quantile bins, proportions clipped at ``eps`` (as in the seed's
+  formula) so an empty bin is a large but finite contribution:
+  ``PSI = Σ (q − p) · ln(q / p)``.
+* Jensen–Shannon distance (base 2, so in [0, 1]) on the same bins.
+* Kolmogorov–Smirnov statistic and its two-sided p-value from Smirnov's asymptotic
+  distribution (``scipy.stats.kstwo``), as ``scipy.stats.ks_2samp(method="asymp")``.
+* Wasserstein-1 distance between the samples (as ``scipy.stats.wasserstein_distance``),
+  which the policy divides by the baseline's standard deviation.
+
+Categorical features: chi² test of homogeneity on the reference and current counts over the
+union of categories (as ``scipy.stats.chi2_contingency`` without continuity correction), so a
+category never seen in training is an extra column, not an infinity; PSI and JS on the
+category shares.
+
+>>> import numpy as np
+>>> ref = np.array([[0.25, 0.25, 0.25, 0.25]])
+>>> cur = np.array([[0.10, 0.20, 0.30, 0.40]])
+>>> round(float(psi(ref, cur)[0]), 6), round(float(js_distance(ref, cur)[0]), 6)
+(0.228217, 0.200503)
+
+References: Smirnov (1948), Table for estimating the goodness of fit of empirical
+distributions; Lin (1991), Divergence measures based on the Shannon entropy; Yurdakul (2018),
+Statistical properties of population stability index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+EPS = 1e-4  # proportion floor for PSI (the seed's 0.0001)
+
+
+def bin_counts(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Counts of ``values`` (NaN skipped) in the bins cut at ``cuts`` (``len(cuts)+1`` bins, the
+    outer ones open), each bin closed on the left: ``[cuts[i-1], cuts[i])``."""
+    present = values[~np.isnan(values)]
+    return np.bincount(np.searchsorted(cuts, present, side="right"), minlength=len(cuts) + 1)
+
+
+def psi(ref: np.ndarray, cur: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """Population stability index per row of two (features × bins) proportion matrices."""
+    p = np.clip(ref, eps, None)
+    q = np.clip(cur, eps, None)
+    return np.sum((q - p) * np.log(q / p), axis=-1)
+
+
+def js_distance(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Jensen–Shannon distance (base 2) per row of two (features × bins) weight matrices
+    (rows are normalised to sum to 1, as scipy does)."""
+    p = ref / ref.sum(axis=-1, keepdims=True)
+    q = cur / cur.sum(axis=-1, keepdims=True)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(p / m), 0.0).sum(axis=-1)
+        kl_q = np.where(q > 0, q * np.log2(q / m), 0.0).sum(axis=-1)
+    return np.sqrt(np.clip((kl_p + kl_q) / 2, 0.0, None))
+
+
+def ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
+    """Two-sided KS statistic of two sorted samples (as ``scipy.stats.ks_2samp``)."""
+    pooled = np.concatenate([ref_sorted, cur_sorted])
+    cdf_ref = np.searchsorted(ref_sorted, pooled, side="right") / len(ref_sorted)
+    cdf_cur = np.searchsorted(cur_sorted, pooled, side="right") / len(cur_sorted)
+    return float(np.max(np.abs(cdf_ref - cdf_cur)))
+
+
+def ks_pvalue(statistic: np.ndarray, n_ref: np.ndarray, n_cur: np.ndarray) -> np.ndarray:
+    """Two-sided p-values of KS statistics from Smirnov's asymptotic distribution."""
+    from scipy.stats import kstwo
+
+    n_ref = np.asarray(n_ref, dtype=float)
+    n_cur = np.asarray(n_cur, dtype=float)
+    effective = np.round(n_ref * n_cur / (n_ref + n_cur))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = kstwo.sf(statistic, np.maximum(effective, 1))
+    return np.where(effective >= 1, np.clip(p, 0.0, 1.0), 1.0)  # one value on each side: no evidence
+
+
+def wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
+    """Wasserstein-1 distance of two sorted samples (as ``scipy.stats.wasserstein_distance``)."""
+    pooled = np.sort(np.concatenate([ref_sorted, cur_sorted]))
+    deltas = np.diff(pooled)
+    cdf_ref = np.searchsorted(ref_sorted, pooled[:-1], side="right") / len(ref_sorted)
+    cdf_cur = np.searchsorted(cur_sorted, pooled[:-1], side="right") / len(cur_sorted)
+    return float(np.sum(np.abs(cdf_ref - cdf_cur) * deltas))
+
+
+def chi2_homogeneity(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float, int]:
+    """Chi² test that two count vectors over the same categories come from one distribution:
+    ``(statistic, p-value, degrees of freedom)``; categories empty in both are dropped."""
+    from scipy.stats import chi2
+
+    table = np.vstack([ref_counts, cur_counts]).astype(float)
+    table = table[:, table.sum(axis=0) > 0]
+    dof = table.shape[1] - 1
+    if dof < 1 or (table.sum(axis=1) == 0).any():
+        return 0.0, 1.0, max(dof, 0)
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    statistic = float(((table - expected) ** 2 / expected).sum())
+    return statistic, float(chi2.sf(statistic, dof)), dof
+
+
+def category_counts(frequencies: Mapping[str, float], n_ref: int, current: Sequence[str | None]
+                    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Reference and current counts over the union of categories (reference first, then the
+    categories new in ``current`` in order of appearance); missing values (None) are skipped."""
+    names = list(frequencies)
+    index = {name: i for i, name in enumerate(names)}
+    cur_counts: list[int] = [0] * len(names)
+    for value in current:
+        if value is None:
+            continue
+        i = index.get(value)
+        if i is None:
+            i = index[value] = len(names)
+            names.append(value)
+            cur_counts.append(0)
+        cur_counts[i] += 1
+    ref = np.zeros(len(names))
+    ref[:len(frequencies)] = np.fromiter(frequencies.values(), float, len(frequencies)) * n_ref
+    return names, ref, np.asarray(cur_counts, dtype=float)
