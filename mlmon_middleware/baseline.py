@@ -97,6 +97,7 @@ class Baseline:
         self.model: str | None = self.payload.get("model")
         self.row_count: int = self.payload["row_count"]
         self.created_at: str = self.payload["created_at"]
+        self.warmup: bool = bool(self.payload.get("warmup", False))
 
     @classmethod
     def from_data(cls, data: Any, *, features: Sequence[str] | None = None, predictions: Any = None,
@@ -124,20 +125,30 @@ class Baseline:
             features = [k for k in rows[0] if not (isinstance(predictions, str) and k == predictions)]
         kinds = {name: CATEGORICAL for name in categorical}
         schema = FeatureSchema.infer(rows, names=features, kinds=kinds)
-        encoded = schema.encode(rows)
-        rng = np.random.default_rng(seed)
-        profiles = _profiles(schema, encoded, bins, sample_size, rng)
-        pred_profiles: dict[str, Any] = {}
+        outputs = None
         if pred_values is not None:
             pred_rows = [v if isinstance(v, list) else [v] for v in pred_values]
             names = ["prediction"] if len(pred_rows[0]) == 1 else [f"class_{i}" for i in range(len(pred_rows[0]))]
             pred_schema = FeatureSchema.infer(pred_rows, names=names)
-            pred_profiles = _profiles(pred_schema, pred_schema.encode(pred_rows), bins, sample_size, rng)
+            outputs = (pred_schema, pred_schema.encode(pred_rows))
+        return cls.from_encoded(schema, schema.encode(rows), outputs, model=model, bins=bins,
+                                sample_size=sample_size, seed=seed)
+
+    @classmethod
+    def from_encoded(cls, schema: FeatureSchema, encoded: Any, outputs: tuple[FeatureSchema, Any] | None = None, *,
+                     model: str | None = None, bins: int = 10, sample_size: int = 2000, seed: int = 0,
+                     warmup: bool = False) -> Baseline:
+        """Profile already-encoded rows (anything with ``numeric`` and ``categorical`` matrices,
+        such as :class:`~mlmon_middleware.schema.Encoded`); ``outputs`` likewise for predictions.
+        ``warmup=True`` marks a baseline built from the first production rows."""
+        rng = np.random.default_rng(seed)
+        profiles = _profiles(schema, encoded, bins, sample_size, rng)
+        pred_profiles = _profiles(outputs[0], outputs[1], bins, sample_size, rng) if outputs else {}
         return cls({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "mlmon_version": __version__, "row_count": len(rows), "schema_hash": schema_hash(schema),
-            "features": profiles, "predictions": pred_profiles,
+            "mlmon_version": __version__, "row_count": int(encoded.numeric.shape[0]), "schema_hash": schema_hash(schema),
+            "warmup": warmup, "features": profiles, "predictions": pred_profiles,
         })
 
     def save(self, path: str | os.PathLike) -> None:
@@ -174,7 +185,12 @@ class Baseline:
     def summary(self) -> dict[str, Any]:
         """What ``/mlmon/health`` shows of the baseline."""
         return {"model": self.model, "rows": self.row_count, "created_at": self.created_at,
-                "features": len(self.features), "schema_hash": self.schema_hash}
+                "features": len(self.features), "schema_hash": self.schema_hash, "warmup": self.warmup}
+
+    def age_seconds(self) -> float:
+        """Seconds since the baseline was created."""
+        created = _dt.datetime.fromisoformat(self.created_at)
+        return (_dt.datetime.now(_dt.timezone.utc) - created).total_seconds()
 
 
 def _profiles(schema: FeatureSchema, encoded: Any, bins: int, sample_size: int,

@@ -45,6 +45,10 @@ def _parse_names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _parse_optional_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "off", "none") else float(text)
+
+
 def _parse_optional_int(text: str) -> int | None:
     return None if text.strip().lower() in ("", "off", "none") else int(text)
 
@@ -57,6 +61,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "queue_size": ("MLMON_QUEUE_SIZE", int),
     "flush_interval": ("MLMON_FLUSH_INTERVAL", float),
     "flush_batch": ("MLMON_FLUSH_BATCH", int),
+    "check_interval": ("MLMON_CHECK_INTERVAL", float),
+    "window_seconds": ("MLMON_WINDOW_SECONDS", _parse_optional_float),
     "tracing": ("MLMON_TRACING", _parse_optional_bool),
     "trace_features": ("MLMON_TRACE_FEATURES", _parse_names),
     "prometheus_port": ("MLMON_PROMETHEUS_PORT", _parse_optional_int),
@@ -84,6 +90,10 @@ class MonitorConfig:
         flush_batch: queued records that make the pipeline run at once, before the interval is
             up. Small batches keep captured objects young, which keeps the garbage collector's
             work (the largest cost of holding them) low; 256 measured best of 256/1024/2048.
+        check_interval: seconds between background drift checks (0 turns them off; checks can
+            still be run with ``ModelMonitor.check_now()``).
+        window_seconds: when set, a check looks only at the window's rows of the last this many
+            seconds (a time-based window inside the count-based one).
         tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
             given, OTLP is configured, or an SDK tracer provider is installed globally.
         trace_features: feature names whose raw values may be written into spans (none by default).
@@ -105,6 +115,8 @@ class MonitorConfig:
     queue_size: int = 20_000
     flush_interval: float = 0.5
     flush_batch: int = 256
+    check_interval: float = 60.0
+    window_seconds: float | None = None
     tracing: bool | None = None
     trace_features: tuple[str, ...] = ()
     prometheus_port: int | None = None
@@ -120,6 +132,11 @@ class MonitorConfig:
         _check_int(self, "max_body_bytes", minimum=0)
         _check_int(self, "queue_size", minimum=1)
         _check_int(self, "flush_batch", minimum=1)
+        if not isinstance(self.check_interval, (int, float)) or self.check_interval < 0:
+            raise ConfigError(f"check_interval must be a number of seconds >= 0, got {self.check_interval!r}")
+        if self.window_seconds is not None and (not isinstance(self.window_seconds, (int, float))
+                                                or self.window_seconds <= 0):
+            raise ConfigError(f"window_seconds must be a number of seconds > 0 or None, got {self.window_seconds!r}")
         if not isinstance(self.flush_interval, (int, float)) or not 0 < self.flush_interval <= 3600:
             raise ConfigError(f"flush_interval must be a number of seconds in (0, 3600], got {self.flush_interval!r}")
         if self.tracing not in (None, True, False):

@@ -24,14 +24,16 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from opentelemetry.context import get_current as get_current_context
 
+from mlmon_middleware.analyzer import Analyzer, DriftChecker
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError, MonitorConfig
+from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.record import Record, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
@@ -97,7 +99,8 @@ class ModelMonitor:
 
     def __init__(self, monitor: Monitor, name: str, version: str, *, features: Any = None,
                  baseline: Any = None, input: str | None = None, prediction_key: str | None = None,
-                 class_names: Sequence[str] | None = None, explain: Any = None) -> None:
+                 class_names: Sequence[str] | None = None, explain: Any = None, drift_policy: DriftPolicy | None = None,
+                 warmup_rows: int = 1000, on_alert: Callable[[dict[str, Any]], None] | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"model must be a non-empty string, got {name!r}")
         if explain is not None:
@@ -108,16 +111,18 @@ class ModelMonitor:
         self.input_arg = input
         self.prediction_key = prediction_key
         self.class_names = tuple(class_names) if class_names else None
-        self.baseline = _load_baseline(baseline)
+        if not isinstance(warmup_rows, int) or warmup_rows < 10:
+            raise ConfigError(f"warmup_rows must be an integer >= 10, got {warmup_rows!r}")
         self._declared_names, self._declared_kinds = _declared_features(features)
         self.schema: FeatureSchema | None = None
-        if self.baseline is not None:
-            self.schema = self.baseline.schema
-            if self._declared_names is not None and self._declared_names != self.schema.names:
-                raise ConfigError(f"model {name!r}: features {list(self._declared_names)} do not match the "
-                                  f"baseline's {list(self.schema.names)}")
+        self.baseline: Baseline | None = None
+        self._bin_cuts: list[np.ndarray] = []  # per numeric feature: the baseline's interior bin edges
+        self._bin_counts: np.ndarray | None = None  # numeric features x bins, rows since start
+        if baseline is not None:
+            self.set_baseline(_load_baseline(baseline))
         elif self._declared_names is not None and len(self._declared_kinds) == len(self._declared_names):
             self.schema = FeatureSchema(self._declared_names, [self._declared_kinds[n] for n in self._declared_names])
+        self.checker = DriftChecker(self, drift_policy, warmup_rows, on_alert)
         self.output_schema: FeatureSchema | None = None
         self.window: SlidingWindow | None = None  # feature rows
         self.output_window: SlidingWindow | None = None  # prediction rows
@@ -126,6 +131,33 @@ class ModelMonitor:
         self._predictions: collections.Counter[str] = collections.Counter()
         self._capture_errors: collections.Counter[str] = collections.Counter()
         self._last_capture_error: dict[str, str] = {}
+
+    def set_baseline(self, baseline: Baseline) -> Baseline:
+        """Use ``baseline`` from now on (its schema must be the model's); returns it."""
+        names = self._declared_names if self.schema is None else self.schema.names
+        if names is not None and tuple(names) != baseline.schema.names:
+            raise ConfigError(f"model {self.name!r}: features {list(names)} do not match the "
+                              f"baseline's {list(baseline.schema.names)}")
+        if self.schema is not None and self.schema != baseline.schema:
+            raise ConfigError(f"model {self.name!r}: feature kinds {self.schema.to_dict()} do not match the "
+                              f"baseline's {baseline.schema.to_dict()}")
+        self.schema = baseline.schema
+        cuts = [np.asarray(baseline.features[n].get("bin_edges") or [np.nan, np.nan], dtype=float)[1:-1]
+                for n in self.schema.numeric_names]
+        counts = np.zeros((len(cuts), max((len(c) + 1 for c in cuts), default=1)), dtype=np.int64)
+        self._bin_cuts, self._bin_counts = cuts, counts
+        self.baseline = baseline
+        return baseline
+
+    def check_now(self) -> dict[str, Any]:
+        """Run a drift check on the current window now and return its report."""
+        return self.checker.check()
+
+    def drift_report(self) -> dict[str, Any]:
+        """The last drift check's report (running one if none has run yet): per feature its
+        statistics, quality ratios and severity; drifted features, their share, dataset and
+        prediction drift, active alerts."""
+        return self.checker.report or self.checker.check()
 
     # ----------------------------------------------------------------------------- request path
     def record(self, inputs: Any, outputs: Any = None, *, latency: float | None = None, route: str = "",
@@ -220,6 +252,12 @@ class ModelMonitor:
         encoded = self.schema.encode(rows)
         capture.update(encoded.errors)
         self.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
+        counts = self._bin_counts
+        if counts is not None:  # the fleet bin counters: rows per baseline bin, per numeric feature
+            for j, cuts in enumerate(self._bin_cuts):
+                column = encoded.numeric[:, j]
+                bins = np.searchsorted(cuts, column[~np.isnan(column)], side="right")
+                counts[j, :len(cuts) + 1] += np.bincount(bins, minlength=len(cuts) + 1)
 
         answered = [i for i, o in enumerate(outputs) if o is not None]
         if not answered:
@@ -283,13 +321,27 @@ class ModelMonitor:
             "rows_in_window": 0 if self.window is None else len(self.window),
             "window_capacity": self.monitor.config.reservoir_size,
             "baseline": None if self.baseline is None else self.baseline.summary(),
+            "last_check": None if self.checker.report is None else {
+                k: self.checker.report.get(k) for k in ("checked_at", "status", "rows", "drifted", "share")},
         }
 
+    def observations(self, name: str) -> list[tuple[float, dict[str, Any]]]:
+        """Values of the observable instrument ``name`` for this model."""
+        if name == "mlmon.reservoir.size":
+            return [] if self.window is None else [(len(self.window), self.attrs)]
+        if name == "mlmon.baseline.age":
+            return [] if self.baseline is None else [(self.baseline.age_seconds(), self.attrs)]
+        if name == "mlmon.feature.bin":
+            counts = self._bin_counts
+            if counts is None:
+                return []
+            return [(int(counts[j, b]), {**self.attrs, "feature": feature, "bin": str(b)})
+                    for j, feature in enumerate(self.schema.numeric_names) for b in range(len(self._bin_cuts[j]) + 1)]
+        return self.checker.observations(name)
 
-def _load_baseline(baseline: Baseline | str | os.PathLike | None) -> Baseline | None:
-    if baseline is None or isinstance(baseline, Baseline):
-        return baseline
-    return Baseline.load(baseline)
+
+def _load_baseline(baseline: Baseline | str | os.PathLike) -> Baseline:
+    return baseline if isinstance(baseline, Baseline) else Baseline.load(baseline)
 
 
 class Monitor:
@@ -319,6 +371,7 @@ class Monitor:
         self._tracing = False
         self._telemetry: Telemetry | None = None
         self._thread: threading.Thread | None = None
+        self._analyzer: Analyzer | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._wake_at = min(self.config.flush_batch, self.config.queue_size - 1)
@@ -342,7 +395,8 @@ class Monitor:
 
     def model(self, name: str, version: str | None = None, **options: Any) -> ModelMonitor:
         """The ModelMonitor of ``name``, created on first call with ``version`` and ``options``
-        (``features``, ``baseline``, ``input``, ``prediction_key``, ``class_names``)."""
+        (``features``, ``baseline``, ``input``, ``prediction_key``, ``class_names``,
+        ``drift_policy``, ``warmup_rows``, ``on_alert``)."""
         existing = self._models.get(name)
         if existing is not None:
             if version is not None and str(version) != existing.version:
@@ -357,6 +411,33 @@ class Monitor:
     @property
     def models(self) -> dict[str, ModelMonitor]:
         return dict(self._models)
+
+    def set_baseline(self, baseline: Baseline) -> Baseline:
+        """Use ``baseline`` from now on (its schema must be the model's); returns it."""
+        names = self._declared_names if self.schema is None else self.schema.names
+        if names is not None and tuple(names) != baseline.schema.names:
+            raise ConfigError(f"model {self.name!r}: features {list(names)} do not match the "
+                              f"baseline's {list(baseline.schema.names)}")
+        if self.schema is not None and self.schema != baseline.schema:
+            raise ConfigError(f"model {self.name!r}: feature kinds {self.schema.to_dict()} do not match the "
+                              f"baseline's {baseline.schema.to_dict()}")
+        self.schema = baseline.schema
+        cuts = [np.asarray(baseline.features[n].get("bin_edges") or [np.nan, np.nan], dtype=float)[1:-1]
+                for n in self.schema.numeric_names]
+        counts = np.zeros((len(cuts), max((len(c) + 1 for c in cuts), default=1)), dtype=np.int64)
+        self._bin_cuts, self._bin_counts = cuts, counts
+        self.baseline = baseline
+        return baseline
+
+    def check_now(self) -> dict[str, Any]:
+        """Run a drift check on the current window now and return its report."""
+        return self.checker.check()
+
+    def drift_report(self) -> dict[str, Any]:
+        """The last drift check's report (running one if none has run yet): per feature its
+        statistics, quality ratios and severity; drifted features, their share, dataset and
+        prediction drift, active alerts."""
+        return self.checker.report or self.checker.check()
 
     # ----------------------------------------------------------------------------- request path
     def submit(self, record: Record) -> None:
@@ -389,12 +470,13 @@ class Monitor:
         with self._start_lock:
             if self._started:
                 return
-            self._telemetry = Telemetry(self.config, flush=self.flush, monitor_errors=self.errors.counts,
-                                        reservoir_sizes=self._reservoir_sizes)
+            self._telemetry = Telemetry(self.config, flush=self.flush, observe=self.observe)
             self._tracing = self._telemetry.tracer is not None
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
             self._thread.start()
+            if self.config.check_interval > 0:
+                self._analyzer = Analyzer(self.check_all, self.config.check_interval)
             self._started = True
             atexit.register(self.shutdown)
 
@@ -420,8 +502,19 @@ class Monitor:
                 except Exception as exc:
                     self.errors.report("ingest", exc)
 
-    def _reservoir_sizes(self) -> list[tuple[dict[str, str], int]]:
-        return [(m.attrs, len(m.window)) for m in self._models.values() if m.window is not None]
+    def check_all(self) -> None:
+        """Run every model's drift check (the analyzer thread calls this); failures are counted."""
+        for model in list(self._models.values()):
+            try:
+                model.check_now()
+            except Exception as exc:
+                self.errors.report("analysis", exc)
+
+    def observe(self, name: str) -> list[tuple[float, dict[str, Any]]]:
+        """Values of the observable instrument ``name`` across models (read at collection)."""
+        if name == "mlmon.monitor.errors":
+            return [(n, {"stage": stage}) for stage, n in self.errors.counts().items()]
+        return [obs for model in list(self._models.values()) for obs in model.observations(name)]
 
     def health(self) -> dict[str, Any]:
         """Models, counts, window fill and recent monitoring errors (``/mlmon/health``)."""
@@ -443,6 +536,9 @@ class Monitor:
             return
         self._stop.set()
         self._wake.set()
+        if self._analyzer is not None:
+            self._analyzer.stop()
+            self._analyzer = None
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self.flush()
@@ -457,6 +553,7 @@ class Monitor:
         self._started = False
         self._telemetry = None
         self._thread = None
+        self._analyzer = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()

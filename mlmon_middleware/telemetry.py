@@ -107,6 +107,43 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
     InstrumentSpec("mlmon.reservoir.size", "observable_gauge", "{row}",
                    "Rows currently held in the model's analysis window.",
                    "mlmon_reservoir_size"),
+    InstrumentSpec("mlmon.feature.drift.score", "observable_gauge", "1",
+                   "Drift statistic of a feature at the last check, by method (psi, js, ks, wasserstein, chi2).",
+                   "mlmon_feature_drift_score"),
+    InstrumentSpec("mlmon.feature.drift.detected", "observable_gauge", "1",
+                   "1 when the feature drifted at the last check, with the severity.",
+                   "mlmon_feature_drift_detected"),
+    InstrumentSpec("mlmon.dataset.drift.share", "observable_gauge", "1",
+                   "Share of the features that drifted at the last check.",
+                   "mlmon_dataset_drift_share"),
+    InstrumentSpec("mlmon.prediction.drift.score", "observable_gauge", "1",
+                   "Drift statistic of a prediction output at the last check, by method.",
+                   "mlmon_prediction_drift_score"),
+    InstrumentSpec("mlmon.feature.missing.ratio", "observable_gauge", "1",
+                   "Share of the window's rows missing the feature (NaN, null or absent).",
+                   "mlmon_feature_missing_ratio"),
+    InstrumentSpec("mlmon.feature.out_of_range.ratio", "observable_gauge", "1",
+                   "Share of the window's rows with a numeric value outside the baseline's [min, max].",
+                   "mlmon_feature_out_of_range_ratio"),
+    InstrumentSpec("mlmon.feature.new_category.ratio", "observable_gauge", "1",
+                   "Share of the window's rows with a category the baseline never saw.",
+                   "mlmon_feature_new_category_ratio"),
+    InstrumentSpec("mlmon.feature.bin", "observable_counter", "{row}",
+                   "Rows per baseline quantile bin of each numeric feature, since start: sum across "
+                   "replicas for fleet-wide PSI in PromQL.",
+                   "mlmon_feature_bin_total"),
+    InstrumentSpec("mlmon.alert.active", "observable_gauge", "1",
+                   "1 for every firing alert (sustained over the policy's checks), by alertname and severity.",
+                   "mlmon_alert_active"),
+    InstrumentSpec("mlmon.analysis.duration", "observable_gauge", "s",
+                   "Duration of the model's last drift check.",
+                   "mlmon_analysis_duration_seconds"),
+    InstrumentSpec("mlmon.analysis.last_run", "observable_gauge", "s",
+                   "Unix time of the model's last drift check: alert when it stops moving.",
+                   "mlmon_analysis_last_run_seconds"),
+    InstrumentSpec("mlmon.baseline.age", "observable_gauge", "s",
+                   "Seconds since the model's baseline was created.",
+                   "mlmon_baseline_age_seconds"),
 )}
 
 
@@ -217,8 +254,7 @@ class Telemetry:
     """
 
     def __init__(self, config: MonitorConfig, *, flush: Callable[[], None],
-                 monitor_errors: Callable[[], dict[str, int]],
-                 reservoir_sizes: Callable[[], Iterable[tuple[dict[str, str], int]]]) -> None:
+                 observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]]) -> None:
         self.instance_id = str(uuid.uuid4())
         self.resource = Resource.create({
             "service.name": config.resolved_service_name(),
@@ -237,14 +273,9 @@ class Telemetry:
         self.inference_duration = self._histogram(meter, "mlmon.inference.duration", own=config.meter_provider is None)
         self.prediction_value = self._histogram(meter, "mlmon.prediction.value", own=config.meter_provider is None)
 
-        def observe_errors(_: CallbackOptions) -> list[Observation]:
-            return [Observation(n, {"stage": stage}) for stage, n in monitor_errors().items()]
-
-        def observe_sizes(_: CallbackOptions) -> list[Observation]:
-            return [Observation(size, attrs) for attrs, size in reservoir_sizes()]
-
-        self._create(meter, "mlmon.monitor.errors", callbacks=[observe_errors])
-        self._create(meter, "mlmon.reservoir.size", callbacks=[observe_sizes])
+        for spec in INSTRUMENTS.values():  # observable instruments read the monitor's state at collection
+            if spec.kind.startswith("observable"):
+                self._create(meter, spec.name, callbacks=[_observer(observe, spec.name)])
         self.tracer = self._tracer(config)
         if config.prometheus_port is not None:
             self._serve_prometheus(config.prometheus_addr, config.prometheus_port)
@@ -365,6 +396,14 @@ class Telemetry:
             self._http_server.server_close()
         for owned in self._owned:
             owned.shutdown()
+
+
+def _observer(observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]], name: str
+              ) -> Callable[[CallbackOptions], list[Observation]]:
+    def callback(_: CallbackOptions) -> list[Observation]:
+        return [Observation(value, dict(attrs)) for value, attrs in observe(name)]
+
+    return callback
 
 
 def _otlp_url(endpoint: str, signal: str) -> str:

@@ -36,9 +36,11 @@ __all__ = ["instrument_app"]
 
 def instrument_app(app: FastAPI, *, monitor: Monitor | None = None, endpoints: Iterable[Endpoint | dict] = (),
                    metrics_path: str | None = "/metrics", health_path: str | None = "/mlmon/health",
-                   max_body_bytes: int | None = None) -> Monitor:
+                   drift_path: str | None = "/mlmon/drift", max_body_bytes: int | None = None) -> Monitor:
     """Add :class:`MLMonitorMiddleware` and mount ``metrics_path`` (Prometheus text from mlmon's
-    private registry) and ``health_path`` (JSON) on ``app``; returns the Monitor in use.
+    private registry), ``health_path`` (JSON) and ``drift_path`` (the drift reports as JSON;
+    ``?model=NAME`` for one model, ``?refresh=true`` to check now) on ``app``; returns the
+    Monitor in use.
 
     Call it before the app starts serving. Pass ``metrics_path=None`` when something else
     already serves ``/metrics`` (then use another path, or ``MLMON_PROMETHEUS_PORT``).
@@ -56,8 +58,24 @@ def instrument_app(app: FastAPI, *, monitor: Monitor | None = None, endpoints: I
 
     if health_path:
         def health(_: Request) -> Response:
-            return Response(orjson.dumps(mon.health(), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
-                            media_type="application/json")
+            return _json(mon.health())
 
         app.add_route(health_path, health, methods=["GET"], include_in_schema=False)
+
+    if drift_path:
+        def drift(request: Request) -> Response:
+            refresh = request.query_params.get("refresh", "").lower() in ("1", "true", "yes")
+            name = request.query_params.get("model")
+            models = mon.models
+            if name is not None and name not in models:
+                return _json({"detail": f"no monitored model {name!r}; models: {sorted(models)}"}, status_code=404)
+            chosen = {name: models[name]} if name else models
+            return _json({n: m.check_now() if refresh else m.drift_report() for n, m in chosen.items()})
+
+        app.add_route(drift_path, drift, methods=["GET"], include_in_schema=False)
     return mon
+
+
+def _json(payload: object, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+                    status_code=status_code, media_type="application/json")

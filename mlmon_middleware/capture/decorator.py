@@ -36,7 +36,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def monitor(model: str, version: str = "unknown", *, features: Any = None, baseline: Any = None,
             explain: Any = None, input: str | None = None, prediction_key: str | None = None,
             class_names: Sequence[str] | None = None, route: str | None = None,
-            registry: Monitor | None = None) -> Callable[[F], F]:
+            registry: Monitor | None = None, drift_policy: DriftPolicy | None = None, warmup_rows: int = 1000,
+            on_alert: Callable[[dict[str, Any]], None] | None = None) -> Callable[[F], F]:
     """Monitor every call of the decorated function as an inference of ``model``.
 
     Parameters:
@@ -52,11 +53,16 @@ def monitor(model: str, version: str = "unknown", *, features: Any = None, basel
         class_names: names of the columns of a probability vector.
         route: ``http.route`` when no middleware supplies it.
         registry: the :class:`Monitor` to report to (default ``Monitor.get()``).
+        drift_policy: a :class:`~mlmon_middleware.drift.policy.DriftPolicy` (thresholds, tests,
+            alert sustain); default ``DriftPolicy()``.
+        warmup_rows: without a baseline, build a warm-up baseline from this many first rows.
+        on_alert: called with each alert event (firing, severity changed, resolved).
     """
     def decorate(fn: F) -> F:
         mon = registry or Monitor.get()
         mm = mon.model(model, version, features=features, baseline=baseline, explain=explain, input=input,
-                       prediction_key=prediction_key, class_names=class_names)
+                       prediction_key=prediction_key, class_names=class_names, drift_policy=drift_policy,
+                       warmup_rows=warmup_rows, on_alert=on_alert)
         pick = _InputPicker(tuple(inspect.signature(fn).parameters), input)
         route_name = route or ""
         perf_ns, wall_ns = time.perf_counter_ns, time.time_ns

@@ -1,0 +1,98 @@
+"""Alert state: severities, sustained conditions, de-duplication, events.
+
+Each check reports a severity per condition (a feature's drift, the dataset's, a prediction
+output's). A condition *fires* only after ``fire_after`` consecutive checks at warning or worse,
+and *resolves* after ``resolve_after`` consecutive clean ones, so one noisy window does not page
+anyone. Events are produced only on changes of state (firing, severity changed, resolved): they
+go to the log as structured records and to an optional callback; ``active()`` feeds
+``mlmon_alert_active``.
+
+>>> alerts = Alerts(fire_after=2, resolve_after=1)
+>>> alerts.update({("FeatureDrift", "income"): "warning"})
+[]
+>>> [e["state"] for e in alerts.update({("FeatureDrift", "income"): "critical"})]
+['firing']
+>>> alerts.active()
+[('FeatureDrift', 'income', 'critical')]
+>>> [e["state"] for e in alerts.update({("FeatureDrift", "income"): "none"})]
+['resolved']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+logger = logging.getLogger("mlmon_middleware.alerts")
+
+RANK = {"none": 0, "info": 1, "warning": 2, "critical": 3}
+
+
+@dataclasses.dataclass
+class _State:
+    severity: str = "none"  # the active severity; "none" when not firing
+    bad_streak: int = 0
+    clean_streak: int = 0
+    since: float = 0.0
+
+
+class Alerts:
+    """Sustained, de-duplicated alert states keyed by ``(alertname, subject)``."""
+
+    def __init__(self, fire_after: int = 2, resolve_after: int = 2,
+                 callback: Callable[[dict[str, Any]], None] | None = None, labels: Mapping[str, str] | None = None) -> None:
+        if fire_after < 1 or resolve_after < 1:
+            raise ValueError("fire_after and resolve_after must be >= 1")
+        self.fire_after = fire_after
+        self.resolve_after = resolve_after
+        self.callback = callback
+        self.labels = dict(labels or {})
+        self._lock = threading.Lock()
+        self._states: dict[tuple[str, str], _State] = {}
+        self.errors = 0
+
+    def update(self, conditions: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
+        """Feed one check's severities; return the events it caused. Conditions not mentioned
+        count as clean."""
+        events = []
+        now = time.time()
+        with self._lock:
+            for key in set(self._states) | set(conditions):
+                severity = conditions.get(key, "none")
+                state = self._states.setdefault(key, _State())
+                if RANK[severity] >= RANK["warning"]:
+                    state.bad_streak += 1
+                    state.clean_streak = 0
+                    if state.bad_streak >= self.fire_after and severity != state.severity:
+                        change = "firing" if state.severity == "none" else "severity_changed"
+                        state.severity, state.since = severity, now
+                        events.append(self._event(key, change, severity, now))
+                else:
+                    state.clean_streak += 1
+                    state.bad_streak = 0
+                    if state.severity != "none" and state.clean_streak >= self.resolve_after:
+                        events.append(self._event(key, "resolved", state.severity, now))
+                        state.severity = "none"
+        for event in events:
+            logger.warning("mlmon alert %s %s: %s (%s)", event["alertname"], event["subject"], event["state"],
+                           event["severity"], extra={"mlmon_alert": event})
+            if self.callback is not None:
+                try:
+                    self.callback(event)
+                except Exception:  # a broken callback must not stop the checks
+                    self.errors += 1
+                    logger.exception("mlmon: alert callback failed")
+        return events
+
+    def _event(self, key: tuple[str, str], change: str, severity: str, now: float) -> dict[str, Any]:
+        return {"alertname": key[0], "subject": key[1], "state": change, "severity": severity, "time": now,
+                **self.labels}
+
+    def active(self) -> list[tuple[str, str, str]]:
+        """``(alertname, subject, severity)`` of every firing alert."""
+        with self._lock:
+            return sorted((k[0], k[1], s.severity) for k, s in self._states.items() if s.severity != "none")

@@ -1,0 +1,44 @@
+"""Data-quality measures of one feature over a window, against its baseline profile.
+
+Missing values (NaN, None) are counted as their share of the window's rows; out-of-range
+values are numeric values outside the baseline's [min, max]; new categories are values the
+baseline never saw (when the baseline pooled rare categories into ``__other__``, nothing
+is called new). Type mismatches and schema violations are counted at capture time
+(``mlmon_capture_errors_total``); the report adds them per check.
+
+>>> import numpy as np
+>>> numeric_quality(np.array([1.0, np.nan, 5.0, 12.0]), {"min": 0.0, "max": 10.0})
+{'missing_ratio': 0.25, 'out_of_range_ratio': 0.25}
+>>> categorical_quality(np.array(["a", None, "z"], dtype=object), {"frequencies": {"a": 1.0}})
+{'missing_ratio': 0.3333333333333333, 'new_category_ratio': 0.3333333333333333}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+def numeric_quality(values: np.ndarray, profile: Mapping[str, Any]) -> dict[str, float]:
+    n = len(values)
+    if n == 0:
+        return {"missing_ratio": 0.0, "out_of_range_ratio": 0.0}
+    missing = np.isnan(values)
+    low, high = profile.get("min"), profile.get("max")
+    outside = 0
+    if low is not None and high is not None:
+        present = values[~missing]
+        outside = int(np.count_nonzero((present < low) | (present > high)))
+    return {"missing_ratio": float(missing.sum() / n), "out_of_range_ratio": outside / n}
+
+
+def categorical_quality(values: np.ndarray, profile: Mapping[str, Any]) -> dict[str, float]:
+    n = len(values)
+    if n == 0:
+        return {"missing_ratio": 0.0, "new_category_ratio": 0.0}
+    known = profile.get("frequencies", {})
+    missing = sum(1 for v in values if v is None)
+    new = 0 if "__other__" in known else sum(1 for v in values if v is not None and v not in known)
+    return {"missing_ratio": missing / n, "new_category_ratio": new / n}
