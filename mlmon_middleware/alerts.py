@@ -27,9 +27,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mlmon_middleware.drift.policy import RANK
+
 logger = logging.getLogger("mlmon_middleware.alerts")
 
-RANK = {"none": 0, "info": 1, "warning": 2, "critical": 3}
 
 
 @dataclasses.dataclass

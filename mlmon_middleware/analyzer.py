@@ -92,7 +92,8 @@ class DriftChecker:
             for name, severity in policy.judge(predictions, out_rows).items():
                 predictions[name]["severity"] = severity
         report.update(
-            status="ok", regime="p-values" if rows < policy.large_window else "effect sizes",
+            status="ok", regime=("p-values" if rows < policy.effect_window else
+                                 "p-values and effect sizes" if rows < policy.large_window else "effect sizes"),
             features=judged, drifted=drifted, share=share, dataset_drift=bool(tested) and share >= policy.share,
             predictions=predictions, prediction_drift=any(p["severity"] != "none" for p in predictions.values()),
         )

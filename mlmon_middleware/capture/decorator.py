@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from mlmon_middleware.capture.context import current_request
+from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.monitor import ModelMonitor, Monitor, new_prediction_id
 from mlmon_middleware.record import CallArgs, Record, input_argument
 
