@@ -73,3 +73,39 @@ def test_exact_counts_over_real_http(service):
     credit = health["models"]["credit-risk"]
     assert credit["predictions"] == {"ok": 35, "error": 2} and credit["rows_in_window"] == 50
     assert credit["baseline"]["features"] == 16 and credit["outputs"] == {"prediction": "numeric"}
+
+
+NOT_DRIFTING = {"age", "employment_years", "num_accounts", "loan_amount", "loan_term_months", "dependents",
+                "years_at_address"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    demo_dir = tmp_path_factory.mktemp("drift-demo")
+    train(demo_dir, rows=3000)
+    return demo_dir
+
+
+def test_drifted_traffic_flags_exactly_the_drifted_features(trained):
+    import numpy as np
+
+    port = free_port(0)
+    proc = start_service(trained, port, trained / "service.log", env={"MLMON_CHECK_INTERVAL": "0"})
+    try:
+        rng = np.random.default_rng(21)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(20):
+                assert client.post("/predict/batch", json=make_rows(50, rng, drift=1.0)).status_code == 200
+            report = client.get("/mlmon/drift", params={"refresh": "true"}).json()["credit-risk"]
+            found = samples(client.get("/metrics").text)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    from data import FEATURES
+
+    drifting = set(FEATURES) - NOT_DRIFTING
+    assert report["rows"] == 1000 and set(report["drifted"]) == drifting
+    detected = {dict(labels)["feature"]: v for (name, labels), v in found.items() if name == "mlmon_feature_drift_detected"}
+    assert detected == {f: (1.0 if f in drifting else 0.0) for f in FEATURES}
+    assert report["prediction_drift"] is True
+    assert value(found, "mlmon_dataset_drift_share") == pytest.approx(len(drifting) / len(FEATURES))

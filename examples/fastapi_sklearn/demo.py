@@ -34,9 +34,11 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
-def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path) -> subprocess.Popen:
-    """Start the example service in a real uvicorn process on 127.0.0.1 and wait until it answers."""
-    env = {**os.environ, "MLMON_DEMO_DIR": str(demo_dir.resolve())}
+def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the example service in a real uvicorn process on 127.0.0.1 and wait until it answers;
+    ``env`` adds environment variables (``MLMON_*`` settings)."""
+    env = {**os.environ, **(env or {}), "MLMON_DEMO_DIR": str(demo_dir.resolve())}
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service:app", "--app-dir", str(HERE),
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
