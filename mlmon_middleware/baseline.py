@@ -33,11 +33,11 @@ import numpy as np
 import orjson
 
 from mlmon_middleware._version import __version__
-from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema, extract_rows
+from mlmon_middleware.profile import Profiler
+from mlmon_middleware.schema import CATEGORICAL, FeatureSchema, extract_rows
 
 FORMAT = "mlmon-baseline"
 FORMAT_VERSION = 1
-MAX_CATEGORIES = 1000  # categories beyond the most frequent ones are pooled as "__other__"
 
 
 class BaselineError(ValueError):
@@ -48,40 +48,6 @@ def schema_hash(schema: FeatureSchema) -> str:
     """A short stable hash of feature names and kinds, to tell baselines of other schemas apart."""
     text = "\n".join(f"{n}:{k}" for n, k in zip(schema.names, schema.kinds))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def profile_numeric(values: np.ndarray, bins: int, sample_size: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Profile of a numeric column (NaN = missing): quantile bins, proportions, sample, moments."""
-    present = values[~np.isnan(values)]
-    n = len(values)
-    if len(present) == 0:
-        return {"kind": NUMERIC, "count": n, "missing_rate": 1.0 if n else 0.0, "bin_edges": [],
-                "bin_proportions": [1.0], "sample": [], "min": None, "max": None, "mean": None, "std": None}
-    edges = np.unique(np.quantile(present, np.linspace(0.0, 1.0, bins + 1)))
-    cuts = edges[1:-1]  # interior edges; the outer bins are open to -inf and +inf
-    counts = np.bincount(np.searchsorted(cuts, present, side="right"), minlength=len(cuts) + 1)
-    sample = present if len(present) <= sample_size else rng.choice(present, sample_size, replace=False)
-    return {
-        "kind": NUMERIC, "count": n, "missing_rate": float(1 - len(present) / n),
-        "bin_edges": edges.tolist(), "bin_proportions": (counts / len(present)).tolist(),
-        "sample": np.sort(sample).tolist(),
-        "min": float(present.min()), "max": float(present.max()),
-        "mean": float(present.mean()), "std": float(present.std(ddof=1)) if len(present) > 1 else 0.0,
-    }
-
-
-def profile_categorical(values: np.ndarray) -> dict[str, Any]:
-    """Profile of a categorical column (None = missing): category frequencies."""
-    present = [v for v in values.tolist() if v is not None]
-    n = len(values)
-    cats, counts = np.unique(np.asarray(present, dtype=object).astype(str), return_counts=True) if present \
-        else (np.array([]), np.array([]))
-    order = np.argsort(-counts, kind="stable")
-    freqs = {str(cats[i]): float(counts[i] / len(present)) for i in order[:MAX_CATEGORIES]}
-    if len(order) > MAX_CATEGORIES:
-        freqs["__other__"] = float(counts[order[MAX_CATEGORIES:]].sum() / len(present))
-    return {"kind": CATEGORICAL, "count": n, "missing_rate": float(1 - len(present) / n) if n else 0.0,
-            "frequencies": freqs}
 
 
 class Baseline:
@@ -109,8 +75,6 @@ class Baseline:
         ``predictions`` is a column name in ``data`` or the predictions themselves (a sequence,
         or an (n × k) array of class probabilities); ``categorical`` forces kinds.
         """
-        if bins < 2:
-            raise BaselineError(f"bins must be >= 2, got {bins}")
         rows = extract_rows(data)
         pred_values = None
         if isinstance(predictions, str):
@@ -141,13 +105,29 @@ class Baseline:
         """Profile already-encoded rows (anything with ``numeric`` and ``categorical`` matrices,
         such as :class:`~mlmon_middleware.schema.Encoded`); ``outputs`` likewise for predictions.
         ``warmup=True`` marks a baseline built from the first production rows."""
+        features = Profiler(schema, sample_rows=max(len(encoded.numeric), 1), seed=seed)
+        features.add(encoded.numeric, encoded.categorical)
+        predictions = None
+        if outputs:
+            predictions = Profiler(outputs[0], sample_rows=max(len(outputs[1].numeric), 1), seed=seed + 1)
+            predictions.add(outputs[1].numeric, outputs[1].categorical)
+        return cls.from_profilers(features, predictions, model=model, bins=bins, sample_size=sample_size,
+                                  seed=seed, warmup=warmup)
+
+    @classmethod
+    def from_profilers(cls, features: Profiler, predictions: Profiler | None = None, *, model: str | None = None,
+                       bins: int = 10, sample_size: int = 2000, seed: int = 0, warmup: bool = False) -> Baseline:
+        """The baseline of what two :class:`~mlmon_middleware.profile.Profiler` accumulated (the
+        streaming path of ``mlmon baseline build``)."""
+        if bins < 2:
+            raise BaselineError(f"bins must be >= 2, got {bins}")
         rng = np.random.default_rng(seed)
-        profiles = _profiles(schema, encoded, bins, sample_size, rng)
-        pred_profiles = _profiles(outputs[0], outputs[1], bins, sample_size, rng) if outputs else {}
+        profiles = features.profiles(bins, sample_size, rng)
+        pred_profiles = predictions.profiles(bins, sample_size, rng) if predictions and predictions.rows else {}
         return cls({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "mlmon_version": __version__, "row_count": int(encoded.numeric.shape[0]), "schema_hash": schema_hash(schema),
+            "mlmon_version": __version__, "row_count": features.rows, "schema_hash": schema_hash(features.schema),
             "warmup": warmup, "features": profiles, "predictions": pred_profiles,
         })
 
@@ -191,11 +171,3 @@ class Baseline:
         """Seconds since the baseline was created."""
         created = _dt.datetime.fromisoformat(self.created_at)
         return (_dt.datetime.now(_dt.timezone.utc) - created).total_seconds()
-
-
-def _profiles(schema: FeatureSchema, encoded: Any, bins: int, sample_size: int,
-              rng: np.random.Generator) -> dict[str, dict[str, Any]]:
-    numeric = {n: profile_numeric(encoded.numeric[:, j], bins, sample_size, rng)
-               for j, n in enumerate(schema.numeric_names)}
-    categorical = {n: profile_categorical(encoded.categorical[:, j]) for j, n in enumerate(schema.categorical_names)}
-    return {n: numeric[n] if n in numeric else categorical[n] for n in schema.names}
