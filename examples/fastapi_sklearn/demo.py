@@ -70,11 +70,12 @@ def main() -> None:
     print(f"  model    {model_path}\n  baseline {baseline_path}")
     port = free_port(args.port)
     base = f"http://127.0.0.1:{port}"
-    proc = start_service(args.dir, port, args.dir / "service.log")
+    proc = start_service(args.dir, port, args.dir / "service.log", env={"MLMON_CHECK_INTERVAL": "10"})
     print(f"""
 the example service is up (uvicorn, pid {proc.pid}); look at:
   {base}/metrics         Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
   {base}/mlmon/health    models, counts, window fill, capture and monitor errors (JSON)
+  {base}/mlmon/drift     the latest drift check, every 10 s: per feature PSI, KS, JS, Wasserstein, chi², severity
   {base}/docs            the API docs; try POST /predict
   {args.dir / 'service.log'}    the service's log
 
@@ -88,6 +89,10 @@ Ctrl-C stops it.
         model = health["models"]["credit-risk"]
         print(f"mlmon saw {model['predictions']} predictions, {model['rows_in_window']} rows in the window, "
               f"capture errors {model['capture_errors'] or 'none'}")
+        report = httpx.get(f"{base}/mlmon/drift", params={"refresh": "true"}, timeout=30).json()["credit-risk"]
+        if report.get("status") == "ok":
+            print(f"drift check on {report['rows']} rows ({report['regime']}): drifted {report['drifted'] or 'nothing'}; "
+                  f"share {report['share']:.2f}; prediction drift: {report['prediction_drift']}")
     except KeyboardInterrupt:
         print("\nstopped")
     finally:
