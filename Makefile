@@ -29,11 +29,18 @@ test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# The overhead benchmark (not a test): in-process ASGI, real uvicorn under wrk, memory.
-bench: $(STAMP)
+# The benchmarks (not tests): request overhead (in-process ASGI, real uvicorn under wrk, memory)
+# and drift checks (against scipy and Evidently, which gets its own venv: its pandas pin clashes).
+EVIDENTLY := .bench-evidently/bin/python
+$(EVIDENTLY):
+	$(PYTHON) -m venv .bench-evidently
+	.bench-evidently/bin/python -m pip install --quiet evidently 'pandas<3'
+
+bench: $(STAMP) $(EVIDENTLY)
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python benchmarks/overhead.py all
+	$(BIN)/python benchmarks/drift.py --evidently-python $(EVIDENTLY)
 
 clean:
-	rm -rf $(VENV) .demo test-artifacts
+	rm -rf $(VENV) .demo test-artifacts .bench-evidently

@@ -77,7 +77,7 @@ class DriftChecker:
                 if outputs and len(outputs["time"]) else None, model=mm.name, warmup=True))
         report["baseline"] = baseline.summary()
         policy = self.policy.adapted(self._psi_history)
-        judged = compare(baseline.features, mm.schema, features) if rows else {}
+        judged = compare(baseline.features, mm.schema, features, p_values=rows < policy.large_window) if rows else {}
         for name, severity in policy.judge(judged, rows).items():
             judged[name]["severity"] = severity
             if "psi" in judged[name]:
@@ -88,7 +88,7 @@ class DriftChecker:
         predictions: dict[str, Any] = {}
         out_rows = len(outputs["time"]) if outputs else 0
         if out_rows and mm.output_schema is not None and baseline.predictions:
-            predictions = compare(baseline.predictions, mm.output_schema, outputs)
+            predictions = compare(baseline.predictions, mm.output_schema, outputs, p_values=out_rows < policy.large_window)
             for name, severity in policy.judge(predictions, out_rows).items():
                 predictions[name]["severity"] = severity
         report.update(

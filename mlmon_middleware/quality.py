@@ -22,16 +22,21 @@ import numpy as np
 
 
 def numeric_quality(values: np.ndarray, profile: Mapping[str, Any]) -> dict[str, float]:
-    n = len(values)
+    """Missing and out-of-range shares of a column (NaN = missing)."""
+    present = np.sort(values[~np.isnan(values)])
+    return sorted_numeric_quality(present, len(values), profile)
+
+
+def sorted_numeric_quality(present_sorted: np.ndarray, n: int, profile: Mapping[str, Any]) -> dict[str, float]:
+    """:func:`numeric_quality` from the sorted present values of a column of ``n`` rows."""
     if n == 0:
         return {"missing_ratio": 0.0, "out_of_range_ratio": 0.0}
-    missing = np.isnan(values)
     low, high = profile.get("min"), profile.get("max")
     outside = 0
     if low is not None and high is not None:
-        present = values[~missing]
-        outside = int(np.count_nonzero((present < low) | (present > high)))
-    return {"missing_ratio": float(missing.sum() / n), "out_of_range_ratio": outside / n}
+        outside = int(np.searchsorted(present_sorted, low, side="left")
+                      + len(present_sorted) - np.searchsorted(present_sorted, high, side="right"))
+    return {"missing_ratio": (n - len(present_sorted)) / n, "out_of_range_ratio": outside / n}
 
 
 def categorical_quality(values: np.ndarray, profile: Mapping[str, Any]) -> dict[str, float]:

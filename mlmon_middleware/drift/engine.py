@@ -24,32 +24,33 @@ from typing import Any
 import numpy as np
 
 from mlmon_middleware.drift import stats
-from mlmon_middleware.quality import categorical_quality, numeric_quality
+from mlmon_middleware.quality import categorical_quality, sorted_numeric_quality
 from mlmon_middleware.schema import FeatureSchema
 
 
 def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
-            window: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+            window: Mapping[str, np.ndarray], p_values: bool = True) -> dict[str, dict[str, Any]]:
     """Statistics per feature of ``schema`` present in ``profiles``; ``window`` has the
-    ``numeric`` and ``categorical`` matrices of a :class:`SlidingWindow` snapshot."""
+    ``numeric`` and ``categorical`` matrices of a :class:`SlidingWindow` snapshot.
+    ``p_values=False`` skips the KS p-values (``None``), the costliest part of a check, for
+    windows where the policy judges by effect sizes alone."""
     out: dict[str, dict[str, Any]] = {}
     binned: list[tuple[str, np.ndarray, np.ndarray]] = []  # (feature, reference shares, current shares)
+    numeric = window["numeric"]
+    ordered = np.sort(numeric.T, axis=1)  # every column at once; NaN sorts last
+    present = (~np.isnan(numeric)).sum(axis=0)
     for j, name in enumerate(schema.numeric_names):
         profile = profiles.get(name)
         if profile is None or profile.get("kind") != "numeric":
             continue
-        column = window["numeric"][:, j]
-        result = {"kind": "numeric", **numeric_quality(column, profile)}
-        values = np.sort(column[~np.isnan(column)])
+        values = ordered[j, :present[j]]
+        result = {"kind": "numeric", **sorted_numeric_quality(values, len(numeric), profile)}
         result["rows"] = int(len(values))
-        sample = np.asarray(profile.get("sample") or [], dtype=float)
+        sample, cuts, reference = _REFERENCES.get(profile)
         if len(values) and len(sample):
-            cuts = np.asarray(profile["bin_edges"][1:-1], dtype=float)
-            reference = np.asarray(profile["bin_proportions"], dtype=float)
-            current = stats.bin_counts(values, cuts) / len(values)
+            current = stats.sorted_bin_counts(values, cuts) / len(values)
             binned.append((name, reference, current))
-            result["ks"] = stats.ks_statistic(sample, values)
-            result["wasserstein"] = stats.wasserstein(sample, values)
+            result["ks"], result["wasserstein"] = stats.ks_wasserstein(sample, values)
             std = profile.get("std") or 0.0
             result["wasserstein_norm"] = result["wasserstein"] / std if std > 0 else 0.0
             result["bins"] = {"edges": profile["bin_edges"], "reference": reference.tolist(), "current": current.tolist()}
@@ -65,15 +66,41 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
             ref[i, :len(r)] = r
             cur[i, :len(c)] = c
         ks = np.array([out[name]["ks"] for name, _, _ in binned])
-        p_values = stats.ks_pvalue(ks, [out[n]["sample_rows"] for n, _, _ in binned], [out[n]["rows"] for n, _, _ in binned])
-        for i, value in enumerate(zip(stats.psi(ref, cur), stats.js_distance(ref, cur), p_values)):
-            out[binned[i][0]].update(psi=float(value[0]), js=float(value[1]), p_value=float(value[2]))
+        sizes = ([out[n]["sample_rows"] for n, _, _ in binned], [out[n]["rows"] for n, _, _ in binned])
+        ps = stats.ks_pvalue(ks, *sizes) if p_values else [None] * len(binned)
+        for (name, _, _), psi, js, p in zip(binned, stats.psi(ref, cur), stats.js_distance(ref, cur), ps):
+            out[name].update(psi=float(psi), js=float(js), p_value=None if p is None else float(p))
     for j, name in enumerate(schema.categorical_names):
         profile = profiles.get(name)
         if profile is None or profile.get("kind") != "categorical":
             continue
         out[name] = _categorical(window["categorical"][:, j], profile)
     return out
+
+
+class _ReferenceArrays:
+    """A numeric profile's sample, interior bin edges and bin shares as arrays, converted once
+    per profile rather than at every check (the JSON lists cost 2.6 ms per check at 100 features).
+    Keyed by the profile's identity; the profile is kept so that its id cannot be reused."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._arrays: dict[int, tuple[Mapping[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+    def get(self, profile: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        found = self._arrays.get(id(profile))
+        if found is not None and found[0] is profile:
+            return found[1]
+        arrays = (np.asarray(profile.get("sample") or [], dtype=float),
+                  np.asarray((profile.get("bin_edges") or [0.0, 0.0])[1:-1], dtype=float),
+                  np.asarray(profile.get("bin_proportions") or [], dtype=float))
+        if len(self._arrays) >= self._limit:
+            self._arrays.clear()
+        self._arrays[id(profile)] = (profile, arrays)
+        return arrays
+
+
+_REFERENCES = _ReferenceArrays()
 
 
 def _categorical(column: np.ndarray, profile: Mapping[str, Any]) -> dict[str, Any]:

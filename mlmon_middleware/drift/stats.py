@@ -44,6 +44,12 @@ def bin_counts(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return np.bincount(np.searchsorted(cuts, present, side="right"), minlength=len(cuts) + 1)
 
 
+def sorted_bin_counts(values_sorted: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """:func:`bin_counts` of already sorted values without NaN: one lookup per cut."""
+    below = np.searchsorted(values_sorted, cuts, side="left")
+    return np.diff(np.concatenate([[0], below, [len(values_sorted)]]))
+
+
 def psi(ref: np.ndarray, cur: np.ndarray, eps: float = EPS) -> np.ndarray:
     """Population stability index per row of two (features × bins) proportion matrices."""
     p = np.clip(ref, eps, None)
@@ -63,12 +69,26 @@ def js_distance(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip((kl_p + kl_q) / 2, 0.0, None))
 
 
+def ks_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:
+    """The two-sided KS statistic and the Wasserstein-1 distance of two sorted samples, in one
+    pass: a stable argsort of the two runs is a linear merge, and the running count of reference
+    values gives both empirical CDFs at every pooled point (as ``scipy.stats.ks_2samp`` and
+    ``wasserstein_distance`` evaluate them)."""
+    m, n = len(ref_sorted), len(cur_sorted)
+    pooled = np.concatenate([ref_sorted, cur_sorted])
+    order = np.argsort(pooled, kind="stable")
+    values = pooled[order]
+    from_ref = np.cumsum(order < m)
+    gap = np.abs(from_ref / m - (np.arange(1, m + n + 1) - from_ref) / n)
+    # Inside a run of equal values only its last position is a CDF value; the others add no
+    # area (zero width) and must not count for the maximum.
+    last = np.append(values[1:] != values[:-1], True)
+    return float(gap[last].max()), float(np.sum(gap[:-1] * np.diff(values)))
+
+
 def ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
     """Two-sided KS statistic of two sorted samples (as ``scipy.stats.ks_2samp``)."""
-    pooled = np.concatenate([ref_sorted, cur_sorted])
-    cdf_ref = np.searchsorted(ref_sorted, pooled, side="right") / len(ref_sorted)
-    cdf_cur = np.searchsorted(cur_sorted, pooled, side="right") / len(cur_sorted)
-    return float(np.max(np.abs(cdf_ref - cdf_cur)))
+    return ks_wasserstein(ref_sorted, cur_sorted)[0]
 
 
 def ks_pvalue(statistic: np.ndarray, n_ref: np.ndarray, n_cur: np.ndarray) -> np.ndarray:
@@ -85,11 +105,7 @@ def ks_pvalue(statistic: np.ndarray, n_ref: np.ndarray, n_cur: np.ndarray) -> np
 
 def wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
     """Wasserstein-1 distance of two sorted samples (as ``scipy.stats.wasserstein_distance``)."""
-    pooled = np.sort(np.concatenate([ref_sorted, cur_sorted]))
-    deltas = np.diff(pooled)
-    cdf_ref = np.searchsorted(ref_sorted, pooled[:-1], side="right") / len(ref_sorted)
-    cdf_cur = np.searchsorted(cur_sorted, pooled[:-1], side="right") / len(cur_sorted)
-    return float(np.sum(np.abs(cdf_ref - cdf_cur) * deltas))
+    return ks_wasserstein(ref_sorted, cur_sorted)[1]
 
 
 def chi2_homogeneity(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float, int]:
