@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mlmon_middleware.alerts import Alerts
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.drift.engine import compare
-from mlmon_middleware.drift.policy import DriftPolicy
+from mlmon_middleware.drift.policy import RANK, DriftPolicy
 from mlmon_middleware.schema import Encoded
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class DriftChecker:
             if "psi" in judged[name]:
                 self._psi_history[name].append(judged[name]["psi"])
         tested = [n for n, s in judged.items() if s["rows"] > 0]
-        drifted = sorted(n for n in tested if judged[n]["severity"] != "none")
+        drifted = sorted(n for n in tested if RANK[judged[n]["severity"]] >= RANK["warning"])
         share = len(drifted) / len(tested) if tested else 0.0
         predictions: dict[str, Any] = {}
         out_rows = len(outputs["time"]) if outputs else 0
@@ -95,10 +95,11 @@ class DriftChecker:
             status="ok", regime=("p-values" if rows < policy.effect_window else
                                  "p-values and effect sizes" if rows < policy.large_window else "effect sizes"),
             features=judged, drifted=drifted, share=share, dataset_drift=bool(tested) and share >= policy.share,
-            predictions=predictions, prediction_drift=any(p["severity"] != "none" for p in predictions.values()),
+            predictions=predictions,
+            prediction_drift=any(RANK[p["severity"]] >= RANK["warning"] for p in predictions.values()),
         )
         conditions = {("FeatureDrift", n): judged[n]["severity"] for n in drifted}
-        conditions.update({("PredictionDrift", n): p["severity"] for n, p in predictions.items() if p["severity"] != "none"})
+        conditions.update({("PredictionDrift", n): p["severity"] for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
         self.alerts.update(conditions)
@@ -135,7 +136,7 @@ class DriftChecker:
             out = [(s[m], {**attrs, "output": f, "method": EXPORTED_METHOD.get(m, m)})
                    for f, s in report["predictions"].items() for m in SCORE_METHODS if m in s]
         elif name == "mlmon.feature.drift.detected":
-            out = [(int(s["severity"] != "none"), {**attrs, "feature": f, "severity": s["severity"]})
+            out = [(int(RANK[s["severity"]] >= RANK["warning"]), {**attrs, "feature": f, "severity": s["severity"]})
                    for f, s in features.items() if s["rows"] > 0]
         elif name == "mlmon.dataset.drift.share":
             out = [(report["share"], attrs)]

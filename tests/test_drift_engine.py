@@ -9,7 +9,7 @@ from mlmon_middleware import Baseline, ConfigError
 from mlmon_middleware.alerts import Alerts
 from mlmon_middleware.drift import stats
 from mlmon_middleware.drift.engine import compare
-from mlmon_middleware.drift.policy import DriftPolicy, adjust_pvalues
+from mlmon_middleware.drift.policy import DriftPolicy, Thresholds, adjust_pvalues
 from mlmon_middleware.schema import FeatureSchema
 
 CATS = ["north", "south", "east", "west"]
@@ -113,7 +113,11 @@ def test_large_windows_use_effect_sizes_and_per_feature_thresholds(base):
     assert DriftPolicy().judge(result, 20_000)["a"] == "none"  # effect sizes, not p-values, at this size
     big = compare(base.features, base.schema, window(20_000, rng, shift=1.0))
     assert DriftPolicy().judge(big, 20_000)["a"] == "critical"  # PSI far above 0.25
-    lenient = DriftPolicy(overrides={"a": {"psi_warning": 5, "psi_critical": 10, "js": 1, "wasserstein": 5}})
+    info = compare(base.features, base.schema, window(20_000, rng, shift=0.26))
+    assert 0.05 <= info["a"]["psi"] < 0.1  # the seed's level 1: reported, not drift
+    assert DriftPolicy(thresholds=Thresholds(wasserstein=1.0, js=1.0)).judge(info, 20_000)["a"] == "info"
+    assert DriftPolicy().judge(info, 20_000)["a"] == "warning"  # JS and Wasserstein do pass theirs
+    lenient = DriftPolicy(overrides={"a": {"psi_info": 4, "psi_warning": 5, "psi_critical": 10, "js": 1, "wasserstein": 5}})
     assert lenient.judge(big, 20_000)["a"] == "none"
 
 

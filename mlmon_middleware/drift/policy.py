@@ -18,7 +18,9 @@ the difference?", but on a few hundred rows its estimate is mostly noise. So:
   divided by the baseline's standard deviation ≥ ``wasserstein``; categorical: PSI or JS. Any is
   a *warning*; PSI ≥ ``psi_critical`` is *critical*.
 
-Every threshold can be overridden per feature. The dataset drifts when the share of drifting
+A PSI between ``psi_info`` (0.05) and the warning level is *info*: reported and exported, but
+not drift (the seed's level 1, "logged, no notification"). Every threshold can be overridden per
+feature. The dataset drifts when the share of drifting
 features reaches ``share``. Alerts fire after ``fire_after`` consecutive drifting checks and
 resolve after ``resolve_after`` clean ones; ``adaptive_k`` turns on adaptive PSI thresholds.
 
@@ -44,6 +46,7 @@ RANK = {severity: i for i, severity in enumerate(SEVERITIES)}
 class Thresholds:
     """Effect-size thresholds of one feature (defaults from the seed's alerting levels)."""
 
+    psi_info: float = 0.05
     psi_warning: float = 0.1
     psi_critical: float = 0.25
     js: float = 0.1
@@ -105,7 +108,7 @@ class DriftPolicy:
 
     def judge(self, features: dict[str, dict], n_rows: int) -> dict[str, str]:
         """Severity per feature from its statistics (``psi``, ``js``, ``wasserstein_norm``,
-        ``p_value``): see the module docstring for the rules."""
+        ``p_value``): see the module docstring for the rules. Drift means ``warning`` or worse."""
         names = [name for name, s in features.items() if s.get("rows", 0) > 0]
         verdicts = {name: "none" for name in features}
         if not names:
@@ -131,7 +134,7 @@ class DriftPolicy:
             return "critical"
         if s["psi"] >= t.psi_warning or s["js"] >= t.js or s.get("wasserstein_norm", 0.0) >= t.wasserstein:
             return "warning"
-        return "none"
+        return "info" if s["psi"] >= t.psi_info else "none"
 
 
 def adjust_pvalues(pvalues: list[float] | np.ndarray, method: str) -> np.ndarray:
