@@ -45,6 +45,7 @@ class DriftChecker:
         self._lock = threading.Lock()  # one check at a time (analyzer thread, check_now callers)
         self._psi_history: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=500))
         self._seen_errors: collections.Counter = collections.Counter()
+        self._seen_feature_errors: dict[str, collections.Counter] = {}
         self._seen_predictions = 0
 
     def check(self) -> dict[str, Any]:
@@ -78,8 +79,10 @@ class DriftChecker:
         report["baseline"] = baseline.summary()
         policy = self.policy.adapted(self._psi_history)
         judged = compare(baseline.features, mm.schema, features, p_values=rows < policy.large_window) if rows else {}
+        feature_errors = self._feature_errors_since_last_check(mm)
         for name, severity in policy.judge(judged, rows).items():
             judged[name]["severity"] = severity
+            judged[name]["capture_errors_since_last_check"] = feature_errors.get(name, {})
             if "psi" in judged[name]:
                 self._psi_history[name].append(judged[name]["psi"])
         tested = [n for n, s in judged.items() if s["rows"] > 0]
@@ -115,6 +118,12 @@ class DriftChecker:
         total = health["predictions"]["ok"] + health["predictions"]["error"]
         volume, self._seen_predictions = total - self._seen_predictions, total
         return {"capture_errors_since_last_check": dict(since), "predictions_since_last_check": volume}
+
+    def _feature_errors_since_last_check(self, mm: ModelMonitor) -> dict[str, dict[str, int]]:
+        now = {f: collections.Counter(c) for f, c in mm.feature_errors().items()}
+        since = {f: dict(c - self._seen_feature_errors.get(f, collections.Counter())) for f, c in now.items()}
+        self._seen_feature_errors = now
+        return {f: c for f, c in since.items() if c}
 
     def observations(self, name: str) -> list[tuple[float, dict[str, Any]]]:
         """Values of the observable gauge ``name`` from the last report."""

@@ -130,6 +130,7 @@ class ModelMonitor:
         self._lock = threading.Lock()  # guards the counters below (pipeline writes, health reads)
         self._predictions: collections.Counter[str] = collections.Counter()
         self._capture_errors: collections.Counter[str] = collections.Counter()
+        self._feature_errors: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self._last_capture_error: dict[str, str] = {}
 
     def set_baseline(self, baseline: Baseline) -> Baseline:
@@ -251,6 +252,10 @@ class ModelMonitor:
                                         categorical=(len(self.schema.categorical_names), object))
         encoded = self.schema.encode(rows)
         capture.update(encoded.errors)
+        if encoded.feature_errors:
+            with self._lock:
+                for feature, counts in encoded.feature_errors.items():
+                    self._feature_errors[feature].update(counts)
         self.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
         counts = self._bin_counts
         if counts is not None:  # the fleet bin counters: rows per baseline bin, per numeric feature
@@ -324,6 +329,12 @@ class ModelMonitor:
             "last_check": None if self.checker.report is None else {
                 k: self.checker.report.get(k) for k in ("checked_at", "status", "rows", "drifted", "share")},
         }
+
+    def feature_errors(self) -> dict[str, dict[str, int]]:
+        """Per feature, rows captured so far with a type mismatch, a non-finite value or the
+        feature's field absent."""
+        with self._lock:
+            return {feature: dict(counts) for feature, counts in self._feature_errors.items()}
 
     def observations(self, name: str) -> list[tuple[float, dict[str, Any]]]:
         """Values of the observable instrument ``name`` for this model."""

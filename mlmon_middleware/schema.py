@@ -58,6 +58,8 @@ class Encoded:
     numeric: np.ndarray
     categorical: np.ndarray
     errors: collections.Counter
+    #: per feature, rows with a ``type_mismatch``, ``non_finite`` value or ``missing_feature`` (absent key)
+    feature_errors: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.numeric.shape[0]
@@ -293,13 +295,24 @@ class FeatureSchema:
         columns = list(zip(*table)) if table else [()] * width
         numeric = np.full((n, len(self.numeric_names)), np.nan)
         categorical = np.full((n, len(self.categorical_names)), None, dtype=object)
-        for (is_num, col), column in zip(self._slots, columns):
+        absent_keys = bool(flags["missing_feature"].any())
+        feature_errors: dict[str, dict[str, int]] = {}
+        for name, (is_num, col), column in zip(self.names, self._slots, columns):
+            column_flags = {"type_mismatch": np.zeros(n, dtype=bool), "non_finite": np.zeros(n, dtype=bool)}
             if is_num:
-                numeric[:, col] = _numeric_column(column, flags)
+                numeric[:, col] = _numeric_column(column, column_flags)
             else:
-                categorical[:, col] = _categorical_column(column, flags)
+                categorical[:, col] = _categorical_column(column, column_flags)
+            if absent_keys:
+                column_flags["missing_feature"] = np.fromiter((v is _MISSING for v in column), bool, n) \
+                    & ~flags["shape_mismatch"]
+            counts = {reason: int(mask.sum()) for reason, mask in column_flags.items() if mask.any()}
+            if counts:
+                feature_errors[name] = counts
+            flags["type_mismatch"] |= column_flags["type_mismatch"]
+            flags["non_finite"] |= column_flags["non_finite"]
         errors = collections.Counter({reason: int(mask.sum()) for reason, mask in flags.items() if mask.any()})
-        return Encoded(numeric, categorical, errors)
+        return Encoded(numeric, categorical, errors, feature_errors)
 
 
 class _Missing:

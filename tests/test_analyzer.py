@@ -60,6 +60,13 @@ def test_report_gauges_and_alerts(harness_factory, baseline):
     missing = {a["feature"]: p.value for a, p in h.points("mlmon.feature.missing.ratio")}
     assert missing == {"a": 0.0, "b": 0.0, "region": 0.0}
     assert mm.drift_report() is report
+    mm.record({"a": "high", "b": 0.1}, 0.5)  # a type mismatch in a, region absent
+    second = mm.check_now()
+    assert second["features"]["a"]["capture_errors_since_last_check"] == {"type_mismatch": 1}
+    assert second["features"]["region"]["capture_errors_since_last_check"] == {"missing_feature": 1}
+    assert second["features"]["b"]["capture_errors_since_last_check"] == {}
+    assert second["quality"]["capture_errors_since_last_check"] == {"type_mismatch": 1, "missing_feature": 1}
+    assert mm.check_now()["features"]["a"]["capture_errors_since_last_check"] == {}
 
 
 def test_fleet_bin_counters_match_the_baseline_bins(harness_factory, baseline):

@@ -84,6 +84,9 @@ def test_encode_counts_each_problem_once_per_row():
     enc = schema.encode(rows)
     assert dict(enc.errors) == {"non_finite": 1, "type_mismatch": 1, "missing_feature": 1,
                                 "unexpected_feature": 1, "shape_mismatch": 1}
+    assert enc.feature_errors == {"a": {"non_finite": 1, "type_mismatch": 1},
+                                  "b": {"non_finite": 1, "type_mismatch": 1, "missing_feature": 1},
+                                  "c": {"type_mismatch": 1, "missing_feature": 1}}
     np.testing.assert_array_equal(enc.numeric[:, 0], [1, np.nan, np.nan, 1, 1, 1, np.nan, 1])
     assert enc.categorical[:, 0].tolist() == ["x", "y", None, None, "3", "z", None, None]
     assert math.isnan(enc.numeric[7, 1])
