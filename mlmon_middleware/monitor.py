@@ -423,33 +423,6 @@ class Monitor:
     def models(self) -> dict[str, ModelMonitor]:
         return dict(self._models)
 
-    def set_baseline(self, baseline: Baseline) -> Baseline:
-        """Use ``baseline`` from now on (its schema must be the model's); returns it."""
-        names = self._declared_names if self.schema is None else self.schema.names
-        if names is not None and tuple(names) != baseline.schema.names:
-            raise ConfigError(f"model {self.name!r}: features {list(names)} do not match the "
-                              f"baseline's {list(baseline.schema.names)}")
-        if self.schema is not None and self.schema != baseline.schema:
-            raise ConfigError(f"model {self.name!r}: feature kinds {self.schema.to_dict()} do not match the "
-                              f"baseline's {baseline.schema.to_dict()}")
-        self.schema = baseline.schema
-        cuts = [np.asarray(baseline.features[n].get("bin_edges") or [np.nan, np.nan], dtype=float)[1:-1]
-                for n in self.schema.numeric_names]
-        counts = np.zeros((len(cuts), max((len(c) + 1 for c in cuts), default=1)), dtype=np.int64)
-        self._bin_cuts, self._bin_counts = cuts, counts
-        self.baseline = baseline
-        return baseline
-
-    def check_now(self) -> dict[str, Any]:
-        """Run a drift check on the current window now and return its report."""
-        return self.checker.check()
-
-    def drift_report(self) -> dict[str, Any]:
-        """The last drift check's report (running one if none has run yet): per feature its
-        statistics, quality ratios and severity; drifted features, their share, dataset and
-        prediction drift, active alerts."""
-        return self.checker.report or self.checker.check()
-
     # ----------------------------------------------------------------------------- request path
     def submit(self, record: Record) -> None:
         if not self._started:
