@@ -63,6 +63,10 @@ _ENV: dict[str, tuple[str, Any]] = {
     "flush_batch": ("MLMON_FLUSH_BATCH", int),
     "check_interval": ("MLMON_CHECK_INTERVAL", float),
     "window_seconds": ("MLMON_WINDOW_SECONDS", _parse_optional_float),
+    "store_dir": ("MLMON_STORE_DIR", str),
+    "store_max_age": ("MLMON_STORE_MAX_AGE", _parse_optional_float),
+    "store_max_rows": ("MLMON_STORE_MAX_ROWS", _parse_optional_int),
+    "api_token": ("MLMON_API_TOKEN", str),
     "tracing": ("MLMON_TRACING", _parse_optional_bool),
     "trace_features": ("MLMON_TRACE_FEATURES", _parse_names),
     "prometheus_port": ("MLMON_PROMETHEUS_PORT", _parse_optional_int),
@@ -94,6 +98,14 @@ class MonitorConfig:
             still be run with ``ModelMonitor.check_now()``).
         window_seconds: when set, a check looks only at the window's rows of the last this many
             seconds (a time-based window inside the count-based one).
+        store_dir: folder of the prediction log (``predictions.sqlite``), needed to join delayed
+            labels; off by default (a library writes no files unless asked).
+        store_interval: seconds between the prediction log's batched writes.
+        store_queue_size: rows waiting for the log's writer; beyond it the oldest are dropped and
+            counted (``stage="store_queue_full"``).
+        store_max_age: seconds a logged prediction is kept (None: no limit).
+        store_max_rows: logged predictions kept per model, newest first (None: no limit).
+        api_token: when set, ``POST /mlmon/feedback`` requires ``Authorization: Bearer <token>``.
         tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
             given, OTLP is configured, or an SDK tracer provider is installed globally.
         trace_features: feature names whose raw values may be written into spans (none by default).
@@ -117,6 +129,12 @@ class MonitorConfig:
     flush_batch: int = 256
     check_interval: float = 60.0
     window_seconds: float | None = None
+    store_dir: str | None = None
+    store_interval: float = 0.5
+    store_queue_size: int = 100_000
+    store_max_age: float | None = None
+    store_max_rows: int | None = 1_000_000
+    api_token: str | None = None
     tracing: bool | None = None
     trace_features: tuple[str, ...] = ()
     prometheus_port: int | None = None
@@ -134,6 +152,13 @@ class MonitorConfig:
         _check_int(self, "flush_batch", minimum=1)
         if not isinstance(self.check_interval, (int, float)) or self.check_interval < 0:
             raise ConfigError(f"check_interval must be a number of seconds >= 0, got {self.check_interval!r}")
+        if not isinstance(self.store_interval, (int, float)) or not 0 < self.store_interval <= 60:
+            raise ConfigError(f"store_interval must be a number of seconds in (0, 60], got {self.store_interval!r}")
+        _check_int(self, "store_queue_size", minimum=1)
+        if self.store_max_rows is not None:
+            _check_int(self, "store_max_rows", minimum=1)
+        if self.store_max_age is not None and (not isinstance(self.store_max_age, (int, float)) or self.store_max_age <= 0):
+            raise ConfigError(f"store_max_age must be a number of seconds > 0 or None, got {self.store_max_age!r}")
         if self.window_seconds is not None and (not isinstance(self.window_seconds, (int, float))
                                                 or self.window_seconds <= 0):
             raise ConfigError(f"window_seconds must be a number of seconds > 0 or None, got {self.window_seconds!r}")

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import orjson
 from opentelemetry.context import get_current as get_current_context
 
 from mlmon_middleware.analyzer import Analyzer, DriftChecker
@@ -38,6 +39,7 @@ from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.record import Record, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
 from mlmon_middleware.schema import KINDS, CaptureError, FeatureSchema, extract_predictions, extract_rows
+from mlmon_middleware.store import SQLiteStore, StoreError, StoreWriter
 from mlmon_middleware.telemetry import ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS, MODEL_NAME, MODEL_VERSION, PREDICTION_ID, Telemetry
 
 _NS = 1e-9
@@ -100,7 +102,9 @@ class ModelMonitor:
     def __init__(self, monitor: Monitor, name: str, version: str, *, features: Any = None,
                  baseline: Any = None, input: str | None = None, prediction_key: str | None = None,
                  class_names: Sequence[str] | None = None, explain: Any = None, drift_policy: DriftPolicy | None = None,
-                 warmup_rows: int = 1000, on_alert: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 warmup_rows: int = 1000, on_alert: Callable[[dict[str, Any]], None] | None = None,
+                 segments: Sequence[str] = (), log_features: str | Sequence[str] | None = "all",
+                 redact: Sequence[str] = ()) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"model must be a non-empty string, got {name!r}")
         if explain is not None:
@@ -113,6 +117,13 @@ class ModelMonitor:
         self.class_names = tuple(class_names) if class_names else None
         if not isinstance(warmup_rows, int) or warmup_rows < 10:
             raise ConfigError(f"warmup_rows must be an integer >= 10, got {warmup_rows!r}")
+        if isinstance(segments, str) or isinstance(redact, str):
+            raise ConfigError("segments and redact take lists of feature names")
+        if not (log_features in ("all", None) or (not isinstance(log_features, str) and isinstance(log_features, Sequence))):
+            raise ConfigError(f"log_features must be 'all', None or a list of feature names, got {log_features!r}")
+        self.segments = tuple(segments)
+        self.log_features = log_features if log_features in ("all", None) else tuple(log_features)
+        self.redact = frozenset(redact)
         self._declared_names, self._declared_kinds = _declared_features(features)
         self.schema: FeatureSchema | None = None
         self.baseline: Baseline | None = None
@@ -132,6 +143,7 @@ class ModelMonitor:
         self._capture_errors: collections.Counter[str] = collections.Counter()
         self._feature_errors: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self._last_capture_error: dict[str, str] = {}
+        self._labels: collections.Counter[str] = collections.Counter()
 
     def set_baseline(self, baseline: Baseline) -> Baseline:
         """Use ``baseline`` from now on (its schema must be the model's); returns it."""
@@ -194,6 +206,8 @@ class ModelMonitor:
         durations: dict[tuple, list[int]] = {}
         messages: dict[str, str] = {}  # last message per capture-error reason
         tracer = telemetry.tracer
+        writer = self.monitor.store_writer
+        log_rows: list = []
         for rec in records:
             ok = rec.ok
             counts[(rec.route, ok)] += 1
@@ -207,6 +221,8 @@ class ModelMonitor:
                 feature_rows += rows
                 output_rows += outputs
                 row_times += [rec.wall_ns] * len(rows) if len(rows) > 1 else [rec.wall_ns]
+                if writer is not None:
+                    log_rows += self._log_rows(rec, rows, outputs)
             if tracer is not None:
                 self._span(telemetry, rec, rows, outputs)
         for (route, status, error_type), values in durations.items():
@@ -216,6 +232,8 @@ class ModelMonitor:
             telemetry.inference_duration.observe(np.array(values) * _NS, attrs)
         for (route, ok), n in counts.items():
             telemetry.predictions.add(n, {**self.attrs, HTTP_ROUTE: route, "outcome": "ok" if ok else "error"})
+        if log_rows:
+            writer.put(log_rows)
         if feature_rows:
             self._store(feature_rows, output_rows, np.array(row_times) * _NS, capture, telemetry)
         for reason, n in capture.items():
@@ -225,6 +243,60 @@ class ModelMonitor:
                 self._predictions["ok" if ok else "error"] += n
             self._capture_errors.update(capture)
             self._last_capture_error.update(messages)
+
+    def _log_rows(self, rec: Record, rows: list, outputs: list) -> list[tuple]:
+        """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``."""
+        names = self.schema.names if self.schema is not None else ()
+        when = rec.wall_ns * _NS
+        out = []
+        for i, (row, output) in enumerate(zip(rows, outputs)):
+            values = row if isinstance(row, Mapping) else dict(zip(names, row))
+            segments = {name: values.get(name) for name in self.segments}
+            if self.log_features is None:
+                features = None
+            else:
+                chosen = values if self.log_features == "all" else {n: values.get(n) for n in self.log_features}
+                features = _json({k: ("[redacted]" if k in self.redact else v) for k, v in chosen.items()})
+            pid = rec.prediction_id if len(rows) == 1 else f"{rec.prediction_id}:{i}"
+            out.append((pid, self.name, self.version, when, _json(output or {}), _json(segments), features))
+        return out
+
+    # ------------------------------------------------------------------------------ ground truth
+    def record_outcome(self, prediction_id: str, actual: Any, timestamp: float | None = None) -> dict[str, Any]:
+        """Join the ground truth ``actual`` to a logged prediction; see :meth:`record_outcomes`."""
+        return self.record_outcomes([(prediction_id, actual, timestamp)])["results"][0]
+
+    def record_outcomes(self, items: Sequence[tuple[str, Any, float | None]]) -> dict[str, Any]:
+        """Join ground-truth labels ``(prediction id, actual, timestamp or None for now)`` to
+        logged predictions. The same id twice keeps the latest label (``relabelled``); unknown
+        ids are answered per item (``unknown``). Needs the prediction log (``store_dir``)."""
+        writer = self.monitor.store_writer
+        if writer is None:
+            raise StoreError("no prediction log: set MonitorConfig(store_dir=...) or MLMON_STORE_DIR to join labels")
+        now = time.time()
+        self.monitor.flush()  # predictions still in the pipeline or the writer's queue
+        writer.flush()
+        results = writer.store.set_labels(self.name, [(pid, actual, now if ts is None else float(ts))
+                                                      for pid, actual, ts in items])
+        telemetry = self.monitor.telemetry
+        outcomes = collections.Counter(outcome for _, outcome, _ in results)
+        for outcome, n in outcomes.items():
+            telemetry.labels.add(n, {**self.attrs, "outcome": outcome})
+        delays = np.array([d for _, outcome, d in results if d is not None and outcome != "unknown"])
+        if delays.size:
+            telemetry.label_delay.observe(np.clip(delays, 0, None), self.attrs)
+        with self._lock:
+            self._labels.update(outcomes)
+        return {"results": [{"prediction_id": pid, "status": outcome, "delay_seconds": delay}
+                            for pid, outcome, delay in results], **{k: outcomes.get(k, 0) for k in LABEL_OUTCOMES}}
+
+    def label_coverage(self, since: float) -> tuple[int, int]:
+        """(logged predictions made since ``since``, of which labelled)."""
+        writer = self.monitor.store_writer
+        if writer is None:
+            return 0, 0
+        writer.flush()
+        return writer.store.counts(self.name, since)
 
     def _rows_of(self, rec: Record, capture: collections.Counter, messages: dict[str, str]) -> tuple[list, list]:
         try:
@@ -326,6 +398,7 @@ class ModelMonitor:
             "rows_in_window": 0 if self.window is None else len(self.window),
             "window_capacity": self.monitor.config.reservoir_size,
             "baseline": None if self.baseline is None else self.baseline.summary(),
+            "labels": dict(self._labels),
             "last_check": None if self.checker.report is None else {
                 k: self.checker.report.get(k) for k in ("checked_at", "status", "rows", "drifted", "share")},
         }
@@ -351,6 +424,13 @@ class ModelMonitor:
         return self.checker.observations(name)
 
 
+LABEL_OUTCOMES = ("labelled", "relabelled", "unknown")
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str).decode()
+
+
 def _load_baseline(baseline: Baseline | str | os.PathLike) -> Baseline:
     return baseline if isinstance(baseline, Baseline) else Baseline.load(baseline)
 
@@ -373,8 +453,11 @@ class Monitor:
             except ImportError:
                 raise ConfigError("OTLP export is configured (otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT) but "
                                   "its exporter is not installed: pip install 'mlmon-middleware[otlp]'") from None
+        if self.config.store_dir is not None:  # a corrupt or unwritable log fails now, not mid-traffic
+            SQLiteStore(self.store_path).close()
         self.errors = ErrorLog()
         self._models: dict[str, ModelMonitor] = {}
+        self._store_writer: StoreWriter | None = None
         self._queue: collections.deque[Record] = collections.deque()
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -407,7 +490,7 @@ class Monitor:
     def model(self, name: str, version: str | None = None, **options: Any) -> ModelMonitor:
         """The ModelMonitor of ``name``, created on first call with ``version`` and ``options``
         (``features``, ``baseline``, ``input``, ``prediction_key``, ``class_names``,
-        ``drift_policy``, ``warmup_rows``, ``on_alert``)."""
+        ``drift_policy``, ``warmup_rows``, ``on_alert``, ``segments``, ``log_features``, ``redact``)."""
         existing = self._models.get(name)
         if existing is not None:
             if version is not None and str(version) != existing.version:
@@ -461,8 +544,27 @@ class Monitor:
             self._thread.start()
             if self.config.check_interval > 0:
                 self._analyzer = Analyzer(self.check_all, self.config.check_interval)
+            if self.config.store_dir is not None:
+                self._store_writer = StoreWriter(
+                    SQLiteStore(self.store_path), interval=self.config.store_interval,
+                    max_queue=self.config.store_queue_size,
+                    retention=(self.config.store_max_age, self.config.store_max_rows),
+                    on_drop=lambda n: self.errors.report("store_queue_full", message=f"{n} logged prediction(s) dropped"),
+                    on_error=lambda exc: self.errors.report("store", exc))
             self._started = True
             atexit.register(self.shutdown)
+
+    @property
+    def store_path(self) -> str:
+        """The prediction log's file (under ``store_dir``)."""
+        return os.path.join(self.config.store_dir or ".", "predictions.sqlite")
+
+    @property
+    def store_writer(self) -> StoreWriter | None:
+        """The prediction log's writer in this process, when ``store_dir`` is set."""
+        if not self._started:
+            self._start()
+        return self._store_writer
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -526,6 +628,9 @@ class Monitor:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self.flush()
+        if self._store_writer is not None:
+            self._store_writer.close()  # writes what is queued: a clean shutdown loses nothing
+            self._store_writer = None
         if self._telemetry is not None:
             self._telemetry.shutdown()
         self._started = False
@@ -538,6 +643,7 @@ class Monitor:
         self._telemetry = None
         self._thread = None
         self._analyzer = None
+        self._store_writer = None  # the parent's SQLite connection must not be used here
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()

@@ -67,6 +67,10 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 
 PREDICTION_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0,
                       2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0)
 
+# Labels arrive after minutes (clicks) to weeks (fraud) or months (churn).
+LABEL_DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0,
+                       30 * 86400.0, 90 * 86400.0)
+
 # Attribute keys (OTel names; Prometheus labels replace the dots with underscores).
 MODEL_NAME = "mlmon.model.name"
 MODEL_VERSION = "mlmon.model.version"
@@ -141,6 +145,15 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
     InstrumentSpec("mlmon.analysis.last_run", "observable_gauge", "s",
                    "Unix time of the model's last drift check: alert when it stops moving.",
                    "mlmon_analysis_last_run_seconds"),
+    InstrumentSpec("mlmon.labels", "counter", "{label}",
+                   "Ground-truth labels received, by outcome (labelled, relabelled: the latest wins, unknown id).",
+                   "mlmon_labels_total"),
+    InstrumentSpec("mlmon.label.delay", "histogram", "s",
+                   "Time from a prediction to its label.",
+                   "mlmon_label_delay_seconds", LABEL_DELAY_BUCKETS),
+    InstrumentSpec("mlmon.label.coverage", "observable_gauge", "1",
+                   "Share of the logged predictions of a time window that have a label, at the last check.",
+                   "mlmon_label_coverage"),
     InstrumentSpec("mlmon.baseline.age", "observable_gauge", "s",
                    "Seconds since the model's baseline was created.",
                    "mlmon_baseline_age_seconds"),
@@ -270,6 +283,8 @@ class Telemetry:
         meter = self.meter_provider.get_meter(SCOPE, __version__)
         self.predictions = self._create(meter, "mlmon.predictions")
         self.capture_errors = self._create(meter, "mlmon.capture.errors")
+        self.labels = self._create(meter, "mlmon.labels")
+        self.label_delay = self._histogram(meter, "mlmon.label.delay", own=config.meter_provider is None)
         self.inference_duration = self._histogram(meter, "mlmon.inference.duration", own=config.meter_provider is None)
         self.prediction_value = self._histogram(meter, "mlmon.prediction.value", own=config.meter_provider is None)
 

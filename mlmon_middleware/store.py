@@ -1,0 +1,229 @@
+"""The prediction log: every monitored prediction, joined later with its ground truth.
+
+``PredictionStore`` is the interface; :class:`SQLiteStore` the default implementation (one file,
+WAL mode). Nothing here runs on the request path: the pipeline hands rows to a
+:class:`StoreWriter`, whose thread inserts them in batches every ``interval`` seconds (0.5 by
+default; with the pipeline's 0.5 s, at most about 1 s of predictions is lost to a ``kill -9``).
+The writer's queue is bounded: when full, the oldest rows are dropped and counted.
+
+A row: prediction id, model, version, timestamp, the prediction (JSON), segment values (JSON),
+the feature row (JSON, optional, with redaction), and once it arrives the label and its
+timestamp. Labels are set with :meth:`PredictionStore.set_labels`: the same id twice keeps the
+latest; unknown ids are reported per item.
+
+>>> import tempfile, os
+>>> store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "log.db"))
+>>> store.write([("p1", "fraud", "1", 100.0, '{"prediction": 0.9}', "{}", None)])
+>>> store.set_labels("fraud", [("p1", 1, 160.0), ("nope", 0, 160.0)])
+[('p1', 'labelled', 60.0), ('nope', 'unknown', None)]
+>>> store.labelled("fraud", since=0.0)[0][1:4]
+('{"prediction": 0.9}', '{}', 1)
+>>> store.close()
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+logger = logging.getLogger("mlmon_middleware")
+
+# (prediction id, model, version, timestamp, prediction JSON, segments JSON, features JSON or None)
+Row = tuple[str, str, str, float, str, str, "str | None"]
+
+
+class StoreError(RuntimeError):
+    """The prediction log cannot be opened or written; the message says where and why."""
+
+
+class PredictionStore(Protocol):
+    def write(self, rows: Sequence[Row]) -> None: ...
+
+    def set_labels(self, model: str, items: Sequence[tuple[str, Any, float]]) -> list[tuple[str, str, float | None]]: ...
+
+    def labelled(self, model: str, since: float, limit: int | None = None) -> list[tuple]: ...
+
+    def counts(self, model: str, since: float) -> tuple[int, int]: ...
+
+    def apply_retention(self, max_age: float | None, max_rows: int | None) -> int: ...
+
+    def close(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    prediction_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    ts REAL NOT NULL,
+    prediction TEXT NOT NULL,
+    segments TEXT NOT NULL,
+    features TEXT,
+    label TEXT,
+    label_ts REAL,
+    label_updates INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (model, prediction_id)
+);
+CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (model, ts);
+CREATE INDEX IF NOT EXISTS predictions_by_label_time ON predictions (model, label_ts);
+"""
+
+
+class SQLiteStore:
+    """A :class:`PredictionStore` in one SQLite file (WAL mode); thread-safe."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        folder = os.path.dirname(self.path) or "."
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self._db.execute("SELECT count(*) FROM predictions LIMIT 1").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"prediction log {self.path!r} cannot be used: {exc} "
+                             f"(set store_dir / MLMON_STORE_DIR to a writable folder, or remove a corrupt file)") from None
+        self._lock = threading.Lock()
+
+    def write(self, rows: Sequence[Row]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO predictions (prediction_id, model, version, ts, prediction, segments, features)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def set_labels(self, model: str, items: Sequence[tuple[str, Any, float]]) -> list[tuple[str, str, float | None]]:
+        """Set labels ``(prediction id, actual, label time)``; per item ``(id, outcome, delay)``
+        with outcome ``labelled``, ``relabelled`` (had a label: the latest wins) or ``unknown``."""
+        out = []
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for pid, actual, when in items:
+                    found = self._db.execute("SELECT ts, label_updates FROM predictions WHERE model = ? AND prediction_id = ?",
+                                             (model, pid)).fetchone()
+                    if found is None:
+                        out.append((pid, "unknown", None))
+                        continue
+                    self._db.execute("UPDATE predictions SET label = ?, label_ts = ?, label_updates = label_updates + 1 "
+                                     "WHERE model = ? AND prediction_id = ?", (orjson.dumps(actual).decode(), when, model, pid))
+                    out.append((pid, "relabelled" if found[1] else "labelled", when - found[0]))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return out
+
+    def labelled(self, model: str, since: float, limit: int | None = None) -> list[tuple]:
+        """``(prediction id, prediction JSON, segments JSON, label, ts, label_ts)`` of labelled
+        predictions made at or after ``since``, oldest first (the last ``limit`` when given)."""
+        query = ("SELECT prediction_id, prediction, segments, label, ts, label_ts FROM predictions "
+                 "WHERE model = ? AND ts >= ? AND label IS NOT NULL ORDER BY ts DESC")
+        params: tuple = (model, since)
+        if limit is not None:
+            query += " LIMIT ?"
+            params += (limit,)
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return [(pid, p, s, orjson.loads(label), ts, lts) for pid, p, s, label, ts, lts in reversed(rows)]
+
+    def counts(self, model: str, since: float) -> tuple[int, int]:
+        """(predictions, labelled predictions) made at or after ``since``: label coverage."""
+        with self._lock:
+            total, labelled = self._db.execute(
+                "SELECT count(*), count(label) FROM predictions WHERE model = ? AND ts >= ?", (model, since)).fetchone()
+        return int(total), int(labelled)
+
+    def apply_retention(self, max_age: float | None, max_rows: int | None) -> int:
+        """Delete rows older than ``max_age`` seconds, and beyond the newest ``max_rows`` per model."""
+        deleted = 0
+        with self._lock:
+            if max_age is not None:
+                deleted += self._db.execute("DELETE FROM predictions WHERE ts < ?", (time.time() - max_age,)).rowcount
+            if max_rows is not None:
+                for (model,) in self._db.execute("SELECT DISTINCT model FROM predictions").fetchall():
+                    cutoff = self._db.execute("SELECT ts FROM predictions WHERE model = ? ORDER BY ts DESC LIMIT 1 OFFSET ?",
+                                              (model, max_rows)).fetchone()
+                    if cutoff is not None:
+                        deleted += self._db.execute("DELETE FROM predictions WHERE model = ? AND ts <= ?",
+                                                    (model, cutoff[0])).rowcount
+        return deleted
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class StoreWriter:
+    """A thread that inserts queued rows in batches every ``interval`` seconds.
+
+    ``put`` never blocks: past ``max_queue`` rows the oldest are dropped and ``on_drop`` is
+    called with their number. ``flush`` writes everything queued now (labels call it first, so a
+    label never misses a prediction still in the queue).
+    """
+
+    def __init__(self, store: PredictionStore, *, interval: float = 0.5, max_queue: int = 100_000,
+                 retention: tuple[float | None, int | None] = (None, None), retention_every: float = 60.0,
+                 on_drop: Callable[[int], None] = lambda n: None,
+                 on_error: Callable[[BaseException], None] = lambda exc: None) -> None:
+        self.store = store
+        self._queue: collections.deque[Row] = collections.deque(maxlen=max_queue)
+        self._interval = interval
+        self._retention = retention
+        self._retention_every = retention_every
+        self._on_drop = on_drop
+        self._on_error = on_error
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlmon-store", daemon=True)
+        self._thread.start()
+
+    def put(self, rows: Iterable[Row]) -> None:
+        queue = self._queue
+        for row in rows:
+            if len(queue) == queue.maxlen:
+                self._on_drop(1)  # the append below evicts the oldest row
+            queue.append(row)
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            batch = [self._queue.popleft() for _ in range(len(self._queue))]
+            if batch:
+                try:
+                    self.store.write(batch)
+                except Exception as exc:
+                    self._on_error(exc)
+
+    def _run(self) -> None:
+        last_retention = time.monotonic()
+        while not self._stop.wait(self._interval):
+            self.flush()
+            if any(v is not None for v in self._retention) and time.monotonic() - last_retention >= self._retention_every:
+                last_retention = time.monotonic()
+                try:
+                    self.store.apply_retention(*self._retention)
+                except Exception as exc:
+                    self._on_error(exc)
+
+    def close(self) -> None:
+        """Write what is queued and stop (a clean shutdown loses nothing)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self.flush()
+        self.store.close()
