@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SCORE_METHODS = ("psi", "js", "ks", "wasserstein_norm", "chi2")
 EXPORTED_METHOD = {"wasserstein_norm": "wasserstein"}  # the gauge's method label
+COVERAGE_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 QUALITY_ERRORS = ("type_mismatch", "missing_feature", "unexpected_feature", "non_finite", "shape_mismatch")
 
 
@@ -66,7 +67,8 @@ class DriftChecker:
         features, outputs = snapshot["features"], snapshot["outputs"]
         rows = len(features["time"]) if features else 0
         report: dict[str, Any] = {"model": mm.name, "version": mm.version, "checked_at": time.time(), "rows": rows,
-                                  "window": _span_of(features), "quality": self._quality_counts(mm)}
+                                  "window": _span_of(features), "quality": self._quality_counts(mm),
+                                  "labels": self._label_coverage(mm)}
         baseline = mm.baseline
         if baseline is None:
             if rows < self.warmup_rows or mm.schema is None:
@@ -119,6 +121,17 @@ class DriftChecker:
         volume, self._seen_predictions = total - self._seen_predictions, total
         return {"capture_errors_since_last_check": dict(since), "predictions_since_last_check": volume}
 
+    @staticmethod
+    def _label_coverage(mm: ModelMonitor) -> dict[str, Any]:
+        """Share of the logged predictions of the last hour, day and week that have a label."""
+        if mm.monitor.store_writer is None:
+            return {}
+        now, coverage = time.time(), {}
+        for window, seconds in COVERAGE_WINDOWS.items():
+            total, labelled = mm.label_coverage(since=now - seconds)
+            coverage[window] = {"predictions": total, "labelled": labelled, "share": labelled / total if total else 0.0}
+        return {"coverage": coverage}
+
     def _feature_errors_since_last_check(self, mm: ModelMonitor) -> dict[str, dict[str, int]]:
         now = {f: collections.Counter(c) for f, c in mm.feature_errors().items()}
         since = {f: dict(c - self._seen_feature_errors.get(f, collections.Counter())) for f, c in now.items()}
@@ -133,6 +146,9 @@ class DriftChecker:
             return [(self.duration, attrs)] if report else []
         if name == "mlmon.analysis.last_run":
             return [(self.last_run, attrs)] if report else []
+        if name == "mlmon.label.coverage":
+            coverage = (report or {}).get("labels", {}).get("coverage", {})
+            return [(c["share"], {**attrs, "window": w}) for w, c in coverage.items()]
         if name == "mlmon.alert.active":
             return [(1, {**attrs, "alertname": a, "subject": s, "severity": sev}) for a, s, sev in self.alerts.active()]
         if not report or report.get("status") != "ok":

@@ -1,0 +1,208 @@
+"""The prediction log and ground truth: store, writer, labels, feedback route, crash and restart."""
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import orjson
+import pytest
+from fastapi import FastAPI
+from starlette.testclient import TestClient
+
+from mlmon_fastapi import instrument_app
+from mlmon_middleware import Monitor, MonitorConfig, monitor
+from mlmon_middleware.store import SQLiteStore, StoreError, StoreWriter
+
+
+def rows_in(path):
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT prediction_id, prediction, segments, features, label FROM predictions ORDER BY ts").fetchall()
+
+
+def test_store_labels_retention_and_counts(tmp_path):
+    store = SQLiteStore(tmp_path / "log.db")
+    now = time.time()
+    store.write([(f"p{i}", "m", "1", now - 100 + i, "{}", "{}", None) for i in range(10)])
+    store.write([("q", "other", "1", now - 500, "{}", "{}", None)])
+    assert store.set_labels("m", [("p1", 1, now), ("p1", 0, now + 1), ("zz", 1, now)]) == [
+        ("p1", "labelled", pytest.approx(99.0)), ("p1", "relabelled", pytest.approx(100.0)), ("zz", "unknown", None)]
+    assert store.set_labels("other", [("p2", 1, now)]) == [("p2", "unknown", None)]  # ids are per model
+    assert store.counts("m", since=0) == (10, 1)
+    assert store.labelled("m", since=0)[0][3] == 0  # the latest label wins
+    assert store.apply_retention(max_age=300, max_rows=None) == 1  # "q" is 500 s old
+    assert store.apply_retention(max_age=None, max_rows=4) == 6
+    assert store.counts("m", since=0) == (4, 0)
+    store.close()
+
+
+def test_unusable_logs_fail_at_start_up(tmp_path):
+    corrupt = tmp_path / "bad"
+    corrupt.mkdir()
+    (corrupt / "predictions.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="predictions.sqlite' cannot be used: file is not a database"):
+        Monitor(MonitorConfig(store_dir=str(corrupt)))
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder should be")
+    with pytest.raises(StoreError, match="cannot be used"):
+        Monitor(MonitorConfig(store_dir=str(blocked / "sub")))
+
+
+def test_writer_drops_the_oldest_when_full_and_counts(tmp_path):
+    dropped = []
+    writer = StoreWriter(SQLiteStore(tmp_path / "log.db"), interval=60, max_queue=3, on_drop=dropped.append)
+    writer.put([(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(5)])
+    writer.close()
+    assert len(dropped) == 2
+    assert [r[0] for r in rows_in(tmp_path / "log.db")] == ["p2", "p3", "p4"]
+
+
+def test_log_rows_segments_redaction_and_batch_ids(tmp_path, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("m", segments=["region"], redact=["ssn"])
+    single = mm.record({"amount": 5.0, "region": "eu", "ssn": "123"}, {"prediction": 0.2})
+    batch = mm.record([{"amount": 1.0, "region": "us", "ssn": "9"}, {"amount": 2.0, "region": "eu", "ssn": "8"}], [0.1, 0.7])
+    h.monitor.flush()
+    h.monitor.store_writer.flush()
+    rows = {r[0]: r for r in rows_in(tmp_path / "predictions.sqlite")}
+    assert set(rows) == {single, f"{batch}:0", f"{batch}:1"}
+    assert orjson.loads(rows[single][1]) == {"prediction": 0.2}
+    assert orjson.loads(rows[single][2]) == {"region": "eu"}
+    assert orjson.loads(rows[single][3]) == {"amount": 5.0, "region": "eu", "ssn": "[redacted]"}
+    assert orjson.loads(rows[f"{batch}:1"][1]) == {"prediction": 0.7}
+    none = h.monitor.model("quiet", log_features=None)
+    pid = none.record({"a": 1.0}, 0.5)
+    h.monitor.flush()
+    h.monitor.store_writer.flush()
+    assert {r[0]: r for r in rows_in(tmp_path / "predictions.sqlite")}[pid][3] is None
+
+
+def test_record_outcomes_counts_labels_and_delays(tmp_path, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("m")
+    pid = mm.record({"a": 1.0}, 0.5)  # still in the pipeline queue: labels flush it first
+    answer = mm.record_outcomes([(pid, 1, time.time() + 30), (pid, 0, None), ("nope", 1, None)])
+    assert [r["status"] for r in answer["results"]] == ["labelled", "relabelled", "unknown"]
+    assert (answer["labelled"], answer["relabelled"], answer["unknown"]) == (1, 1, 1)
+    assert answer["results"][0]["delay_seconds"] == pytest.approx(30, abs=2)
+    outcomes = {a["outcome"]: p.value for a, p in h.points("mlmon.labels")}
+    assert outcomes == {"labelled": 1, "relabelled": 1, "unknown": 1}
+    [(_, delay)] = h.points("mlmon.label.delay")
+    assert delay.count == 2
+    assert mm.label_coverage(since=0) == (1, 1)
+    assert mm.health()["labels"] == {"labelled": 1, "relabelled": 1, "unknown": 1}
+    report = mm.check_now()
+    assert report["labels"]["coverage"]["1h"] == {"predictions": 1, "labelled": 1, "share": 1.0}
+    coverage = {a["window"]: p.value for a, p in h.points("mlmon.label.coverage")}
+    assert coverage == {"1h": 1.0, "24h": 1.0, "7d": 1.0}
+    assert h.monitor.model("x").record_outcome(pid, 1)["status"] == "unknown"  # ids are per model
+
+
+def test_record_outcome_needs_the_log(harness_factory):
+    h = harness_factory(tracing=False, check_interval=0)
+    with pytest.raises(StoreError, match="no prediction log: set MonitorConfig"):
+        h.monitor.model("m").record_outcome("p", 1)
+
+
+def make_app(mon):
+    app = FastAPI()
+
+    @app.post("/predict")
+    @monitor(model="m", registry=mon)
+    def predict(row: dict) -> dict:
+        return {"prediction": 0.5}
+
+    instrument_app(app, monitor=mon)
+    return app
+
+
+def test_feedback_route(tmp_path, harness_factory, caplog):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="mlmon_middleware"):
+        app = make_app(h.monitor)
+    assert "accepts ground-truth labels from anyone" in caplog.text
+    with TestClient(app) as client:
+        pid = client.post("/predict", json={"a": 1.0}).headers["x-prediction-id"]
+        one = client.post("/mlmon/feedback", json={"prediction_id": pid, "actual": 1, "timestamp": "2030-01-01T00:00:00Z"})
+        many = client.post("/mlmon/feedback", json=[{"prediction_id": pid, "actual": 0}, {"prediction_id": "x", "actual": 1}])
+        bad = [client.post("/mlmon/feedback", content=body, headers={"content-type": "application/json"})
+               for body in (b"{", b"[]", b'{"actual": 1}', b'{"prediction_id": "p"}', b'[1]',
+                            b'{"prediction_id": "p", "actual": 1, "timestamp": "yesterday"}',
+                            b'{"prediction_id": "p", "actual": 1, "model": "nope"}')]
+    assert one.status_code == 200 and one.json()["results"][0]["status"] == "labelled"
+    assert many.json()["relabelled"] == 1 and many.json()["unknown"] == 1
+    assert [r["status"] for r in many.json()["results"]] == ["relabelled", "unknown"]
+    assert [r.status_code for r in bad] == [422] * 7
+    details = [r.json()["detail"] for r in bad]
+    assert details[0].startswith("body is not JSON") and details[1] == "no labels in the body"
+    assert details[2] == "item 0: prediction_id must be a non-empty string"
+    assert details[3] == "item 0: actual is missing" and details[4].startswith("item 0: expected an object")
+    assert "timestamp must be Unix seconds or ISO 8601" in details[5] and "model 'nope' is not monitored" in details[6]
+
+
+def test_feedback_requires_the_token_when_set(tmp_path, harness_factory, caplog):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path), api_token="s3cret")
+    with caplog.at_level(logging.WARNING, logger="mlmon_middleware"):
+        app = make_app(h.monitor)
+    assert "accepts ground-truth labels from anyone" not in caplog.text
+    with TestClient(app) as client:
+        pid = client.post("/predict", json={"a": 1.0}).headers["x-prediction-id"]
+        body = {"prediction_id": pid, "actual": 1}
+        assert client.post("/mlmon/feedback", json=body).status_code == 401
+        assert client.post("/mlmon/feedback", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = client.post("/mlmon/feedback", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json()["labelled"] == 1
+
+
+def test_feedback_without_a_log_says_how_to_get_one(harness_factory):
+    h = harness_factory(tracing=False, check_interval=0)
+    with TestClient(make_app(h.monitor)) as client:
+        answer = client.post("/mlmon/feedback", json={"prediction_id": "p", "actual": 1})
+    assert answer.status_code == 409 and "MLMON_STORE_DIR" in answer.json()["detail"]
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from mlmon_middleware import Monitor, MonitorConfig
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0, store_dir=sys.argv[1]))
+    model = mon.model("crash")
+    i = 0
+    while True:
+        pid = model.record({"a": float(i)}, 0.5, prediction_id=f"id{i}")
+        print(pid, time.time(), flush=True)
+        i += 1
+        time.sleep(0.002)
+""")
+
+
+def test_kill_9_loses_at_most_the_last_second(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    made = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not made or made[-1][1] - made[0][1] < 3.0):
+        pid, when = proc.stdout.readline().split()
+        made.append((pid, float(when)))
+    killed_at = time.time()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    made += [(pid, float(when)) for pid, when in (line.split() for line in proc.stdout.read().splitlines())]
+    stored = {r[0] for r in rows_in(tmp_path / "predictions.sqlite")}
+    old_enough = [pid for pid, when in made if when <= killed_at - 1.0]
+    assert len(old_enough) > 500
+    assert [pid for pid in old_enough if pid not in stored] == []
+    assert stored <= {pid for pid, _ in made}
+
+
+def test_labels_join_after_a_restart(tmp_path):
+    first = Monitor(MonitorConfig(tracing=False, check_interval=0, store_dir=str(tmp_path)))
+    pid = first.model("m").record({"a": 1.0}, 0.9)
+    first.shutdown()  # a clean shutdown writes everything queued
+    second = Monitor(MonitorConfig(tracing=False, check_interval=0, store_dir=str(tmp_path)))
+    try:
+        assert second.model("m").record_outcome(pid, 1)["status"] == "labelled"
+    finally:
+        second.shutdown()
