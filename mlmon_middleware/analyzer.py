@@ -48,6 +48,7 @@ class DriftChecker:
         self._seen_errors: collections.Counter = collections.Counter()
         self._seen_feature_errors: dict[str, collections.Counter] = {}
         self._seen_predictions = 0
+        self._performance_conditions: dict[tuple[str, str], str] = {}
 
     def check(self) -> dict[str, Any]:
         with self._lock:
@@ -62,6 +63,12 @@ class DriftChecker:
     def _check(self) -> dict[str, Any]:
         mm = self.model
         mm.monitor.flush()  # the window includes everything captured so far
+        performance, self._performance_conditions = mm.performance.compute()
+        report = self._drift(mm)
+        report["performance_status"] = performance["status"]
+        return report
+
+    def _drift(self, mm: ModelMonitor) -> dict[str, Any]:
         window_seconds = mm.monitor.config.window_seconds
         snapshot = mm.window_snapshot(None if window_seconds is None else time.time() - window_seconds)
         features, outputs = snapshot["features"], snapshot["outputs"]
@@ -73,6 +80,7 @@ class DriftChecker:
         if baseline is None:
             if rows < self.warmup_rows or mm.schema is None:
                 report.update(status="warming_up", warmup_rows=self.warmup_rows)
+                self.alerts.update(self._performance_conditions)
                 return report
             baseline = mm.set_baseline(Baseline.from_encoded(
                 mm.schema, Encoded(features["numeric"], features["categorical"], collections.Counter()),
@@ -107,7 +115,7 @@ class DriftChecker:
         conditions.update({("PredictionDrift", n): p["severity"] for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
-        self.alerts.update(conditions)
+        self.alerts.update({**conditions, **self._performance_conditions})
         report["alerts"] = [{"alertname": a, "subject": s, "severity": sev} for a, s, sev in self.alerts.active()]
         return report
 

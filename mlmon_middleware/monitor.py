@@ -36,6 +36,7 @@ from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.record import Record, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
 from mlmon_middleware.schema import KINDS, CaptureError, FeatureSchema, extract_predictions, extract_rows
@@ -104,7 +105,7 @@ class ModelMonitor:
                  class_names: Sequence[str] | None = None, explain: Any = None, drift_policy: DriftPolicy | None = None,
                  warmup_rows: int = 1000, on_alert: Callable[[dict[str, Any]], None] | None = None,
                  segments: Sequence[str] = (), log_features: str | Sequence[str] | None = "all",
-                 redact: Sequence[str] = ()) -> None:
+                 redact: Sequence[str] = (), performance: Mapping[str, Any] | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"model must be a non-empty string, got {name!r}")
         if explain is not None:
@@ -134,6 +135,7 @@ class ModelMonitor:
         elif self._declared_names is not None and len(self._declared_kinds) == len(self._declared_names):
             self.schema = FeatureSchema(self._declared_names, [self._declared_kinds[n] for n in self._declared_names])
         self.checker = DriftChecker(self, drift_policy, warmup_rows, on_alert)
+        self.performance = PerformanceTracker(self, **(performance or {}))
         self.output_schema: FeatureSchema | None = None
         self.window: SlidingWindow | None = None  # feature rows
         self.output_window: SlidingWindow | None = None  # prediction rows
@@ -165,6 +167,13 @@ class ModelMonitor:
     def check_now(self) -> dict[str, Any]:
         """Run a drift check on the current window now and return its report."""
         return self.checker.check()
+
+    def performance_report(self) -> dict[str, Any]:
+        """The last check's performance report (running a check if none has run yet): per window
+        the metrics overall and per segment, fairness, the reference and the degradation."""
+        if self.performance.report is None:
+            self.checker.check()
+        return self.performance.report or {}
 
     def drift_report(self) -> dict[str, Any]:
         """The last drift check's report (running one if none has run yet): per feature its
@@ -415,6 +424,8 @@ class ModelMonitor:
             return [] if self.window is None else [(len(self.window), self.attrs)]
         if name == "mlmon.baseline.age":
             return [] if self.baseline is None else [(self.baseline.age_seconds(), self.attrs)]
+        if name == "mlmon.performance":
+            return self.performance.observations(self.attrs)
         if name == "mlmon.feature.bin":
             counts = self._bin_counts
             if counts is None:
@@ -490,7 +501,8 @@ class Monitor:
     def model(self, name: str, version: str | None = None, **options: Any) -> ModelMonitor:
         """The ModelMonitor of ``name``, created on first call with ``version`` and ``options``
         (``features``, ``baseline``, ``input``, ``prediction_key``, ``class_names``,
-        ``drift_policy``, ``warmup_rows``, ``on_alert``, ``segments``, ``log_features``, ``redact``)."""
+        ``drift_policy``, ``warmup_rows``, ``on_alert``, ``segments``, ``log_features``, ``redact``,
+        ``performance``: options of :class:`~mlmon_middleware.performance.PerformanceTracker`)."""
         existing = self._models.get(name)
         if existing is not None:
             if version is not None and str(version) != existing.version:

@@ -45,6 +45,7 @@ __all__ = ["instrument_app"]
 def instrument_app(app: FastAPI, *, monitor: Monitor | None = None, endpoints: Iterable[Endpoint | dict] = (),
                    metrics_path: str | None = "/metrics", health_path: str | None = "/mlmon/health",
                    drift_path: str | None = "/mlmon/drift", feedback_path: str | None = "/mlmon/feedback",
+                   performance_path: str | None = "/mlmon/performance",
                    max_body_bytes: int | None = None) -> Monitor:
     """Add :class:`MLMonitorMiddleware` and mount ``metrics_path`` (Prometheus text from mlmon's
     private registry), ``health_path`` (JSON), ``drift_path`` (the drift reports as JSON;
@@ -73,6 +74,21 @@ def instrument_app(app: FastAPI, *, monitor: Monitor | None = None, endpoints: I
 
     if feedback_path:
         _add_feedback_route(app, mon, feedback_path)
+
+    if performance_path:
+        def performance(request: Request) -> Response:
+            name = request.query_params.get("model")
+            models = mon.models
+            if name is not None and name not in models:
+                return _json({"detail": f"no monitored model {name!r}; models: {sorted(models)}"}, status_code=404)
+            refresh = request.query_params.get("refresh", "").lower() in ("1", "true", "yes")
+            chosen = {name: models[name]} if name else models
+            if refresh:
+                for model in chosen.values():
+                    model.check_now()
+            return _json({n: m.performance_report() for n, m in chosen.items()})
+
+        app.add_route(performance_path, performance, methods=["GET"], include_in_schema=False)
 
     if drift_path:
         def drift(request: Request) -> Response:

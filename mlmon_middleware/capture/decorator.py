@@ -39,7 +39,8 @@ def monitor(model: str, version: str = "unknown", *, features: Any = None, basel
             class_names: Sequence[str] | None = None, route: str | None = None,
             registry: Monitor | None = None, drift_policy: DriftPolicy | None = None, warmup_rows: int = 1000,
             on_alert: Callable[[dict[str, Any]], None] | None = None, segments: Sequence[str] = (),
-            log_features: str | Sequence[str] | None = "all", redact: Sequence[str] = ()) -> Callable[[F], F]:
+            log_features: str | Sequence[str] | None = "all", redact: Sequence[str] = (),
+            performance: dict[str, Any] | None = None) -> Callable[[F], F]:
     """Monitor every call of the decorated function as an inference of ``model``.
 
     Parameters:
@@ -62,13 +63,15 @@ def monitor(model: str, version: str = "unknown", *, features: Any = None, basel
         segments: features whose values are kept with each logged prediction (per-segment metrics).
         log_features: which features the prediction log keeps: ``"all"``, a list, or None.
         redact: features logged as ``"[redacted]"``.
+        performance: options of :class:`~mlmon_middleware.performance.PerformanceTracker`
+            (``task``, ``positive``, ``threshold``, windows, ``max_segments``, ``protected``, ...).
     """
     def decorate(fn: F) -> F:
         mon = registry or Monitor.get()
         mm = mon.model(model, version, features=features, baseline=baseline, explain=explain, input=input,
                        prediction_key=prediction_key, class_names=class_names, drift_policy=drift_policy,
                        warmup_rows=warmup_rows, on_alert=on_alert, segments=segments, log_features=log_features,
-                       redact=redact)
+                       redact=redact, performance=performance)
         pick = _InputPicker(tuple(inspect.signature(fn).parameters), input)
         route_name = route or ""
         perf_ns, wall_ns = time.perf_counter_ns, time.time_ns
