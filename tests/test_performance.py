@@ -1,0 +1,178 @@
+"""Performance metrics agree with scikit-learn; windows, segments, fairness and degradation from the log."""
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as skm
+
+from mlmon_middleware import ConfigError
+from mlmon_middleware.drift.policy import DriftPolicy
+from mlmon_middleware.performance import classification_metrics, regression_metrics, roc_auc
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seeds, st.integers(2, 300), st.booleans())
+def test_binary_metrics_match_sklearn(seed, n, ties):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    scores = rng.random(n)
+    if ties:
+        scores = np.round(scores, 1)
+    y_true, y_pred = y.astype(str).astype(object), np.where(scores >= 0.5, "1", "0").astype(object)
+    got = classification_metrics(y_true, y_pred, scores=scores, positive="1")
+    pred = (scores >= 0.5).astype(int)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+    assert got["precision"] == pytest.approx(skm.precision_score(y, pred, zero_division=0), abs=1e-12)
+    assert got["recall"] == pytest.approx(skm.recall_score(y, pred, zero_division=0), abs=1e-12)
+    assert got["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0), abs=1e-12)
+    assert got["log_loss"] == pytest.approx(skm.log_loss(y, scores, labels=[0, 1]), abs=1e-9)
+    if len(set(y)) == 2:
+        assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, scores), abs=1e-9)
+    else:
+        assert got["roc_auc"] is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(seeds, st.integers(3, 300), st.integers(3, 6))
+def test_multiclass_metrics_match_sklearn(seed, n, k):
+    rng = np.random.default_rng(seed)
+    classes = [f"c{i}" for i in range(k)]
+    y = np.array(classes, dtype=object)[rng.integers(0, k, n)]
+    proba = rng.dirichlet(np.ones(k), n)
+    pred = np.array(classes, dtype=object)[proba.argmax(axis=1)]
+    got = classification_metrics(y, pred, proba=proba, classes=classes)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+    for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
+        assert got[name] == pytest.approx(fn(y, pred, average="macro", zero_division=0), abs=1e-12)
+    assert got["log_loss"] == pytest.approx(skm.log_loss(y, proba, labels=classes), abs=1e-9)
+    if len(set(y)) == k:
+        assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes), abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seeds, st.integers(2, 300))
+def test_regression_metrics_match_sklearn(seed, n):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(10, 5, n)
+    y[rng.random(n) < 0.05] = 0.0  # zeros: MAPE's floor
+    pred = y + rng.normal(0, 2, n)
+    got = regression_metrics(y, pred)
+    assert got["mae"] == pytest.approx(skm.mean_absolute_error(y, pred), abs=1e-9)
+    assert got["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, pred)), abs=1e-9)
+    assert got["mape"] == pytest.approx(skm.mean_absolute_percentage_error(y, pred), rel=1e-9)
+    assert got["r2"] == pytest.approx(skm.r2_score(y, pred), abs=1e-9)
+    assert regression_metrics(np.ones(3), np.ones(3))["r2"] == skm.r2_score(np.ones(3), np.ones(3))
+
+
+def test_auc_with_one_class_is_undefined():
+    assert roc_auc(np.array([True, True]), np.array([0.1, 0.2])) is None
+
+
+def labelled_model(h, n, *, rng, performance=None, segments=(), flip=False, label_fraction=1.0):
+    """n predictions of a scorer whose labels arrive later, out of order; some never."""
+    mm = h.monitor.model("m", segments=list(segments), performance=performance or {"task": "binary"})
+    made = []
+    for i in range(n):
+        x = float(rng.normal())
+        group = "a" if i % 3 else "b"
+        score = 1 / (1 + np.exp(-3 * x))
+        pid = mm.record({"x": x, "group": group, "region": f"r{i % 7}"}, {"prediction": score})
+        truth = int((x > 0) != flip)
+        made.append((pid, truth))
+    order = rng.permutation(n)  # out of order
+    now = time.time()
+    labels = [(made[i][0], made[i][1], now + 60 * rng.random()) for i in order if rng.random() < label_fraction]
+    mm.record_outcomes(labels)
+    return mm
+
+
+def test_delayed_labels_windows_and_coverage(tmp_path, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = labelled_model(h, 600, rng=np.random.default_rng(1), performance={"task": "binary", "count_window": 200},
+                        label_fraction=0.7)
+    mm.check_now()
+    report = mm.performance_report()
+    last, recent = report["windows"]["last_200"], report["windows"]["86400s"]
+    assert last["rows"] == 200 and 380 <= recent["rows"] <= 460  # ~70 % of 600 labelled
+    assert recent["overall"]["accuracy"] > 0.95 and recent["overall"]["roc_auc"] > 0.99
+    assert report["reference"]["source"] == "first full window"
+    coverage = mm.drift_report()["labels"]["coverage"]["1h"]
+    assert coverage["predictions"] == 600 and coverage["labelled"] == recent["rows"]
+    perf = {(a["metric"], a["window"], a["segment"]): p.value for a, p in h.points("mlmon.performance")}
+    assert perf[("accuracy", "86400s", "__all__")] == pytest.approx(recent["overall"]["accuracy"])
+
+
+def test_degradation_alerts_when_the_label_rule_flips(tmp_path, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    events = []
+    rng = np.random.default_rng(2)
+    mm = h.monitor.model("m", on_alert=events.append, drift_policy=DriftPolicy(fire_after=1),
+                         performance={"task": "binary", "count_window": 300, "reference": {"accuracy": 0.98, "roc_auc": 0.99}})
+    for flip in (False, True):
+        for _ in range(300):
+            x = float(rng.normal())
+            pid = mm.record({"x": x}, {"prediction": 1 / (1 + np.exp(-3 * x))})
+            mm.record_outcome(pid, int((x > 0) != flip))
+        mm.check_now()
+    report = mm.performance_report()["windows"]["last_300"]
+    assert report["overall"]["accuracy"] < 0.1
+    assert report["degradation"]["accuracy"]["severity"] == "critical"
+    assert ("PerformanceDegradation", "accuracy@last_300", "critical") in {
+        (e["alertname"], e["subject"], e["severity"]) for e in events}
+
+
+def test_segment_cap_with_100000_distinct_values(tmp_path, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path), store_max_rows=None)
+    mm = h.monitor.model("m", segments=["user"], performance={"task": "binary", "count_window": 100_000,
+                                                             "max_segments": 5})
+    rng = np.random.default_rng(3)
+    writer = h.monitor.store_writer
+    now = time.time()
+    heavy = [f"u{i}" for i in range(5)]
+    rows = []
+    for i in range(100_000):
+        user = heavy[i % 5] if i < 5000 else f"user-{i}"  # 5 heavy users, then 95,000 distinct
+        rows.append((f"p{i}", "m", "unknown", now - 1 + i * 1e-6, '{"prediction": 0.9}', f'{{"user": "{user}"}}', None))
+    writer.put(rows)
+    writer.flush()
+    writer.store.set_labels("m", [(f"p{i}", int(rng.random() < 0.9), now) for i in range(100_000)])
+    mm.check_now()
+    segments = mm.performance_report()["windows"]["last_100000"]["segments"]["user"]
+    assert set(segments) == {*heavy, "__other__"}
+    assert segments["__other__"]["count"] == 95_000
+    users = {a["segment"] for a, _ in h.points("mlmon.performance") if a["segment"].startswith("user=")}
+    assert len(users) == 6
+
+
+def test_fairness_and_the_four_fifths_rule(tmp_path, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    events = []
+    mm = h.monitor.model("m", segments=["group"], on_alert=events.append, drift_policy=DriftPolicy(fire_after=1),
+                         performance={"task": "binary", "protected": "group"})
+    rng = np.random.default_rng(4)
+    for i in range(400):
+        group = "a" if i % 2 else "b"
+        score = 0.9 if (group == "a" and rng.random() < 0.6) or (group == "b" and rng.random() < 0.3) else 0.1
+        pid = mm.record({"x": 1.0, "group": group}, {"prediction": score})
+        mm.record_outcome(pid, int(rng.random() < 0.5))
+    mm.check_now()
+    fairness = mm.performance_report()["windows"]["last_1000"]["fairness"]
+    rates = {g: v["positive_rate"] for g, v in fairness["groups"].items()}
+    assert fairness["demographic_parity_ratio"] == pytest.approx(min(rates.values()) / max(rates.values()))
+    assert fairness["four_fifths_violated"] and fairness["demographic_parity_ratio"] < 0.8
+    assert fairness["tpr_gap"] > 0.1
+    assert any(e["alertname"] == "DisparateImpact" for e in events)
+
+
+def test_performance_options_are_checked(harness_factory):
+    h = harness_factory(tracing=False, check_interval=0)
+    with pytest.raises(ConfigError, match="task must be"):
+        h.monitor.model("a", performance={"task": "ranking"})
+    with pytest.raises(ConfigError, match="protected='gender' must be one of the model's segments"):
+        h.monitor.model("b", performance={"protected": "gender"})
+    assert h.monitor.model("c").performance_report()["status"].startswith("no prediction log")
