@@ -13,7 +13,8 @@ A :class:`PerformanceTracker` reads labelled predictions from the prediction log
 overall, per segment value (the ``max_segments`` largest by volume, the rest pooled as
 ``__other__``) and, for a protected attribute, the fairness measures; it compares them with the
 baseline's performance (from the baseline file, or else the first full count window) to raise
-degradation conditions for the alert policy.
+degradation conditions for the alert policy; and it feeds the error stream of newly labelled
+predictions to the concept-drift detectors (:mod:`mlmon_middleware.drift.sequential`).
 
 >>> import numpy as np
 >>> m = classification_metrics(np.array(["1", "0", "1", "1"]), np.array(["1", "0", "0", "1"]),
@@ -33,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
+
+from mlmon_middleware.drift.sequential import ErrorStreamDetectors, river_available
 
 if TYPE_CHECKING:
     from mlmon_middleware.monitor import ModelMonitor
@@ -153,6 +156,9 @@ class PerformanceTracker:
         self.reference: dict[str, float] | None = dict(reference or baseline_perf or {}) or None
         self.reference_source = "given" if reference else "baseline" if baseline_perf else None
         self.report: dict[str, Any] | None = None
+        self.detectors: ErrorStreamDetectors | None = None
+        self._labels_seen_until = 0.0
+        self._fired: dict[str, list[int]] = {}
 
     def observations(self, attrs: Mapping[str, Any]) -> list[tuple[float, dict[str, Any]]]:
         """``mlmon.performance`` values of the last report: per window, metric and segment
@@ -203,9 +209,43 @@ class PerformanceTracker:
             fairness = result.get("fairness")
             if fairness and fairness.get("four_fifths_violated"):
                 conditions[("DisparateImpact", f"{self.protected}@{window}")] = "warning"
+        report["concept_drift"] = self._concept_drift(store.store, conditions)
         report["status"] = "ok"
         self.report = report
         return report, conditions
+
+    def _concept_drift(self, store: Any, conditions: dict[tuple[str, str], str]) -> dict[str, Any]:
+        """Feed the errors of the predictions labelled since the last check to the detectors."""
+        if not river_available():
+            return {"status": "install mlmon-middleware[concept] (river) for Page-Hinkley, DDM and ADWIN"}
+        rows = store.newly_labelled(self.model.name, self._labels_seen_until)
+        if rows:
+            self._labels_seen_until = max(r[3] for r in rows)
+            predictions = [orjson.loads(r[0]) for r in rows]
+            labels = [r[1] for r in rows]
+            task = self.task or _infer_task(labels)
+            if self.detectors is None:
+                self.detectors = ErrorStreamDetectors(binary=task != "regression")
+            fired = self.detectors.update(self._errors(task, predictions, labels))
+            for name in fired:
+                conditions[("ConceptDrift", name)] = "warning"
+            self._fired = fired
+        else:
+            self._fired = {}
+        if self.detectors is None:
+            return {"status": "no labels yet"}
+        return {"status": "ok", **self.detectors.summary(), "fired_this_check": self._fired}
+
+    def _errors(self, task: str, predictions: list, labels: list) -> list[float]:
+        if task == "regression":
+            y_pred = np.array([_first_number(p) for p in predictions], dtype=float)
+            return np.abs(np.array(labels, dtype=float) - y_pred).tolist()
+        y_true = np.array([_label(v) for v in labels], dtype=object)
+        if task == "binary":
+            _, y_pred = self._binary(predictions, _label(self.positive), y_true)
+        else:
+            y_pred = _multiclass(predictions)[2]
+        return (y_pred != y_true).astype(int).tolist()
 
     def _degradation(self, current: Mapping[str, float | None]) -> dict[str, dict[str, Any]]:
         out = {}

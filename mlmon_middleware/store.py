@@ -51,6 +51,8 @@ class PredictionStore(Protocol):
 
     def labelled(self, model: str, since: float, limit: int | None = None) -> list[tuple]: ...
 
+    def newly_labelled(self, model: str, after: float) -> list[tuple]: ...
+
     def counts(self, model: str, since: float) -> tuple[int, int]: ...
 
     def apply_retention(self, max_age: float | None, max_rows: int | None) -> int: ...
@@ -141,6 +143,14 @@ class SQLiteStore:
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
         return [(pid, p, s, orjson.loads(label), ts, lts) for pid, p, s, label, ts, lts in reversed(rows)]
+
+    def newly_labelled(self, model: str, after: float) -> list[tuple]:
+        """``(prediction JSON, label, ts, label_ts)`` of predictions labelled after ``after``
+        (a label time), in the order they were made: the error stream for concept-drift detectors."""
+        with self._lock:
+            rows = self._db.execute("SELECT prediction, label, ts, label_ts FROM predictions "
+                                    "WHERE model = ? AND label_ts > ? ORDER BY ts", (model, after)).fetchall()
+        return [(p, orjson.loads(label), ts, lts) for p, label, ts, lts in rows]
 
     def counts(self, model: str, since: float) -> tuple[int, int]:
         """(predictions, labelled predictions) made at or after ``since``: label coverage."""

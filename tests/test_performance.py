@@ -176,3 +176,45 @@ def test_performance_options_are_checked(harness_factory):
     with pytest.raises(ConfigError, match="protected='gender' must be one of the model's segments"):
         h.monitor.model("b", performance={"protected": "gender"})
     assert h.monitor.model("c").performance_report()["status"].startswith("no prediction log")
+
+
+def test_concept_drift_flips_labels_not_inputs(tmp_path, harness_factory):
+    """Same inputs, different right answers: the error-stream detectors and the window metrics
+    see it; the input and prediction drift checks stay quiet."""
+    from mlmon_middleware import Baseline
+
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(5000, 2))
+    baseline = Baseline.from_data([{"x0": float(a), "x1": float(b)} for a, b in train],
+                                  predictions=1 / (1 + np.exp(-3 * train[:, 0])))
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    events = []
+    mm = h.monitor.model("m", baseline=baseline, on_alert=events.append, drift_policy=DriftPolicy(fire_after=1),
+                         performance={"task": "binary", "count_window": 1000})
+    reports = []
+    for flip in (False, True):
+        labels = []
+        for x0, x1 in rng.normal(size=(1500, 2)):
+            pid = mm.record({"x0": float(x0), "x1": float(x1)}, {"prediction": float(1 / (1 + np.exp(-3 * x0)))})
+            labels.append((pid, int((x0 > 0) != flip), None))
+        mm.record_outcomes(labels)
+        reports.append((mm.check_now(), mm.performance_report()))
+    (drift_before, perf_before), (drift_after, perf_after) = reports
+    assert perf_before["concept_drift"]["fired_this_check"] == {}
+    assert {"page_hinkley", "adwin", "ddm"} <= set(perf_after["concept_drift"]["fired_this_check"])
+    assert all(at >= 1500 for at in perf_after["concept_drift"]["fired_this_check"]["adwin"])
+    assert perf_after["windows"]["last_1000"]["degradation"]["accuracy"]["severity"] == "critical"
+    assert drift_before["drifted"] == drift_after["drifted"] == [] and not drift_after["prediction_drift"]
+    assert {e["alertname"] for e in events} >= {"ConceptDrift", "PerformanceDegradation"}
+    assert "FeatureDrift" not in {e["alertname"] for e in events}
+
+
+def test_without_river_the_report_says_how_to_get_the_detectors(tmp_path, harness_factory, monkeypatch):
+    import mlmon_middleware.performance as performance
+
+    monkeypatch.setattr(performance, "river_available", lambda: False)
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("m", performance={"task": "binary"})
+    mm.record_outcome(mm.record({"x": 1.0}, 0.9), 1)
+    mm.check_now()
+    assert "mlmon-middleware[concept]" in mm.performance_report()["concept_drift"]["status"]
