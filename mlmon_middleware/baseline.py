@@ -68,12 +68,16 @@ class Baseline:
     @classmethod
     def from_data(cls, data: Any, *, features: Sequence[str] | None = None, predictions: Any = None,
                   categorical: Sequence[str] = (), model: str | None = None, bins: int = 10,
-                  sample_size: int = 2000, seed: int = 0) -> Baseline:
+                  sample_size: int = 2000, seed: int = 0, labels: Any = None, task: str | None = None,
+                  positive: Any = 1, threshold: float = 0.5) -> Baseline:
         """Profile ``data`` (a pandas DataFrame, a 2-D array or a list of dicts).
 
         ``features`` picks and orders the columns (default: all but a prediction column);
         ``predictions`` is a column name in ``data`` or the predictions themselves (a sequence,
-        or an (n × k) array of class probabilities); ``categorical`` forces kinds.
+        or an (n × k) array of class probabilities); ``categorical`` forces kinds. With
+        ``labels`` (validation data's ground truth) the baseline also keeps the model's
+        performance on it, the reference for degradation alerts (``task``, ``positive`` and
+        ``threshold`` as in :class:`~mlmon_middleware.performance.PerformanceTracker`).
         """
         rows = extract_rows(data)
         pred_values = None
@@ -95,8 +99,21 @@ class Baseline:
             names = ["prediction"] if len(pred_rows[0]) == 1 else [f"class_{i}" for i in range(len(pred_rows[0]))]
             pred_schema = FeatureSchema.infer(pred_rows, names=names)
             outputs = (pred_schema, pred_schema.encode(pred_rows))
-        return cls.from_encoded(schema, schema.encode(rows), outputs, model=model, bins=bins,
-                                sample_size=sample_size, seed=seed)
+        baseline = cls.from_encoded(schema, schema.encode(rows), outputs, model=model, bins=bins,
+                                    sample_size=sample_size, seed=seed)
+        if labels is not None:
+            from mlmon_middleware.performance import compute_metrics
+
+            if pred_values is None:
+                raise BaselineError("labels need predictions to measure the model's performance")
+            labels = np.asarray(labels).tolist() if hasattr(labels, "__array__") else list(labels)
+            if len(labels) != len(rows):
+                raise BaselineError(f"{len(labels)} labels for {len(rows)} rows")
+            names = outputs[0].names if outputs else ("prediction",)
+            preds = [dict(zip(names, v if isinstance(v, list) else [v])) for v in pred_values]
+            metrics = compute_metrics(task, preds, labels, positive=positive, threshold=threshold)
+            baseline.payload["performance"] = {k: v for k, v in metrics.items() if k != "count" and v is not None}
+        return baseline
 
     @classmethod
     def from_encoded(cls, schema: FeatureSchema, encoded: Any, outputs: tuple[FeatureSchema, Any] | None = None, *,

@@ -282,24 +282,10 @@ class PerformanceTracker:
         return result
 
     def _metrics(self, task: str, predictions: list, labels: list) -> dict[str, float | None]:
-        if task == "regression":
-            y_pred = np.array([_first_number(p) for p in predictions], dtype=float)
-            return regression_metrics(np.array(labels, dtype=float), y_pred)
-        y_true = np.array([_label(v) for v in labels], dtype=object)
-        if task == "binary":
-            positive = _label(self.positive)
-            scores, y_pred = self._binary(predictions, positive, y_true)
-            return classification_metrics(y_true, y_pred, scores=scores, positive=positive)
-        classes, proba, y_pred = _multiclass(predictions)
-        return classification_metrics(y_true, y_pred, proba=proba, classes=classes)
+        return compute_metrics(task, predictions, labels, positive=self.positive, threshold=self.threshold)
 
     def _binary(self, predictions: list, positive: str, y_true: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        values = [_first_value(p) for p in predictions]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            scores = np.array(values, dtype=float)
-            negative = next((v for v in np.unique(y_true) if v != positive), "0")
-            return scores, np.where(scores >= self.threshold, positive, negative).astype(object)
-        return None, np.array([_label(v) for v in values], dtype=object)
+        return _binary(predictions, positive, y_true, self.threshold)
 
     def _fairness(self, predictions: list, labels: list, groups: np.ndarray) -> dict[str, Any]:
         positive = _label(self.positive)
@@ -320,6 +306,32 @@ class PerformanceTracker:
         return {"attribute": self.protected, "groups": per_group, "demographic_parity_ratio": ratio,
                 "tpr_gap": max(tprs) - min(tprs) if tprs else None, "fpr_gap": max(fprs) - min(fprs) if fprs else None,
                 "four_fifths_violated": ratio < 0.8}
+
+
+def compute_metrics(task: str | None, predictions: Sequence[Any], labels: Sequence[Any], *, positive: Any = 1,
+                    threshold: float = 0.5) -> dict[str, float | None]:
+    """The metrics of ``task`` (inferred from the labels when None) for predictions as the
+    prediction log keeps them (a dict of outputs, or a bare value) against their labels."""
+    predictions, labels = list(predictions), list(labels)
+    task = task or _infer_task(labels)
+    if task == "regression":
+        y_pred = np.array([_first_number(p) for p in predictions], dtype=float)
+        return regression_metrics(np.array(labels, dtype=float), y_pred)
+    y_true = np.array([_label(v) for v in labels], dtype=object)
+    if task == "binary":
+        scores, y_pred = _binary(predictions, _label(positive), y_true, threshold)
+        return classification_metrics(y_true, y_pred, scores=scores, positive=_label(positive))
+    classes, proba, y_pred = _multiclass(predictions)
+    return classification_metrics(y_true, y_pred, proba=proba, classes=classes)
+
+
+def _binary(predictions: list, positive: str, y_true: np.ndarray, threshold: float) -> tuple[np.ndarray | None, np.ndarray]:
+    values = [_first_value(p) for p in predictions]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        scores = np.array(values, dtype=float)
+        negative = next((v for v in np.unique(y_true) if v != positive), "0")
+        return scores, np.where(scores >= threshold, positive, negative).astype(object)
+    return None, np.array([_label(v) for v in values], dtype=object)
 
 
 def _rank(severity: str) -> int:

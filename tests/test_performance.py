@@ -218,3 +218,26 @@ def test_without_river_the_report_says_how_to_get_the_detectors(tmp_path, harnes
     mm.record_outcome(mm.record({"x": 1.0}, 0.9), 1)
     mm.check_now()
     assert "mlmon-middleware[concept]" in mm.performance_report()["concept_drift"]["status"]
+
+
+def test_the_baseline_carries_validation_performance_as_the_reference(tmp_path, harness_factory):
+    from mlmon_middleware import Baseline, BaselineError
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=2000)
+    scores = 1 / (1 + np.exp(-3 * x))
+    y = (x + rng.normal(0, 0.5, 2000) > 0).astype(int)
+    base = Baseline.from_data([{"x": float(v)} for v in x], predictions=scores, labels=y, task="binary")
+    perf = base.payload["performance"]
+    assert perf["roc_auc"] == pytest.approx(skm.roc_auc_score(y, scores), abs=1e-9)
+    assert perf["accuracy"] == pytest.approx(skm.accuracy_score(y, scores >= 0.5), abs=1e-12)
+    with pytest.raises(BaselineError, match="labels need predictions"):
+        Baseline.from_data([{"x": 1.0}], labels=[1])
+    path = tmp_path / "b.json"
+    base.save(path)
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("m", baseline=str(path), performance={"task": "binary"})
+    mm.record_outcome(mm.record({"x": 1.0}, 0.9), 1)
+    mm.check_now()
+    reference = mm.performance_report()["reference"]
+    assert reference["source"] == "baseline" and reference["metrics"]["roc_auc"] == pytest.approx(perf["roc_auc"])
