@@ -41,6 +41,7 @@ bench: $(STAMP) $(EVIDENTLY)
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python benchmarks/overhead.py all
 	$(BIN)/python benchmarks/drift.py --evidently-python $(EVIDENTLY)
+	$(BIN)/python benchmarks/store.py
 
 clean:
 	rm -rf $(VENV) .demo test-artifacts .bench-evidently

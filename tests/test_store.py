@@ -206,3 +206,31 @@ def test_labels_join_after_a_restart(tmp_path):
         assert second.model("m").record_outcome(pid, 1)["status"] == "labelled"
     finally:
         second.shutdown()
+
+
+def test_a_failing_write_is_counted_and_serving_goes_on(tmp_path):
+    errors = []
+
+    class Broken(SQLiteStore):
+        def write(self, rows):
+            raise sqlite3.OperationalError("disk I/O error")
+
+    writer = StoreWriter(Broken(tmp_path / "log.db"), interval=60, on_error=errors.append)
+    writer.put([("p", "m", "1", 1.0, "{}", "{}", None)])
+    writer.flush()
+    writer.close()
+    assert [str(e) for e in errors] == ["disk I/O error"]
+
+
+def test_performance_route(tmp_path, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    app = make_app(h.monitor)
+    with TestClient(app) as client:
+        for _ in range(3):
+            pid = client.post("/predict", json={"a": 1.0}).headers["x-prediction-id"]
+            client.post("/mlmon/feedback", json={"prediction_id": pid, "actual": 1})
+        fresh = client.get("/mlmon/performance", params={"refresh": "true", "model": "m"}).json()
+        missing = client.get("/mlmon/performance", params={"model": "nope"})
+    overall = fresh["m"]["windows"]["last_1000"]["overall"]
+    assert overall["count"] == 3 and overall["accuracy"] == 1.0
+    assert missing.status_code == 404
