@@ -70,12 +70,14 @@ def main() -> None:
     print(f"  model    {model_path}\n  baseline {baseline_path}")
     port = free_port(args.port)
     base = f"http://127.0.0.1:{port}"
-    proc = start_service(args.dir, port, args.dir / "service.log", env={"MLMON_CHECK_INTERVAL": "10"})
+    proc = start_service(args.dir, port, args.dir / "service.log",
+                         env={"MLMON_CHECK_INTERVAL": "10", "MLMON_STORE_DIR": str((args.dir / "log").resolve())})
     print(f"""
 the example service is up (uvicorn, pid {proc.pid}); look at:
   {base}/metrics         Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
   {base}/mlmon/health    models, counts, window fill, capture and monitor errors (JSON)
   {base}/mlmon/drift     the latest drift check, every 10 s: per feature PSI, KS, JS, Wasserstein, chi², severity
+  {base}/mlmon/performance  accuracy, AUC, ... over the labels the traffic posts 5 s after each prediction
   {base}/docs            the API docs; try POST /predict
   {args.dir / 'service.log'}    the service's log
 
@@ -83,7 +85,7 @@ sending ~{args.rate:g} requests/s for {args.duration:g} s; inputs start drifting
 Ctrl-C stops it.
 """, flush=True)
     try:
-        counts = drive(base, args.duration, args.rate, args.drift_after)
+        counts = drive(base, args.duration, args.rate, args.drift_after, label_delay=5.0)
         print(f"traffic done: {counts}")
         health = httpx.get(f"{base}/mlmon/health", timeout=5).json()
         model = health["models"]["credit-risk"]
@@ -93,6 +95,11 @@ Ctrl-C stops it.
         if report.get("status") == "ok":
             print(f"drift check on {report['rows']} rows ({report['regime']}): drifted {report['drifted'] or 'nothing'}; "
                   f"share {report['share']:.2f}; prediction drift: {report['prediction_drift']}")
+        performance = httpx.get(f"{base}/mlmon/performance", timeout=30).json()["credit-risk"]
+        overall = (performance.get("windows", {}).get("last_1000") or {}).get("overall")
+        if overall:
+            print(f"performance over the last {int(overall['count'])} labelled predictions: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "count" and v is not None))
     except KeyboardInterrupt:
         print("\nstopped")
     finally:

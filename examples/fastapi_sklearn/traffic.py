@@ -19,19 +19,23 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from data import make_rows  # noqa: E402
+from data import default_risk, make_rows  # noqa: E402
 
 
 def drive(url: str, duration: float, rate: float, drift_after: float, drift_ramp: float = 30.0,
           max_requests: int = 1_000_000, batch_every: int = 10, seed: int = 11,
-          report_every: float = 10.0) -> dict[str, int]:
-    """Send the traffic; return counts of requests by status code ("error" for failed connections)."""
+          report_every: float = 10.0, label_delay: float | None = None) -> dict[str, int]:
+    """Send the traffic; return counts of requests by status code ("error" for failed connections).
+
+    With ``label_delay``, the ground truth of single predictions is posted to ``/mlmon/feedback``
+    that many seconds later (the delayed labels of a real service), for about half of them."""
     if not url.startswith(("http://127.", "http://localhost")):
         raise SystemExit("traffic.py only sends to this machine (127.0.0.0/8 or localhost)")
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
     start = last_report = time.monotonic()
     sent = 0
+    pending: list[tuple[float, str, int]] = []  # (when, prediction id, label)
     with httpx.Client(base_url=url, timeout=10.0) as client:
         while sent < max_requests:
             elapsed = time.monotonic() - start
@@ -42,12 +46,24 @@ def drive(url: str, duration: float, rate: float, drift_after: float, drift_ramp
                 if sent % batch_every == batch_every - 1:
                     response = client.post("/predict/batch", json=make_rows(8, rng, drift))
                 else:
-                    response = client.post("/predict", json=make_rows(1, rng, drift)[0])
+                    row = make_rows(1, rng, drift)[0]
+                    response = client.post("/predict", json=row)
+                    if label_delay is not None and response.status_code == 200 and rng.random() < 0.5:
+                        truth = int(default_risk([row], rng)[0])
+                        pending.append((time.monotonic() + label_delay, response.headers["x-prediction-id"], truth))
                 key = str(response.status_code)
             except httpx.HTTPError:
                 key = "error"
             counts[key] = counts.get(key, 0) + 1
             sent += 1
+            due = [p for p in pending if p[0] <= time.monotonic()]
+            if due:
+                pending = [p for p in pending if p[0] > time.monotonic()]
+                labels = [{"prediction_id": pid, "actual": truth} for _, pid, truth in due]
+                try:
+                    client.post("/mlmon/feedback", json=labels)
+                except httpx.HTTPError:
+                    counts["feedback_error"] = counts.get("feedback_error", 0) + 1
             if report_every and time.monotonic() - last_report >= report_every:
                 last_report = time.monotonic()
                 print(f"  t={elapsed:5.0f}s  sent={sent:6d}  drift={drift:.2f}  status={counts}", flush=True)
