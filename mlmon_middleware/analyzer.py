@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mlmon_middleware.alerts import Alerts
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.drift.engine import compare
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 SCORE_METHODS = ("psi", "js", "ks", "wasserstein_norm", "chi2")
 EXPORTED_METHOD = {"wasserstein_norm": "wasserstein"}  # the gauge's method label
+ATTRIBUTION_MIN_SAMPLES = 30  # explained predictions in the window before attribution drift is judged
 COVERAGE_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 QUALITY_ERRORS = ("type_mismatch", "missing_feature", "unexpected_feature", "non_finite", "shape_mismatch")
 
@@ -49,6 +52,7 @@ class DriftChecker:
         self._seen_feature_errors: dict[str, collections.Counter] = {}
         self._seen_predictions = 0
         self._performance_conditions: dict[tuple[str, str], str] = {}
+        self._attribution_values: list[tuple[float, dict[str, Any]]] = []
 
     def check(self) -> dict[str, Any]:
         with self._lock:
@@ -115,6 +119,8 @@ class DriftChecker:
         conditions.update({("PredictionDrift", n): p["severity"] for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
+        report["attributions"] = self._attributions(mm)
+        conditions.update({("AttributionDrift", f): "warning" for f in report["attributions"].get("drifted", ())})
         self.alerts.update({**conditions, **self._performance_conditions})
         report["alerts"] = [{"alertname": a, "subject": s, "severity": sev} for a, s, sev in self.alerts.active()]
         return report
@@ -128,6 +134,40 @@ class DriftChecker:
         total = health["predictions"]["ok"] + health["predictions"]["error"]
         volume, self._seen_predictions = total - self._seen_predictions, total
         return {"capture_errors_since_last_check": dict(since), "predictions_since_last_check": volume}
+
+    def _attributions(self, mm: ModelMonitor) -> dict[str, Any]:
+        """Attribution drift: each feature's share of the mean |SHAP| over the window's explained
+        predictions against its share over the baseline's background sample. A feature among the
+        baseline's five largest whose share moves by half or more, or a new largest feature, drifts."""
+        service = mm.explainer
+        if service is None:
+            return {}
+        window_seconds = mm.monitor.config.window_seconds
+        since = None if window_seconds is None else time.time() - window_seconds
+        samples = [a for t, a in list(mm.attributions) if since is None or t >= since]
+        base = service.baseline_attributions
+        if base is None or len(samples) < ATTRIBUTION_MIN_SAMPLES or base.sum() <= 0:
+            return {"status": "waiting", "samples": len(samples), "needs": ATTRIBUTION_MIN_SAMPLES,
+                    "baseline": base is not None}
+        current = np.mean(samples, axis=0)
+        base_share, cur_share = base / base.sum(), current / max(current.sum(), 1e-300)
+        base_rank = np.argsort(np.argsort(-base_share)) + 1
+        cur_rank = np.argsort(np.argsort(-cur_share)) + 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shift = np.where(base_share > 0, (cur_share - base_share) / base_share, 0.0)
+        features = {name: {"baseline": float(base[i]), "current": float(current[i]), "baseline_share": float(base_share[i]),
+                           "current_share": float(cur_share[i]), "relative_shift": float(shift[i]),
+                           "baseline_rank": int(base_rank[i]), "current_rank": int(cur_rank[i])}
+                    for i, name in enumerate(service.names)}
+        drifted = {n for n, f in features.items() if f["baseline_rank"] <= 5 and abs(f["relative_shift"]) >= 0.5}
+        drifted |= {n for n, f in features.items() if f["current_rank"] == 1 and f["baseline_rank"] != 1}
+        self._attribution_values = [(float(v), {**mm.attrs, "feature": n, "source": source})
+                                    for n, f in features.items() for source, v in (("current", f["current"]),
+                                                                                  ("baseline", f["baseline"]))]
+        return {"status": "ok", "samples": len(samples), "features": features, "drifted": sorted(drifted)}
+
+    def attribution_observations(self) -> list[tuple[float, dict[str, Any]]]:
+        return list(self._attribution_values)
 
     @staticmethod
     def _label_coverage(mm: ModelMonitor) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class Baseline:
         self.row_count: int = self.payload["row_count"]
         self.created_at: str = self.payload["created_at"]
         self.warmup: bool = bool(self.payload.get("warmup", False))
+        #: up to 200 whole rows of the numeric features (schema order), for explainers
+        self.background = np.asarray(self.payload.get("background") or [], dtype=float)
 
     @classmethod
     def from_data(cls, data: Any, *, features: Sequence[str] | None = None, predictions: Any = None,
@@ -141,11 +143,13 @@ class Baseline:
         rng = np.random.default_rng(seed)
         profiles = features.profiles(bins, sample_size, rng)
         pred_profiles = predictions.profiles(bins, sample_size, rng) if predictions and predictions.rows else {}
+        background = features.background(200, rng)
         return cls({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "mlmon_version": __version__, "row_count": features.rows, "schema_hash": schema_hash(features.schema),
             "warmup": warmup, "features": profiles, "predictions": pred_profiles,
+            "background": background,
         })
 
     def save(self, path: str | os.PathLike) -> None:

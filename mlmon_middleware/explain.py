@@ -236,5 +236,39 @@ class ExplanationService:
             self._pool = None
 
 
-def now() -> float:
-    return time.monotonic()
+class PendingExplanation:
+    """An explanation requested for the current response: a running future, or the reason there
+    is none (``busy``, ``error``)."""
+
+    __slots__ = ("future", "status", "row", "service", "deadline", "started", "result")
+
+    def __init__(self, service: ExplanationService | None, row: np.ndarray | None,
+                 future: concurrent.futures.Future | None, status: str = "ok") -> None:
+        self.service = service
+        self.row = row
+        self.future = future
+        self.status = status
+        self.started = time.monotonic()
+        self.deadline = self.started + (service.spec.deadline if service is not None else 0.0)
+        self.result: dict[str, Any] | None = None
+
+    async def resolve(self) -> tuple[str, dict[str, Any] | None]:
+        """Wait, without blocking the event loop, until the explanation is done or the deadline
+        passes: ``(status, explanation or None)``."""
+        import asyncio
+
+        if self.future is None:
+            return self.status, None
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(self.future), max(0.0, self.deadline - time.monotonic()))
+            self.result = self.service.describe(self.row, result)
+            self.status = "ok"
+        except (asyncio.TimeoutError, TimeoutError):
+            self.status = "timeout"
+        except Exception:
+            self.status = "error"
+        return self.status, self.result
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started

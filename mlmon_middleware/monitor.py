@@ -36,6 +36,7 @@ from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.explain import Explain, ExplanationService
 from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.record import Record, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
@@ -108,8 +109,8 @@ class ModelMonitor:
                  redact: Sequence[str] = (), performance: Mapping[str, Any] | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"model must be a non-empty string, got {name!r}")
-        if explain is not None:
-            raise ConfigError("explain= is not available yet in this version; leave it None")
+        if explain is not None and not isinstance(explain, Explain):
+            explain = Explain(explain)  # a ready shap explainer or a callable
         self.monitor = monitor
         self.name = name
         self.version = str(version)
@@ -134,6 +135,10 @@ class ModelMonitor:
             self.set_baseline(_load_baseline(baseline))
         elif self._declared_names is not None and len(self._declared_kinds) == len(self._declared_names):
             self.schema = FeatureSchema(self._declared_names, [self._declared_kinds[n] for n in self._declared_names])
+        self.explain: Explain | None = explain
+        # (time, |contributions|) of explained predictions, as many as the window holds
+        self.attributions: collections.deque = collections.deque(maxlen=monitor.config.reservoir_size)
+        self.explainer: ExplanationService | None = None  # started with the monitor, in the serving process
         self.checker = DriftChecker(self, drift_policy, warmup_rows, on_alert)
         self.performance = PerformanceTracker(self, **(performance or {}))
         self.output_schema: FeatureSchema | None = None
@@ -163,6 +168,17 @@ class ModelMonitor:
         self._bin_cuts, self._bin_counts = cuts, counts
         self.baseline = baseline
         return baseline
+
+    def start_explainer(self) -> None:
+        """Start the explanation workers (and their warm-up) in this process, if configured."""
+        if self.explain is None or self.explainer is not None:
+            return
+        names = self.schema.numeric_names if self.schema is not None else self._declared_names or ()
+        background = self.explain.background
+        if background is None and self.baseline is not None and len(self.baseline.background):
+            background = self.baseline.background
+        self.explainer = ExplanationService(self.explain, names, None if background is None else np.asarray(background, float))
+        self.explainer.start()
 
     def check_now(self) -> dict[str, Any]:
         """Run a drift check on the current window now and return its report."""
@@ -217,6 +233,7 @@ class ModelMonitor:
         tracer = telemetry.tracer
         writer = self.monitor.store_writer
         log_rows: list = []
+        explained: collections.Counter = collections.Counter()
         for rec in records:
             ok = rec.ok
             counts[(rec.route, ok)] += 1
@@ -232,6 +249,9 @@ class ModelMonitor:
                 row_times += [rec.wall_ns] * len(rows) if len(rows) > 1 else [rec.wall_ns]
                 if writer is not None:
                     log_rows += self._log_rows(rec, rows, outputs)
+            if rec.explanation is not None:
+                explained[rec.explanation.status] += 1
+                self._explained(rec.explanation, rec.wall_ns * _NS, telemetry)
             if tracer is not None:
                 self._span(telemetry, rec, rows, outputs)
         for (route, status, error_type), values in durations.items():
@@ -241,6 +261,8 @@ class ModelMonitor:
             telemetry.inference_duration.observe(np.array(values) * _NS, attrs)
         for (route, ok), n in counts.items():
             telemetry.predictions.add(n, {**self.attrs, HTTP_ROUTE: route, "outcome": "ok" if ok else "error"})
+        for status, n in explained.items():
+            telemetry.explanations.add(n, {**self.attrs, "status": status})
         if log_rows:
             writer.put(log_rows)
         if feature_rows:
@@ -267,7 +289,9 @@ class ModelMonitor:
                 chosen = values if self.log_features == "all" else {n: values.get(n) for n in self.log_features}
                 features = _json({k: ("[redacted]" if k in self.redact else v) for k, v in chosen.items()})
             pid = rec.prediction_id if len(rows) == 1 else f"{rec.prediction_id}:{i}"
-            out.append((pid, self.name, self.version, when, _json(output or {}), _json(segments), features))
+            result = rec.explanation.result if rec.explanation is not None and i == 0 else None
+            explanation = None if result is None else _json({k: v for k, v in result.items() if k != "contributions"})
+            out.append((pid, self.name, self.version, when, _json(output or {}), _json(segments), features, explanation))
         return out
 
     # ------------------------------------------------------------------------------ ground truth
@@ -359,6 +383,14 @@ class ModelMonitor:
         for j, name in enumerate(self.output_schema.numeric_names):
             telemetry.prediction_value.observe(out.numeric[:, j], {**self.attrs, "output": name})
 
+    def _explained(self, pending: Any, when: float, telemetry: Telemetry) -> None:
+        """Time an explanation and keep its |contributions| for attribution drift."""
+        result = pending.result
+        if result is None:
+            return
+        telemetry.explanation_duration.observe(np.array([pending.seconds]), {**self.attrs, "explainer": result["method"]})
+        self.attributions.append((when, np.abs(np.asarray(result["contributions"], dtype=float))))
+
     def _span(self, telemetry: Telemetry, rec: Record, rows: list, outputs: list) -> None:
         attrs: dict[str, Any] = {**self.attrs, PREDICTION_ID: rec.prediction_id, "mlmon.batch.size": len(rows)}
         if rec.route:
@@ -375,6 +407,10 @@ class ModelMonitor:
                     attrs[f"mlmon.feature.{name}"] = value
         if rec.error_type:
             attrs[ERROR_TYPE] = rec.error_type
+        result = rec.explanation.result if rec.explanation is not None else None
+        for i, item in enumerate((result or {}).get("top", ())):
+            attrs[f"mlmon.explanation.top.{i}.feature"] = item["feature"]
+            attrs[f"mlmon.explanation.top.{i}.value"] = item["contribution"]
         span = telemetry.tracer.start_span(f"mlmon.inference {self.name}", context=rec.context,
                                            attributes=attrs, start_time=rec.wall_ns)
         if rec.error_type:
@@ -426,6 +462,8 @@ class ModelMonitor:
             return [] if self.baseline is None else [(self.baseline.age_seconds(), self.attrs)]
         if name == "mlmon.performance":
             return self.performance.observations(self.attrs)
+        if name == "mlmon.feature.attribution":
+            return self.checker.attribution_observations()
         if name == "mlmon.feature.bin":
             counts = self._bin_counts
             if counts is None:
@@ -512,6 +550,8 @@ class Monitor:
         with self._start_lock:
             if name not in self._models:
                 self._models[name] = ModelMonitor(self, name, "unknown" if version is None else version, **options)
+        if self._started:
+            self._models[name].start_explainer()
         return self._models[name]
 
     @property
@@ -556,6 +596,8 @@ class Monitor:
             self._thread.start()
             if self.config.check_interval > 0:
                 self._analyzer = Analyzer(self.check_all, self.config.check_interval)
+            for model in self._models.values():
+                model.start_explainer()
             if self.config.store_dir is not None:
                 self._store_writer = StoreWriter(
                     SQLiteStore(self.store_path), interval=self.config.store_interval,
@@ -640,6 +682,10 @@ class Monitor:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self.flush()
+        for model in self._models.values():
+            if model.explainer is not None:
+                model.explainer.close()
+                model.explainer = None
         if self._store_writer is not None:
             self._store_writer.close()  # writes what is queued: a clean shutdown loses nothing
             self._store_writer = None
@@ -656,6 +702,8 @@ class Monitor:
         self._thread = None
         self._analyzer = None
         self._store_writer = None  # the parent's SQLite connection must not be used here
+        for model in self._models.values():
+            model.explainer = None  # the parent's worker pool belongs to the parent
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()

@@ -92,6 +92,14 @@ class Profiler:
         keep = slots < self.sample_rows
         self._reservoir[slots[keep]] = numeric[keep]  # later rows overwrite earlier ones, as in sequence
 
+    def background(self, rows: int, rng: np.random.Generator) -> list[list[float]]:
+        """Up to ``rows`` whole numeric rows drawn from the reservoir (complete rows only): the
+        background sample of explainers that need one."""
+        complete = self._reservoir[~np.isnan(self._reservoir).any(axis=1)] if len(self._reservoir) else self._reservoir
+        if len(complete) > rows:
+            complete = complete[rng.choice(len(complete), rows, replace=False)]
+        return complete.tolist()
+
     def profiles(self, bins: int, sample_size: int, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
         """The profile of every feature, in schema order (see :class:`~mlmon_middleware.Baseline`)."""
         out: dict[str, dict[str, Any]] = {}

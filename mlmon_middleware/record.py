@@ -51,7 +51,7 @@ class Record:
     """One monitored inference, as captured on the request path."""
 
     __slots__ = ("model", "prediction_id", "wall_ns", "duration_ns", "inputs", "outputs",
-                 "route", "status_code", "error_type", "context")
+                 "route", "status_code", "error_type", "context", "explanation")
 
     def __init__(self, model: Any, prediction_id: str, wall_ns: int, duration_ns: int, inputs: Any,
                  outputs: Any, route: str = "", status_code: int | None = None,
@@ -66,6 +66,7 @@ class Record:
         self.status_code = status_code
         self.error_type = error_type
         self.context = context
+        self.explanation: Any = None  # a PendingExplanation once resolved by the middleware
 
     @property
     def ok(self) -> bool:

@@ -36,8 +36,9 @@ import orjson
 
 logger = logging.getLogger("mlmon_middleware")
 
-# (prediction id, model, version, timestamp, prediction JSON, segments JSON, features JSON or None)
-Row = tuple[str, str, str, float, str, str, "str | None"]
+# (prediction id, model, version, timestamp, prediction JSON, segments JSON, features JSON or None
+#  [, explanation JSON or None])
+Row = tuple
 
 
 class StoreError(RuntimeError):
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     label TEXT,
     label_ts REAL,
     label_updates INTEGER NOT NULL DEFAULT 0,
+    explanation TEXT,
     PRIMARY KEY (model, prediction_id)
 );
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (model, ts);
@@ -91,6 +93,9 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
+            if "explanation" not in columns:  # a log written by an earlier version
+                self._db.execute("ALTER TABLE predictions ADD COLUMN explanation TEXT")
             self._db.execute("SELECT count(*) FROM predictions LIMIT 1").fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"prediction log {self.path!r} cannot be used: {exc} "
@@ -102,8 +107,8 @@ class SQLiteStore:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO predictions (prediction_id, model, version, ts, prediction, segments, features)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    "INSERT OR REPLACE INTO predictions (prediction_id, model, version, ts, prediction, segments, features,"
+                    " explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [r if len(r) == 8 else (*r, None) for r in rows])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

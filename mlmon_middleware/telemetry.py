@@ -148,6 +148,16 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
     InstrumentSpec("mlmon.performance", "observable_gauge", "1",
                    "Model performance over labelled predictions at the last check, by metric, window and segment.",
                    "mlmon_performance"),
+    InstrumentSpec("mlmon.explanations", "counter", "{explanation}",
+                   "Explanations asked for, by status (ok, timeout, busy, error).",
+                   "mlmon_explanations_total"),
+    InstrumentSpec("mlmon.explanation.duration", "histogram", "s",
+                   "Time to explain one prediction, by explainer.",
+                   "mlmon_explanation_duration_seconds", DURATION_BUCKETS),
+    InstrumentSpec("mlmon.feature.attribution", "observable_gauge", "1",
+                   "Mean |SHAP| of a feature over the window's explained predictions (source=current) and "
+                   "over the baseline's background sample (source=baseline).",
+                   "mlmon_feature_attribution"),
     InstrumentSpec("mlmon.labels", "counter", "{label}",
                    "Ground-truth labels received, by outcome (labelled, relabelled: the latest wins, unknown id).",
                    "mlmon_labels_total"),
@@ -287,6 +297,8 @@ class Telemetry:
         self.predictions = self._create(meter, "mlmon.predictions")
         self.capture_errors = self._create(meter, "mlmon.capture.errors")
         self.labels = self._create(meter, "mlmon.labels")
+        self.explanations = self._create(meter, "mlmon.explanations")
+        self.explanation_duration = self._histogram(meter, "mlmon.explanation.duration", own=config.meter_provider is None)
         self.label_delay = self._histogram(meter, "mlmon.label.delay", own=config.meter_provider is None)
         self.inference_duration = self._histogram(meter, "mlmon.inference.duration", own=config.meter_provider is None)
         self.prediction_value = self._histogram(meter, "mlmon.prediction.value", own=config.meter_provider is None)

@@ -57,7 +57,7 @@ def test_model_options_are_checked_at_decoration_time():
     monitor(model="m2", version="1", registry=mon)(lambda x: x)
     with pytest.raises(ConfigError, match="already monitored as version '1'"):
         monitor(model="m2", version="2", registry=mon)(lambda x: x)
-    with pytest.raises(ConfigError, match="explain= is not available yet"):
+    with pytest.raises(ConfigError, match=r"Explain\(method=.auto.\) needs model="):
         monitor(model="m3", explain="auto", registry=mon)(lambda x: x)
 
 

@@ -44,6 +44,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from mlmon_middleware.capture.context import RequestState, current_request
 from mlmon_middleware.monitor import ModelMonitor, Monitor, new_prediction_id
 from mlmon_middleware.record import RawBody, Record
@@ -165,16 +167,17 @@ class _Responder:
     """State of one HTTP request: the decorated records, the tees, the status and timing."""
 
     __slots__ = ("mw", "scope", "endpoint", "state", "start_ns", "wall_ns", "status", "request_tee",
-                 "response_tee", "response_type", "prediction_id")
+                 "response_tee", "response_type", "prediction_id", "held")
 
     def __init__(self, mw: MLMonitorMiddleware, scope: Scope, endpoint: tuple[Endpoint, ModelMonitor] | None):
         self.mw = mw
         self.scope = scope
         self.endpoint = endpoint
-        self.state = RequestState()
+        self.state = RequestState(scope)
         self.status: int | None = None
         self.response_tee: _Tee | None = None
         self.response_type = ""
+        self.held: list[Message] | None = None  # start and body, held while an explanation is computed
         if endpoint is None:  # only decorated calls to complete: no clocks, no tees
             self.request_tee = self.prediction_id = None
         else:
@@ -215,6 +218,15 @@ class _Responder:
             kind = message["type"]
             if kind == "http.response.start":
                 message = self._on_start(message)
+                if self.state.explanation is not None:
+                    self.held = [message]  # the body may change: hold it all until explained
+                    return
+            elif kind == "http.response.body" and self.held is not None:
+                self.held.append(message)
+                if not message.get("more_body", False):
+                    await self._send_explained(send)
+                    self._finish(None)
+                return
             elif kind == "http.response.body":
                 if self.response_tee is not None:
                     self.response_tee.add(message.get("body", b""))
@@ -229,6 +241,31 @@ class _Responder:
             await send(message)
 
         return monitored_send
+
+    async def _send_explained(self, send: Any) -> None:
+        """Send the held response with the explanation in its JSON body (Content-Length
+        corrected), or as it was with ``X-MLMon-Explain-Status`` saying why not."""
+        start, *bodies = self.held
+        body = b"".join(m.get("body", b"") for m in bodies)
+        status, explanation = await self.state.explanation.resolve()
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
+        key = self.state.explanation.service.spec.key if self.state.explanation.service else "explanation"
+        if status == "ok":
+            try:
+                content_type = (_header(headers, b"content-type") or b"").lower()
+                payload = orjson.loads(body) if b"json" in content_type else None
+                if not isinstance(payload, dict):
+                    raise ValueError("not a JSON object")
+                shown = {k: v for k, v in explanation.items() if k != "contributions"}
+                body = orjson.dumps({**payload, key: shown})
+            except Exception:
+                status = "error"
+                self.state.explanation.status = "error"
+        if status != "ok":
+            headers.append((b"x-mlmon-explain-status", status.encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     def _on_start(self, message: Message) -> Message:
         try:

@@ -24,12 +24,14 @@ from typing import Any
 class RequestState:
     """What decorated calls left for the middleware during one request."""
 
-    __slots__ = ("records", "prediction_id", "finished")
+    __slots__ = ("records", "prediction_id", "finished", "scope", "explanation")
 
-    def __init__(self) -> None:
+    def __init__(self, scope: Any = None) -> None:
         self.records: list[Any] = []
         self.prediction_id: str | None = None
         self.finished = False
+        self.scope = scope  # the request's ASGI scope: headers and query for explanation requests
+        self.explanation: Any = None  # a PendingExplanation when the response should carry one
 
 
 current_request: ContextVar[RequestState | None] = ContextVar("mlmon_request", default=None)

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from mlmon_middleware.capture.context import current_request
 from mlmon_middleware.drift.policy import DriftPolicy
+from mlmon_middleware.explain import PendingExplanation
 from mlmon_middleware.monitor import ModelMonitor, Monitor, new_prediction_id
-from mlmon_middleware.record import CallArgs, Record, input_argument
+from mlmon_middleware.record import CallArgs, Record, input_argument, resolve_payload
+from mlmon_middleware.schema import FeatureSchema, extract_rows
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,7 +51,9 @@ def monitor(model: str, version: str = "unknown", *, features: Any = None, basel
         features: feature names (kinds inferred), a ``{name: "numeric"|"categorical"}`` dict,
             or a FeatureSchema; default: read from the baseline or the first rows.
         baseline: a :class:`~mlmon_middleware.Baseline` or the path of its file.
-        explain: reserved for SHAP explanations; must be None in this version.
+        explain: an :class:`~mlmon_middleware.explain.Explain` (or a shap explainer, or a callable
+            returning contributions): SHAP explanations in the response, on request or sampled;
+            they need the middleware (``instrument_app``), which puts them into the JSON body.
         input: the parameter that holds the features (default: the first argument that looks
             like data: a dict, list, pydantic model, array or DataFrame).
         prediction_key: where a dict answer holds the prediction (default: ``prediction``,
@@ -142,6 +147,44 @@ class _InputPicker:
         return value
 
 
+def _asked(scope: Any) -> bool | None:
+    """What the request said about explaining: the ``X-MLMon-Explain`` header or ``?explain=``."""
+    if not scope:
+        return None
+    for key, value in scope.get("headers") or ():
+        if key == b"x-mlmon-explain":
+            return value.strip().lower() in (b"1", b"true", b"yes")
+    query = scope.get("query_string") or b""
+    if b"explain=" in query:
+        for part in query.split(b"&"):
+            if part.startswith(b"explain="):
+                return part[8:].lower() in (b"1", b"true", b"yes")
+    return None
+
+
+def request_explanation(mm: ModelMonitor, scope: Any, inputs: Any) -> PendingExplanation | None:
+    """Start explaining this call when it is wanted; None when not. The row is encoded here (on
+    the request path, only for explained calls) because the worker needs it now."""
+    spec = mm.explain
+    if not (spec.wanted(_asked(scope)) or spec.sampled(random.random())):
+        return None
+    service = mm.explainer
+    try:
+        rows = extract_rows(resolve_payload(inputs, mm.input_arg))
+        schema = mm.schema or FeatureSchema.infer(rows[:1], names=mm._declared_names)
+        if schema.categorical_names and spec.method == "auto":
+            return PendingExplanation(service, None, None, "error")  # pass a callable for mixed features
+        row = schema.encode(rows[:1]).numeric[0]
+    except Exception:
+        return PendingExplanation(service, None, None, "error")
+    if service is None:
+        return PendingExplanation(None, row, None, "busy")
+    future = service.submit(row)
+    if isinstance(future, str):
+        return PendingExplanation(service, row, None, future)
+    return PendingExplanation(service, row, future)
+
+
 def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, args: tuple, kwargs: dict,
              result: Any, start_ns: int, wall_ns: int, exc: BaseException | None) -> None:
     """Hand one call to the pipeline, or to the middleware when one is serving the request."""
@@ -155,6 +198,8 @@ def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, arg
             state.records.append(record)  # the middleware adds route and status, then submits
             if exc is None:
                 state.prediction_id = pid
+                if mm.explain is not None:
+                    state.explanation = record.explanation = request_explanation(mm, state.scope, record.inputs)
             return
         if exc is not None:
             status = getattr(exc, "status_code", None)
