@@ -191,14 +191,13 @@ class ExplanationService:
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.spec.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init, initargs=(payload,))
-        rows = self.background[:200] if self.background is not None and len(self.background) else None
-        if rows is None:
-            self.warm.set()
-            return
-        future = self._pool.submit(_worker_explain, np.asarray(rows, dtype=float))
+        real = self.background is not None and len(self.background) > 0
+        # Always one job: it starts the worker, imports shap and compiles (numba) before any request.
+        rows = np.asarray(self.background[:200], dtype=float) if real else np.zeros((1, len(self.names)))
+        future = self._pool.submit(_worker_explain, rows)
 
         def warmed(done: concurrent.futures.Future) -> None:
-            if done.exception() is None:
+            if real and done.exception() is None:
                 self.baseline_attributions = np.abs(done.result()[1]).mean(axis=0)
             self.warm.set()
 
