@@ -24,7 +24,8 @@ def models():
     from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
-    return {"random forest": (RandomForestClassifier(50, max_depth=6, random_state=0).fit(X, y), lambda m, r: m.predict_proba(r)[:, 1]),
+    forest = RandomForestClassifier(50, max_depth=6, random_state=0).fit(X, y)
+    return {"random forest": (forest, lambda m, r: m.predict_proba(r)[:, 1]),
             "gradient boosting": (GradientBoostingClassifier(n_estimators=50, random_state=0).fit(X, y),
                                   lambda m, r: m.decision_function(r)),
             "logistic regression": (LogisticRegression().fit(X, y), lambda m, r: m.decision_function(r))}
@@ -65,6 +66,9 @@ def app_with(h, spec, *, features=None):
 
 
 def wait_warm(h):
+    """Start the monitor (the workers warm up then, off the request path) and wait for them."""
+    h.monitor.flush()
+    h.monitor.current_context()  # starts the monitor in this process
     service = h.monitor.model("m").explainer
     assert service.warm.wait(60)
     return service
@@ -82,7 +86,6 @@ def test_switches_and_the_response(harness_factory):
     h = harness_factory(tracing=True, check_interval=0)
     model, output = models()["random forest"]
     app = app_with(h, Explain(model=model, background=X[:50], top=3))
-    h.monitor.telemetry  # start: workers warm up now, off the request path
     wait_warm(h)
     plain = asyncio.run(post(app, ROW))
     by_header = asyncio.run(post(app, ROW, headers={"X-MLMon-Explain": "true"}))
@@ -108,7 +111,6 @@ def test_sampling(harness_factory, monkeypatch):
 
     h = harness_factory(tracing=False, check_interval=0)
     app = app_with(h, Explain(helpers.halves, when=0.25))
-    h.monitor.telemetry
     wait_warm(h)
     draws = iter([0.1, 0.9, 0.3, 0.2])
     monkeypatch.setattr(random, "random", lambda: next(draws))
@@ -122,7 +124,6 @@ def test_sampling(harness_factory, monkeypatch):
 def test_timeout_busy_and_error(harness_factory):
     h = harness_factory(tracing=False, check_interval=0)
     app = app_with(h, Explain(helpers.slow, when="always", deadline=0.1, max_in_flight=1))
-    h.monitor.telemetry
     wait_warm(h)
 
     async def two_at_once():
@@ -138,7 +139,6 @@ def test_timeout_busy_and_error(harness_factory):
 def test_a_failing_explainer_is_an_error_status(harness_factory):
     h = harness_factory(tracing=False, check_interval=0)
     app = app_with(h, Explain(helpers.broken, when="always"))
-    h.monitor.telemetry
     wait_warm(h)
     response = asyncio.run(post(app, ROW))
     assert response.headers["x-mlmon-explain-status"] == "error" and response.json() == {"prediction": 0.5}
@@ -152,7 +152,6 @@ def test_plain_requests_do_not_stall_while_explanations_run(harness_factory):
     forest = RandomForestClassifier(300, max_depth=12, random_state=0).fit(X, y)
     h = harness_factory(tracing=False, check_interval=0)
     app = app_with(h, Explain(model=forest, background=X[:50], deadline=5.0, max_in_flight=8, workers=2))
-    h.monitor.telemetry
     wait_warm(h)
 
     async def run(explain: bool) -> list[float]:
@@ -202,10 +201,10 @@ def predict(row: dict) -> dict:
     return {"prediction": 1.0}
 
 instrument_app(app, monitor=mon)
-mon.telemetry
+mon.current_context()  # starts the monitor: the explanation workers warm up
 assert mon.model("m").explainer.warm.wait(60)
 with TestClient(app) as client:
-    r = client.post("/p", json={"a": 1.0, "b": 0.0, "c": 0.0}, headers={"X-MLMon-Explain": "true"}); body = r.json(); print(dict(r.headers), file=sys.stderr)
+    body = client.post("/p", json={"a": 1.0, "b": 0.0, "c": 0.0}, headers={"X-MLMon-Explain": "true"}).json()
 mon.shutdown()
 print(("explained" if "explanation" in body else "plain"), "shap" in sys.modules)
 """
