@@ -51,7 +51,6 @@ class DriftChecker:
         self._seen_errors: collections.Counter = collections.Counter()
         self._seen_feature_errors: dict[str, collections.Counter] = {}
         self._seen_predictions = 0
-        self._performance_conditions: dict[tuple[str, str], str] = {}
         self._attribution_values: list[tuple[float, dict[str, Any]]] = []
 
     def check(self) -> dict[str, Any]:
@@ -67,12 +66,18 @@ class DriftChecker:
     def _check(self) -> dict[str, Any]:
         mm = self.model
         mm.monitor.flush()  # the window includes everything captured so far
-        performance, self._performance_conditions = mm.performance.compute()
-        report = self._drift(mm)
+        performance, conditions = mm.performance.compute()
+        report, drift_conditions = self._drift(mm)
         report["performance_status"] = performance["status"]
+        report["attributions"] = self._attributions(mm)
+        conditions.update(drift_conditions)
+        conditions.update({("AttributionDrift", f): "warning" for f in report["attributions"].get("drifted", ())})
+        self.alerts.update(conditions)
+        report["alerts"] = [{"alertname": a, "subject": s, "severity": sev} for a, s, sev in self.alerts.active()]
         return report
 
-    def _drift(self, mm: ModelMonitor) -> dict[str, Any]:
+    def _drift(self, mm: ModelMonitor) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+        """The drift part of a check: its report and the alert conditions it raises."""
         window_seconds = mm.monitor.config.window_seconds
         snapshot = mm.window_snapshot(None if window_seconds is None else time.time() - window_seconds)
         features, outputs = snapshot["features"], snapshot["outputs"]
@@ -84,8 +89,7 @@ class DriftChecker:
         if baseline is None:
             if rows < self.warmup_rows or mm.schema is None:
                 report.update(status="warming_up", warmup_rows=self.warmup_rows)
-                self.alerts.update(self._performance_conditions)
-                return report
+                return report, {}
             baseline = mm.set_baseline(Baseline.from_encoded(
                 mm.schema, Encoded(features["numeric"], features["categorical"], collections.Counter()),
                 (mm.output_schema, Encoded(outputs["numeric"], outputs["categorical"], collections.Counter()))
@@ -119,11 +123,7 @@ class DriftChecker:
         conditions.update({("PredictionDrift", n): p["severity"] for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
-        report["attributions"] = self._attributions(mm)
-        conditions.update({("AttributionDrift", f): "warning" for f in report["attributions"].get("drifted", ())})
-        self.alerts.update({**conditions, **self._performance_conditions})
-        report["alerts"] = [{"alertname": a, "subject": s, "severity": sev} for a, s, sev in self.alerts.active()]
-        return report
+        return report, conditions
 
     def _quality_counts(self, mm: ModelMonitor) -> dict[str, Any]:
         """Capture problems and volume since the previous check."""

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from mlmon_fastapi import instrument_app
 from mlmon_middleware import monitor
+from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.explain import Explain, build_explainer
 
 rng = np.random.default_rng(0)
@@ -216,3 +217,37 @@ def test_the_serving_process_never_imports_shap(when, expected):
 
     out = subprocess.run([sys.executable, "-c", SERVING, when], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == expected, out.stderr[-2000:]
+
+
+def test_attribution_drift(harness_factory):
+    h = harness_factory(tracing=False, check_interval=0)
+    background = np.abs(rng.normal(size=(100, 6)))  # every feature about equally important
+    events = []
+    app = FastAPI()
+
+    @app.post("/predict")
+    @monitor(model="m", features=[f"f{i}" for i in range(6)], registry=h.monitor, on_alert=events.append,
+             explain=Explain(helpers.halves, background=background, when="always"),
+             drift_policy=DriftPolicy(fire_after=1))
+    async def predict(row: dict) -> dict:
+        return {"prediction": 0.5}
+
+    instrument_app(app, monitor=h.monitor)
+    wait_warm(h)
+    mm = h.monitor.model("m")
+    assert mm.explainer.baseline_attributions == pytest.approx(0.5 * background.mean(axis=0))
+
+    async def traffic():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            for _ in range(40):  # f0 now dominates the model's reasons
+                row = {f"f{i}": (5.0 if i == 0 else 0.1) for i in range(6)}
+                await client.post("/predict", json=row)
+
+    asyncio.run(traffic())
+    attributions = mm.check_now()["attributions"]
+    assert attributions["status"] == "ok" and attributions["samples"] == 40
+    assert "f0" in attributions["drifted"] and attributions["features"]["f0"]["current_rank"] == 1
+    assert attributions["features"]["f0"]["relative_shift"] > 0.5
+    values = {(a["feature"], a["source"]): p.value for a, p in h.points("mlmon.feature.attribution")}
+    assert values[("f0", "current")] == pytest.approx(2.5) and ("f0", "baseline") in values
+    assert ("AttributionDrift", "f0") in {(e["alertname"], e["subject"]) for e in events}
