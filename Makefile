@@ -42,6 +42,7 @@ bench: $(STAMP) $(EVIDENTLY)
 	$(BIN)/python benchmarks/overhead.py all
 	$(BIN)/python benchmarks/drift.py --evidently-python $(EVIDENTLY)
 	$(BIN)/python benchmarks/store.py
+	$(BIN)/python benchmarks/explain.py
 
 clean:
 	rm -rf $(VENV) .demo test-artifacts .bench-evidently

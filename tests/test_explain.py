@@ -251,3 +251,20 @@ def test_attribution_drift(harness_factory):
     values = {(a["feature"], a["source"]): p.value for a, p in h.points("mlmon.feature.attribution")}
     assert values[("f0", "current")] == pytest.approx(2.5) and ("f0", "baseline") in values
     assert ("AttributionDrift", "f0") in {(e["alertname"], e["subject"]) for e in events}
+
+
+def test_the_explanation_goes_into_the_prediction_log(tmp_path, harness_factory):
+    import sqlite3
+
+    import orjson
+
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    app = app_with(h, Explain(helpers.halves, when="always", top=2))
+    wait_warm(h)
+    pid = asyncio.run(post(app, ROW)).headers["x-prediction-id"]
+    h.monitor.flush()
+    h.monitor.store_writer.flush()
+    with sqlite3.connect(tmp_path / "predictions.sqlite") as db:
+        [(stored,)] = db.execute("SELECT explanation FROM predictions WHERE prediction_id = ?", (pid,)).fetchall()
+    explanation = orjson.loads(stored)
+    assert explanation["base_value"] == 1.0 and len(explanation["top"]) == 2 and "contributions" not in explanation
