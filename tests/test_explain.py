@@ -268,3 +268,45 @@ def test_the_explanation_goes_into_the_prediction_log(tmp_path, harness_factory)
         [(stored,)] = db.execute("SELECT explanation FROM predictions WHERE prediction_id = ?", (pid,)).fetchall()
     explanation = orjson.loads(stored)
     assert explanation["base_value"] == 1.0 and len(explanation["top"]) == 2 and "contributions" not in explanation
+
+
+def test_lightgbm_permutation_and_a_ready_shap_explainer():
+    import lightgbm
+    import shap
+    from sklearn.neighbors import KNeighborsClassifier
+
+    gbm = lightgbm.LGBMClassifier(n_estimators=30, verbose=-1).fit(X, y)
+    base, contributions, method = build_explainer("auto", gbm, None)(X[:20])
+    np.testing.assert_allclose(base + contributions.sum(axis=1), gbm.predict(X[:20], raw_score=True), atol=1e-6)
+    assert method == "lightgbm"
+    knn = KNeighborsClassifier(5).fit(X, y)  # neither tree nor linear: permutation
+    base, contributions, method = build_explainer("auto", knn, X[:50])(X[:5])
+    np.testing.assert_allclose(base + contributions.sum(axis=1), knn.predict_proba(X[:5])[:, 1], atol=1e-6)
+    assert method == "permutation"
+    forest, output = models()["random forest"]
+    ready = shap.TreeExplainer(forest)
+    base, contributions, method = build_explainer(ready, None, None)(X[:5])
+    np.testing.assert_allclose(base + contributions.sum(axis=1), output(forest, X[:5]), atol=1e-6)
+    assert method == "shap"
+
+
+def test_the_background_comes_from_the_baseline(harness_factory):
+    from mlmon_middleware import Baseline
+
+    model, output = models()["logistic regression"]
+    baseline = Baseline.from_data(X, features=[f"f{i}" for i in range(6)])
+    assert baseline.background.shape == (200, 6)
+    h = harness_factory(tracing=False, check_interval=0)
+    app = FastAPI()
+
+    @app.post("/predict")
+    @monitor(model="m", baseline=baseline, explain=Explain(model=model), registry=h.monitor)
+    async def predict(row: dict) -> dict:
+        return {"prediction": 0.5}
+
+    instrument_app(app, monitor=h.monitor)
+    wait_warm(h)
+    explanation = asyncio.run(post(app, ROW, params={"explain": "1"})).json()["explanation"]
+    assert explanation["method"] == "linear"
+    assert explanation["prediction"] == pytest.approx(output(model, X[:1])[0], abs=1e-6)
+    assert h.monitor.model("m").explainer.baseline_attributions.shape == (6,)
