@@ -1,0 +1,146 @@
+"""mlmon's HTTP routes as Starlette routes, shared by the adapters.
+
+``routes(monitor)`` returns the routes the FastAPI adapter mounts on the app and the BentoML
+adapter mounts under ``/mlmon``: the Prometheus text of the private registry, health, drift and
+performance reports, and ``POST feedback`` for ground-truth labels. Imported by adapters only
+(the core itself speaks plain ASGI).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import logging
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlmon_middleware.monitor import LABEL_OUTCOMES, Monitor
+from mlmon_middleware.store import StoreError
+
+logger = logging.getLogger("mlmon_middleware")
+
+
+def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None = "/mlmon/health",
+           drift: str | None = "/mlmon/drift", feedback: str | None = "/mlmon/feedback",
+           performance: str | None = "/mlmon/performance") -> list[Route]:
+    """The routes, at the given paths (None leaves one out)."""
+    out = []
+    if metrics:
+        def metrics_text(_: Request) -> Response:  # sync: runs in a worker thread (it flushes the pipeline)
+            body, content_type = mon.telemetry.prometheus_text()
+            return Response(body, media_type=content_type)
+
+        out.append(Route(metrics, metrics_text, methods=["GET"], include_in_schema=False))
+    if health:
+        out.append(Route(health, lambda _: _json(mon.health()), methods=["GET"], include_in_schema=False))
+    if feedback:
+        out.append(_feedback_route(mon, feedback))
+    if performance:
+        out.append(Route(performance, _reports(mon, lambda m: m.performance_report()), methods=["GET"],
+                         include_in_schema=False))
+    if drift:
+        out.append(Route(drift, _reports(mon, lambda m: m.drift_report()), methods=["GET"], include_in_schema=False))
+    return out
+
+
+def _reports(mon: Monitor, report):
+    def handler(request: Request) -> Response:
+        name = request.query_params.get("model")
+        models = mon.models
+        if name is not None and name not in models:
+            return _json({"detail": f"no monitored model {name!r}; models: {sorted(models)}"}, status_code=404)
+        chosen = {name: models[name]} if name else models
+        if request.query_params.get("refresh", "").lower() in ("1", "true", "yes"):
+            for model in chosen.values():
+                model.check_now()
+        return _json({n: report(m) for n, m in chosen.items()})
+
+    return handler
+
+
+def _json(payload: object, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+                    status_code=status_code, media_type="application/json")
+
+
+def _feedback_route(mon: Monitor, path: str) -> Route:
+    """``POST path`` with one ``{prediction_id, actual, timestamp?, model?}`` object or a list of
+    them; ``timestamp`` is Unix seconds or ISO 8601 (default: now); ``model`` (or ``?model=``) may
+    be left out when one model is monitored. Answers per item ``labelled``, ``relabelled`` or
+    ``unknown``; 422 names what is wrong with a malformed body; 401 without the bearer token when
+    ``api_token`` / ``MLMON_API_TOKEN`` is set (a warning at start-up when it is not)."""
+    token = mon.config.api_token
+    if not token:
+        logger.warning("mlmon: %s accepts ground-truth labels from anyone: set MLMON_API_TOKEN to require "
+                       "'Authorization: Bearer <token>'", path)
+
+    def answer(body: bytes, authorization: str, query_model: str | None) -> Response:
+        if token and not hmac.compare_digest(authorization, f"Bearer {token}"):
+            return _json({"detail": "missing or wrong bearer token"}, status_code=401)
+        try:
+            items = _feedback_items(orjson.loads(body), query_model, mon)
+        except FeedbackError as exc:
+            return _json({"detail": str(exc)}, status_code=422)
+        except orjson.JSONDecodeError as exc:
+            return _json({"detail": f"body is not JSON: {exc}"}, status_code=422)
+        try:
+            answers = {name: mon.model(name).record_outcomes(group) for name, group in items.items()}
+        except StoreError as exc:
+            return _json({"detail": str(exc)}, status_code=409)
+        results = [r for a in answers.values() for r in a["results"]]
+        return _json({"results": results, **{k: sum(a[k] for a in answers.values()) for k in LABEL_OUTCOMES}})
+
+    async def feedback(request: Request) -> Response:
+        body = await request.body()
+        # SQLite and the pipeline flush run in a worker thread, off the event loop
+        return await run_in_threadpool(answer, body, request.headers.get("authorization", ""),
+                                       request.query_params.get("model"))
+
+    return Route(path, feedback, methods=["POST"], include_in_schema=False)
+
+
+class FeedbackError(ValueError):
+    """A feedback body that cannot be used; the message names the item and the field."""
+
+
+def _feedback_items(payload: object, default_model: str | None, mon: Monitor) -> dict[str, list[tuple]]:
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise FeedbackError("no labels in the body")
+    models = mon.models
+    grouped: dict[str, list[tuple]] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise FeedbackError(f"item {i}: expected an object with prediction_id and actual")
+        pid, actual = item.get("prediction_id"), item.get("actual", _ABSENT)
+        if not isinstance(pid, str) or not pid:
+            raise FeedbackError(f"item {i}: prediction_id must be a non-empty string")
+        if actual is _ABSENT:
+            raise FeedbackError(f"item {i}: actual is missing")
+        model = item.get("model") or default_model or (next(iter(models)) if len(models) == 1 else None)
+        if model is None or model not in models:
+            raise FeedbackError(f"item {i}: model {model!r} is not monitored here; models: {sorted(models)}")
+        grouped.setdefault(model, []).append((pid, actual, _timestamp(item.get("timestamp"), i)))
+    return grouped
+
+
+_ABSENT = object()
+
+
+def _timestamp(value: object, i: int) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    raise FeedbackError(f"item {i}: timestamp must be Unix seconds or ISO 8601, got {value!r}")
