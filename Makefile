@@ -12,7 +12,7 @@ DEMO_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[fastapi,otlp,cli,concept,explain,dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[fastapi,bentoml,otlp,cli,concept,explain,dev,bench]'
 	touch $(STAMP)
 
 # promtool (Debian's prometheus package) checks our /metrics output in the suite.

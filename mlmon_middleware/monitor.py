@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import dataclasses
 import os
 import threading
 import time
@@ -507,6 +508,8 @@ class Monitor:
         self.errors = ErrorLog()
         self._models: dict[str, ModelMonitor] = {}
         self._store_writer: StoreWriter | None = None
+        #: added to ``prometheus_port`` in this process (the BentoML adapter: one port per worker)
+        self.port_offset: Callable[[], int] = lambda: 0
         self._queue: collections.deque[Record] = collections.deque()
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -570,6 +573,12 @@ class Monitor:
         if queued == self._wake_at:  # a burst: run the pipeline now rather than at the next interval
             self._wake.set()
 
+    def start(self) -> None:
+        """Start this process's telemetry, pipeline, analyzer, log writer and explanation workers
+        now rather than at the first request (the middleware does it at ASGI lifespan startup)."""
+        if not self._started:
+            self._start()
+
     def current_context(self) -> Any:
         """The OTel context to parent our span on, or None when not tracing (cheap)."""
         if not self._started:
@@ -589,7 +598,10 @@ class Monitor:
         with self._start_lock:
             if self._started:
                 return
-            self._telemetry = Telemetry(self.config, flush=self.flush, observe=self.observe)
+            config = self.config
+            if config.prometheus_port:
+                config = dataclasses.replace(config, prometheus_port=config.prometheus_port + self.port_offset())
+            self._telemetry = Telemetry(config, flush=self.flush, observe=self.observe)
             self._tracing = self._telemetry.tracer is not None
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)

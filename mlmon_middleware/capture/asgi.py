@@ -119,6 +119,8 @@ class MLMonitorMiddleware:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                self.monitor.start()  # this worker's threads, exporters and metrics port, before traffic
             await self.app(scope, receive, send)
             return
         await _Responder(self, scope, self._match(scope) if (self._exact or self._templates) else None)(receive, send)

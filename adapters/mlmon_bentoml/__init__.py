@@ -1,0 +1,82 @@
+"""BentoML adapter: ``@monitored(...)`` on a ``@bentoml.service`` class.
+
+    import bentoml
+    from mlmon_bentoml import monitored
+
+    @monitored(model="iris", version="1.0.0", baseline="baseline.json")
+    @bentoml.service(workers=2)
+    class IrisClassifier:
+        @bentoml.api
+        def predict(self, input_data: np.ndarray) -> np.ndarray: ...
+
+Each API method (or those named by ``apis=``) is wrapped with :func:`mlmon_middleware.monitor`
+*under* ``@bentoml.api``, so it sees the decoded arguments (arrays, pydantic models, DataFrames;
+a batchable API's whole batch, recorded row by row) and BentoML's input and output schemas are
+unchanged. :class:`~mlmon_middleware.MLMonitorMiddleware` is added with
+``Service.add_asgi_middleware`` (for ``X-Prediction-ID``, the status code and explanations), and
+mlmon's routes are mounted under ``/mlmon`` (``/mlmon/metrics``, ``/mlmon/health``, ...): BentoML
+keeps ``/metrics`` and its global ``prometheus_client`` registry; mlmon uses neither, nor sets
+global OpenTelemetry providers.
+
+Workers: ``workers=N`` are N processes; each starts its own monitor when BentoML starts it (the
+lifespan of the mounted ``/mlmon`` app), with its own
+``service.instance.id``, window and counts. ``/mlmon/metrics`` on the shared socket answers from
+whichever worker the kernel picks, so for the fleet view either export OTLP (every worker pushes)
+or scrape one port per worker: with ``MLMON_PROMETHEUS_PORT=P`` worker ``i`` (from 1) serves its
+metrics on ``P + i - 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+import bentoml
+from starlette.applications import Starlette
+
+from mlmon_middleware import MLMonitorMiddleware, Monitor
+from mlmon_middleware import monitor as monitor_call
+from mlmon_middleware.routes import routes
+
+__all__ = ["monitored", "worker_index"]
+
+S = TypeVar("S")
+
+
+def worker_index() -> int:
+    """This process's BentoML worker number (1, 2, ...), or 0 outside a BentoML worker."""
+    from bentoml._internal.context import server_context
+
+    return int(getattr(server_context, "worker_index", None) or 0)
+
+
+def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | None = None,
+              registry: Monitor | None = None, **options: Any) -> Callable[[S], S]:
+    """Monitor a BentoML service's APIs as inferences of ``model``; ``options`` are those of
+    :func:`mlmon_middleware.monitor` (``features``, ``baseline``, ``explain``, ...)."""
+    def decorate(service: S) -> S:
+        if not isinstance(service, bentoml.Service):
+            raise TypeError("@monitored goes above @bentoml.service: it takes the service it makes")
+        mon = registry or Monitor.get()
+        mon.port_offset = lambda: max(worker_index() - 1, 0)
+        names = list(apis) if apis is not None else list(service.apis)
+        unknown = [n for n in names if n not in service.apis]
+        if unknown:
+            raise ValueError(f"apis {unknown} are not APIs of {service.name}; its APIs: {sorted(service.apis)}")
+        for name in names:
+            method = service.apis[name]
+            method.func = monitor_call(model=model, version=version, route=method.route, registry=mon,
+                                       **options)(method.func)
+        service.add_asgi_middleware(MLMonitorMiddleware, monitor=mon)
+        @contextlib.asynccontextmanager
+        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            mon.start()  # BentoML runs mounted apps' lifespans at each worker's start: threads, metrics port
+            yield
+
+        service.mount_asgi_app(Starlette(routes=routes(mon, metrics="/metrics", health="/health", drift="/drift",
+                                                       feedback="/feedback", performance="/performance"),
+                                         lifespan=lifespan), path="/mlmon", name="mlmon")
+        return service
+
+    return decorate

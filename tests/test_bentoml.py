@@ -1,0 +1,153 @@
+"""The BentoML adapter: in-process with Service.to_asgi(), and real `bentoml serve` with two workers."""
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from mlmon_bentoml import monitored
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from mlmon_middleware import Monitor, MonitorConfig
+
+EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bentoml_iris"
+
+
+def make_service(mon, **options):
+    @monitored(model="iris", version="1", features=["a", "b", "c", "d"], registry=mon, **options)
+    @bentoml.service
+    class Iris:
+        @bentoml.api
+        def predict(self, input_data: np.ndarray) -> np.ndarray:
+            return input_data.sum(axis=1, keepdims=True) / 10
+
+        @bentoml.api(batchable=True)
+        def classify(self, input_data: np.ndarray) -> np.ndarray:
+            return (input_data[:, 0] > 5).astype(int)
+
+        @bentoml.api
+        def ping(self) -> str:
+            return "pong"
+
+    return Iris
+
+
+def test_in_process(harness_factory):
+    h = harness_factory(tracing=False, check_interval=0)
+    svc = make_service(h.monitor, apis=["predict", "classify"])
+    with TestClient(svc.to_asgi()) as client:
+        one = client.post("/predict", json={"input_data": [[5.1, 3.5, 1.4, 0.2], [6.0, 3.0, 5.0, 2.0]]})
+        batch = client.post("/classify", json={"input_data": [[5.1, 3.5, 1.4, 0.2]]})
+        ping = client.post("/ping", json={})
+        health = client.get("/mlmon/health").json()
+        text = client.get("/mlmon/metrics").text
+    assert one.status_code == 200 and len(one.headers["x-prediction-id"]) == 32
+    assert batch.json() == [1] and ping.text == "pong" and "x-prediction-id" not in ping.headers
+    assert health["models"]["iris"]["predictions"] == {"ok": 2, "error": 0}
+    assert health["models"]["iris"]["rows_in_window"] == 3  # two rows, then one
+    assert 'mlmon_predictions_total{http_route="/predict",mlmon_model_name="iris"' in text
+    snap = h.monitor.model("iris").window_snapshot()
+    assert snap["features"]["numeric"][:, 0].tolist() == [5.1, 6.0, 5.1]
+
+
+def test_placement_and_api_names():
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
+    with pytest.raises(TypeError, match="goes above @bentoml.service"):
+        monitored(model="x", registry=mon)(object)
+    with pytest.raises(ValueError, match=r"apis \['nope'\] are not APIs"):
+        make_service(mon, apis=["nope"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    bentoml_bin = shutil.which("bentoml", path=os.path.dirname(sys.executable))
+    proc = subprocess.Popen([bentoml_bin, "serve", "service:IrisClassifier", "--working-dir", str(working_dir),
+                             "--host", "127.0.0.1", "--port", str(port)], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("bentoml serve did not become ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+REQUESTS = [
+    ("/predict", {"input_data": [[5.1, 3.5, 1.4, 0.2]]}),
+    ("/predict", {"input_data": [[6.7, 3.0, 5.2, 2.3], [5.0, 3.4, 1.5, 0.2]]}),
+    ("/classify", {"input_data": [[6.7, 3.0, 5.2, 2.3]]}),
+    ("/predict", {"wrong_field": [[1, 2, 3, 4]]}),       # rejected by BentoML: 400
+    ("/predict", {"input_data": "not an array"}),         # reaches the model, which fails
+    ("/predict", b"{not json"),
+]
+
+
+@pytest.mark.integration
+def test_real_bentoml_serve_with_two_workers(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    source = (EXAMPLE / "service.py").read_text()
+    (bare / "service.py").write_text(source.replace("@monitored(", "@(lambda **kw: (lambda svc: svc))("))
+    metrics_port = free_port()
+    monitored_proc, monitored_url = serve(EXAMPLE, {"MLMON_PROMETHEUS_PORT": str(metrics_port), "MLMON_CHECK_INTERVAL": "0"})
+    bare_proc, bare_url = serve(bare, {})
+    try:
+        answers = {}
+        for url in (monitored_url, bare_url):
+            with httpx.Client(base_url=url, timeout=30) as client:
+                got = []
+                for path, body in REQUESTS:
+                    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
+                        else {"json": body}
+                    response = client.post(path, **kwargs)
+                    got.append((response.status_code, response.content))
+                for _ in range(60):
+                    assert client.post("/predict", json={"input_data": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
+                answers[url] = got
+                if url == monitored_url:
+                    bentoml_metrics = client.get("/metrics")
+        assert answers[monitored_url] == answers[bare_url]  # BentoML's behaviour, byte for byte
+        assert [s for s, _ in answers[monitored_url]] == [200, 200, 200, 400, 500, 400]
+        assert bentoml_metrics.status_code == 200 and b"bentoml_service_request_total" in bentoml_metrics.content
+        assert b"mlmon_" not in bentoml_metrics.content  # not on BentoML's registry
+        totals, instances = {}, []
+        for worker in range(2):  # worker i serves MLMON_PROMETHEUS_PORT + i - 1, from its start
+            scrape = httpx.get(f"http://127.0.0.1:{metrics_port + worker}/metrics", timeout=10)
+            assert scrape.status_code == 200
+            for family in text_string_to_metric_families(scrape.text):
+                for s in family.samples:
+                    if s.name == "mlmon_predictions_total":
+                        key = (s.labels["http_route"], s.labels["outcome"])
+                        totals[key] = totals.get(key, 0) + s.value
+                    if s.name == "target_info":  # present once a worker has data
+                        instances.append(s.labels["service_instance_id"])
+        assert len(instances) == len(set(instances)) >= 1  # one service.instance.id per worker
+        assert totals[("/predict", "ok")] == 2 + 60 and totals[("/classify", "ok")] == 1
+        assert totals.get(("/predict", "error"), 0) == 1  # the model's own failure; BentoML's 400s never reached it
+    finally:
+        stop(monitored_proc)
+        stop(bare_proc)
