@@ -151,3 +151,29 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
     finally:
         stop(monitored_proc)
         stop(bare_proc)
+
+
+@pytest.mark.integration
+def test_our_spans_appear_with_bentomls_documented_sample_rate():
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from test_export import Collector
+
+    collector = Collector()
+    proc, url = serve(EXAMPLE, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "MLMON_CHECK_INTERVAL": "0",
+                                "BENTOML_CONFIG_OPTIONS": "services.IrisClassifier.tracing.sample_rate=1.0", "OTEL_BSP_SCHEDULE_DELAY": "200"})
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(4):
+                assert client.post("/predict", json={"input_data": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
+        deadline = time.monotonic() + 20  # the pipeline (0.5 s) then the batch span processor (0.2 s)
+        while time.monotonic() < deadline and sum(p == "/v1/traces" for p, _ in collector.received) == 0:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop(proc)
+        collector.shutdown()
+    spans = [span for path, body in collector.received if path == "/v1/traces"
+             for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+             for ss in rs.scope_spans for span in ss.spans]
+    ours = [s for s in spans if s.name == "mlmon.inference iris"]
+    assert len(ours) == 4 and all(s.parent_span_id for s in ours)  # children of BentoML's request spans
