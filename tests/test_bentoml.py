@@ -160,7 +160,8 @@ def test_our_spans_appear_with_bentomls_documented_sample_rate():
 
     collector = Collector()
     proc, url = serve(EXAMPLE, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "MLMON_CHECK_INTERVAL": "0",
-                                "BENTOML_CONFIG_OPTIONS": "services.IrisClassifier.tracing.sample_rate=1.0", "OTEL_BSP_SCHEDULE_DELAY": "200"})
+                                "BENTOML_CONFIG_OPTIONS": "services.IrisClassifier.tracing.sample_rate=1.0",
+                                "OTEL_BSP_SCHEDULE_DELAY": "200"})
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             for _ in range(4):
