@@ -3,6 +3,7 @@
     mlmon baseline build TRAIN.csv|TRAIN.parquet --model NAME --out baseline.json
                          [--target COL] [--prediction COL] [--categorical COL ...]
                          [--bins 10] [--sample-rows 200000] [--chunk-rows 100000]
+    mlmon rules render [--config thresholds.yml] > mlmon-rules.yml
 
 reads the file in chunks (pandas for CSV, pyarrow for Parquet: the ``[cli]`` extra), with a
 progress bar on standard error, so memory stays near the reservoir sample plus one chunk
@@ -129,7 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--sample-rows", type=int, default=200_000)
     build.add_argument("--chunk-rows", type=int, default=100_000)
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    rules = commands.add_parser("rules", help="Prometheus rules").add_subparsers(dest="action", required=True)
+    render = rules.add_parser("render", help="print alerting and recording rules for mlmon's metrics")
+    render.add_argument("--config", help="a YAML or JSON file of thresholds (see mlmon_middleware.rules.RuleConfig)")
     args = parser.parse_args(argv)
+    if args.command == "rules":
+        from mlmon_middleware.config import ConfigError
+        from mlmon_middleware.rules import RuleConfig
+        from mlmon_middleware.rules import render as render_rules
+
+        try:
+            config = RuleConfig.from_text(open(args.config).read()) if args.config else RuleConfig()
+        except (OSError, ConfigError, ValueError) as exc:
+            print(f"mlmon: {exc}", file=sys.stderr)
+            return 2
+        print(render_rules(config), end="")
+        return 0
     try:
         result = build_baseline(args.path, args.model, target=args.target, prediction=args.prediction,
                                 categorical=args.categorical, bins=args.bins, sample_rows=args.sample_rows,

@@ -465,6 +465,12 @@ class ModelMonitor:
             return self.performance.observations(self.attrs)
         if name == "mlmon.feature.attribution":
             return self.checker.attribution_observations()
+        if name == "mlmon.baseline.bin.ratio":
+            if self.baseline is None or self.schema is None:
+                return []
+            return [(float(share), {**self.attrs, "feature": feature, "bin": str(b)})
+                    for feature in self.schema.numeric_names
+                    for b, share in enumerate(self.baseline.features[feature].get("bin_proportions") or ())]
         if name == "mlmon.feature.bin":
             counts = self._bin_counts
             if counts is None:

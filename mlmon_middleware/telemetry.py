@@ -136,6 +136,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
                    "Rows per baseline quantile bin of each numeric feature, since start: sum across "
                    "replicas for fleet-wide PSI in PromQL.",
                    "mlmon_feature_bin_total"),
+    InstrumentSpec("mlmon.baseline.bin.ratio", "observable_gauge", "1",
+                   "The baseline's share of rows in each quantile bin of each numeric feature (fleet PSI's reference).",
+                   "mlmon_baseline_bin_ratio"),
     InstrumentSpec("mlmon.alert.active", "observable_gauge", "1",
                    "1 for every firing alert (sustained over the policy's checks), by alertname and severity.",
                    "mlmon_alert_active"),

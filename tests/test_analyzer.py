@@ -75,6 +75,10 @@ def test_fleet_bin_counters_match_the_baseline_bins(harness_factory, baseline):
     data = rows(1234, np.random.default_rng(2), shift=0.5)
     feed(mm, data)
     bins = {(a["feature"], int(a["bin"])): p.value for a, p in h.points("mlmon.feature.bin")}
+    ratios = {(a["feature"], int(a["bin"])): p.value for a, p in h.points("mlmon.baseline.bin.ratio")}
+    for name in ("a", "b"):  # the fleet PSI's reference, bin for bin
+        proportions = baseline.features[name]["bin_proportions"]
+        assert [ratios[(name, b)] for b in range(len(proportions))] == pytest.approx(proportions)
     for name in ("a", "b"):
         cuts = np.asarray(baseline.features[name]["bin_edges"][1:-1])
         expected = stats.bin_counts(np.array([r[name] for r in data]), cuts)

@@ -1,0 +1,55 @@
+"""The generated Prometheus rules pass promtool's checks and unit tests."""
+
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from mlmon_middleware.cli import main
+from mlmon_middleware.rules import RuleConfig, render
+
+HERE = pathlib.Path(__file__).parent / "rules"
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool is missing: `make test` installs Debian's prometheus package"
+    return path
+
+
+def test_promtool_checks_and_unit_tests_the_rules(tmp_path):
+    (tmp_path / "mlmon-rules.yml").write_text(render(RuleConfig()))
+    shutil.copy(HERE / "alerts_test.yml", tmp_path / "alerts_test.yml")
+    check = subprocess.run([promtool(), "check", "rules", "mlmon-rules.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0 and "SUCCESS: 14 rules found" in check.stdout, check.stdout + check.stderr
+    test = subprocess.run([promtool(), "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_every_alert_has_severity_summary_description_and_runbook():
+    import yaml
+
+    groups = yaml.safe_load(render(RuleConfig()))["groups"]
+    alerts = [r for g in groups for r in g["rules"] if "alert" in r]
+    assert len(alerts) == 12
+    for rule in alerts:
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
+        assert rule["annotations"]["runbook_url"].endswith("#" + rule["alert"].lower())
+
+
+def test_cli_renders_with_a_config(tmp_path, capsys):
+    config = tmp_path / "thresholds.yml"
+    config.write_text("psi_critical: 0.3\nlatency_p95_seconds: 0.2\n")
+    assert main(["rules", "render", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert ">= 0.3" in out and "> 0.2" in out
+    config.write_text("psi_critcal: 0.3\n")
+    assert main(["rules", "render", "--config", str(config)]) == 2
+    assert "unknown rule settings ['psi_critcal']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["mlmon:feature_bin_share:fleet", "mlmon:feature_psi:fleet"])
+def test_recording_rules_for_the_fleet_view(name):
+    assert f"record: {name}" in render(RuleConfig())
