@@ -20,6 +20,7 @@ go to the log as structured records and to an optional callback; ``active()`` fe
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -55,6 +56,7 @@ class Alerts:
         self._lock = threading.Lock()
         self._states: dict[tuple[str, str], _State] = {}
         self.errors = 0
+        self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (alertname, state) -> events
 
     def update(self, conditions: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
         """Feed one check's severities; return the events it caused. Conditions not mentioned
@@ -79,6 +81,7 @@ class Alerts:
                         events.append(self._event(key, "resolved", state.severity, now))
                         state.severity = "none"
         for event in events:
+            self.events[(event["alertname"], event["state"])] += 1
             logger.warning("mlmon alert %s %s: %s (%s)", event["alertname"], event["subject"], event["state"],
                            event["severity"], extra={"mlmon_alert": event})
             if self.callback is not None:

@@ -197,6 +197,8 @@ class DriftChecker:
         if name == "mlmon.label.coverage":
             coverage = (report or {}).get("labels", {}).get("coverage", {})
             return [(c["share"], {**attrs, "window": w}) for w, c in coverage.items()]
+        if name == "mlmon.alert.events":
+            return [(n, {**attrs, "alertname": a, "state": state}) for (a, state), n in self.alerts.events.items()]
         if name == "mlmon.alert.active":
             return [(1, {**attrs, "alertname": a, "subject": s, "severity": sev}) for a, s, sev in self.alerts.active()]
         if not report or report.get("status") != "ok":

@@ -678,8 +678,10 @@ class Monitor:
         """Models, counts, window fill and recent monitoring errors (``/mlmon/health``)."""
         self.flush()
         errors = self.errors.counts()
+        issues = self._issues(errors)
         return {
-            "status": "ok" if not errors else "degraded",
+            "status": "ok" if not errors and not issues else "degraded",
+            "issues": issues,
             "pid": os.getpid(),
             "instance_id": None if self._telemetry is None else self._telemetry.instance_id,
             "queue": len(self._queue),
@@ -687,6 +689,33 @@ class Monitor:
             "monitor_errors": errors,
             "last_errors": self.errors.recent(),
         }
+
+    def _issues(self, errors: dict[str, int]) -> list[str]:
+        """What is wrong with the monitoring itself, in words (the seed's monitoring-health checks)."""
+        issues = []
+        now = time.time()
+        interval = self.config.check_interval
+        for name, model in self._models.items():
+            checker = model.checker
+            if interval > 0 and checker.last_run and now - checker.last_run > 3 * interval:
+                issues.append(f"{name}: no drift check for {now - checker.last_run:.0f} s (one every {interval:g} s expected)")
+            if model.baseline is not None and model.baseline.age_seconds() > 90 * 86400:
+                issues.append(f"{name}: the baseline is {model.baseline.age_seconds() / 86400:.0f} days old")
+            unexpected = model.health()["capture_errors"].get("unexpected_feature", 0)
+            if unexpected:
+                issues.append(f"{name}: {unexpected} rows carried fields the model's schema does not monitor")
+            fired, resolved = (sum(n for (_, state), n in checker.alerts.events.items() if state == s)
+                               for s in ("firing", "resolved"))
+            if fired > resolved:
+                issues.append(f"{name}: {fired - resolved} alert(s) firing ({fired} fired, {resolved} resolved so far)")
+        if errors.get("queue_full"):
+            issues.append(f"{errors['queue_full']} captured inference(s) dropped: the pipeline queue was full")
+        if errors.get("store_queue_full"):
+            issues.append(f"{errors['store_queue_full']} logged prediction(s) dropped: the log writer's queue was full")
+        other = {k: v for k, v in errors.items() if k not in ("queue_full", "store_queue_full")}
+        if other:
+            issues.append("internal errors: " + ", ".join(f"{k} ×{v}" for k, v in sorted(other.items())))
+        return issues
 
     def shutdown(self) -> None:
         """Flush what is queued, stop the pipeline thread and our exporters."""

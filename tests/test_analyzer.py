@@ -156,3 +156,20 @@ def test_config_errors_for_the_analysis():
     with pytest.raises(ConfigError, match="window_seconds must be a number of seconds > 0 or None"):
         MonitorConfig(window_seconds=0)
     assert MonitorConfig().with_env({"MLMON_WINDOW_SECONDS": "300", "MLMON_CHECK_INTERVAL": "5"}).window_seconds == 300
+
+
+def test_health_lists_the_monitors_own_issues_in_words(harness_factory, baseline):
+    h = harness_factory(tracing=False, check_interval=0)
+    mm = h.monitor.model("m", baseline=baseline, drift_policy=DriftPolicy(fire_after=1))
+    assert h.monitor.health()["issues"] == [] and h.monitor.health()["status"] == "ok"
+    feed(mm, rows(2000, np.random.default_rng(9), shift=1.0))
+    mm.record({"a": 1.0, "b": 1.0, "region": "n", "extra": 5}, 0.5)
+    mm.check_now()
+    h.monitor.errors.report("queue_full", message="test")
+    health = h.monitor.health()
+    assert health["status"] == "degraded"
+    assert "m: 1 rows carried fields the model's schema does not monitor" in health["issues"]
+    assert any(i.startswith("m: ") and "alert(s) firing" in i for i in health["issues"])
+    assert "1 captured inference(s) dropped: the pipeline queue was full" in health["issues"]
+    events = {(a["alertname"], a["state"]): p.value for a, p in h.points("mlmon.alert.events")}
+    assert events[("FeatureDrift", "firing")] == 1
