@@ -4,6 +4,7 @@
                          [--target COL] [--prediction COL] [--categorical COL ...]
                          [--bins 10] [--sample-rows 200000] [--chunk-rows 100000]
     mlmon rules render [--config thresholds.yml] > mlmon-rules.yml
+    mlmon dashboard grafana > dashboard.json
 
 reads the file in chunks (pandas for CSV, pyarrow for Parquet: the ``[cli]`` extra), with a
 progress bar on standard error, so memory stays near the reservoir sample plus one chunk
@@ -133,7 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rules = commands.add_parser("rules", help="Prometheus rules").add_subparsers(dest="action", required=True)
     render = rules.add_parser("render", help="print alerting and recording rules for mlmon's metrics")
     render.add_argument("--config", help="a YAML or JSON file of thresholds (see mlmon_middleware.rules.RuleConfig)")
+    dashboard = commands.add_parser("dashboard", help="dashboards").add_subparsers(dest="action", required=True)
+    dashboard.add_parser("grafana", help="print a Grafana dashboard (JSON) for mlmon's metrics")
     args = parser.parse_args(argv)
+    if args.command == "dashboard":
+        import orjson
+
+        from mlmon_middleware.dashboards import grafana_dashboard
+
+        print(orjson.dumps(grafana_dashboard(), option=orjson.OPT_INDENT_2).decode())
+        return 0
     if args.command == "rules":
         from mlmon_middleware.config import ConfigError
         from mlmon_middleware.rules import RuleConfig
