@@ -39,7 +39,8 @@ class RuleConfig:
     new_category_ratio: float = 0.05
     label_coverage_min: float = 0.1
     stale_seconds: float = 600.0  # three default check intervals and more
-    fleet_window: str = "1h"
+    drift_for: str = "15m"  # how long critical drift must last before it fires (warning: twice as long)
+    fleet_window: str = "1h"  # "all": since each replica started (exact counts, no extrapolation)
     runbook_base: str = RUNBOOK
 
     @classmethod
@@ -86,13 +87,13 @@ def alerts(c: RuleConfig) -> list[dict[str, Any]]:
                f"histogram_quantile(0.95, sum by ({BY}, le) (rate(mlmon_inference_duration_seconds_bucket[5m]))) "
                f"> {c.latency_p95_seconds}", "10m", "warning", f"{model}: p95 inference latency high",
                "p95 latency is {{ $value | humanizeDuration }} (threshold %ss)." % c.latency_p95_seconds, c),
-        _alert("MLModelFeatureDriftCritical", f"{psi} >= {c.psi_critical}", "15m", "critical",
+        _alert("MLModelFeatureDriftCritical", f"{psi} >= {c.psi_critical}", c.drift_for, "critical",
                f"{model}: feature {{{{ $labels.feature }}}} drifted severely",
                "PSI of {{ $labels.feature }} is {{ $value | printf \"%.3f\" }} (critical from " + f"{c.psi_critical}).", c),
-        _alert("MLModelFeatureDriftWarning", f"{psi} >= {c.psi_warning} < {c.psi_critical}", "30m", "warning",
+        _alert("MLModelFeatureDriftWarning", f"{psi} >= {c.psi_warning} < {c.psi_critical}", _twice(c.drift_for), "warning",
                f"{model}: feature {{{{ $labels.feature }}}} drifted",
                "PSI of {{ $labels.feature }} is {{ $value | printf \"%.3f\" }} (warning from " + f"{c.psi_warning}).", c),
-        _alert("MLModelDatasetDrift", f"max by ({BY}) (mlmon_dataset_drift_share) >= {c.drift_share}", "15m",
+        _alert("MLModelDatasetDrift", f"max by ({BY}) (mlmon_dataset_drift_share) >= {c.drift_share}", c.drift_for,
                "critical", f"{model}: most features drifted",
                "{{ $value | humanizePercentage }} of the features drifted at the last check.", c),
         _alert("MLModelPredictionVolumeAnomaly",
@@ -119,13 +120,18 @@ def alerts(c: RuleConfig) -> list[dict[str, Any]]:
     ]
 
 
+def _twice(duration: str) -> str:
+    number, unit = int(duration[:-1]), duration[-1]
+    return f"{2 * number}{unit}"
+
+
 def recording(c: RuleConfig) -> list[dict[str, Any]]:
-    w = c.fleet_window
+    rows = "mlmon_feature_bin_total" if c.fleet_window == "all" else f"increase(mlmon_feature_bin_total[{c.fleet_window}])"
     share = "mlmon:feature_bin_share:fleet"
     return [
         {"record": share,
-         "expr": f"sum by ({BY}, feature, bin) (increase(mlmon_feature_bin_total[{w}])) / ignoring(bin) group_left "
-                 f"sum by ({BY}, feature) (increase(mlmon_feature_bin_total[{w}]))"},
+         "expr": f"sum by ({BY}, feature, bin) ({rows}) / ignoring(bin) group_left "
+                 f"sum by ({BY}, feature) ({rows})"},
         {"record": "mlmon:feature_psi:fleet",
          "expr": f"sum by ({BY}, feature) ((clamp_min({share}, 0.0001) - clamp_min(max by ({BY}, feature, bin) "
                  f"(mlmon_baseline_bin_ratio), 0.0001)) * ln(clamp_min({share}, 0.0001) / clamp_min(max by ({BY}, "

@@ -1,0 +1,86 @@
+"""A real Prometheus server scrapes two processes of the example service: the fleet PSI of the
+recording rule equals mlmon's PSI on the union of their traffic, and the drift alert fires."""
+
+import json
+import shutil
+import subprocess
+import time
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from mlmon_middleware import Baseline
+from mlmon_middleware.drift import stats
+from mlmon_middleware.rules import RuleConfig, render
+
+from data import make_rows
+from demo import free_port, start_service
+from train import train
+
+pytestmark = pytest.mark.integration
+
+
+def query(base: str, expr: str) -> list[dict]:
+    answer = httpx.get(f"{base}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def test_fleet_psi_and_firing_alert(tmp_path):
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus is missing: `make test` installs Debian's prometheus package"
+    demo = tmp_path / "demo"
+    train(demo, rows=3000)
+    services = [start_service(demo, port := free_port(0), tmp_path / f"s{port}.log", env={"MLMON_CHECK_INTERVAL": "1"})
+                for _ in range(2)]
+    ports = [int(s.args[s.args.index("--port") + 1]) for s in services]
+    rules = tmp_path / "rules.yml"
+    rules.write_text(render(RuleConfig(fleet_window="all", drift_for="5s")))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [{"job_name": "mlmon", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}]}))
+    web = free_port(0)
+    server = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{web}"
+    try:
+        rows = make_rows(800, np.random.default_rng(8), drift=1.0)
+        for half, port in zip((rows[:400], rows[400:]), ports):  # each process gets half of the same traffic
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                for i in range(0, 400, 50):
+                    assert client.post("/predict/batch", json=half[i:i + 50]).status_code == 200
+        baseline = Baseline.load(demo / "baseline.json")
+        expected = {}
+        for feature in ("income", "debt_ratio", "age"):
+            edges = np.asarray(baseline.features[feature]["bin_edges"])
+            counts = stats.bin_counts(np.array([r[feature] for r in rows]), edges[1:-1])
+            reference = np.asarray(baseline.features[feature]["bin_proportions"])
+            expected[feature] = float(stats.psi(reference[None], (counts / counts.sum())[None])[0])
+        deadline = time.monotonic() + 90
+        got: dict = {}
+        while time.monotonic() < deadline:
+            results = query(base, 'mlmon:feature_psi:fleet{feature=~"income|debt_ratio|age"}')
+            totals = query(base, 'sum by (feature) (mlmon_feature_bin_total{feature="income"})')
+            got = {r["metric"]["feature"]: float(r["value"][1]) for r in results}
+            if len(got) == 3 and totals and float(totals[0]["value"][1]) == 800:
+                break
+            time.sleep(0.5)
+        assert got == pytest.approx(expected, abs=1e-6), json.dumps({"got": got, "expected": expected})
+        assert expected["income"] >= 0.25 and expected["age"] < 0.1  # income drifted; age did not
+        firing = []
+        while time.monotonic() < deadline and not firing:
+            alerts = httpx.get(f"{base}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            firing = [a for a in alerts if a["labels"]["alertname"] == "MLModelFeatureDriftCritical"
+                      and a["labels"].get("feature") == "income" and a["state"] == "firing"]
+            time.sleep(0.5)
+        assert firing, "the drift alert did not reach firing"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        for service in services:
+            service.terminate()
+            service.wait(timeout=10)
