@@ -66,7 +66,9 @@ def test_fleet_psi_and_firing_alert(tmp_path):
             results = query(base, 'mlmon:feature_psi:fleet{feature=~"income|debt_ratio|age"}')
             totals = query(base, 'sum by (feature) (mlmon_feature_bin_total{feature="income"})')
             got = {r["metric"]["feature"]: float(r["value"][1]) for r in results}
-            if len(got) == 3 and totals and float(totals[0]["value"][1]) == 800:
+            settled = len(got) == 3 and totals and float(totals[0]["value"][1]) == 800
+            # the recording rule is evaluated once a second: wait until it has seen the last scrape
+            if settled and all(abs(got[f] - expected[f]) <= 1e-6 for f in expected):
                 break
             time.sleep(0.5)
         assert got == pytest.approx(expected, abs=1e-6), json.dumps({"got": got, "expected": expected})
