@@ -155,10 +155,10 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
 
 @pytest.mark.integration
 def test_our_spans_appear_with_bentomls_documented_sample_rate():
+    from http_helpers import RecordingServer
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from test_export import Collector
 
-    collector = Collector()
+    collector = RecordingServer()
     proc, url = serve(EXAMPLE, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "MLMON_CHECK_INTERVAL": "0",
                                 "BENTOML_CONFIG_OPTIONS": "services.IrisClassifier.tracing.sample_rate=1.0",
                                 "OTEL_BSP_SCHEDULE_DELAY": "200"})

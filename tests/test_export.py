@@ -1,13 +1,12 @@
 """OTLP export, child spans of the server span, fork safety, light imports."""
 
-import http.server
 import multiprocessing
 import subprocess
 import sys
-import threading
 
 import pytest
 from fastapi import FastAPI
+from http_helpers import RecordingServer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from starlette.testclient import TestClient
@@ -16,36 +15,9 @@ from mlmon_fastapi import instrument_app
 from mlmon_middleware import Monitor, MonitorConfig, monitor
 
 
-class Collector(http.server.ThreadingHTTPServer):
-    """A stand-in OTLP/HTTP collector on 127.0.0.1 that keeps what it receives."""
-
-    def __init__(self):
-        self.received: list[tuple[str, bytes]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.received.append((self.path, body))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
 @pytest.mark.parametrize("via_env", [False, True])
 def test_otlp_export_of_metrics_and_spans(monkeypatch, via_env):
-    collector = Collector()
+    collector = RecordingServer()
     try:
         if via_env:
             monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)

@@ -1,43 +1,23 @@
 """The webhook notifier retries, rate-limits, de-duplicates and never blocks the caller."""
 
-import http.server
-import threading
 import time
 
 import orjson
+from http_helpers import RecordingServer
 
 from mlmon_middleware.notify import WebhookNotifier
 
 
-class Hook(http.server.ThreadingHTTPServer):
-    """A webhook on 127.0.0.1 that fails the first ``failures`` posts, optionally slowly."""
+class Hook(RecordingServer):
+    """A webhook that fails the first ``failures`` posts, optionally slowly."""
 
-    def __init__(self, failures=0, delay=0.0):
-        self.bodies, self.failures, self.delay = [], failures, delay
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                time.sleep(outer.delay)
-                if outer.failures > 0:
-                    outer.failures -= 1
-                    self.send_response(500)
-                else:
-                    outer.bodies.append(orjson.loads(body))
-                    self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+    @property
+    def bodies(self):
+        return [orjson.loads(body) for _, body in self.received]
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+        return super().url + "/hook"
 
 
 def event(subject="income", state="firing", severity="critical"):

@@ -1,0 +1,38 @@
+"""A small HTTP server on 127.0.0.1 that records what is posted to it (OTLP collector, webhook)."""
+
+import http.server
+import threading
+import time
+
+
+class RecordingServer(http.server.ThreadingHTTPServer):
+    """Keeps ``(path, body)`` of every POST it accepts; answers 500 to the first ``failures`` posts
+    (not recorded) and waits ``delay`` seconds before each answer."""
+
+    def __init__(self, failures: int = 0, delay: float = 0.0) -> None:
+        self.received: list[tuple[str, bytes]] = []
+        self.failures, self.delay = failures, delay
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(outer.delay)
+                if outer.failures > 0:
+                    outer.failures -= 1
+                    self.send_response(500)
+                else:
+                    outer.received.append((self.path, body))
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
