@@ -155,8 +155,9 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
 
 @pytest.mark.integration
 def test_our_spans_appear_with_bentomls_documented_sample_rate():
-    from http_helpers import RecordingServer
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from http_helpers import RecordingServer
 
     collector = RecordingServer()
     proc, url = serve(EXAMPLE, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "MLMON_CHECK_INTERVAL": "0",

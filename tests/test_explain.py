@@ -5,7 +5,6 @@ import statistics
 import sys
 import time
 
-import explainers_for_tests as helpers
 import httpx
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ from mlmon_fastapi import instrument_app
 from mlmon_middleware import monitor
 from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.explain import Explain, build_explainer
+
+import explainers_for_tests as helpers
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(800, 6))

@@ -6,13 +6,14 @@ import sys
 
 import pytest
 from fastapi import FastAPI
-from http_helpers import RecordingServer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from starlette.testclient import TestClient
 
 from mlmon_fastapi import instrument_app
 from mlmon_middleware import Monitor, MonitorConfig, monitor
+
+from http_helpers import RecordingServer
 
 
 @pytest.mark.parametrize("via_env", [False, True])

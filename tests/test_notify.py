@@ -3,9 +3,10 @@
 import time
 
 import orjson
-from http_helpers import RecordingServer
 
 from mlmon_middleware.notify import WebhookNotifier
+
+from http_helpers import RecordingServer
 
 
 class Hook(RecordingServer):
