@@ -24,8 +24,9 @@ from typing import Any
 
 import orjson
 
+from mlmon_middleware.drift.policy import RANK
+
 logger = logging.getLogger("mlmon_middleware.notify")
-RANK = {"info": 1, "warning": 2, "critical": 3}
 ICON = {"firing": ":rotating_light:", "severity_changed": ":warning:", "resolved": ":white_check_mark:"}
 
 

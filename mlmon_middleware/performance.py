@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from mlmon_middleware.drift.policy import RANK
 from mlmon_middleware.drift.sequential import ErrorStreamDetectors, river_available
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ class PerformanceTracker:
                     severity = change["severity"]
                     if severity != "none":
                         key = ("PerformanceDegradation", f"{metric}@{window}")
-                        conditions[key] = max(severity, conditions.get(key, "none"), key=_rank)
+                        conditions[key] = max(severity, conditions.get(key, "none"), key=RANK.__getitem__)
         for window, result in report["windows"].items():
             fairness = result.get("fairness")
             if fairness and fairness.get("four_fifths_violated"):
@@ -332,10 +333,6 @@ def _binary(predictions: list, positive: str, y_true: np.ndarray, threshold: flo
         negative = next((v for v in np.unique(y_true) if v != positive), "0")
         return scores, np.where(scores >= threshold, positive, negative).astype(object)
     return None, np.array([_label(v) for v in values], dtype=object)
-
-
-def _rank(severity: str) -> int:
-    return {"none": 0, "warning": 1, "critical": 2}[severity]
 
 
 def _label(value: Any) -> str:
