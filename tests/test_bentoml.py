@@ -34,6 +34,10 @@ def make_service(mon, **options):
             return (input_data[:, 0] > 5).astype(int)
 
         @bentoml.api
+        def score(self, input_data: np.ndarray) -> dict:
+            return {"prediction": float(input_data.sum() / 10)}
+
+        @bentoml.api
         def ping(self) -> str:
             return "pong"
 
@@ -41,21 +45,37 @@ def make_service(mon, **options):
 
 
 def test_in_process(harness_factory):
+    """One service per process: BentoML registers its own metrics globally, once."""
+    from mlmon_middleware.explain import Explain
+
+    import explainers_for_tests as helpers
+
     h = harness_factory(tracing=False, check_interval=0)
-    svc = make_service(h.monitor, apis=["predict", "classify"])
+    svc = make_service(h.monitor, apis=["predict", "classify", "score"], explain=Explain(helpers.halves))
+    h.monitor.start()
+    assert h.monitor.model("iris").explainer.warm.wait(60)
     with TestClient(svc.to_asgi()) as client:
         one = client.post("/predict", json={"input_data": [[5.1, 3.5, 1.4, 0.2], [6.0, 3.0, 5.0, 2.0]]})
         batch = client.post("/classify", json={"input_data": [[5.1, 3.5, 1.4, 0.2]]})
         ping = client.post("/ping", json={})
         health = client.get("/mlmon/health").json()
         text = client.get("/mlmon/metrics").text
+        row, ask = {"input_data": [[1.0, 2.0, 3.0, 4.0]]}, {"X-MLMon-Explain": "true"}
+        explained = client.post("/score", json=row, headers=ask)
+        listed = client.post("/predict", json=row, headers=ask)
     assert one.status_code == 200 and len(one.headers["x-prediction-id"]) == 32
     assert batch.json() == [1] and ping.text == "pong" and "x-prediction-id" not in ping.headers
     assert health["models"]["iris"]["predictions"] == {"ok": 2, "error": 0}
     assert health["models"]["iris"]["rows_in_window"] == 3  # two rows, then one
     assert 'mlmon_predictions_total{http_route="/predict",mlmon_model_name="iris"' in text
     snap = h.monitor.model("iris").window_snapshot()
-    assert snap["features"]["numeric"][:, 0].tolist() == [5.1, 6.0, 5.1]
+    assert snap["features"]["numeric"][:, 0].tolist()[:3] == [5.1, 6.0, 5.1]
+    explanation = explained.json()["explanation"]  # an API answering a JSON object: explained
+    assert explanation["base_value"] == 1.0 and explanation["prediction"] == pytest.approx(6.0)
+    assert int(explained.headers["content-length"]) == len(explained.content)
+    # an API answering an array (a JSON list) has nowhere to put it: the answer goes out as it was
+    assert listed.status_code == 200 and listed.headers["x-mlmon-explain-status"] == "error"
+    assert {a["status"]: p.value for a, p in h.points("mlmon.explanations")} == {"ok": 1, "error": 1}
 
 
 def test_placement_and_api_names():
