@@ -4,8 +4,8 @@ Each check reports a severity per condition (a feature's drift, the dataset's, a
 output's). A condition *fires* only after ``fire_after`` consecutive checks at warning or worse,
 and *resolves* after ``resolve_after`` consecutive clean ones, so one noisy window does not page
 anyone. Events are produced only on changes of state (firing, severity changed, resolved): they
-go to the log as structured records and to an optional callback; ``active()`` feeds
-``mlmon_alert_active``.
+go to the log as structured records, to an optional callback and to ``recent`` (the last
+``RECENT_EVENTS``, for the dashboard); ``active()`` feeds ``mlmon_alert_active``.
 
 >>> alerts = Alerts(fire_after=2, resolve_after=1)
 >>> alerts.update({("FeatureDrift", "income"): "warning"})
@@ -16,6 +16,8 @@ go to the log as structured records and to an optional callback; ``active()`` fe
 [('FeatureDrift', 'income', 'critical')]
 >>> [e["state"] for e in alerts.update({("FeatureDrift", "income"): "none"})]
 ['resolved']
+>>> [e["state"] for e in alerts.recent]
+['firing', 'resolved']
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any
 from mlmon_middleware.drift.policy import RANK
 
 logger = logging.getLogger("mlmon_middleware.alerts")
+
+RECENT_EVENTS = 200  # events kept per model for /mlmon/alerts and the dashboard
 
 
 
@@ -57,6 +61,7 @@ class Alerts:
         self._states: dict[tuple[str, str], _State] = {}
         self.errors = 0
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (alertname, state) -> events
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)  # oldest first
 
     def update(self, conditions: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
         """Feed one check's severities; return the events it caused. Conditions not mentioned
@@ -80,6 +85,7 @@ class Alerts:
                     if state.severity != "none" and state.clean_streak >= self.resolve_after:
                         events.append(self._event(key, "resolved", state.severity, now))
                         state.severity = "none"
+            self.recent.extend(events)
         for event in events:
             self.events[(event["alertname"], event["state"])] += 1
             logger.warning("mlmon alert %s %s: %s (%s)", event["alertname"], event["subject"], event["state"],
@@ -100,3 +106,12 @@ class Alerts:
         """``(alertname, subject, severity)`` of every firing alert."""
         with self._lock:
             return sorted((k[0], k[1], s.severity) for k, s in self._states.items() if s.severity != "none")
+
+    def summary(self) -> dict[str, Any]:
+        """Firing alerts (with the time their severity was reached) and recent events, newest first."""
+        with self._lock:
+            active = sorted(({"alertname": k[0], "subject": k[1], "severity": s.severity, "since": s.since}
+                             for k, s in self._states.items() if s.severity != "none"),
+                            key=lambda a: (-RANK[a["severity"]], a["alertname"], a["subject"]))
+            recent = list(self.recent)[::-1]
+        return {"active": active, "recent": recent}

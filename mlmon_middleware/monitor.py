@@ -42,10 +42,11 @@ from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.record import Record, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
 from mlmon_middleware.schema import KINDS, CaptureError, FeatureSchema, extract_predictions, extract_rows
-from mlmon_middleware.store import SQLiteStore, StoreError, StoreWriter
+from mlmon_middleware.store import PredictionStore, SQLiteStore, StoreError, StoreWriter
 from mlmon_middleware.telemetry import ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS, MODEL_NAME, MODEL_VERSION, PREDICTION_ID, Telemetry
 
 _NS = 1e-9
+MAX_UNMONITORED_FIELDS = 1000  # distinct unmonitored field names kept per model (inputs may carry anything)
 
 
 class _PredictionIds:
@@ -152,6 +153,7 @@ class ModelMonitor:
         self._feature_errors: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self._last_capture_error: dict[str, str] = {}
         self._labels: collections.Counter[str] = collections.Counter()
+        self._unmonitored: collections.Counter[str] = collections.Counter()  # fields received but not features
 
     def set_baseline(self, baseline: Baseline) -> Baseline:
         """Use ``baseline`` from now on (its schema must be the model's); returns it."""
@@ -304,14 +306,9 @@ class ModelMonitor:
         """Join ground-truth labels ``(prediction id, actual, timestamp or None for now)`` to
         logged predictions. The same id twice keeps the latest label (``relabelled``); unknown
         ids are answered per item (``unknown``). Needs the prediction log (``store_dir``)."""
-        writer = self.monitor.store_writer
-        if writer is None:
-            raise StoreError("no prediction log: set MonitorConfig(store_dir=...) or MLMON_STORE_DIR to join labels")
         now = time.time()
-        self.monitor.flush()  # predictions still in the pipeline or the writer's queue
-        writer.flush()
-        results = writer.store.set_labels(self.name, [(pid, actual, now if ts is None else float(ts))
-                                                      for pid, actual, ts in items])
+        results = self._log("join labels").set_labels(self.name, [(pid, actual, now if ts is None else float(ts))
+                                                                  for pid, actual, ts in items])
         telemetry = self.monitor.telemetry
         outcomes = collections.Counter(outcome for _, outcome, _ in results)
         for outcome, n in outcomes.items():
@@ -323,6 +320,24 @@ class ModelMonitor:
             self._labels.update(outcomes)
         return {"results": [{"prediction_id": pid, "status": outcome, "delay_seconds": delay}
                             for pid, outcome, delay in results], **{k: outcomes.get(k, 0) for k in LABEL_OUTCOMES}}
+
+    def lookup(self, prediction_id: str) -> dict[str, Any] | None:
+        """The logged prediction ``prediction_id`` (features, prediction, label, explanation), or
+        None when it is not in the log. Needs the prediction log (``store_dir``)."""
+        return self._log("look up predictions").lookup(self.name, prediction_id)
+
+    def recent_predictions(self, limit: int = 20, explained: bool = False) -> list[dict[str, Any]]:
+        """The newest ``limit`` logged predictions, newest first; only explained ones if asked."""
+        return self._log("list predictions").recent(self.name, limit, explained)
+
+    def _log(self, purpose: str) -> PredictionStore:
+        """The prediction log, with everything captured so far written to it."""
+        writer = self.monitor.store_writer
+        if writer is None:
+            raise StoreError(f"no prediction log: set MonitorConfig(store_dir=...) or MLMON_STORE_DIR to {purpose}")
+        self.monitor.flush()  # predictions still in the pipeline or the writer's queue
+        writer.flush()
+        return writer.store
 
     def label_coverage(self, since: float) -> tuple[int, int]:
         """(logged predictions made since ``since``, of which labelled)."""
@@ -358,10 +373,13 @@ class ModelMonitor:
                                         categorical=(len(self.schema.categorical_names), object))
         encoded = self.schema.encode(rows)
         capture.update(encoded.errors)
-        if encoded.feature_errors:
+        if encoded.feature_errors or encoded.unexpected_fields:
             with self._lock:
                 for feature, counts in encoded.feature_errors.items():
                     self._feature_errors[feature].update(counts)
+                for field, n in encoded.unexpected_fields.items():
+                    if field in self._unmonitored or len(self._unmonitored) < MAX_UNMONITORED_FIELDS:
+                        self._unmonitored[field] += n
         self.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
         counts = self._bin_counts
         if counts is not None:  # the fleet bin counters: rows per baseline bin, per numeric feature
@@ -444,10 +462,24 @@ class ModelMonitor:
             "rows_in_window": 0 if self.window is None else len(self.window),
             "window_capacity": self.monitor.config.reservoir_size,
             "baseline": None if self.baseline is None else self.baseline.summary(),
+            "coverage": self.coverage(),
             "labels": dict(self._labels),
             "last_check": None if self.checker.report is None else {
                 k: self.checker.report.get(k) for k in ("checked_at", "status", "rows", "drifted", "share")},
         }
+
+    def coverage(self) -> dict[str, Any] | None:
+        """Features monitored against the fields the model receives: the schema's features plus
+        every other field seen in input rows (with the rows carrying it). ``ratio`` 1.0 means
+        every field the model receives is watched; None before the schema is known."""
+        if self.schema is None:
+            return None
+        with self._lock:
+            unmonitored = dict(self._unmonitored.most_common())
+        monitored = len(self.schema.names)
+        received = monitored + len(unmonitored)
+        return {"monitored": monitored, "received": received, "ratio": monitored / received if received else 1.0,
+                "unmonitored_fields": unmonitored}
 
     def feature_errors(self) -> dict[str, dict[str, int]]:
         """Per feature, rows captured so far with a type mismatch, a non-finite value or the
@@ -461,6 +493,9 @@ class ModelMonitor:
             return [] if self.window is None else [(len(self.window), self.attrs)]
         if name == "mlmon.baseline.age":
             return [] if self.baseline is None else [(self.baseline.age_seconds(), self.attrs)]
+        if name == "mlmon.feature.coverage":
+            coverage = self.coverage()
+            return [] if coverage is None else [(coverage["ratio"], self.attrs)]
         if name == "mlmon.performance":
             return self.performance.observations(self.attrs)
         if name == "mlmon.feature.attribution":
@@ -685,6 +720,7 @@ class Monitor:
             "pid": os.getpid(),
             "instance_id": None if self._telemetry is None else self._telemetry.instance_id,
             "queue": len(self._queue),
+            "prediction_log": self.store_path if self.config.store_dir is not None else None,
             "models": {name: m.health() for name, m in self._models.items()},
             "monitor_errors": errors,
             "last_errors": self.errors.recent(),
@@ -701,9 +737,12 @@ class Monitor:
                 issues.append(f"{name}: no drift check for {now - checker.last_run:.0f} s (one every {interval:g} s expected)")
             if model.baseline is not None and model.baseline.age_seconds() > 90 * 86400:
                 issues.append(f"{name}: the baseline is {model.baseline.age_seconds() / 86400:.0f} days old")
-            unexpected = model.health()["capture_errors"].get("unexpected_feature", 0)
-            if unexpected:
-                issues.append(f"{name}: {unexpected} rows carried fields the model's schema does not monitor")
+            coverage = model.coverage()
+            if coverage and coverage["unmonitored_fields"]:
+                fields = list(coverage["unmonitored_fields"])
+                shown = ", ".join(fields[:5]) + (f" and {len(fields) - 5} more" if len(fields) > 5 else "")
+                issues.append(f"{name}: monitors {coverage['monitored']} of the {coverage['received']} fields it receives "
+                              f"(coverage {coverage['ratio']:.0%}); not monitored: {shown}")
             fired, resolved = (sum(n for (_, state), n in checker.alerts.events.items() if state == s)
                                for s in ("firing", "resolved"))
             if fired > resolved:

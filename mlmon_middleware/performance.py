@@ -14,7 +14,9 @@ overall, per segment value (the ``max_segments`` largest by volume, the rest poo
 ``__other__``) and, for a protected attribute, the fairness measures; it compares them with the
 baseline's performance (from the baseline file, or else the first full count window) to raise
 degradation conditions for the alert policy; and it feeds the error stream of newly labelled
-predictions to the concept-drift detectors (:mod:`mlmon_middleware.drift.sequential`).
+predictions to the concept-drift detectors (:mod:`mlmon_middleware.drift.sequential`). The
+report's ``history`` holds each window's overall metrics at the last ``HISTORY_CHECKS`` checks:
+performance over time, as the dashboard draws it.
 
 >>> import numpy as np
 >>> m = classification_metrics(np.array(["1", "0", "1", "1"]), np.array(["1", "0", "0", "1"]),
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 EPS = float(np.finfo(np.float64).eps)
 HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "r2"}
 OTHER = "__other__"
+HISTORY_CHECKS = 500  # checks whose overall metrics the report's ``history`` keeps
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -157,6 +160,8 @@ class PerformanceTracker:
         self.reference: dict[str, float] | None = dict(reference or baseline_perf or {}) or None
         self.reference_source = "given" if reference else "baseline" if baseline_perf else None
         self.report: dict[str, Any] | None = None
+        # per check: the overall metrics of each window, for "performance over time"
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY_CHECKS)
         self.detectors: ErrorStreamDetectors | None = None
         self._labels_seen_until = 0.0
         self._fired: dict[str, list[int]] = {}
@@ -212,6 +217,9 @@ class PerformanceTracker:
                 conditions[("DisparateImpact", f"{self.protected}@{window}")] = "warning"
         report["concept_drift"] = self._concept_drift(store.store, conditions)
         report["status"] = "ok"
+        self.history.append({"checked_at": report["checked_at"],
+                             "windows": {w: {"rows": r["rows"], "overall": r["overall"]} for w, r in report["windows"].items()}})
+        report["history"] = list(self.history)
         self.report = report
         return report, conditions
 

@@ -2,20 +2,35 @@
 
 ``routes(monitor)`` returns the routes the FastAPI adapter mounts on the app and the BentoML
 adapter mounts under ``/mlmon``: the Prometheus text of the private registry, health, drift and
-performance reports, and ``POST feedback`` for ground-truth labels. Imported by adapters only
-(the core itself speaks plain ASGI).
+performance reports, alerts, ``POST feedback`` for ground-truth labels, logged predictions (with
+their explanations) and the embedded dashboard page. Imported by adapters only (the core itself
+speaks plain ASGI).
+
+>>> from starlette.applications import Starlette
+>>> from starlette.testclient import TestClient
+>>> from mlmon_middleware import Monitor, MonitorConfig
+>>> mon = Monitor(MonitorConfig(tracing=False))
+>>> _ = mon.model("iris").record({"petal_length": 1.4}, {"prediction": 0})
+>>> with TestClient(Starlette(routes=routes(mon))) as client:
+...     client.get("/mlmon/health").json()["models"]["iris"]["predictions"]
+...     client.get("/mlmon/").headers["content-type"]
+{'ok': 1, 'error': 0}
+'text/html; charset=utf-8'
+>>> mon.shutdown()
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import hmac
+import importlib.resources
 import logging
 
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from mlmon_middleware.monitor import LABEL_OUTCOMES, Monitor
@@ -23,10 +38,13 @@ from mlmon_middleware.store import StoreError
 
 logger = logging.getLogger("mlmon_middleware")
 
+MAX_LISTED = 500  # predictions one GET /mlmon/predictions may return
+
 
 def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None = "/mlmon/health",
            drift: str | None = "/mlmon/drift", feedback: str | None = "/mlmon/feedback",
-           performance: str | None = "/mlmon/performance") -> list[Route]:
+           performance: str | None = "/mlmon/performance", alerts: str | None = "/mlmon/alerts",
+           predictions: str | None = "/mlmon/predictions", dashboard: str | None = "/mlmon/") -> list[Route]:
     """The routes, at the given paths (None leaves one out)."""
     out = []
     if metrics:
@@ -44,7 +62,20 @@ def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None
                          include_in_schema=False))
     if drift:
         out.append(Route(drift, _reports(mon, lambda m: m.drift_report()), methods=["GET"], include_in_schema=False))
+    if alerts:
+        out.append(Route(alerts, _reports(mon, lambda m: m.checker.alerts.summary()), methods=["GET"],
+                         include_in_schema=False))
+    if predictions:
+        out += _prediction_routes(mon, predictions.rstrip("/"))
+    if dashboard:
+        out.append(Route(dashboard, lambda _: HTMLResponse(_dashboard_page()), methods=["GET"], include_in_schema=False))
     return out
+
+
+@functools.cache
+def _dashboard_page() -> str:
+    """The embedded dashboard: one HTML file with its script and styles inline (no network)."""
+    return importlib.resources.files("mlmon_middleware").joinpath("dashboard.html").read_text("utf-8")
 
 
 def _reports(mon: Monitor, report):
@@ -52,7 +83,7 @@ def _reports(mon: Monitor, report):
         name = request.query_params.get("model")
         models = mon.models
         if name is not None and name not in models:
-            return _json({"detail": f"no monitored model {name!r}; models: {sorted(models)}"}, status_code=404)
+            return _unknown_model(name, models)
         chosen = {name: models[name]} if name else models
         if request.query_params.get("refresh", "").lower() in ("1", "true", "yes"):
             for model in chosen.values():
@@ -60,6 +91,68 @@ def _reports(mon: Monitor, report):
         return _json({n: report(m) for n, m in chosen.items()})
 
     return handler
+
+
+def _unknown_model(name: str | None, models: dict) -> Response:
+    return _json({"detail": f"no monitored model {name!r}; models: {sorted(models)}"}, status_code=404)
+
+
+def _authorized(token: str | None, request: Request) -> bool:
+    return not token or hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}")
+
+
+def _prediction_routes(mon: Monitor, path: str) -> list[Route]:
+    """``GET path?model=&limit=&explained=``: the newest logged predictions, newest first;
+    ``GET path/{prediction_id}?model=``: one, with its features, label and explanation (404 when
+    not logged). Both read the prediction log (409 without one) and, like feedback, need the
+    bearer token when ``api_token`` is set: the log holds the model's inputs."""
+    token = mon.config.api_token
+
+    def model_of(request: Request):
+        name, models = request.query_params.get("model"), mon.models
+        if name is None and len(models) == 1:
+            return next(iter(models.values()))
+        if name not in models:
+            return _unknown_model(name, models) if name else _json(
+                {"detail": f"several models are monitored: add ?model= (one of {sorted(models)})"}, status_code=422)
+        return models[name]
+
+    def listing(request: Request) -> Response:
+        if not _authorized(token, request):
+            return _json({"detail": "missing or wrong bearer token"}, status_code=401)
+        model = model_of(request)
+        if isinstance(model, Response):
+            return model
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_LISTED:
+            return _json({"detail": f"limit must be an integer from 1 to {MAX_LISTED}"}, status_code=422)
+        explained = request.query_params.get("explained", "").lower() in ("1", "true", "yes")
+        try:
+            return _json({"model": model.name, "predictions": model.recent_predictions(limit, explained)})
+        except StoreError as exc:
+            return _json({"detail": str(exc)}, status_code=409)
+
+    def one(request: Request) -> Response:
+        if not _authorized(token, request):
+            return _json({"detail": "missing or wrong bearer token"}, status_code=401)
+        model = model_of(request)
+        if isinstance(model, Response):
+            return model
+        pid = request.path_params["prediction_id"]
+        try:
+            found = model.lookup(pid)
+        except StoreError as exc:
+            return _json({"detail": str(exc)}, status_code=409)
+        if found is None:
+            return _json({"detail": f"prediction {pid!r} of model {model.name!r} is not in the prediction log"},
+                         status_code=404)
+        return _json(found)
+
+    return [Route(path, listing, methods=["GET"], include_in_schema=False),
+            Route(path + "/{prediction_id}", one, methods=["GET"], include_in_schema=False)]
 
 
 def _json(payload: object, status_code: int = 200) -> Response:
@@ -78,9 +171,7 @@ def _feedback_route(mon: Monitor, path: str) -> Route:
         logger.warning("mlmon: %s accepts ground-truth labels from anyone: set MLMON_API_TOKEN to require "
                        "'Authorization: Bearer <token>'", path)
 
-    def answer(body: bytes, authorization: str, query_model: str | None) -> Response:
-        if token and not hmac.compare_digest(authorization, f"Bearer {token}"):
-            return _json({"detail": "missing or wrong bearer token"}, status_code=401)
+    def answer(body: bytes, query_model: str | None) -> Response:
         try:
             items = _feedback_items(orjson.loads(body), query_model, mon)
         except FeedbackError as exc:
@@ -95,10 +186,11 @@ def _feedback_route(mon: Monitor, path: str) -> Route:
         return _json({"results": results, **{k: sum(a[k] for a in answers.values()) for k in LABEL_OUTCOMES}})
 
     async def feedback(request: Request) -> Response:
+        if not _authorized(token, request):
+            return _json({"detail": "missing or wrong bearer token"}, status_code=401)
         body = await request.body()
         # SQLite and the pipeline flush run in a worker thread, off the event loop
-        return await run_in_threadpool(answer, body, request.headers.get("authorization", ""),
-                                       request.query_params.get("model"))
+        return await run_in_threadpool(answer, body, request.query_params.get("model"))
 
     return Route(path, feedback, methods=["POST"], include_in_schema=False)
 

@@ -14,8 +14,8 @@ the request path, and imports neither pydantic nor pandas: they are recognised b
 [[31.0, 50000.0], [nan, 60000.0]]
 >>> enc.categorical.tolist()
 [['eu'], ['us']]
->>> sorted(enc.errors.items())
-[('type_mismatch', 1), ('unexpected_feature', 1)]
+>>> sorted(enc.errors.items()), dict(enc.unexpected_fields)
+([('type_mismatch', 1), ('unexpected_feature', 1)], {'x': 1})
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class Encoded:
     errors: collections.Counter
     #: per feature, rows with a ``type_mismatch``, ``non_finite`` value or ``missing_feature`` (absent key)
     feature_errors: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: fields of mapping rows that are not features of the schema, with the rows carrying each
+    unexpected_fields: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def __len__(self) -> int:
         return self.numeric.shape[0]
@@ -209,7 +211,7 @@ class FeatureSchema:
     Build it explicitly, or let :meth:`infer` read names and kinds from the first rows.
     """
 
-    __slots__ = ("names", "kinds", "numeric_names", "categorical_names", "_slots", "_pick")
+    __slots__ = ("names", "kinds", "numeric_names", "categorical_names", "_slots", "_pick", "_known")
 
     def __init__(self, names: Sequence[str], kinds: Sequence[str] | None = None) -> None:
         names = tuple(str(n) for n in names)
@@ -230,6 +232,7 @@ class FeatureSchema:
         cat_pos = {n: i for i, n in enumerate(self.categorical_names)}
         self._slots = tuple((k == NUMERIC, num_pos[n] if k == NUMERIC else cat_pos[n]) for n, k in zip(names, kinds))
         self._pick = operator.itemgetter(*names) if names else (lambda row: ())
+        self._known = frozenset(names)
 
     def __repr__(self) -> str:
         return f"FeatureSchema({list(self.names)!r}, {list(self.kinds)!r})"
@@ -269,6 +272,7 @@ class FeatureSchema:
         """
         n, width = len(rows), len(self.names)
         flags = {reason: np.zeros(n, dtype=bool) for reason in _REASONS}
+        unexpected: collections.Counter = collections.Counter()
         table = []
         pick = self._pick
         for i, row in enumerate(rows):
@@ -286,6 +290,7 @@ class FeatureSchema:
                     flags["missing_feature"][i] = True
                 if len(row) > present:  # keys beyond the schema's
                     flags["unexpected_feature"][i] = True
+                    unexpected.update(str(k) for k in row if k not in self._known)
             elif len(row) == width:
                 values = list(row)
             else:
@@ -312,7 +317,7 @@ class FeatureSchema:
             flags["type_mismatch"] |= column_flags["type_mismatch"]
             flags["non_finite"] |= column_flags["non_finite"]
         errors = collections.Counter({reason: int(mask.sum()) for reason, mask in flags.items() if mask.any()})
-        return Encoded(numeric, categorical, errors, feature_errors)
+        return Encoded(numeric, categorical, errors, feature_errors, unexpected)
 
 
 class _Missing:

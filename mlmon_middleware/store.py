@@ -18,6 +18,9 @@ latest; unknown ids are reported per item.
 [('p1', 'labelled', 60.0), ('nope', 'unknown', None)]
 >>> store.labelled("fraud", since=0.0)[0][1:4]
 ('{"prediction": 0.9}', '{}', 1)
+>>> found = store.lookup("fraud", "p1")
+>>> found["prediction"], found["actual"], found["explanation"]
+({'prediction': 0.9}, 1, None)
 >>> store.close()
 """
 
@@ -55,6 +58,10 @@ class PredictionStore(Protocol):
     def newly_labelled(self, model: str, after: float) -> list[tuple]: ...
 
     def counts(self, model: str, since: float) -> tuple[int, int]: ...
+
+    def lookup(self, model: str, prediction_id: str) -> dict[str, Any] | None: ...
+
+    def recent(self, model: str, limit: int, explained: bool = False) -> list[dict[str, Any]]: ...
 
     def apply_retention(self, max_age: float | None, max_rows: int | None) -> int: ...
 
@@ -164,6 +171,21 @@ class SQLiteStore:
                 "SELECT count(*), count(label) FROM predictions WHERE model = ? AND ts >= ?", (model, since)).fetchone()
         return int(total), int(labelled)
 
+    def lookup(self, model: str, prediction_id: str) -> dict[str, Any] | None:
+        """One logged prediction as a dict (JSON columns decoded), or None when not logged."""
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM predictions WHERE model = ? AND prediction_id = ?",
+                                   (model, prediction_id)).fetchone()
+        return None if row is None else _as_dict(row)
+
+    def recent(self, model: str, limit: int, explained: bool = False) -> list[dict[str, Any]]:
+        """The newest ``limit`` logged predictions, newest first (only explained ones if asked)."""
+        where = " AND explanation IS NOT NULL" if explained else ""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM predictions WHERE model = ?{where} ORDER BY ts DESC LIMIT ?",
+                                    (model, limit)).fetchall()
+        return [_as_dict(r) for r in rows]
+
     def apply_retention(self, max_age: float | None, max_rows: int | None) -> int:
         """Delete rows older than ``max_age`` seconds, and beyond the newest ``max_rows`` per model."""
         deleted = 0
@@ -182,6 +204,20 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+_COLUMNS = "prediction_id, model, version, ts, prediction, segments, features, label, label_ts, explanation"
+
+
+def _as_dict(row: tuple) -> dict[str, Any]:
+    pid, model, version, ts, prediction, segments, features, label, label_ts, explanation = row
+    return {"prediction_id": pid, "model": model, "version": version, "timestamp": ts, "prediction": _decode(prediction),
+            "segments": _decode(segments), "features": _decode(features), "actual": _decode(label),
+            "label_timestamp": label_ts, "explanation": _decode(explanation)}
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
 
 
 class StoreWriter:

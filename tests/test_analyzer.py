@@ -168,8 +168,29 @@ def test_health_lists_the_monitors_own_issues_in_words(harness_factory, baseline
     h.monitor.errors.report("queue_full", message="test")
     health = h.monitor.health()
     assert health["status"] == "degraded"
-    assert "m: 1 rows carried fields the model's schema does not monitor" in health["issues"]
+    assert "m: monitors 3 of the 4 fields it receives (coverage 75%); not monitored: extra" in health["issues"]
+    assert health["models"]["m"]["coverage"] == {"monitored": 3, "received": 4, "ratio": 0.75,
+                                                 "unmonitored_fields": {"extra": 1}}
+    assert [p.value for _, p in h.points("mlmon.feature.coverage")] == [0.75]
     assert any(i.startswith("m: ") and "alert(s) firing" in i for i in health["issues"])
     assert "1 captured inference(s) dropped: the pipeline queue was full" in health["issues"]
     events = {(a["alertname"], a["state"]): p.value for a, p in h.points("mlmon.alert.events")}
     assert events[("FeatureDrift", "firing")] == 1
+    recent = mm.checker.alerts.summary()
+    assert {a["alertname"] for a in recent["active"]} == {e["alertname"] for e in recent["recent"]} == {"FeatureDrift",
+                                                                                                      "PredictionDrift"}
+    assert all(e["state"] == "firing" and e["model"] == "m" for e in recent["recent"])
+
+
+def test_coverage_is_one_when_inputs_hold_only_features_and_names_many_unmonitored_fields(harness_factory, baseline):
+    h = harness_factory(tracing=False, check_interval=0)
+    mm = h.monitor.model("m", baseline=baseline)
+    mm.record({"a": 1.0, "b": 2.0, "region": "n"}, 0.5)
+    h.monitor.flush()
+    assert mm.coverage()["ratio"] == 1.0 and not any("coverage" in i for i in h.monitor.health()["issues"])
+    mm.record([{"a": 1.0, "b": 2.0, "region": "n", **{f"x{i}": i for i in range(7)}}] * 3, [0.5] * 3)
+    h.monitor.flush()
+    coverage = mm.coverage()
+    assert coverage["received"] == 10 and coverage["ratio"] == 0.3
+    assert coverage["unmonitored_fields"] == {f"x{i}": 3 for i in range(7)}
+    assert any(i.endswith("not monitored: x0, x1, x2, x3, x4 and 2 more") for i in h.monitor.health()["issues"])

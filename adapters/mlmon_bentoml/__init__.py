@@ -14,7 +14,8 @@ Each API method (or those named by ``apis=``) is wrapped with :func:`mlmon_middl
 a batchable API's whole batch, recorded row by row) and BentoML's input and output schemas are
 unchanged. :class:`~mlmon_middleware.MLMonitorMiddleware` is added with
 ``Service.add_asgi_middleware`` (for ``X-Prediction-ID``, the status code and explanations), and
-mlmon's routes are mounted under ``/mlmon`` (``/mlmon/metrics``, ``/mlmon/health``, ...): BentoML
+mlmon's routes are mounted under ``/mlmon`` (``/mlmon/metrics``, ``/mlmon/health``, ..., and the
+dashboard page at ``/mlmon/``): BentoML
 keeps ``/metrics`` and its global ``prometheus_client`` registry; mlmon uses neither, nor sets
 global OpenTelemetry providers.
 
@@ -75,7 +76,8 @@ def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | Non
             yield
 
         service.mount_asgi_app(Starlette(routes=routes(mon, metrics="/metrics", health="/health", drift="/drift",
-                                                       feedback="/feedback", performance="/performance"),
+                                                       feedback="/feedback", performance="/performance",
+                                                       alerts="/alerts", predictions="/predictions", dashboard="/"),
                                          lifespan=lifespan), path="/mlmon", name="mlmon")
         return service
 
