@@ -1,6 +1,6 @@
 # Two entry points, each building .venv from nothing when needed:
 #   make demo   an example FastAPI + scikit-learn service with live, drifting traffic
-#   make test   the whole suite (unit, doctests, integration with real uvicorn and promtool)
+#   make test   the whole suite (unit, doctests, integration with real uvicorn, BentoML, Prometheus, Chromium)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[fastapi,bentoml,otlp,cli,concept,explain,dev,bench]'
 	touch $(STAMP)
 
-# promtool (Debian's prometheus package) checks our /metrics output in the suite.
+# Debian packages the suite uses: prometheus (promtool and a real server for the rules and the
+# fleet PSI) and chromium (the embedded dashboard in a headless browser, driven by Playwright).
 tools:
-	@command -v promtool >/dev/null || { \
-	  echo "installing Debian's prometheus package for promtool"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@missing=; command -v promtool >/dev/null || missing="prometheus"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian's $$missing"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi
 
 demo: $(STAMP)
 	$(BIN)/python examples/fastapi_sklearn/demo.py $(DEMO_ARGS)

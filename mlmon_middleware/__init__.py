@@ -1,6 +1,6 @@
 """mlmon-middleware: one decorator to make a model-serving endpoint observable.
 
->>> from mlmon_middleware import monitor, Monitor, MonitorConfig, MLMonitorMiddleware, Baseline
+>>> from mlmon_middleware import monitor, Monitor, MonitorConfig, MLMonitorMiddleware, Baseline, Explain
 
 See README.md for the quick start and docs/ for the guide and the metric reference.
 """
@@ -11,9 +11,10 @@ from mlmon_middleware.capture.asgi import Endpoint, MLMonitorMiddleware
 from mlmon_middleware.capture.context import current_prediction_id
 from mlmon_middleware.capture.decorator import monitor
 from mlmon_middleware.config import ConfigError, MonitorConfig
+from mlmon_middleware.explain import Explain
 from mlmon_middleware.monitor import ModelMonitor, Monitor
 
 __all__ = [
-    "Baseline", "BaselineError", "ConfigError", "Endpoint", "MLMonitorMiddleware", "ModelMonitor", "Monitor",
+    "Baseline", "BaselineError", "ConfigError", "Endpoint", "Explain", "MLMonitorMiddleware", "ModelMonitor", "Monitor",
     "MonitorConfig", "__version__", "current_prediction_id", "monitor",
 ]

@@ -70,6 +70,9 @@ LAYOUT: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = [
          [("sum by (stage) (rate(mlmon_monitor_errors_total[5m]))", "{{stage}}")]),
         ("Rows in the window", "stat", "short", [(f"sum(mlmon_reservoir_size{{{SEL}}})", "rows")]),
         ("Baseline age", "stat", "s", [(f"max(mlmon_baseline_age_seconds{{{SEL}}})", "age")]),
+        ("Feature coverage", "stat", "percentunit", [(f"min(mlmon_feature_coverage{{{SEL}}})", "monitored / received")]),
+        ("Alert events", "timeseries", "short",
+         [(f"sum by (state) (increase(mlmon_alert_events_total{{{SEL}}}[1h]))", "{{state}}")]),
     ]),
 ]
 

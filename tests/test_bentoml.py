@@ -60,6 +60,8 @@ def test_in_process(harness_factory):
         ping = client.post("/ping", json={})
         health = client.get("/mlmon/health").json()
         text = client.get("/mlmon/metrics").text
+        page, alerts = client.get("/mlmon/"), client.get("/mlmon/alerts").json()
+        no_log = client.get("/mlmon/predictions")
         row, ask = {"input_data": [[1.0, 2.0, 3.0, 4.0]]}, {"X-MLMon-Explain": "true"}
         explained = client.post("/score", json=row, headers=ask)
         listed = client.post("/predict", json=row, headers=ask)
@@ -68,6 +70,9 @@ def test_in_process(harness_factory):
     assert health["models"]["iris"]["predictions"] == {"ok": 2, "error": 0}
     assert health["models"]["iris"]["rows_in_window"] == 3  # two rows, then one
     assert 'mlmon_predictions_total{http_route="/predict",mlmon_model_name="iris"' in text
+    assert page.status_code == 200 and "<title>mlmon dashboard</title>" in page.text  # the page, under /mlmon/
+    assert alerts == {"iris": {"active": [], "recent": []}}
+    assert no_log.status_code == 409 and "MLMON_STORE_DIR" in no_log.json()["detail"]
     snap = h.monitor.model("iris").window_snapshot()
     assert snap["features"]["numeric"][:, 0].tolist()[:3] == [5.1, 6.0, 5.1]
     explanation = explained.json()["explanation"]  # an API answering a JSON object: explained

@@ -74,10 +74,12 @@ def main() -> None:
                          env={"MLMON_CHECK_INTERVAL": "10", "MLMON_STORE_DIR": str((args.dir / "log").resolve())})
     print(f"""
 the example service is up (uvicorn, pid {proc.pid}); look at:
+  {base}/mlmon/          the dashboard: drift per feature with histograms, performance, alerts, explanations
   {base}/metrics         Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
   {base}/mlmon/health    models, counts, window fill, capture and monitor errors (JSON)
   {base}/mlmon/drift     the latest drift check, every 10 s: per feature PSI, KS, JS, Wasserstein, chi², severity
   {base}/mlmon/performance  accuracy, AUC, ... over the labels the traffic posts 5 s after each prediction
+  {base}/mlmon/alerts    firing alerts and recent alert events
   {base}/docs            the API docs; try POST /predict
   {args.dir / 'service.log'}    the service's log
 

@@ -2,7 +2,9 @@
 
     MLMON_DEMO_DIR=.demo uvicorn service:app --app-dir examples/fastapi_sklearn --host 127.0.0.1
 
-``MLMON_DEMO_DIR`` holds ``model.pkl`` and ``baseline.json`` from ``train.py``.
+``MLMON_DEMO_DIR`` holds ``model.pkl``, ``explainer.pkl`` and ``baseline.json`` from ``train.py``.
+A request with the header ``X-MLMon-Explain: true`` gets the SHAP explanation of its prediction
+(numeric features) in the answer's ``explanation`` field.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from mlmon_fastapi import instrument_app
-from mlmon_middleware import monitor
+from mlmon_middleware import Explain, monitor
 
 DEMO_DIR = pathlib.Path(os.environ.get("MLMON_DEMO_DIR", ".demo"))
 MODEL = pickle.loads((DEMO_DIR / "model.pkl").read_bytes())
 BASELINE = DEMO_DIR / "baseline.json"
+# one model, served by two routes: the same options on both (the first call creates the model)
+MONITORING = {"model": "credit-risk", "version": "1.0.0", "baseline": BASELINE,
+              "explain": Explain(pickle.loads((DEMO_DIR / "explainer.pkl").read_bytes()), label="default risk"),
+              "segments": ("region", "channel"), "performance": {"protected": "region"}}
 
 
 class Applicant(BaseModel):
@@ -59,13 +65,13 @@ app = FastAPI(title="credit-risk (mlmon demo)")
 
 
 @app.post("/predict", response_model=Risk)
-@monitor(model="credit-risk", version="1.0.0", baseline=BASELINE)
+@monitor(**MONITORING)
 def predict(applicant: Applicant) -> Risk:
     return _score([applicant])[0]
 
 
 @app.post("/predict/batch", response_model=list[Risk])
-@monitor(model="credit-risk", version="1.0.0", baseline=BASELINE)
+@monitor(**MONITORING)
 async def predict_batch(applicants: list[Applicant]) -> list[Risk]:
     if not applicants:
         raise HTTPException(status_code=422, detail="empty batch")

@@ -2,7 +2,8 @@
 
     python examples/fastapi_sklearn/traffic.py --url http://127.0.0.1:8000 --duration 60 --drift-after 20
 
-Sends single and batch predictions at ``--rate`` requests/s to a service on this machine;
+Sends single and batch predictions at ``--rate`` requests/s to a service on this machine (every
+``explain_every``-th single one asks for its explanation);
 after ``--drift-after`` seconds the applicant population starts moving (``data.make_rows``'s
 drift ramps to 1 over ``--drift-ramp`` seconds). Stops after ``--duration`` seconds or
 ``--max-requests`` requests, whichever comes first, or on Ctrl-C.
@@ -24,7 +25,7 @@ from data import default_risk, make_rows  # noqa: E402
 
 def drive(url: str, duration: float, rate: float, drift_after: float, drift_ramp: float = 30.0,
           max_requests: int = 1_000_000, batch_every: int = 10, seed: int = 11,
-          report_every: float = 10.0, label_delay: float | None = None) -> dict[str, int]:
+          report_every: float = 10.0, label_delay: float | None = None, explain_every: int = 10) -> dict[str, int]:
     """Send the traffic; return counts of requests by status code ("error" for failed connections).
 
     With ``label_delay``, the ground truth of single predictions is posted to ``/mlmon/feedback``
@@ -47,7 +48,8 @@ def drive(url: str, duration: float, rate: float, drift_after: float, drift_ramp
                     response = client.post("/predict/batch", json=make_rows(8, rng, drift))
                 else:
                     row = make_rows(1, rng, drift)[0]
-                    response = client.post("/predict", json=row)
+                    explain = {"X-MLMon-Explain": "true"} if explain_every and sent % explain_every == 0 else {}
+                    response = client.post("/predict", json=row, headers=explain)
                     if label_delay is not None and response.status_code == 200 and rng.random() < 0.5:
                         truth = int(default_risk([row], rng)[0])
                         pending.append((time.monotonic() + label_delay, response.headers["x-prediction-id"], truth))

@@ -2,8 +2,9 @@
 
     python examples/fastapi_sklearn/train.py --out .demo
 
-writes ``model.pkl`` (a scikit-learn pipeline) and ``baseline.json`` (mlmon's reference
-profile of the training features and predictions) into ``--out``.
+writes ``model.pkl`` (a scikit-learn pipeline), ``explainer.pkl`` (its exact SHAP values for the
+numeric features, see ``explainer.py``) and ``baseline.json`` (mlmon's reference profile of the
+training features and predictions) into ``--out``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from mlmon_middleware import Baseline  # noqa: E402
 
 from data import FEATURES, NUMERIC, default_risk, make_rows  # noqa: E402
+from explainer import NumericLinearShap  # noqa: E402
 
 
 def train(out: pathlib.Path, rows: int = 5000, seed: int = 7) -> tuple[pathlib.Path, pathlib.Path]:
@@ -42,6 +44,7 @@ def train(out: pathlib.Path, rows: int = 5000, seed: int = 7) -> tuple[pathlib.P
     model.fit(frame, target)
     model_path, baseline_path = out / "model.pkl", out / "baseline.json"
     model_path.write_bytes(pickle.dumps(model))
+    (out / "explainer.pkl").write_bytes(pickle.dumps(NumericLinearShap.of_pipeline(model, frame, NUMERIC)))
     baseline = Baseline.from_data(frame, predictions=model.predict_proba(frame)[:, 1], model="credit-risk")
     baseline.save(baseline_path)
     return model_path, baseline_path

@@ -1,0 +1,126 @@
+"""The embedded dashboard at /mlmon/ in headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright) against the example service in a real uvicorn process fed with drifted traffic.
+
+The page must load with no console errors, no script errors and no request leaving the service
+(every other URL is aborted and reported), and show what the service's own reports say: the
+drifted features, the alerts, performance over time and per segment, and the explanation of a
+chosen prediction. A full-page screenshot goes to test-artifacts/dashboard.png.
+"""
+
+import pathlib
+
+import httpx
+import numpy as np
+import pytest
+
+from data import FEATURES, default_risk, make_rows
+from demo import free_port, start_service
+from train import train
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by `make tools`
+ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """The example service after three rounds of traffic, labels and checks; yields (url, a
+    prediction id that was explained, the service's drift report)."""
+    demo_dir = tmp_path_factory.mktemp("dashboard")
+    train(demo_dir, rows=3000)
+    port = free_port(0)
+    proc = start_service(demo_dir, port, demo_dir / "service.log",
+                         env={"MLMON_CHECK_INTERVAL": "0", "MLMON_STORE_DIR": str(demo_dir / "log")})
+    url = f"http://127.0.0.1:{port}"
+    rng = np.random.default_rng(5)
+    explained = None
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for drift in (0.0, 1.0, 1.0):  # the alert policy fires after two drifted checks
+                labels = []
+                for i, row in enumerate(make_rows(100, rng, drift=drift)):
+                    response = client.post("/predict", json=row, headers={"X-MLMon-Explain": "true"} if i % 10 == 0 else {})
+                    assert response.status_code == 200
+                    if "explanation" in response.json():
+                        explained = response.headers["x-prediction-id"]
+                    labels.append({"prediction_id": response.headers["x-prediction-id"],
+                                   "actual": int(default_risk([row], rng)[0])})
+                for _ in range(10):
+                    assert client.post("/predict/batch", json=make_rows(50, rng, drift=1.0)).status_code == 200
+                assert client.post("/mlmon/feedback", json=labels).json()["labelled"] == 100
+                report = client.get("/mlmon/drift", params={"refresh": "true"}).json()["credit-risk"]
+        assert explained is not None, "no request was explained"
+        yield url, explained, report
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dashboard_page_in_headless_chromium(service):
+    from playwright.sync_api import sync_playwright
+
+    url, explained, report = service
+    problems: list[str] = []
+    requested: list[str] = []
+
+    def only_the_service(route):
+        requested.append(route.request.url)
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            problems.append(f"request outside the service: {route.request.url}")
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: m.type in ("error", "warning") and problems.append(f"console {m.type}: {m.text}"))
+            page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+            page.route("**/*", only_the_service)
+            page.goto(f"{url}/mlmon/#prediction={explained}")
+            page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+            page.wait_for_selector("[data-role=explanation-text]", timeout=30_000)
+            page.wait_for_load_state("networkidle")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            flagged = page.eval_on_selector_all(
+                "#drift-table tbody tr", "rows => rows.filter(r => ['warning', 'critical'].includes(r.dataset.severity))"
+                                         ".map(r => r.dataset.feature)")
+            cards = page.eval_on_selector_all("#histograms .card", "cards => cards.map(c => c.dataset.feature)")
+            bars = page.eval_on_selector_all("#histograms .card svg rect", "rects => rects.length")
+            active = page.eval_on_selector_all("#alerts-active tbody tr", "rows => rows.map(r => r.dataset.alert)")
+            segments = page.inner_text("#segments")
+            lines = page.eval_on_selector_all("#performance-chart polyline", "lines => lines.length")
+            explanation = page.inner_text("[data-role=explanation-text]")
+            summary = page.inner_text("#drift-summary")
+            predictions = page.eval_on_selector_all("#prediction-histograms .card", "cards => cards.map(c => c.dataset.feature)")
+
+            loaded = list(problems)
+            # an unknown prediction id is answered in the page (Chromium itself logs the 404 response)
+            page.fill("#prediction-id", "no-such-id")
+            page.click("#explain-form button[type=submit]")
+            page.wait_for_selector("#explanation .error")
+            missing = page.inner_text("#explanation")
+        finally:
+            browser.close()
+
+    assert loaded == [], loaded
+    assert all("status of 404" in p for p in problems[len(loaded):]), problems
+    assert all(r.startswith(url + "/") for r in requested)
+    drifted = set(report["drifted"])
+    assert {"income", "debt_ratio", "credit_score", "credit_utilization", "region", "channel"} <= drifted
+    assert set(flagged) == drifted
+    assert f"{len(drifted)} of {len(FEATURES)} features drifted" in summary
+    assert sorted(cards) == sorted(FEATURES) and bars > 2 * len(FEATURES)
+    assert predictions == ["prediction"]
+    assert "FeatureDrift" in active and "DatasetDrift" in active
+    assert "region = west" in segments and "channel = web" in segments
+    assert lines >= 1  # three checks: one line per metric over time
+    assert explanation.startswith("default risk ")
+    assert "not in the prediction log" in missing
