@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[fastapi,bentoml,otlp,cli,concept,explain,dev,bench]'
 	touch $(STAMP)
 
-# Debian packages the suite uses: prometheus (promtool and a real server for the rules and the
-# fleet PSI) and chromium (the embedded dashboard in a headless browser, driven by Playwright).
+# What the suite uses beyond .venv: Debian's prometheus (promtool and a real server for the rules
+# and the fleet PSI) and chromium (the embedded dashboard in a headless browser, driven by
+# Playwright); from npm, Grafana's published dashboard types and the TypeScript compiler that
+# checks our Grafana dashboard against them (versions pinned in tests/grafana/package-lock.json).
+tools: tests/grafana/node_modules/.installed
+tests/grafana/node_modules/.installed: tests/grafana/package-lock.json
+	npm ci --prefix tests/grafana --silent --no-audit --no-fund
+	touch $@
+
 tools:
 	@missing=; command -v promtool >/dev/null || missing="prometheus"; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \

@@ -106,15 +106,14 @@ def grafana_dashboard(title: str = "ML model monitoring (mlmon)") -> dict[str, A
     def variable(name: str, label: str) -> dict[str, Any]:
         return {"name": name, "type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"},
                 "query": {"query": f"label_values(mlmon_predictions_total, {label})", "refId": name},
-                "definition": f"label_values(mlmon_predictions_total, {label})",
-                "includeAll": True, "multi": True, "refresh": 2, "current": {}}
+                "includeAll": True, "multi": True, "refresh": 2, "current": {"text": "All", "value": "$__all"}}
 
     return {
         "title": title, "uid": "mlmon-models", "schemaVersion": 39, "version": 1, "editable": True,
         "tags": ["mlmon", "ml"], "timezone": "browser", "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
         "templating": {"list": [
-            {"name": "datasource", "type": "datasource", "query": "prometheus", "current": {}},
+            {"name": "datasource", "type": "datasource", "query": "prometheus"},  # Grafana picks the default one
             variable("model", "mlmon_model_name"), variable("version", "mlmon_model_version")]},
         "annotations": {"list": []},
         "panels": panels,

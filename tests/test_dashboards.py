@@ -1,5 +1,7 @@
-"""The Grafana dashboard has the structure Grafana expects, and every query parses in Prometheus."""
+"""The Grafana dashboard has the structure Grafana expects (type-checked against Grafana's own
+published dashboard types), and every query parses in Prometheus."""
 
+import pathlib
 import shutil
 import subprocess
 
@@ -27,6 +29,29 @@ def test_structure():
     titles = [p["title"] for p in panels if p["type"] == "row"]
     assert titles == ["Traffic and latency", "Drift", "Data quality", "Performance", "Explanations",
                       "Alerts and the monitor's health"]
+
+
+GRAFANA_TYPES = pathlib.Path(__file__).parent / "grafana"  # @grafana/schema + typescript, `npm ci` by make tools
+
+
+def test_grafanas_published_types_accept_it(tmp_path):
+    """@grafana/schema holds the TypeScript types Grafana generates from its dashboard schema; the
+    compiler checks the JSON against them, unknown fields and missing ones included (an object
+    literal gets excess-property checks)."""
+    tsc = GRAFANA_TYPES / "node_modules" / ".bin" / "tsc"
+    assert tsc.exists(), "run `make tools` (npm ci in tests/grafana)"
+    board = orjson.dumps(grafana_dashboard()).decode()
+    check = GRAFANA_TYPES / f"check_{tmp_path.name}.ts"  # beside node_modules, where imports resolve
+    check.write_text('import type { Dashboard } from "@grafana/schema/dist/esm/raw/dashboard/x/Dashboard_types.gen";\n'
+                     'import type { Dashboard as Frontend } from "@grafana/schema";\n'
+                     f"export const raw: Dashboard = {board};\nexport const frontend: Frontend = {board};\n")
+    try:
+        result = subprocess.run([str(tsc), "--noEmit", "--strict", "--skipLibCheck", "--module", "esnext",
+                                 "--moduleResolution", "bundler", "--target", "es2022", check.name],
+                                cwd=GRAFANA_TYPES, capture_output=True, text=True, timeout=120)
+    finally:
+        check.unlink()
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_query_parses_and_names_real_metrics(tmp_path):
