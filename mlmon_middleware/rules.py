@@ -39,6 +39,7 @@ class RuleConfig:
     new_category_ratio: float = 0.05
     label_coverage_min: float = 0.1
     stale_seconds: float = 600.0  # three default check intervals and more
+    coverage_min: float = 1.0  # fire when the model receives fields mlmon does not monitor
     drift_for: str = "15m"  # how long critical drift must last before it fires (warning: twice as long)
     fleet_window: str = "1h"  # "all": since each replica started (exact counts, no extrapolation)
     runbook_base: str = RUNBOOK
@@ -117,6 +118,14 @@ def alerts(c: RuleConfig) -> list[dict[str, Any]]:
         _alert("MLMonitorStale", f"time() - max by ({BY}) (mlmon_analysis_last_run_seconds) > {c.stale_seconds}",
                "5m", "critical", f"{model}: the monitor stopped checking",
                "The last drift check ran {{ $value | humanizeDuration }} ago.", c),
+        _alert("MLMonitorErrors", "sum by (job, instance, stage) (increase(mlmon_monitor_errors_total[10m])) > 0", "5m",
+               "warning", "mlmon on {{ $labels.instance }}: monitoring failures ({{ $labels.stage }})",
+               "{{ $value | printf \"%.0f\" }} failures at stage {{ $labels.stage }} in 10 minutes "
+               "(queue_full and store_queue_full: captures or log rows dropped); serving went on.", c),
+        _alert("MLMonitorCoverageLow", f"min by ({BY}) (mlmon_feature_coverage) < {c.coverage_min}", "1h", "warning",
+               f"{model}: inputs carry fields the monitor does not watch",
+               "mlmon monitors {{ $value | humanizePercentage }} of the fields the model receives; "
+               "/mlmon/health names the others.", c),
     ]
 
 
