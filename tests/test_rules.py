@@ -27,6 +27,20 @@ def test_promtool_checks_and_unit_tests_the_rules(tmp_path):
     assert test.returncode == 0, test.stdout + test.stderr
 
 
+def test_every_alert_is_unit_tested_firing_then_resolving():
+    import yaml
+
+    def minutes(eval_time: str) -> int:
+        return int(eval_time.removesuffix("m"))
+
+    cases = [a for t in yaml.safe_load((HERE / "alerts_test.yml").read_text())["tests"] for a in t["alert_rule_test"]]
+    names = [r["alert"] for g in yaml.safe_load(render(RuleConfig()))["groups"] for r in g["rules"] if "alert" in r]
+    for name in names:
+        fired = [minutes(a["eval_time"]) for a in cases if a["alertname"] == name and a["exp_alerts"]]
+        quiet = [minutes(a["eval_time"]) for a in cases if a["alertname"] == name and not a["exp_alerts"]]
+        assert fired and any(q > min(fired) for q in quiet), f"{name}: no promtool case showing it fire, then resolve"
+
+
 def test_every_alert_has_severity_summary_description_and_runbook():
     import yaml
 
