@@ -721,6 +721,7 @@ class Monitor:
             "instance_id": None if self._telemetry is None else self._telemetry.instance_id,
             "queue": len(self._queue),
             "prediction_log": self.store_path if self.config.store_dir is not None else None,
+            "token_required": bool(self.config.api_token),  # for feedback and logged predictions
             "models": {name: m.health() for name, m in self._models.items()},
             "monitor_errors": errors,
             "last_errors": self.errors.recent(),

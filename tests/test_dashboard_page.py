@@ -4,7 +4,9 @@ Playwright) against the example service in a real uvicorn process fed with drift
 The page must load with no console errors, no script errors and no request leaving the service
 (every other URL is aborted and reported), and show what the service's own reports say: the
 drifted features, the alerts, performance over time and per segment, and the explanation of a
-chosen prediction. A full-page screenshot goes to test-artifacts/dashboard.png.
+chosen prediction. A full-page screenshot goes to test-artifacts/dashboard.png. A second service
+(tests/two_models_app.py: two models without baselines, an API token) checks the model picker,
+the warm-up state and the token prompt.
 """
 
 import pathlib
@@ -17,10 +19,12 @@ from data import FEATURES, default_risk, make_rows
 from demo import free_port, start_service
 from train import train
 
+HERE = pathlib.Path(__file__).resolve().parent
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by `make tools`
-ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = HERE.parent / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
@@ -59,60 +63,70 @@ def service(tmp_path_factory):
         proc.wait(timeout=10)
 
 
-def test_dashboard_page_in_headless_chromium(service):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
-    url, explained, report = service
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str, path: str):
+    """A page at ``url + path`` and the list its problems go to: console errors and warnings,
+    script errors, failed requests, and any request outside the service (aborted)."""
     problems: list[str] = []
-    requested: list[str] = []
 
     def only_the_service(route):
-        requested.append(route.request.url)
         if route.request.url.startswith(url + "/"):
             route.continue_()
         else:
             problems.append(f"request outside the service: {route.request.url}")
             route.abort()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: m.type in ("error", "warning") and problems.append(f"console {m.type}: {m.text}"))
-            page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
-            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
-            page.route("**/*", only_the_service)
-            page.goto(f"{url}/mlmon/#prediction={explained}")
-            page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
-            page.wait_for_selector("[data-role=explanation-text]", timeout=30_000)
-            page.wait_for_load_state("networkidle")
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("console", lambda m: m.type in ("error", "warning") and problems.append(f"console {m.type}: {m.text}"))
+    page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+    page.route("**/*", only_the_service)
+    page.goto(url + path)
+    page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+    return page, problems
 
-            flagged = page.eval_on_selector_all(
-                "#drift-table tbody tr", "rows => rows.filter(r => ['warning', 'critical'].includes(r.dataset.severity))"
-                                         ".map(r => r.dataset.feature)")
-            cards = page.eval_on_selector_all("#histograms .card", "cards => cards.map(c => c.dataset.feature)")
-            bars = page.eval_on_selector_all("#histograms .card svg rect", "rects => rects.length")
-            active = page.eval_on_selector_all("#alerts-active tbody tr", "rows => rows.map(r => r.dataset.alert)")
-            segments = page.inner_text("#segments")
-            lines = page.eval_on_selector_all("#performance-chart polyline", "lines => lines.length")
-            explanation = page.inner_text("[data-role=explanation-text]")
-            summary = page.inner_text("#drift-summary")
-            predictions = page.eval_on_selector_all("#prediction-histograms .card", "cards => cards.map(c => c.dataset.feature)")
 
-            loaded = list(problems)
-            # an unknown prediction id is answered in the page (Chromium itself logs the 404 response)
-            page.fill("#prediction-id", "no-such-id")
-            page.click("#explain-form button[type=submit]")
-            page.wait_for_selector("#explanation .error")
-            missing = page.inner_text("#explanation")
-        finally:
-            browser.close()
+def test_dashboard_page_in_headless_chromium(service, browser):
+    url, explained, report = service
+    page, problems = open_page(browser, url, f"/mlmon/#prediction={explained}")
+    try:
+        page.wait_for_selector("[data-role=explanation-text]", timeout=30_000)
+        page.wait_for_load_state("networkidle")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+        flagged = page.eval_on_selector_all(
+            "#drift-table tbody tr", "rows => rows.filter(r => ['warning', 'critical'].includes(r.dataset.severity))"
+                                     ".map(r => r.dataset.feature)")
+        cards = page.eval_on_selector_all("#histograms .card", "cards => cards.map(c => c.dataset.feature)")
+        bars = page.eval_on_selector_all("#histograms .card svg rect", "rects => rects.length")
+        active = page.eval_on_selector_all("#alerts-active tbody tr", "rows => rows.map(r => r.dataset.alert)")
+        segments = page.inner_text("#segments")
+        lines = page.eval_on_selector_all("#performance-chart polyline", "lines => lines.length")
+        explanation = page.inner_text("[data-role=explanation-text]")
+        summary = page.inner_text("#drift-summary")
+        predictions = page.eval_on_selector_all("#prediction-histograms .card", "cards => cards.map(c => c.dataset.feature)")
+        loaded = list(problems)
+
+        # an unknown prediction id is answered in the page (Chromium itself logs the 404 response)
+        page.fill("#prediction-id", "no-such-id")
+        page.click("#explain-form button[type=submit]")
+        page.wait_for_selector("#explanation .error")
+        missing = page.inner_text("#explanation")
+    finally:
+        page.close()
 
     assert loaded == [], loaded
     assert all("status of 404" in p for p in problems[len(loaded):]), problems
-    assert all(r.startswith(url + "/") for r in requested)
     drifted = set(report["drifted"])
     assert {"income", "debt_ratio", "credit_score", "credit_utilization", "region", "channel"} <= drifted
     assert set(flagged) == drifted
@@ -124,3 +138,44 @@ def test_dashboard_page_in_headless_chromium(service):
     assert lines >= 1  # three checks: one line per metric over time
     assert explanation.startswith("default risk ")
     assert "not in the prediction log" in missing
+
+
+def test_two_models_a_token_and_no_baseline_yet(tmp_path, browser):
+    """Another service: two models still warming up, and an API token guarding the log. The
+    page asks for the token instead of drawing a 401, switches models, and looks a prediction up."""
+    port = free_port(0)
+    proc = start_service(tmp_path, port, tmp_path / "service.log", app="two_models_app:app", app_dir=HERE,
+                         env={"MLMON_CHECK_INTERVAL": "0", "MLMON_STORE_DIR": str(tmp_path / "log"),
+                              "MLMON_API_TOKEN": "s3cret"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for x in range(-20, 20):
+                client.post("/alpha", json={"x": x})
+            beta = client.post("/beta", json={"x": 1.5}).headers["x-prediction-id"]
+        page, problems = open_page(browser, url, "/mlmon/")
+        try:
+            first = page.input_value("#model")
+            models = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+            warming = page.inner_text("#drift-summary")
+            asks = page.is_visible("#token-box") and "API token" in page.inner_text("#recent-explained")
+            page.select_option("#model", "beta")
+            page.wait_for_function("document.querySelector('#models tr.selected')?.dataset.model === 'beta'")
+            beta_summary = page.inner_text("#drift-summary")
+            page.fill("#token", "s3cret")
+            page.fill("#prediction-id", beta)
+            page.click("#explain-form button[type=submit]")
+            page.wait_for_selector("#explanation table.pairs")
+            shown = page.inner_text("#explanation")
+            page.wait_for_selector("#recent-explained")
+        finally:
+            page.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert problems == [], problems
+    assert models == ["alpha", "beta"] and first == "alpha"
+    assert "warming up: building a baseline from the first 1000 rows (40 so far)" in warming
+    assert asks
+    assert "(1 so far)" in beta_summary
+    assert beta in shown and '"prediction":1' in shown.replace(" ", "") and "not explained" in shown

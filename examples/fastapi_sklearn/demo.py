@@ -34,13 +34,13 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
-def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start the example service in a real uvicorn process on 127.0.0.1 and wait until it answers;
-    ``env`` adds environment variables (``MLMON_*`` settings)."""
+def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path, env: dict[str, str] | None = None,
+                  app: str = "service:app", app_dir: pathlib.Path = HERE) -> subprocess.Popen:
+    """Start the example service (or another ``app`` in ``app_dir``) in a real uvicorn process on
+    127.0.0.1 and wait until it answers; ``env`` adds environment variables (``MLMON_*`` settings)."""
     env = {**os.environ, **(env or {}), "MLMON_DEMO_DIR": str(demo_dir.resolve())}
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service:app", "--app-dir", str(HERE),
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir),
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
