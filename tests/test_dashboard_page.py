@@ -10,6 +10,7 @@ the warm-up state and the token prompt.
 """
 
 import pathlib
+import re
 
 import httpx
 import numpy as np
@@ -46,7 +47,7 @@ def service(tmp_path_factory):
             for drift in (0.0, 1.0, 1.0):  # the alert policy fires after two drifted checks
                 labels = []
                 for i, row in enumerate(make_rows(100, rng, drift=drift)):
-                    response = client.post("/predict", json=row, headers={"X-MLMon-Explain": "true"} if i % 10 == 0 else {})
+                    response = client.post("/predict", json=row, headers={"X-MLMon-Explain": "true"} if i % 4 == 0 else {})
                     assert response.status_code == 200
                     if "explanation" in response.json():
                         explained = response.headers["x-prediction-id"]
@@ -115,6 +116,8 @@ def test_dashboard_page_in_headless_chromium(service, browser):
         explanation = page.inner_text("[data-role=explanation-text]")
         summary = page.inner_text("#drift-summary")
         predictions = page.eval_on_selector_all("#prediction-histograms .card", "cards => cards.map(c => c.dataset.feature)")
+        attribution_rows = page.eval_on_selector_all("#attributions svg text", "texts => texts.length")
+        attributions = page.inner_text("#attributions-summary")
         loaded = list(problems)
 
         # an unknown prediction id is answered in the page (Chromium itself logs the 404 response)
@@ -133,6 +136,9 @@ def test_dashboard_page_in_headless_chromium(service, browser):
     assert f"{len(drifted)} of {len(FEATURES)} features drifted" in summary
     assert sorted(cards) == sorted(FEATURES) and bars > 2 * len(FEATURES)
     assert predictions == ["prediction"]
+    assert attribution_rows == 2 * 14  # a name and a value per numeric feature (the explainer's)
+    assert re.match(r"\d+ explained predictions in the window; ", attributions), attributions
+    assert report["attributions"]["status"] == "ok"
     assert "FeatureDrift" in active and "DatasetDrift" in active
     assert "region = west" in segments and "channel = web" in segments
     assert lines >= 1  # three checks: one line per metric over time
@@ -162,6 +168,7 @@ def test_two_models_a_token_and_no_baseline_yet(tmp_path, browser):
             page.select_option("#model", "beta")
             page.wait_for_function("document.querySelector('#models tr.selected')?.dataset.model === 'beta'")
             beta_summary = page.inner_text("#drift-summary")
+            hidden_attributions = page.is_hidden("#attributions-section")
             page.fill("#token", "s3cret")
             page.fill("#prediction-id", beta)
             page.click("#explain-form button[type=submit]")
@@ -178,4 +185,5 @@ def test_two_models_a_token_and_no_baseline_yet(tmp_path, browser):
     assert "warming up: building a baseline from the first 1000 rows (40 so far)" in warming
     assert asks
     assert "(1 so far)" in beta_summary
+    assert hidden_attributions  # no explainer configured: the section stays out of the way
     assert beta in shown and '"prediction":1' in shown.replace(" ", "") and "not explained" in shown
