@@ -61,6 +61,7 @@ def test_in_process(harness_factory):
         health = client.get("/mlmon/health").json()
         text = client.get("/mlmon/metrics").text
         page, alerts = client.get("/mlmon/"), client.get("/mlmon/alerts").json()
+        bare = client.get("/mlmon", follow_redirects=False)
         no_log = client.get("/mlmon/predictions")
         row, ask = {"input_data": [[1.0, 2.0, 3.0, 4.0]]}, {"X-MLMon-Explain": "true"}
         explained = client.post("/score", json=row, headers=ask)
@@ -72,6 +73,7 @@ def test_in_process(harness_factory):
     assert 'mlmon_predictions_total{http_route="/predict",mlmon_model_name="iris"' in text
     assert page.status_code == 200 and "<title>mlmon dashboard</title>" in page.text  # the page, under /mlmon/
     assert alerts == {"iris": {"active": [], "recent": []}}
+    assert bare.status_code in (307, 308) and bare.headers["location"].endswith("/mlmon/")
     assert no_log.status_code == 409 and "MLMON_STORE_DIR" in no_log.json()["detail"]
     snap = h.monitor.model("iris").window_snapshot()
     assert snap["features"]["numeric"][:, 0].tolist()[:3] == [5.1, 6.0, 5.1]
