@@ -26,6 +26,7 @@ import functools
 import hmac
 import importlib.resources
 import logging
+from collections.abc import Callable
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from mlmon_middleware.monitor import LABEL_OUTCOMES, Monitor
+from mlmon_middleware.monitor import LABEL_OUTCOMES, ModelMonitor, Monitor
 from mlmon_middleware.store import StoreError
 
 logger = logging.getLogger("mlmon_middleware")
@@ -85,7 +86,7 @@ def _reports(mon: Monitor, report):
         if name is not None and name not in models:
             return _unknown_model(name, models)
         chosen = {name: models[name]} if name else models
-        if request.query_params.get("refresh", "").lower() in ("1", "true", "yes"):
+        if _flag(request, "refresh"):
             for model in chosen.values():
                 model.check_now()
         return _json({n: report(m) for n, m in chosen.items()})
@@ -101,6 +102,14 @@ def _authorized(token: str | None, request: Request) -> bool:
     return not token or hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}")
 
 
+def _unauthorized() -> Response:
+    return _json({"detail": "missing or wrong bearer token"}, status_code=401)
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
 def _prediction_routes(mon: Monitor, path: str) -> list[Route]:
     """``GET path?model=&limit=&explained=``: the newest logged predictions, newest first;
     ``GET path/{prediction_id}?model=``: one, with its features, label and explanation (404 when
@@ -108,51 +117,45 @@ def _prediction_routes(mon: Monitor, path: str) -> list[Route]:
     bearer token when ``api_token`` is set: the log holds the model's inputs."""
     token = mon.config.api_token
 
-    def model_of(request: Request):
-        name, models = request.query_params.get("model"), mon.models
-        if name is None and len(models) == 1:
-            return next(iter(models.values()))
-        if name not in models:
-            return _unknown_model(name, models) if name else _json(
-                {"detail": f"several models are monitored: add ?model= (one of {sorted(models)})"}, status_code=422)
-        return models[name]
+    def guarded(answer: Callable[[Request, ModelMonitor], Response]) -> Callable[[Request], Response]:
+        """The token, the ``?model=`` (optional with one model) and the log's absence, once for both."""
+        def handler(request: Request) -> Response:
+            if not _authorized(token, request):
+                return _unauthorized()
+            name, models = request.query_params.get("model"), mon.models
+            if not models:
+                return _json({"detail": "no model is monitored here yet"}, status_code=404)
+            if name is None and len(models) != 1:
+                return _json({"detail": f"several models are monitored: add ?model= (one of {sorted(models)})"},
+                             status_code=422)
+            if name is not None and name not in models:
+                return _unknown_model(name, models)
+            try:
+                return answer(request, models[name] if name is not None else next(iter(models.values())))
+            except StoreError as exc:
+                return _json({"detail": str(exc)}, status_code=409)
 
-    def listing(request: Request) -> Response:
-        if not _authorized(token, request):
-            return _json({"detail": "missing or wrong bearer token"}, status_code=401)
-        model = model_of(request)
-        if isinstance(model, Response):
-            return model
+        return handler
+
+    def listing(request: Request, model: ModelMonitor) -> Response:
         try:
             limit = int(request.query_params.get("limit", "20"))
         except ValueError:
             limit = 0
         if not 1 <= limit <= MAX_LISTED:
             return _json({"detail": f"limit must be an integer from 1 to {MAX_LISTED}"}, status_code=422)
-        explained = request.query_params.get("explained", "").lower() in ("1", "true", "yes")
-        try:
-            return _json({"model": model.name, "predictions": model.recent_predictions(limit, explained)})
-        except StoreError as exc:
-            return _json({"detail": str(exc)}, status_code=409)
+        return _json({"model": model.name, "predictions": model.recent_predictions(limit, _flag(request, "explained"))})
 
-    def one(request: Request) -> Response:
-        if not _authorized(token, request):
-            return _json({"detail": "missing or wrong bearer token"}, status_code=401)
-        model = model_of(request)
-        if isinstance(model, Response):
-            return model
+    def one(request: Request, model: ModelMonitor) -> Response:
         pid = request.path_params["prediction_id"]
-        try:
-            found = model.lookup(pid)
-        except StoreError as exc:
-            return _json({"detail": str(exc)}, status_code=409)
+        found = model.lookup(pid)
         if found is None:
             return _json({"detail": f"prediction {pid!r} of model {model.name!r} is not in the prediction log"},
                          status_code=404)
         return _json(found)
 
-    return [Route(path, listing, methods=["GET"], include_in_schema=False),
-            Route(path + "/{prediction_id}", one, methods=["GET"], include_in_schema=False)]
+    return [Route(path, guarded(listing), methods=["GET"], include_in_schema=False),
+            Route(path + "/{prediction_id}", guarded(one), methods=["GET"], include_in_schema=False)]
 
 
 def _json(payload: object, status_code: int = 200) -> Response:
@@ -187,7 +190,7 @@ def _feedback_route(mon: Monitor, path: str) -> Route:
 
     async def feedback(request: Request) -> Response:
         if not _authorized(token, request):
-            return _json({"detail": "missing or wrong bearer token"}, status_code=401)
+            return _unauthorized()
         body = await request.body()
         # SQLite and the pipeline flush run in a worker thread, off the event loop
         return await run_in_threadpool(answer, body, request.query_params.get("model"))
