@@ -127,11 +127,11 @@ class DriftChecker:
 
     def _quality_counts(self, mm: ModelMonitor) -> dict[str, Any]:
         """Capture problems and volume since the previous check."""
-        health = mm.health()
-        errors = collections.Counter({k: v for k, v in health["capture_errors"].items() if k in QUALITY_ERRORS})
+        predictions, capture = mm.counts()
+        errors = collections.Counter({k: v for k, v in capture.items() if k in QUALITY_ERRORS})
         since = errors - self._seen_errors
         self._seen_errors = errors
-        total = health["predictions"]["ok"] + health["predictions"]["error"]
+        total = predictions["ok"] + predictions["error"]
         volume, self._seen_predictions = total - self._seen_predictions, total
         return {"capture_errors_since_last_check": dict(since), "predictions_since_last_check": volume}
 

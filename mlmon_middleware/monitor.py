@@ -445,11 +445,15 @@ class ModelMonitor:
         return {"features": self.window.snapshot(since) if self.window else {},
                 "outputs": self.output_window.snapshot(since) if self.output_window else {}}
 
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Predictions so far (``ok``, ``error``) and capture errors by reason."""
+        with self._lock:
+            return {"ok": self._predictions["ok"], "error": self._predictions["error"]}, dict(self._capture_errors)
+
     def health(self) -> dict[str, Any]:
         """Counts and window fill of this model, as shown by ``/mlmon/health``."""
+        predictions, capture = self.counts()
         with self._lock:
-            predictions = {"ok": self._predictions["ok"], "error": self._predictions["error"]}
-            capture = dict(self._capture_errors)
             last = dict(self._last_capture_error)
         return {
             "model": self.name,

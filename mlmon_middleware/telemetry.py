@@ -307,10 +307,11 @@ class Telemetry:
         self.capture_errors = self._create(meter, "mlmon.capture.errors")
         self.labels = self._create(meter, "mlmon.labels")
         self.explanations = self._create(meter, "mlmon.explanations")
-        self.explanation_duration = self._histogram(meter, "mlmon.explanation.duration", own=config.meter_provider is None)
-        self.label_delay = self._histogram(meter, "mlmon.label.delay", own=config.meter_provider is None)
-        self.inference_duration = self._histogram(meter, "mlmon.inference.duration", own=config.meter_provider is None)
-        self.prediction_value = self._histogram(meter, "mlmon.prediction.value", own=config.meter_provider is None)
+        own = config.meter_provider is None  # our readers: histograms pre-aggregated by us
+        self.explanation_duration = self._histogram(meter, "mlmon.explanation.duration", own)
+        self.label_delay = self._histogram(meter, "mlmon.label.delay", own)
+        self.inference_duration = self._histogram(meter, "mlmon.inference.duration", own)
+        self.prediction_value = self._histogram(meter, "mlmon.prediction.value", own)
 
         for spec in INSTRUMENTS.values():  # observable instruments read the monitor's state at collection
             if spec.kind.startswith("observable"):
