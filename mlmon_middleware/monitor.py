@@ -36,6 +36,7 @@ from mlmon_middleware.analyzer import Analyzer, DriftChecker
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.drift.policy import DriftPolicy
+from mlmon_middleware.drift.stats import bin_counts
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.explain import Explain, ExplanationService
 from mlmon_middleware.performance import PerformanceTracker
@@ -384,9 +385,7 @@ class ModelMonitor:
         counts = self._bin_counts
         if counts is not None:  # the fleet bin counters: rows per baseline bin, per numeric feature
             for j, cuts in enumerate(self._bin_cuts):
-                column = encoded.numeric[:, j]
-                bins = np.searchsorted(cuts, column[~np.isnan(column)], side="right")
-                counts[j, :len(cuts) + 1] += np.bincount(bins, minlength=len(cuts) + 1)
+                counts[j, :len(cuts) + 1] += bin_counts(encoded.numeric[:, j], cuts)
 
         answered = [i for i, o in enumerate(outputs) if o is not None]
         if not answered:

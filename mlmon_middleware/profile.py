@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mlmon_middleware.drift.stats import bin_counts
 from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema
 
 MAX_CATEGORIES = 1000  # categories beyond the most frequent ones are pooled as "__other__"
@@ -118,7 +119,7 @@ class Profiler:
         values = values[~np.isnan(values)]
         edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)))
         cuts = edges[1:-1]  # interior edges; the outer bins are open to -inf and +inf
-        counts = np.bincount(np.searchsorted(cuts, values, side="right"), minlength=len(cuts) + 1)
+        counts = bin_counts(values, cuts)
         sample = values if len(values) <= sample_size else rng.choice(values, sample_size, replace=False)
         return {
             "kind": NUMERIC, "count": n, "missing_rate": float(1 - present / n),
