@@ -88,7 +88,10 @@ class WebhookNotifier:
             self.stats["rate_limited"] += 1
             return
         body = orjson.dumps(self.payload(event))
+        error: object = "no 2xx answer"
         for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - the user's URL
@@ -97,8 +100,8 @@ class WebhookNotifier:
                         self._sent_times.append(time.monotonic())
                         self._last_sent[key] = time.monotonic()
                         return
+                    error = f"HTTP {response.status}"
             except Exception as exc:  # a failing webhook is retried, then counted; serving never sees it
                 error = exc
-            time.sleep(self.backoff * 2 ** attempt)
         self.stats["failed"] += 1
         logger.warning("mlmon: webhook %s failed after %d attempts (%s)", self.url, self.retries + 1, error)
