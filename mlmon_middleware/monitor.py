@@ -467,6 +467,7 @@ class ModelMonitor:
             "baseline": None if self.baseline is None else self.baseline.summary(),
             "coverage": self.coverage(),
             "labels": dict(self._labels),
+            "alerts_firing": len(self.checker.alerts.active()),
             "last_check": None if self.checker.report is None else {
                 k: self.checker.report.get(k) for k in ("checked_at", "status", "rows", "drifted", "share")},
         }

@@ -173,6 +173,7 @@ def test_health_lists_the_monitors_own_issues_in_words(harness_factory, baseline
                                                  "unmonitored_fields": {"extra": 1}}
     assert [p.value for _, p in h.points("mlmon.feature.coverage")] == [0.75]
     assert any(i.startswith("m: ") and "alert(s) firing" in i for i in health["issues"])
+    assert health["models"]["m"]["alerts_firing"] == 2
     assert "1 captured inference(s) dropped: the pipeline queue was full" in health["issues"]
     events = {(a["alertname"], a["state"]): p.value for a, p in h.points("mlmon.alert.events")}
     assert events[("FeatureDrift", "firing")] == 1
