@@ -170,6 +170,12 @@ def _from_shap(explanation: Any, name: str) -> tuple[np.ndarray, np.ndarray, str
     return np.broadcast_to(base, (values.shape[0],)).copy(), values, name
 
 
+def shown(explanation: dict[str, Any]) -> dict[str, Any]:
+    """The explanation as the response and the prediction log carry it: the top contributions
+    and the text, without the full vector."""
+    return {k: v for k, v in explanation.items() if k != "contributions"}
+
+
 # ----------------------------------------------------------------------------- in the serving process
 class ExplanationService:
     """The worker pool of one model, its in-flight cap and its warm-up."""
@@ -220,7 +226,8 @@ class ExplanationService:
             self._in_flight -= 1
 
     def describe(self, row: np.ndarray, result: tuple[np.ndarray, np.ndarray, str]) -> dict[str, Any]:
-        """The explanation as it goes into the response, the span and the log."""
+        """The explanation with every feature's contribution (kept for attribution drift); what
+        goes into the response and the log is :func:`shown` of it."""
         base, contributions, method = result
         values = contributions[0]
         order = np.argsort(-np.abs(values))[: self.spec.top]

@@ -38,7 +38,7 @@ from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.drift.stats import bin_counts
 from mlmon_middleware.errors import ErrorLog
-from mlmon_middleware.explain import Explain, ExplanationService
+from mlmon_middleware.explain import Explain, ExplanationService, shown
 from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.record import Record, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
@@ -294,7 +294,7 @@ class ModelMonitor:
                 features = _json({k: ("[redacted]" if k in self.redact else v) for k, v in chosen.items()})
             pid = rec.prediction_id if len(rows) == 1 else f"{rec.prediction_id}:{i}"
             result = rec.explanation.result if rec.explanation is not None and i == 0 else None
-            explanation = None if result is None else _json({k: v for k, v in result.items() if k != "contributions"})
+            explanation = None if result is None else _json(shown(result))
             out.append((pid, self.name, self.version, when, _json(output or {}), _json(segments), features, explanation))
         return out
 

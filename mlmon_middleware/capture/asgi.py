@@ -47,6 +47,7 @@ from typing import Any
 import orjson
 
 from mlmon_middleware.capture.context import RequestState, current_request
+from mlmon_middleware.explain import shown
 from mlmon_middleware.monitor import ModelMonitor, Monitor, new_prediction_id
 from mlmon_middleware.record import RawBody, Record
 
@@ -258,8 +259,7 @@ class _Responder:
                 payload = orjson.loads(body) if b"json" in content_type else None
                 if not isinstance(payload, dict):
                     raise ValueError("not a JSON object")
-                shown = {k: v for k, v in explanation.items() if k != "contributions"}
-                body = orjson.dumps({**payload, key: shown})
+                body = orjson.dumps({**payload, key: shown(explanation)})
             except Exception:
                 status = "error"
                 self.state.explanation.status = "error"
