@@ -57,7 +57,7 @@ def app_for(model, when="request"):
     async def plain() -> dict:
         return {"ok": True}
 
-    instrument_app(app, monitor=mon)
+    instrument_app(app, registry=mon)
     mon.current_context()  # start: the workers warm up
     assert mon.model("m").explainer.warm.wait(120)
     return app, mon

@@ -76,7 +76,7 @@ def build_apps() -> dict[str, tuple[object, object]]:
             mon = Monitor(MonitorConfig(tracing=tracing, tracer_provider=tracer_provider() if tracing else None,
                                         service_name="bench", **deferred))
             app = app_with(monitor(model="bench", version="1", registry=mon))
-            instrument_app(app, monitor=mon)
+            instrument_app(app, registry=mon)
             apps[label + suffix] = (app, mon)
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from mlmon_middleware import Monitor, MonitorConfig
-from mlmon_middleware.store import SQLiteStore, StoreWriter
+from mlmon_middleware.store import LogRow, SQLiteStore, StoreWriter
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
 
     # writer throughput, rows shaped like the demo's (16 features logged)
     features = '{"age": 41.0, "income": 52000.5, "debt_ratio": 0.31, "credit_score": 690.0, "region": "west"}'
-    rows = [(f"p{i}", "m", "1", 1.7e9 + i * 1e-3, '{"prediction": 0.42}', '{"region": "west"}', features)
+    rows = [LogRow(f"p{i}", "m", "1", 1.7e9 + i * 1e-3, '{"prediction": 0.42}', '{"region": "west"}', features)
             for i in range(args.rows)]
     writer = StoreWriter(SQLiteStore(os.path.join(folder, "w.sqlite")), interval=3600)
     put = []

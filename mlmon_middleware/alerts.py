@@ -28,19 +28,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Literal
 
 from mlmon_middleware.drift.policy import RANK
+from mlmon_middleware.reports import AlertEvent, AlertSummary, FiringAlert, Severity
+
+#: one check's verdicts: ``(alertname, subject) -> severity``
+Conditions = dict[tuple[str, str], Severity]
 
 logger = logging.getLogger("mlmon_middleware.alerts")
 
 RECENT_EVENTS = 200  # events kept per model for /mlmon/alerts and the dashboard
 
 
-
 @dataclasses.dataclass
 class _State:
-    severity: str = "none"  # the active severity; "none" when not firing
+    severity: Severity = "none"  # the active severity; "none" when not firing
     bad_streak: int = 0
     clean_streak: int = 0
     since: float = 0.0
@@ -50,33 +53,36 @@ class Alerts:
     """Sustained, de-duplicated alert states keyed by ``(alertname, subject)``."""
 
     def __init__(self, fire_after: int = 2, resolve_after: int = 2,
-                 callback: Callable[[dict[str, Any]], None] | None = None, labels: Mapping[str, str] | None = None) -> None:
+                 callback: Callable[[AlertEvent], None] | None = None, model: str | None = None,
+                 version: str | None = None) -> None:
         if fire_after < 1 or resolve_after < 1:
             raise ValueError("fire_after and resolve_after must be >= 1")
         self.fire_after = fire_after
         self.resolve_after = resolve_after
         self.callback = callback
-        self.labels = dict(labels or {})
+        self.model = model  # added to every event, as are the version
+        self.version = version
         self._lock = threading.Lock()
         self._states: dict[tuple[str, str], _State] = {}
         self.errors = 0
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (alertname, state) -> events
-        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)  # oldest first
+        self.recent: collections.deque[AlertEvent] = collections.deque(maxlen=RECENT_EVENTS)  # oldest first
 
-    def update(self, conditions: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
+    def update(self, conditions: Mapping[tuple[str, str], Severity]) -> list[AlertEvent]:
         """Feed one check's severities; return the events it caused. Conditions not mentioned
         count as clean."""
-        events = []
+        events: list[AlertEvent] = []
         now = time.time()
         with self._lock:
             for key in set(self._states) | set(conditions):
-                severity = conditions.get(key, "none")
+                severity: Severity = conditions.get(key, "none")
                 state = self._states.setdefault(key, _State())
                 if RANK[severity] >= RANK["warning"]:
                     state.bad_streak += 1
                     state.clean_streak = 0
                     if state.bad_streak >= self.fire_after and severity != state.severity:
-                        change = "firing" if state.severity == "none" else "severity_changed"
+                        change: Literal["firing", "severity_changed"] = (
+                            "firing" if state.severity == "none" else "severity_changed")
                         state.severity, state.since = severity, now
                         events.append(self._event(key, change, severity, now))
                 else:
@@ -98,20 +104,26 @@ class Alerts:
                     logger.exception("mlmon: alert callback failed")
         return events
 
-    def _event(self, key: tuple[str, str], change: str, severity: str, now: float) -> dict[str, Any]:
-        return {"alertname": key[0], "subject": key[1], "state": change, "severity": severity, "time": now,
-                **self.labels}
+    def _event(self, key: tuple[str, str], change: Literal["firing", "severity_changed", "resolved"], severity: Severity,
+               now: float) -> AlertEvent:
+        event: AlertEvent = {"alertname": key[0], "subject": key[1], "state": change, "severity": severity, "time": now}
+        if self.model is not None:
+            event["model"] = self.model
+        if self.version is not None:
+            event["version"] = self.version
+        return event
 
-    def active(self) -> list[tuple[str, str, str]]:
+    def active(self) -> list[tuple[str, str, Severity]]:
         """``(alertname, subject, severity)`` of every firing alert."""
         with self._lock:
             return sorted((k[0], k[1], s.severity) for k, s in self._states.items() if s.severity != "none")
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> AlertSummary:
         """Firing alerts (with the time their severity was reached) and recent events, newest first."""
         with self._lock:
-            active = sorted(({"alertname": k[0], "subject": k[1], "severity": s.severity, "since": s.since}
-                             for k, s in self._states.items() if s.severity != "none"),
+            firing: list[FiringAlert] = [{"alertname": k[0], "subject": k[1], "severity": s.severity, "since": s.since}
+                                         for k, s in self._states.items() if s.severity != "none"]
+            active = sorted(firing,
                             key=lambda a: (-RANK[a["severity"]], a["alertname"], a["subject"]))
             recent = list(self.recent)[::-1]
         return {"active": active, "recent": recent}

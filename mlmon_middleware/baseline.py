@@ -104,7 +104,7 @@ class Baseline:
         baseline = cls.from_encoded(schema, schema.encode(rows), outputs, model=model, bins=bins,
                                     sample_size=sample_size, seed=seed)
         if labels is not None:
-            from mlmon_middleware.performance import compute_metrics
+            from mlmon_middleware.metrics import compute_metrics
 
             if pred_values is None:
                 raise BaselineError("labels need predictions to measure the model's performance")

@@ -1,10 +1,11 @@
 """MonitorConfig: the process-wide settings of a Monitor, validated at start-up.
 
 Everything here is about *how* monitoring runs (limits, exporters, tracing), not about
-a particular model; per-model settings are arguments of ``monitor()`` and
-``Monitor.model()``. Deploy-time settings can be overridden by ``MLMON_*`` environment
-variables, which win over values given in code, so the same image can be tuned per
-environment without a rebuild.
+a particular model; per-model settings are the :class:`~mlmon_middleware.ModelOptions` of
+``monitor()`` and ``Monitor.model()``. Deploy-time settings come from ``MLMON_*`` environment
+variables for every field the code left at its default: what the code says explicitly wins,
+and the environment fills the rest, so the same image can be tuned per environment without a
+rebuild and without overriding a choice its author made.
 
 >>> MonitorConfig(reservoir_size=500).reservoir_size
 500
@@ -14,13 +15,15 @@ Traceback (most recent call last):
 mlmon_middleware.config.ConfigError: reservoir_size must be an integer >= 1, got 0
 >>> MonitorConfig().with_env({"MLMON_RESERVOIR_SIZE": "2000"}).reservoir_size
 2000
+>>> MonitorConfig(reservoir_size=500).with_env({"MLMON_RESERVOIR_SIZE": "2000"}).reservoir_size
+500
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -54,7 +57,7 @@ def _parse_optional_int(text: str) -> int | None:
 
 
 # field name -> (environment variable, parser)
-_ENV: dict[str, tuple[str, Any]] = {
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "service_name": ("MLMON_SERVICE_NAME", str),
     "reservoir_size": ("MLMON_RESERVOIR_SIZE", int),
     "max_body_bytes": ("MLMON_MAX_BODY_BYTES", int),
@@ -174,11 +177,13 @@ class MonitorConfig:
         object.__setattr__(self, "metric_readers", tuple(self.metric_readers))
 
     def with_env(self, environ: Mapping[str, str] | None = None) -> MonitorConfig:
-        """A copy with every ``MLMON_*`` variable present in ``environ`` applied over this config."""
+        """A copy with the ``MLMON_*`` variables of ``environ`` (default ``os.environ``) applied to
+        the fields this config leaves at their defaults; fields set to another value in code keep it."""
         environ = os.environ if environ is None else environ
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         changes: dict[str, Any] = {}
         for field, (var, parse) in _ENV.items():
-            if var in environ:
+            if var in environ and getattr(self, field) == defaults[field]:
                 try:
                     changes[field] = parse(environ[var])
                 except ValueError as exc:

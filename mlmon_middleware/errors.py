@@ -34,7 +34,7 @@ class ErrorLog:
         self._log_interval = log_interval
         self._lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
-        self._recent: collections.deque[dict] = collections.deque(maxlen=keep)
+        self._recent: collections.deque[dict[str, object]] = collections.deque(maxlen=keep)
         self._last_logged: dict[tuple[str, str], float] = {}
 
     def report(self, stage: str, exc: BaseException | None = None, message: str = "") -> None:
@@ -59,7 +59,7 @@ class ErrorLog:
         with self._lock:
             return dict(self._counts)
 
-    def recent(self) -> list[dict]:
+    def recent(self) -> list[dict[str, object]]:
         """The last few failures, oldest first: ``{"stage", "error", "time"}``."""
         with self._lock:
             return list(self._recent)

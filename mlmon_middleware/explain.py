@@ -24,18 +24,26 @@ output (tested to 1e-6).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import multiprocessing
 import pickle
+import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
+
+from mlmon_middleware.config import ConfigError
+from mlmon_middleware.payload import resolve_payload
+from mlmon_middleware.schema import FeatureSchema, extract_rows
 
 STATUSES = ("ok", "timeout", "busy", "error")
+Message = dict[str, Any]  # an ASGI message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +77,6 @@ class Explain:
     label: str = "prediction"
 
     def __post_init__(self) -> None:
-        from mlmon_middleware.config import ConfigError
-
         if self.method == "auto" and self.model is None:
             raise ConfigError("Explain(method='auto') needs model=<the fitted model>")
         if not (self.when in ("request", "always") or (isinstance(self.when, float) and 0 < self.when <= 1)):
@@ -261,9 +267,7 @@ class PendingExplanation:
     async def resolve(self) -> tuple[str, dict[str, Any] | None]:
         """Wait, without blocking the event loop, until the explanation is done or the deadline
         passes: ``(status, explanation or None)``."""
-        import asyncio
-
-        if self.future is None:
+        if self.future is None or self.service is None or self.row is None:
             return self.status, None
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(self.future), max(0.0, self.deadline - time.monotonic()))
@@ -278,3 +282,66 @@ class PendingExplanation:
     @property
     def seconds(self) -> float:
         return time.monotonic() - self.started
+
+    async def respond(self, start: Message, bodies: Sequence[Message]) -> tuple[Message, Message]:
+        """The held response (its start and body messages) with the explanation in its JSON body
+        (Content-Length corrected), or as it was with ``X-MLMon-Explain-Status`` saying why not."""
+        body = b"".join(m.get("body", b"") for m in bodies)
+        status, explanation = await self.resolve()
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
+        key = self.service.spec.key if self.service is not None else "explanation"
+        if status == "ok" and explanation is not None:
+            try:
+                content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
+                payload = orjson.loads(body) if b"json" in content_type else None
+                if not isinstance(payload, dict):
+                    raise ValueError("not a JSON object")
+                body = orjson.dumps({**payload, key: shown(explanation)})
+            except Exception:
+                status = self.status = "error"
+        if status != "ok":
+            headers.append((b"x-mlmon-explain-status", status.encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        return {**start, "headers": headers}, {"type": "http.response.body", "body": body, "more_body": False}
+
+
+def asked(scope: Mapping[str, Any] | None) -> bool | None:
+    """What the request said about explaining: the ``X-MLMon-Explain`` header or ``?explain=``.
+
+    >>> asked({"headers": [(b"x-mlmon-explain", b"true")]}), asked({"query_string": b"a=1&explain=0"}), asked(None)
+    (True, False, None)
+    """
+    if not scope:
+        return None
+    for key, value in scope.get("headers") or ():
+        if key == b"x-mlmon-explain":
+            return value.strip().lower() in (b"1", b"true", b"yes")
+    query = scope.get("query_string") or b""
+    if b"explain=" in query:
+        for part in query.split(b"&"):
+            if part.startswith(b"explain="):
+                return part[8:].lower() in (b"1", b"true", b"yes")
+    return None
+
+
+def request(spec: Explain, service: ExplanationService | None, scope: Mapping[str, Any] | None, inputs: Any, *,
+            input_arg: str | None, schema: FeatureSchema | None, names: Sequence[str] | None) -> PendingExplanation | None:
+    """Start explaining one call when it is wanted (asked for, sampled or always); None when
+    not. The row is encoded here, on the request path but only for explained calls, because the
+    worker needs it now (``schema``: the model's, else inferred with the declared ``names``)."""
+    if not (spec.wanted(asked(scope)) or spec.sampled(random.random())):
+        return None
+    try:
+        rows = extract_rows(resolve_payload(inputs, input_arg))
+        schema = schema or FeatureSchema.infer(rows[:1], names=names)
+        if schema.categorical_names and spec.method == "auto":
+            return PendingExplanation(service, None, None, "error")  # pass a callable for mixed features
+        row = schema.encode(rows[:1]).numeric[0]
+    except Exception:
+        return PendingExplanation(service, None, None, "error")
+    if service is None:
+        return PendingExplanation(None, row, None, "busy")
+    future = service.submit(row)
+    if isinstance(future, str):
+        return PendingExplanation(service, row, None, future)
+    return PendingExplanation(service, row, future)

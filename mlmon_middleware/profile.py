@@ -46,7 +46,7 @@ class Profiler:
         self._mean = np.zeros(k)
         self._m2 = np.zeros(k)
         self._reservoir = np.empty((0, k))
-        self._categories = [collections.Counter() for _ in schema.categorical_names]
+        self._categories: list[collections.Counter[str]] = [collections.Counter() for _ in schema.categorical_names]
         self._cat_missing = np.zeros(len(schema.categorical_names), dtype=np.int64)
 
     def add(self, numeric: np.ndarray, categorical: np.ndarray) -> None:
@@ -99,7 +99,8 @@ class Profiler:
         complete = self._reservoir[~np.isnan(self._reservoir).any(axis=1)] if len(self._reservoir) else self._reservoir
         if len(complete) > rows:
             complete = complete[rng.choice(len(complete), rows, replace=False)]
-        return complete.tolist()
+        rows_out: list[list[float]] = complete.tolist()
+        return rows_out
 
     def profiles(self, bins: int, sample_size: int, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
         """The profile of every feature, in schema order (see :class:`~mlmon_middleware.Baseline`)."""

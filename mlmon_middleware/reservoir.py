@@ -23,6 +23,9 @@ import threading
 
 import numpy as np
 
+#: a window's rows in arrival order: ``"time"`` (n,) plus one (n × width) matrix per column
+WindowSnapshot = dict[str, np.ndarray]
+
 
 class SlidingWindow:
     """The last ``capacity`` rows, by arrival, with a timestamp per row.
@@ -38,7 +41,7 @@ class SlidingWindow:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._time = np.zeros(capacity)
-        self._columns = {
+        self._columns: dict[str, np.ndarray] = {
             name: np.full((capacity, width), None if np.dtype(dtype) == object else np.nan, dtype=dtype)
             for name, (width, dtype) in columns.items()
         }
@@ -66,7 +69,7 @@ class SlidingWindow:
             self._size = min(self.capacity, self._size + n)
             self.total += n
 
-    def snapshot(self, since: float | None = None) -> dict[str, np.ndarray]:
+    def snapshot(self, since: float | None = None) -> WindowSnapshot:
         """Copies of the stored rows in arrival order (``"time"`` plus every column),
         optionally only those with a timestamp ``>= since``."""
         with self._lock:

@@ -26,7 +26,8 @@ import functools
 import hmac
 import importlib.resources
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -34,12 +35,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from mlmon_middleware.monitor import LABEL_OUTCOMES, ModelMonitor, Monitor
+from mlmon_middleware.model import ModelMonitor
+from mlmon_middleware.monitor import Monitor
+from mlmon_middleware.reports import LABEL_OUTCOMES
 from mlmon_middleware.store import StoreError
 
 logger = logging.getLogger("mlmon_middleware")
 
 MAX_LISTED = 500  # predictions one GET /mlmon/predictions may return
+Label = tuple[str, Any, float | None]  # (prediction id, actual, timestamp or None for now)
 
 
 def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None = "/mlmon/health",
@@ -79,7 +83,7 @@ def _dashboard_page() -> str:
     return importlib.resources.files("mlmon_middleware").joinpath("dashboard.html").read_text("utf-8")
 
 
-def _reports(mon: Monitor, report):
+def _reports(mon: Monitor, report: Callable[[ModelMonitor], object]) -> Callable[[Request], Response]:
     def handler(request: Request) -> Response:
         name = request.query_params.get("model")
         models = mon.models
@@ -94,7 +98,7 @@ def _reports(mon: Monitor, report):
     return handler
 
 
-def _unknown_model(name: str | None, models: dict) -> Response:
+def _unknown_model(name: str | None, models: Mapping[str, ModelMonitor]) -> Response:
     return _json({"detail": f"no monitored model {name!r}; models: {sorted(models)}"}, status_code=404)
 
 
@@ -202,12 +206,12 @@ class FeedbackError(ValueError):
     """A feedback body that cannot be used; the message names the item and the field."""
 
 
-def _feedback_items(payload: object, default_model: str | None, mon: Monitor) -> dict[str, list[tuple]]:
+def _feedback_items(payload: object, default_model: str | None, mon: Monitor) -> dict[str, list[Label]]:
     items = payload if isinstance(payload, list) else [payload]
     if not items:
         raise FeedbackError("no labels in the body")
     models = mon.models
-    grouped: dict[str, list[tuple]] = {}
+    grouped: dict[str, list[Label]] = {}
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise FeedbackError(f"item {i}: expected an object with prediction_id and actual")

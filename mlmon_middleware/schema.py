@@ -57,14 +57,14 @@ class Encoded:
 
     numeric: np.ndarray
     categorical: np.ndarray
-    errors: collections.Counter
+    errors: collections.Counter[str]
     #: per feature, rows with a ``type_mismatch``, ``non_finite`` value or ``missing_feature`` (absent key)
     feature_errors: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     #: fields of mapping rows that are not features of the schema, with the rows carrying each
-    unexpected_fields: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    unexpected_fields: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
     def __len__(self) -> int:
-        return self.numeric.shape[0]
+        return int(self.numeric.shape[0])
 
 
 _SCALAR_TYPES = {float, int, str, bool, type(None)}
@@ -164,7 +164,7 @@ def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
     return [_prediction_row(v, key, class_names) for v in values]
 
 
-def _prediction_from_mapping(obj: Mapping, key: str | None) -> Any:
+def _prediction_from_mapping(obj: Mapping[str, Any], key: str | None) -> Any:
     if key is not None:
         if key not in obj:
             raise CaptureError("missing_prediction", f"no key {key!r} in the response")
@@ -272,7 +272,7 @@ class FeatureSchema:
         """
         n, width = len(rows), len(self.names)
         flags = {reason: np.zeros(n, dtype=bool) for reason in _REASONS}
-        unexpected: collections.Counter = collections.Counter()
+        unexpected: collections.Counter[str] = collections.Counter()
         table = []
         pick = self._pick
         for i, row in enumerate(rows):

@@ -6,17 +6,20 @@ WAL mode). Nothing here runs on the request path: the pipeline hands rows to a
 default; with the pipeline's 0.5 s, at most about 1 s of predictions is lost to a ``kill -9``).
 The writer's queue is bounded: when full, the oldest rows are dropped and counted.
 
-A row: prediction id, model, version, timestamp, the prediction (JSON), segment values (JSON),
-the feature row (JSON, optional, with redaction), and once it arrives the label and its
-timestamp. Labels are set with :meth:`PredictionStore.set_labels`: the same id twice keeps the
-latest; unknown ids are reported per item.
+A row (:class:`LogRow`): prediction id, model, version, timestamp, the prediction (JSON),
+segment values (JSON), the feature row (JSON, optional, with redaction), the explanation, and
+once it arrives the label and its timestamp. Reads return named rows (:class:`LabelledRow`,
+:class:`NewLabel`) or :class:`~mlmon_middleware.reports.LoggedPrediction` dicts. Labels are set
+with :meth:`PredictionStore.set_labels`: the same id twice keeps the latest; unknown ids are
+reported per item.
 
 >>> import tempfile, os
 >>> store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "log.db"))
->>> store.write([("p1", "fraud", "1", 100.0, '{"prediction": 0.9}', "{}", None)])
->>> store.set_labels("fraud", [("p1", 1, 160.0), ("nope", 0, 160.0)])
+>>> store.write([LogRow("p1", "fraud", "1", 100.0, '{"prediction": 0.9}', "{}", None)])
+>>> [tuple(r) for r in store.set_labels("fraud", [("p1", 1, 160.0), ("nope", 0, 160.0)])]
 [('p1', 'labelled', 60.0), ('nope', 'unknown', None)]
->>> store.labelled("fraud", since=0.0)[0][1:4]
+>>> row = store.labelled("fraud", since=0.0)[0]
+>>> row.prediction, row.segments, row.label
 ('{"prediction": 0.9}', '{}', 1)
 >>> found = store.lookup("fraud", "p1")
 >>> found["prediction"], found["actual"], found["explanation"]
@@ -33,35 +36,80 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
+from mlmon_middleware.reports import LabelOutcome, LoggedPrediction
+
 logger = logging.getLogger("mlmon_middleware")
 
-# (prediction id, model, version, timestamp, prediction JSON, segments JSON, features JSON or None
-#  [, explanation JSON or None])
-Row = tuple
+
+class LogRow(NamedTuple):
+    """One prediction as the pipeline hands it to the log (JSON columns already encoded)."""
+
+    prediction_id: str
+    model: str
+    version: str
+    timestamp: float
+    prediction: str  # JSON
+    segments: str  # JSON: the segment features' values
+    features: str | None  # JSON, redacted; None when the model logs no features
+    explanation: str | None = None  # JSON: the explanation the response carried
+
+
+class LabelledRow(NamedTuple):
+    """A labelled prediction, as the performance windows read it."""
+
+    prediction_id: str
+    prediction: str  # JSON
+    segments: str  # JSON
+    label: Any
+    timestamp: float
+    label_timestamp: float
+
+
+class NewLabel(NamedTuple):
+    """A prediction labelled after some time: the error stream of the concept-drift detectors."""
+
+    prediction: str  # JSON
+    label: Any
+    timestamp: float
+    label_timestamp: float
+
+
+class LabelOutcomeRow(NamedTuple):
+    """What became of one label: ``labelled``, ``relabelled`` (the latest wins) or ``unknown``."""
+
+    prediction_id: str
+    outcome: LabelOutcome
+    delay: float | None  # seconds from the prediction to its label; None when unknown
 
 
 class StoreError(RuntimeError):
     """The prediction log cannot be opened or written; the message says where and why."""
 
 
-class PredictionStore(Protocol):
-    def write(self, rows: Sequence[Row]) -> None: ...
+class LabelReader(Protocol):
+    """What the analysis reads from the prediction log: labelled predictions and coverage."""
 
-    def set_labels(self, model: str, items: Sequence[tuple[str, Any, float]]) -> list[tuple[str, str, float | None]]: ...
+    def labelled(self, model: str, since: float, limit: int | None = None) -> list[LabelledRow]: ...
 
-    def labelled(self, model: str, since: float, limit: int | None = None) -> list[tuple]: ...
-
-    def newly_labelled(self, model: str, after: float) -> list[tuple]: ...
+    def newly_labelled(self, model: str, after: float) -> list[NewLabel]: ...
 
     def counts(self, model: str, since: float) -> tuple[int, int]: ...
 
-    def lookup(self, model: str, prediction_id: str) -> dict[str, Any] | None: ...
 
-    def recent(self, model: str, limit: int, explained: bool = False) -> list[dict[str, Any]]: ...
+class PredictionStore(LabelReader, Protocol):
+    """The prediction log: rows in, labels joined, rows looked up, old rows removed."""
+
+    def write(self, rows: Sequence[LogRow]) -> None: ...
+
+    def set_labels(self, model: str, items: Sequence[tuple[str, Any, float]]) -> list[LabelOutcomeRow]: ...
+
+    def lookup(self, model: str, prediction_id: str) -> LoggedPrediction | None: ...
+
+    def recent(self, model: str, limit: int, explained: bool = False) -> list[LoggedPrediction]: ...
 
     def apply_retention(self, max_age: float | None, max_rows: int | None) -> int: ...
 
@@ -91,7 +139,7 @@ CREATE INDEX IF NOT EXISTS predictions_by_label_time ON predictions (model, labe
 class SQLiteStore:
     """A :class:`PredictionStore` in one SQLite file (WAL mode); thread-safe."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         folder = os.path.dirname(self.path) or "."
         try:
@@ -109,22 +157,22 @@ class SQLiteStore:
                              f"(set store_dir / MLMON_STORE_DIR to a writable folder, or remove a corrupt file)") from None
         self._lock = threading.Lock()
 
-    def write(self, rows: Sequence[Row]) -> None:
+    def write(self, rows: Sequence[LogRow]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO predictions (prediction_id, model, version, ts, prediction, segments, features,"
-                    " explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [r if len(r) == 8 else (*r, None) for r in rows])
+                    " explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def set_labels(self, model: str, items: Sequence[tuple[str, Any, float]]) -> list[tuple[str, str, float | None]]:
+    def set_labels(self, model: str, items: Sequence[tuple[str, Any, float]]) -> list[LabelOutcomeRow]:
         """Set labels ``(prediction id, actual, label time)``; per item ``(id, outcome, delay)``
         with outcome ``labelled``, ``relabelled`` (had a label: the latest wins) or ``unknown``."""
-        out = []
+        out: list[LabelOutcomeRow] = []
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -132,37 +180,36 @@ class SQLiteStore:
                     found = self._db.execute("SELECT ts, label_updates FROM predictions WHERE model = ? AND prediction_id = ?",
                                              (model, pid)).fetchone()
                     if found is None:
-                        out.append((pid, "unknown", None))
+                        out.append(LabelOutcomeRow(pid, "unknown", None))
                         continue
                     self._db.execute("UPDATE predictions SET label = ?, label_ts = ?, label_updates = label_updates + 1 "
                                      "WHERE model = ? AND prediction_id = ?", (orjson.dumps(actual).decode(), when, model, pid))
-                    out.append((pid, "relabelled" if found[1] else "labelled", when - found[0]))
+                    out.append(LabelOutcomeRow(pid, "relabelled" if found[1] else "labelled", when - found[0]))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return out
 
-    def labelled(self, model: str, since: float, limit: int | None = None) -> list[tuple]:
-        """``(prediction id, prediction JSON, segments JSON, label, ts, label_ts)`` of labelled
-        predictions made at or after ``since``, oldest first (the last ``limit`` when given)."""
+    def labelled(self, model: str, since: float, limit: int | None = None) -> list[LabelledRow]:
+        """Labelled predictions made at or after ``since``, oldest first (the last ``limit`` when given)."""
         query = ("SELECT prediction_id, prediction, segments, label, ts, label_ts FROM predictions "
                  "WHERE model = ? AND ts >= ? AND label IS NOT NULL ORDER BY ts DESC")
-        params: tuple = (model, since)
+        params: tuple[Any, ...] = (model, since)
         if limit is not None:
             query += " LIMIT ?"
             params += (limit,)
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
-        return [(pid, p, s, orjson.loads(label), ts, lts) for pid, p, s, label, ts, lts in reversed(rows)]
+        return [LabelledRow(pid, p, s, orjson.loads(label), ts, lts) for pid, p, s, label, ts, lts in reversed(rows)]
 
-    def newly_labelled(self, model: str, after: float) -> list[tuple]:
-        """``(prediction JSON, label, ts, label_ts)`` of predictions labelled after ``after``
-        (a label time), in the order they were made: the error stream for concept-drift detectors."""
+    def newly_labelled(self, model: str, after: float) -> list[NewLabel]:
+        """Predictions labelled after ``after`` (a label time), in the order they were made: the
+        error stream for concept-drift detectors."""
         with self._lock:
             rows = self._db.execute("SELECT prediction, label, ts, label_ts FROM predictions "
                                     "WHERE model = ? AND label_ts > ? ORDER BY ts", (model, after)).fetchall()
-        return [(p, orjson.loads(label), ts, lts) for p, label, ts, lts in rows]
+        return [NewLabel(p, orjson.loads(label), ts, lts) for p, label, ts, lts in rows]
 
     def counts(self, model: str, since: float) -> tuple[int, int]:
         """(predictions, labelled predictions) made at or after ``since``: label coverage."""
@@ -171,14 +218,14 @@ class SQLiteStore:
                 "SELECT count(*), count(label) FROM predictions WHERE model = ? AND ts >= ?", (model, since)).fetchone()
         return int(total), int(labelled)
 
-    def lookup(self, model: str, prediction_id: str) -> dict[str, Any] | None:
+    def lookup(self, model: str, prediction_id: str) -> LoggedPrediction | None:
         """One logged prediction as a dict (JSON columns decoded), or None when not logged."""
         with self._lock:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM predictions WHERE model = ? AND prediction_id = ?",
                                    (model, prediction_id)).fetchone()
         return None if row is None else _as_dict(row)
 
-    def recent(self, model: str, limit: int, explained: bool = False) -> list[dict[str, Any]]:
+    def recent(self, model: str, limit: int, explained: bool = False) -> list[LoggedPrediction]:
         """The newest ``limit`` logged predictions, newest first (only explained ones if asked)."""
         where = " AND explanation IS NOT NULL" if explained else ""
         with self._lock:
@@ -209,7 +256,7 @@ class SQLiteStore:
 _COLUMNS = "prediction_id, model, version, ts, prediction, segments, features, label, label_ts, explanation"
 
 
-def _as_dict(row: tuple) -> dict[str, Any]:
+def _as_dict(row: tuple[Any, ...]) -> LoggedPrediction:
     pid, model, version, ts, prediction, segments, features, label, label_ts, explanation = row
     return {"prediction_id": pid, "model": model, "version": version, "timestamp": ts, "prediction": _decode(prediction),
             "segments": _decode(segments), "features": _decode(features), "actual": _decode(label),
@@ -233,7 +280,7 @@ class StoreWriter:
                  on_drop: Callable[[int], None] = lambda n: None,
                  on_error: Callable[[BaseException], None] = lambda exc: None) -> None:
         self.store = store
-        self._queue: collections.deque[Row] = collections.deque(maxlen=max_queue)
+        self._queue: collections.deque[LogRow] = collections.deque(maxlen=max_queue)
         self._interval = interval
         self._retention = retention
         self._retention_every = retention_every
@@ -244,7 +291,7 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._run, name="mlmon-store", daemon=True)
         self._thread.start()
 
-    def put(self, rows: Iterable[Row]) -> None:
+    def put(self, rows: Iterable[LogRow]) -> None:
         queue = self._queue
         for row in rows:
             if len(queue) == queue.maxlen:

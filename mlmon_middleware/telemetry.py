@@ -1,10 +1,7 @@
 """Every OpenTelemetry instrument and span of mlmon, their names, and the exporters.
 
-The table ``INSTRUMENTS`` is the single place metric names, units and descriptions live;
-``docs/metrics.md`` documents the same list. OTel names use dots and UCUM units; the
-Prometheus exporter turns ``mlmon.inference.duration`` (unit ``s``) into
-``mlmon_inference_duration_seconds``, counters get ``_total``, and attribute names such as
-``mlmon.model.name`` become labels such as ``mlmon_model_name``.
+The only module of the package that imports OpenTelemetry. Names, units and buckets come
+from the one table in :mod:`~mlmon_middleware.instruments`.
 
 Exporters:
 * Prometheus text from a *private* ``CollectorRegistry`` (BentoML and others own the global
@@ -26,7 +23,6 @@ SDK's histograms are used value by value (:class:`SdkHistogram`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -37,6 +33,8 @@ from typing import Any, Protocol
 import numpy as np
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
+from opentelemetry.context import Context
+from opentelemetry.context import get_current as get_current_context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
@@ -52,134 +50,16 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from mlmon_middleware._version import __version__
-from mlmon_middleware.config import MonitorConfig
+from mlmon_middleware.config import ConfigError, MonitorConfig
+from mlmon_middleware.instruments import INSTRUMENTS, InstrumentSpec
 
 logger = logging.getLogger("mlmon_middleware")
 
 SCOPE = "mlmon_middleware"
-
-# Semantic-conventions buckets for HTTP server durations (seconds).
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-# Predictions are mostly probabilities or class indices; the tail covers small regressions.
-PREDICTION_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0,
-                      2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0)
-
-# Labels arrive after minutes (clicks) to weeks (fraud) or months (churn).
-LABEL_DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0,
-                       30 * 86400.0, 90 * 86400.0)
-
-# Attribute keys (OTel names; Prometheus labels replace the dots with underscores).
-MODEL_NAME = "mlmon.model.name"
-MODEL_VERSION = "mlmon.model.version"
-HTTP_ROUTE = "http.route"
-HTTP_STATUS = "http.response.status_code"
-ERROR_TYPE = "error.type"
-PREDICTION_ID = "mlmon.prediction.id"
-
-
-@dataclasses.dataclass(frozen=True)
-class InstrumentSpec:
-    """One metric: OTel name, kind, UCUM unit, meaning, and the Prometheus name it exports as."""
-
-    name: str
-    kind: str  # counter | histogram | observable_counter | observable_gauge
-    unit: str
-    description: str
-    prometheus: str
-    buckets: tuple[float, ...] | None = None
-
-
-INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
-    InstrumentSpec("mlmon.predictions", "counter", "{prediction}",
-                   "Monitored inference calls, by route and outcome (ok/error).",
-                   "mlmon_predictions_total"),
-    InstrumentSpec("mlmon.inference.duration", "histogram", "s",
-                   "Duration of monitored inference calls, by route, status code and error type.",
-                   "mlmon_inference_duration_seconds", DURATION_BUCKETS),
-    InstrumentSpec("mlmon.prediction.value", "histogram", "1",
-                   "Numeric prediction values, one observation per row and output.",
-                   "mlmon_prediction_value", PREDICTION_BUCKETS),
-    InstrumentSpec("mlmon.capture.errors", "counter", "{error}",
-                   "Inputs or outputs that could not be captured, by reason; the response is unaffected.",
-                   "mlmon_capture_errors_total"),
-    InstrumentSpec("mlmon.monitor.errors", "observable_counter", "{error}",
-                   "Failures inside monitoring itself, by stage; serving continued.",
-                   "mlmon_monitor_errors_total"),
-    InstrumentSpec("mlmon.reservoir.size", "observable_gauge", "{row}",
-                   "Rows currently held in the model's analysis window.",
-                   "mlmon_reservoir_size"),
-    InstrumentSpec("mlmon.feature.drift.score", "observable_gauge", "1",
-                   "Drift statistic of a feature at the last check, by method (psi, js, ks, wasserstein, chi2).",
-                   "mlmon_feature_drift_score"),
-    InstrumentSpec("mlmon.feature.drift.detected", "observable_gauge", "1",
-                   "1 when the feature drifted at the last check, with the severity.",
-                   "mlmon_feature_drift_detected"),
-    InstrumentSpec("mlmon.dataset.drift.share", "observable_gauge", "1",
-                   "Share of the features that drifted at the last check.",
-                   "mlmon_dataset_drift_share"),
-    InstrumentSpec("mlmon.prediction.drift.score", "observable_gauge", "1",
-                   "Drift statistic of a prediction output at the last check, by method.",
-                   "mlmon_prediction_drift_score"),
-    InstrumentSpec("mlmon.feature.missing.ratio", "observable_gauge", "1",
-                   "Share of the window's rows missing the feature (NaN, null or absent).",
-                   "mlmon_feature_missing_ratio"),
-    InstrumentSpec("mlmon.feature.out_of_range.ratio", "observable_gauge", "1",
-                   "Share of the window's rows with a numeric value outside the baseline's [min, max].",
-                   "mlmon_feature_out_of_range_ratio"),
-    InstrumentSpec("mlmon.feature.new_category.ratio", "observable_gauge", "1",
-                   "Share of the window's rows with a category the baseline never saw.",
-                   "mlmon_feature_new_category_ratio"),
-    InstrumentSpec("mlmon.feature.bin", "observable_counter", "{row}",
-                   "Rows per baseline quantile bin of each numeric feature, since start: sum across "
-                   "replicas for fleet-wide PSI in PromQL.",
-                   "mlmon_feature_bin_total"),
-    InstrumentSpec("mlmon.baseline.bin.ratio", "observable_gauge", "1",
-                   "The baseline's share of rows in each quantile bin of each numeric feature (fleet PSI's reference).",
-                   "mlmon_baseline_bin_ratio"),
-    InstrumentSpec("mlmon.alert.active", "observable_gauge", "1",
-                   "1 for every firing alert (sustained over the policy's checks), by alertname and severity.",
-                   "mlmon_alert_active"),
-    InstrumentSpec("mlmon.alert.events", "observable_counter", "{event}",
-                   "Alert events of mlmon's own policy, by alertname and state (firing, severity_changed, resolved).",
-                   "mlmon_alert_events_total"),
-    InstrumentSpec("mlmon.feature.coverage", "observable_gauge", "1",
-                   "Features monitored / fields the model receives (its features plus any other input field seen).",
-                   "mlmon_feature_coverage"),
-    InstrumentSpec("mlmon.analysis.duration", "observable_gauge", "s",
-                   "Duration of the model's last drift check.",
-                   "mlmon_analysis_duration_seconds"),
-    InstrumentSpec("mlmon.analysis.last_run", "observable_gauge", "s",
-                   "Unix time of the model's last drift check: alert when it stops moving.",
-                   "mlmon_analysis_last_run_seconds"),
-    InstrumentSpec("mlmon.performance", "observable_gauge", "1",
-                   "Model performance over labelled predictions at the last check, by metric, window and segment.",
-                   "mlmon_performance"),
-    InstrumentSpec("mlmon.explanations", "counter", "{explanation}",
-                   "Explanations asked for, by status (ok, timeout, busy, error).",
-                   "mlmon_explanations_total"),
-    InstrumentSpec("mlmon.explanation.duration", "histogram", "s",
-                   "Time to explain one prediction, by explainer.",
-                   "mlmon_explanation_duration_seconds", DURATION_BUCKETS),
-    InstrumentSpec("mlmon.feature.attribution", "observable_gauge", "1",
-                   "Mean |SHAP| of a feature over the window's explained predictions (source=current) and "
-                   "over the baseline's background sample (source=baseline).",
-                   "mlmon_feature_attribution"),
-    InstrumentSpec("mlmon.labels", "counter", "{label}",
-                   "Ground-truth labels received, by outcome (labelled, relabelled: the latest wins, unknown id).",
-                   "mlmon_labels_total"),
-    InstrumentSpec("mlmon.label.delay", "histogram", "s",
-                   "Time from a prediction to its label.",
-                   "mlmon_label_delay_seconds", LABEL_DELAY_BUCKETS),
-    InstrumentSpec("mlmon.label.coverage", "observable_gauge", "1",
-                   "Share of the logged predictions of a time window that have a label, at the last check.",
-                   "mlmon_label_coverage"),
-    InstrumentSpec("mlmon.baseline.age", "observable_gauge", "s",
-                   "Seconds since the model's baseline was created.",
-                   "mlmon_baseline_age_seconds"),
-)}
 
 
 class HistogramSink(Protocol):
@@ -421,6 +301,21 @@ class Telemetry:
         self._http_server, _ = start_http_server(port, addr=addr, registry=self.registry)
         logger.info("mlmon: Prometheus metrics on http://%s:%d/metrics", addr, self._http_server.server_port)
 
+    def current_context(self) -> object | None:
+        """The OTel context to parent our span on, or None when not tracing (a contextvar read)."""
+        return get_current_context() if self.tracer is not None else None
+
+    def span(self, name: str, parent: object | None, attributes: Mapping[str, Any], start_ns: int, end_ns: int,
+             error_type: str | None = None) -> None:
+        """Record a finished span (the pipeline creates spans after the fact, with their real times)."""
+        if self.tracer is None:
+            return
+        span = self.tracer.start_span(name, context=parent if isinstance(parent, Context) else None,
+                                      attributes=dict(attributes), start_time=start_ns)
+        if error_type:
+            span.set_status(Status(StatusCode.ERROR, error_type))
+        span.end(end_time=end_ns)
+
     @property
     def prometheus_port(self) -> int | None:
         """The port of our own metrics server, when ``prometheus_port`` is set (useful with 0)."""
@@ -436,6 +331,16 @@ class Telemetry:
             self._http_server.server_close()
         for owned in self._owned:
             owned.shutdown()
+
+
+def check_exporters(config: MonitorConfig) -> None:
+    """Raise a ConfigError at start-up when the config asks for an exporter that is not installed."""
+    if config.resolved_otlp_endpoint() and config.meter_provider is None:
+        try:
+            import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+        except ImportError:
+            raise ConfigError("OTLP export is configured (otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT) but "
+                              "its exporter is not installed: pip install 'mlmon-middleware[otlp]'") from None
 
 
 def _observer(observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]], name: str

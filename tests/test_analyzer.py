@@ -139,7 +139,7 @@ def test_drift_route(harness_factory, baseline):
     def predict(row: dict) -> dict:
         return {"prediction": 1.0}
 
-    instrument_app(app, monitor=h.monitor)
+    instrument_app(app, registry=h.monitor)
     with TestClient(app) as client:
         for row in rows(200, np.random.default_rng(6), region_p=[0.7, 0.1, 0.1, 0.1]):
             client.post("/predict", json=row)

@@ -54,7 +54,7 @@ def echo_app(response_chunks=(b'{"prediction": 0.5}',), status=200, delay=0.0, c
 def test_unmonitored_paths_pass_through_unchanged(harness):
     app = echo_app((b"a", b"b", b"c"))
     bare = run(app, http_scope("/other"), [b"x", b"y"])
-    wrapped = run(MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")]),
+    wrapped = run(MLMonitorMiddleware(app, registry=harness.monitor, endpoints=[Endpoint("/predict", "m")]),
                   http_scope("/other"), [b"x", b"y"])
     assert wrapped == bare and app.seen["body"] == b"xy"
     assert harness.total("mlmon.predictions") == 0
@@ -66,7 +66,7 @@ def test_websocket_and_lifespan_go_straight_to_the_app(harness):
     async def app(scope, receive, send):
         calls.append((scope["type"], receive, send))
 
-    mw = MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/ws", "m", methods=("GET",))])
+    mw = MLMonitorMiddleware(app, registry=harness.monitor, endpoints=[Endpoint("/ws", "m", methods=("GET",))])
 
     async def receive():
         return {}
@@ -81,7 +81,7 @@ def test_websocket_and_lifespan_go_straight_to_the_app(harness):
 
 def test_endpoint_capture_tees_chunked_bodies_and_adds_the_header(harness):
     app = echo_app((b'{"predic', b'tion": 0.5}'))
-    mw = MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/predict", "toy", "3")])
+    mw = MLMonitorMiddleware(app, registry=harness.monitor, endpoints=[Endpoint("/predict", "toy", "3")])
     sent = run(mw, http_scope(), [b'{"x": 1', b'.5, "c": "a"}'])
     assert app.seen["body"] == b'{"x": 1.5, "c": "a"}'
     start, *bodies = sent
@@ -96,7 +96,7 @@ def test_endpoint_capture_tees_chunked_bodies_and_adds_the_header(harness):
 
 
 def test_path_templates_and_methods(harness):
-    mw = MLMonitorMiddleware(echo_app(), monitor=harness.monitor,
+    mw = MLMonitorMiddleware(echo_app(), registry=harness.monitor,
                              endpoints=[{"path": "/models/{name}/predict", "model": "t"}])
     run(mw, http_scope("/models/abc/predict"), [b'{"x": 1}'])
     run(mw, http_scope("/models/abc/predict", method="GET"), [b""])
@@ -106,7 +106,7 @@ def test_path_templates_and_methods(harness):
 
 
 def test_latency_ends_when_the_last_chunk_is_sent(harness):
-    mw = MLMonitorMiddleware(echo_app((b'{"prediction":', b" 1}"), delay=0.05), monitor=harness.monitor,
+    mw = MLMonitorMiddleware(echo_app((b'{"prediction":', b" 1}"), delay=0.05), registry=harness.monitor,
                              endpoints=[Endpoint("/predict", "slow")])
     run(mw, http_scope(), [b'{"x": 1}'])
     [(_, point)] = harness.points("mlmon.inference.duration")
@@ -115,7 +115,7 @@ def test_latency_ends_when_the_last_chunk_is_sent(harness):
 
 def test_bodies_over_the_limit_are_skipped_not_truncated(harness):
     app = echo_app()
-    mw = MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")], max_body_bytes=10)
+    mw = MLMonitorMiddleware(app, registry=harness.monitor, endpoints=[Endpoint("/predict", "m")], max_body_bytes=10)
     big = [b'{"x": ', b"1" * 20, b"}"]
     sent = run(mw, http_scope(), big)
     assert app.seen["body"] == b"".join(big)
@@ -127,7 +127,7 @@ def test_bodies_over_the_limit_are_skipped_not_truncated(harness):
 
 
 def test_only_json_is_parsed(harness):
-    mw = MLMonitorMiddleware(echo_app(), monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")])
+    mw = MLMonitorMiddleware(echo_app(), registry=harness.monitor, endpoints=[Endpoint("/predict", "m")])
     run(mw, http_scope(headers=[(b"content-type", b"text/csv")]), [b"1,2,3"])
     run(mw, http_scope(headers=[(b"content-type", b"application/vnd.api+json")]), [b'{"x": 2}'])
     assert harness.total("mlmon.capture.errors", reason="not_json") == 1
@@ -141,7 +141,7 @@ def test_app_exceptions_propagate_and_are_counted(harness):
         await receive()
         raise error
 
-    mw = MLMonitorMiddleware(app, monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")])
+    mw = MLMonitorMiddleware(app, registry=harness.monitor, endpoints=[Endpoint("/predict", "m")])
     with pytest.raises(RuntimeError) as info:
         run(mw, http_scope(), [b'{"x": 1}'])
     assert info.value is error
@@ -151,7 +151,7 @@ def test_app_exceptions_propagate_and_are_counted(harness):
 
 
 def test_error_statuses_get_no_prediction_id(harness):
-    mw = MLMonitorMiddleware(echo_app(status=422), monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")])
+    mw = MLMonitorMiddleware(echo_app(status=422), registry=harness.monitor, endpoints=[Endpoint("/predict", "m")])
     start = run(mw, http_scope(), [b'{"x": 1}'])[0]
     assert b"x-prediction-id" not in dict(start["headers"])
     assert harness.total("mlmon.predictions", outcome="error") == 1
@@ -159,7 +159,7 @@ def test_error_statuses_get_no_prediction_id(harness):
 
 
 def test_no_per_request_state_on_the_middleware(harness):
-    mw = MLMonitorMiddleware(echo_app(), monitor=harness.monitor, endpoints=[Endpoint("/predict", "m")])
+    mw = MLMonitorMiddleware(echo_app(), registry=harness.monitor, endpoints=[Endpoint("/predict", "m")])
     def state():
         return {k: (id(v), copy.copy(v) if isinstance(v, (dict, list, int)) else None) for k, v in vars(mw).items()}
 
@@ -187,7 +187,7 @@ def test_on_a_starlette_app(harness):
         return StreamingResponse(chunks(), media_type="text/plain")
 
     app = Starlette(routes=[Route("/score", score, methods=["POST"]), Route("/stream", stream)])
-    wrapped = MLMonitorMiddleware(app, monitor=harness.monitor,
+    wrapped = MLMonitorMiddleware(app, registry=harness.monitor,
                                   endpoints=[Endpoint("/score", model="star", class_names=("no", "yes"))])
     with TestClient(wrapped) as client:
         assert client.post("/score", json={"x": 1.0}).json() == {"probabilities": [0.2, 0.8]}

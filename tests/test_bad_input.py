@@ -45,7 +45,7 @@ def make_app(mon=None) -> FastAPI:
         return JSONResponse({"prediction": (len(body) % 7) / 7})
 
     if mon:
-        instrument_app(app, monitor=mon, endpoints=[Endpoint("/score", model="scored", features=FEATURES)],
+        instrument_app(app, registry=mon, endpoints=[Endpoint("/score", model="scored", features=FEATURES)],
                        metrics_path=None, health_path=None)
     return app
 

@@ -25,7 +25,7 @@ def make_app(mon) -> FastAPI:
         await asyncio.sleep(0)
         return {"prediction": row["x"] * 3}
 
-    instrument_app(app, monitor=mon)
+    instrument_app(app, registry=mon)
     return app
 
 

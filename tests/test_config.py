@@ -20,14 +20,15 @@ def test_invalid_values_name_the_field(field, value, message):
         MonitorConfig(**{field: value})
 
 
-def test_env_overrides_values_given_in_code():
+def test_env_fills_what_code_left_unset_and_code_wins():
     env = {"MLMON_RESERVOIR_SIZE": "123", "MLMON_TRACING": "off", "MLMON_TRACE_FEATURES": "age, income",
            "MLMON_PROMETHEUS_PORT": "9464", "MLMON_SERVICE_NAME": "scoring", "UNRELATED": "x"}
-    config = MonitorConfig(reservoir_size=10, tracing=True).with_env(env)
+    config = MonitorConfig().with_env(env)
     assert (config.reservoir_size, config.tracing, config.trace_features, config.prometheus_port,
             config.service_name) == (123, False, ("age", "income"), 9464, "scoring")
+    given = MonitorConfig(reservoir_size=10, tracing=True, prometheus_port=1).with_env(env)
+    assert (given.reservoir_size, given.tracing, given.prometheus_port, given.service_name) == (10, True, 1, "scoring")
     assert MonitorConfig().with_env({"MLMON_TRACING": "auto"}).tracing is None
-    assert MonitorConfig(prometheus_port=1).with_env({"MLMON_PROMETHEUS_PORT": "off"}).prometheus_port is None
 
 
 @pytest.mark.parametrize("var, value, message", [

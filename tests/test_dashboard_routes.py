@@ -35,7 +35,7 @@ def served(tmp_path, harness_factory):
         def predict(row: dict) -> dict:
             return {"prediction": 0.25}
 
-        instrument_app(app, monitor=h.monitor)
+        instrument_app(app, registry=h.monitor)
         h.monitor.start()
         assert h.monitor.model("m").explainer.warm.wait(60)
         return h, app
@@ -84,7 +84,7 @@ def test_several_models_need_model_in_the_query(tmp_path, harness_factory):
     h.monitor.model("one").record({"x": 1.0}, 0.1)
     h.monitor.model("two").record({"x": 1.0}, 0.1)
     app = FastAPI()
-    instrument_app(app, monitor=h.monitor)
+    instrument_app(app, registry=h.monitor)
     with TestClient(app) as client:
         vague = client.get("/mlmon/predictions")
         chosen = client.get("/mlmon/predictions", params={"model": "two"})
@@ -133,7 +133,7 @@ def test_the_page_is_self_contained(served):
 def test_routes_can_be_left_out(harness_factory):
     h = harness_factory(tracing=False, check_interval=0)
     app = FastAPI()
-    instrument_app(app, monitor=h.monitor, dashboard_path=None, predictions_path=None, alerts_path=None)
+    instrument_app(app, registry=h.monitor, dashboard_path=None, predictions_path=None, alerts_path=None)
     with TestClient(app) as client:
         assert [client.get(p).status_code for p in ("/mlmon/", "/mlmon/predictions", "/mlmon/alerts")] == [404] * 3
         assert client.get("/mlmon/health").status_code == 200

@@ -147,7 +147,7 @@ def test_alerts_sustain_deduplicate_and_survive_a_broken_callback():
         seen.append((event["state"], event["severity"]))
         raise RuntimeError("pager down")
 
-    alerts = Alerts(fire_after=2, resolve_after=2, callback=callback, labels={"model": "m"})
+    alerts = Alerts(fire_after=2, resolve_after=2, callback=callback, model="m")
     key = ("FeatureDrift", "a")
     assert alerts.update({key: "warning"}) == []  # one check is not sustained
     assert alerts.update({key: "none"}) == []  # and the streak is broken

@@ -63,7 +63,7 @@ def app_with(h, spec, *, features=None):
     async def plain() -> dict:
         return {"ok": True}
 
-    instrument_app(app, monitor=h.monitor)
+    instrument_app(app, registry=h.monitor)
     return app
 
 
@@ -202,7 +202,7 @@ app = FastAPI()
 def predict(row: dict) -> dict:
     return {"prediction": 1.0}
 
-instrument_app(app, monitor=mon)
+instrument_app(app, registry=mon)
 mon.current_context()  # starts the monitor: the explanation workers warm up
 assert mon.model("m").explainer.warm.wait(60)
 with TestClient(app) as client:
@@ -233,7 +233,7 @@ def test_attribution_drift(harness_factory):
     async def predict(row: dict) -> dict:
         return {"prediction": 0.5}
 
-    instrument_app(app, monitor=h.monitor)
+    instrument_app(app, registry=h.monitor)
     wait_warm(h)
     mm = h.monitor.model("m")
     assert mm.explainer.baseline_attributions == pytest.approx(0.5 * background.mean(axis=0))
@@ -305,7 +305,7 @@ def test_the_background_comes_from_the_baseline(harness_factory):
     async def predict(row: dict) -> dict:
         return {"prediction": 0.5}
 
-    instrument_app(app, monitor=h.monitor)
+    instrument_app(app, registry=h.monitor)
     wait_warm(h)
     explanation = asyncio.run(post(app, ROW, params={"explain": "1"})).json()["explanation"]
     assert explanation["method"] == "linear"

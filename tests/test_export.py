@@ -63,7 +63,7 @@ def test_our_span_is_a_child_of_the_server_span(harness):
     async def predict(row: dict) -> dict:
         return {"prediction": 1.0}
 
-    instrument_app(app, monitor=harness.monitor)
+    instrument_app(app, registry=harness.monitor)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=harness.tracer_provider)
     try:
         with TestClient(app) as client:
@@ -82,7 +82,7 @@ def _child(mon, conn):
     mon.model("forked").record({"a": 1.0}, 0.5)
     mon.flush()
     health = mon.health()
-    conn.send((mon.telemetry.instance_id, health["models"]["forked"]["predictions"], mon._thread.is_alive()))
+    conn.send((mon.telemetry.instance_id, health["models"]["forked"]["predictions"], mon.pipeline.running))
     conn.close()
 
 
@@ -120,7 +120,7 @@ def test_importing_and_using_the_core_loads_no_framework_or_ml_library():
 
 
 def _child_ids(conn):
-    from mlmon_middleware.monitor import new_prediction_id
+    from mlmon_middleware.ids import new_prediction_id
 
     conn.send([new_prediction_id() for _ in range(300)])
     conn.close()
@@ -129,7 +129,7 @@ def _child_ids(conn):
 def test_prediction_ids_are_unique_across_threads_and_forked_workers():
     import concurrent.futures
 
-    from mlmon_middleware.monitor import new_prediction_id
+    from mlmon_middleware.ids import new_prediction_id
 
     new_prediction_id()  # the parent holds a partly used buffer when it forks
     ctx = multiprocessing.get_context("fork")

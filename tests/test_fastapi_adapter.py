@@ -34,7 +34,7 @@ def make_app(mon) -> FastAPI:
     def plain() -> dict:
         return {"ok": True}
 
-    instrument_app(app, monitor=mon)
+    instrument_app(app, registry=mon)
     return app
 
 
@@ -150,7 +150,7 @@ def test_instrument_app_can_leave_metrics_to_someone_else(harness):
     def theirs() -> dict:
         return {"theirs": True}
 
-    instrument_app(app, monitor=harness.monitor, metrics_path=None, health_path="/_health")
+    instrument_app(app, registry=harness.monitor, metrics_path=None, health_path="/_health")
     with TestClient(app) as client:
         assert client.get("/metrics").json() == {"theirs": True}
         assert client.get("/_health").json()["status"] == "ok"

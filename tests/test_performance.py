@@ -10,7 +10,8 @@ from sklearn import metrics as skm
 
 from mlmon_middleware import ConfigError
 from mlmon_middleware.drift.policy import DriftPolicy
-from mlmon_middleware.performance import classification_metrics, regression_metrics, roc_auc
+from mlmon_middleware.metrics import classification_metrics, regression_metrics, roc_auc
+from mlmon_middleware.store import LogRow
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -137,7 +138,7 @@ def test_segment_cap_with_100000_distinct_values(tmp_path, harness_factory):
     rows = []
     for i in range(100_000):
         user = heavy[i % 5] if i < 5000 else f"user-{i}"  # 5 heavy users, then 95,000 distinct
-        rows.append((f"p{i}", "m", "unknown", now - 1 + i * 1e-6, '{"prediction": 0.9}', f'{{"user": "{user}"}}', None))
+        rows.append(LogRow(f"p{i}", "m", "unknown", now - 1 + i * 1e-6, '{"prediction": 0.9}', f'{{"user": "{user}"}}', None))
     writer.put(rows)
     writer.flush()
     writer.store.set_labels("m", [(f"p{i}", int(rng.random() < 0.9), now) for i in range(100_000)])

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from mlmon_fastapi import instrument_app
 from mlmon_middleware import Monitor, MonitorConfig, monitor
-from mlmon_middleware.store import SQLiteStore, StoreError, StoreWriter
+from mlmon_middleware.store import LogRow, SQLiteStore, StoreError, StoreWriter
 
 
 def rows_in(path):
@@ -27,8 +27,8 @@ def rows_in(path):
 def test_store_labels_retention_and_counts(tmp_path):
     store = SQLiteStore(tmp_path / "log.db")
     now = time.time()
-    store.write([(f"p{i}", "m", "1", now - 100 + i, "{}", "{}", None) for i in range(10)])
-    store.write([("q", "other", "1", now - 500, "{}", "{}", None)])
+    store.write([LogRow(f"p{i}", "m", "1", now - 100 + i, "{}", "{}", None) for i in range(10)])
+    store.write([LogRow("q", "other", "1", now - 500, "{}", "{}", None)])
     assert store.set_labels("m", [("p1", 1, now), ("p1", 0, now + 1), ("zz", 1, now)]) == [
         ("p1", "labelled", pytest.approx(99.0)), ("p1", "relabelled", pytest.approx(100.0)), ("zz", "unknown", None)]
     assert store.set_labels("other", [("p2", 1, now)]) == [("p2", "unknown", None)]  # ids are per model
@@ -55,7 +55,7 @@ def test_unusable_logs_fail_at_start_up(tmp_path):
 def test_writer_drops_the_oldest_when_full_and_counts(tmp_path):
     dropped = []
     writer = StoreWriter(SQLiteStore(tmp_path / "log.db"), interval=60, max_queue=3, on_drop=dropped.append)
-    writer.put([(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(5)])
+    writer.put([LogRow(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(5)])
     writer.close()
     assert len(dropped) == 2
     assert [r[0] for r in rows_in(tmp_path / "log.db")] == ["p2", "p3", "p4"]
@@ -116,7 +116,7 @@ def make_app(mon):
     def predict(row: dict) -> dict:
         return {"prediction": 0.5}
 
-    instrument_app(app, monitor=mon)
+    instrument_app(app, registry=mon)
     return app
 
 
@@ -216,7 +216,7 @@ def test_a_failing_write_is_counted_and_serving_goes_on(tmp_path):
             raise sqlite3.OperationalError("disk I/O error")
 
     writer = StoreWriter(Broken(tmp_path / "log.db"), interval=60, on_error=errors.append)
-    writer.put([("p", "m", "1", 1.0, "{}", "{}", None)])
+    writer.put([LogRow("p", "m", "1", 1.0, "{}", "{}", None)])
     writer.flush()
     writer.close()
     assert [str(e) for e in errors] == ["disk I/O error"]

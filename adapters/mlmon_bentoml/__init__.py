@@ -69,7 +69,7 @@ def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | Non
             method = service.apis[name]
             method.func = monitor_call(model=model, version=version, route=method.route, registry=mon,
                                        **options)(method.func)
-        service.add_asgi_middleware(MLMonitorMiddleware, monitor=mon)
+        service.add_asgi_middleware(MLMonitorMiddleware, registry=mon)
         @contextlib.asynccontextmanager
         async def lifespan(_: Starlette) -> AsyncIterator[None]:
             mon.start()  # BentoML runs mounted apps' lifespans at each worker's start: threads, metrics port

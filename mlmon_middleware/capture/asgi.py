@@ -20,7 +20,7 @@ lifespan and unmonitored paths go straight to the app.
 ...                 "headers": [(b"content-type", b"application/json")]})
 ...     await send({"type": "http.response.body", "body": b'{"prediction": 0.5}'})
 >>> mon = Monitor(MonitorConfig(tracing=False))
->>> wrapped = MLMonitorMiddleware(app, monitor=mon, endpoints=[Endpoint("/predict", model="toy")])
+>>> wrapped = MLMonitorMiddleware(app, registry=mon, endpoints=[Endpoint("/predict", model="toy")])
 >>> sent = []
 >>> async def receive():
 ...     return {"type": "http.request", "body": b'{"x": 1.0}', "more_body": False}
@@ -41,39 +41,49 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-import orjson
-
 from mlmon_middleware.capture.context import RequestState, current_request
-from mlmon_middleware.explain import shown
-from mlmon_middleware.monitor import ModelMonitor, Monitor, new_prediction_id
-from mlmon_middleware.record import RawBody, Record
+from mlmon_middleware.ids import new_prediction_id
+from mlmon_middleware.model import ModelMonitor, Record
+from mlmon_middleware.monitor import Monitor
+from mlmon_middleware.options import ModelOptions
+from mlmon_middleware.payload import RawBody
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PREDICTION_HEADER = b"x-prediction-id"
 
 
-@dataclasses.dataclass(frozen=True)
 class Endpoint:
     """A path whose JSON request and response bodies the middleware records as inferences.
 
-    ``path`` may hold ``{name}`` segments (``/models/{name}/predict``); ``input`` and
-    ``prediction_key`` point into the request and response JSON like the decorator's options.
+    ``path`` may hold ``{name}`` segments (``/models/{name}/predict``); ``options`` are the
+    model's (:class:`~mlmon_middleware.ModelOptions`: ``features``, ``baseline``, ``input``,
+    ``prediction_key``, ...), where ``input`` and ``prediction_key`` point into the request and
+    response JSON.
+
+    >>> Endpoint("/score", "fraud", features=["amount"]).options.features
+    ['amount']
     """
 
-    path: str
-    model: str
-    version: str = "unknown"
-    methods: Sequence[str] = ("POST",)
-    features: Any = None
-    baseline: Any = None
-    input: str | None = None
-    prediction_key: str | None = None
-    class_names: Sequence[str] | None = None
+    __slots__ = ("path", "model", "version", "methods", "options")
+
+    def __init__(self, path: str, model: str, version: str = "unknown", *, methods: Sequence[str] = ("POST",),
+                 **options: Any) -> None:
+        self.path = path
+        self.model = model
+        self.version = version
+        self.methods = tuple(methods)
+        self.options = ModelOptions.create(**options)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.path!r}, {self.model!r}, {self.version!r}, methods={self.methods!r})"
 
 
 def _path_regex(template: str) -> re.Pattern[str]:
@@ -86,22 +96,22 @@ class MLMonitorMiddleware:
 
     Parameters:
         app: the ASGI app to wrap.
-        monitor: the :class:`Monitor` to report to (default ``Monitor.get()``).
+        registry: the :class:`Monitor` to report to (default ``Monitor.get()``).
         endpoints: :class:`Endpoint` entries (or dicts of their fields) to capture by path.
         max_body_bytes: body size limit for capture (default: the monitor's config, 1 MiB).
     """
 
-    def __init__(self, app: Any, monitor: Monitor | None = None, endpoints: Iterable[Endpoint | dict] = (),
+    def __init__(self, app: ASGIApp, registry: Monitor | None = None, endpoints: Iterable[Endpoint | Mapping[str, Any]] = (),
                  max_body_bytes: int | None = None) -> None:
         self.app = app
-        self.monitor = monitor or Monitor.get()
-        self.max_body_bytes = self.monitor.config.max_body_bytes if max_body_bytes is None else max_body_bytes
+        self.registry = registry or Monitor.get()
+        self.max_body_bytes = self.registry.config.max_body_bytes if max_body_bytes is None else max_body_bytes
         self._exact: dict[tuple[str, str], tuple[Endpoint, ModelMonitor]] = {}
         self._templates: list[tuple[re.Pattern[str], frozenset[str], Endpoint, ModelMonitor]] = []
         for ep in endpoints:
             ep = ep if isinstance(ep, Endpoint) else Endpoint(**ep)
-            mm = self.monitor.model(ep.model, ep.version, features=ep.features, baseline=ep.baseline,
-                                    input=ep.input, prediction_key=ep.prediction_key, class_names=ep.class_names)
+            mm = self.registry.model(ep.model, ep.version, **{f.name: getattr(ep.options, f.name)
+                                                              for f in dataclasses.fields(ep.options)})
             methods = frozenset(m.upper() for m in ep.methods)
             if "{" in ep.path:
                 self._templates.append((_path_regex(ep.path), methods, ep, mm))
@@ -121,7 +131,7 @@ class MLMonitorMiddleware:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                self.monitor.start()  # this worker's threads, exporters and metrics port, before traffic
+                self.registry.start()  # this worker's threads, exporters and metrics port, before traffic
             await self.app(scope, receive, send)
             return
         await _Responder(self, scope, self._match(scope) if (self._exact or self._templates) else None)(receive, send)
@@ -211,7 +221,7 @@ class _Responder:
                 try:
                     tee.add(message.get("body", b""))
                 except Exception as exc:
-                    self.mw.monitor.errors.report("capture", exc)
+                    self.mw.registry.errors.report("capture", exc)
             return message
 
         return tee_receive
@@ -245,29 +255,11 @@ class _Responder:
 
         return monitored_send
 
-    async def _send_explained(self, send: Any) -> None:
-        """Send the held response with the explanation in its JSON body (Content-Length
-        corrected), or as it was with ``X-MLMon-Explain-Status`` saying why not."""
-        start, *bodies = self.held
-        body = b"".join(m.get("body", b"") for m in bodies)
-        status, explanation = await self.state.explanation.resolve()
-        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
-        key = self.state.explanation.service.spec.key if self.state.explanation.service else "explanation"
-        if status == "ok":
-            try:
-                content_type = (_header(headers, b"content-type") or b"").lower()
-                payload = orjson.loads(body) if b"json" in content_type else None
-                if not isinstance(payload, dict):
-                    raise ValueError("not a JSON object")
-                body = orjson.dumps({**payload, key: shown(explanation)})
-            except Exception:
-                status = "error"
-                self.state.explanation.status = "error"
-        if status != "ok":
-            headers.append((b"x-mlmon-explain-status", status.encode()))
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+    async def _send_explained(self, send: Send) -> None:
+        """Send the held response, explained (see ``PendingExplanation.respond``)."""
+        start, *bodies = self.held or [{}]
+        for message in await self.state.explanation.respond(start, bodies):
+            await send(message)
 
     def _on_start(self, message: Message) -> Message:
         try:
@@ -280,7 +272,7 @@ class _Responder:
                 self.response_type = (_header(headers, b"content-type") or b"").decode("latin-1")
                 self.response_tee = _Tee(self.mw.max_body_bytes, headers)
         except Exception as exc:
-            self.mw.monitor.errors.report("capture", exc)
+            self.mw.registry.errors.report("capture", exc)
         return message
 
     def _finish(self, exc: BaseException | None) -> None:
@@ -301,7 +293,7 @@ class _Responder:
             if self.endpoint is not None and not state.records:
                 self._submit_endpoint(status, error_type)
         except Exception as error:
-            self.mw.monitor.errors.report("capture", error)
+            self.mw.registry.errors.report("capture", error)
 
     def _submit_endpoint(self, status: int, error_type: str | None) -> None:
         endpoint, mm = self.endpoint
@@ -310,4 +302,4 @@ class _Responder:
         response = self.response_tee.raw(self.response_type) if self.response_tee else RawBody(None)
         duration = time.perf_counter_ns() - self.start_ns
         mm.submit(Record(mm, self.prediction_id, self.wall_ns, duration, self.request_tee.raw(request_type),
-                         response, endpoint.path, status, error_type, self.mw.monitor.current_context()))
+                         response, endpoint.path, status, error_type, self.mw.registry.current_context()))

@@ -22,62 +22,36 @@ from __future__ import annotations
 
 import functools
 import inspect
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mlmon_middleware.capture.context import current_request
-from mlmon_middleware.drift.policy import DriftPolicy
-from mlmon_middleware.explain import PendingExplanation
-from mlmon_middleware.monitor import ModelMonitor, Monitor, new_prediction_id
-from mlmon_middleware.record import CallArgs, Record, input_argument, resolve_payload
-from mlmon_middleware.schema import FeatureSchema, extract_rows
+from mlmon_middleware.ids import new_prediction_id
+from mlmon_middleware.model import ModelMonitor, Record
+from mlmon_middleware.monitor import Monitor
+from mlmon_middleware.payload import CallArgs, input_argument
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def monitor(model: str, version: str = "unknown", *, features: Any = None, baseline: Any = None,
-            explain: Any = None, input: str | None = None, prediction_key: str | None = None,
-            class_names: Sequence[str] | None = None, route: str | None = None,
-            registry: Monitor | None = None, drift_policy: DriftPolicy | None = None, warmup_rows: int = 1000,
-            on_alert: Callable[[dict[str, Any]], None] | None = None, segments: Sequence[str] = (),
-            log_features: str | Sequence[str] | None = "all", redact: Sequence[str] = (),
-            performance: dict[str, Any] | None = None) -> Callable[[F], F]:
+def monitor(model: str, version: str = "unknown", *, route: str | None = None, registry: Monitor | None = None,
+            **options: Any) -> Callable[[F], F]:
     """Monitor every call of the decorated function as an inference of ``model``.
 
     Parameters:
         model, version: the model identity on every metric and span.
-        features: feature names (kinds inferred), a ``{name: "numeric"|"categorical"}`` dict,
-            or a FeatureSchema; default: read from the baseline or the first rows.
-        baseline: a :class:`~mlmon_middleware.Baseline` or the path of its file.
-        explain: an :class:`~mlmon_middleware.explain.Explain` (or a shap explainer, or a callable
-            returning contributions): SHAP explanations in the response, on request or sampled;
-            they need the middleware (``instrument_app``), which puts them into the JSON body.
-        input: the parameter that holds the features (default: the first argument that looks
-            like data: a dict, list, pydantic model, array or DataFrame).
-        prediction_key: where a dict answer holds the prediction (default: ``prediction``,
-            ``predictions``, ``probabilities``, ... whichever is present).
-        class_names: names of the columns of a probability vector.
         route: ``http.route`` when no middleware supplies it.
         registry: the :class:`Monitor` to report to (default ``Monitor.get()``).
-        drift_policy: a :class:`~mlmon_middleware.drift.policy.DriftPolicy` (thresholds, tests,
-            alert sustain); default ``DriftPolicy()``.
-        warmup_rows: without a baseline, build a warm-up baseline from this many first rows.
-        on_alert: called with each alert event (firing, severity changed, resolved).
-        segments: features whose values are kept with each logged prediction (per-segment metrics).
-        log_features: which features the prediction log keeps: ``"all"``, a list, or None.
-        redact: features logged as ``"[redacted]"``.
-        performance: options of :class:`~mlmon_middleware.performance.PerformanceTracker`
-            (``task``, ``positive``, ``threshold``, windows, ``max_segments``, ``protected``, ...).
+        **options: the model's options, the fields of :class:`~mlmon_middleware.ModelOptions`:
+            ``features``, ``baseline``, ``explain``, ``input``, ``prediction_key``,
+            ``class_names``, ``drift_policy``, ``warmup_rows``, ``on_alert``, ``segments``,
+            ``log_features``, ``redact``, ``performance`` (a misspelt one is a ConfigError).
     """
     def decorate(fn: F) -> F:
         mon = registry or Monitor.get()
-        mm = mon.model(model, version, features=features, baseline=baseline, explain=explain, input=input,
-                       prediction_key=prediction_key, class_names=class_names, drift_policy=drift_policy,
-                       warmup_rows=warmup_rows, on_alert=on_alert, segments=segments, log_features=log_features,
-                       redact=redact, performance=performance)
-        pick = _InputPicker(tuple(inspect.signature(fn).parameters), input)
+        mm = mon.model(model, version, **options)
+        pick = _InputPicker(tuple(inspect.signature(fn).parameters), options.get("input"))
         route_name = route or ""
         perf_ns, wall_ns = time.perf_counter_ns, time.time_ns
 
@@ -125,7 +99,7 @@ class _InputPicker:
         self.name = name
         self.position = names.index(name) if name in names else None
 
-    def __call__(self, args: tuple, kwargs: dict) -> Any:
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         name = self.name
         if name is None:
             name = input_argument(self.names, args, kwargs)
@@ -147,45 +121,7 @@ class _InputPicker:
         return value
 
 
-def _asked(scope: Any) -> bool | None:
-    """What the request said about explaining: the ``X-MLMon-Explain`` header or ``?explain=``."""
-    if not scope:
-        return None
-    for key, value in scope.get("headers") or ():
-        if key == b"x-mlmon-explain":
-            return value.strip().lower() in (b"1", b"true", b"yes")
-    query = scope.get("query_string") or b""
-    if b"explain=" in query:
-        for part in query.split(b"&"):
-            if part.startswith(b"explain="):
-                return part[8:].lower() in (b"1", b"true", b"yes")
-    return None
-
-
-def request_explanation(mm: ModelMonitor, scope: Any, inputs: Any) -> PendingExplanation | None:
-    """Start explaining this call when it is wanted; None when not. The row is encoded here (on
-    the request path, only for explained calls) because the worker needs it now."""
-    spec = mm.explain
-    if not (spec.wanted(_asked(scope)) or spec.sampled(random.random())):
-        return None
-    service = mm.explainer
-    try:
-        rows = extract_rows(resolve_payload(inputs, mm.input_arg))
-        schema = mm.schema or FeatureSchema.infer(rows[:1], names=mm._declared_names)
-        if schema.categorical_names and spec.method == "auto":
-            return PendingExplanation(service, None, None, "error")  # pass a callable for mixed features
-        row = schema.encode(rows[:1]).numeric[0]
-    except Exception:
-        return PendingExplanation(service, None, None, "error")
-    if service is None:
-        return PendingExplanation(None, row, None, "busy")
-    future = service.submit(row)
-    if isinstance(future, str):
-        return PendingExplanation(service, row, None, future)
-    return PendingExplanation(service, row, future)
-
-
-def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, args: tuple, kwargs: dict,
+def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, args: tuple[Any, ...], kwargs: dict[str, Any],
              result: Any, start_ns: int, wall_ns: int, exc: BaseException | None) -> None:
     """Hand one call to the pipeline, or to the middleware when one is serving the request."""
     try:
@@ -199,7 +135,7 @@ def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, arg
             if exc is None:
                 state.prediction_id = pid
                 if mm.explain is not None:
-                    state.explanation = record.explanation = request_explanation(mm, state.scope, record.inputs)
+                    state.explanation = record.explanation = mm.explain_request(state.scope, record.inputs)
             return
         if exc is not None:
             status = getattr(exc, "status_code", None)

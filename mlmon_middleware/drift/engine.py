@@ -19,17 +19,18 @@ statistics themselves live in :mod:`mlmon_middleware.drift.stats`; the verdicts 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from mlmon_middleware.drift import stats
 from mlmon_middleware.quality import categorical_quality, sorted_numeric_quality
+from mlmon_middleware.reports import FeatureDrift
 from mlmon_middleware.schema import FeatureSchema
 
 
 def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
-            window: Mapping[str, np.ndarray], p_values: bool = True) -> dict[str, dict[str, Any]]:
+            window: Mapping[str, np.ndarray], p_values: bool = True) -> dict[str, FeatureDrift]:
     """Statistics per feature of ``schema`` present in ``profiles``; ``window`` has the
     ``numeric`` and ``categorical`` matrices of a :class:`SlidingWindow` snapshot.
     ``p_values=False`` skips the KS p-values (``None``), the costliest part of a check, for
@@ -51,7 +52,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
             current = stats.sorted_bin_counts(values, cuts) / len(values)
             binned.append((name, reference, current))
             result["ks"], result["wasserstein"] = stats.ks_wasserstein(sample, values)
-            std = profile.get("std") or 0.0
+            std = float(profile.get("std") or 0.0)
             result["wasserstein_norm"] = result["wasserstein"] / std if std > 0 else 0.0
             result["bins"] = {"edges": profile["bin_edges"], "reference": reference.tolist(), "current": current.tolist()}
             result["sample_rows"] = len(sample)
@@ -66,8 +67,9 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
             ref[i, :len(r)] = r
             cur[i, :len(c)] = c
         ks = np.array([out[name]["ks"] for name, _, _ in binned])
-        sizes = ([out[n]["sample_rows"] for n, _, _ in binned], [out[n]["rows"] for n, _, _ in binned])
-        ps = stats.ks_pvalue(ks, *sizes) if p_values else [None] * len(binned)
+        n_ref = np.array([out[n]["sample_rows"] for n, _, _ in binned])
+        n_cur = np.array([out[n]["rows"] for n, _, _ in binned])
+        ps = stats.ks_pvalue(ks, n_ref, n_cur) if p_values else [None] * len(binned)
         for (name, _, _), psi, js, p in zip(binned, stats.psi(ref, cur), stats.js_distance(ref, cur), ps):
             out[name].update(psi=float(psi), js=float(js), p_value=None if p is None else float(p))
     for j, name in enumerate(schema.categorical_names):
@@ -75,7 +77,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
         if profile is None or profile.get("kind") != "categorical":
             continue
         out[name] = _categorical(window["categorical"][:, j], profile)
-    return out
+    return cast(dict[str, FeatureDrift], out)  # built key by key from the quality and statistics helpers
 
 
 class _ReferenceArrays:

@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mlmon_middleware.reports import FeatureDrift, Severity
+
 SEVERITIES = ("none", "info", "warning", "critical")
 RANK = {severity: i for i, severity in enumerate(SEVERITIES)}
 
@@ -106,19 +108,19 @@ class DriftPolicy:
         values = self.overrides.get(feature)
         return dataclasses.replace(self.thresholds, **values) if values else self.thresholds
 
-    def judge(self, features: dict[str, dict], n_rows: int) -> dict[str, str]:
+    def judge(self, features: Mapping[str, FeatureDrift], n_rows: int) -> dict[str, Severity]:
         """Severity per feature from its statistics (``psi``, ``js``, ``wasserstein_norm``,
         ``p_value``): see the module docstring for the rules. Drift means ``warning`` or worse."""
         names = [name for name, s in features.items() if s.get("rows", 0) > 0]
-        verdicts = {name: "none" for name in features}
+        verdicts: dict[str, Severity] = {name: "none" for name in features}
         if not names:
             return verdicts
         if n_rows < self.large_window:
-            adjusted = adjust_pvalues([features[n]["p_value"] for n in names], self.correction)
+            adjusted = adjust_pvalues(np.array([features[n].get("p_value") for n in names], dtype=float), self.correction)
             for name, p in zip(names, adjusted):
                 features[name]["p_adjusted"] = float(p)
                 if p < self.alpha:
-                    critical = features[name]["psi"] >= self.thresholds_for(name).psi_critical
+                    critical = features[name].get("psi", 0.0) >= self.thresholds_for(name).psi_critical
                     verdicts[name] = "critical" if critical else "warning"
             if n_rows < self.effect_window:
                 return verdicts
@@ -129,12 +131,13 @@ class DriftPolicy:
         return verdicts
 
     @staticmethod
-    def _by_effect(s: Mapping[str, float], t: Thresholds) -> str:
-        if s["psi"] >= t.psi_critical:
+    def _by_effect(s: FeatureDrift, t: Thresholds) -> Severity:
+        psi = s.get("psi", 0.0)
+        if psi >= t.psi_critical:
             return "critical"
-        if s["psi"] >= t.psi_warning or s["js"] >= t.js or s.get("wasserstein_norm", 0.0) >= t.wasserstein:
+        if psi >= t.psi_warning or s.get("js", 0.0) >= t.js or s.get("wasserstein_norm", 0.0) >= t.wasserstein:
             return "warning"
-        return "info" if s["psi"] >= t.psi_info else "none"
+        return "info" if psi >= t.psi_info else "none"
 
 
 def adjust_pvalues(pvalues: list[float] | np.ndarray, method: str) -> np.ndarray:
@@ -144,7 +147,7 @@ def adjust_pvalues(pvalues: list[float] | np.ndarray, method: str) -> np.ndarray
     if m == 0:
         return p
     if method == "bonferroni":
-        return np.minimum(p * m, 1.0)
+        return np.asarray(np.minimum(p * m, 1.0))
     order = np.argsort(p)
     ranked = p[order] * m / np.arange(1, m + 1)
     ranked = np.minimum.accumulate(ranked[::-1])[::-1]

@@ -54,7 +54,7 @@ def psi(ref: np.ndarray, cur: np.ndarray, eps: float = EPS) -> np.ndarray:
     """Population stability index per row of two (features × bins) proportion matrices."""
     p = np.clip(ref, eps, None)
     q = np.clip(cur, eps, None)
-    return np.sum((q - p) * np.log(q / p), axis=-1)
+    return np.asarray(np.sum((q - p) * np.log(q / p), axis=-1))
 
 
 def js_distance(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ def js_distance(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         kl_p = np.where(p > 0, p * np.log2(p / m), 0.0).sum(axis=-1)
         kl_q = np.where(q > 0, q * np.log2(q / m), 0.0).sum(axis=-1)
-    return np.sqrt(np.clip((kl_p + kl_q) / 2, 0.0, None))
+    return np.asarray(np.sqrt(np.clip((kl_p + kl_q) / 2, 0.0, None)))
 
 
 def ks_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:

@@ -1,8 +1,9 @@
-"""Record: what the request path hands to the background pipeline.
+"""Payloads as captured: references to what an endpoint saw, resolved later in the pipeline.
 
-A record holds *references* to what the endpoint saw (its call arguments, or the raw
-request and response bodies) plus timing and outcome. Nothing is parsed, copied or
-validated on the request path; :func:`resolve_payload` does that later, in the pipeline.
+A :class:`~mlmon_middleware.model.Record` holds *references* to what the endpoint saw (its
+call arguments as :class:`CallArgs`, or the raw request and response bodies as
+:class:`RawBody`). Nothing is parsed, copied or validated on the request path;
+:func:`resolve_payload` does that later, in the pipeline.
 
 >>> payload = RawBody(b'{"x": 1.5}', "application/json")
 >>> resolve_payload(payload)
@@ -41,37 +42,10 @@ class CallArgs:
 
     __slots__ = ("args", "kwargs", "names")
 
-    def __init__(self, args: tuple, kwargs: dict, names: tuple[str, ...]) -> None:
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...]) -> None:
         self.args = args
         self.kwargs = kwargs
         self.names = names
-
-
-class Record:
-    """One monitored inference, as captured on the request path."""
-
-    __slots__ = ("model", "prediction_id", "wall_ns", "duration_ns", "inputs", "outputs",
-                 "route", "status_code", "error_type", "context", "explanation")
-
-    def __init__(self, model: Any, prediction_id: str, wall_ns: int, duration_ns: int, inputs: Any,
-                 outputs: Any, route: str = "", status_code: int | None = None,
-                 error_type: str | None = None, context: Any = None) -> None:
-        self.model = model
-        self.prediction_id = prediction_id
-        self.wall_ns = wall_ns
-        self.duration_ns = duration_ns
-        self.inputs = inputs
-        self.outputs = outputs
-        self.route = route
-        self.status_code = status_code
-        self.error_type = error_type
-        self.context = context
-        self.explanation: Any = None  # a PendingExplanation once resolved by the middleware
-
-    @property
-    def ok(self) -> bool:
-        """Whether the call produced a prediction: no exception and no 4xx/5xx status."""
-        return self.error_type is None and (self.status_code is None or self.status_code < 400)
 
 
 def _json_content_type(content_type: str) -> bool:
@@ -86,7 +60,7 @@ def _looks_like_data(value: Any) -> bool:
             or hasattr(value, "__array__"))
 
 
-def input_argument(names: tuple[str, ...], args: tuple, kwargs: Mapping[str, Any]) -> str | None:
+def input_argument(names: tuple[str, ...], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
     """The first argument, in signature order, that looks like data (a mapping, a sequence, a
     pydantic model, an array or a DataFrame), or None.
 

@@ -1,0 +1,291 @@
+"""The pipeline: the bounded queue between the request path and everything else, and ingestion.
+
+The capture layers hand :class:`~mlmon_middleware.model.Record`\\ s to :meth:`Pipeline.submit`
+(O(1): an append to a deque, or a count when the queue is full). A thread of the
+:class:`Pipeline` drains the queue every ``flush_interval`` seconds, or at once when a burst
+fills ``flush_batch`` records, and :func:`ingest` turns each model's records, in one direction,
+into: counts and timings (telemetry), feature and prediction rows in the model's windows,
+per-bin counts, prediction-log rows for the log writer, and spans.
+
+>>> from mlmon_middleware import Monitor, MonitorConfig
+>>> mon = Monitor(MonitorConfig(tracing=False))
+>>> _ = mon.model("toy").record({"x": 1.0}, {"prediction": 1})
+>>> len(mon.pipeline), mon.flush(), len(mon.pipeline)
+(1, None, 0)
+>>> mon.shutdown()
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlmon_middleware.config import MonitorConfig
+from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.explain import PendingExplanation, shown
+from mlmon_middleware.instruments import ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS, PREDICTION_ID
+from mlmon_middleware.model import ModelMonitor, Record
+from mlmon_middleware.payload import resolve_payload
+from mlmon_middleware.reservoir import SlidingWindow
+from mlmon_middleware.schema import CaptureError, FeatureSchema, extract_predictions, extract_rows
+from mlmon_middleware.store import LogRow, StoreWriter
+from mlmon_middleware.telemetry import Telemetry
+
+_NS = 1e-9
+
+
+class Pipeline:
+    """The bounded queue and the thread that drains it; see the module docstring.
+
+    ``start`` (in the serving process, after any fork) gives it the telemetry and the log writer;
+    until then records wait in the queue. Failures are counted in ``errors``, never raised.
+    """
+
+    def __init__(self, config: MonitorConfig, errors: ErrorLog) -> None:
+        self.config = config
+        self.errors = errors
+        self._wake_at = min(config.flush_batch, config.queue_size - 1)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queue: collections.deque[Record] = collections.deque()
+        self._lock = threading.Lock()  # one flush at a time
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._telemetry: Telemetry | None = None
+        self._writer: StoreWriter | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def submit(self, record: Record) -> None:
+        """Queue ``record``; when the queue is full it is dropped and counted (``queue_full``)."""
+        queued = len(self._queue)
+        if queued >= self.config.queue_size:
+            self.errors.report("queue_full", message="record dropped: the pipeline queue is full")
+            return
+        self._queue.append(record)
+        if queued == self._wake_at:  # a burst: run the pipeline now rather than at the next interval
+            self._wake.set()
+
+    def start(self, telemetry: Telemetry, writer: StoreWriter | None) -> None:
+        self._telemetry, self._writer = telemetry, writer
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.config.flush_interval)
+            self._wake.clear()
+            self.flush()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def flush(self) -> None:
+        """Ingest every queued record now (the pipeline thread calls this periodically)."""
+        telemetry = self._telemetry
+        if telemetry is None:
+            return
+        with self._lock:
+            queue = self._queue
+            batch: dict[ModelMonitor, list[Record]] = {}
+            for _ in range(len(queue)):
+                record = queue.popleft()
+                batch.setdefault(record.model, []).append(record)
+            for model, records in batch.items():
+                try:
+                    ingest(model, records, telemetry, self._writer)
+                except Exception as exc:
+                    self.errors.report("ingest", exc)
+
+    def stop(self) -> None:
+        """Stop the thread and ingest what is queued."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.flush()
+        self._telemetry = self._writer = None
+        self._thread = None
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's thread, queue and exporters."""
+        self._reset()
+
+
+def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, writer: StoreWriter | None) -> None:
+    """Turn a batch of one model's records into counts, timings, rows, log rows and spans."""
+    counts: collections.Counter[tuple[str, bool]] = collections.Counter()
+    capture: collections.Counter[str] = collections.Counter()
+    feature_rows: list[Any] = []
+    output_rows: list[dict[str, Any] | None] = []
+    row_times: list[int] = []
+    durations: dict[tuple[str, int | None, str | None], list[int]] = {}
+    messages: dict[str, str] = {}  # last message per capture-error reason
+    tracing = telemetry.tracer is not None
+    log_rows: list[LogRow] = []
+    explained: collections.Counter[str] = collections.Counter()
+    for rec in records:
+        ok = rec.ok
+        counts[(rec.route, ok)] += 1
+        key = (rec.route, rec.status_code, rec.error_type)
+        group = durations.get(key)
+        if group is None:
+            group = durations[key] = []
+        group.append(rec.duration_ns)
+        rows, outputs = _rows_of(model, rec, capture, messages) if ok else ([], [])
+        if rows:
+            feature_rows += rows
+            output_rows += outputs
+            row_times += [rec.wall_ns] * len(rows) if len(rows) > 1 else [rec.wall_ns]
+            if writer is not None:
+                log_rows += _log_rows(model, rec, rows, outputs)
+        if rec.explanation is not None:
+            explained[rec.explanation.status] += 1
+            _explained(model, rec.explanation, rec.wall_ns * _NS, telemetry)
+        if tracing:
+            _span(model, telemetry, rec, rows, outputs)
+    attrs = model.attrs
+    for (route, status, error_type), values in durations.items():
+        labels: dict[str, Any] = {**attrs, HTTP_ROUTE: route, HTTP_STATUS: status or (500 if error_type else 200)}
+        if error_type:
+            labels[ERROR_TYPE] = error_type
+        telemetry.inference_duration.observe(np.array(values) * _NS, labels)
+    for (route, ok), n in counts.items():
+        telemetry.predictions.add(n, {**attrs, HTTP_ROUTE: route, "outcome": "ok" if ok else "error"})
+    for status, n in explained.items():
+        telemetry.explanations.add(n, {**attrs, "status": status})
+    if log_rows and writer is not None:
+        writer.put(log_rows)
+    if feature_rows:
+        _windows(model, feature_rows, output_rows, np.array(row_times) * _NS, capture, telemetry)
+    for reason, n in capture.items():
+        telemetry.capture_errors.add(n, {**attrs, "reason": reason})
+    outcomes: collections.Counter[str] = collections.Counter()
+    for (_, ok), n in counts.items():
+        outcomes["ok" if ok else "error"] += n
+    model.counters.add_batch(outcomes, capture, messages)
+
+
+def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str],
+             messages: dict[str, str]) -> tuple[list[Any], list[dict[str, Any] | None]]:
+    """The feature rows and prediction rows of one record (capture problems counted)."""
+    options = model.options
+    try:
+        rows = extract_rows(resolve_payload(rec.inputs, options.input))
+    except CaptureError as exc:
+        capture[exc.reason] += 1
+        messages[exc.reason] = str(exc)
+        return [], []
+    outputs: list[dict[str, Any] | None]
+    try:
+        outputs = list(extract_predictions(resolve_payload(rec.outputs), len(rows), options.prediction_key,
+                                           options.class_names))
+    except CaptureError as exc:
+        capture[exc.reason] += 1
+        messages[exc.reason] = str(exc)
+        outputs = [None] * len(rows)
+    return rows, outputs
+
+
+def _windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] | None], times: np.ndarray,
+             capture: collections.Counter[str], telemetry: Telemetry) -> None:
+    """Encode rows into the model's feature and prediction windows (schemas inferred on first use)."""
+    size = model.registry.config.reservoir_size
+    if model.schema is None:
+        model.schema = FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds)
+    schema = model.schema
+    if model.window is None:
+        model.window = SlidingWindow(size, numeric=(len(schema.numeric_names), float),
+                                     categorical=(len(schema.categorical_names), object))
+    encoded = schema.encode(rows)
+    capture.update(encoded.errors)
+    model.counters.add_encoding(encoded.feature_errors, encoded.unexpected_fields)
+    model.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
+    if model.bins is not None:  # the fleet bin counters: rows per baseline bin, per numeric feature
+        model.bins.add(encoded.numeric)
+
+    answered = [i for i, o in enumerate(outputs) if o is not None]
+    if not answered:
+        return
+    if model.output_schema is None or model.output_window is None:
+        model.output_schema = FeatureSchema.infer([outputs[i] for i in answered])
+        model.output_window = SlidingWindow(size, numeric=(len(model.output_schema.numeric_names), float),
+                                            categorical=(len(model.output_schema.categorical_names), object))
+    out = model.output_schema.encode([outputs[i] for i in answered])
+    for reason, n in out.errors.items():
+        capture[f"prediction_{reason}"] += n
+    model.output_window.extend(times[answered], numeric=out.numeric, categorical=out.categorical)
+    for j, name in enumerate(model.output_schema.numeric_names):
+        telemetry.prediction_value.observe(out.numeric[:, j], {**model.attrs, "output": name})
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str).decode()
+
+
+def _log_rows(model: ModelMonitor, rec: Record, rows: list[Any], outputs: list[dict[str, Any] | None]) -> list[LogRow]:
+    """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``."""
+    names = model.schema.names if model.schema is not None else ()
+    options = model.options
+    chosen_features = options.log_features
+    when = rec.wall_ns * _NS
+    out = []
+    for i, (row, output) in enumerate(zip(rows, outputs)):
+        values: Mapping[str, Any] = row if isinstance(row, Mapping) else dict(zip(names, row))
+        segments = {name: values.get(name) for name in options.segments}
+        if chosen_features is None:
+            features = None
+        else:
+            chosen = values if chosen_features == "all" else {n: values.get(n) for n in chosen_features}
+            features = _json({k: ("[redacted]" if k in options.redact else v) for k, v in chosen.items()})
+        pid = rec.prediction_id if len(rows) == 1 else f"{rec.prediction_id}:{i}"
+        result = rec.explanation.result if rec.explanation is not None and i == 0 else None
+        explanation = None if result is None else _json(shown(result))
+        out.append(LogRow(pid, model.name, model.version, when, _json(output or {}), _json(segments), features, explanation))
+    return out
+
+
+def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, telemetry: Telemetry) -> None:
+    """Time an explanation and keep its |contributions| for attribution drift."""
+    result = pending.result
+    if result is None:
+        return
+    telemetry.explanation_duration.observe(np.array([pending.seconds]), {**model.attrs, "explainer": result["method"]})
+    model.attributions.append((when, np.abs(np.asarray(result["contributions"], dtype=float))))
+
+
+def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: list[Any],
+          outputs: list[dict[str, Any] | None]) -> None:
+    attrs: dict[str, Any] = {**model.attrs, PREDICTION_ID: rec.prediction_id, "mlmon.batch.size": len(rows)}
+    if rec.route:
+        attrs[HTTP_ROUTE] = rec.route
+    first = outputs[0] if outputs else None
+    if first:
+        for name, value in first.items():
+            if isinstance(value, (int, float, str, bool)):
+                attrs[f"mlmon.prediction.{name}" if len(first) > 1 else "mlmon.prediction"] = value
+    allowed = model.registry.config.trace_features
+    if allowed and rows and isinstance(rows[0], Mapping):
+        for name in allowed:
+            value = rows[0].get(name)
+            if isinstance(value, (int, float, str, bool)):
+                attrs[f"mlmon.feature.{name}"] = value
+    if rec.error_type:
+        attrs[ERROR_TYPE] = rec.error_type
+    result = rec.explanation.result if rec.explanation is not None else None
+    for i, item in enumerate((result or {}).get("top", ())):
+        attrs[f"mlmon.explanation.top.{i}.feature"] = item["feature"]
+        attrs[f"mlmon.explanation.top.{i}.value"] = item["contribution"]
+    telemetry.span(f"mlmon.inference {model.name}", rec.context, attrs, rec.wall_ns, rec.wall_ns + rec.duration_ns,
+                   rec.error_type)
+

@@ -1,0 +1,285 @@
+"""The shapes of what users read: reports, health, alert events and logged predictions.
+
+Reports are plain JSON-ready dicts (the HTTP routes return them as they are), typed here as
+``TypedDict``\\ s so that their keys are written down once, checked by mypy wherever they are built
+or read, and documented in one place. ``total=False`` marks shapes whose keys depend on the
+state (a warming-up drift report has no ``features``; a categorical feature has no ``ks``).
+
+>>> report: LabelResults = {"results": [], "labelled": 0, "relabelled": 0, "unknown": 0}
+>>> sorted(LabelResults.__annotations__)
+['labelled', 'relabelled', 'results', 'unknown']
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+Severity = Literal["none", "info", "warning", "critical"]
+LabelOutcome = Literal["labelled", "relabelled", "unknown"]
+LABEL_OUTCOMES: tuple[LabelOutcome, ...] = ("labelled", "relabelled", "unknown")
+
+
+# ----------------------------------------------------------------------------------------- drift
+class FeatureDrift(TypedDict, total=False):
+    """One feature (or prediction output) at one check: statistics, data quality, verdict."""
+
+    kind: Literal["numeric", "categorical"]
+    rows: int  # rows of the window with a value for the feature
+    psi: float
+    js: float
+    ks: float
+    wasserstein: float
+    wasserstein_norm: float  # Wasserstein distance / the baseline's standard deviation
+    chi2: float
+    dof: int
+    p_value: float | None  # KS (numeric) or chi² (categorical); None when judged by effect sizes
+    p_adjusted: float  # after the policy's multiple-test correction
+    sample_rows: int  # size of the baseline sample the KS test compares with
+    missing_ratio: float
+    out_of_range_ratio: float
+    new_category_ratio: float
+    bins: dict[str, list[float]]  # numeric: baseline bin edges, reference and current shares
+    categories: dict[str, list[Any]]  # categorical: names, reference and current shares
+    severity: Severity
+    capture_errors_since_last_check: dict[str, int]
+
+
+# Unix times of the oldest and newest row of the checked window ("from" is a keyword, hence this syntax).
+WindowSpan = TypedDict("WindowSpan", {"from": float | None, "to": float | None})
+
+
+class QualityCounts(TypedDict):
+    capture_errors_since_last_check: dict[str, int]
+    predictions_since_last_check: int
+
+
+class LabelCoverageWindow(TypedDict):
+    predictions: int
+    labelled: int
+    share: float
+
+
+class LabelCoverage(TypedDict, total=False):
+    coverage: dict[str, LabelCoverageWindow]  # by window: "1h", "24h", "7d"
+
+
+class AttributionFeature(TypedDict):
+    baseline: float
+    current: float
+    baseline_share: float
+    current_share: float
+    relative_shift: float
+    baseline_rank: int
+    current_rank: int
+
+
+class AttributionReport(TypedDict, total=False):
+    """Attribution drift: each feature's share of the mean |SHAP| against the baseline's."""
+
+    status: Literal["ok", "waiting"]
+    samples: int
+    needs: int
+    baseline: bool
+    features: dict[str, AttributionFeature]
+    drifted: list[str]
+
+
+class ActiveAlert(TypedDict):
+    alertname: str
+    subject: str
+    severity: Severity
+
+
+class BaselineSummary(TypedDict):
+    model: str | None
+    rows: int
+    created_at: str
+    features: int
+    schema_hash: str
+    warmup: bool
+
+
+class DriftReport(TypedDict, total=False):
+    """One check of one model (``ModelMonitor.drift_report()``, ``GET /mlmon/drift``)."""
+
+    model: str
+    version: str
+    checked_at: float
+    rows: int
+    window: WindowSpan
+    quality: QualityCounts
+    labels: LabelCoverage
+    status: Literal["ok", "warming_up"]
+    warmup_rows: int
+    baseline: BaselineSummary
+    regime: str  # which evidence the policy used at this window size
+    features: dict[str, FeatureDrift]
+    drifted: list[str]
+    share: float
+    dataset_drift: bool
+    predictions: dict[str, FeatureDrift]
+    prediction_drift: bool
+    performance_status: str
+    attributions: AttributionReport
+    alerts: list[ActiveAlert]
+    duration_seconds: float
+
+
+# ----------------------------------------------------------------------------------- performance
+Metrics = dict[str, float | None]  # metric name -> value; None where undefined (one class only)
+
+
+class Degradation(TypedDict):
+    reference: float
+    current: float
+    relative_change: float
+    severity: Severity
+
+
+class GroupFairness(TypedDict):
+    count: int
+    positive_rate: float
+    tpr: float | None
+    fpr: float | None
+
+
+class Fairness(TypedDict):
+    attribute: str | None
+    groups: dict[str, GroupFairness]
+    demographic_parity_ratio: float
+    tpr_gap: float | None
+    fpr_gap: float | None
+    four_fifths_violated: bool
+
+
+class WindowPerformance(TypedDict, total=False):
+    rows: int
+    overall: Metrics | None
+    segments: dict[str, dict[str, Metrics]]  # segment feature -> value -> metrics
+    task: str
+    fairness: Fairness
+    degradation: dict[str, Degradation]
+
+
+class ReferencePerformance(TypedDict):
+    source: str | None  # "given", "baseline", "first full window", or None (not known yet)
+    metrics: dict[str, float] | None
+
+
+class PerformanceHistoryEntry(TypedDict):
+    checked_at: float
+    windows: dict[str, dict[str, Any]]  # window -> {"rows": n, "overall": metrics}
+
+
+class PerformanceReport(TypedDict, total=False):
+    """Performance once labels arrive (``ModelMonitor.performance_report()``)."""
+
+    checked_at: float
+    status: str
+    windows: dict[str, WindowPerformance]
+    reference: ReferencePerformance
+    concept_drift: dict[str, Any]
+    history: list[PerformanceHistoryEntry]
+
+
+# ---------------------------------------------------------------------------------------- alerts
+class AlertEvent(TypedDict, total=False):
+    """A change of an alert's state, as ``on_alert`` callbacks and webhooks receive it; ``model``
+    and ``version`` are added by the model's alert state."""
+
+    alertname: str
+    subject: str
+    state: Literal["firing", "severity_changed", "resolved"]
+    severity: Severity
+    time: float
+    model: str
+    version: str
+
+
+class FiringAlert(TypedDict):
+    alertname: str
+    subject: str
+    severity: Severity
+    since: float
+
+
+class AlertSummary(TypedDict):
+    active: list[FiringAlert]
+    recent: list[AlertEvent]  # newest first
+
+
+# ---------------------------------------------------------------------------------------- health
+class Coverage(TypedDict):
+    monitored: int
+    received: int
+    ratio: float
+    unmonitored_fields: dict[str, int]  # field -> rows that carried it
+
+
+class LastCheck(TypedDict):
+    """The last check at a glance (None where that check did not get so far: warming up)."""
+
+    checked_at: float | None
+    status: str | None
+    rows: int | None
+    drifted: list[str] | None
+    share: float | None
+
+
+class ModelHealth(TypedDict):
+    model: str
+    version: str
+    predictions: dict[str, int]  # "ok", "error"
+    capture_errors: dict[str, int]
+    last_capture_errors: dict[str, str]
+    features: dict[str, str] | None
+    outputs: dict[str, str] | None
+    rows_in_window: int
+    window_capacity: int
+    baseline: BaselineSummary | None
+    coverage: Coverage | None
+    labels: dict[str, int]
+    alerts_firing: int
+    last_check: LastCheck | None
+
+
+class MonitorHealth(TypedDict):
+    status: Literal["ok", "degraded"]
+    issues: list[str]
+    pid: int
+    instance_id: str | None
+    queue: int
+    prediction_log: str | None
+    token_required: bool
+    models: dict[str, ModelHealth]
+    monitor_errors: dict[str, int]
+    last_errors: list[dict[str, Any]]
+
+
+# --------------------------------------------------------------------------------- ground truth
+class LabelResult(TypedDict):
+    prediction_id: str
+    status: LabelOutcome
+    delay_seconds: float | None
+
+
+class LabelResults(TypedDict):
+    results: list[LabelResult]
+    labelled: int
+    relabelled: int
+    unknown: int
+
+
+class LoggedPrediction(TypedDict):
+    """One row of the prediction log, JSON columns decoded."""
+
+    prediction_id: str
+    model: str
+    version: str
+    timestamp: float
+    prediction: Any
+    segments: dict[str, Any]
+    features: dict[str, Any] | None
+    actual: Any
+    label_timestamp: float | None
+    explanation: dict[str, Any] | None
