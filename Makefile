@@ -38,6 +38,7 @@ demo: $(STAMP)
 
 test: $(STAMP) tools
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The benchmarks (not tests): request overhead (in-process ASGI, real uvicorn under wrk, memory)

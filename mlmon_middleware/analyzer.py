@@ -43,6 +43,7 @@ from mlmon_middleware.reports import (
     DriftReport,
     FeatureDrift,
     LabelCoverage,
+    LabelCoverageWindow,
     PerformanceReport,
     QualityCounts,
     WindowSpan,
@@ -261,7 +262,7 @@ def _label_coverage(labels: LabelReader | None, model: str, now: float) -> Label
     """Share of the logged predictions of the last hour, day and week that have a label."""
     if labels is None:
         return {}
-    coverage = {}
+    coverage: dict[str, LabelCoverageWindow] = {}
     for window, seconds in COVERAGE_WINDOWS.items():
         total, labelled = labels.counts(model, since=now - seconds)
         coverage[window] = {"predictions": total, "labelled": labelled, "share": labelled / total if total else 0.0}

@@ -34,6 +34,7 @@ import orjson
 
 from mlmon_middleware._version import __version__
 from mlmon_middleware.profile import Profiler
+from mlmon_middleware.reports import BaselineSummary
 from mlmon_middleware.schema import CATEGORICAL, FeatureSchema, extract_rows
 
 FORMAT = "mlmon-baseline"
@@ -111,8 +112,8 @@ class Baseline:
             labels = np.asarray(labels).tolist() if hasattr(labels, "__array__") else list(labels)
             if len(labels) != len(rows):
                 raise BaselineError(f"{len(labels)} labels for {len(rows)} rows")
-            names = outputs[0].names if outputs else ("prediction",)
-            preds = [dict(zip(names, v if isinstance(v, list) else [v])) for v in pred_values]
+            output_names: Sequence[str] = outputs[0].names if outputs else ("prediction",)
+            preds = [dict(zip(output_names, v if isinstance(v, list) else [v])) for v in pred_values]
             metrics = compute_metrics(task, preds, labels, positive=positive, threshold=threshold)
             baseline.payload["performance"] = {k: v for k, v in metrics.items() if k != "count" and v is not None}
         return baseline
@@ -152,7 +153,7 @@ class Baseline:
             "background": background,
         })
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the baseline as JSON (atomically: a reader never sees half a file)."""
         tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
         with open(tmp, "wb") as fh:
@@ -160,7 +161,7 @@ class Baseline:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Baseline:
+    def load(cls, path: str | os.PathLike[str]) -> Baseline:
         """Read a baseline file, with a clear error for a missing, corrupt, foreign or newer file."""
         try:
             with open(path, "rb") as fh:
@@ -183,7 +184,7 @@ class Baseline:
             raise BaselineError(f"baseline file {os.fspath(path)!r} is corrupt: its schema hash does not match its features")
         return baseline
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> BaselineSummary:
         """What ``/mlmon/health`` shows of the baseline."""
         return {"model": self.model, "rows": self.row_count, "created_at": self.created_at,
                 "features": len(self.features), "schema_hash": self.schema_hash, "warmup": self.warmup}

@@ -95,7 +95,7 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
     for key, column, name in (("predictions", prediction, "prediction"), ("target", target, target)):
         if column is not None:
             read = _schema(first, [column], categorical)
-            outputs[key] = Profiler(FeatureSchema([name], read.kinds), sample_rows, seed=len(sources))
+            outputs[key] = Profiler(FeatureSchema([name or key], read.kinds), sample_rows, seed=len(sources))
             sources.append((read, outputs[key]))
     bar = tqdm(total=100, unit="%", desc=f"profiling {os.path.basename(path)}", disable=not progress,
                file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]")

@@ -43,7 +43,8 @@ from mlmon_middleware.payload import resolve_payload
 from mlmon_middleware.schema import FeatureSchema, extract_rows
 
 STATUSES = ("ok", "timeout", "busy", "error")
-Message = dict[str, Any]  # an ASGI message
+Message = Mapping[str, Any]  # an ASGI message
+ExplainerOutput = tuple[np.ndarray, np.ndarray, str]  # (base values, contributions, method name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,19 +204,20 @@ class ExplanationService:
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.spec.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init, initargs=(payload,))
-        real = self.background is not None and len(self.background) > 0
+        background = self.background
+        real = background is not None and len(background) > 0
         # Always one job: it starts the worker, imports shap and compiles (numba) before any request.
-        rows = np.asarray(self.background[:200], dtype=float) if real else np.zeros((1, len(self.names)))
+        rows = np.asarray(background[:200], dtype=float) if background is not None and real else np.zeros((1, len(self.names)))
         future = self._pool.submit(_worker_explain, rows)
 
-        def warmed(done: concurrent.futures.Future) -> None:
+        def warmed(done: concurrent.futures.Future[ExplainerOutput]) -> None:
             if real and done.exception() is None:
                 self.baseline_attributions = np.abs(done.result()[1]).mean(axis=0)
             self.warm.set()
 
         future.add_done_callback(warmed)
 
-    def submit(self, row: np.ndarray) -> concurrent.futures.Future | str:
+    def submit(self, row: np.ndarray) -> concurrent.futures.Future[ExplainerOutput] | str:
         """A future of ``(base, contributions, method)`` for one row, or ``"busy"``."""
         if self._pool is None or not self.warm.is_set():
             return "busy"
@@ -227,7 +229,7 @@ class ExplanationService:
         future.add_done_callback(self._release)
         return future
 
-    def _release(self, _: concurrent.futures.Future) -> None:
+    def _release(self, _: concurrent.futures.Future[ExplainerOutput]) -> None:
         with self._lock:
             self._in_flight -= 1
 
@@ -255,7 +257,7 @@ class PendingExplanation:
     __slots__ = ("future", "status", "row", "service", "deadline", "started", "result")
 
     def __init__(self, service: ExplanationService | None, row: np.ndarray | None,
-                 future: concurrent.futures.Future | None, status: str = "ok") -> None:
+                 future: concurrent.futures.Future[ExplainerOutput] | None, status: str = "ok") -> None:
         self.service = service
         self.row = row
         self.future = future
@@ -283,7 +285,7 @@ class PendingExplanation:
     def seconds(self) -> float:
         return time.monotonic() - self.started
 
-    async def respond(self, start: Message, bodies: Sequence[Message]) -> tuple[Message, Message]:
+    async def respond(self, start: Message, bodies: Sequence[Message]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The held response (its start and body messages) with the explanation in its JSON body
         (Content-Length corrected), or as it was with ``X-MLMon-Explain-Status`` saying why not."""
         body = b"".join(m.get("body", b"") for m in bodies)

@@ -98,7 +98,7 @@ def _performance(m: ModelMonitor) -> Observations:
         fairness = result.get("fairness")
         if fairness:
             for key in ("demographic_parity_ratio", "tpr_gap", "fpr_gap"):
-                value = fairness[key]  # type: ignore[literal-required]
+                value = fairness[key]
                 if value is not None:
                     out.append((value, {**m.attrs, "metric": key, "window": window, "segment": fairness["attribute"]}))
     return out

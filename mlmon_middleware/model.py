@@ -238,6 +238,11 @@ class ModelMonitor:
             self.check_now()
         return self.checker.performance.report or {}
 
+    def label_coverage(self, since: float) -> tuple[int, int]:
+        """(logged predictions made since ``since``, of which labelled); (0, 0) without a log."""
+        reader = self._label_reader()
+        return (0, 0) if reader is None else reader.counts(self.name, since)
+
     def _label_reader(self) -> PredictionStore | None:
         writer = self.registry.store_writer
         if writer is None:
@@ -258,7 +263,7 @@ class ModelMonitor:
         results = self._log("join labels").set_labels(self.name, [(pid, actual, now if ts is None else float(ts))
                                                                   for pid, actual, ts in items])
         telemetry = self.registry.telemetry
-        outcomes = collections.Counter(r.outcome for r in results)
+        outcomes: collections.Counter[str] = collections.Counter(r.outcome for r in results)
         for outcome, n in outcomes.items():
             telemetry.labels.add(n, {**self.attrs, "outcome": outcome})
         delays = np.array([r.delay for r in results if r.delay is not None and r.outcome != "unknown"])

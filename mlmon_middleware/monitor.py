@@ -63,7 +63,13 @@ class Monitor:
         self._start_lock = threading.Lock()
         self._reset_process()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m._forget_process())
+
+        def forget_in_child() -> None:
+            monitor = ref()
+            if monitor is not None:
+                monitor._forget_process()
+
+        os.register_at_fork(after_in_child=forget_in_child)
 
     def _reset_process(self) -> None:
         self._started = False

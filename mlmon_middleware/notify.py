@@ -48,7 +48,7 @@ class WebhookNotifier:
         self._max_queue = max_queue
         self._wake = threading.Event()
         self._sent_times: collections.deque[float] = collections.deque()
-        self._last_sent: dict[tuple[str, str, str, str], float] = {}
+        self._last_sent: dict[tuple[Any, ...], float] = {}
         self._thread = threading.Thread(target=self._run, name="mlmon-notify", daemon=True)
         if start:
             self._thread.start()

@@ -36,9 +36,13 @@ from mlmon_middleware.metrics import (
     multiclass_predictions,
 )
 from mlmon_middleware.reports import (
+    Degradation,
+    Fairness,
+    GroupFairness,
     Metrics,
     PerformanceHistoryEntry,
     PerformanceReport,
+    Severity,
     WindowPerformance,
 )
 from mlmon_middleware.store import LabelledRow, LabelReader
@@ -196,19 +200,21 @@ class PerformanceTracker:
             return {"status": "no labels yet"}
         return {"status": "ok", **self.detectors.summary(), "fired_this_check": self._fired}
 
-    def _errors(self, task: str, predictions: list, labels: list) -> list[float]:
+    def _errors(self, task: str, predictions: list[Any], labels: list[Any]) -> list[float]:
         if task == "regression":
             y_pred = np.array([first_number(p) for p in predictions], dtype=float)
-            return np.abs(np.array(labels, dtype=float) - y_pred).tolist()
+            errors: list[float] = np.abs(np.array(labels, dtype=float) - y_pred).tolist()
+            return errors
         y_true = np.array([as_label(v) for v in labels], dtype=object)
         if task == "binary":
             _, y_pred = self._binary(predictions, as_label(self.options.positive), y_true)
         else:
             y_pred = multiclass_predictions(predictions)[2]
-        return (y_pred != y_true).astype(int).tolist()
+        wrong: list[float] = (y_pred != y_true).astype(int).tolist()
+        return wrong
 
-    def _degradation(self, current: Mapping[str, float | None]) -> dict[str, dict[str, Any]]:
-        out = {}
+    def _degradation(self, current: Mapping[str, float | None]) -> dict[str, Degradation]:
+        out: dict[str, Degradation] = {}
         warning, critical = self.options.degradation
         for metric, ref in (self.reference or {}).items():
             value = current.get(metric)
@@ -216,7 +222,7 @@ class PerformanceTracker:
                 continue
             change = (value - ref) / abs(ref)
             drop = -change if metric in HIGHER_IS_BETTER else change  # errors degrade by growing
-            severity = "critical" if drop >= critical else "warning" if drop >= warning else "none"
+            severity: Severity = "critical" if drop >= critical else "warning" if drop >= warning else "none"
             out[metric] = {"reference": ref, "current": value, "relative_change": change, "severity": severity}
         return out
 
@@ -243,17 +249,17 @@ class PerformanceTracker:
         result["segments"] = segments
         return result
 
-    def _metrics(self, task: str, predictions: list, labels: list) -> dict[str, float | None]:
+    def _metrics(self, task: str, predictions: list[Any], labels: list[Any]) -> dict[str, float | None]:
         return compute_metrics(task, predictions, labels, positive=self.options.positive, threshold=self.options.threshold)
 
-    def _binary(self, predictions: list, positive: str, y_true: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    def _binary(self, predictions: list[Any], positive: str, y_true: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         return binary_predictions(predictions, positive, y_true, self.options.threshold)
 
-    def _fairness(self, predictions: list, labels: list, groups: np.ndarray) -> dict[str, Any]:
+    def _fairness(self, predictions: list[Any], labels: list[Any], groups: np.ndarray) -> Fairness:
         positive = as_label(self.options.positive)
         y_true = np.array([as_label(v) for v in labels], dtype=object)
         _, y_pred = self._binary(predictions, positive, y_true)
-        per_group = {}
+        per_group: dict[str, GroupFairness] = {}
         for group in np.unique(groups):
             mask = groups == group
             pred_pos, true_pos = y_pred[mask] == positive, y_true[mask] == positive
@@ -263,8 +269,8 @@ class PerformanceTracker:
                 "fpr": float(pred_pos[~true_pos].mean()) if (~true_pos).any() else None}
         rates = [g["positive_rate"] for g in per_group.values()]
         ratio = min(rates) / max(rates) if max(rates) > 0 else 1.0
-        tprs = [g["tpr"] for g in per_group.values() if g["tpr"] is not None]
-        fprs = [g["fpr"] for g in per_group.values() if g["fpr"] is not None]
+        tprs = [t for g in per_group.values() if (t := g["tpr"]) is not None]
+        fprs = [f for g in per_group.values() if (f := g["fpr"]) is not None]
         return {"attribute": self.options.protected, "groups": per_group, "demographic_parity_ratio": ratio,
                 "tpr_gap": max(tprs) - min(tprs) if tprs else None, "fpr_gap": max(fprs) - min(fprs) if fprs else None,
                 "four_fifths_violated": ratio < 0.8}

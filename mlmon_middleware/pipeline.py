@@ -162,8 +162,8 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         telemetry.inference_duration.observe(np.array(values) * _NS, labels)
     for (route, ok), n in counts.items():
         telemetry.predictions.add(n, {**attrs, HTTP_ROUTE: route, "outcome": "ok" if ok else "error"})
-    for status, n in explained.items():
-        telemetry.explanations.add(n, {**attrs, "status": status})
+    for outcome, n in explained.items():
+        telemetry.explanations.add(n, {**attrs, "status": outcome})
     if log_rows and writer is not None:
         writer.put(log_rows)
     if feature_rows:

@@ -189,8 +189,10 @@ def _feedback_route(mon: Monitor, path: str) -> Route:
             answers = {name: mon.model(name).record_outcomes(group) for name, group in items.items()}
         except StoreError as exc:
             return _json({"detail": str(exc)}, status_code=409)
-        results = [r for a in answers.values() for r in a["results"]]
-        return _json({"results": results, **{k: sum(a[k] for a in answers.values()) for k in LABEL_OUTCOMES}})
+        totals: dict[str, object] = {"results": [r for a in answers.values() for r in a["results"]]}
+        for outcome in LABEL_OUTCOMES:
+            totals[outcome] = sum(a[outcome] for a in answers.values())
+        return _json(totals)
 
     async def feedback(request: Request) -> Response:
         if not _authorized(token, request):

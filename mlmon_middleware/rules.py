@@ -24,7 +24,7 @@ BY = "mlmon_model_name, mlmon_model_version"
 
 @dataclasses.dataclass(frozen=True)
 class RuleConfig:
-    """Thresholds of the generated rules (defaults from the seed's alert levels)."""
+    """Thresholds of the generated rules (defaults: the industry's usual PSI levels, 0.1 moderate and 0.25 severe)."""
 
     performance_metric: str = "accuracy"
     performance_min: float = 0.85
@@ -159,6 +159,7 @@ def render(config: RuleConfig) -> str:
     try:
         import yaml
 
-        return yaml.safe_dump(data, sort_keys=False, width=200)
+        text: str = yaml.safe_dump(data, sort_keys=False, width=200)
+        return text
     except ImportError:
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from opentelemetry import metrics as otel_metrics
@@ -52,6 +52,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 from mlmon_middleware._version import __version__
 from mlmon_middleware.config import ConfigError, MonitorConfig
@@ -94,7 +97,7 @@ class PreaggregatedHistogram:
         self._start_ns = start_ns
         self._lock = threading.Lock()
         # attributes (sorted items) -> [bucket counts, count, sum, min, max]
-        self._series: dict[tuple, list] = {}
+        self._series: dict[tuple[tuple[str, Any], ...], list[Any]] = {}
 
     def observe(self, values: np.ndarray, attributes: Mapping[str, Any]) -> None:
         values = np.asarray(values, dtype=np.float64)
@@ -124,7 +127,7 @@ class PreaggregatedHistogram:
         with self._lock:
             points = [HistogramDataPoint(attributes=dict(key), start_time_unix_nano=self._start_ns,
                                          time_unix_nano=now_ns, count=count, sum=total,
-                                         bucket_counts=buckets.tolist(), explicit_bounds=list(self.spec.buckets),
+                                         bucket_counts=buckets.tolist(), explicit_bounds=list(self.spec.buckets or ()),
                                          min=low, max=high)
                       for key, (buckets, count, total, low, high) in self._series.items()]
         if not points:
@@ -153,10 +156,10 @@ class _FlushBeforeCollect:
     def __init__(self, flush: Callable[[], None]) -> None:
         self._flush = flush
 
-    def describe(self) -> list:
+    def describe(self) -> list[Any]:
         return []
 
-    def collect(self) -> list:
+    def collect(self) -> list[Any]:
         self._flush()
         return []
 
@@ -179,7 +182,7 @@ class Telemetry:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_FlushBeforeCollect(flush))
         self._owned: list[Any] = []  # providers and servers we created and must shut down
-        self._http_server = None
+        self._http_server: WSGIServer | None = None
         self._histograms: list[PreaggregatedHistogram] = []
         self.meter_provider = self._meter_provider(config)
         meter = self.meter_provider.get_meter(SCOPE, __version__)
@@ -201,7 +204,8 @@ class Telemetry:
             self._serve_prometheus(config.prometheus_addr, config.prometheus_port)
 
     @staticmethod
-    def _create(meter: otel_metrics.Meter, name: str, callbacks: list | None = None) -> Any:
+    def _create(meter: otel_metrics.Meter, name: str,
+                callbacks: list[Callable[[CallbackOptions], Iterable[Observation]]] | None = None) -> Any:
         spec = INSTRUMENTS[name]
         if spec.kind == "counter":
             return meter.create_counter(name, unit=spec.unit, description=spec.description)
@@ -234,12 +238,12 @@ class Telemetry:
         reader._receive_metrics = receive_with_histograms  # type: ignore[method-assign]
         return reader
 
-    def _with_histograms(self, metrics_data: MetricsData | None) -> MetricsData | None:
+    def _with_histograms(self, metrics_data: MetricsData) -> MetricsData:
         now = time.time_ns()
         extra = [m for m in (h.metric(now) for h in self._histograms) if m is not None]
         if not extra:
             return metrics_data
-        resource_metrics = list(metrics_data.resource_metrics) if metrics_data is not None else []
+        resource_metrics = list(metrics_data.resource_metrics)
         if not resource_metrics:
             resource_metrics = [ResourceMetrics(resource=self.resource, scope_metrics=[], schema_url="")]
         first = resource_metrics[0]
@@ -256,7 +260,8 @@ class Telemetry:
 
     def _meter_provider(self, config: MonitorConfig) -> otel_metrics.MeterProvider:
         if config.meter_provider is not None:
-            return config.meter_provider
+            provider: otel_metrics.MeterProvider = config.meter_provider
+            return provider
         readers = [PrometheusMetricReader(registry=self.registry, scope_info_enabled=False), *config.metric_readers]
         endpoint = config.resolved_otlp_endpoint()
         if endpoint:
@@ -276,7 +281,8 @@ class Telemetry:
         if config.tracing is False:
             return None
         if config.tracer_provider is not None:
-            return config.tracer_provider.get_tracer(SCOPE, __version__)
+            given: otel_trace.TracerProvider = config.tracer_provider
+            return given.get_tracer(SCOPE, __version__)
         endpoint = config.resolved_otlp_endpoint()
         if endpoint:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -298,8 +304,9 @@ class Telemetry:
     def _serve_prometheus(self, addr: str, port: int) -> None:
         from prometheus_client import start_http_server
 
-        self._http_server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        logger.info("mlmon: Prometheus metrics on http://%s:%d/metrics", addr, self._http_server.server_port)
+        server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        self._http_server = server
+        logger.info("mlmon: Prometheus metrics on http://%s:%d/metrics", addr, server.server_port)
 
     def current_context(self) -> object | None:
         """The OTel context to parent our span on, or None when not tracing (a contextvar read)."""

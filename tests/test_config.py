@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from mlmon_middleware import ConfigError, Monitor, MonitorConfig, monitor
+from mlmon_middleware import ConfigError, Endpoint, Monitor, MonitorConfig, PerformanceOptions, monitor
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -75,3 +75,29 @@ def test_otlp_endpoint_needs_the_exporter_or_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ConfigError, match=r"pip install 'mlmon-middleware\[otlp\]'"):
         Monitor(MonitorConfig(otlp_endpoint="http://127.0.0.1:4318"))
+
+
+def test_misspelt_options_are_config_errors_naming_the_valid_ones():
+    mon = Monitor(MonitorConfig(tracing=False))
+    with pytest.raises(ConfigError, match=r"unknown model option 'segment'; valid options: .*segments"):
+        monitor(model="m", segment=["region"], registry=mon)(lambda x: x)
+    with pytest.raises(ConfigError, match=r"performance: unknown option 'treshold'; valid options: .*threshold"):
+        monitor(model="m", performance={"treshold": 0.3}, registry=mon)(lambda x: x)
+    with pytest.raises(ConfigError, match=r"unknown model option 'segment'"):
+        Endpoint("/score", "m", segment=["region"])
+    with pytest.raises(ConfigError, match="protected='region' must be one of the model's segments"):
+        mon.model("fair", performance=PerformanceOptions(protected="region"))
+    with pytest.raises(ConfigError, match="count_window must be an integer >= 1"):
+        PerformanceOptions(count_window=0)
+    with pytest.raises(ConfigError, match="drift_policy must be a DriftPolicy"):
+        mon.model("p", drift_policy={"alpha": 0.01})
+
+
+def test_one_options_type_for_every_entry_point():
+    mon = Monitor(MonitorConfig(tracing=False))
+    typed = mon.model("typed", segments=["region"], performance=PerformanceOptions(task="binary", protected="region"))
+    as_dict = mon.model("as_dict", segments=["region"], performance={"task": "binary", "protected": "region"})
+    assert typed.options.performance == as_dict.options.performance == PerformanceOptions(task="binary", protected="region")
+    assert typed.checker.performance.options.protected == "region"
+    assert Endpoint("/score", "e", segments=["region"]).options.segments == ("region",)
+    mon.shutdown()

@@ -10,7 +10,7 @@ import yaml
 
 from mlmon_middleware.cli import main
 from mlmon_middleware.dashboards import grafana_dashboard
-from mlmon_middleware.telemetry import INSTRUMENTS
+from mlmon_middleware.instruments import INSTRUMENTS
 
 
 def test_structure():

@@ -114,7 +114,7 @@ def test_large_windows_use_effect_sizes_and_per_feature_thresholds(base):
     big = compare(base.features, base.schema, window(20_000, rng, shift=1.0))
     assert DriftPolicy().judge(big, 20_000)["a"] == "critical"  # PSI far above 0.25
     info = compare(base.features, base.schema, window(20_000, rng, shift=0.26))
-    assert 0.05 <= info["a"]["psi"] < 0.1  # the seed's level 1: reported, not drift
+    assert 0.05 <= info["a"]["psi"] < 0.1  # level info: reported, not drift
     assert DriftPolicy(thresholds=Thresholds(wasserstein=1.0, js=1.0)).judge(info, 20_000)["a"] == "info"
     assert DriftPolicy().judge(info, 20_000)["a"] == "warning"  # JS and Wasserstein do pass theirs
     lenient = DriftPolicy(overrides={"a": {"psi_info": 4, "psi_warning": 5, "psi_critical": 10, "js": 1, "wasserstein": 5}})

@@ -170,3 +170,24 @@ def test_decorator_without_the_middleware_still_records(harness, payload):
         response = client.post("/p", json=payload)
     assert "x-prediction-id" not in response.headers  # the header needs the middleware
     assert harness.total("mlmon.predictions", outcome="ok") == 1
+
+
+def test_instrument_app_twice_is_a_no_op_and_uninstrument_app_takes_it_back(harness, caplog):
+    from mlmon_fastapi import uninstrument_app
+
+    app = make_app(harness.monitor)
+    other = Monitor(MonitorConfig(tracing=False))
+    with caplog.at_level("WARNING", logger="mlmon_middleware"):
+        assert instrument_app(app, registry=other) is harness.monitor  # the first call's monitor
+    assert "already called" in caplog.text
+    assert sum(m.cls.__name__ == "MLMonitorMiddleware" for m in app.user_middleware) == 1
+    assert [r.path for r in app.router.routes].count("/metrics") == 1
+    with TestClient(app) as client:
+        assert "x-prediction-id" in client.post("/models/a/predict", json={"petal_length": 1.0}).headers
+        uninstrument_app(app)  # while serving: the stack is rebuilt without the middleware
+        response = client.post("/models/a/predict", json={"petal_length": 1.0})
+        assert response.status_code == 200 and "x-prediction-id" not in response.headers
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/mlmon/health").status_code == 404
+    uninstrument_app(app)  # again: nothing to take back
+    other.shutdown()

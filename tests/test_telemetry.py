@@ -5,7 +5,8 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from mlmon_middleware.telemetry import INSTRUMENTS, MAX_SERIES, PreaggregatedHistogram
+from mlmon_middleware.instruments import INSTRUMENTS
+from mlmon_middleware.telemetry import MAX_SERIES, PreaggregatedHistogram
 
 
 @pytest.mark.parametrize("name", ["mlmon.inference.duration", "mlmon.prediction.value"])

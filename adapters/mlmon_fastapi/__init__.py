@@ -93,7 +93,7 @@ def uninstrument_app(app: FastAPI) -> None:
     done = getattr(app.state, "mlmon", None)
     if not isinstance(done, _Instrumented):
         return
-    app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not MLMonitorMiddleware]
+    app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not MLMonitorMiddleware]  # type: ignore[comparison-overlap]
     ours = {id(route) for route in done.routes}
     app.router.routes[:] = [route for route in app.router.routes if id(route) not in ours]
     if app.middleware_stack is not None:  # already serving: rebuild the stack without us

@@ -128,7 +128,7 @@ class MLMonitorMiddleware:
                     return ep, mm
         return found
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 self.registry.start()  # this worker's threads, exporters and metrics port, before traffic
@@ -199,7 +199,7 @@ class _Responder:
             self.request_tee = _Tee(mw.max_body_bytes, scope.get("headers") or ())
             self.prediction_id = new_prediction_id()
 
-    async def __call__(self, receive: Any, send: Any) -> None:
+    async def __call__(self, receive: Receive, send: Send) -> None:
         if self.request_tee is not None:
             receive = self._wrap_receive(receive)
         token = current_request.set(self.state)
@@ -212,8 +212,9 @@ class _Responder:
             current_request.reset(token)
         self._finish(None)  # a response that never sent its last chunk still counts
 
-    def _wrap_receive(self, receive: Any) -> Any:
+    def _wrap_receive(self, receive: Receive) -> Receive:
         tee = self.request_tee
+        assert tee is not None  # only called when the endpoint's body is teed
 
         async def tee_receive() -> Message:
             message = await receive()
@@ -226,7 +227,7 @@ class _Responder:
 
         return tee_receive
 
-    def _wrap_send(self, send: Any) -> Any:
+    def _wrap_send(self, send: Send) -> Send:
         async def monitored_send(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.start":
@@ -296,6 +297,7 @@ class _Responder:
             self.mw.registry.errors.report("capture", error)
 
     def _submit_endpoint(self, status: int, error_type: str | None) -> None:
+        assert self.endpoint is not None and self.request_tee is not None and self.prediction_id is not None
         endpoint, mm = self.endpoint
         request_type = (_header(self.scope.get("headers") or (), b"content-type") or b"").decode("latin-1")
         # No response started means an error status, so the pipeline never reads this body.

@@ -45,7 +45,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
         if profile is None or profile.get("kind") != "numeric":
             continue
         values = ordered[j, :present[j]]
-        result = {"kind": "numeric", **sorted_numeric_quality(values, len(numeric), profile)}
+        result: dict[str, Any] = {"kind": "numeric", **sorted_numeric_quality(values, len(numeric), profile)}
         result["rows"] = int(len(values))
         sample, cuts, reference = _REFERENCES.get(profile)
         if len(values) and len(sample):
@@ -53,7 +53,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
             binned.append((name, reference, current))
             result["ks"], result["wasserstein"] = stats.ks_wasserstein(sample, values)
             std = float(profile.get("std") or 0.0)
-            result["wasserstein_norm"] = result["wasserstein"] / std if std > 0 else 0.0
+            result["wasserstein_norm"] = float(result["wasserstein"]) / std if std > 0 else 0.0
             result["bins"] = {"edges": profile["bin_edges"], "reference": reference.tolist(), "current": current.tolist()}
             result["sample_rows"] = len(sample)
         else:

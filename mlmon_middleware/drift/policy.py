@@ -19,7 +19,7 @@ the difference?", but on a few hundred rows its estimate is mostly noise. So:
   a *warning*; PSI ≥ ``psi_critical`` is *critical*.
 
 A PSI between ``psi_info`` (0.05) and the warning level is *info*: reported and exported, but
-not drift (the seed's level 1, "logged, no notification"). Every threshold can be overridden per
+not drift (logged and exported, no notification). Every threshold can be overridden per
 feature. The dataset drifts when the share of drifting
 features reaches ``share``. Alerts fire after ``fire_after`` consecutive drifting checks and
 resolve after ``resolve_after`` clean ones; ``adaptive_k`` turns on adaptive PSI thresholds.
@@ -46,7 +46,7 @@ RANK = {severity: i for i, severity in enumerate(SEVERITIES)}
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """Effect-size thresholds of one feature (defaults from the seed's alerting levels)."""
+    """Effect-size thresholds of one feature (defaults: PSI 0.1 moderate, 0.25 severe, the usual levels)."""
 
     psi_info: float = 0.05
     psi_warning: float = 0.1
@@ -91,8 +91,8 @@ class DriftPolicy:
 
     def adapted(self, psi_history: Mapping[str, Sequence[float]]) -> DriftPolicy:
         """With ``adaptive_k`` set: this policy with each feature's PSI warning threshold raised to
-        the mean + k·std of its own PSI history, once ``adaptive_min_history`` checks exist (the
-        seed's adaptive threshold: a feature that is always a little noisy stops crying wolf)."""
+        the mean + k·std of its own PSI history, once ``adaptive_min_history`` checks exist (an
+        adaptive threshold: a feature that is always a little noisy stops crying wolf)."""
         if self.adaptive_k is None:
             return self
         overrides = {name: dict(values) for name, values in self.overrides.items()}

@@ -3,8 +3,8 @@
 Numeric features are compared with a reference *profile* (the baseline's quantile bins and
 sorted sample) rather than raw training data, so a check never needs the training set:
 
-* PSI on the baseline's quantile bins, proportions clipped at ``eps`` (as in the seed's
-  formula) so an empty bin is a large but finite contribution:
+* PSI on the baseline's quantile bins, proportions clipped at ``eps`` (the usual
+  floor of 1e-4) so an empty bin is a large but finite contribution:
   ``PSI = Σ (q − p) · ln(q / p)``.
 * Jensen–Shannon distance (base 2, so in [0, 1]) on the same bins.
 * Kolmogorov–Smirnov statistic and its two-sided p-value from Smirnov's asymptotic
@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-EPS = 1e-4  # proportion floor for PSI (the seed's 0.0001)
+EPS = 1e-4  # proportion floor for PSI (0.0001, the usual choice)
 
 
 def bin_counts(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
