@@ -65,6 +65,13 @@ HTTP_STATUS = "http.response.status_code"
 ERROR_TYPE = "error.type"
 PREDICTION_ID = "mlmon.prediction.id"
 
+# The span of one monitored inference: its name ("mlmon.inference {model}") and attribute keys.
+SPAN_NAME = "mlmon.inference"
+BATCH_SIZE = "mlmon.batch.size"
+PREDICTION = "mlmon.prediction"  # the prediction; "mlmon.prediction.{output}" when there are several
+FEATURE = "mlmon.feature"  # "mlmon.feature.{name}": raw values, only for the trace_features allowed
+EXPLANATION_TOP = "mlmon.explanation.top"  # "...{i}.feature" and "...{i}.value": the top contributions
+
 
 @dataclasses.dataclass(frozen=True)
 class InstrumentSpec:

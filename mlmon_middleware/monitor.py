@@ -122,7 +122,8 @@ class Monitor:
 
     def current_context(self) -> object | None:
         """The OTel context to parent our span on, or None when not tracing (cheap)."""
-        return self.telemetry.current_context()
+        telemetry = self._telemetry
+        return (telemetry if telemetry is not None else self.telemetry).current_context()
 
     # -------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:

@@ -28,7 +28,17 @@ import orjson
 from mlmon_middleware.config import MonitorConfig
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.explain import PendingExplanation, shown
-from mlmon_middleware.instruments import ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS, PREDICTION_ID
+from mlmon_middleware.instruments import (
+    BATCH_SIZE,
+    ERROR_TYPE,
+    EXPLANATION_TOP,
+    FEATURE,
+    HTTP_ROUTE,
+    HTTP_STATUS,
+    PREDICTION,
+    PREDICTION_ID,
+    SPAN_NAME,
+)
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
@@ -266,26 +276,26 @@ def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, te
 
 def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: list[Any],
           outputs: list[dict[str, Any] | None]) -> None:
-    attrs: dict[str, Any] = {**model.attrs, PREDICTION_ID: rec.prediction_id, "mlmon.batch.size": len(rows)}
+    attrs: dict[str, Any] = {**model.attrs, PREDICTION_ID: rec.prediction_id, BATCH_SIZE: len(rows)}
     if rec.route:
         attrs[HTTP_ROUTE] = rec.route
     first = outputs[0] if outputs else None
     if first:
         for name, value in first.items():
             if isinstance(value, (int, float, str, bool)):
-                attrs[f"mlmon.prediction.{name}" if len(first) > 1 else "mlmon.prediction"] = value
+                attrs[f"{PREDICTION}.{name}" if len(first) > 1 else PREDICTION] = value
     allowed = model.registry.config.trace_features
     if allowed and rows and isinstance(rows[0], Mapping):
         for name in allowed:
             value = rows[0].get(name)
             if isinstance(value, (int, float, str, bool)):
-                attrs[f"mlmon.feature.{name}"] = value
+                attrs[f"{FEATURE}.{name}"] = value
     if rec.error_type:
         attrs[ERROR_TYPE] = rec.error_type
     result = rec.explanation.result if rec.explanation is not None else None
     for i, item in enumerate((result or {}).get("top", ())):
-        attrs[f"mlmon.explanation.top.{i}.feature"] = item["feature"]
-        attrs[f"mlmon.explanation.top.{i}.value"] = item["contribution"]
-    telemetry.span(f"mlmon.inference {model.name}", rec.context, attrs, rec.wall_ns, rec.wall_ns + rec.duration_ns,
+        attrs[f"{EXPLANATION_TOP}.{i}.feature"] = item["feature"]
+        attrs[f"{EXPLANATION_TOP}.{i}.value"] = item["contribution"]
+    telemetry.span(f"{SPAN_NAME} {model.name}", rec.context, attrs, rec.wall_ns, rec.wall_ns + rec.duration_ns,
                    rec.error_type)
 

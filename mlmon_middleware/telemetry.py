@@ -56,6 +56,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+from mlmon_middleware import instruments as names
 from mlmon_middleware._version import __version__
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.instruments import INSTRUMENTS, InstrumentSpec
@@ -186,15 +187,15 @@ class Telemetry:
         self._histograms: list[PreaggregatedHistogram] = []
         self.meter_provider = self._meter_provider(config)
         meter = self.meter_provider.get_meter(SCOPE, __version__)
-        self.predictions = self._create(meter, "mlmon.predictions")
-        self.capture_errors = self._create(meter, "mlmon.capture.errors")
-        self.labels = self._create(meter, "mlmon.labels")
-        self.explanations = self._create(meter, "mlmon.explanations")
+        self.predictions = self._create(meter, names.PREDICTIONS)
+        self.capture_errors = self._create(meter, names.CAPTURE_ERRORS)
+        self.labels = self._create(meter, names.LABELS)
+        self.explanations = self._create(meter, names.EXPLANATIONS)
         own = config.meter_provider is None  # our readers: histograms pre-aggregated by us
-        self.explanation_duration = self._histogram(meter, "mlmon.explanation.duration", own)
-        self.label_delay = self._histogram(meter, "mlmon.label.delay", own)
-        self.inference_duration = self._histogram(meter, "mlmon.inference.duration", own)
-        self.prediction_value = self._histogram(meter, "mlmon.prediction.value", own)
+        self.explanation_duration = self._histogram(meter, names.EXPLANATION_DURATION, own)
+        self.label_delay = self._histogram(meter, names.LABEL_DELAY, own)
+        self.inference_duration = self._histogram(meter, names.INFERENCE_DURATION, own)
+        self.prediction_value = self._histogram(meter, names.PREDICTION_VALUE, own)
 
         for spec in INSTRUMENTS.values():  # observable instruments read the monitor's state at collection
             if spec.kind.startswith("observable"):
