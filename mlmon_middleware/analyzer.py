@@ -130,7 +130,9 @@ class DriftChecker:
         self.duration = 0.0
         self.last_run = 0.0
         self._lock = threading.Lock()  # one check at a time (analyzer thread, check_now callers)
-        self._psi_history: dict[str, collections.deque[float]] = collections.defaultdict(lambda: collections.deque(maxlen=500))
+        # per feature, (effect, PSI) of the last checks: the adaptive thresholds' history
+        self._history: dict[str, collections.deque[tuple[float, float]]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=500))
         self._seen_errors: collections.Counter[str] = collections.Counter()
         self._seen_feature_errors: dict[str, collections.Counter[str]] = {}
         self._seen_predictions = 0
@@ -172,27 +174,26 @@ class DriftChecker:
             baseline = warmup = Baseline.from_encoded(schema, _encoded(features), output, model=inputs.model, warmup=True)
         schema = baseline.schema
         report["baseline"] = baseline.summary()
-        policy = self.policy.adapted(self._psi_history)
-        judged = compare(baseline.features, schema, features, p_values=rows < policy.large_window) if rows else {}
+        policy = self.policy.adapted(self._history)
+        judged = compare(baseline.features, schema, features) if rows else {}
         feature_errors = self._feature_errors_since_last_check(inputs.counts)
-        for name, severity in policy.judge(judged, rows).items():
+        for name, severity in policy.judge(judged).items():
             judged[name]["severity"] = severity
             judged[name]["capture_errors_since_last_check"] = feature_errors.get(name, {})
-            if "psi" in judged[name]:
-                self._psi_history[name].append(judged[name]["psi"])
+            if "effect" in judged[name]:
+                self._history[name].append((judged[name]["effect"], judged[name].get("psi", 0.0)))
         tested = [n for n, s in judged.items() if s.get("rows", 0) > 0]
         drifted = sorted(n for n in tested if RANK[judged[n].get("severity", "none")] >= RANK["warning"])
         share = len(drifted) / len(tested) if tested else 0.0
         predictions: dict[str, FeatureDrift] = {}
         out_rows = len(outputs["time"]) if outputs else 0
         if out_rows and inputs.output_schema is not None and baseline.predictions:
-            predictions = compare(baseline.predictions, inputs.output_schema, outputs,
-                                  p_values=out_rows < policy.large_window)
-            for name, severity in policy.judge(predictions, out_rows).items():
+            predictions = compare(baseline.predictions, inputs.output_schema, outputs)
+            for name, severity in policy.judge(predictions).items():
                 predictions[name]["severity"] = severity
         report["status"] = "ok"
-        report["regime"] = ("p-values" if rows < policy.effect_window else
-                            "p-values and effect sizes" if rows < policy.large_window else "effect sizes")
+        report["regime"] = (f"KS / chi² p-values ({policy.correction}, alpha {policy.alpha:g}) "
+                            f"and effect sizes (drift from {policy.thresholds.effect:g})")
         report["features"] = judged
         report["drifted"] = drifted
         report["share"] = share

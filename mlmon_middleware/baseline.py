@@ -33,9 +33,10 @@ import numpy as np
 import orjson
 
 from mlmon_middleware._version import __version__
+from mlmon_middleware.payload import extract_rows
 from mlmon_middleware.profile import Profiler
 from mlmon_middleware.reports import BaselineSummary
-from mlmon_middleware.schema import CATEGORICAL, FeatureSchema, extract_rows
+from mlmon_middleware.schema import CATEGORICAL, FeatureSchema
 
 FORMAT = "mlmon-baseline"
 FORMAT_VERSION = 1
@@ -142,8 +143,8 @@ class Baseline:
         if bins < 2:
             raise BaselineError(f"bins must be >= 2, got {bins}")
         rng = np.random.default_rng(seed)
-        profiles = features.profiles(bins, sample_size, rng)
-        pred_profiles = predictions.profiles(bins, sample_size, rng) if predictions and predictions.rows else {}
+        profiles = features.profiles(bins, sample_size)
+        pred_profiles = predictions.profiles(bins, sample_size) if predictions and predictions.rows else {}
         background = features.background(200, rng)
         return cls({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": model,

@@ -24,7 +24,7 @@ import numpy as np
 
 from mlmon_middleware.baseline import Baseline, BaselineError
 from mlmon_middleware.profile import Profiler
-from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema
+from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema, category_key
 
 
 def _chunks(path: str, chunk_rows: int) -> Iterator[tuple[Any, float]]:
@@ -46,6 +46,14 @@ def _chunks(path: str, chunk_rows: int) -> Iterator[tuple[Any, float]]:
             yield chunk, min(handle.tell() / size, 1.0)
 
 
+def _category(value: object) -> str | None:
+    """A file's categorical value as requests will name it (dates and other types by their text)."""
+    try:
+        return category_key(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _matrices(frame: Any, schema: FeatureSchema) -> tuple[np.ndarray, np.ndarray]:
     """The numeric (NaN for missing or unparseable) and categorical (None for missing) matrices
     of a DataFrame's columns in ``schema``."""
@@ -58,7 +66,7 @@ def _matrices(frame: Any, schema: FeatureSchema) -> tuple[np.ndarray, np.ndarray
     categorical = np.empty((n, len(schema.categorical_names)), dtype=object)
     for j, name in enumerate(schema.categorical_names):
         column = frame[name]
-        categorical[:, j] = [None if missing else str(v) for v, missing in zip(column.tolist(), column.isna().tolist())]
+        categorical[:, j] = [None if missing else _category(v) for v, missing in zip(column.tolist(), column.isna().tolist())]
     return numeric, categorical
 
 
@@ -112,7 +120,7 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
     bar.close()
     baseline = Baseline.from_profilers(sources[0][1], outputs.get("predictions"), model=model, bins=bins)
     if "target" in outputs:  # the label's distribution, for label drift once labels arrive
-        baseline.payload["target"] = outputs["target"].profiles(bins, 2000, np.random.default_rng(1))
+        baseline.payload["target"] = outputs["target"].profiles(bins, 2000)
     return baseline
 
 

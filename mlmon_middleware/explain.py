@@ -39,8 +39,8 @@ import numpy as np
 import orjson
 
 from mlmon_middleware.config import ConfigError
-from mlmon_middleware.payload import resolve_payload
-from mlmon_middleware.schema import FeatureSchema, extract_rows
+from mlmon_middleware.payload import extract_rows, resolve_payload
+from mlmon_middleware.schema import FeatureSchema
 
 STATUSES = ("ok", "timeout", "busy", "error")
 Message = Mapping[str, Any]  # an ASGI message

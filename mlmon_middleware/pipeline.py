@@ -40,9 +40,9 @@ from mlmon_middleware.instruments import (
     SPAN_NAME,
 )
 from mlmon_middleware.model import ModelMonitor, Record
-from mlmon_middleware.payload import resolve_payload
+from mlmon_middleware.payload import CaptureError, extract_predictions, extract_rows, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
-from mlmon_middleware.schema import CaptureError, FeatureSchema, extract_predictions, extract_rows
+from mlmon_middleware.schema import FeatureSchema
 from mlmon_middleware.store import LogRow, StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 

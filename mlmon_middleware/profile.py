@@ -1,11 +1,13 @@
 """Profiler: the statistics a baseline keeps, accumulated chunk by chunk in bounded memory.
 
 Counts, missing rates, min, max, mean and standard deviation (Chan et al.'s pairwise update) and
-category frequencies are exact over every row. Quantile bin edges, the bin proportions and the
-KS/Wasserstein sample come from a uniform reservoir of ``sample_rows`` rows (Vitter's
-Algorithm R, vectorised per chunk): exact when the data has no more rows than that, otherwise
-a uniform random sample (the bin shares then carry a standard error below 0.001 at the default
-200,000 rows). Memory is the reservoir plus one chunk, whatever the size of the data.
+category frequencies are exact over every row. Quantile bin edges (or, for a numeric feature
+with at most ``MAX_DISCRETE`` distinct values, one bin per value), the bin proportions and the
+KS/Wasserstein reference grid (:func:`reference_grid`) come from a uniform reservoir of
+``sample_rows`` rows (Vitter's Algorithm R, vectorised per chunk): exact when the data has no
+more rows than that, otherwise a uniform random sample (the bin shares then carry a standard
+error below 0.001 at the default 200,000 rows), and the KS test then counts the reservoir's rows
+as the reference's size. Memory is the reservoir plus one chunk, whatever the size of the data.
 
 >>> import numpy as np
 >>> from mlmon_middleware.schema import FeatureSchema
@@ -13,7 +15,7 @@ a uniform random sample (the bin shares then carry a standard error below 0.001 
 >>> rng = np.random.default_rng(0)
 >>> for _ in range(5):
 ...     p.add(rng.normal(0, 1, (400, 1)), rng.choice(["a", "b"], (400, 1)).astype(object))
->>> profiles = p.profiles(bins=10, sample_size=200, rng=rng)
+>>> profiles = p.profiles(bins=10, sample_size=200)
 >>> profiles["x"]["count"], len(profiles["x"]["sample"]), sorted(profiles["c"]["frequencies"])
 (2000, 200, ['a', 'b'])
 """
@@ -29,6 +31,28 @@ from mlmon_middleware.drift.stats import bin_counts
 from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema
 
 MAX_CATEGORIES = 1000  # categories beyond the most frequent ones are pooled as "__other__"
+MAX_DISCRETE = 20  # a numeric feature with at most this many distinct values is binned by value
+
+
+def reference_grid(values_sorted: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """The reference's distribution as at most ``size`` sorted values, and how far the grid's
+    empirical CDF can be from the reference's (0 when the grid is every value).
+
+    Beyond ``size`` values the grid holds the order statistics at the probabilities
+    ``(i + 1/2) / size``: its CDF is then within ``1 / (2 size)`` of the reference's everywhere,
+    ties included, so a KS test against the grid, made that much more cautious, is a KS test
+    against the whole reference (unlike a random sample, whose CDF error is of order
+    ``1 / sqrt(size)``).
+
+    >>> grid, error = reference_grid(np.arange(10_000.0), 100)
+    >>> len(grid), grid[:3].tolist(), error
+    (100, [50.0, 150.0, 250.0], 0.005)
+    """
+    n = len(values_sorted)
+    if n <= size:
+        return values_sorted, 0.0
+    index = np.floor((np.arange(size) + 0.5) * n / size).astype(np.int64)
+    return values_sorted[index], 0.5 / size
 
 
 class Profiler:
@@ -102,30 +126,35 @@ class Profiler:
         rows_out: list[list[float]] = complete.tolist()
         return rows_out
 
-    def profiles(self, bins: int, sample_size: int, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
+    def profiles(self, bins: int, sample_size: int) -> dict[str, dict[str, Any]]:
         """The profile of every feature, in schema order (see :class:`~mlmon_middleware.Baseline`)."""
         out: dict[str, dict[str, Any]] = {}
         for j, name in enumerate(self.schema.numeric_names):
-            out[name] = self._numeric_profile(j, bins, sample_size, rng)
+            out[name] = self._numeric_profile(j, bins, sample_size)
         for j, name in enumerate(self.schema.categorical_names):
             out[name] = self._categorical_profile(j)
         return {name: out[name] for name in self.schema.names}
 
-    def _numeric_profile(self, j: int, bins: int, sample_size: int, rng: np.random.Generator) -> dict[str, Any]:
+    def _numeric_profile(self, j: int, bins: int, sample_size: int) -> dict[str, Any]:
         n, present = self.rows, int(self._present[j])
         if present == 0:
             return {"kind": NUMERIC, "count": n, "missing_rate": 1.0 if n else 0.0, "bin_edges": [],
                     "bin_proportions": [1.0], "sample": [], "min": None, "max": None, "mean": None, "std": None}
-        values = self._reservoir[:, j]
+        values = np.sort(self._reservoir[:, j])
         values = values[~np.isnan(values)]
-        edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)))
+        distinct = np.unique(values)
+        if len(distinct) <= MAX_DISCRETE:  # bins by value, cut halfway between neighbours
+            edges = np.concatenate([distinct[:1], (distinct[:-1] + distinct[1:]) / 2, distinct[-1:]])
+        else:
+            edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)))
         cuts = edges[1:-1]  # interior edges; the outer bins are open to -inf and +inf
         counts = bin_counts(values, cuts)
-        sample = values if len(values) <= sample_size else rng.choice(values, sample_size, replace=False)
+        grid, error = reference_grid(values, sample_size)
         return {
             "kind": NUMERIC, "count": n, "missing_rate": float(1 - present / n),
             "bin_edges": edges.tolist(), "bin_proportions": (counts / len(values)).tolist(),
-            "sample": np.sort(sample).tolist(),
+            "discrete": bool(len(distinct) <= MAX_DISCRETE),
+            "sample": grid.tolist(), "reference_rows": len(values), "grid_error": error,
             "min": float(self._min[j]), "max": float(self._max[j]), "mean": float(self._mean[j]),
             "std": float(np.sqrt(self._m2[j] / (present - 1))) if present > 1 else 0.0,
         }

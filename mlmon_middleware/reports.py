@@ -33,8 +33,10 @@ class FeatureDrift(TypedDict, total=False):
     chi2: float
     dof: int
     p_value: float | None  # KS (numeric) or chi² (categorical); None when judged by effect sizes
-    p_adjusted: float  # after the policy's multiple-test correction
-    sample_rows: int  # size of the baseline sample the KS test compares with
+    p_adjusted: float  # after the policy's multiple-test correction across the check's features
+    effect: float  # the practical effect size: Wasserstein/σ (numeric) or w of the shares (categorical)
+    sample_rows: int  # size of the reference the KS test compares with
+    grid_error: float  # how far the baseline's quantile grid may be from the whole reference's CDF
     missing_ratio: float
     out_of_range_ratio: float
     new_category_ratio: float
@@ -112,7 +114,7 @@ class DriftReport(TypedDict, total=False):
     status: Literal["ok", "warming_up"]
     warmup_rows: int
     baseline: BaselineSummary
-    regime: str  # which evidence the policy used at this window size
+    regime: str  # the evidence the policy used, in words
     features: dict[str, FeatureDrift]
     drifted: list[str]
     share: float

@@ -1,15 +1,13 @@
-"""FeatureSchema: feature names and kinds, and turning what an endpoint sees into rows.
+"""FeatureSchema: feature names and kinds, and encoding rows into matrices.
 
-An endpoint receives a dict, a pydantic model, a list of them (a batch), a numpy array, a
-pandas DataFrame or raw JSON; it answers with a scalar, a list, class probabilities or a
-dict. This module turns both sides into rows and encodes rows into two numpy matrices (one
-float64 matrix for numeric features, one object matrix for categorical ones), counting
-every problem by reason instead of raising. It runs in the background pipeline, never on
-the request path, and imports neither pydantic nor pandas: they are recognised by shape.
+Rows (from :func:`~mlmon_middleware.payload.extract_rows`) are encoded into two numpy matrices
+(one float64 matrix for numeric features, one object matrix for categorical ones, whose values
+are named by :func:`category_key`), counting every problem by reason instead of raising. It runs
+in the background pipeline, never on the request path.
 
 >>> schema = FeatureSchema(["age", "income", "region"], ["numeric", "numeric", "categorical"])
->>> enc = schema.encode(extract_rows([{"age": 31, "income": 5e4, "region": "eu"},
-...                                   {"age": "old", "income": 6e4, "region": "us", "x": 1}]))
+>>> enc = schema.encode(([{"age": 31, "income": 5e4, "region": "eu"},
+...                       {"age": "old", "income": 6e4, "region": "us", "x": 1}]))
 >>> enc.numeric.tolist()
 [[31.0, 50000.0], [nan, 60000.0]]
 >>> enc.categorical.tolist()
@@ -34,21 +32,6 @@ NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 KINDS = (NUMERIC, CATEGORICAL)
 
-# Keys under which JSON bodies conventionally carry a batch (KServe, TF Serving, MLflow, ...).
-BATCH_KEYS = ("instances", "inputs", "rows", "records", "data", "dataframe_records")
-# Keys under which responses conventionally carry the prediction, tried in this order.
-PREDICTION_KEYS = ("prediction", "predictions", "probabilities", "probability", "proba", "scores",
-                   "score", "label", "labels", "class", "output", "outputs", "result", "y")
-
-
-class CaptureError(ValueError):
-    """Input or output that cannot be turned into rows; ``reason`` is the counted label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
 @dataclasses.dataclass(frozen=True)
 class Encoded:
     """Rows encoded by a schema: ``numeric`` (n × numeric features, NaN where missing or
@@ -65,132 +48,6 @@ class Encoded:
 
     def __len__(self) -> int:
         return int(self.numeric.shape[0])
-
-
-_SCALAR_TYPES = {float, int, str, bool, type(None)}
-_PLAIN_CONTAINERS = {dict, list, tuple}
-
-
-def _is_scalar(value: Any) -> bool:
-    return type(value) in _SCALAR_TYPES or isinstance(value, (str, bytes, numbers.Number, np.generic))
-
-
-def _as_plain(obj: Any) -> Any:
-    """Unwrap pydantic models, numpy arrays and pandas objects into dicts and lists."""
-    if type(obj) in _PLAIN_CONTAINERS or type(obj) in _SCALAR_TYPES:
-        return obj
-    dump = getattr(obj, "model_dump", None)
-    if callable(dump) and not isinstance(obj, type):
-        return dump()
-    if hasattr(obj, "columns") and callable(getattr(obj, "to_dict", None)):  # pandas DataFrame
-        return [{str(k): v for k, v in row.items()} for row in obj.to_dict(orient="records")]
-    if callable(getattr(obj, "to_numpy", None)):  # pandas Series / Index
-        return obj.to_numpy().tolist()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
-def extract_rows(obj: Any) -> list[Any]:
-    """The feature rows in an endpoint's input: a list of dicts or of sequences.
-
-    A dict is one row unless it wraps a batch under a conventional key (``instances``,
-    ``inputs``, ...); a list of scalars is one row; a list of dicts, models or lists is a
-    batch; a 1-D array is one row and a 2-D array a batch.
-
-    >>> extract_rows({"instances": [[1, 2], [3, 4]]})
-    [[1, 2], [3, 4]]
-    >>> extract_rows([0.5, "eu"])
-    [[0.5, 'eu']]
-    """
-    obj = _as_plain(obj)
-    if isinstance(obj, Mapping):
-        if len(obj) == 1:
-            (key, value), = obj.items()
-            if key in BATCH_KEYS and isinstance(value, (list, tuple, np.ndarray)):
-                return extract_rows(value)
-        if not obj:
-            raise CaptureError("empty_input", "empty object")
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        if not obj:
-            raise CaptureError("empty_input", "empty list")
-        if all(_is_scalar(v) for v in obj):
-            return [list(obj)]
-        rows = [_as_plain(v) for v in obj]
-        if all(isinstance(r, Mapping) for r in rows):
-            return rows
-        if all(isinstance(r, (list, tuple)) for r in rows):
-            widths = {len(r) for r in rows}
-            if len(widths) != 1:
-                raise CaptureError("shape_mismatch", f"batch rows have {sorted(widths)} values")
-            return rows
-        raise CaptureError("shape_mismatch", "batch mixes rows of different types")
-    if _is_scalar(obj):
-        raise CaptureError("unsupported_input", f"a bare {type(obj).__name__} is not a feature row")
-    raise CaptureError("unsupported_input", f"cannot read features from {type(obj).__name__}")
-
-
-def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
-                        class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One ``{output name: value}`` dict per input row, from an endpoint's output.
-
-    Scalars are named ``prediction``; probability vectors are named by ``class_names`` (or
-    ``class_0``, ``class_1``, ...); a dict answer is read under ``key`` or the first
-    conventional key present (``prediction``, ``predictions``, ``probabilities``, ...).
-
-    >>> extract_predictions({"prediction": 0.8}, 1)
-    [{'prediction': 0.8}]
-    >>> extract_predictions([[0.1, 0.9], [0.7, 0.3]], 2, class_names=["ok", "fraud"])
-    [{'ok': 0.1, 'fraud': 0.9}, {'ok': 0.7, 'fraud': 0.3}]
-    """
-    obj = _as_plain(obj)
-    if type(obj) is dict and n_rows == 1:  # the common case: {"prediction": 0.3, ...}
-        value = obj.get(key) if key is not None else next((obj[k] for k in PREDICTION_KEYS if k in obj), None)
-        if type(value) in _SCALAR_TYPES and value is not None:
-            return [{"prediction": value}]
-    if isinstance(obj, Mapping):
-        obj = _prediction_from_mapping(obj, key)
-    if _is_scalar(obj) or isinstance(obj, Mapping):
-        values = [obj]
-    elif isinstance(obj, (list, tuple)):
-        values = [_as_plain(v) for v in obj]
-        if n_rows == 1 and len(values) > 1 and all(_is_scalar(v) for v in values):
-            values = [values]  # one row answered with a vector (class probabilities)
-    else:
-        raise CaptureError("unsupported_output", f"cannot read a prediction from {type(obj).__name__}")
-    if len(values) != n_rows:
-        raise CaptureError("prediction_mismatch", f"{len(values)} predictions for {n_rows} rows")
-    return [_prediction_row(v, key, class_names) for v in values]
-
-
-def _prediction_from_mapping(obj: Mapping[str, Any], key: str | None) -> Any:
-    if key is not None:
-        if key not in obj:
-            raise CaptureError("missing_prediction", f"no key {key!r} in the response")
-        return _as_plain(obj[key])
-    for candidate in PREDICTION_KEYS:
-        if candidate in obj:
-            return _as_plain(obj[candidate])
-    raise CaptureError("missing_prediction", f"none of {PREDICTION_KEYS} in the response; set prediction_key=")
-
-
-def _prediction_row(value: Any, key: str | None, class_names: Sequence[str] | None) -> dict[str, Any]:
-    value = _as_plain(value)
-    if isinstance(value, Mapping):
-        inner = value
-        if any(k in value for k in ((key,) if key else PREDICTION_KEYS)):
-            inner = _prediction_from_mapping(value, key)
-            if not isinstance(inner, Mapping):
-                return _prediction_row(inner, key, class_names)
-        return {str(k): v for k, v in inner.items()}
-    if _is_scalar(value):
-        return {"prediction": value}
-    if isinstance(value, (list, tuple)):
-        names = list(class_names) if class_names and len(class_names) == len(value) \
-            else [f"class_{i}" for i in range(len(value))]
-        return dict(zip(names, value))
-    raise CaptureError("unsupported_output", f"cannot read a prediction from {type(value).__name__}")
 
 
 def infer_kind(values: Iterable[Any]) -> str:
@@ -359,21 +216,45 @@ def _numeric_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.n
     return values
 
 
+def category_key(value: object) -> str | None:
+    """The identity of a categorical value, the same from JSON, Python, pandas, CSV and Parquet:
+    text as it is; booleans ``"true"``/``"false"``; whole numbers as integers (``1``, ``1.0`` and
+    ``np.int64(1)`` are ``"1"``); other numbers as their shortest decimal; None and NaN missing.
+    Infinities raise ValueError, other types TypeError.
+
+    >>> [category_key(v) for v in (1, 1.0, "1", True, np.int64(7), 0.25, "1.0", None, float("nan"))]
+    ['1', '1', '1', 'true', '7', '0.25', '1.0', None, None]
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (numbers.Integral, np.integer)):
+        return str(int(value))
+    if isinstance(value, (numbers.Real, np.floating)):
+        number = float(value)
+        if math.isnan(number):
+            return None
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        return str(int(number)) if number.is_integer() else repr(number)
+    raise TypeError(f"{type(value).__name__} is not a category")
+
+
 def _categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
     out = np.empty(len(column), dtype=object)
     if set(map(type, column)) <= {str}:
         out[:] = column
         return out
     for i, value in enumerate(column):
-        if value is None or value is _MISSING or isinstance(value, str):
-            out[i] = None if value is _MISSING else value
-        elif isinstance(value, (bool, numbers.Integral, np.integer)):
-            out[i] = str(value)
-        elif isinstance(value, (numbers.Real, np.floating)):
-            if math.isfinite(float(value)):
-                out[i] = str(value)
-            else:
-                flags["non_finite"][i] = True
-        else:
+        if value is _MISSING:
+            continue
+        try:
+            out[i] = category_key(value)
+        except ValueError:
+            flags["non_finite"][i] = True
+        except TypeError:
             flags["type_mismatch"][i] = True
     return out

@@ -5,6 +5,8 @@ import pytest
 
 from mlmon_middleware import Baseline, BaselineError, ConfigError, Monitor, MonitorConfig
 from mlmon_middleware.baseline import FORMAT_VERSION
+from mlmon_middleware.drift.engine import compare
+from mlmon_middleware.drift.policy import DriftPolicy
 
 
 def make_frame(n=3000, seed=0):
@@ -90,3 +92,30 @@ def test_bad_arguments():
         Baseline.from_data([{"a": 1.0}], bins=1)
     base = Baseline.from_data([{"a": 1.0, "y": 0}, {"a": 2.0, "y": 1}], predictions="y")
     assert list(base.features) == ["a"] and list(base.predictions) == ["prediction"]
+
+
+def test_a_category_is_its_value_from_pandas_and_from_json_alike():
+    frame = pd.DataFrame({"plan": [1.0, 2.0, 2.0, None] * 250, "flag": [True, False, False, True] * 250})
+    base = Baseline.from_data(frame, categorical=["plan", "flag"])
+    assert sorted(base.features["plan"]["frequencies"]) == ["1", "2"]
+    assert sorted(base.features["flag"]["frequencies"]) == ["false", "true"]
+    requests = [{"plan": 1, "flag": True}, {"plan": "2", "flag": False}, {"plan": 2.0, "flag": False}] * 200
+    window = base.schema.encode(requests)
+    result = compare(base.features, base.schema, {"numeric": window.numeric, "categorical": window.categorical})
+    assert result["plan"]["new_category_ratio"] == 0 and result["flag"]["new_category_ratio"] == 0
+    assert result["plan"]["psi"] < 0.01
+
+
+def test_low_cardinality_numbers_are_binned_by_value():
+    rng = np.random.default_rng(0)
+    base = Baseline.from_data([{"clicked": float(v), "visits": float(k)}
+                               for v, k in zip(rng.random(5000) < 0.3, rng.poisson(2, 5000))])
+    assert base.features["clicked"]["discrete"] and len(base.features["clicked"]["bin_proportions"]) == 2
+    assert base.features["clicked"]["bin_proportions"] == pytest.approx([0.7, 0.3], abs=0.02)
+    assert base.features["visits"]["discrete"]
+    n = 2000
+    numeric = np.column_stack([(rng.random(n) < 0.9).astype(float), rng.poisson(2, n).astype(float)])
+    result = compare(base.features, base.schema, {"numeric": numeric, "categorical": np.empty((n, 0), object)})
+    assert result["clicked"]["psi"] > 1.0  # 30 % -> 90 % ones moves the value bins' shares
+    verdicts = DriftPolicy().judge(result)
+    assert verdicts == {"clicked": "critical", "visits": "none"}

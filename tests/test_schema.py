@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel
 
-from mlmon_middleware.schema import CaptureError, FeatureSchema, extract_predictions, extract_rows
+from mlmon_middleware.payload import CaptureError, extract_predictions, extract_rows
+from mlmon_middleware.schema import FeatureSchema
 
 
 class Tx(BaseModel):

@@ -30,11 +30,11 @@ from mlmon_middleware.schema import FeatureSchema
 
 
 def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
-            window: Mapping[str, np.ndarray], p_values: bool = True) -> dict[str, FeatureDrift]:
+            window: Mapping[str, np.ndarray]) -> dict[str, FeatureDrift]:
     """Statistics per feature of ``schema`` present in ``profiles``; ``window`` has the
-    ``numeric`` and ``categorical`` matrices of a :class:`SlidingWindow` snapshot.
-    ``p_values=False`` skips the KS p-values (``None``), the costliest part of a check, for
-    windows where the policy judges by effect sizes alone."""
+    ``numeric`` and ``categorical`` matrices of a :class:`SlidingWindow` snapshot. Each feature
+    gets one p-value (KS against the whole reference, or chi² with sparse categories pooled) and
+    one practical effect size (``effect``), which is what the policy judges."""
     out: dict[str, dict[str, Any]] = {}
     binned: list[tuple[str, np.ndarray, np.ndarray]] = []  # (feature, reference shares, current shares)
     numeric = window["numeric"]
@@ -51,11 +51,15 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
         if len(values) and len(sample):
             current = stats.sorted_bin_counts(values, cuts) / len(values)
             binned.append((name, reference, current))
-            result["ks"], result["wasserstein"] = stats.ks_wasserstein(sample, values)
+            statistic, distance = stats.ks_wasserstein(sample, values)
             std = float(profile.get("std") or 0.0)
-            result["wasserstein_norm"] = float(result["wasserstein"]) / std if std > 0 else 0.0
+            result["ks"], result["wasserstein"] = statistic, distance
+            result["wasserstein_norm"] = distance / std if std > 0 else (1.0 if distance > 0 else 0.0)
+            result["effect"] = result["wasserstein_norm"]
             result["bins"] = {"edges": profile["bin_edges"], "reference": reference.tolist(), "current": current.tolist()}
-            result["sample_rows"] = len(sample)
+            # the reference's size: all its values when the profile's grid summarises them
+            result["sample_rows"] = int(profile.get("reference_rows") or len(sample))
+            result["grid_error"] = float(profile.get("grid_error") or 0.0)
         else:
             result["rows"] = 0
         out[name] = result
@@ -66,12 +70,13 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
         for i, (_, r, c) in enumerate(binned):
             ref[i, :len(r)] = r
             cur[i, :len(c)] = c
-        ks = np.array([out[name]["ks"] for name, _, _ in binned])
+        # the grid's KS statistic is within grid_error of the whole reference's: test the smaller
+        ks = np.array([max(out[n]["ks"] - out[n]["grid_error"], 0.0) for n, _, _ in binned])
         n_ref = np.array([out[n]["sample_rows"] for n, _, _ in binned])
         n_cur = np.array([out[n]["rows"] for n, _, _ in binned])
-        ps = stats.ks_pvalue(ks, n_ref, n_cur) if p_values else [None] * len(binned)
+        ps = stats.ks_pvalue(ks, n_ref, n_cur)
         for (name, _, _), psi, js, p in zip(binned, stats.psi(ref, cur), stats.js_distance(ref, cur), ps):
-            out[name].update(psi=float(psi), js=float(js), p_value=None if p is None else float(p))
+            out[name].update(psi=float(psi), js=float(js), p_value=float(p))
     for j, name in enumerate(schema.categorical_names):
         profile = profiles.get(name)
         if profile is None or profile.get("kind") != "categorical":
@@ -115,10 +120,10 @@ def _categorical(column: np.ndarray, profile: Mapping[str, Any]) -> dict[str, An
     if rows == 0 or not frequencies:
         result["rows"] = 0
         return result
-    statistic, p_value, dof = stats.chi2_homogeneity(ref_counts, cur_counts)
+    statistic, p_value, dof = stats.chi2_homogeneity(*stats.pool_sparse(ref_counts, cur_counts))
     ref_share = ref_counts / ref_counts.sum()
     cur_share = cur_counts / rows
-    result.update(chi2=statistic, p_value=p_value, dof=dof,
+    result.update(chi2=statistic, p_value=p_value, dof=dof, effect=stats.effect_w(ref_share, cur_share),
                   psi=float(stats.psi(ref_share, cur_share)), js=float(stats.js_distance(ref_share, cur_share)),
                   categories={"names": names, "reference": ref_share.tolist(), "current": cur_share.tolist()})
     return result
