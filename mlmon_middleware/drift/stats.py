@@ -17,7 +17,9 @@ union of categories (as ``scipy.stats.chi2_contingency`` without continuity corr
 category never seen in training is an extra column, not an infinity; PSI and JS on the
 category shares.
 
->>> import numpy as np
+>>> import collections
+
+import numpy as np
 >>> ref = np.array([[0.25, 0.25, 0.25, 0.25]])
 >>> cur = np.array([[0.10, 0.20, 0.30, 0.40]])
 >>> round(float(psi(ref, cur)[0]), 6), round(float(js_distance(ref, cur)[0]), 6)
@@ -30,6 +32,7 @@ Statistical properties of population stability index.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -181,18 +184,10 @@ def category_counts(frequencies: Mapping[str, float], n_ref: int, current: Seque
                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Reference and current counts over the union of categories (reference first, then the
     categories new in ``current`` in order of appearance); missing values (None) are skipped."""
-    names = list(frequencies)
-    index = {name: i for i, name in enumerate(names)}
-    cur_counts: list[int] = [0] * len(names)
-    for value in current:
-        if value is None:
-            continue
-        i = index.get(value)
-        if i is None:
-            i = index[value] = len(names)
-            names.append(value)
-            cur_counts.append(0)
-        cur_counts[i] += 1
+    seen = collections.Counter(current)  # counted in C; keys in order of first appearance
+    seen.pop(None, None)
+    names = [*frequencies, *(value for value in seen if value not in frequencies)]
+    cur_counts = [seen.get(name, 0) for name in names]
     ref = np.zeros(len(names))
     ref[:len(frequencies)] = np.fromiter(frequencies.values(), float, len(frequencies)) * n_ref
     return names, ref, np.asarray(cur_counts, dtype=float)
