@@ -20,7 +20,7 @@ a bare value) and infers the task from the labels when it is not given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -107,17 +107,66 @@ def compute_metrics(task: str | None, predictions: Sequence[Any], labels: Sequen
                     threshold: float = 0.5) -> dict[str, float | None]:
     """The metrics of ``task`` (inferred from the labels when None) for predictions as the
     prediction log keeps them (a dict of outputs, or a bare value) against their labels."""
+    return evaluator(task, predictions, labels, positive=positive, threshold=threshold)(None)
+
+
+Evaluate = Callable[[np.ndarray | None], dict[str, float | None]]
+
+
+def evaluator(task: str | None, predictions: Sequence[Any], labels: Sequence[Any], *, positive: Any = 1,
+              threshold: float = 0.5) -> Evaluate:
+    """A function of row indices (None: all rows) giving the metrics of those rows: the
+    predictions are decoded once, so resampling them (:func:`standard_errors`) is cheap."""
     predictions, labels = list(predictions), list(labels)
     task = task or infer_task(labels)
     if task == "regression":
         y_pred = np.array([first_number(p) for p in predictions], dtype=float)
-        return regression_metrics(np.array(labels, dtype=float), y_pred)
-    y_true = np.array([as_label(v) for v in labels], dtype=object)
+        y_true = np.array(labels, dtype=float)
+        return lambda i: regression_metrics(y_true if i is None else y_true[i], y_pred if i is None else y_pred[i])
+    labels_true = np.array([as_label(v) for v in labels], dtype=object)
     if task == "binary":
-        scores, y_pred = binary_predictions(predictions, as_label(positive), y_true, threshold)
-        return classification_metrics(y_true, y_pred, scores=scores, positive=as_label(positive))
-    classes, proba, y_pred = multiclass_predictions(predictions)
-    return classification_metrics(y_true, y_pred, proba=proba, classes=classes)
+        label = as_label(positive)
+        scores, y_pred = binary_predictions(predictions, label, labels_true, threshold)
+        return lambda i: classification_metrics(labels_true if i is None else labels_true[i],
+                                                y_pred if i is None else y_pred[i],
+                                                scores=None if scores is None else scores if i is None else scores[i],
+                                                positive=label)
+    classes, proba, predicted = multiclass_predictions(predictions)
+    return lambda i: classification_metrics(labels_true if i is None else labels_true[i],
+                                            predicted if i is None else predicted[i],
+                                            proba=None if proba is None else (proba if i is None else proba[i]),
+                                            classes=classes)
+
+
+def standard_errors(evaluate: Evaluate, rows: int, *, reps: int = 100, max_rows: int = 2000,
+                    seed: int = 0) -> dict[str, float]:
+    """Bootstrap standard errors of the metrics of ``rows`` rows: ``reps`` resamples of at most
+    ``max_rows`` of them, scaled by ``sqrt(m / rows)`` when ``m < rows`` rows were resampled (a
+    metric's error shrinks as one over the square root of the rows; this keeps the cost of a
+    check bounded however large the window).
+
+    >>> rng = np.random.default_rng(0)
+    >>> y = (rng.random(1000) < 0.8).astype(int)
+    >>> se = standard_errors(evaluator("binary", y.tolist(), y.tolist()), 1000)["accuracy"]
+    >>> se
+    0.0
+    >>> wrong = np.where(rng.random(1000) < 0.2, 1 - y, y)
+    >>> se = standard_errors(evaluator("binary", wrong.tolist(), y.tolist()), 1000)["accuracy"]
+    >>> 0.01 < se < 0.016  # sqrt(0.8 * 0.2 / 1000) = 0.0126
+    True
+    """
+    if rows < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+    base = rng.choice(rows, max_rows, replace=False) if rows > max_rows else np.arange(rows)
+    m = len(base)
+    samples: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for metric, value in evaluate(base[rng.integers(0, m, m)]).items():
+            if value is not None and metric != "count":
+                samples.setdefault(metric, []).append(value)
+    scale = np.sqrt(m / rows)
+    return {metric: float(np.std(values, ddof=1) * scale) for metric, values in samples.items() if len(values) > 1}
 
 
 def binary_predictions(predictions: list[Any], positive: str, y_true: np.ndarray,

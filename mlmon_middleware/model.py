@@ -35,6 +35,7 @@ from mlmon_middleware.analyzer import Attributions, CheckInputs, DriftChecker
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.counters import BinCounter, Counters
+from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.explain import Explain, ExplanationService, PendingExplanation
 from mlmon_middleware.ids import new_prediction_id
@@ -134,9 +135,11 @@ class ModelMonitor:
         self.attributions: collections.deque[tuple[float, np.ndarray]] = collections.deque(
             maxlen=registry.config.reservoir_size)
         self.explainer: ExplanationService | None = None  # started with the monitor, in the serving process
+        policy = options.drift_policy or DriftPolicy()
         performance = PerformanceTracker(name, options.performance_options, options.segments,
-                                         self.baseline.payload.get("performance") if self.baseline is not None else None)
-        self.checker = DriftChecker(name, self.version, performance=performance, policy=options.drift_policy,
+                                         self.baseline.payload.get("performance") if self.baseline is not None else None,
+                                         latch_checks=max(policy.fire_after, policy.resolve_after))
+        self.checker = DriftChecker(name, self.version, performance=performance, policy=policy,
                                     warmup_rows=options.warmup_rows, on_alert=options.on_alert)
         self.output_schema: FeatureSchema | None = None
         self.window: SlidingWindow | None = None  # feature rows

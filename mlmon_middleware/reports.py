@@ -136,6 +136,8 @@ class Degradation(TypedDict):
     current: float
     relative_change: float
     severity: Severity
+    standard_error: float  # of the difference: the window's bootstrap error and the reference's
+    z: float  # the drop in standard errors (positive: worse)
 
 
 class GroupFairness(TypedDict):
@@ -159,6 +161,7 @@ class WindowPerformance(TypedDict, total=False):
     overall: Metrics | None
     segments: dict[str, dict[str, Metrics]]  # segment feature -> value -> metrics
     task: str
+    standard_errors: dict[str, float]  # bootstrap standard error of each overall metric
     fairness: Fairness
     degradation: dict[str, Degradation]
 

@@ -70,12 +70,13 @@ class LabelledRow(NamedTuple):
 
 
 class NewLabel(NamedTuple):
-    """A prediction labelled after some time: the error stream of the concept-drift detectors."""
+    """A newly labelled prediction: the error stream of the concept-drift detectors."""
 
     prediction: str  # JSON
     label: Any
     timestamp: float
     label_timestamp: float
+    seq: int  # the label batch it arrived in (increasing)
 
 
 class LabelOutcomeRow(NamedTuple):
@@ -95,7 +96,7 @@ class LabelReader(Protocol):
 
     def labelled(self, model: str, since: float, limit: int | None = None) -> list[LabelledRow]: ...
 
-    def newly_labelled(self, model: str, after: float) -> list[NewLabel]: ...
+    def newly_labelled(self, model: str, after: int) -> list[NewLabel]: ...
 
     def counts(self, model: str, since: float) -> tuple[int, int]: ...
 
@@ -129,6 +130,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     label_ts REAL,
     label_updates INTEGER NOT NULL DEFAULT 0,
     explanation TEXT,
+    label_seq INTEGER,
     PRIMARY KEY (model, prediction_id)
 );
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (model, ts);
@@ -149,8 +151,10 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
-            if "explanation" not in columns:  # a log written by an earlier version
-                self._db.execute("ALTER TABLE predictions ADD COLUMN explanation TEXT")
+            for column, kind in (("explanation", "TEXT"), ("label_seq", "INTEGER")):
+                if column not in columns:  # a log written by an earlier version
+                    self._db.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
+            self._db.execute("CREATE INDEX IF NOT EXISTS predictions_by_label_seq ON predictions (model, label_seq)")
             self._db.execute("SELECT count(*) FROM predictions LIMIT 1").fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"prediction log {self.path!r} cannot be used: {exc} "
@@ -176,14 +180,17 @@ class SQLiteStore:
         with self._lock:
             self._db.execute("BEGIN")
             try:
+                # the order labels arrived in, whatever times they carry: readers of new labels follow it
+                seq = self._db.execute("SELECT coalesce(max(label_seq), 0) + 1 FROM predictions").fetchone()[0]
                 for pid, actual, when in items:
                     found = self._db.execute("SELECT ts, label_updates FROM predictions WHERE model = ? AND prediction_id = ?",
                                              (model, pid)).fetchone()
                     if found is None:
                         out.append(LabelOutcomeRow(pid, "unknown", None))
                         continue
-                    self._db.execute("UPDATE predictions SET label = ?, label_ts = ?, label_updates = label_updates + 1 "
-                                     "WHERE model = ? AND prediction_id = ?", (orjson.dumps(actual).decode(), when, model, pid))
+                    self._db.execute("UPDATE predictions SET label = ?, label_ts = ?, label_updates = label_updates + 1, "
+                                     "label_seq = ? WHERE model = ? AND prediction_id = ?",
+                                     (orjson.dumps(actual).decode(), when, seq, model, pid))
                     out.append(LabelOutcomeRow(pid, "relabelled" if found[1] else "labelled", when - found[0]))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -203,13 +210,14 @@ class SQLiteStore:
             rows = self._db.execute(query, params).fetchall()
         return [LabelledRow(pid, p, s, orjson.loads(label), ts, lts) for pid, p, s, label, ts, lts in reversed(rows)]
 
-    def newly_labelled(self, model: str, after: float) -> list[NewLabel]:
-        """Predictions labelled after ``after`` (a label time), in the order they were made: the
-        error stream for concept-drift detectors."""
+    def newly_labelled(self, model: str, after: int) -> list[NewLabel]:
+        """Predictions whose label arrived after label batch ``after`` (a ``NewLabel.seq``; 0 for
+        all), in the order they were made: the error stream for concept-drift detectors. Arrival
+        order, not the labels' own timestamps, so back-dated labels are never skipped."""
         with self._lock:
-            rows = self._db.execute("SELECT prediction, label, ts, label_ts FROM predictions "
-                                    "WHERE model = ? AND label_ts > ? ORDER BY ts", (model, after)).fetchall()
-        return [NewLabel(p, orjson.loads(label), ts, lts) for p, label, ts, lts in rows]
+            rows = self._db.execute("SELECT prediction, label, ts, label_ts, label_seq FROM predictions "
+                                    "WHERE model = ? AND label_seq > ? ORDER BY ts", (model, after)).fetchall()
+        return [NewLabel(p, orjson.loads(label), ts, lts, seq) for p, label, ts, lts, seq in rows]
 
     def counts(self, model: str, since: float) -> tuple[int, int]:
         """(predictions, labelled predictions) made at or after ``since``: label coverage."""

@@ -242,3 +242,58 @@ def test_the_baseline_carries_validation_performance_as_the_reference(tmp_path, 
     mm.check_now()
     reference = mm.performance_report()["reference"]
     assert reference["source"] == "baseline" and reference["metrics"]["roc_auc"] == pytest.approx(perf["roc_auc"])
+
+
+def _labelled_checks(mm, rng, error_rates, per_check=100, label_age=0.0):
+    """One check per error rate: ``per_check`` predictions, labelled (``label_age`` seconds back-dated)."""
+    reports = []
+    for rate in error_rates:
+        x = rng.normal(size=per_check)
+        labels = []
+        for v in x:
+            pid = mm.record({"x": float(v)}, {"prediction": float(1 / (1 + np.exp(-4 * v)))})
+            labels.append((pid, int((v > 0) != (rng.random() < rate)), time.time() - label_age))
+        mm.record_outcomes(labels)
+        mm.check_now()
+        reports.append(mm.performance_report())
+    return reports
+
+
+def test_back_dated_labels_reach_the_detectors_in_prediction_order(tmp_path, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("m", performance={"task": "binary"})
+    rng = np.random.default_rng(11)
+    for age in (0.0, 3600.0, 7200.0):  # each batch's labels carry older times than the last
+        report = _labelled_checks(mm, rng, [0.1], label_age=age)[-1]
+    assert report["concept_drift"]["errors_seen"] == 300
+
+
+def test_an_error_jump_alerts_within_two_checks_with_the_default_policy(tmp_path, harness_factory):
+    """5 % -> 30 % errors, 300 labels a check (enough for the change to show in one): both alerts
+    fire by the second check after the jump, as the default policy needs two checks in a row."""
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    events = []
+    mm = h.monitor.model("m", on_alert=events.append, performance={"task": "binary", "count_window": 500})
+    rng = np.random.default_rng(12)
+    _labelled_checks(mm, rng, [0.05] * 5, per_check=300)
+    assert [e for e in events if e["state"] == "firing"] == []
+    firing_at = {}
+    for check in range(1, 6):
+        _labelled_checks(mm, rng, [0.30], per_check=300)
+        for e in events:
+            firing_at.setdefault(e["alertname"], check)
+    assert firing_at["ConceptDrift"] <= 2 and firing_at["PerformanceDegradation"] <= 2
+
+
+@pytest.mark.parametrize("error_rate", [0.05, 0.2])
+def test_stationary_streams_raise_almost_no_false_alerts(tmp_path, harness_factory, error_rate):
+    """60 checks of 100 labels each at a constant error rate, the reference being the first full
+    window: at most 1 % of checks may raise a performance or concept-drift condition."""
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("m", performance={"task": "binary", "count_window": 500})
+    rng = np.random.default_rng(int(error_rate * 100))
+    raised = 0
+    for report in _labelled_checks(mm, rng, [error_rate] * 60):
+        degraded = any(d["severity"] != "none" for w in report["windows"].values() for d in w.get("degradation", {}).values())
+        raised += degraded or report["concept_drift"]["raised"]
+    assert raised <= 1  # of 60 checks (a binomial margin over the 0.5 % design rate)

@@ -185,8 +185,7 @@ def category_counts(frequencies: Mapping[str, float], n_ref: int, current: Seque
     """Reference and current counts over the union of categories (reference first, then the
     categories new in ``current`` in order of appearance); missing values (None) are skipped."""
     seen = collections.Counter(current)  # counted in C; keys in order of first appearance
-    seen.pop(None, None)
-    names = [*frequencies, *(value for value in seen if value not in frequencies)]
+    names: list[str] = [*frequencies, *(value for value in seen if value is not None and value not in frequencies)]
     cur_counts = [seen.get(name, 0) for name in names]
     ref = np.zeros(len(names))
     ref[:len(frequencies)] = np.fromiter(frequencies.values(), float, len(frequencies)) * n_ref
