@@ -41,6 +41,31 @@ logger = logging.getLogger("mlmon_middleware.alerts")
 RECENT_EVENTS = 200  # events kept per model for /mlmon/alerts and the dashboard
 
 
+@dataclasses.dataclass(frozen=True)
+class AlertKind:
+    """One kind of alert the policy raises: its name in mlmon (events, ``mlmon_alert_active``,
+    the page, webhooks), its Prometheus rule (``mlmon rules render``), what its subject is, and
+    whether several replicas judge it from the fleet's series rather than each its own window."""
+
+    name: str
+    rule: str
+    subject: str
+    summary: str
+    fleet: bool = False
+
+
+#: every alert the policy raises, defined once: the checks raise them, the rules mirror them
+KINDS: tuple[AlertKind, ...] = (
+    AlertKind("FeatureDrift", "MLModelFeatureDrift", "feature", "feature {subject} drifted", fleet=True),
+    AlertKind("DatasetDrift", "MLModelDatasetDrift", "", "most features drifted", fleet=True),
+    AlertKind("PredictionDrift", "MLModelPredictionDrift", "output", "prediction {subject} drifted"),
+    AlertKind("PerformanceDegradation", "MLModelPerformanceDegraded", "metric@window", "{subject} dropped against its reference"),
+    AlertKind("ConceptDrift", "MLModelConceptDrift", "stream", "the error stream changed (concept drift)"),
+    AlertKind("DisparateImpact", "MLModelDisparateImpact", "attribute@window", "{subject} fails the four-fifths rule"),
+    AlertKind("AttributionDrift", "MLModelAttributionDrift", "feature", "feature {subject}'s share of the explanations moved"),
+)
+
+
 @dataclasses.dataclass
 class _State:
     severity: Severity = "none"  # the active severity; "none" when not firing

@@ -86,14 +86,21 @@ class Counters:
 
 
 class BinCounter:
-    """Rows per baseline quantile bin of each numeric feature, since start (see the module docstring)."""
+    """Rows per baseline quantile bin of each numeric feature, since start (see the module docstring),
+    and the chi² value above which a fleet's summed counts of a feature differ from the baseline's
+    shares at level ``alpha`` (Bonferroni over the numeric features): what the rendered fleet rules
+    compare with, since PromQL has no chi² distribution."""
 
-    def __init__(self, baseline: Baseline) -> None:
+    def __init__(self, baseline: Baseline, alpha: float) -> None:
+        from scipy.stats import chi2
+
         self.names = baseline.schema.numeric_names
         # per numeric feature: the baseline's interior bin edges
         self.cuts = [np.asarray(baseline.features[n].get("bin_edges") or [np.nan, np.nan], dtype=float)[1:-1]
                      for n in self.names]
         self.counts = np.zeros((len(self.cuts), max((len(c) + 1 for c in self.cuts), default=1)), dtype=np.int64)
+        tested = max(sum(len(c) > 0 for c in self.cuts), 1)
+        self.critical = {name: float(chi2.isf(alpha / tested, len(c))) for name, c in zip(self.names, self.cuts) if len(c)}
 
     def add(self, numeric: np.ndarray) -> None:
         """Count a batch of encoded rows (n × numeric features); the pipeline thread only."""

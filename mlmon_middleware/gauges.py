@@ -32,6 +32,7 @@ from mlmon_middleware.instruments import (
     FEATURE_ATTRIBUTION,
     FEATURE_BIN,
     FEATURE_COVERAGE,
+    FEATURE_DRIFT_CRITICAL,
     FEATURE_DRIFT_DETECTED,
     FEATURE_DRIFT_SCORE,
     LABEL_COVERAGE,
@@ -77,6 +78,10 @@ def _baseline_bins(m: ModelMonitor) -> Observations:
     return [(float(share), {**m.attrs, "feature": feature, "bin": str(b)})
             for feature in m.schema.numeric_names
             for b, share in enumerate(m.baseline.features[feature].get("bin_proportions") or ())]
+
+
+def _critical(m: ModelMonitor) -> Observations:
+    return [] if m.bins is None else [(value, {**m.attrs, "feature": f}) for f, value in m.bins.critical.items()]
 
 
 def _bins(m: ModelMonitor) -> Observations:
@@ -182,6 +187,7 @@ READERS: dict[str, Callable[[ModelMonitor], Observations]] = {
     FEATURE_ATTRIBUTION: _attributions,
     BASELINE_BIN_RATIO: _baseline_bins,
     FEATURE_BIN: _bins,
+    FEATURE_DRIFT_CRITICAL: _critical,
     ANALYSIS_DURATION: _analysis_duration,
     ANALYSIS_LAST_RUN: _analysis_last_run,
     LABEL_COVERAGE: _label_coverage,

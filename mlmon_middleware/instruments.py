@@ -33,6 +33,7 @@ FEATURE_OUT_OF_RANGE_RATIO = "mlmon.feature.out_of_range.ratio"
 FEATURE_NEW_CATEGORY_RATIO = "mlmon.feature.new_category.ratio"
 FEATURE_BIN = "mlmon.feature.bin"
 BASELINE_BIN_RATIO = "mlmon.baseline.bin.ratio"
+FEATURE_DRIFT_CRITICAL = "mlmon.feature.drift.critical"
 ALERT_ACTIVE = "mlmon.alert.active"
 ALERT_EVENTS = "mlmon.alert.events"
 FEATURE_COVERAGE = "mlmon.feature.coverage"
@@ -132,6 +133,10 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
     InstrumentSpec(BASELINE_BIN_RATIO, "observable_gauge", "1",
                    "The baseline's share of rows in each quantile bin of each numeric feature (fleet PSI's reference).",
                    "mlmon_baseline_bin_ratio"),
+    InstrumentSpec(FEATURE_DRIFT_CRITICAL, "observable_gauge", "1",
+                   "Chi² value above which the fleet's summed bin counts of a numeric feature differ from the baseline "
+                   "at the policy's alpha (Bonferroni over the numeric features): the fleet drift rule's threshold.",
+                   "mlmon_feature_drift_critical"),
     InstrumentSpec(ALERT_ACTIVE, "observable_gauge", "1",
                    "1 for every firing alert (sustained over the policy's checks), by alertname and severity.",
                    "mlmon_alert_active"),

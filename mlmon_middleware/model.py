@@ -121,6 +121,7 @@ class ModelMonitor:
         self.version = str(version)
         self.options = options
         self.attrs = {MODEL_NAME: name, MODEL_VERSION: self.version}
+        self.policy = options.drift_policy or DriftPolicy()
         self.declared_names, self.declared_kinds = declared_features(options.features)
         self.schema: FeatureSchema | None = None
         self.baseline: Baseline | None = None
@@ -135,7 +136,7 @@ class ModelMonitor:
         self.attributions: collections.deque[tuple[float, np.ndarray]] = collections.deque(
             maxlen=registry.config.reservoir_size)
         self.explainer: ExplanationService | None = None  # started with the monitor, in the serving process
-        policy = options.drift_policy or DriftPolicy()
+        policy = self.policy
         performance = PerformanceTracker(name, options.performance_options, options.segments,
                                          self.baseline.payload.get("performance") if self.baseline is not None else None,
                                          latch_checks=max(policy.fire_after, policy.resolve_after))
@@ -157,7 +158,7 @@ class ModelMonitor:
             raise ConfigError(f"model {self.name!r}: feature kinds {self.schema.to_dict()} do not match the "
                               f"baseline's {baseline.schema.to_dict()}")
         self.schema = baseline.schema
-        self.bins = BinCounter(baseline)
+        self.bins = BinCounter(baseline, self.policy.alpha)
         self.baseline = baseline
         return baseline
 

@@ -1,38 +1,62 @@
 """Prometheus alerting and recording rules for mlmon's metrics: ``mlmon rules render``.
 
-Every alert carries ``severity``, a ``summary``, a ``description`` with the values that fired it
-and a ``runbook_url`` (``docs/runbooks.md``). ``for:`` durations keep a transient spike from
-paging. Thresholds come from :class:`RuleConfig` (``mlmon rules render --config rules.yml``
-reads one from YAML or JSON). The recording rules compute the fleet-wide PSI per feature from
-``mlmon_feature_bin_total`` summed over every replica, against ``mlmon_baseline_bin_ratio``.
+The policy is the one truth. Every alert the checks raise (:data:`~mlmon_middleware.alerts.KINDS`)
+is exported as ``mlmon_alert_active{alertname, subject, severity}`` once it is sustained, and its
+rule fires on that series: the same checks, the same severities (carried by the series, never
+set by the rule), the same resolution. Drift is the exception when a model runs as several
+replicas (counted from ``mlmon_analysis_last_run_seconds``): each replica's window holds only
+its share of the traffic, so ``MLModelFleetFeatureDrift`` and ``MLModelFleetDatasetDrift`` then
+judge the fleet's summed bin counts instead (and the per-replica drift rules stand down), a
+chi² test against the baseline's shares at the policy's level (the critical value comes from
+``mlmon_feature_drift_critical``) with the same practical effect floor and severity levels, and
+keep each replica's own verdict as ``mlmon:feature_drift_alert:replica`` for drill-down.
+
+The other rules (latency, volume, data quality, label coverage, the monitor's own health) read
+their metrics directly. Every alert carries ``severity``, a ``summary``, a ``description`` and a
+``runbook_url`` (``docs/runbooks.md``). Thresholds come from :class:`RuleConfig`
+(``mlmon rules render --config rules.yml`` reads YAML or JSON; each key is checked).
 
 >>> text = render(RuleConfig())
->>> "alert: MLModelFeatureDriftCritical" in text and "record: mlmon:feature_psi:fleet" in text
+>>> "alert: MLModelFeatureDrift" in text and "record: mlmon:feature_chi2:fleet" in text
 True
+>>> RuleConfig(psi_critical="high")
+Traceback (most recent call last):
+...
+mlmon_middleware.config.ConfigError: rule setting psi_critical must be a number > 0, got 'high'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import orjson
 
+from mlmon_middleware.alerts import KINDS, AlertKind
+from mlmon_middleware.config import ConfigError
+from mlmon_middleware.drift.policy import DriftPolicy
+
 RUNBOOK = "https://github.com/mlmon/mlmon-middleware/blob/main/docs/runbooks.md"
 BY = "mlmon_model_name, mlmon_model_version"
+MODEL = "{{ $labels.mlmon_model_name }} {{ $labels.mlmon_model_version }}"
+REPLICAS = f"count by ({BY}) (mlmon_analysis_last_run_seconds)"
+DURATION = re.compile(r"\d+[smhdw]\Z")
+_POLICY = DriftPolicy()
 
 
 @dataclasses.dataclass(frozen=True)
 class RuleConfig:
-    """Thresholds of the generated rules (defaults: the industry's usual PSI levels, 0.1 moderate and 0.25 severe)."""
+    """Thresholds of the generated rules. The drift levels default to :class:`DriftPolicy`'s:
+    set them to your policy's when it differs (``effect``, ``psi_critical``, ``drift_share``)."""
 
     performance_metric: str = "accuracy"
     performance_min: float = 0.85
-    performance_drop: float = 0.05  # relative to the reference, through mlmon's own degradation alert
     latency_p95_seconds: float = 0.5
-    psi_warning: float = 0.1
-    psi_critical: float = 0.25
-    drift_share: float = 0.5
+    effect: float = _POLICY.thresholds.effect  # fleet drift: the practical effect floor (w of the bin shares)
+    psi_critical: float = _POLICY.thresholds.psi_critical  # fleet drift: critical from this PSI
+    drift_share: float = _POLICY.share  # fleet dataset drift: this share of the numeric features drifted
+    fleet_min_rows: int = 100  # fleet drift is judged from this many rows in the fleet window
     volume_change: float = 0.5  # fire when traffic falls below (1 - x) or above (1 + x) of a day earlier
     missing_ratio: float = 0.1
     out_of_range_ratio: float = 0.05
@@ -40,21 +64,35 @@ class RuleConfig:
     label_coverage_min: float = 0.1
     stale_seconds: float = 600.0  # three default check intervals and more
     coverage_min: float = 1.0  # fire when the model receives fields mlmon does not monitor
-    drift_for: str = "15m"  # how long critical drift must last before it fires (warning: twice as long)
+    drift_for: str = "15m"  # how long fleet drift must last before it fires
     fleet_window: str = "1h"  # "all": since each replica started (exact counts, no extrapolation)
     runbook_base: str = RUNBOOK
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("float", "int"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise ConfigError(f"rule setting {field.name} must be a number > 0, got {value!r}")
+            elif not isinstance(value, str) or not value:
+                raise ConfigError(f"rule setting {field.name} must be a non-empty string, got {value!r}")
+        for name in ("drift_for", "fleet_window"):
+            value = getattr(self, name)
+            if not DURATION.match(value) and not (name == "fleet_window" and value == "all"):
+                raise ConfigError(f"rule setting {name} must be a Prometheus duration such as 15m"
+                                  f"{' or all' if name == 'fleet_window' else ''}, got {value!r}")
 
     @classmethod
     def from_text(cls, text: str) -> RuleConfig:
         """From YAML (when PyYAML is installed) or JSON; unknown keys are an error."""
-        from mlmon_middleware.config import ConfigError
-
         try:
             import yaml
 
             values = yaml.safe_load(text) or {}
         except ImportError:
             values = orjson.loads(text or "{}")
+        if not isinstance(values, dict):
+            raise ConfigError("rule settings must be a mapping of setting: value")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - fields)
         if unknown:
@@ -62,89 +100,118 @@ class RuleConfig:
         return cls(**values)
 
 
-def _alert(name: str, expr: str, duration: str, severity: str, summary: str, description: str,
+def _alert(name: str, expr: str, duration: str, severity: str | None, summary: str, description: str,
            config: RuleConfig) -> dict[str, Any]:
-    return {"alert": name, "expr": expr, "for": duration, "labels": {"severity": severity},
-            "annotations": {"summary": summary, "description": description,
-                            "runbook_url": f"{config.runbook_base}#{name.lower()}"}}
+    """One alerting rule; ``severity`` None: carried by the series the expression returns."""
+    rule: dict[str, Any] = {"alert": name, "expr": expr, "for": duration}
+    if severity is not None:
+        rule["labels"] = {"severity": severity}
+    rule["annotations"] = {"summary": summary, "description": description,
+                           "runbook_url": f"{config.runbook_base}#{name.lower()}"}
+    return rule
+
+
+def _policy_alert(kind: AlertKind, c: RuleConfig) -> dict[str, Any]:
+    """The rule mirroring one kind of the policy's alerts (with one replica, for the fleet kinds)."""
+    expr = f'max by ({BY}, subject, severity) (mlmon_alert_active{{alertname="{kind.name}"}}) == 1'
+    if kind.fleet:
+        expr = f"({expr}) and on ({BY}) ({REPLICAS} == 1)"
+    summary = kind.summary.format(subject="{{ $labels.subject }}")
+    description = (f"mlmon's {kind.name} alert ({{{{ $labels.severity }}}}) is firing"
+                   + (f" for {kind.subject} {{{{ $labels.subject }}}}" if kind.subject else "")
+                   + ": sustained over the policy's checks; /mlmon/drift and /mlmon/performance show the evidence.")
+    return _alert(kind.rule, expr, "0m", None, f"{MODEL}: {summary}", description, c)
+
+
+def _fleet_alerts(c: RuleConfig) -> list[dict[str, Any]]:
+    drifted = "mlmon:feature_drifted:fleet"
+    critical = f"({drifted} and on ({BY}, feature) mlmon:feature_psi:fleet >= {c.psi_critical})"
+    severe = f'label_replace({critical}, "severity", "critical", "", "")'
+    moderate = f'label_replace({drifted} unless on ({BY}, feature) {critical}, "severity", "warning", "", "")'
+    share = f"count by ({BY}) ({drifted}) / count by ({BY}) (mlmon:feature_rows:fleet)"
+    return [
+        _alert("MLModelFleetFeatureDrift", f"({severe} or {moderate}) and on ({BY}) ({REPLICAS} > 1)", c.drift_for, None,
+               f"{MODEL}: feature {{{{ $labels.feature }}}} drifted across the fleet",
+               "The fleet's rows of {{ $labels.feature }} differ from the baseline (chi² above its critical value, "
+               "effect and PSI past the policy's levels); "
+               "mlmon:feature_drift_alert:replica shows each replica's own verdict.", c),
+        _alert("MLModelFleetDatasetDrift", f"({share} >= {c.drift_share}) and on ({BY}) ({REPLICAS} > 1)", c.drift_for,
+               "critical", f"{MODEL}: most features drifted across the fleet",
+               "{{ $value | humanizePercentage }} of the numeric features drifted in the fleet's traffic.", c),
+    ]
 
 
 def alerts(c: RuleConfig) -> list[dict[str, Any]]:
-    model = "{{ $labels.mlmon_model_name }} {{ $labels.mlmon_model_version }}"
-    psi = 'max by (%s, feature) (mlmon_feature_drift_score{method="psi"})' % BY
     volume_now = f"sum by ({BY}) (rate(mlmon_predictions_total[1h]))"
     volume_before = f"sum by ({BY}) (rate(mlmon_predictions_total[1h] offset 1d))"
     return [
+        *(_policy_alert(kind, c) for kind in KINDS),
+        *_fleet_alerts(c),
         _alert("MLModelPerformanceLow",
                f'min by ({BY}, window) (mlmon_performance{{metric="{c.performance_metric}",segment="__all__"}}) '
                f"< {c.performance_min}", "10m", "warning",
-               f"{model}: {c.performance_metric} below {c.performance_min}",
+               f"{MODEL}: {c.performance_metric} below {c.performance_min}",
                f"{c.performance_metric} is {{{{ $value | printf \"%.3f\" }}}} over window {{{{ $labels.window }}}}.", c),
-        _alert("MLModelPerformanceDegraded",
-               f'max by ({BY}, subject, severity) (mlmon_alert_active{{alertname="PerformanceDegradation"}}) == 1',
-               "0m", "critical", f"{model}: performance dropped against its reference",
-               "{{ $labels.subject }} fell by more than the policy's threshold ({{ $labels.severity }}).", c),
         _alert("MLModelLatencyHigh",
                f"histogram_quantile(0.95, sum by ({BY}, le) (rate(mlmon_inference_duration_seconds_bucket[5m]))) "
-               f"> {c.latency_p95_seconds}", "10m", "warning", f"{model}: p95 inference latency high",
+               f"> {c.latency_p95_seconds}", "10m", "warning", f"{MODEL}: p95 inference latency high",
                "p95 latency is {{ $value | humanizeDuration }} (threshold %ss)." % c.latency_p95_seconds, c),
-        _alert("MLModelFeatureDriftCritical", f"{psi} >= {c.psi_critical}", c.drift_for, "critical",
-               f"{model}: feature {{{{ $labels.feature }}}} drifted severely",
-               "PSI of {{ $labels.feature }} is {{ $value | printf \"%.3f\" }} (critical from " + f"{c.psi_critical}).", c),
-        _alert("MLModelFeatureDriftWarning", f"{psi} >= {c.psi_warning} < {c.psi_critical}", _twice(c.drift_for), "warning",
-               f"{model}: feature {{{{ $labels.feature }}}} drifted",
-               "PSI of {{ $labels.feature }} is {{ $value | printf \"%.3f\" }} (warning from " + f"{c.psi_warning}).", c),
-        _alert("MLModelDatasetDrift", f"max by ({BY}) (mlmon_dataset_drift_share) >= {c.drift_share}", c.drift_for,
-               "critical", f"{model}: most features drifted",
-               "{{ $value | humanizePercentage }} of the features drifted at the last check.", c),
         _alert("MLModelPredictionVolumeAnomaly",
                f"({volume_now} < {1 - c.volume_change} * {volume_before}) or "
                f"({volume_now} > {1 + c.volume_change} * {volume_before})", "30m", "warning",
-               f"{model}: prediction volume unlike the same hour yesterday",
+               f"{MODEL}: prediction volume unlike the same hour yesterday",
                "Predictions per second: {{ $value | printf \"%.2f\" }}.", c),
         _alert("MLModelMissingValues", f"max by ({BY}, feature) (mlmon_feature_missing_ratio) > {c.missing_ratio}",
-               "15m", "warning", f"{model}: feature {{{{ $labels.feature }}}} often missing",
+               "15m", "warning", f"{MODEL}: feature {{{{ $labels.feature }}}} often missing",
                "{{ $value | humanizePercentage }} of the window lacks {{ $labels.feature }}.", c),
         _alert("MLModelOutOfRange", f"max by ({BY}, feature) (mlmon_feature_out_of_range_ratio) > {c.out_of_range_ratio}",
-               "15m", "warning", f"{model}: feature {{{{ $labels.feature }}}} outside its training range",
+               "15m", "warning", f"{MODEL}: feature {{{{ $labels.feature }}}} outside its training range",
                "{{ $value | humanizePercentage }} of {{ $labels.feature }} is outside the baseline's range.", c),
         _alert("MLModelNewCategories", f"max by ({BY}, feature) (mlmon_feature_new_category_ratio) > {c.new_category_ratio}",
-               "15m", "warning", f"{model}: unseen categories in {{{{ $labels.feature }}}}",
+               "15m", "warning", f"{MODEL}: unseen categories in {{{{ $labels.feature }}}}",
                "{{ $value | humanizePercentage }} of {{ $labels.feature }} are categories never seen in training.", c),
         _alert("MLModelLabelCoverageLow",
                f'min by ({BY}) (mlmon_label_coverage{{window="24h"}}) < {c.label_coverage_min}', "1h", "warning",
-               f"{model}: few predictions get ground truth",
+               f"{MODEL}: few predictions get ground truth",
                "Only {{ $value | humanizePercentage }} of the last day's predictions have a label.", c),
         _alert("MLMonitorStale", f"time() - max by ({BY}) (mlmon_analysis_last_run_seconds) > {c.stale_seconds}",
-               "5m", "critical", f"{model}: the monitor stopped checking",
+               "5m", "critical", f"{MODEL}: the monitor stopped checking",
                "The last drift check ran {{ $value | humanizeDuration }} ago.", c),
         _alert("MLMonitorErrors", "sum by (job, instance, stage) (increase(mlmon_monitor_errors_total[10m])) > 0", "5m",
                "warning", "mlmon on {{ $labels.instance }}: monitoring failures ({{ $labels.stage }})",
                "{{ $value | printf \"%.0f\" }} failures at stage {{ $labels.stage }} in 10 minutes "
                "(queue_full and store_queue_full: captures or log rows dropped); serving went on.", c),
         _alert("MLMonitorCoverageLow", f"min by ({BY}) (mlmon_feature_coverage) < {c.coverage_min}", "1h", "warning",
-               f"{model}: inputs carry fields the monitor does not watch",
+               f"{MODEL}: inputs carry fields the monitor does not watch",
                "mlmon monitors {{ $value | humanizePercentage }} of the fields the model receives; "
                "/mlmon/health names the others.", c),
     ]
 
 
-def _twice(duration: str) -> str:
-    number, unit = int(duration[:-1]), duration[-1]
-    return f"{2 * number}{unit}"
-
-
 def recording(c: RuleConfig) -> list[dict[str, Any]]:
+    """The fleet's view of each numeric feature, from every replica's bin counters summed."""
     rows = "mlmon_feature_bin_total" if c.fleet_window == "all" else f"increase(mlmon_feature_bin_total[{c.fleet_window}])"
+    reference = f"max by ({BY}, feature, bin) (mlmon_baseline_bin_ratio)"
+    expected = f"({reference} * on ({BY}, feature) group_left mlmon:feature_rows:fleet)"
     share = "mlmon:feature_bin_share:fleet"
+    floor = "0.0001"  # PSI's share floor, as in-process
     return [
-        {"record": share,
-         "expr": f"sum by ({BY}, feature, bin) ({rows}) / ignoring(bin) group_left "
-                 f"sum by ({BY}, feature) ({rows})"},
+        {"record": "mlmon:feature_bin_rows:fleet", "expr": f"sum by ({BY}, feature, bin) ({rows})"},
+        {"record": "mlmon:feature_rows:fleet", "expr": f"sum by ({BY}, feature) (mlmon:feature_bin_rows:fleet)"},
+        {"record": share, "expr": f"mlmon:feature_bin_rows:fleet / ignoring (bin) group_left mlmon:feature_rows:fleet"},
         {"record": "mlmon:feature_psi:fleet",
-         "expr": f"sum by ({BY}, feature) ((clamp_min({share}, 0.0001) - clamp_min(max by ({BY}, feature, bin) "
-                 f"(mlmon_baseline_bin_ratio), 0.0001)) * ln(clamp_min({share}, 0.0001) / clamp_min(max by ({BY}, "
-                 f"feature, bin) (mlmon_baseline_bin_ratio), 0.0001)))"},
+         "expr": f"sum by ({BY}, feature) ((clamp_min({share}, {floor}) - clamp_min({reference}, {floor})) "
+                 f"* ln(clamp_min({share}, {floor}) / clamp_min({reference}, {floor})))"},
+        {"record": "mlmon:feature_chi2:fleet",
+         "expr": f"sum by ({BY}, feature) ((mlmon:feature_bin_rows:fleet - {expected}) ^ 2 / clamp_min({expected}, 1e-9))"},
+        {"record": "mlmon:feature_effect:fleet",
+         "expr": f"sqrt(sum by ({BY}, feature) (({share} - {reference}) ^ 2 / clamp_min(({share} + {reference}) / 2, 1e-12)))"},
+        {"record": "mlmon:feature_drifted:fleet",
+         "expr": f"mlmon:feature_chi2:fleet > on ({BY}, feature) max by ({BY}, feature) (mlmon_feature_drift_critical) "
+                 f"and on ({BY}, feature) mlmon:feature_effect:fleet >= {c.effect} "
+                 f"and on ({BY}, feature) mlmon:feature_rows:fleet >= {c.fleet_min_rows}"},
+        {"record": "mlmon:feature_drift_alert:replica",
+         "expr": f'max by ({BY}, instance, subject, severity) (mlmon_alert_active{{alertname="FeatureDrift"}})'},
     ]
 
 

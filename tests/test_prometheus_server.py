@@ -1,5 +1,6 @@
 """A real Prometheus server scrapes two processes of the example service: the fleet PSI of the
-recording rule equals mlmon's PSI on the union of their traffic, and the drift alert fires."""
+recording rule equals mlmon's PSI on the union of their traffic, and the fleet drift alert fires
+if and only if the merged traffic drifted (not when each replica alone looks drifted)."""
 
 import json
 import shutil
@@ -28,7 +29,14 @@ def query(base: str, expr: str) -> list[dict]:
     return answer["data"]["result"]
 
 
-def test_fleet_psi_and_firing_alert(tmp_path):
+def alerts_named(base: str, name: str, feature: str) -> list[dict]:
+    alerts = httpx.get(f"{base}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == name and a["labels"].get("feature") == feature]
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """Two example processes and a Prometheus scraping both, with the rendered rules."""
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus is missing: `make test` installs Debian's prometheus package"
     demo = tmp_path / "demo"
@@ -46,43 +54,70 @@ def test_fleet_psi_and_firing_alert(tmp_path):
     web = free_port(0)
     server = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{web}"
     try:
-        rows = make_rows(800, np.random.default_rng(8), drift=1.0)
-        for half, port in zip((rows[:400], rows[400:]), ports):  # each process gets half of the same traffic
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                for i in range(0, 400, 50):
-                    assert client.post("/predict/batch", json=half[i:i + 50]).status_code == 200
-        baseline = Baseline.load(demo / "baseline.json")
-        expected = {}
-        for feature in ("income", "debt_ratio", "age"):
-            edges = np.asarray(baseline.features[feature]["bin_edges"])
-            counts = stats.bin_counts(np.array([r[feature] for r in rows]), edges[1:-1])
-            reference = np.asarray(baseline.features[feature]["bin_proportions"])
-            expected[feature] = float(stats.psi(reference[None], (counts / counts.sum())[None])[0])
-        deadline = time.monotonic() + 90
-        got: dict = {}
-        while time.monotonic() < deadline:
-            results = query(base, 'mlmon:feature_psi:fleet{feature=~"income|debt_ratio|age"}')
-            totals = query(base, 'sum by (feature) (mlmon_feature_bin_total{feature="income"})')
-            got = {r["metric"]["feature"]: float(r["value"][1]) for r in results}
-            settled = len(got) == 3 and totals and float(totals[0]["value"][1]) == 800
-            # the recording rule is evaluated once a second: wait until it has seen the last scrape
-            if settled and all(abs(got[f] - expected[f]) <= 1e-6 for f in expected):
-                break
-            time.sleep(0.5)
-        assert got == pytest.approx(expected, abs=1e-6), json.dumps({"got": got, "expected": expected})
-        assert expected["income"] >= 0.25 and expected["age"] < 0.1  # income drifted; age did not
-        firing = []
-        while time.monotonic() < deadline and not firing:
-            alerts = httpx.get(f"{base}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-            firing = [a for a in alerts if a["labels"]["alertname"] == "MLModelFeatureDriftCritical"
-                      and a["labels"].get("feature") == "income" and a["state"] == "firing"]
-            time.sleep(0.5)
-        assert firing, "the drift alert did not reach firing"
+        yield demo, ports, f"http://127.0.0.1:{web}"
     finally:
         server.terminate()
         server.wait(timeout=20)
         for service in services:
             service.terminate()
             service.wait(timeout=10)
+
+
+def send(port: int, rows: list[dict]) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        for i in range(0, len(rows), 50):
+            assert client.post("/predict/batch", json=rows[i:i + 50]).status_code == 200
+
+
+def test_undrifted_traffic_split_unevenly_raises_no_fleet_alert(fleet):
+    demo, ports, base = fleet
+    rows = sorted(make_rows(800, np.random.default_rng(9)), key=lambda r: r["income"])
+    send(ports[0], rows[:400])  # the poorer half to one replica, the richer to the other
+    send(ports[1], rows[400:])
+    deadline = time.monotonic() + 90
+    replicas: list = []
+    while time.monotonic() < deadline and len(replicas) < 2:  # each replica's own checks: income drifted
+        replicas = query(base, 'mlmon:feature_drift_alert:replica{subject="income"}')
+        time.sleep(0.5)
+    assert len(replicas) == 2, "each replica alone should see its half as drifted"
+    psi = query(base, 'mlmon:feature_psi:fleet{feature="income"}')
+    assert psi and float(psi[0]["value"][1]) < 0.05  # together they are the training population
+    time.sleep(8)  # longer than drift_for, with rules evaluated every second
+    assert alerts_named(base, "MLModelFleetFeatureDrift", "income") == []
+    assert [a for a in httpx.get(f"{base}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            if a["labels"]["alertname"] == "MLModelFeatureDrift"] == []  # per-replica verdicts stand down
+
+
+def test_fleet_psi_and_firing_alert(fleet):
+    demo, ports, base = fleet
+    rows = make_rows(800, np.random.default_rng(8), drift=1.0)
+    for half, port in zip((rows[:400], rows[400:]), ports):  # each process gets half of the same traffic
+        send(port, half)
+    baseline = Baseline.load(demo / "baseline.json")
+    expected = {}
+    for feature in ("income", "debt_ratio", "age"):
+        edges = np.asarray(baseline.features[feature]["bin_edges"])
+        counts = stats.bin_counts(np.array([r[feature] for r in rows]), edges[1:-1])
+        reference = np.asarray(baseline.features[feature]["bin_proportions"])
+        expected[feature] = float(stats.psi(reference[None], (counts / counts.sum())[None])[0])
+    deadline = time.monotonic() + 90
+    got: dict = {}
+    while time.monotonic() < deadline:
+        results = query(base, 'mlmon:feature_psi:fleet{feature=~"income|debt_ratio|age"}')
+        totals = query(base, 'sum by (feature) (mlmon_feature_bin_total{feature="income"})')
+        got = {r["metric"]["feature"]: float(r["value"][1]) for r in results}
+        settled = len(got) == 3 and totals and float(totals[0]["value"][1]) == 800
+        # the recording rule is evaluated once a second: wait until it has seen the last scrape
+        if settled and all(abs(got[f] - expected[f]) <= 1e-6 for f in expected):
+            break
+        time.sleep(0.5)
+    assert got == pytest.approx(expected, abs=1e-6), json.dumps({"got": got, "expected": expected})
+    assert expected["income"] >= 0.25 and expected["age"] < 0.1  # income drifted; age did not
+    firing = []
+    while time.monotonic() < deadline and not firing:
+        firing = [a for a in alerts_named(base, "MLModelFleetFeatureDrift", "income") if a["state"] == "firing"]
+        time.sleep(0.5)
+    assert firing, "the fleet drift alert did not reach firing"
+    assert firing[0]["labels"]["severity"] == "critical"
+    assert alerts_named(base, "MLModelFleetFeatureDrift", "age") == []
