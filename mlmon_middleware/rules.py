@@ -198,7 +198,7 @@ def recording(c: RuleConfig) -> list[dict[str, Any]]:
     return [
         {"record": "mlmon:feature_bin_rows:fleet", "expr": f"sum by ({BY}, feature, bin) ({rows})"},
         {"record": "mlmon:feature_rows:fleet", "expr": f"sum by ({BY}, feature) (mlmon:feature_bin_rows:fleet)"},
-        {"record": share, "expr": f"mlmon:feature_bin_rows:fleet / ignoring (bin) group_left mlmon:feature_rows:fleet"},
+        {"record": share, "expr": "mlmon:feature_bin_rows:fleet / ignoring (bin) group_left mlmon:feature_rows:fleet"},
         {"record": "mlmon:feature_psi:fleet",
          "expr": f"sum by ({BY}, feature) ((clamp_min({share}, {floor}) - clamp_min({reference}, {floor})) "
                  f"* ln(clamp_min({share}, {floor}) / clamp_min({reference}, {floor})))"},

@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import calibration  # noqa: E402
+
 from mlmon_middleware.drift.policy import RANK, DriftPolicy  # noqa: E402
 
 
