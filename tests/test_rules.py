@@ -81,3 +81,13 @@ def test_cli_renders_with_a_config(tmp_path, capsys):
                                   "mlmon:feature_drift_alert:replica"])
 def test_recording_rules_for_the_fleet_view(name):
     assert f"record: {name}" in render(RuleConfig())
+
+
+def test_every_alert_has_a_runbook_section():
+    import yaml
+
+    runbooks = (pathlib.Path(__file__).parent.parent / "docs" / "runbooks.md").read_text()
+    for group in yaml.safe_load(render(RuleConfig()))["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                assert f"\n## {rule['alert']}\n" in runbooks, rule["alert"]
