@@ -1,6 +1,6 @@
 """Calibration of the drift verdict: false alarms on no-drift data, and power against a baseline.
 
-    python benchmarks/calibration.py [--quick] [--reps N] [--power-reps N] [--seed S]
+    python benchmarks/calibration.py [--quick] [--part all|features|labels] [--reps N] [--power-reps N] [--seed S]
     python benchmarks/calibration.py --summarize OUTPUT.md   # pooled false-alarm tables of a run's output
 
 Prints three tables (Markdown), all from data simulated here with a fixed seed:
@@ -18,6 +18,10 @@ Prints three tables (Markdown), all from data simulated here with a fixed seed:
    Bonferroni at α = 0.005), per drift and window size.
 3. **Practical significance**: at n ≥ 50,000 rows, the verdict of a 0.02 σ mean shift (at most
    "info" is the requirement).
+4. **Label-based alerts** (``--part labels``): through a real monitor and prediction log, the
+   share of checks of stationary labelled streams that raise a performance-degradation or
+   concept-drift condition, and how many checks after an error-rate jump the alerts fire with
+   the default policy.
 
 The checks call the analysis directly (``Baseline.from_encoded`` + ``compare`` + ``DriftPolicy``):
 what a monitored service's check runs, without the service around it. ``--quick`` is the subset
@@ -33,6 +37,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from scipy.stats import beta, chi2_contingency, ks_2samp
@@ -211,6 +216,77 @@ def false_alarm_plan(quick: bool) -> Iterator[tuple[str, int, int, int]]:
                     yield family, n, ref_rows, features
 
 
+def labelled_checks(model: Any, rng: np.random.Generator, error_rate: float, labels: int) -> dict[str, Any]:
+    """One check of a binary model after ``labels`` new labelled predictions at ``error_rate``."""
+    x = rng.normal(size=labels)
+    items = []
+    for v in x:
+        pid = model.record({"x": float(v)}, {"prediction": float(1 / (1 + np.exp(-4 * v)))})
+        items.append((pid, int((v > 0) != (rng.random() < error_rate)), None))
+    model.record_outcomes(items)
+    model.check_now()
+    report: dict[str, Any] = dict(model.performance_report())
+    return report
+
+
+def label_alerts(quick: bool, rng: np.random.Generator) -> None:
+    """False raises on stationary labelled streams, and checks to fire after an error jump."""
+    import logging
+    import tempfile
+
+    from mlmon_middleware import Monitor, MonitorConfig
+
+    logging.getLogger("mlmon_middleware").setLevel(logging.ERROR)  # the alert log lines: the tables say it
+
+    print("\n## Label-based alerts: stationary streams (count window 500, reference: the first full window)\n")
+    print("| error rate | labels per check | streams × checks | checks raising degradation | raising concept drift |")
+    print("|---:|---:|---:|---:|---:|")
+    streams, checks = (1, 30) if quick else (5, 60)
+    for rate in (0.05, 0.2):
+        for per_check in (100, 500):
+            degraded = concept = 0
+            for _ in range(streams):
+                mon = Monitor(MonitorConfig(tracing=False, check_interval=0, store_dir=tempfile.mkdtemp()))
+                model = mon.model("m", performance={"task": "binary", "count_window": 500})
+                for _ in range(checks):
+                    report = labelled_checks(model, rng, rate, per_check)
+                    degraded += any(d["severity"] != "none" for w in report["windows"].values()
+                                    for d in w.get("degradation", {}).values())
+                    concept += bool(report["concept_drift"].get("raised"))
+                mon.shutdown()
+            total = streams * checks
+            print(f"| {rate:.0%} | {per_check} | {streams} × {checks} | {degraded} ({degraded / total:.1%}) | "
+                  f"{concept} ({concept / total:.1%}) |", flush=True)
+
+    print("\n## Label-based alerts: checks after a 5 % → 30 % error jump until each alert fires (default policy)\n")
+    print("| labels per check | runs | PerformanceDegradation: median (max) | ConceptDrift: median (max) | never |")
+    print("|---:|---:|---:|---:|---:|")
+    for per_check in (100, 300):
+        delays: dict[str, list[int]] = {"PerformanceDegradation": [], "ConceptDrift": []}
+        never = 0
+        for _ in range(3 if quick else 20):
+            events: list[dict[str, Any]] = []
+            mon = Monitor(MonitorConfig(tracing=False, check_interval=0, store_dir=tempfile.mkdtemp()))
+            model = mon.model("m", on_alert=events.append, performance={"task": "binary", "count_window": 500})
+            for _ in range(max(5, 1500 // per_check)):
+                labelled_checks(model, rng, 0.05, per_check)
+            events.clear()
+            fired: dict[str, int] = {}
+            for check in range(1, 11):
+                labelled_checks(model, rng, 0.30, per_check)
+                for event in events:
+                    fired.setdefault(event["alertname"], check)
+            for name in delays:
+                if name in fired:
+                    delays[name].append(fired[name])
+                else:
+                    never += 1
+            mon.shutdown()
+        shown = {n: f"{np.median(d):.0f} ({max(d)})" if d else "-" for n, d in delays.items()}
+        print(f"| {per_check} | {3 if quick else 20} | {shown['PerformanceDegradation']} | {shown['ConceptDrift']} | {never} |",
+              flush=True)
+
+
 Cell = tuple[str, int, int, int, int, int]  # family, reference rows, n, features, checks, alarms
 
 
@@ -253,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--power-reps", type=int, default=60)
     parser.add_argument("--seed", type=int, default=20261129)
     parser.add_argument("--summarize", metavar="OUTPUT", help="print the pooled tables of a run's output and stop")
+    parser.add_argument("--part", choices=("all", "features", "labels"), default="all")
     args = parser.parse_args(argv)
     if args.summarize:
         summarize(read_cells(args.summarize))
@@ -261,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     policy = DriftPolicy()
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; seed {args.seed}\n")
+    if args.part == "labels":
+        label_alerts(args.quick, rng)
+        return 0
 
     print("## False alarms: share of no-drift checks with any feature at warning or worse\n")
     print("| family | reference rows | n | features | checks | alarms | rate | 95 % upper bound |")
@@ -302,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(reps):
             seen[setup.verdicts(setup.draw(rng, n, drift={0: shift(0.02)}), policy)[setup.schema.names[0]]] += 1
         print(f"| {n:,} | {reps} | {seen['none']} | {seen['info']} | {seen['warning'] + seen['critical']} |", flush=True)
+    if args.part == "all":
+        label_alerts(args.quick, rng)
     return 0
 
 
