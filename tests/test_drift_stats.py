@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
@@ -87,3 +87,14 @@ def test_bin_counts_and_category_counts():
     assert counts.tolist() == [1, 2, 2]  # [-inf, 0), [0, 1), [1, inf)
     names, ref, cur = stats.category_counts({"a": 0.75, "b": 0.25}, 100, ["b", "c", None, "c", "a"])
     assert names == ["a", "b", "c"] and ref.tolist() == [75, 25, 0] and cur.tolist() == [1, 1, 2]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0.0, 0.2), st.integers(5_001, 10**7), st.integers(5_001, 10**7))
+def test_large_ks_pvalues_follow_stephens_formula(d, n_ref, n_cur):
+    from scipy.stats import kstwobign
+
+    n = round(n_ref * n_cur / (n_ref + n_cur))
+    assume(n > stats.EXACT_KS_MAX)
+    expected = kstwobign.sf((np.sqrt(n) + 0.12 + 0.11 / np.sqrt(n)) * d)
+    assert stats.ks_pvalue(np.array([d]), [n_ref], [n_cur])[0] == pytest.approx(expected, abs=1e-9)

@@ -94,16 +94,30 @@ def ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
     return ks_wasserstein(ref_sorted, cur_sorted)[0]
 
 
-def ks_pvalue(statistic: np.ndarray, n_ref: np.ndarray, n_cur: np.ndarray) -> np.ndarray:
-    """Two-sided p-values of KS statistics from Smirnov's asymptotic distribution."""
-    from scipy.stats import kstwo
+EXACT_KS_MAX = 5_000  # effective sizes up to which the KS p-value uses scipy's exact kstwo
 
+
+def ks_pvalue(statistic: np.ndarray, n_ref: np.ndarray, n_cur: np.ndarray) -> np.ndarray:
+    """Two-sided p-values of KS statistics at the effective size ``round(m n / (m + n))``: from
+    the exact one-sample distribution ``kstwo`` up to ``EXACT_KS_MAX`` (as
+    ``scipy.stats.ks_2samp(method="asymp")``), and beyond from Kolmogorov's limit with Stephens'
+    (1970) correction, ``kstwobign.sf((√n + 0.12 + 0.11/√n) D)``: within 4 % of the exact value
+    down to p = 1e-6 there, where ``kstwo`` takes up to a second per hundred features."""
+    from scipy.stats import kstwo, kstwobign
+
+    statistic = np.asarray(statistic, dtype=float)
     n_ref = np.asarray(n_ref, dtype=float)
     n_cur = np.asarray(n_cur, dtype=float)
-    effective = np.round(n_ref * n_cur / (n_ref + n_cur))
+    effective = np.maximum(np.round(n_ref * n_cur / (n_ref + n_cur)), 1)
+    exact = effective <= EXACT_KS_MAX
+    p = np.empty(np.broadcast(statistic, effective).shape)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = kstwo.sf(statistic, np.maximum(effective, 1))
-    return np.where(effective >= 1, np.clip(p, 0.0, 1.0), 1.0)  # one value on each side: no evidence
+        statistic, effective = np.broadcast_arrays(statistic, effective)
+        p[exact] = kstwo.sf(statistic[exact], effective[exact])
+        root = np.sqrt(effective[~exact])
+        p[~exact] = kstwobign.sf((root + 0.12 + 0.11 / root) * statistic[~exact])
+    valid = np.round(n_ref * n_cur / (n_ref + n_cur)) >= 1
+    return np.asarray(np.where(valid, np.clip(p, 0.0, 1.0), 1.0))  # one value on each side: no evidence
 
 
 def wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
