@@ -11,6 +11,8 @@ from scipy.stats import chisquare
 
 from mlmon_middleware import Baseline
 from mlmon_middleware.cli import main
+from mlmon_middleware.drift.engine import compare
+from mlmon_middleware.payload import extract_rows
 from mlmon_middleware.profile import Profiler
 from mlmon_middleware.schema import FeatureSchema
 
@@ -124,3 +126,26 @@ def test_memory_does_not_grow_with_the_file(tmp_path):
         peaks[rows] = int(out.stdout.strip()) / 1024  # MB
     sample_mb = 20_000 * 10 * 8 / 2**20
     assert peaks[400_000] - peaks[40_000] < 2 * sample_mb + 4, json.dumps(peaks)  # + allocator noise
+
+
+def test_categories_from_a_csv_and_a_parquet_file_match_json_requests_both_ways(tmp_path):
+    frame = pd.DataFrame({"plan": [1, 2, 2, 3] * 250, "vip": [True, False, False, False] * 250,
+                          "x": np.arange(1000, dtype=float)})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.astype({"plan": float}).to_parquet(tmp_path / "t.parquet")  # floats in the file: 1.0, 2.0, 3.0
+    requests = [{"plan": p, "vip": v, "x": 1.0} for p, v in [(1, True), ("2", False), (2.0, False), (3, False)] * 100]
+    for name in ("t.csv", "t.parquet"):
+        out = tmp_path / f"{name}.json"
+        assert main(["baseline", "build", str(tmp_path / name), "--model", "m", "--out", str(out), "--quiet",
+                     "--categorical", "plan", "vip"]) == 0
+        base = Baseline.load(out)
+        assert sorted(base.features["plan"]["frequencies"]) == ["1", "2", "3"]
+        assert sorted(base.features["vip"]["frequencies"]) == ["false", "true"]
+        window = base.schema.encode(requests)
+        result = compare(base.features, base.schema, {"numeric": window.numeric, "categorical": window.categorical})
+        assert result["plan"]["new_category_ratio"] == result["vip"]["new_category_ratio"] == 0
+    # and the other way: a baseline of JSON-like rows, requests from a DataFrame with a float column
+    base = Baseline.from_data([{"plan": p} for p in [1, 2, 2, 3] * 250], categorical=["plan"])
+    window = base.schema.encode(extract_rows(pd.DataFrame({"plan": [1.0, 2.0, 3.0, None] * 100})))
+    result = compare(base.features, base.schema, {"numeric": window.numeric, "categorical": window.categorical})
+    assert result["plan"]["new_category_ratio"] == 0 and result["plan"]["missing_ratio"] == 0.25
