@@ -93,6 +93,10 @@ class Alerts:
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (alertname, state) -> events
         self.recent: collections.deque[AlertEvent] = collections.deque(maxlen=RECENT_EVENTS)  # oldest first
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's may have been held by one of its threads)."""
+        self._lock = threading.Lock()
+
     def update(self, conditions: Mapping[tuple[str, str], Severity]) -> list[AlertEvent]:
         """Feed one check's severities; return the events it caused. Conditions not mentioned
         count as clean."""

@@ -137,6 +137,11 @@ class DriftChecker:
         self._seen_feature_errors: dict[str, collections.Counter[str]] = {}
         self._seen_predictions = 0
 
+    def after_fork(self) -> None:
+        """In a forked child: fresh locks (the parent's analyzer thread may have held them)."""
+        self._lock = threading.Lock()
+        self.alerts.after_fork()
+
     def check(self, inputs: CheckInputs) -> CheckResult:
         """Run one check on ``inputs``: drift, quality, performance, attributions, alerts."""
         with self._lock:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ from mlmon_middleware.reports import BaselineSummary
 from mlmon_middleware.schema import CATEGORICAL, FeatureSchema
 
 FORMAT = "mlmon-baseline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: categories named by schema.category_key; numeric reference grids
 
 
 class BaselineError(ValueError):
@@ -177,6 +178,8 @@ class Baseline:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise BaselineError(f"{os.fspath(path)!r} has format_version {version!r}; this mlmon "
                                 f"({__version__}) reads up to {FORMAT_VERSION}: upgrade mlmon-middleware")
+        if version < 2:
+            payload = _upgrade_categories(payload)
         try:
             baseline = cls(payload)
         except (KeyError, TypeError, ValueError) as exc:
@@ -194,3 +197,29 @@ class Baseline:
         """Seconds since the baseline was created."""
         created = _dt.datetime.fromisoformat(self.created_at)
         return (_dt.datetime.now(_dt.timezone.utc) - created).total_seconds()
+
+
+_OLD_WHOLE_NUMBER = re.compile(r"-?\d+\.0\Z")
+
+
+def _upgrade_categories(payload: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 baseline named categories by ``str()``: ``True`` and ``1.0`` where requests now
+    say ``true`` and ``1`` (:func:`~mlmon_middleware.schema.category_key`). Rename them the
+    same way so that an upgrade does not turn every request into a new category."""
+    def key(name: str) -> str:
+        if name in ("True", "False"):
+            return name.lower()
+        return name[:-2] if _OLD_WHOLE_NUMBER.match(name) else name
+
+    upgraded = dict(payload)
+    for section in ("features", "predictions"):
+        profiles = {}
+        for feature, profile in (payload.get(section) or {}).items():
+            if isinstance(profile, dict) and isinstance(profile.get("frequencies"), dict):
+                renamed: dict[str, float] = {}
+                for name, share in profile["frequencies"].items():
+                    renamed[key(name)] = renamed.get(key(name), 0.0) + share
+                profile = {**profile, "frequencies": renamed}
+            profiles[feature] = profile
+        upgraded[section] = profiles
+    return upgraded

@@ -39,6 +39,10 @@ class Counters:
         self._labels: collections.Counter[str] = collections.Counter()
         self._unmonitored: collections.Counter[str] = collections.Counter()  # fields received but not features
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's may have been held by one of its threads)."""
+        self._lock = threading.Lock()
+
     def add_batch(self, predictions: Mapping[str, int], capture: Mapping[str, int], messages: Mapping[str, str]) -> None:
         """One pipeline batch: predictions by outcome, capture errors by reason, last message per reason."""
         with self._lock:

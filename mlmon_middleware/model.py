@@ -174,6 +174,17 @@ class ModelMonitor:
         self.explainer = ExplanationService(self.explain, names, None if background is None else np.asarray(background, float))
         self.explainer.start()
 
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's explanation workers and take fresh locks (a
+        parent's thread may have held one at the fork; the child would wait for it forever)."""
+        self.explainer = None  # the parent's worker pool belongs to the parent
+        self._check_lock = threading.Lock()
+        self.counters.after_fork()
+        self.checker.after_fork()
+        for window in (self.window, self.output_window):
+            if window is not None:
+                window.after_fork()
+
     def stop_explainer(self) -> None:
         if self.explainer is not None:
             self.explainer.close()

@@ -230,6 +230,6 @@ class Monitor:
         self._reset_process()  # the parent's SQLite connection and exporters must not be used here
         self.pipeline.forget()
         for model in self._models.values():
-            model.explainer = None  # the parent's worker pool belongs to the parent
+            model.after_fork()
         self._start_lock = threading.Lock()
 

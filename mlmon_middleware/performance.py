@@ -56,6 +56,7 @@ from mlmon_middleware.store import LabelledRow, LabelReader
 
 OTHER = "__other__"
 VOTES = 2  # detectors that must agree (within the latch) before concept drift is raised
+MIN_DEGRADATION_ROWS = 30  # labels a window needs before its metrics can degrade
 PERFORMANCE_ALPHA = 0.005  # per check, across the metrics and windows compared with the reference
 HISTORY_CHECKS = 500  # checks whose overall metrics the report's ``history`` keeps
 
@@ -181,7 +182,7 @@ class PerformanceTracker:
             z_critical = float(norm.isf(PERFORMANCE_ALPHA / max(tests, 1)))
             for window, result in windows.items():
                 result["degradation"] = self._degradation(result.get("overall") or {}, result.get("standard_errors") or {},
-                                                          z_critical)
+                                                          z_critical, result.get("rows", 0))
                 for metric, change in result["degradation"].items():
                     severity = change["severity"]
                     if severity != "none":
@@ -244,11 +245,13 @@ class PerformanceTracker:
         return wrong
 
     def _degradation(self, current: Mapping[str, float | None], errors: Mapping[str, float],
-                     z_critical: float) -> dict[str, Degradation]:
+                     z_critical: float, rows: int) -> dict[str, Degradation]:
         """Per metric: the relative change against the reference and its severity. A drop counts
         only when it passes the relative threshold *and* ``z_critical`` standard errors of the
-        difference (the window's bootstrap error, and the reference's when it is a window too):
-        on a few hundred labels, a 10 % drop of log loss is often noise."""
+        difference (the window's bootstrap error, and the reference's when it is a window too),
+        on at least ``MIN_DEGRADATION_ROWS`` labels: on a few hundred labels, a 10 % drop of log
+        loss is often noise. A window whose every label was right (or wrong) has a bootstrap
+        error of 0; the error is then taken as no smaller than one label's worth, |reference| / rows."""
         out: dict[str, Degradation] = {}
         warning, critical = self.options.degradation
         for metric, ref in (self.reference or {}).items():
@@ -257,10 +260,11 @@ class PerformanceTracker:
                 continue
             change = (value - ref) / abs(ref)
             drop = -change if metric in HIGHER_IS_BETTER else change  # errors degrade by growing
-            error = float(np.hypot(errors.get(metric, 0.0), self.reference_errors.get(metric, 0.0)))
-            z = drop * abs(ref) / error if error > 0 else (np.inf if drop > 0 else 0.0)
+            error = float(np.hypot(max(errors.get(metric, 0.0), abs(ref) / max(rows, 1)),
+                                   self.reference_errors.get(metric, 0.0)))
+            z = drop * abs(ref) / error
             severity: Severity = "none"
-            if z >= z_critical:
+            if z >= z_critical and rows >= MIN_DEGRADATION_ROWS:
                 severity = "critical" if drop >= critical else "warning" if drop >= warning else "none"
             out[metric] = {"reference": ref, "current": value, "relative_change": change, "severity": severity,
                            "standard_error": error, "z": float(min(z, 1e9))}

@@ -52,6 +52,10 @@ class SlidingWindow:
     def __len__(self) -> int:
         return self._size
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's pipeline may have held it at the fork)."""
+        self._lock = threading.Lock()
+
     def extend(self, timestamps: np.ndarray, **arrays: np.ndarray) -> None:
         """Append a batch: one timestamp per row and, for every column, an (n × width) matrix."""
         n = len(timestamps)

@@ -133,6 +133,10 @@ CREATE TABLE IF NOT EXISTS predictions (
     label_seq INTEGER,
     PRIMARY KEY (model, prediction_id)
 );
+CREATE TABLE IF NOT EXISTS label_batches (
+    model TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (model, ts);
 CREATE INDEX IF NOT EXISTS predictions_by_label_time ON predictions (model, label_ts);
 """
@@ -153,7 +157,11 @@ class SQLiteStore:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
             for column, kind in (("explanation", "TEXT"), ("label_seq", "INTEGER")):
                 if column not in columns:  # a log written by an earlier version
-                    self._db.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
+                    try:
+                        self._db.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
+                    except sqlite3.OperationalError as exc:  # another worker upgraded it first
+                        if "duplicate column" not in str(exc):
+                            raise
             self._db.execute("CREATE INDEX IF NOT EXISTS predictions_by_label_seq ON predictions (model, label_seq)")
             self._db.execute("SELECT count(*) FROM predictions LIMIT 1").fetchone()
         except (sqlite3.Error, OSError) as exc:
@@ -180,8 +188,11 @@ class SQLiteStore:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                # the order labels arrived in, whatever times they carry: readers of new labels follow it
-                seq = self._db.execute("SELECT coalesce(max(label_seq), 0) + 1 FROM predictions").fetchone()[0]
+                # the order labels arrived in, whatever times they carry: readers of new labels follow
+                # it. A counter of its own, so that retention deleting rows never makes it go back.
+                self._db.execute("INSERT INTO label_batches (model, seq) VALUES (?, 1) "
+                                 "ON CONFLICT (model) DO UPDATE SET seq = seq + 1", (model,))
+                seq = self._db.execute("SELECT seq FROM label_batches WHERE model = ?", (model,)).fetchone()[0]
                 for pid, actual, when in items:
                     found = self._db.execute("SELECT ts, label_updates FROM predictions WHERE model = ? AND prediction_id = ?",
                                              (model, pid)).fetchone()

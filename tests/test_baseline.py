@@ -119,3 +119,16 @@ def test_low_cardinality_numbers_are_binned_by_value():
     assert result["clicked"]["psi"] > 1.0  # 30 % -> 90 % ones moves the value bins' shares
     verdicts = DriftPolicy().judge(result)
     assert verdicts == {"clicked": "critical", "visits": "none"}
+
+
+def test_a_version_1_baseline_is_read_with_its_categories_renamed(tmp_path):
+    base = Baseline.from_data([{"plan": p, "vip": v} for p, v in [("1", "true"), ("2", "false")] * 50],
+                              categorical=["plan", "vip"])
+    old = dict(base.payload, format_version=1)
+    old["features"] = {**old["features"],
+                       "plan": {**old["features"]["plan"], "frequencies": {"1.0": 0.25, "1": 0.25, "2.0": 0.5}},
+                       "vip": {**old["features"]["vip"], "frequencies": {"True": 0.5, "False": 0.5}}}
+    (tmp_path / "old.json").write_bytes(orjson.dumps(old))
+    loaded = Baseline.load(tmp_path / "old.json")
+    assert loaded.features["plan"]["frequencies"] == {"1": 0.5, "2": 0.5}
+    assert loaded.features["vip"]["frequencies"] == {"true": 0.5, "false": 0.5}

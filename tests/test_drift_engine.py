@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import chi2_contingency, false_discovery_control, ks_2samp, kstwo, wasserstein_distance
+from scipy.stats import binomtest, chi2_contingency, false_discovery_control, ks_2samp, kstwo, wasserstein_distance
 
 from mlmon_middleware import Baseline, ConfigError
 from mlmon_middleware.alerts import Alerts
@@ -65,15 +65,35 @@ def test_engine_values_agree_with_scipy(base):
     freqs = base.features["region"]["frequencies"]
     counts = {c: int(np.sum(current["categorical"][:, 0] == c)) for c in [*freqs, "atlantis"]}
     table = np.array([[freqs[c] * 20_000 for c in freqs] + [0.0], list(counts.values())])
-    # "atlantis" (7 rows: under 1 expected in the window) is pooled with the smallest category
-    smallest = int(np.argmin(table[:, :4].sum(axis=0)))
-    pooled = np.delete(table, [smallest, 4], axis=1)
-    pooled = np.column_stack([pooled, table[:, smallest] + table[:, 4]])
-    expected = chi2_contingency(pooled, correction=False)
+    # "atlantis" (7 rows: under 1 expected in the window) gets its own exact test; the p-value is
+    # the smaller of the two (the chi² of the other categories here), doubled
+    expected = chi2_contingency(table[:, :4], correction=False)
+    rare = binomtest(7, 7, 3000 / 23_000).pvalue
+    assert expected.pvalue < rare
     assert region["chi2"] == pytest.approx(expected.statistic, rel=1e-9)
-    assert region["p_value"] == pytest.approx(expected.pvalue, abs=1e-9)
+    assert region["p_value"] == pytest.approx(2 * expected.pvalue, abs=1e-9)
     assert region["new_category_ratio"] == pytest.approx(7 / 3000)
     assert np.isfinite(region["psi"]) and region["categories"]["names"][-1] == "atlantis"
+
+
+def test_rare_categories_that_surge_are_not_diluted_and_stay_calibrated_when_they_do_not():
+    # a category at 0.1 % of 200,000 training rows is 80 % of a window
+    assert stats.categories_test(np.array([199_800.0, 200.0]), np.array([200.0, 800.0]))[1] < 1e-100
+    # three categories, the rarest (0.05 %) at 5 % of the window
+    p = stats.categories_test(np.array([180_000.0, 19_900.0, 100.0]), np.array([900.0, 50.0, 50.0]))[1]
+    assert p < 1e-30
+    # no drift, 100-row windows over 3 common and 5 rare categories (expected 0.1 each): p-values
+    # from the pooled exact test are not too small (at most ~1.5 % under 1 %, over 3,000 windows)
+    shares = np.array([0.4, 0.3, 0.295, 0.001, 0.001, 0.001, 0.001, 0.001])
+    rng = np.random.default_rng(1)
+    ref = shares * 100_000
+    p = np.array([stats.categories_test(ref, rng.multinomial(100, shares).astype(float))[1] for _ in range(3000)])
+    assert np.mean(p < 0.01) <= 0.015 and np.mean(p < 0.05) <= 0.06
+
+
+def test_values_the_baseline_pooled_as_other_count_there():
+    names, ref, cur = stats.category_counts({"a": 0.5, "b": 0.3, "__other__": 0.2}, 1000, ["a", "zz", "yy", "b", None])
+    assert names == ["a", "b", "__other__"] and cur.tolist() == [1, 1, 2]
 
 
 def test_corrections_match_scipy_and_the_formula():

@@ -54,8 +54,11 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
             statistic, distance = stats.ks_wasserstein(sample, values)
             std = float(profile.get("std") or 0.0)
             result["ks"], result["wasserstein"] = statistic, distance
-            result["wasserstein_norm"] = distance / std if std > 0 else (1.0 if distance > 0 else 0.0)
-            result["effect"] = result["wasserstein_norm"]
+            result["wasserstein_norm"] = distance / std if std > 0 else 0.0
+            # a feature constant in training: the effect is w of (the constant, anything else)
+            moved = float(np.mean(values != sample[0])) if std == 0 else 0.0
+            result["effect"] = (result["wasserstein_norm"] if std > 0
+                                else stats.effect_w(np.array([1.0, 0.0]), np.array([1 - moved, moved])))
             result["bins"] = {"edges": profile["bin_edges"], "reference": reference.tolist(), "current": current.tolist()}
             # the reference's size: all its values when the profile's grid summarises them
             result["sample_rows"] = int(profile.get("reference_rows") or len(sample))
@@ -120,7 +123,7 @@ def _categorical(column: np.ndarray, profile: Mapping[str, Any]) -> dict[str, An
     if rows == 0 or not frequencies:
         result["rows"] = 0
         return result
-    statistic, p_value, dof = stats.chi2_homogeneity(*stats.pool_sparse(ref_counts, cur_counts))
+    statistic, p_value, dof = stats.categories_test(ref_counts, cur_counts)
     ref_share = ref_counts / ref_counts.sum()
     cur_share = cur_counts / rows
     result.update(chi2=statistic, p_value=p_value, dof=dof, effect=stats.effect_w(ref_share, cur_share),

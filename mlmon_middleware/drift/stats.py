@@ -140,43 +140,50 @@ def chi2_homogeneity(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[fl
     return statistic, float(chi2.sf(statistic, dof)), dof
 
 
+OTHER = "__other__"  # a baseline's pooled tail of categories (profile.MAX_CATEGORIES)
 MIN_EXPECTED = 5.0  # Cochran's rule: the chi² approximation needs about five expected rows per cell
 
 
-def pool_sparse(ref_counts: np.ndarray, cur_counts: np.ndarray, min_expected: float = MIN_EXPECTED
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Counts with the categories too small for the chi² approximation pooled into one column.
+def categories_test(ref_counts: np.ndarray, cur_counts: np.ndarray, min_expected: float = MIN_EXPECTED
+                    ) -> tuple[float, float, int]:
+    """One p-value for two count vectors over the same categories: ``(chi², p-value, dof)``.
 
-    A category whose expected count (under one common distribution) is below ``min_expected`` in
-    either sample joins a pooled column, smallest first, until the pooled column itself reaches
-    it; without this, windows of a few hundred rows over many rare categories are judged by an
-    approximation that does not hold there, and alarm far more often than ``alpha``.
+    The chi² approximation needs about ``min_expected`` rows per cell (Cochran's rule); on windows
+    of a few hundred rows over many rare categories it does not hold, and alarms far more often
+    than its level. So the categories whose expected count (under one common distribution) is
+    below it in the smaller sample are taken out and pooled: when the pool is large enough it
+    joins the chi² test as one column; when it is not, the pool gets its own exact test (a
+    binomial test of the current sample's share of the pool's rows, as Fisher's exact test would
+    give) and the feature's p-value is the smaller of the two, doubled (Bonferroni). A rare
+    category that surges is therefore never diluted into a common one.
 
-    >>> ref, cur = pool_sparse(np.array([900.0, 90.0, 6.0, 4.0]), np.array([90.0, 9.0, 1.0, 0.0]))
-    >>> ref.tolist(), cur.tolist()
-    ([900.0, 100.0], [90.0, 10.0])
+    >>> categories_test(np.array([199_800.0, 200.0]), np.array([200.0, 800.0]))[1] < 1e-100  # a rare one surges
+    True
+    >>> round(categories_test(np.array([900.0, 90.0, 9.0]), np.array([90.0, 9.0, 1.0]))[1], 3)  # no change
+    1.0
     """
+    from scipy.stats import binomtest
+
     total = ref_counts + cur_counts
     keep = total > 0
     ref, cur, total = ref_counts[keep], cur_counts[keep], total[keep]
     grand = total.sum()
-    if grand == 0 or len(total) < 2:
-        return ref, cur
-    smaller = min(ref.sum(), cur.sum()) / grand  # the sample whose expected counts are smaller
-    order = np.argsort(total, kind="stable")
-    expected = total[order] * smaller
-    if expected[0] >= min_expected:
-        return ref, cur
-    # pool the smallest categories until the pool's expected count is large enough
-    cumulative = np.cumsum(expected)
-    first_big = int(np.searchsorted(cumulative, min_expected))  # cumulative[first_big] >= min_expected
-    below = np.searchsorted(expected, min_expected)  # categories too small on their own
-    pooled = min(max(first_big + 1, int(below)), len(order))
-    rest = order[pooled:]
-    pool = order[:pooled]
-    ref_out = np.concatenate([ref[rest], [ref[pool].sum()]])
-    cur_out = np.concatenate([cur[rest], [cur[pool].sum()]])
-    return ref_out, cur_out
+    if grand == 0 or len(total) < 2 or ref.sum() == 0 or cur.sum() == 0:
+        return 0.0, 1.0, 0
+    share = cur.sum() / grand  # of any category's rows, the share expected in the current sample
+    expected = total * min(share, 1 - share)  # in the smaller sample
+    rare = expected < min_expected
+    if not rare.any():
+        return chi2_homogeneity(ref, cur)
+    if expected[rare].sum() >= min_expected:  # the rare categories, pooled, are one good column
+        return chi2_homogeneity(np.append(ref[~rare], ref[rare].sum()), np.append(cur[~rare], cur[rare].sum()))
+    tests = []
+    if (~rare).sum() >= 2:
+        tests.append(chi2_homogeneity(ref[~rare], cur[~rare]))
+    pooled = binomtest(int(round(cur[rare].sum())), int(round(total[rare].sum())), share)
+    tests.append((0.0, float(pooled.pvalue), 1))
+    statistic, p_value, dof = min(tests, key=lambda t: t[1])
+    return statistic, min(1.0, p_value * len(tests)), dof
 
 
 def effect_w(ref_share: np.ndarray, cur_share: np.ndarray) -> float:
@@ -197,8 +204,14 @@ def effect_w(ref_share: np.ndarray, cur_share: np.ndarray) -> float:
 def category_counts(frequencies: Mapping[str, float], n_ref: int, current: Sequence[str | None]
                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Reference and current counts over the union of categories (reference first, then the
-    categories new in ``current`` in order of appearance); missing values (None) are skipped."""
+    categories new in ``current`` in order of appearance); missing values (None) are skipped.
+    When the baseline pooled its least frequent categories as ``__other__``, current values it
+    does not list count there, not as new categories."""
     seen = collections.Counter(current)  # counted in C; keys in order of first appearance
+    seen.pop(None, None)
+    if OTHER in frequencies:
+        unlisted = [value for value in seen if value not in frequencies]
+        seen[OTHER] = seen.get(OTHER, 0) + sum(seen.pop(value) for value in unlisted)
     names: list[str] = [*frequencies, *(value for value in seen if value is not None and value not in frequencies)]
     cur_counts = [seen.get(name, 0) for name in names]
     ref = np.zeros(len(names))
