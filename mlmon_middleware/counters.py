@@ -105,6 +105,11 @@ class BinCounter:
         self.counts = np.zeros((len(self.cuts), max((len(c) + 1 for c in self.cuts), default=1)), dtype=np.int64)
         tested = max(sum(len(c) > 0 for c in self.cuts), 1)
         self.critical = {name: float(chi2.isf(alpha / tested, len(c))) for name, c in zip(self.names, self.cuts) if len(c)}
+        # the reference's size for the fleet's two-sample test: the rows the bin shares come from
+        self.reference_rows = {name: int(baseline.features[name].get("reference_rows")
+                                         or round(baseline.features[name].get("count", 0)
+                                                  * (1 - baseline.features[name].get("missing_rate", 0.0))))
+                               for name in self.critical}
 
     def add(self, numeric: np.ndarray) -> None:
         """Count a batch of encoded rows (n × numeric features); the pipeline thread only."""

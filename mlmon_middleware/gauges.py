@@ -28,6 +28,7 @@ from mlmon_middleware.instruments import (
     ANALYSIS_LAST_RUN,
     BASELINE_AGE,
     BASELINE_BIN_RATIO,
+    BASELINE_ROWS,
     DATASET_DRIFT_SHARE,
     FEATURE_ATTRIBUTION,
     FEATURE_BIN,
@@ -73,7 +74,7 @@ def _coverage(m: ModelMonitor) -> Observations:
 
 
 def _baseline_bins(m: ModelMonitor) -> Observations:
-    if m.baseline is None or m.schema is None:
+    if m.baseline is None or m.schema is None or m.bins is None:
         return []
     return [(float(share), {**m.attrs, "feature": feature, "bin": str(b)})
             for feature in m.schema.numeric_names
@@ -82,6 +83,10 @@ def _baseline_bins(m: ModelMonitor) -> Observations:
 
 def _critical(m: ModelMonitor) -> Observations:
     return [] if m.bins is None else [(value, {**m.attrs, "feature": f}) for f, value in m.bins.critical.items()]
+
+
+def _baseline_rows(m: ModelMonitor) -> Observations:
+    return [] if m.bins is None else [(n, {**m.attrs, "feature": f}) for f, n in m.bins.reference_rows.items()]
 
 
 def _bins(m: ModelMonitor) -> Observations:
@@ -188,6 +193,7 @@ READERS: dict[str, Callable[[ModelMonitor], Observations]] = {
     BASELINE_BIN_RATIO: _baseline_bins,
     FEATURE_BIN: _bins,
     FEATURE_DRIFT_CRITICAL: _critical,
+    BASELINE_ROWS: _baseline_rows,
     ANALYSIS_DURATION: _analysis_duration,
     ANALYSIS_LAST_RUN: _analysis_last_run,
     LABEL_COVERAGE: _label_coverage,

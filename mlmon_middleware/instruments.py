@@ -34,6 +34,7 @@ FEATURE_NEW_CATEGORY_RATIO = "mlmon.feature.new_category.ratio"
 FEATURE_BIN = "mlmon.feature.bin"
 BASELINE_BIN_RATIO = "mlmon.baseline.bin.ratio"
 FEATURE_DRIFT_CRITICAL = "mlmon.feature.drift.critical"
+BASELINE_ROWS = "mlmon.baseline.rows"
 ALERT_ACTIVE = "mlmon.alert.active"
 ALERT_EVENTS = "mlmon.alert.events"
 FEATURE_COVERAGE = "mlmon.feature.coverage"
@@ -137,6 +138,10 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
                    "Chi² value above which the fleet's summed bin counts of a numeric feature differ from the baseline "
                    "at the policy's alpha (Bonferroni over the numeric features): the fleet drift rule's threshold.",
                    "mlmon_feature_drift_critical"),
+    InstrumentSpec(BASELINE_ROWS, "observable_gauge", "{row}",
+                   "Rows of the baseline a numeric feature's bins were computed from: the reference's size in the "
+                   "fleet drift test.",
+                   "mlmon_baseline_rows"),
     InstrumentSpec(ALERT_ACTIVE, "observable_gauge", "1",
                    "1 for every firing alert (sustained over the policy's checks), by alertname and severity.",
                    "mlmon_alert_active"),

@@ -158,7 +158,8 @@ class ModelMonitor:
             raise ConfigError(f"model {self.name!r}: feature kinds {self.schema.to_dict()} do not match the "
                               f"baseline's {baseline.schema.to_dict()}")
         self.schema = baseline.schema
-        self.bins = BinCounter(baseline, self.policy.alpha)
+        # fleet series need bins every replica shares: a warm-up baseline's are this replica's own
+        self.bins = None if baseline.warmup else BinCounter(baseline, self.policy.alpha)
         self.baseline = baseline
         return baseline
 

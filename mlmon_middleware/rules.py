@@ -112,10 +112,16 @@ def _alert(name: str, expr: str, duration: str, severity: str | None, summary: s
 
 
 def _policy_alert(kind: AlertKind, c: RuleConfig) -> dict[str, Any]:
-    """The rule mirroring one kind of the policy's alerts (with one replica, for the fleet kinds)."""
+    """The rule mirroring one kind of the policy's alerts. For the fleet kinds, it stands down
+    where the fleet rules judge instead: several replicas, and (for a feature) fleet series of it."""
     expr = f'max by ({BY}, subject, severity) (mlmon_alert_active{{alertname="{kind.name}"}}) == 1'
-    if kind.fleet:
-        expr = f"({expr}) and on ({BY}) ({REPLICAS} == 1)"
+    fleet_judged = f"count by ({BY}) (mlmon_feature_drift_critical) and on ({BY}) ({REPLICAS} > 1)"
+    if kind.fleet and kind.subject == "feature":
+        judged = (f'label_replace(max by ({BY}, feature) (mlmon_feature_drift_critical), "subject", "$1", "feature", "(.*)") '
+                  f"and on ({BY}) ({REPLICAS} > 1)")
+        expr = f"({expr}) unless on ({BY}, subject) ({judged})"
+    elif kind.fleet:
+        expr = f"({expr}) unless on ({BY}) ({fleet_judged})"
     summary = kind.summary.format(subject="{{ $labels.subject }}")
     description = (f"mlmon's {kind.name} alert ({{{{ $labels.severity }}}}) is firing"
                    + (f" for {kind.subject} {{{{ $labels.subject }}}}" if kind.subject else "")
@@ -192,8 +198,10 @@ def recording(c: RuleConfig) -> list[dict[str, Any]]:
     """The fleet's view of each numeric feature, from every replica's bin counters summed."""
     rows = "mlmon_feature_bin_total" if c.fleet_window == "all" else f"increase(mlmon_feature_bin_total[{c.fleet_window}])"
     reference = f"max by ({BY}, feature, bin) (mlmon_baseline_bin_ratio)"
-    expected = f"({reference} * on ({BY}, feature) group_left mlmon:feature_rows:fleet)"
     share = "mlmon:feature_bin_share:fleet"
+    rows_ref, rows_now = "mlmon:feature_baseline_rows", "mlmon:feature_rows:fleet"
+    on = f"on ({BY}, feature) group_left ()"  # "()": the label list, so an expression in parentheses may follow
+    pooled = f"(({reference} * {on} {rows_ref} + {share} * {on} {rows_now}) / {on} ({rows_ref} + {rows_now}))"
     floor = "0.0001"  # PSI's share floor, as in-process
     return [
         {"record": "mlmon:feature_bin_rows:fleet", "expr": f"sum by ({BY}, feature, bin) ({rows})"},
@@ -202,8 +210,12 @@ def recording(c: RuleConfig) -> list[dict[str, Any]]:
         {"record": "mlmon:feature_psi:fleet",
          "expr": f"sum by ({BY}, feature) ((clamp_min({share}, {floor}) - clamp_min({reference}, {floor})) "
                  f"* ln(clamp_min({share}, {floor}) / clamp_min({reference}, {floor})))"},
+        {"record": rows_ref, "expr": f"max by ({BY}, feature) (mlmon_baseline_rows)"},
+        # chi² of homogeneity of the baseline's R rows and the fleet's N rows over the bins:
+        # R N / (R + N) · Σ (q − p)² / s, s the pooled share; the baseline is a sample too
         {"record": "mlmon:feature_chi2:fleet",
-         "expr": f"sum by ({BY}, feature) ((mlmon:feature_bin_rows:fleet - {expected}) ^ 2 / clamp_min({expected}, 1e-9))"},
+         "expr": f"sum by ({BY}, feature) (({share} - {reference}) ^ 2 / clamp_min({pooled}, 1e-12)) "
+                 f"* on ({BY}, feature) ({rows_ref} * {rows_now} / ({rows_ref} + {rows_now}))"},
         {"record": "mlmon:feature_effect:fleet",
          "expr": f"sqrt(sum by ({BY}, feature) (({share} - {reference}) ^ 2 / clamp_min(({share} + {reference}) / 2, 1e-12)))"},
         {"record": "mlmon:feature_drifted:fleet",

@@ -23,7 +23,7 @@ def test_promtool_checks_and_unit_tests_the_rules(tmp_path):
     (tmp_path / "mlmon-rules.yml").write_text(render(RuleConfig()))
     shutil.copy(HERE / "alerts_test.yml", tmp_path / "alerts_test.yml")
     check = subprocess.run([promtool(), "check", "rules", "mlmon-rules.yml"], cwd=tmp_path, capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 27 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 28 rules found" in check.stdout, check.stdout + check.stderr
     test = subprocess.run([promtool(), "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert test.returncode == 0, test.stdout + test.stderr
 
@@ -77,7 +77,7 @@ def test_cli_renders_with_a_config(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["mlmon:feature_bin_share:fleet", "mlmon:feature_psi:fleet", "mlmon:feature_chi2:fleet",
-                                  "mlmon:feature_effect:fleet", "mlmon:feature_drifted:fleet",
+                                  "mlmon:feature_effect:fleet", "mlmon:feature_drifted:fleet", "mlmon:feature_baseline_rows",
                                   "mlmon:feature_drift_alert:replica"])
 def test_recording_rules_for_the_fleet_view(name):
     assert f"record: {name}" in render(RuleConfig())
