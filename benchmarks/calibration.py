@@ -138,10 +138,10 @@ REFRESH = 10  # checks per reference where the window is at least a tenth of the
 
 
 def false_alarms(family: str, features: int, ref_rows: int, n: int, reps: int, rng: np.random.Generator,
-                 policy: DriftPolicy, setup: Setup) -> int:
+                 policy: DriftPolicy, setup: Setup, refresh: int = REFRESH) -> int:
     alarms = 0
     for i in range(reps):
-        if i and i % REFRESH == 0 and n * 10 >= ref_rows:
+        if i and i % refresh == 0 and n * 10 >= ref_rows:
             setup = Setup(family, features, ref_rows, rng)
         verdicts = setup.verdicts(setup.draw(rng, n), policy)
         alarms += any(RANK[v] >= RANK["warning"] for v in verdicts.values())
@@ -202,7 +202,9 @@ def reps_for(n: int, features: int, base: int) -> int:
     return max(20, base if cost <= 200_000 else base // 4 if cost <= 2_000_000 else base // 20)
 
 
-def false_alarm_plan(quick: bool, only: list[str] | None = None) -> Iterator[tuple[str, int, int, int]]:
+def false_alarm_plan(quick: bool, only: list[str] | None = None, sizes: list[int] | None = None,
+                     references: list[int] | None = None, widths: list[int] | None = None
+                     ) -> Iterator[tuple[str, int, int, int]]:
     """(family, n, reference rows, features) cells of the false-alarm table."""
     families = only or [*FAMILIES, MIX]
     if quick:
@@ -210,9 +212,9 @@ def false_alarm_plan(quick: bool, only: list[str] | None = None) -> Iterator[tup
             yield family, 1_000, 5_000, 20
         return
     for family in families:
-        for ref_rows in REFERENCES:
-            for features in WIDTHS:
-                for n in SIZES:
+        for ref_rows in references or REFERENCES:
+            for features in widths or WIDTHS:
+                for n in sizes or SIZES:
                     yield family, n, ref_rows, features
 
 
@@ -331,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarize", metavar="OUTPUT", help="print the pooled tables of a run's output and stop")
     parser.add_argument("--part", choices=("all", "features", "labels"), default="all")
     parser.add_argument("--families", nargs="+", choices=[*FAMILIES, MIX], help="only these families' false alarms")
+    parser.add_argument("--sizes", nargs="+", type=int, help="only these window sizes' false alarms")
+    parser.add_argument("--references", nargs="+", type=int, help="only these reference sizes' false alarms")
+    parser.add_argument("--widths", nargs="+", type=int, help="only these numbers of features' false alarms")
+    parser.add_argument("--refresh", type=int, default=REFRESH, help="checks per reference for large windows")
+    parser.add_argument("--false-alarms-only", action="store_true", help="stop after the false-alarm table")
     args = parser.parse_args(argv)
     if args.summarize:
         summarize(read_cells(args.summarize))
@@ -349,19 +356,22 @@ def main(argv: list[str] | None = None) -> int:
     worst = 0.0
     cells: list[Cell] = []
     setups: dict[tuple[str, int, int], Setup] = {}
-    for family, n, ref_rows, features in false_alarm_plan(args.quick, args.families):
+    for family, n, ref_rows, features in false_alarm_plan(args.quick, args.families, args.sizes, args.references,
+                                                          args.widths):
         key = (family, ref_rows, features)
         if key not in setups:
             setups.clear()  # one setup alive at a time: the 100-feature, 100k-row ones are large
             setups[key] = Setup(family, features, ref_rows, rng)
         reps = reps_for(n, features, args.reps)
-        alarms = false_alarms(family, features, ref_rows, n, reps, rng, policy, setups[key])
+        alarms = false_alarms(family, features, ref_rows, n, reps, rng, policy, setups[key], args.refresh)
         worst = max(worst, alarms / reps)
         cells.append((family, ref_rows, n, features, reps, alarms))
         print(f"| {family} | {ref_rows:,} | {n:,} | {features} | {reps} | {alarms} | {alarms / reps:.3f} | "
               f"{upper_bound(alarms, reps):.3f} |", flush=True)
     print(f"\nhighest observed rate in a cell: {worst:.3f}")
     summarize(cells)
+    if args.false_alarms_only:
+        return 0
 
     print("## Power: share of checks flagging the drifted feature (20 features, reference 5,000 rows)\n")
     print("| drift | n | checks | mlmon | Failing Loudly (KS/chi², Bonferroni) | mlmon − baseline |")

@@ -313,13 +313,13 @@ class Telemetry:
         """The OTel context to parent our span on, or None when not tracing (a contextvar read)."""
         return get_current_context() if self.tracer is not None else None
 
-    def span(self, name: str, parent: object | None, attributes: Mapping[str, Any], start_ns: int, end_ns: int,
+    def span(self, name: str, parent: object | None, attributes: dict[str, Any], start_ns: int, end_ns: int,
              error_type: str | None = None) -> None:
         """Record a finished span (the pipeline creates spans after the fact, with their real times)."""
         if self.tracer is None:
             return
         span = self.tracer.start_span(name, context=parent if isinstance(parent, Context) else None,
-                                      attributes=dict(attributes), start_time=start_ns)
+                                      attributes=attributes, start_time=start_ns)
         if error_type:
             span.set_status(Status(StatusCode.ERROR, error_type))
         span.end(end_time=end_ns)

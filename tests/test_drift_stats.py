@@ -33,7 +33,7 @@ def test_ks_matches_scipy(seed, n_ref, n_cur, ties):
     p = stats.ks_pvalue(np.array([d]), [n_ref], [n_cur])[0]
     if n_ref == n_cur == 1:  # scipy: NaN (an effective sample of 0); we: no evidence
         assert p == 1.0
-    else:
+    elif round(n_ref * n_cur / (n_ref + n_cur)) <= stats.EXACT_KS_MAX:  # beyond: Stephens' formula, below
         assert p == pytest.approx(expected.pvalue, abs=1e-9)
 
 
@@ -90,11 +90,16 @@ def test_bin_counts_and_category_counts():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.floats(0.0, 0.2), st.integers(5_001, 10**7), st.integers(5_001, 10**7))
-def test_large_ks_pvalues_follow_stephens_formula(d, n_ref, n_cur):
+@given(st.floats(0.0, 0.5), st.integers(51, 10**7), st.integers(51, 10**7))
+def test_larger_ks_pvalues_follow_stephens_formula_within_a_few_percent_of_exact(d, n_ref, n_cur):
     from scipy.stats import kstwobign
 
     n = round(n_ref * n_cur / (n_ref + n_cur))
     assume(n > stats.EXACT_KS_MAX)
     expected = kstwobign.sf((np.sqrt(n) + 0.12 + 0.11 / np.sqrt(n)) * d)
-    assert stats.ks_pvalue(np.array([d]), [n_ref], [n_cur])[0] == pytest.approx(expected, abs=1e-9)
+    p = stats.ks_pvalue(np.array([d]), [n_ref], [n_cur])[0]
+    assert p == pytest.approx(expected, abs=1e-9)
+    if n <= 3000 and p > 1e-6:  # and near scipy's exact distribution (slow to compute beyond)
+        from scipy.stats import kstwo
+
+        assert 0.95 <= p / kstwo.sf(d, n) <= 1.13

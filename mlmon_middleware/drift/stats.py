@@ -94,15 +94,16 @@ def ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
     return ks_wasserstein(ref_sorted, cur_sorted)[0]
 
 
-EXACT_KS_MAX = 5_000  # effective sizes up to which the KS p-value uses scipy's exact kstwo
+EXACT_KS_MAX = 50  # effective sizes up to which the KS p-value uses scipy's exact kstwo
 
 
 def ks_pvalue(statistic: np.ndarray, n_ref: np.ndarray, n_cur: np.ndarray) -> np.ndarray:
     """Two-sided p-values of KS statistics at the effective size ``round(m n / (m + n))``: from
     the exact one-sample distribution ``kstwo`` up to ``EXACT_KS_MAX`` (as
     ``scipy.stats.ks_2samp(method="asymp")``), and beyond from Kolmogorov's limit with Stephens'
-    (1970) correction, ``kstwobign.sf((√n + 0.12 + 0.11/√n) D)``: within 4 % of the exact value
-    down to p = 1e-6 there, where ``kstwo`` takes up to a second per hundred features."""
+    (1970) correction, ``kstwobign.sf((√n + 0.12 + 0.11/√n) D)``: between 0.96 and 1.12 times the
+    exact value down to p = 1e-6 there, where ``kstwo`` takes from 0.05 to 5 ms per feature
+    (measured: 460 ms for a hundred drifting features at n = 5,000) and this a microsecond."""
     from scipy.stats import kstwo, kstwobign
 
     statistic = np.asarray(statistic, dtype=float)
