@@ -317,9 +317,26 @@ class PerformanceTracker:
         ratio = min(rates) / max(rates) if max(rates) > 0 else 1.0
         tprs = [t for g in per_group.values() if (t := g["tpr"]) is not None]
         fprs = [f for g in per_group.values() if (f := g["fpr"]) is not None]
+        p_value = _rate_gap_p_value(list(per_group.values()))
         return {"attribute": self.options.protected, "groups": per_group, "demographic_parity_ratio": ratio,
                 "tpr_gap": max(tprs) - min(tprs) if tprs else None, "fpr_gap": max(fprs) - min(fprs) if fprs else None,
-                "four_fifths_violated": ratio < 0.8}
+                "rate_gap_p_value": p_value,
+                # the ratio alone is noise in small groups: the gap must also be unlikely by chance
+                "four_fifths_violated": ratio < 0.8 and p_value < PERFORMANCE_ALPHA}
+
+
+def _rate_gap_p_value(groups: list[GroupFairness]) -> float:
+    """Two-sided p-value that the lowest and highest positive rates of ``groups`` differ only by
+    chance: Fisher's exact test of the two groups, Bonferroni over the pairs one could have picked."""
+    from scipy.stats import fisher_exact
+
+    if len(groups) < 2:
+        return 1.0
+    low = min(groups, key=lambda g: g["positive_rate"])
+    high = max(groups, key=lambda g: g["positive_rate"])
+    table = [[round(g["positive_rate"] * g["count"]), g["count"] - round(g["positive_rate"] * g["count"])] for g in (low, high)]
+    pairs = len(groups) * (len(groups) - 1) // 2
+    return float(min(1.0, fisher_exact(table).pvalue * pairs))
 
 
 def _top_values(values: np.ndarray, k: int) -> list[str]:

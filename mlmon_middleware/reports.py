@@ -153,7 +153,8 @@ class Fairness(TypedDict):
     demographic_parity_ratio: float
     tpr_gap: float | None
     fpr_gap: float | None
-    four_fifths_violated: bool
+    rate_gap_p_value: float  # the lowest and highest positive rates differ by chance (Fisher, Bonferroni over pairs)
+    four_fifths_violated: bool  # ratio below 0.8 and rate_gap_p_value below 0.005
 
 
 class WindowPerformance(TypedDict, total=False):

@@ -297,3 +297,17 @@ def test_stationary_streams_raise_almost_no_false_alerts(tmp_path, harness_facto
         degraded = any(d["severity"] != "none" for w in report["windows"].values() for d in w.get("degradation", {}).values())
         raised += degraded or report["concept_drift"]["raised"]
     assert raised <= 1  # of 60 checks (a binomial margin over the 0.5 % design rate)
+
+
+def test_the_four_fifths_rule_needs_more_than_chance_in_small_groups(tmp_path, harness_factory):
+    """Groups of 12: a positive-rate ratio under 0.8 happens by chance, and raises nothing."""
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("m", segments=["group"], performance={"task": "binary", "protected": "group"})
+    for i in range(24):
+        group = "a" if i % 2 else "b"
+        score = 0.9 if (group == "a" and i < 14) or (group == "b" and i < 6) else 0.1  # 7 of 12 vs 3 of 12
+        mm.record_outcome(mm.record({"x": 1.0, "group": group}, {"prediction": score}), i % 3 == 0)
+    mm.check_now()
+    fairness = mm.performance_report()["windows"]["last_1000"]["fairness"]
+    assert fairness["demographic_parity_ratio"] < 0.8 and fairness["rate_gap_p_value"] > 0.005
+    assert not fairness["four_fifths_violated"]
