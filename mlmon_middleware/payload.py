@@ -238,6 +238,8 @@ def resolve_payload(payload: Any, arg: str | None = None) -> Any:
                 return json.loads(payload.body)
             except ValueError:
                 raise CaptureError("invalid_json", str(exc)) from None
+            except RecursionError:  # nested deeper than Python's parser goes (orjson stops at 1,024)
+                raise CaptureError("too_deep", "JSON nested too deeply") from None
     if isinstance(payload, CallArgs):
         values = {**dict(zip(payload.names, payload.args)), **payload.kwargs} if payload.args else payload.kwargs
         if arg is not None:

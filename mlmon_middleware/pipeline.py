@@ -18,6 +18,7 @@ per-bin counts, prediction-log rows for the log writer, and spans.
 from __future__ import annotations
 
 import collections
+import json
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -152,18 +153,25 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         if group is None:
             group = durations[key] = []
         group.append(rec.duration_ns)
-        rows, outputs = _rows_of(model, rec, capture, messages) if ok else ([], [])
+        try:  # one record nothing can be read from is counted and skipped; the batch goes on
+            rows, outputs = _rows_of(model, rec, capture, messages) if ok else ([], [])
+            logged = _log_rows(model, rec, rows, outputs) if rows and writer is not None else []
+        except Exception as exc:
+            _failed(capture, messages, "unreadable", exc)
+            rows, outputs, logged = [], [], []
         if rows:
             feature_rows += rows
             output_rows += outputs
             row_times += [rec.wall_ns] * len(rows) if len(rows) > 1 else [rec.wall_ns]
-            if writer is not None:
-                log_rows += _log_rows(model, rec, rows, outputs)
-        if rec.explanation is not None:
-            explained[rec.explanation.status] += 1
-            _explained(model, rec.explanation, rec.wall_ns * _NS, telemetry)
-        if tracing:
-            _span(model, telemetry, rec, rows, outputs)
+            log_rows += logged
+        try:
+            if rec.explanation is not None:
+                explained[rec.explanation.status] += 1
+                _explained(model, rec.explanation, rec.wall_ns * _NS, telemetry)
+            if tracing:
+                _span(model, telemetry, rec, rows, outputs)
+        except Exception as exc:
+            _failed(capture, messages, "unrecordable", exc)
     attrs = model.attrs
     for (route, status, error_type), values in durations.items():
         labels: dict[str, Any] = {**attrs, HTTP_ROUTE: route, HTTP_STATUS: status or (500 if error_type else 200)}
@@ -177,13 +185,19 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
     if log_rows and writer is not None:
         writer.put(log_rows)
     if feature_rows:
-        _windows(model, feature_rows, output_rows, np.array(row_times) * _NS, capture, telemetry)
+        _windows(model, feature_rows, output_rows, np.array(row_times) * _NS, capture, messages, telemetry)
     for reason, n in capture.items():
         telemetry.capture_errors.add(n, {**attrs, "reason": reason})
     outcomes: collections.Counter[str] = collections.Counter()
     for (_, ok), n in counts.items():
         outcomes["ok" if ok else "error"] += n
     model.counters.add_batch(outcomes, capture, messages)
+
+
+def _failed(capture: collections.Counter[str], messages: dict[str, str], reason: str, exc: BaseException) -> None:
+    """Count a record the pipeline could not handle (``mlmon_capture_errors_total{reason}``)."""
+    capture[reason] += 1
+    messages[reason] = f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str],
@@ -208,39 +222,60 @@ def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str]
 
 
 def _windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] | None], times: np.ndarray,
-             capture: collections.Counter[str], telemetry: Telemetry) -> None:
-    """Encode rows into the model's feature and prediction windows (schemas inferred on first use)."""
+             capture: collections.Counter[str], messages: dict[str, str], telemetry: Telemetry) -> None:
+    """Encode rows into the model's feature and prediction windows (schemas inferred on first use).
+    When the batch cannot be encoded at once, its rows go in one by one and the ones that cannot
+    are counted (``unencodable``): one bad row never costs the others their place."""
+    try:
+        _encode_into_windows(model, rows, outputs, times, capture, telemetry)
+    except Exception:
+        for i in range(len(rows)):
+            try:
+                _encode_into_windows(model, rows[i:i + 1], outputs[i:i + 1], times[i:i + 1], capture, telemetry)
+            except Exception as exc:
+                _failed(capture, messages, "unencodable", exc)
+
+
+def _encode_into_windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] | None],
+                         times: np.ndarray, capture: collections.Counter[str], telemetry: Telemetry) -> None:
+    """Encode first, then change state: a failure leaves the windows as they were."""
     size = model.registry.config.reservoir_size
+    schema = model.schema or FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds)
+    encoded = schema.encode(rows)
+    answered = [i for i, o in enumerate(outputs) if o is not None]
+    output_schema = model.output_schema
+    out = None
+    if answered:
+        output_schema = output_schema or FeatureSchema.infer([outputs[i] for i in answered])
+        out = output_schema.encode([outputs[i] for i in answered])
     if model.schema is None:
-        model.schema = FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds)
-    schema = model.schema
+        model.schema = schema
     if model.window is None:
         model.window = SlidingWindow(size, numeric=(len(schema.numeric_names), float),
                                      categorical=(len(schema.categorical_names), object))
-    encoded = schema.encode(rows)
     capture.update(encoded.errors)
     model.counters.add_encoding(encoded.feature_errors, encoded.unexpected_fields)
     model.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
     if model.bins is not None:  # the fleet bin counters: rows per baseline bin, per numeric feature
         model.bins.add(encoded.numeric)
-
-    answered = [i for i, o in enumerate(outputs) if o is not None]
-    if not answered:
+    if out is None or output_schema is None:
         return
     if model.output_schema is None or model.output_window is None:
-        model.output_schema = FeatureSchema.infer([outputs[i] for i in answered])
-        model.output_window = SlidingWindow(size, numeric=(len(model.output_schema.numeric_names), float),
-                                            categorical=(len(model.output_schema.categorical_names), object))
-    out = model.output_schema.encode([outputs[i] for i in answered])
+        model.output_schema = output_schema
+        model.output_window = SlidingWindow(size, numeric=(len(output_schema.numeric_names), float),
+                                            categorical=(len(output_schema.categorical_names), object))
     for reason, n in out.errors.items():
         capture[f"prediction_{reason}"] += n
     model.output_window.extend(times[answered], numeric=out.numeric, categorical=out.categorical)
-    for j, name in enumerate(model.output_schema.numeric_names):
+    for j, name in enumerate(output_schema.numeric_names):
         telemetry.prediction_value.observe(out.numeric[:, j], {**model.attrs, "output": name})
 
 
 def _json(value: object) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str).decode()
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str).decode()
+    except TypeError:  # orjson stops at 64-bit integers and at deep nesting; the standard library does not
+        return json.dumps(value, default=str)
 
 
 def _log_rows(model: ModelMonitor, rec: Record, rows: list[Any], outputs: list[dict[str, Any] | None]) -> list[LogRow]:

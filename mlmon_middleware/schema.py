@@ -191,12 +191,16 @@ _PLAIN_NUMBERS = {float, int, np.float64, np.float32, np.int64, np.int32}
 
 def _numeric_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
     if set(map(type, column)) <= _PLAIN_NUMBERS:  # the common case: one numpy conversion
-        values = np.array(column, dtype=np.float64)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            flags["non_finite"] |= bad
-            values[bad] = np.nan
-        return values
+        try:
+            values = np.array(column, dtype=np.float64)
+        except OverflowError:  # an integer beyond float's range: the loop below flags it
+            pass
+        else:
+            bad = ~np.isfinite(values)
+            if bad.any():
+                flags["non_finite"] |= bad
+                values[bad] = np.nan
+            return values
     values = np.full(len(column), np.nan)
     for i, value in enumerate(column):
         if value is None or value is _MISSING:
@@ -204,6 +208,9 @@ def _numeric_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.n
         if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, (str, bytes)):
             try:
                 number = float(value)
+            except OverflowError:  # a 400-digit integer: a number, but no float
+                flags["non_finite"][i] = True
+                continue
             except (TypeError, ValueError):
                 flags["type_mismatch"][i] = True
                 continue
