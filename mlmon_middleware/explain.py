@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import multiprocessing
+import os
 import pickle
 import random
 import threading
@@ -115,9 +116,23 @@ def _short(value: Any) -> str:
 _WORKER: dict[str, Any] = {}
 
 
+WATCH_SECONDS = 1.0  # how often a worker checks that the serving process still lives
+
+
 def _worker_init(payload: bytes) -> None:
     spec = pickle.loads(payload)
+    # the pid the serving process gave, not getppid() now: it may have died while this one started
+    threading.Thread(target=_exit_with_parent, args=(spec["parent"],), name="mlmon-parent-watch", daemon=True).start()
     _WORKER["explain"] = build_explainer(spec["method"], spec["model"], spec["background"])
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker outlives nothing: when the serving process dies without shutting the pool down
+    (``kill -9``, or a server that exits without running ``atexit``), the worker is re-parented and
+    exits within ``WATCH_SECONDS`` instead of holding its memory (hundreds of MB with shap) forever."""
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    os._exit(0)
 
 
 def _worker_explain(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
@@ -200,7 +215,8 @@ class ExplanationService:
     def start(self) -> None:
         """Start the workers and warm them up (and compute the baseline's mean |SHAP|) off the
         request path."""
-        payload = pickle.dumps({"method": self.spec.method, "model": self.spec.model, "background": self.background})
+        payload = pickle.dumps({"method": self.spec.method, "model": self.spec.model, "background": self.background,
+                                "parent": os.getpid()})
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.spec.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init, initargs=(payload,))

@@ -1,4 +1,9 @@
-"""The example service in a real uvicorn process on 127.0.0.1: exact counts over HTTP."""
+"""The example service in a real uvicorn process on 127.0.0.1: exact counts over HTTP, and no
+process of its left behind however it stops."""
+
+import os
+import signal
+import time
 
 import httpx
 import pytest
@@ -109,3 +114,51 @@ def test_drifted_traffic_flags_exactly_the_drifted_features(trained):
     assert detected == {f: (1.0 if f in drifting else 0.0) for f in FEATURES}
     assert report["prediction_drift"] is True
     assert value(found, "mlmon_dataset_drift_share") == pytest.approx(len(drifting) / len(FEATURES))
+
+
+def children(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (from /proc: the explanation worker and its resource tracker)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_explanation_workers_never_outlive_the_server(tmp_path, stop):
+    """SIGTERM: the lifespan shutdown stops them; kill -9: each notices it lost its parent."""
+    demo_dir = tmp_path / "demo"
+    train(demo_dir, rows=1500)
+    proc = start_service(demo_dir, free_port(0), tmp_path / "service.log")
+    deadline = time.monotonic() + 30
+    workers: set[int] = set()
+    while time.monotonic() < deadline and not workers:  # the worker starts with the server
+        workers = children(proc.pid)
+        time.sleep(0.2)
+    assert workers, "the example service should run an explanation worker"
+    proc.send_signal(stop)
+    proc.wait(timeout=30)
+    stopped = time.monotonic()
+    while time.monotonic() < stopped + 30 and alive(workers):
+        time.sleep(0.2)
+    assert alive(workers) == set(), f"still alive {time.monotonic() - stopped:.0f} s after the server stopped"

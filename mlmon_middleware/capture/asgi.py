@@ -129,9 +129,15 @@ class MLMonitorMiddleware:
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            self.registry.start()  # this worker's threads, exporters and metrics port, before traffic
+            await self.app(scope, receive, send)
+            # The app's lifespan ended: the server is stopping. Servers (uvicorn on SIGTERM) exit
+            # without running atexit, so flush the queue and the log and stop the explanation
+            # workers now, or they are lost and orphaned.
+            self.registry.shutdown()
+            return
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                self.registry.start()  # this worker's threads, exporters and metrics port, before traffic
             await self.app(scope, receive, send)
             return
         await _Responder(self, scope, self._match(scope) if (self._exact or self._templates) else None)(receive, send)
