@@ -43,7 +43,6 @@ from mlmon_middleware.config import ConfigError
 from mlmon_middleware.payload import extract_rows, resolve_payload
 from mlmon_middleware.schema import FeatureSchema
 
-STATUSES = ("ok", "timeout", "busy", "error")
 Message = Mapping[str, Any]  # an ASGI message
 ExplainerOutput = tuple[np.ndarray, np.ndarray, str]  # (base values, contributions, method name)
 

@@ -218,8 +218,8 @@ class PerformanceTracker:
             self._fired = {}
         if self.detectors is None:
             return {"status": "no labels yet"}
-        # Each detector alone false-alarms on long stationary streams (DDM on about 2 % of checks
-        # of 100 labels); two agreeing within the latch almost never do, and do soon after a real change.
+        # Each detector alone false-alarms now and then on a long stationary stream; two agreeing
+        # within the latch almost never do, and soon do after a real change (docs/ground-truth.md).
         self._recent.append(set(self._fired))
         agreeing = sorted(set().union(*self._recent))
         if len(agreeing) >= min(VOTES, len(self.detectors.names)):

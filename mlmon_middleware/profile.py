@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mlmon_middleware.drift.stats import bin_counts
+from mlmon_middleware.drift.stats import OTHER, bin_counts
 from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema
 
 MAX_CATEGORIES = 1000  # categories beyond the most frequent ones are pooled as "__other__"
@@ -165,6 +165,6 @@ class Profiler:
         ranked = sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0])))
         freqs = {str(cat): count / present for cat, count in ranked[:MAX_CATEGORIES]}
         if len(ranked) > MAX_CATEGORIES:
-            freqs["__other__"] = sum(count for _, count in ranked[MAX_CATEGORIES:]) / present
+            freqs[OTHER] = sum(count for _, count in ranked[MAX_CATEGORIES:]) / present
         return {"kind": CATEGORICAL, "count": n, "missing_rate": float(self._cat_missing[j] / n) if n else 0.0,
                 "frequencies": freqs}

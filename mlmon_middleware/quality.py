@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmon_middleware.drift.stats import OTHER
+
 
 def sorted_numeric_quality(present_sorted: np.ndarray, n: int, profile: Mapping[str, Any]) -> dict[str, float]:
     """Missing and out-of-range shares of a numeric column of ``n`` rows, from its sorted present
@@ -40,5 +42,5 @@ def categorical_quality(values: np.ndarray, profile: Mapping[str, Any]) -> dict[
         return {"missing_ratio": 0.0, "new_category_ratio": 0.0}
     known = profile.get("frequencies", {})
     missing = sum(1 for v in values if v is None)
-    new = 0 if "__other__" in known else sum(1 for v in values if v is not None and v not in known)
+    new = 0 if OTHER in known else sum(1 for v in values if v is not None and v not in known)
     return {"missing_ratio": missing / n, "new_category_ratio": new / n}

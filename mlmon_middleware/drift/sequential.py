@@ -11,8 +11,8 @@ maintained implementation of the published algorithms, rather than our own copie
 * ADWIN (Bifet and Gavaldà, 2007): an adaptive window cut where two sub-windows' means differ.
 
 The errors are 0/1 (wrong prediction) for classification and the absolute error for regression.
-Each detector alone false-alarms now and then on a long stationary stream (DDM on about 2 % of
-checks of 100 labels, measured); the performance tracker raises concept drift only when two agree.
+Each detector alone false-alarms now and then on a long stationary stream (a sequential test
+run forever); the performance tracker raises concept drift only when two agree.
 
 >>> detectors = ErrorStreamDetectors(binary=True)
 >>> import random
