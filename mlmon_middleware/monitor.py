@@ -92,10 +92,11 @@ class Monitor:
         cls._default = monitor
         return monitor
 
-    def model(self, name: str, version: str | None = None, **options: Any) -> ModelMonitor:
-        """The ModelMonitor of ``name``, created on first call with ``version`` and ``options``
-        (the fields of :class:`~mlmon_middleware.model.ModelOptions`)."""
-        settings = ModelOptions.create(**options)  # checked even when the model exists: a typo is an error
+    def model(self, name: str, version: str | None = None, options: ModelOptions | None = None,
+              **kwargs: Any) -> ModelMonitor:
+        """The ModelMonitor of ``name``, created on first call with ``version`` and its options: a
+        :class:`~mlmon_middleware.ModelOptions`, or its fields as keyword arguments."""
+        settings = options or ModelOptions.create(**kwargs)  # checked even when the model exists: a typo is an error
         existing = self._models.get(name)
         if existing is not None:
             if version is not None and str(version) != existing.version:

@@ -10,7 +10,8 @@ in the background pipeline.
 The middleware object holds only configuration; per-request state lives in a
 ``_Responder`` created per call (the shape of Starlette's GZipMiddleware). Every message
 passes through in order and unchanged, except the added response header. Websockets,
-lifespan and unmonitored paths go straight to the app.
+lifespan and unmonitored paths go straight to the app; when the lifespan ends (the server is
+stopping), monitoring is shut down: the queue and the log flushed, the workers stopped.
 
 >>> import asyncio
 >>> from mlmon_middleware import Monitor, MonitorConfig
@@ -38,7 +39,6 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -110,8 +110,7 @@ class MLMonitorMiddleware:
         self._templates: list[tuple[re.Pattern[str], frozenset[str], Endpoint, ModelMonitor]] = []
         for ep in endpoints:
             ep = ep if isinstance(ep, Endpoint) else Endpoint(**ep)
-            mm = self.registry.model(ep.model, ep.version, **{f.name: getattr(ep.options, f.name)
-                                                              for f in dataclasses.fields(ep.options)})
+            mm = self.registry.model(ep.model, ep.version, ep.options)
             methods = frozenset(m.upper() for m in ep.methods)
             if "{" in ep.path:
                 self._templates.append((_path_regex(ep.path), methods, ep, mm))
