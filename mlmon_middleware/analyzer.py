@@ -83,7 +83,11 @@ class CheckInputs:
 
     ``features`` and ``outputs`` are :class:`~mlmon_middleware.reservoir.SlidingWindow`
     snapshots (empty when nothing was captured yet); ``labels`` is None without a prediction log;
-    ``attributions`` is None when the model has no explainer."""
+    ``attributions`` is None when the model has no explainer. ``scheduled`` is False for a check
+    someone asked for (``?refresh=true``): it reports like any other, but leaves the state that
+    counts checks alone (the alerts' sustain streaks, the adaptive thresholds' history, the
+    "since the last check" counts, the concept-drift detectors), so asking often changes no
+    verdict."""
 
     model: str
     version: str
@@ -96,6 +100,7 @@ class CheckInputs:
     counts: Counts = Counts()
     labels: LabelReader | None = None
     attributions: Attributions | None = None
+    scheduled: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,13 +151,14 @@ class DriftChecker:
         """Run one check on ``inputs``: drift, quality, performance, attributions, alerts."""
         with self._lock:
             start = time.perf_counter()
-            performance, conditions = self.performance.compute(inputs.labels, inputs.now)
+            performance, conditions = self.performance.compute(inputs.labels, inputs.now, scheduled=inputs.scheduled)
             report, warmup, drift_conditions = self._drift(inputs)
             report["performance_status"] = performance.get("status", "")
             report["attributions"] = self._attributions(inputs.attributions)
             conditions.update(drift_conditions)
             conditions.update({("AttributionDrift", f): "warning" for f in report["attributions"].get("drifted", ())})
-            self.alerts.update(conditions)
+            if inputs.scheduled:
+                self.alerts.update(conditions)
             report["alerts"] = [{"alertname": a, "subject": s, "severity": sev} for a, s, sev in self.alerts.active()]
             self.duration = time.perf_counter() - start
             self.last_run = time.time()
@@ -165,7 +171,8 @@ class DriftChecker:
         features, outputs = inputs.features, inputs.outputs
         rows = len(features["time"]) if features else 0
         report: DriftReport = {"model": inputs.model, "version": inputs.version, "checked_at": inputs.now, "rows": rows,
-                               "window": _span_of(features), "quality": self._quality_counts(inputs.counts),
+                               "window": _span_of(features),
+                               "quality": self._quality_counts(inputs.counts, advance=inputs.scheduled),
                                "labels": _label_coverage(inputs.labels, inputs.model, inputs.now)}
         baseline, warmup = inputs.baseline, None
         schema = inputs.schema
@@ -181,11 +188,11 @@ class DriftChecker:
         report["baseline"] = baseline.summary()
         policy = self.policy.adapted(self._history)
         judged = compare(baseline.features, schema, features) if rows else {}
-        feature_errors = self._feature_errors_since_last_check(inputs.counts)
+        feature_errors = self._feature_errors_since_last_check(inputs.counts, advance=inputs.scheduled)
         for name, severity in policy.judge(judged).items():
             judged[name]["severity"] = severity
             judged[name]["capture_errors_since_last_check"] = feature_errors.get(name, {})
-            if "effect" in judged[name]:
+            if "effect" in judged[name] and inputs.scheduled:
                 self._history[name].append((judged[name]["effect"], judged[name].get("psi", 0.0)))
         tested = [n for n, s in judged.items() if s.get("rows", 0) > 0]
         drifted = sorted(n for n in tested if RANK[judged[n].get("severity", "none")] >= RANK["warning"])
@@ -211,13 +218,14 @@ class DriftChecker:
             conditions[("DatasetDrift", "")] = "critical"
         return report, warmup, conditions
 
-    def _quality_counts(self, counts: Counts) -> QualityCounts:
-        """Capture problems and volume since the previous check."""
+    def _quality_counts(self, counts: Counts, advance: bool) -> QualityCounts:
+        """Capture problems and volume since the previous scheduled check."""
         errors = collections.Counter({k: v for k, v in counts.capture_errors.items() if k in QUALITY_ERRORS})
         since = errors - self._seen_errors
-        self._seen_errors = errors
         total = counts.predictions.get("ok", 0) + counts.predictions.get("error", 0)
-        volume, self._seen_predictions = total - self._seen_predictions, total
+        volume = total - self._seen_predictions
+        if advance:
+            self._seen_errors, self._seen_predictions = errors, total
         return {"capture_errors_since_last_check": dict(since), "predictions_since_last_check": volume}
 
     def _attributions(self, attributions: Attributions | None) -> AttributionReport:
@@ -246,10 +254,11 @@ class DriftChecker:
         self.attributions = {"status": "ok", "samples": len(samples), "features": features, "drifted": sorted(drifted)}
         return self.attributions
 
-    def _feature_errors_since_last_check(self, counts: Counts) -> dict[str, dict[str, int]]:
+    def _feature_errors_since_last_check(self, counts: Counts, advance: bool) -> dict[str, dict[str, int]]:
         now = {f: collections.Counter(c) for f, c in counts.feature_errors.items()}
         since = {f: dict(c - self._seen_feature_errors.get(f, collections.Counter())) for f, c in now.items()}
-        self._seen_feature_errors = now
+        if advance:
+            self._seen_feature_errors = now
         return {f: c for f, c in since.items() if c}
 
 

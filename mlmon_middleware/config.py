@@ -70,6 +70,11 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store_max_age": ("MLMON_STORE_MAX_AGE", _parse_optional_float),
     "store_max_rows": ("MLMON_STORE_MAX_ROWS", _parse_optional_int),
     "api_token": ("MLMON_API_TOKEN", str),
+    "allow_anonymous_writes": ("MLMON_ALLOW_ANONYMOUS_WRITES", _parse_bool),
+    "refresh_interval": ("MLMON_REFRESH_INTERVAL", float),
+    "max_features": ("MLMON_MAX_FEATURES", int),
+    "max_models": ("MLMON_MAX_MODELS", int),
+    "max_feedback_bytes": ("MLMON_MAX_FEEDBACK_BYTES", int),
     "tracing": ("MLMON_TRACING", _parse_optional_bool),
     "trace_features": ("MLMON_TRACE_FEATURES", _parse_names),
     "prometheus_port": ("MLMON_PROMETHEUS_PORT", _parse_optional_int),
@@ -108,7 +113,19 @@ class MonitorConfig:
             counted (``stage="store_queue_full"``).
         store_max_age: seconds a logged prediction is kept (None: no limit).
         store_max_rows: logged predictions kept per model, newest first (None: no limit).
-        api_token: when set, ``POST /mlmon/feedback`` requires ``Authorization: Bearer <token>``.
+        api_token: when set, every mlmon route that writes (feedback, on-demand checks) or returns
+            input-derived data (reports, logged predictions, explanations, health details)
+            requires ``Authorization: Bearer <token>``; ``/metrics``, the dashboard page and a
+            status-only health stay open. Compared as bytes in constant time.
+        allow_anonymous_writes: without ``api_token``, the routes that write answer 403 unless
+            this is True (anyone may then post labels and run checks: only for a closed network).
+        refresh_interval: seconds between two on-demand checks (``?refresh=true``) of one
+            model; asked sooner, the route answers the last report (``X-MLMon-Refresh: limited``).
+        max_features: widest schema inferred from traffic (without ``features=`` or a baseline);
+            fields beyond it are counted as unmonitored (``capture_errors{reason="too_wide"}``).
+        max_models: models one process monitors; beyond it ``Monitor.model()`` returns a
+            monitor that drops its records, counted in ``mlmon_limit_hits_total{limit="models"}``.
+        max_feedback_bytes: largest ``POST /mlmon/feedback`` body (413 beyond it).
         tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
             given, OTLP is configured, or an SDK tracer provider is installed globally.
         trace_features: feature names whose raw values may be written into spans (none by default).
@@ -138,6 +155,11 @@ class MonitorConfig:
     store_max_age: float | None = None
     store_max_rows: int | None = 1_000_000
     api_token: str | None = None
+    allow_anonymous_writes: bool = False
+    refresh_interval: float = 10.0
+    max_features: int = 256
+    max_models: int = 100
+    max_feedback_bytes: int = 1 << 20
     tracing: bool | None = None
     trace_features: tuple[str, ...] = ()
     prometheus_port: int | None = None
@@ -158,6 +180,15 @@ class MonitorConfig:
         if not isinstance(self.store_interval, (int, float)) or not 0 < self.store_interval <= 60:
             raise ConfigError(f"store_interval must be a number of seconds in (0, 60], got {self.store_interval!r}")
         _check_int(self, "store_queue_size", minimum=1)
+        _check_int(self, "max_features", minimum=1)
+        _check_int(self, "max_models", minimum=1)
+        _check_int(self, "max_feedback_bytes", minimum=1)
+        if not isinstance(self.refresh_interval, (int, float)) or self.refresh_interval < 0:
+            raise ConfigError(f"refresh_interval must be a number of seconds >= 0, got {self.refresh_interval!r}")
+        if self.allow_anonymous_writes not in (True, False):
+            raise ConfigError(f"allow_anonymous_writes must be True or False, got {self.allow_anonymous_writes!r}")
+        if self.api_token is not None and (not isinstance(self.api_token, str) or not self.api_token.strip()):
+            raise ConfigError("api_token must be a non-empty string or None")
         if self.store_max_rows is not None:
             _check_int(self, "store_max_rows", minimum=1)
         if self.store_max_age is not None and (not isinstance(self.store_max_age, (int, float)) or self.store_max_age <= 0):

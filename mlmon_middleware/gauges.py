@@ -37,6 +37,7 @@ from mlmon_middleware.instruments import (
     FEATURE_DRIFT_DETECTED,
     FEATURE_DRIFT_SCORE,
     LABEL_COVERAGE,
+    LIMIT_HITS,
     MONITOR_ERRORS,
     PERFORMANCE,
     PREDICTION_DRIFT_SCORE,
@@ -44,16 +45,19 @@ from mlmon_middleware.instruments import (
     RESERVOIR_SIZE,
     SCORE_METHODS,
 )
+from mlmon_middleware.limits import LimitHits
 from mlmon_middleware.model import ModelMonitor
 from mlmon_middleware.reports import DriftReport, FeatureDrift
 
 Observations = list[tuple[float, dict[str, Any]]]
 
 
-def observe(name: str, models: Sequence[ModelMonitor], errors: ErrorLog) -> Observations:
+def observe(name: str, models: Sequence[ModelMonitor], errors: ErrorLog, limits: LimitHits | None = None) -> Observations:
     """Values of the observable instrument ``name``: ``(value, attributes)`` pairs."""
     if name == MONITOR_ERRORS:
         return [(n, {"stage": stage}) for stage, n in errors.counts().items()]
+    if name == LIMIT_HITS:
+        return [] if limits is None else [(n, {"limit": limit}) for limit, n in limits.counts().items()]
     read = READERS.get(name)
     if read is None:
         return []

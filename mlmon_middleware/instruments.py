@@ -23,6 +23,7 @@ INFERENCE_DURATION = "mlmon.inference.duration"
 PREDICTION_VALUE = "mlmon.prediction.value"
 CAPTURE_ERRORS = "mlmon.capture.errors"
 MONITOR_ERRORS = "mlmon.monitor.errors"
+LIMIT_HITS = "mlmon.limit.hits"
 RESERVOIR_SIZE = "mlmon.reservoir.size"
 FEATURE_DRIFT_SCORE = "mlmon.feature.drift.score"
 FEATURE_DRIFT_DETECTED = "mlmon.feature.drift.detected"
@@ -103,6 +104,10 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
     InstrumentSpec(MONITOR_ERRORS, "observable_counter", "{error}",
                    "Failures inside monitoring itself, by stage; serving continued.",
                    "mlmon_monitor_errors_total"),
+    InstrumentSpec(LIMIT_HITS, "observable_counter", "{hit}",
+                   "Client-controlled inputs stopped by a bound (models, feedback body and items, label value, "
+                   "on-demand check rate), by limit.",
+                   "mlmon_limit_hits_total"),
     InstrumentSpec(RESERVOIR_SIZE, "observable_gauge", "{row}",
                    "Rows currently held in the model's analysis window.",
                    "mlmon_reservoir_size"),

@@ -40,6 +40,7 @@ from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.explain import Explain, ExplanationService, PendingExplanation
 from mlmon_middleware.ids import new_prediction_id
 from mlmon_middleware.instruments import MODEL_NAME, MODEL_VERSION
+from mlmon_middleware.limits import LimitHits
 from mlmon_middleware.options import ModelOptions, declared_features
 from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.reports import (
@@ -94,6 +95,9 @@ class Registry(Protocol):
     def errors(self) -> ErrorLog: ...
 
     @property
+    def limits(self) -> LimitHits: ...
+
+    @property
     def telemetry(self) -> Telemetry: ...
 
     @property
@@ -112,11 +116,14 @@ class ModelMonitor:
     Created by :meth:`Monitor.model`; use :meth:`record` to report an inference by hand.
     """
 
-    def __init__(self, registry: Registry, name: str, version: str, options: ModelOptions | None = None) -> None:
+    def __init__(self, registry: Registry, name: str, version: str, options: ModelOptions | None = None,
+                 *, admitted: bool = True) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"model must be a non-empty string, got {name!r}")
         options = options or ModelOptions()
         self.registry = registry
+        #: False for a model beyond ``max_models``: not registered, its records dropped and counted
+        self.admitted = admitted
         self.name = name
         self.version = str(version)
         self.options = options
@@ -147,6 +154,8 @@ class ModelMonitor:
         self.output_window: SlidingWindow | None = None  # prediction rows
         self.counters = Counters()
         self._check_lock = threading.Lock()  # a check builds its inputs and applies its result as one step
+        self._demand_lock = threading.Lock()
+        self._last_on_demand: float | None = None  # monotonic time of the last on-demand check
 
     def set_baseline(self, baseline: Baseline) -> Baseline:
         """Use ``baseline`` from now on (its schema must be the model's); returns it."""
@@ -180,6 +189,7 @@ class ModelMonitor:
         parent's thread may have held one at the fork; the child would wait for it forever)."""
         self.explainer = None  # the parent's worker pool belongs to the parent
         self._check_lock = threading.Lock()
+        self._demand_lock = threading.Lock()
         self.counters.after_fork()
         self.checker.after_fork()
         for window in (self.window, self.output_window):
@@ -219,11 +229,16 @@ class ModelMonitor:
 
     def submit(self, record: Record) -> None:
         """Queue a ready record for the pipeline (the capture layers call this)."""
+        if not self.admitted:
+            self.registry.limits.hit("models", f"a record of {self.name!r}, beyond max_models, dropped")
+            return
         self.registry.submit(record)
 
     # ---------------------------------------------------------------------------------- analysis
-    def check_now(self) -> DriftReport:
-        """Run a check (drift, quality, performance, alerts) on the current window now; its report."""
+    def check_now(self, *, scheduled: bool = True) -> DriftReport:
+        """Run a check (drift, quality, performance, alerts) on the current window now; its report.
+        ``scheduled=False`` makes it an on-demand check, which counts toward no alert (see
+        :class:`~mlmon_middleware.analyzer.CheckInputs`)."""
         self.registry.flush()  # the window includes everything captured so far
         with self._check_lock:
             now = time.time()
@@ -236,10 +251,22 @@ class ModelMonitor:
                 attributions = Attributions(self.explainer.names, samples, self.explainer.baseline_attributions)
             result = self.checker.check(CheckInputs(
                 self.name, self.version, now, snapshot["features"], snapshot["outputs"], self.schema,
-                self.output_schema, self.baseline, self.counters.counts(), self._label_reader(), attributions))
+                self.output_schema, self.baseline, self.counters.counts(), self._label_reader(), attributions,
+                scheduled))
             if result.warmup_baseline is not None:
                 self.set_baseline(result.warmup_baseline)
             return result.report
+
+    def check_on_demand(self, min_interval: float) -> bool:
+        """An on-demand check (``?refresh=true``), unless one ran less than ``min_interval``
+        seconds ago; whether it ran. Asking in a loop costs at most one check per interval."""
+        now = time.monotonic()
+        with self._demand_lock:
+            if self._last_on_demand is not None and now - self._last_on_demand < min_interval:
+                return False
+            self._last_on_demand = now
+        self.check_now(scheduled=False)
+        return True
 
     def drift_report(self) -> DriftReport:
         """The last check's report (running one if none has run yet): per feature its
@@ -321,16 +348,16 @@ class ModelMonitor:
         counts = self.counters.counts()
         return dict(counts.predictions), dict(counts.capture_errors)
 
-    def health(self) -> ModelHealth:
-        """Counts and window fill of this model, as shown by ``/mlmon/health``."""
+    def health(self, private: bool = True) -> ModelHealth:
+        """Counts and window fill of this model, as shown by ``/mlmon/health`` (``private``: with
+        the last capture error messages, which may quote inputs)."""
         predictions, capture = self.counts()
         report = self.checker.report
-        return {
+        health: ModelHealth = {
             "model": self.name,
             "version": self.version,
             "predictions": predictions,
             "capture_errors": capture,
-            "last_capture_errors": self.counters.last_capture_errors(),
             "features": self.schema.to_dict() if self.schema else None,
             "outputs": self.output_schema.to_dict() if self.output_schema else None,
             "rows_in_window": 0 if self.window is None else len(self.window),
@@ -343,6 +370,9 @@ class ModelMonitor:
                 "checked_at": report.get("checked_at"), "status": report.get("status"), "rows": report.get("rows"),
                 "drifted": report.get("drifted"), "share": report.get("share")},
         }
+        if private:
+            health["last_capture_errors"] = self.counters.last_capture_errors()
+        return health
 
     def coverage(self) -> Coverage | None:
         """Features monitored against the fields the model receives: the schema's features plus

@@ -32,6 +32,7 @@ from mlmon_middleware.analyzer import Analyzer
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.health import monitor_issues
+from mlmon_middleware.limits import MAX_NAME_CHARS, LimitHits
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.options import ModelOptions
 from mlmon_middleware.pipeline import Pipeline
@@ -56,6 +57,7 @@ class Monitor:
         if self.config.store_dir is not None:  # a corrupt or unwritable log fails now, not mid-traffic
             SQLiteStore(self.store_path).close()
         self.errors = ErrorLog()
+        self.limits = LimitHits()
         self.pipeline = Pipeline(self.config, self.errors)
         self._models: dict[str, ModelMonitor] = {}
         #: added to ``prometheus_port`` in this process (the BentoML adapter: one port per worker)
@@ -97,6 +99,9 @@ class Monitor:
         """The ModelMonitor of ``name``, created on first call with ``version`` and its options: a
         :class:`~mlmon_middleware.ModelOptions`, or its fields as keyword arguments."""
         settings = options or ModelOptions.create(**kwargs)  # checked even when the model exists: a typo is an error
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+            raise ConfigError(f"a model name must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
+                              f"got {str(name)[:MAX_NAME_CHARS + 20]!r}")
         existing = self._models.get(name)
         if existing is not None:
             if version is not None and str(version) != existing.version:
@@ -105,6 +110,12 @@ class Monitor:
             return existing
         with self._start_lock:
             if name not in self._models:
+                if len(self._models) >= self.config.max_models:
+                    # names made from traffic must not grow series and memory without end: this one is
+                    # not registered, and its records are dropped and counted
+                    self.limits.hit("models", f"{len(self._models)} models monitored; {name!r} is not")
+                    return ModelMonitor(self, name, "unknown" if version is None else version, settings,
+                                        admitted=False)
                 self._models[name] = ModelMonitor(self, name, "unknown" if version is None else version, settings)
         if self._started:
             self._models[name].start_explainer()
@@ -190,25 +201,31 @@ class Monitor:
 
     def observe(self, name: str) -> gauges.Observations:
         """Values of the observable instrument ``name`` across models (read at collection)."""
-        return gauges.observe(name, list(self._models.values()), self.errors)
+        return gauges.observe(name, list(self._models.values()), self.errors, self.limits)
 
-    def health(self) -> MonitorHealth:
-        """Models, counts, window fill and recent monitoring errors (``/mlmon/health``)."""
+    def health(self, private: bool = True) -> MonitorHealth:
+        """Models, counts, window fill and recent monitoring errors (``/mlmon/health``).
+        ``private=False`` leaves out what only the service's operators should see: the process
+        id, the log's path and the error messages (which may quote inputs)."""
         self.flush()
         errors = self.errors.counts()
         issues = monitor_issues(self._models, errors, check_interval=self.config.check_interval, now=time.time())
-        return {
+        health: MonitorHealth = {
             "status": "ok" if not errors and not issues else "degraded",
             "issues": issues,
-            "pid": os.getpid(),
             "instance_id": None if self._telemetry is None else self._telemetry.instance_id,
             "queue": len(self.pipeline),
-            "prediction_log": self.store_path if self.config.store_dir is not None else None,
-            "token_required": bool(self.config.api_token),  # for feedback and logged predictions
-            "models": {name: m.health() for name, m in self._models.items()},
+            "token_required": bool(self.config.api_token),
+            "prediction_log_enabled": self.config.store_dir is not None,
+            "models": {name: m.health(private) for name, m in self._models.items()},
             "monitor_errors": errors,
-            "last_errors": self.errors.recent(),
+            "limit_hits": self.limits.counts(),
         }
+        if private:
+            health["pid"] = os.getpid()
+            health["prediction_log"] = self.store_path if self.config.store_dir is not None else None
+            health["last_errors"] = self.errors.recent()
+        return health
 
     def shutdown(self) -> None:
         """Flush what is queued, stop the threads, the explanation workers and our exporters."""

@@ -154,9 +154,11 @@ class PerformanceTracker:
         self._recent: collections.deque[set[str]] = collections.deque(maxlen=latch_checks)  # detectors fired
         self._latched = 0  # checks the condition stays raised, this one included
 
-    def compute(self, labels: LabelReader | None, now: float) -> tuple[PerformanceReport, Conditions]:
+    def compute(self, labels: LabelReader | None, now: float, scheduled: bool = True) -> tuple[PerformanceReport, Conditions]:
         """The performance report at ``now`` from the labels ``labels`` holds (None: no
-        prediction log) and the alert conditions it raises."""
+        prediction log) and the alert conditions it raises. An unscheduled (on-demand) check
+        leaves the concept-drift detectors and the history as they were: it reports the last
+        scheduled check's concept drift and raises no condition of its own there."""
         report: PerformanceReport = {"checked_at": now, "windows": {}}
         conditions: Conditions = {}
         if labels is None:
@@ -192,8 +194,15 @@ class PerformanceTracker:
             fairness = result.get("fairness")
             if fairness and fairness["four_fifths_violated"]:
                 conditions[("DisparateImpact", f"{self.options.protected}@{window}")] = "warning"
-        report["concept_drift"] = self._concept_drift(labels, conditions)
+        if scheduled:
+            report["concept_drift"] = self._concept_drift(labels, conditions)
+        else:
+            report["concept_drift"] = dict((self.report or {}).get("concept_drift") or {"status": "no scheduled check yet"})
         report["status"] = "ok"
+        if not scheduled:
+            report["history"] = list(self.history)
+            self.report = report
+            return report, conditions
         self.history.append({"checked_at": now, "windows": {w: {"rows": r.get("rows", 0), "overall": r.get("overall")}
                                                             for w, r in windows.items()}})
         report["history"] = list(self.history)

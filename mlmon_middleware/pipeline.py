@@ -40,6 +40,7 @@ from mlmon_middleware.instruments import (
     PREDICTION_ID,
     SPAN_NAME,
 )
+from mlmon_middleware.limits import MAX_NAME_CHARS, bounded_category
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import CaptureError, extract_predictions, extract_rows, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
@@ -239,8 +240,17 @@ def _windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] 
 def _encode_into_windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] | None],
                          times: np.ndarray, capture: collections.Counter[str], telemetry: Telemetry) -> None:
     """Encode first, then change state: a failure leaves the windows as they were."""
-    size = model.registry.config.reservoir_size
-    schema = model.schema or FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds)
+    config = model.registry.config
+    size = config.reservoir_size
+    schema = model.schema or FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds,
+                                                 max_features=config.max_features)
+    if model.schema is None and model.declared_names is None and isinstance(rows[0], Mapping):
+        # the bounds an inferred schema applied to a client's field names, counted once
+        too_long = sum(len(str(k)) > MAX_NAME_CHARS for k in rows[0])
+        too_wide = len(rows[0]) - too_long - len(schema.names)
+        for reason, n in (("name_too_long", too_long), ("too_wide", too_wide)):
+            if n > 0:
+                capture[reason] += n
     encoded = schema.encode(rows)
     answered = [i for i, o in enumerate(outputs) if o is not None]
     output_schema = model.output_schema
@@ -287,7 +297,7 @@ def _log_rows(model: ModelMonitor, rec: Record, rows: list[Any], outputs: list[d
     out = []
     for i, (row, output) in enumerate(zip(rows, outputs)):
         values: Mapping[str, Any] = row if isinstance(row, Mapping) else dict(zip(names, row))
-        segments = {name: values.get(name) for name in options.segments}
+        segments = {name: _bounded(values.get(name)) for name in options.segments}
         if chosen_features is None:
             features = None
         else:
@@ -298,6 +308,11 @@ def _log_rows(model: ModelMonitor, rec: Record, rows: list[Any], outputs: list[d
         explanation = None if result is None else _json(shown(result))
         out.append(LogRow(pid, model.name, model.version, when, _json(output or {}), _json(segments), features, explanation))
     return out
+
+
+def _bounded(value: object) -> object:
+    """A segment value as logged: long text cut (it becomes a label of exported series)."""
+    return bounded_category(value) if isinstance(value, str) else value
 
 
 def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, telemetry: Telemetry) -> None:

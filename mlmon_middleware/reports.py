@@ -12,7 +12,7 @@ state (a warming-up drift report has no ``features``; a categorical feature has 
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 Severity = Literal["none", "info", "warning", "critical"]
 LabelOutcome = Literal["labelled", "relabelled", "unknown"]
@@ -237,7 +237,7 @@ class ModelHealth(TypedDict):
     version: str
     predictions: dict[str, int]  # "ok", "error"
     capture_errors: dict[str, int]
-    last_capture_errors: dict[str, str]
+    last_capture_errors: NotRequired[dict[str, str]]  # private view only (messages may quote inputs)
     features: dict[str, str] | None
     outputs: dict[str, str] | None
     rows_in_window: int
@@ -252,14 +252,16 @@ class ModelHealth(TypedDict):
 class MonitorHealth(TypedDict):
     status: Literal["ok", "degraded"]
     issues: list[str]
-    pid: int
+    pid: NotRequired[int]  # private view only: process details
     instance_id: str | None
     queue: int
-    prediction_log: str | None
+    prediction_log: NotRequired[str | None]  # private view only
     token_required: bool
+    prediction_log_enabled: bool
     models: dict[str, ModelHealth]
     monitor_errors: dict[str, int]
-    last_errors: list[dict[str, Any]]
+    limit_hits: dict[str, int]
+    last_errors: NotRequired[list[dict[str, Any]]]  # private view only
 
 
 # --------------------------------------------------------------------------------- ground truth

@@ -6,14 +6,24 @@ performance reports, alerts, ``POST feedback`` for ground-truth labels, logged p
 their explanations) and the embedded dashboard page. Imported by adapters only (the core itself
 speaks plain ASGI).
 
+Access (:class:`Access`): ``/metrics``, the dashboard page and health's status are open. Routes
+that *write* (feedback, ``?refresh=true`` checks) need the bearer token ``api_token``; without
+one they answer 403, unless ``allow_anonymous_writes`` is set. With a token, every route that
+returns input-derived data (reports, logged predictions, explanations, health's details) needs it
+too; without one they are open (a service that sets no token publishes them to whoever reaches it).
+
 >>> from starlette.applications import Starlette
 >>> from starlette.testclient import TestClient
 >>> from mlmon_middleware import Monitor, MonitorConfig
->>> mon = Monitor(MonitorConfig(tracing=False))
+>>> mon = Monitor(MonitorConfig(tracing=False, api_token="s3cret"))
 >>> _ = mon.model("iris").record({"petal_length": 1.4}, {"prediction": 0})
 >>> with TestClient(Starlette(routes=routes(mon))) as client:
-...     client.get("/mlmon/health").json()["models"]["iris"]["predictions"]
+...     client.get("/mlmon/health").json()
+...     client.get("/mlmon/drift").status_code
+...     client.get("/mlmon/health", headers={"Authorization": "Bearer s3cret"}).json()["models"]["iris"]["predictions"]
 ...     client.get("/mlmon/").headers["content-type"]
+{'status': 'ok', 'token_required': True}
+401
 {'ok': 1, 'error': 0}
 'text/html; charset=utf-8'
 >>> mon.shutdown()
@@ -26,6 +36,7 @@ import functools
 import hmac
 import importlib.resources
 import logging
+import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from mlmon_middleware.limits import MAX_FEEDBACK_ITEMS, MAX_LABEL_BYTES, MAX_NAME_CHARS
 from mlmon_middleware.model import ModelMonitor
 from mlmon_middleware.monitor import Monitor
 from mlmon_middleware.reports import LABEL_OUTCOMES
@@ -51,6 +63,7 @@ def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None
            performance: str | None = "/mlmon/performance", alerts: str | None = "/mlmon/alerts",
            predictions: str | None = "/mlmon/predictions", dashboard: str | None = "/mlmon/") -> list[Route]:
     """The routes, at the given paths (None leaves one out)."""
+    access = Access(mon)
     out = []
     if metrics:
         def metrics_text(_: Request) -> Response:  # sync: runs in a worker thread (it flushes the pipeline)
@@ -59,19 +72,21 @@ def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None
 
         out.append(Route(metrics, metrics_text, methods=["GET"], include_in_schema=False))
     if health:
-        out.append(Route(health, lambda _: _json(mon.health()), methods=["GET"], include_in_schema=False))
+        out.append(Route(health, _health(mon, access), methods=["GET"], include_in_schema=False))
     if feedback:
-        out.append(_feedback_route(mon, feedback))
+        out.append(_feedback_route(mon, access, feedback))
     if performance:
-        out.append(Route(performance, _reports(mon, lambda m: m.performance_report()), methods=["GET"],
+        out.append(Route(performance, _reports(mon, access, lambda m: m.performance_report()), methods=["GET"],
                          include_in_schema=False))
     if drift:
-        out.append(Route(drift, _reports(mon, lambda m: m.drift_report()), methods=["GET"], include_in_schema=False))
+        out.append(Route(drift, _reports(mon, access, lambda m: m.drift_report()), methods=["GET"],
+                         include_in_schema=False))
     if alerts:
-        out.append(Route(alerts, _reports(mon, lambda m: m.checker.alerts.summary()), methods=["GET"],
+        out.append(Route(alerts, _reports(mon, access, lambda m: m.checker.alerts.summary()), methods=["GET"],
                          include_in_schema=False))
     if predictions:
-        out += _prediction_routes(mon, predictions.rstrip("/"))
+        out += _prediction_routes(mon, access, predictions.rstrip("/"))
+    access.announce(feedback)
     if dashboard:
         out.append(Route(dashboard, lambda _: HTMLResponse(_dashboard_page()), methods=["GET"], include_in_schema=False))
     return out
@@ -83,49 +98,114 @@ def _dashboard_page() -> str:
     return importlib.resources.files("mlmon_middleware").joinpath("dashboard.html").read_text("utf-8")
 
 
-def _reports(mon: Monitor, report: Callable[[ModelMonitor], object]) -> Callable[[Request], Response]:
+class Access:
+    """Who may use a route (see the module docstring). The token is compared as bytes, in
+    constant time; a missing, malformed or non-ASCII ``Authorization`` header is a 401, never a 500.
+
+    >>> from mlmon_middleware import Monitor, MonitorConfig
+    >>> Access(Monitor(MonitorConfig(tracing=False))).write_denied  # no token, no opt-in
+    True
+    """
+
+    def __init__(self, mon: Monitor) -> None:
+        token = mon.config.api_token
+        self.expected = None if not token else b"Bearer " + token.encode("utf-8")
+        self.write_denied = self.expected is None and not mon.config.allow_anonymous_writes
+
+    def authorized(self, request: Request) -> bool:
+        """Whether the request carries the configured token (False when none is configured)."""
+        if self.expected is None:
+            return False
+        for key, value in request.scope.get("headers") or ():
+            if key == b"authorization":
+                return hmac.compare_digest(value, self.expected)
+        return False
+
+    def read(self, request: Request) -> Response | None:
+        """None when the request may read input-derived data; else the 401 to answer."""
+        if self.expected is None or self.authorized(request):
+            return None
+        return _json({"detail": "this route returns input-derived data: send 'Authorization: Bearer <token>' "
+                                "(the service's MLMON_API_TOKEN)"}, status_code=401,
+                     headers={"WWW-Authenticate": 'Bearer realm="mlmon"'})
+
+    def write(self, request: Request, what: str) -> Response | None:
+        """None when the request may write (post labels, run a check); else the 401 or 403."""
+        if self.write_denied:
+            return _json({"detail": f"{what} is off: this service has no API token. Set MLMON_API_TOKEN (or "
+                                    "MonitorConfig(api_token=...)) and send 'Authorization: Bearer <token>', or set "
+                                    "MLMON_ALLOW_ANONYMOUS_WRITES=true to let anyone who reaches the service do it"},
+                         status_code=403)
+        if self.expected is not None and not self.authorized(request):
+            return _json({"detail": f"{what} needs 'Authorization: Bearer <token>' (the service's MLMON_API_TOKEN)"},
+                         status_code=401, headers={"WWW-Authenticate": 'Bearer realm="mlmon"'})
+        return None
+
+    def announce(self, feedback: str | None) -> None:
+        """Say once, at start-up, what is open: writes by anyone are worth a warning."""
+        if feedback and self.expected is None and not self.write_denied:
+            logger.warning("mlmon: allow_anonymous_writes is on and no API token is set: anyone who reaches this "
+                           "service can post ground-truth labels to %s and run checks", feedback)
+
+
+def _health(mon: Monitor, access: Access) -> Callable[[Request], Response]:
+    """Health for a probe: the status only when a token is set and not sent; the details (without
+    process internals) when no token is set; everything with the token."""
     def handler(request: Request) -> Response:
+        if access.expected is None:
+            return _json(mon.health(private=False))
+        if access.authorized(request):
+            return _json(mon.health(private=True))
+        return _json({"status": mon.health(private=False)["status"], "token_required": True})
+
+    return handler
+
+
+def _reports(mon: Monitor, access: Access, report: Callable[[ModelMonitor], object]) -> Callable[[Request], Response]:
+    def handler(request: Request) -> Response:
+        denied = access.read(request)
+        if denied is not None:
+            return denied
         name = request.query_params.get("model")
         models = mon.models
         if name is not None and name not in models:
             return _unknown_model(name, models)
         chosen = {name: models[name]} if name else models
+        headers = {}
         if _flag(request, "refresh"):
-            for model in chosen.values():
-                model.check_now()
-        return _json({n: report(m) for n, m in chosen.items()})
+            denied = access.write(request, "?refresh=true (an on-demand check)")
+            if denied is not None:
+                return denied
+            interval = mon.config.refresh_interval
+            limited = [n for n, model in chosen.items() if not model.check_on_demand(interval)]
+            if limited:
+                mon.limits.hit("refresh_rate", f"on-demand checks of {limited} asked within {interval:g} s")
+                headers = {"X-MLMon-Refresh": "limited", "Retry-After": str(max(1, round(interval)))}
+        return _json({n: report(m) for n, m in chosen.items()}, headers=headers)
 
     return handler
 
 
 def _unknown_model(name: str | None, models: Mapping[str, ModelMonitor]) -> Response:
-    return _json({"detail": f"no monitored model {name!r}; models: {sorted(models)}"}, status_code=404)
-
-
-def _authorized(token: str | None, request: Request) -> bool:
-    return not token or hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}")
-
-
-def _unauthorized() -> Response:
-    return _json({"detail": "missing or wrong bearer token"}, status_code=401)
+    return _json({"detail": f"no monitored model {_short(name)}; models: {sorted(models)}"}, status_code=404)
 
 
 def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
 
-def _prediction_routes(mon: Monitor, path: str) -> list[Route]:
+def _prediction_routes(mon: Monitor, access: Access, path: str) -> list[Route]:
     """``GET path?model=&limit=&explained=``: the newest logged predictions, newest first;
     ``GET path/{prediction_id}?model=``: one, with its features, label and explanation (404 when
-    not logged). Both read the prediction log (409 without one) and, like feedback, need the
-    bearer token when ``api_token`` is set: the log holds the model's inputs."""
-    token = mon.config.api_token
+    not logged). Both read the prediction log (409 without one) and need the bearer token when
+    ``api_token`` is set: the log holds the model's inputs."""
 
     def guarded(answer: Callable[[Request, ModelMonitor], Response]) -> Callable[[Request], Response]:
         """The token, the ``?model=`` (optional with one model) and the log's absence, once for both."""
         def handler(request: Request) -> Response:
-            if not _authorized(token, request):
-                return _unauthorized()
+            denied = access.read(request)
+            if denied is not None:
+                return denied
             name, models = request.query_params.get("model"), mon.models
             if not models:
                 return _json({"detail": "no model is monitored here yet"}, status_code=404)
@@ -138,6 +218,10 @@ def _prediction_routes(mon: Monitor, path: str) -> list[Route]:
                 return answer(request, models[name] if name is not None else next(iter(models.values())))
             except StoreError as exc:
                 return _json({"detail": str(exc)}, status_code=409)
+            except sqlite3.Error as exc:  # a locked or failing database: the caller may retry
+                mon.errors.report("store", exc)
+                return _json({"detail": f"the prediction log is unavailable ({exc}); retry later"}, status_code=503,
+                             headers={"Retry-After": "1"})
 
         return handler
 
@@ -154,7 +238,7 @@ def _prediction_routes(mon: Monitor, path: str) -> list[Route]:
         pid = request.path_params["prediction_id"]
         found = model.lookup(pid)
         if found is None:
-            return _json({"detail": f"prediction {pid!r} of model {model.name!r} is not in the prediction log"},
+            return _json({"detail": f"prediction {_short(pid)} of model {model.name!r} is not in the prediction log"},
                          status_code=404)
         return _json(found)
 
@@ -162,21 +246,18 @@ def _prediction_routes(mon: Monitor, path: str) -> list[Route]:
             Route(path + "/{prediction_id}", guarded(one), methods=["GET"], include_in_schema=False)]
 
 
-def _json(payload: object, status_code: int = 200) -> Response:
+def _json(payload: object, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
-                    status_code=status_code, media_type="application/json")
+                    status_code=status_code, media_type="application/json", headers=headers)
 
 
-def _feedback_route(mon: Monitor, path: str) -> Route:
+def _feedback_route(mon: Monitor, access: Access, path: str) -> Route:
     """``POST path`` with one ``{prediction_id, actual, timestamp?, model?}`` object or a list of
     them; ``timestamp`` is Unix seconds or ISO 8601 (default: now); ``model`` (or ``?model=``) may
     be left out when one model is monitored. Answers per item ``labelled``, ``relabelled`` or
-    ``unknown``; 422 names what is wrong with a malformed body; 401 without the bearer token when
-    ``api_token`` / ``MLMON_API_TOKEN`` is set (a warning at start-up when it is not)."""
-    token = mon.config.api_token
-    if not token:
-        logger.warning("mlmon: %s accepts ground-truth labels from anyone: set MLMON_API_TOKEN to require "
-                       "'Authorization: Bearer <token>'", path)
+    ``unknown``; 422 names what is wrong with a malformed body; 413 beyond ``max_feedback_bytes``;
+    401/403 as :class:`Access` says; 503 when the log is busy (retry)."""
+    limit = mon.config.max_feedback_bytes
 
     def answer(body: bytes, query_model: str | None) -> Response:
         try:
@@ -189,19 +270,43 @@ def _feedback_route(mon: Monitor, path: str) -> Route:
             answers = {name: mon.model(name).record_outcomes(group) for name, group in items.items()}
         except StoreError as exc:
             return _json({"detail": str(exc)}, status_code=409)
+        except sqlite3.Error as exc:  # locked past the busy timeout, disk full: nothing was half-applied
+            mon.errors.report("store", exc)
+            return _json({"detail": f"the prediction log could not take the labels ({exc}); retry later"},
+                         status_code=503, headers={"Retry-After": "1"})
         totals: dict[str, object] = {"results": [r for a in answers.values() for r in a["results"]]}
         for outcome in LABEL_OUTCOMES:
             totals[outcome] = sum(a[outcome] for a in answers.values())
         return _json(totals)
 
     async def feedback(request: Request) -> Response:
-        if not _authorized(token, request):
-            return _unauthorized()
-        body = await request.body()
+        denied = access.write(request, f"POST {path} (ground-truth labels)")
+        if denied is not None:
+            return denied
+        body = await _bounded_body(request, limit)
+        if body is None:
+            mon.limits.hit("feedback_body", f"a feedback body over {limit} bytes refused")
+            return _json({"detail": f"the body is larger than max_feedback_bytes ({limit} bytes): send the labels "
+                                    "in smaller batches"}, status_code=413)
         # SQLite and the pipeline flush run in a worker thread, off the event loop
         return await run_in_threadpool(answer, body, request.query_params.get("model"))
 
     return Route(path, feedback, methods=["POST"], include_in_schema=False)
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes (by its
+    Content-Length or while it streams in): an oversized body is never held."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class FeedbackError(ValueError):
@@ -212,19 +317,26 @@ def _feedback_items(payload: object, default_model: str | None, mon: Monitor) ->
     items = payload if isinstance(payload, list) else [payload]
     if not items:
         raise FeedbackError("no labels in the body")
+    if len(items) > MAX_FEEDBACK_ITEMS:
+        mon.limits.hit("feedback_items", f"{len(items)} labels in one body")
+        raise FeedbackError(f"{len(items)} labels in one body; at most {MAX_FEEDBACK_ITEMS}: send smaller batches")
     models = mon.models
     grouped: dict[str, list[Label]] = {}
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise FeedbackError(f"item {i}: expected an object with prediction_id and actual")
         pid, actual = item.get("prediction_id"), item.get("actual", _ABSENT)
-        if not isinstance(pid, str) or not pid:
-            raise FeedbackError(f"item {i}: prediction_id must be a non-empty string")
+        if not isinstance(pid, str) or not pid or len(pid) > MAX_NAME_CHARS:
+            raise FeedbackError(f"item {i}: prediction_id must be a non-empty string of at most {MAX_NAME_CHARS} "
+                                "characters")
         if actual is _ABSENT:
             raise FeedbackError(f"item {i}: actual is missing")
+        if len(orjson.dumps(actual)) > MAX_LABEL_BYTES:
+            mon.limits.hit("label_value", f"a label of over {MAX_LABEL_BYTES} bytes")
+            raise FeedbackError(f"item {i}: actual is larger than {MAX_LABEL_BYTES} bytes as JSON")
         model = item.get("model") or default_model or (next(iter(models)) if len(models) == 1 else None)
-        if model is None or model not in models:
-            raise FeedbackError(f"item {i}: model {model!r} is not monitored here; models: {sorted(models)}")
+        if not isinstance(model, str) or model not in models:
+            raise FeedbackError(f"item {i}: model {_short(model)} is not monitored here; models: {sorted(models)}")
         grouped.setdefault(model, []).append((pid, actual, _timestamp(item.get("timestamp"), i)))
     return grouped
 
@@ -244,4 +356,10 @@ def _timestamp(value: object, i: int) -> float | None:
             pass
         else:
             return (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)).timestamp()
-    raise FeedbackError(f"item {i}: timestamp must be Unix seconds or ISO 8601, got {value!r}")
+    raise FeedbackError(f"item {i}: timestamp must be Unix seconds or ISO 8601, got {_short(value)}")
+
+
+def _short(value: object) -> str:
+    """A client's value quoted in an error message, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "…"

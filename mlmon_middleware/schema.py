@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmon_middleware.limits import MAX_CATEGORY_CHARS, MAX_NAME_CHARS, bounded_category, bounded_name
+
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 KINDS = (NUMERIC, CATEGORICAL)
@@ -105,12 +107,23 @@ class FeatureSchema:
 
     @classmethod
     def infer(cls, rows: Sequence[Any], names: Sequence[str] | None = None,
-              kinds: Mapping[str, str] | None = None) -> FeatureSchema:
+              kinds: Mapping[str, str] | None = None, max_features: int | None = None) -> FeatureSchema:
         """Names from ``names`` or the first row (dict keys, else ``f0``, ``f1``, ...); kinds from
-        ``kinds`` where given, else from the values in ``rows``."""
+        ``kinds`` where given, else from the values in ``rows``. Names read from a row are bounded,
+        since a client chose them: at most ``max_features`` of them, each of at most
+        :data:`~mlmon_middleware.limits.MAX_NAME_CHARS` characters (the rest stay unmonitored
+        fields, counted by :meth:`encode`).
+
+        >>> FeatureSchema.infer([{"a": 1, "b" * 500: 2, "c": "x", "d": 3}], max_features=2)
+        FeatureSchema(['a', 'c'], ['numeric', 'categorical'])
+        """
         first = rows[0]
         if names is None:
-            names = [str(k) for k in first] if isinstance(first, Mapping) else [f"f{i}" for i in range(len(first))]
+            if isinstance(first, Mapping):
+                names = [name for name in map(str, first) if len(name) <= MAX_NAME_CHARS]
+            else:
+                names = [f"f{i}" for i in range(len(first))]
+            names = names[:max_features]
         kinds = dict(kinds or {})
         inferred = []
         for pos, name in enumerate(names):
@@ -143,11 +156,15 @@ class FeatureSchema:
             if isinstance(row, Mapping):
                 values = [row.get(name, _MISSING) for name in self.names]
                 present = width - values.count(_MISSING)
+                if present < width and any(type(k) is not str for k in row):  # {0: x}: names are text
+                    row = {str(k): v for k, v in row.items()}
+                    values = [row.get(name, _MISSING) for name in self.names]
+                    present = width - values.count(_MISSING)
                 if present < width:
                     flags["missing_feature"][i] = True
-                if len(row) > present:  # keys beyond the schema's
+                if len(row) > present:  # keys beyond the schema's (names bounded: a client chose them)
                     flags["unexpected_feature"][i] = True
-                    unexpected.update(str(k) for k in row if k not in self._known)
+                    unexpected.update(bounded_name(str(k)) for k in row if k not in self._known)
             elif len(row) == width:
                 values = list(row)
             else:
@@ -160,7 +177,8 @@ class FeatureSchema:
         absent_keys = bool(flags["missing_feature"].any())
         feature_errors: dict[str, dict[str, int]] = {}
         for name, (is_num, col), column in zip(self.names, self._slots, columns):
-            column_flags = {"type_mismatch": np.zeros(n, dtype=bool), "non_finite": np.zeros(n, dtype=bool)}
+            column_flags = {"type_mismatch": np.zeros(n, dtype=bool), "non_finite": np.zeros(n, dtype=bool),
+                            "value_truncated": np.zeros(n, dtype=bool)}
             if is_num:
                 numeric[:, col] = _numeric_column(column, column_flags)
             else:
@@ -171,8 +189,8 @@ class FeatureSchema:
             counts = {reason: int(mask.sum()) for reason, mask in column_flags.items() if mask.any()}
             if counts:
                 feature_errors[name] = counts
-            flags["type_mismatch"] |= column_flags["type_mismatch"]
-            flags["non_finite"] |= column_flags["non_finite"]
+            for reason in ("type_mismatch", "non_finite", "value_truncated"):
+                flags[reason] |= column_flags[reason]
         errors = collections.Counter({reason: int(mask.sum()) for reason, mask in flags.items() if mask.any()})
         return Encoded(numeric, categorical, errors, feature_errors, unexpected)
 
@@ -185,7 +203,8 @@ class _Missing:
 
 
 _MISSING = _Missing()
-_REASONS = ("missing_feature", "unexpected_feature", "shape_mismatch", "type_mismatch", "non_finite")
+_REASONS = ("missing_feature", "unexpected_feature", "shape_mismatch", "type_mismatch", "non_finite",
+            "value_truncated")
 _PLAIN_NUMBERS = {float, int, np.float64, np.float32, np.int64, np.int32}
 
 
@@ -252,16 +271,21 @@ def category_key(value: object) -> str | None:
 
 def _categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
     out = np.empty(len(column), dtype=object)
-    if set(map(type, column)) <= {str}:
+    if set(map(type, column)) <= {str} and max(map(len, column), default=0) <= MAX_CATEGORY_CHARS:
         out[:] = column
         return out
     for i, value in enumerate(column):
         if value is _MISSING:
             continue
         try:
-            out[i] = category_key(value)
+            key = category_key(value)
         except ValueError:
             flags["non_finite"][i] = True
         except TypeError:
             flags["type_mismatch"][i] = True
+        else:
+            if key is not None and len(key) > MAX_CATEGORY_CHARS:  # held for a window: bounded
+                key = bounded_category(key)
+                flags["value_truncated"][i] = True
+            out[i] = key
     return out

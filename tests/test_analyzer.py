@@ -131,7 +131,7 @@ def test_a_failing_check_is_counted_and_serving_goes_on(harness_factory, baselin
 
 
 def test_drift_route(harness_factory, baseline):
-    h = harness_factory(tracing=False, check_interval=0)
+    h = harness_factory(tracing=False, check_interval=0, allow_anonymous_writes=True)
     app = FastAPI()
 
     @app.post("/predict")

@@ -72,7 +72,7 @@ CASES = [
     ("/predict/raw", b'{"amount": 5, "country": "fr", "extra": 1}', JSON, "unexpected_feature"),
     ("/predict/raw", b'{"amount": NaN, "country": "fr"}', JSON, "non_finite"),
     ("/predict/raw", b'{"amount": 5, "country": ["a"]}', JSON, "type_mismatch"),
-    ("/predict/raw", TEN_MB, JSON, None),
+    ("/predict/raw", TEN_MB, JSON, "value_truncated"),  # the decorator sees the parsed body: a 10 MB category, cut
     ("/predict/raw", b"{}", JSON, "empty_input"),
     ("/predict/batch", b'[{"amount": 1, "country": "fr"}, [1, "fr"]]', JSON, "shape_mismatch"),
     ("/predict/batch", b'[[1, "fr"], [1]]', JSON, "shape_mismatch"),

@@ -51,7 +51,7 @@ def test_monitor_applies_env_at_start_up(monkeypatch):
 
 def test_model_options_are_checked_at_decoration_time():
     mon = Monitor(MonitorConfig(tracing=False))
-    with pytest.raises(ConfigError, match="model must be a non-empty string"):
+    with pytest.raises(ConfigError, match="model name must be a non-empty string"):
         monitor(model="")(lambda x: x)
     with pytest.raises(ConfigError, match="kinds must be in"):
         monitor(model="m", features={"age": "ordinal"}, registry=mon)(lambda x: x)

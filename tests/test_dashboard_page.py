@@ -11,6 +11,7 @@ the warm-up state and the token prompt.
 
 import pathlib
 import re
+import time
 
 import httpx
 import numpy as np
@@ -37,14 +38,16 @@ def service(tmp_path_factory):
     demo_dir = tmp_path_factory.mktemp("dashboard")
     train(demo_dir, rows=3000)
     port = free_port(0)
+    # scheduled checks every 2 s (on-demand ones count toward no alert); labels posted anonymously
     proc = start_service(demo_dir, port, demo_dir / "service.log",
-                         env={"MLMON_CHECK_INTERVAL": "0", "MLMON_STORE_DIR": str(demo_dir / "log")})
+                         env={"MLMON_CHECK_INTERVAL": "2", "MLMON_STORE_DIR": str(demo_dir / "log"),
+                              "MLMON_ALLOW_ANONYMOUS_WRITES": "true"})
     url = f"http://127.0.0.1:{port}"
     rng = np.random.default_rng(5)
     explained = None
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
-            for drift in (0.0, 1.0, 1.0):  # the alert policy fires after two drifted checks
+            for drift in (0.0, 1.0, 1.0):
                 labels = []
                 for i, row in enumerate(make_rows(100, rng, drift=drift)):
                     response = client.post("/predict", json=row, headers={"X-MLMon-Explain": "true"} if i % 4 == 0 else {})
@@ -56,7 +59,14 @@ def service(tmp_path_factory):
                 for _ in range(10):
                     assert client.post("/predict/batch", json=make_rows(50, rng, drift=1.0)).status_code == 200
                 assert client.post("/mlmon/feedback", json=labels).json()["labelled"] == 100
-                report = client.get("/mlmon/drift", params={"refresh": "true"}).json()["credit-risk"]
+            # the alert policy fires after two drifted scheduled checks
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                active = {a["alertname"] for a in client.get("/mlmon/alerts").json()["credit-risk"]["active"]}
+                if {"FeatureDrift", "DatasetDrift"} <= active:
+                    break
+                time.sleep(0.5)
+            report = client.get("/mlmon/drift").json()["credit-risk"]
         assert explained is not None, "no request was explained"
         yield url, explained, report
     finally:
@@ -74,9 +84,10 @@ def browser():
         chromium.close()
 
 
-def open_page(browser, url: str, path: str):
-    """A page at ``url + path`` and the list its problems go to: console errors and warnings,
-    script errors, failed requests, and any request outside the service (aborted)."""
+def open_page(browser, url: str, path: str, loaded: bool = True):
+    """A page at ``url + path`` (``loaded``: once it has drawn the reports) and the list its
+    problems go to: console errors and warnings, script errors, failed requests, and any request
+    outside the service (aborted)."""
     problems: list[str] = []
 
     def only_the_service(route):
@@ -92,7 +103,8 @@ def open_page(browser, url: str, path: str):
     page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
     page.route("**/*", only_the_service)
     page.goto(url + path)
-    page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+    if loaded:
+        page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
     return page, problems
 
 
@@ -147,8 +159,9 @@ def test_dashboard_page_in_headless_chromium(service, browser):
 
 
 def test_two_models_a_token_and_no_baseline_yet(tmp_path, browser):
-    """Another service: two models still warming up, and an API token guarding the log. The
-    page asks for the token instead of drawing a 401, switches models, and looks a prediction up."""
+    """Another service: two models still warming up, and an API token guarding the reports and
+    the log. The page asks for the token instead of drawing a 401, then switches models and looks
+    a prediction up."""
     port = free_port(0)
     proc = start_service(tmp_path, port, tmp_path / "service.log", app="two_models_app:app", app_dir=HERE,
                          env={"MLMON_CHECK_INTERVAL": "0", "MLMON_STORE_DIR": str(tmp_path / "log"),
@@ -159,17 +172,21 @@ def test_two_models_a_token_and_no_baseline_yet(tmp_path, browser):
             for x in range(-20, 20):
                 client.post("/alpha", json={"x": x})
             beta = client.post("/beta", json={"x": 1.5}).headers["x-prediction-id"]
-        page, problems = open_page(browser, url, "/mlmon/")
+        page, problems = open_page(browser, url, "/mlmon/", loaded=False)
         try:
+            # health without the token is the status only: the page asks for the token first
+            page.wait_for_selector("#token-box:not([hidden])")
+            asks = "API token" in page.inner_text("#load-error")
+            page.fill("#token", "s3cret")
+            page.press("#token", "Enter")
+            page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
             first = page.input_value("#model")
             models = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
             warming = page.inner_text("#drift-summary")
-            asks = page.is_visible("#token-box") and "API token" in page.inner_text("#recent-explained")
             page.select_option("#model", "beta")
             page.wait_for_function("document.querySelector('#models tr.selected')?.dataset.model === 'beta'")
             beta_summary = page.inner_text("#drift-summary")
             hidden_attributions = page.is_hidden("#attributions-section")
-            page.fill("#token", "s3cret")
             page.fill("#prediction-id", beta)
             page.click("#explain-form button[type=submit]")
             page.wait_for_selector("#explanation table.pairs")
@@ -177,11 +194,19 @@ def test_two_models_a_token_and_no_baseline_yet(tmp_path, browser):
             page.wait_for_selector("#recent-explained")
         finally:
             page.close()
+        # a link with the token in its fragment (never sent to the server) opens the page at once
+        linked, linked_problems = open_page(browser, url, "/mlmon/#token=s3cret")
+        try:
+            linked_models = linked.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+            linked_url = linked.url
+        finally:
+            linked.close()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    assert problems == [], problems
+    assert problems == [] and linked_problems == [], problems + linked_problems
     assert models == ["alpha", "beta"] and first == "alpha"
+    assert linked_models == ["alpha", "beta"] and "s3cret" not in linked_url
     assert "warming up: building a baseline from the first 1000 rows (40 so far)" in warming
     assert asks
     assert "(1 so far)" in beta_summary

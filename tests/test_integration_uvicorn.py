@@ -95,13 +95,15 @@ def test_drifted_traffic_flags_exactly_the_drifted_features(trained):
     import numpy as np
 
     port = free_port(0)
-    proc = start_service(trained, port, trained / "service.log", env={"MLMON_CHECK_INTERVAL": "0"})
+    proc = start_service(trained, port, trained / "service.log",
+                         env={"MLMON_CHECK_INTERVAL": "0", "MLMON_API_TOKEN": "t0ken"})
     try:
         rng = np.random.default_rng(21)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             for _ in range(20):
                 assert client.post("/predict/batch", json=make_rows(50, rng, drift=1.0)).status_code == 200
-            report = client.get("/mlmon/drift", params={"refresh": "true"}).json()["credit-risk"]
+            report = client.get("/mlmon/drift", params={"refresh": "true"},
+                                headers={"Authorization": "Bearer t0ken"}).json()["credit-risk"]
             found = samples(client.get("/metrics").text)
     finally:
         proc.terminate()

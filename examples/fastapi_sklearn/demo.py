@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import secrets
 import socket
 import subprocess
 import sys
@@ -70,34 +71,39 @@ def main() -> None:
     print(f"  model    {model_path}\n  baseline {baseline_path}")
     port = free_port(args.port)
     base = f"http://127.0.0.1:{port}"
+    token = secrets.token_urlsafe(16)  # mlmon's routes that return inputs or take labels need it
     proc = start_service(args.dir, port, args.dir / "service.log",
-                         env={"MLMON_CHECK_INTERVAL": "10", "MLMON_STORE_DIR": str((args.dir / "log").resolve())})
+                         env={"MLMON_CHECK_INTERVAL": "10", "MLMON_STORE_DIR": str((args.dir / "log").resolve()),
+                              "MLMON_API_TOKEN": token})
+    auth = {"Authorization": f"Bearer {token}"}
     print(f"""
-the example service is up (uvicorn, pid {proc.pid}); look at:
-  {base}/mlmon/          the dashboard: drift per feature with histograms, performance, alerts, explanations
+the example service is up (uvicorn, pid {proc.pid}); its API token (MLMON_API_TOKEN) is {token}
+  {base}/mlmon/#token={token}
+                         the dashboard: drift per feature with histograms, performance, alerts, explanations
   {base}/metrics         Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
-  {base}/mlmon/health    models, counts, window fill, capture and monitor errors (JSON)
+  {base}/docs            the API docs; try POST /predict
+  {args.dir / 'service.log'}    the service's log
+  JSON reports, with the header 'Authorization: Bearer {token}' (curl -H ...):
+  {base}/mlmon/health    models, counts, window fill, capture and monitor errors (status only without the token)
   {base}/mlmon/drift     the latest drift check, every 10 s: per feature PSI, KS, JS, Wasserstein, chi², severity
   {base}/mlmon/performance  accuracy, AUC, ... over the labels the traffic posts 5 s after each prediction
   {base}/mlmon/alerts    firing alerts and recent alert events
-  {base}/docs            the API docs; try POST /predict
-  {args.dir / 'service.log'}    the service's log
 
 sending ~{args.rate:g} requests/s for {args.duration:g} s; inputs start drifting after {args.drift_after:g} s.
 Ctrl-C stops it.
 """, flush=True)
     try:
-        counts = drive(base, args.duration, args.rate, args.drift_after, label_delay=5.0)
+        counts = drive(base, args.duration, args.rate, args.drift_after, label_delay=5.0, token=token)
         print(f"traffic done: {counts}")
-        health = httpx.get(f"{base}/mlmon/health", timeout=5).json()
+        health = httpx.get(f"{base}/mlmon/health", headers=auth, timeout=5).json()
         model = health["models"]["credit-risk"]
         print(f"mlmon saw {model['predictions']} predictions, {model['rows_in_window']} rows in the window, "
               f"capture errors {model['capture_errors'] or 'none'}")
-        report = httpx.get(f"{base}/mlmon/drift", params={"refresh": "true"}, timeout=30).json()["credit-risk"]
+        report = httpx.get(f"{base}/mlmon/drift", params={"refresh": "true"}, headers=auth, timeout=30).json()["credit-risk"]
         if report.get("status") == "ok":
             print(f"drift check on {report['rows']} rows ({report['regime']}): drifted {report['drifted'] or 'nothing'}; "
                   f"share {report['share']:.2f}; prediction drift: {report['prediction_drift']}")
-        performance = httpx.get(f"{base}/mlmon/performance", timeout=30).json()["credit-risk"]
+        performance = httpx.get(f"{base}/mlmon/performance", headers=auth, timeout=30).json()["credit-risk"]
         overall = (performance.get("windows", {}).get("last_1000") or {}).get("overall")
         if overall:
             print(f"performance over the last {int(overall['count'])} labelled predictions: "

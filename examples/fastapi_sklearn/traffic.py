@@ -25,11 +25,13 @@ from data import default_risk, make_rows  # noqa: E402
 
 def drive(url: str, duration: float, rate: float, drift_after: float, drift_ramp: float = 30.0,
           max_requests: int = 1_000_000, batch_every: int = 10, seed: int = 11,
-          report_every: float = 10.0, label_delay: float | None = None, explain_every: int = 10) -> dict[str, int]:
+          report_every: float = 10.0, label_delay: float | None = None, explain_every: int = 10,
+          token: str | None = None) -> dict[str, int]:
     """Send the traffic; return counts of requests by status code ("error" for failed connections).
 
     With ``label_delay``, the ground truth of single predictions is posted to ``/mlmon/feedback``
-    that many seconds later (the delayed labels of a real service), for about half of them."""
+    that many seconds later (the delayed labels of a real service), for about half of them, with
+    the service's API ``token`` (posting labels needs it)."""
     if not url.startswith(("http://127.", "http://localhost")):
         raise SystemExit("traffic.py only sends to this machine (127.0.0.0/8 or localhost)")
     rng = np.random.default_rng(seed)
@@ -63,7 +65,8 @@ def drive(url: str, duration: float, rate: float, drift_after: float, drift_ramp
                 pending = [p for p in pending if p[0] > time.monotonic()]
                 labels = [{"prediction_id": pid, "actual": truth} for _, pid, truth in due]
                 try:
-                    client.post("/mlmon/feedback", json=labels)
+                    client.post("/mlmon/feedback", json=labels,
+                                headers={"Authorization": f"Bearer {token}"} if token else {})
                 except httpx.HTTPError:
                     counts["feedback_error"] = counts.get("feedback_error", 0) + 1
             if report_every and time.monotonic() - last_report >= report_every:

@@ -1,0 +1,85 @@
+"""Bounds on what a client controls, and the tally of how often they were hit.
+
+Everything a request can make larger (field names, category values, the width of an inferred
+schema, model names, feedback bodies, label values, on-demand checks) has a bound, so that memory
+and work stay a function of configuration, never of traffic. The fixed bounds are here; those a
+deployment may want to change are :class:`~mlmon_middleware.MonitorConfig` fields
+(``max_features``, ``max_models``, ``max_feedback_bytes``, ``refresh_interval``). Bounds hit on
+the capture path are capture errors (``mlmon_capture_errors_total{reason}``: ``too_wide``,
+``name_too_long``, ``value_truncated``); the others are counted here and exported as
+``mlmon_limit_hits_total{limit}``.
+
+>>> hits = LimitHits()
+>>> hits.hit("feedback_body", "a 3 MB body")
+>>> hits.counts()
+{'feedback_body': 1}
+>>> bounded_category("x" * 300)[-20:]
+'xxxxxxxx…#07791d26ef'
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import threading
+import time
+
+logger = logging.getLogger("mlmon_middleware")
+
+#: longest field (feature) name taken into an inferred schema or the unmonitored-field list
+MAX_NAME_CHARS = 128
+#: longest category value kept as it is; longer ones keep this many characters and a hash
+MAX_CATEGORY_CHARS = 256
+#: largest ``actual`` of one feedback item, as JSON
+MAX_LABEL_BYTES = 4096
+#: most items in one feedback body
+MAX_FEEDBACK_ITEMS = 10_000
+
+LIMITS = ("models", "feedback_body", "feedback_items", "label_value", "refresh_rate")
+
+
+def bounded_category(value: str) -> str:
+    """``value`` itself when short enough; otherwise its first :data:`MAX_CATEGORY_CHARS`
+    characters, ``…#`` and 10 hex digits of its BLAKE2b hash, so that long values stay
+    distinct (two different ones are practically never merged) while holding bounded memory."""
+    return _bounded(value, MAX_CATEGORY_CHARS)
+
+
+def bounded_name(name: str) -> str:
+    """A field name cut like :func:`bounded_category`, at :data:`MAX_NAME_CHARS` characters."""
+    return _bounded(name, MAX_NAME_CHARS)
+
+
+def _bounded(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
+    return f"{text[:limit]}…#{digest}"
+
+
+class LimitHits:
+    """Thread-safe count of bounds hit, by limit, with a warning at most once a minute per limit."""
+
+    def __init__(self, log_interval: float = 60.0) -> None:
+        self._log_interval = log_interval
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._last_logged: dict[str, float] = {}
+
+    def hit(self, limit: str, detail: str) -> None:
+        """Count one hit of ``limit`` (one of :data:`LIMITS`); ``detail`` goes into the log line."""
+        now = time.monotonic()
+        with self._lock:
+            self._counts[limit] += 1
+            last = self._last_logged.get(limit)
+            should_log = last is None or now - last >= self._log_interval
+            if should_log:
+                self._last_logged[limit] = now
+        if should_log:
+            logger.warning("mlmon: limit %r hit (%s); counted in mlmon_limit_hits_total{limit=%r}",
+                           limit, detail, limit)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
