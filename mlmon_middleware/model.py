@@ -54,7 +54,7 @@ from mlmon_middleware.reports import (
 )
 from mlmon_middleware.reservoir import SlidingWindow, WindowSnapshot
 from mlmon_middleware.schema import FeatureSchema
-from mlmon_middleware.store import PredictionStore, StoreError, StoreWriter
+from mlmon_middleware.store import PredictionStore, StoreBusy, StoreError, StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
 
@@ -333,7 +333,8 @@ class ModelMonitor:
         if writer is None:
             raise StoreError(f"no prediction log: set MonitorConfig(store_dir=...) or MLMON_STORE_DIR to {purpose}")
         self.registry.flush()  # predictions still in the pipeline or the writer's queue
-        writer.flush()
+        if not writer.flush():  # a label joined now would miss the predictions still queued
+            raise StoreBusy(f"the prediction log cannot be written just now, so it cannot {purpose}")
         return writer.store
 
     # ---------------------------------------------------------------------------------- reading

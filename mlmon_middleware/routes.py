@@ -50,7 +50,7 @@ from mlmon_middleware.limits import MAX_FEEDBACK_ITEMS, MAX_LABEL_BYTES, MAX_NAM
 from mlmon_middleware.model import ModelMonitor
 from mlmon_middleware.monitor import Monitor
 from mlmon_middleware.reports import LABEL_OUTCOMES
-from mlmon_middleware.store import StoreError
+from mlmon_middleware.store import StoreBusy, StoreError
 
 logger = logging.getLogger("mlmon_middleware")
 
@@ -218,7 +218,7 @@ def _prediction_routes(mon: Monitor, access: Access, path: str) -> list[Route]:
                 return answer(request, models[name] if name is not None else next(iter(models.values())))
             except StoreError as exc:
                 return _json({"detail": str(exc)}, status_code=409)
-            except sqlite3.Error as exc:  # a locked or failing database: the caller may retry
+            except (sqlite3.Error, StoreBusy) as exc:  # a locked or failing database: the caller may retry
                 mon.errors.report("store", exc)
                 return _json({"detail": f"the prediction log is unavailable ({exc}); retry later"}, status_code=503,
                              headers={"Retry-After": "1"})
@@ -270,7 +270,7 @@ def _feedback_route(mon: Monitor, access: Access, path: str) -> Route:
             answers = {name: mon.model(name).record_outcomes(group) for name, group in items.items()}
         except StoreError as exc:
             return _json({"detail": str(exc)}, status_code=409)
-        except sqlite3.Error as exc:  # locked past the busy timeout, disk full: nothing was half-applied
+        except (sqlite3.Error, StoreBusy) as exc:  # locked past the busy timeout, disk full: nothing half-applied
             mon.errors.report("store", exc)
             return _json({"detail": f"the prediction log could not take the labels ({exc}); retry later"},
                          status_code=503, headers={"Retry-After": "1"})

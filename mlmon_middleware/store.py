@@ -91,6 +91,11 @@ class StoreError(RuntimeError):
     """The prediction log cannot be opened or written; the message says where and why."""
 
 
+class StoreBusy(RuntimeError):
+    """The prediction log cannot take a write just now (locked past its busy timeout, a full
+    disk): nothing was half-applied, and the same call may be retried later."""
+
+
 class LabelReader(Protocol):
     """What the analysis reads from the prediction log: labelled predictions and coverage."""
 
@@ -291,8 +296,14 @@ class StoreWriter:
 
     ``put`` never blocks: past ``max_queue`` rows the oldest are dropped and ``on_drop`` is
     called with their number. ``flush`` writes everything queued now (labels call it first, so a
-    label never misses a prediction still in the queue).
+    label never misses a prediction still in the queue). A batch that cannot be written (the
+    database locked past its busy timeout, a full disk) goes back to the front of the queue and
+    is retried, the thread backing off from ``interval`` to ``MAX_BACKOFF`` seconds; rows are
+    dropped (and counted) only when the queue's bound is reached meanwhile.
     """
+
+    MAX_BACKOFF = 30.0  # seconds between retries of a failing write, at most
+    CLOSE_RETRIES = 10.0  # seconds ``close`` keeps retrying before it gives the rest up (counted)
 
     def __init__(self, store: PredictionStore, *, interval: float = 0.5, max_queue: int = 100_000,
                  retention: tuple[float | None, int | None] = (None, None), retention_every: float = 60.0,
@@ -317,19 +328,38 @@ class StoreWriter:
                 self._on_drop(1)  # the append below evicts the oldest row
             queue.append(row)
 
-    def flush(self) -> None:
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def flush(self) -> bool:
+        """Write everything queued now; False when the write failed (the rows are queued again)."""
         with self._flush_lock:
             batch = [self._queue.popleft() for _ in range(len(self._queue))]
-            if batch:
-                try:
-                    self.store.write(batch)
-                except Exception as exc:
-                    self._on_error(exc)
+            if not batch:
+                return True
+            try:
+                self.store.write(batch)
+            except Exception as exc:
+                self._requeue(batch)
+                self._on_error(exc)
+                return False
+            return True
+
+    def _requeue(self, batch: list[LogRow]) -> None:
+        """Put a failed batch back in front of what was queued since, as far as the bound allows."""
+        queue = self._queue
+        room = (queue.maxlen or len(batch)) - len(queue)
+        keep = batch[len(batch) - room:] if room < len(batch) else batch  # the newest of the batch
+        if len(keep) < len(batch):
+            self._on_drop(len(batch) - len(keep))
+        if keep:
+            queue.extendleft(reversed(keep))
 
     def _run(self) -> None:
         last_retention = time.monotonic()
-        while not self._stop.wait(self._interval):
-            self.flush()
+        delay = self._interval
+        while not self._stop.wait(delay):
+            delay = self._interval if self.flush() else min(delay * 2, self.MAX_BACKOFF)
             if any(v is not None for v in self._retention) and time.monotonic() - last_retention >= self._retention_every:
                 last_retention = time.monotonic()
                 try:
@@ -338,9 +368,15 @@ class StoreWriter:
                     self._on_error(exc)
 
     def close(self) -> None:
-        """Write what is queued and stop (a clean shutdown loses nothing)."""
+        """Write what is queued and stop (a clean shutdown loses nothing): a failing write is
+        retried for up to ``CLOSE_RETRIES`` seconds; what still cannot be written is counted."""
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
-        self.flush()
+        deadline = time.monotonic() + self.CLOSE_RETRIES
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self._queue:
+            self._on_drop(len(self._queue))
+            self._queue.clear()
         self.store.close()

@@ -215,11 +215,13 @@ def test_a_failing_write_is_counted_and_serving_goes_on(tmp_path):
         def write(self, rows):
             raise sqlite3.OperationalError("disk I/O error")
 
-    writer = StoreWriter(Broken(tmp_path / "log.db"), interval=60, on_error=errors.append)
+    dropped = []
+    writer = StoreWriter(Broken(tmp_path / "log.db"), interval=60, on_error=errors.append, on_drop=dropped.append)
+    writer.CLOSE_RETRIES = 0.5  # close retries a failing write this long, then counts what is left
     writer.put([LogRow("p", "m", "1", 1.0, "{}", "{}", None)])
-    writer.flush()
+    assert not writer.flush()
     writer.close()
-    assert [str(e) for e in errors] == ["disk I/O error"]
+    assert {str(e) for e in errors} == {"disk I/O error"} and len(errors) >= 2 and dropped == [1]
 
 
 def test_performance_route(tmp_path, harness_factory):
@@ -234,3 +236,64 @@ def test_performance_route(tmp_path, harness_factory):
     overall = fresh["m"]["windows"]["last_1000"]["overall"]
     assert overall["count"] == 3 and overall["accuracy"] == 1.0
     assert missing.status_code == 404
+
+
+class FlakyStore:
+    """A store whose first ``failures`` writes fail (as a locked database does), then work."""
+
+    def __init__(self, inner, failures):
+        self.inner, self.failures, self.attempts = inner, failures, 0
+
+    def write(self, rows):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise sqlite3.OperationalError("database is locked")
+        self.inner.write(rows)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_failed_log_writes_are_retried_with_backoff_and_bounded(tmp_path):
+    inner = SQLiteStore(tmp_path / "log.db")
+    dropped, errors = [], []
+    store = FlakyStore(inner, failures=4)
+    writer = StoreWriter(store, interval=0.01, max_queue=50, on_drop=dropped.append, on_error=errors.append)
+    writer.put([LogRow(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(30)])
+    deadline = time.monotonic() + 10
+    while store.attempts < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.close()
+    assert store.attempts == 5 and len(errors) == 4 and dropped == []
+    assert SQLiteStore(tmp_path / "log.db").counts("m", since=0)[0] == 30  # every row, after four failures
+
+    # while failing, the queue keeps its bound: the oldest rows go first, and are counted
+    inner = SQLiteStore(tmp_path / "log2.db")
+    store = FlakyStore(inner, failures=10**9)
+    writer = StoreWriter(store, interval=0.01, max_queue=20, on_drop=dropped.append)
+    writer.put([LogRow(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(15)])
+    assert not writer.flush()
+    writer.put([LogRow(f"q{i}", "m", "1", 100.0 + i, "{}", "{}", None) for i in range(15)])
+    assert len(writer) == 20 and sum(dropped) == 10
+    store.failures = 0  # the lock is gone
+    writer.close()
+    assert SQLiteStore(tmp_path / "log2.db").counts("m", since=0)[0] == 20 and sum(dropped) == 10
+
+
+def test_a_lock_longer_than_the_busy_timeout_loses_no_prediction(tmp_path, harness_factory):
+    """The prediction log is locked by another process for longer than SQLite's busy timeout:
+    the writes that fail are retried, and every acknowledged prediction reaches the log."""
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path), store_interval=0.05)
+    app = make_app(h.monitor)
+    with TestClient(app) as client:
+        h.monitor.store_writer.store._db.execute("PRAGMA busy_timeout = 50")
+        locker = sqlite3.connect(h.monitor.store_path, timeout=0)
+        locker.execute("BEGIN EXCLUSIVE")
+        ids = [client.post("/predict", json={"a": float(i)}).headers["x-prediction-id"] for i in range(40)]
+        h.monitor.flush()
+        time.sleep(0.5)  # several failed attempts
+        locker.rollback()
+        locker.close()
+        found = [h.monitor.model("m").lookup(pid) is not None for pid in ids]
+    assert all(found)
+    assert h.monitor.errors.counts().get("store", 0) >= 1 and "store_queue_full" not in h.monitor.errors.counts()
