@@ -67,6 +67,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "check_interval": ("MLMON_CHECK_INTERVAL", float),
     "window_seconds": ("MLMON_WINDOW_SECONDS", _parse_optional_float),
     "store_dir": ("MLMON_STORE_DIR", str),
+    "store_interval": ("MLMON_STORE_INTERVAL", float),
     "store_max_age": ("MLMON_STORE_MAX_AGE", _parse_optional_float),
     "store_max_rows": ("MLMON_STORE_MAX_ROWS", _parse_optional_int),
     "api_token": ("MLMON_API_TOKEN", str),

@@ -210,11 +210,15 @@ class Monitor:
         self.flush()
         errors = self.errors.counts()
         issues = monitor_issues(self._models, errors, check_interval=self.config.check_interval, now=time.time())
+        telemetry = self._telemetry
+        if telemetry is not None:
+            issues += telemetry.problems
         health: MonitorHealth = {
             "status": "ok" if not errors and not issues else "degraded",
             "issues": issues,
-            "instance_id": None if self._telemetry is None else self._telemetry.instance_id,
+            "instance_id": None if telemetry is None else telemetry.instance_id,
             "queue": len(self.pipeline),
+            "metrics_port": None if telemetry is None else telemetry.prometheus_port,
             "token_required": bool(self.config.api_token),
             "prediction_log_enabled": self.config.store_dir is not None,
             "models": {name: m.health(private) for name, m in self._models.items()},

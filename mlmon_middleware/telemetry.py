@@ -23,6 +23,7 @@ SDK's histograms are used value by value (:class:`SdkHistogram`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -64,6 +65,8 @@ from mlmon_middleware.instruments import INSTRUMENTS, InstrumentSpec
 logger = logging.getLogger("mlmon_middleware")
 
 SCOPE = "mlmon_middleware"
+#: ports tried from ``prometheus_port`` up: one per worker process of a multi-process server
+PORT_SPAN = 64
 
 
 class HistogramSink(Protocol):
@@ -184,6 +187,7 @@ class Telemetry:
         self.registry.register(_FlushBeforeCollect(flush))
         self._owned: list[Any] = []  # providers and servers we created and must shut down
         self._http_server: WSGIServer | None = None
+        self.problems: list[str] = []  # what could not be set up (health lists it)
         self._histograms: list[PreaggregatedHistogram] = []
         self.meter_provider = self._meter_provider(config)
         meter = self.meter_provider.get_meter(SCOPE, __version__)
@@ -303,11 +307,27 @@ class Telemetry:
         return None
 
     def _serve_prometheus(self, addr: str, port: int) -> None:
+        """Serve ``/metrics`` on ``port``, or on the next free one of :data:`PORT_SPAN`: each
+        worker of a multi-process server (``uvicorn --workers N``) takes its own, once, at
+        start-up. When none is free the app's own ``/metrics`` route still answers; the problem
+        is logged once and listed by health, never retried per request."""
         from prometheus_client import start_http_server
 
-        server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        self._http_server = server
-        logger.info("mlmon: Prometheus metrics on http://%s:%d/metrics", addr, server.server_port)
+        for candidate in range(port, port + PORT_SPAN) if port else (0,):
+            try:
+                server, _ = start_http_server(candidate, addr=addr, registry=self.registry)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    self.problems.append(f"metrics port {candidate} on {addr}: {exc}")
+                    logger.warning("mlmon: cannot serve metrics on %s:%d (%s)", addr, candidate, exc)
+                    return
+                continue
+            self._http_server = server
+            logger.info("mlmon: Prometheus metrics on http://%s:%d/metrics%s", addr, server.server_port,
+                        "" if candidate == port else f" (port {port} and up were taken, by other workers?)")
+            return
+        self.problems.append(f"metrics ports {port} to {port + PORT_SPAN - 1} on {addr} are all in use")
+        logger.warning("mlmon: %s; this process serves no metrics port", self.problems[-1])
 
     def current_context(self) -> object | None:
         """The OTel context to parent our span on, or None when not tracing (a contextvar read)."""

@@ -36,14 +36,20 @@ def free_port(preferred: int) -> int:
 
 
 def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path, env: dict[str, str] | None = None,
-                  app: str = "service:app", app_dir: pathlib.Path = HERE) -> subprocess.Popen:
-    """Start the example service (or another ``app`` in ``app_dir``) in a real uvicorn process on
-    127.0.0.1 and wait until it answers; ``env`` adds environment variables (``MLMON_*`` settings)."""
+                  app: str = "service:app", app_dir: pathlib.Path = HERE, server: str = "uvicorn",
+                  workers: int = 1) -> subprocess.Popen:
+    """Start the example service (or another ``app`` in ``app_dir``) in a real ``uvicorn`` (or
+    ``gunicorn`` with uvicorn workers) process on 127.0.0.1 with ``workers`` worker processes and
+    wait until it answers; ``env`` adds environment variables (``MLMON_*`` settings)."""
     env = {**os.environ, **(env or {}), "MLMON_DEMO_DIR": str(demo_dir.resolve())}
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir),
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    if server == "gunicorn":
+        command = [sys.executable, "-m", "gunicorn", app, "--chdir", str(app_dir), "-k", "uvicorn.workers.UvicornWorker",
+                   "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--log-level", "warning"]
+    else:
+        command = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), "--host", "127.0.0.1",
+                   "--port", str(port), "--log-level", "warning"] + (["--workers", str(workers)] if workers > 1 else [])
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
