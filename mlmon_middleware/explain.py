@@ -199,84 +199,189 @@ def shown(explanation: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- in the serving process
 class ExplanationService:
-    """The worker pool of one model, its in-flight cap and its warm-up."""
+    """The worker pool of one model, its in-flight cap, its warm-up and its recovery.
 
-    def __init__(self, spec: Explain, feature_names: Sequence[str], background: np.ndarray | None) -> None:
+    Explanations fail loudly and recover: every failure is reported to ``report`` (counted, and
+    logged at most once a minute per kind: :class:`~mlmon_middleware.errors.ErrorLog`); a pool
+    whose worker died is replaced; a worker still busy ``hung_after`` seconds after it was given a
+    row is killed and replaced; a pool that does not warm up within ``WARMUP_SECONDS``, or that
+    keeps dying (``MAX_RESTARTS`` within ``RESTART_WINDOW``), is given up: ``problem`` says why
+    (health lists it) and requests answer ``unavailable`` instead of waiting.
+    """
+
+    WARMUP_SECONDS = 120.0
+    MAX_RESTARTS = 5
+    RESTART_WINDOW = 600.0
+
+    def __init__(self, spec: Explain, feature_names: Sequence[str], background: np.ndarray | None,
+                 report: Callable[[str, BaseException | None], None] = lambda message, exc: None) -> None:
         self.spec = spec
         self.names = tuple(feature_names)
         self.background = background
+        self.report = report
+        self.hung_after = max(10 * spec.deadline, 5.0)
         self._lock = threading.Lock()
-        self._in_flight = 0
+        self._in_flight: dict[concurrent.futures.Future[ExplainerOutput], float] = {}  # future -> monotonic start
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._started = 0.0
+        self._restarts: list[float] = []
         self.warm = threading.Event()
+        self.problem: str | None = None  # why explanations are off, when they are
         self.baseline_attributions: np.ndarray | None = None
 
     def start(self) -> None:
         """Start the workers and warm them up (and compute the baseline's mean |SHAP|) off the
-        request path."""
+        request path; never waits for them."""
         payload = pickle.dumps({"method": self.spec.method, "model": self.spec.model, "background": self.background,
                                 "parent": os.getpid()})
-        self._pool = concurrent.futures.ProcessPoolExecutor(
+        pool = self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.spec.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init, initargs=(payload,))
+        self._started = time.monotonic()
+        self.warm.clear()
         background = self.background
         real = background is not None and len(background) > 0
         # Always one job: it starts the worker, imports shap and compiles (numba) before any request.
         rows = np.asarray(background[:200], dtype=float) if background is not None and real else np.zeros((1, len(self.names)))
-        future = self._pool.submit(_worker_explain, rows)
 
         def warmed(done: concurrent.futures.Future[ExplainerOutput]) -> None:
-            if real and done.exception() is None:
+            if self._pool is not pool:  # a pool replaced meanwhile
+                return
+            exc = done.exception() if not done.cancelled() else None
+            if isinstance(exc, concurrent.futures.process.BrokenProcessPool):  # the worker died starting
+                self._give_up(f"the explanation workers could not start: {type(exc).__name__}: {exc}", exc)
+            elif exc is not None:
+                if self.names:  # (with no features known yet, the warm-up row is empty and may fail)
+                    self.report(f"the explainer failed on its warm-up rows: {type(exc).__name__}: {exc}", exc)
+            elif real and not done.cancelled():
                 self.baseline_attributions = np.abs(done.result()[1]).mean(axis=0)
             self.warm.set()
 
-        future.add_done_callback(warmed)
+        try:
+            pool.submit(_worker_explain, rows).add_done_callback(warmed)
+        except Exception as exc:  # the pool could not even start its process
+            self._give_up(f"the explanation workers could not start: {type(exc).__name__}: {exc}", exc)
 
     def submit(self, row: np.ndarray) -> concurrent.futures.Future[ExplainerOutput] | str:
-        """A future of ``(base, contributions, method)`` for one row, or ``"busy"``."""
-        if self._pool is None or not self.warm.is_set():
+        """A future of ``(base, contributions, method)`` for one row, or why there is none:
+        ``"busy"`` (warming up, or ``max_in_flight`` running) or ``"unavailable"``."""
+        if self.problem is not None:
+            return "unavailable"
+        pool = self._pool
+        if pool is None:
             return "busy"
+        if not self.warm.is_set():
+            if time.monotonic() - self._started > self.WARMUP_SECONDS:
+                self._give_up(f"the explanation workers did not warm up within {self.WARMUP_SECONDS:g} s", None)
+                return "unavailable"
+            return "busy"
+        now = time.monotonic()
         with self._lock:
-            if self._in_flight >= self.spec.max_in_flight:
+            hung = any(now - started > self.hung_after for future, started in self._in_flight.items()
+                       if not future.done())
+        if hung:
+            self.restart(f"an explanation ran over {self.hung_after:g} s: its worker was killed and replaced")
+            return "busy"
+        future: concurrent.futures.Future[ExplainerOutput] | None
+        with self._lock:
+            if len(self._in_flight) >= self.spec.max_in_flight:
                 return "busy"
-            self._in_flight += 1
-        future = self._pool.submit(_worker_explain, row.reshape(1, -1))
+            try:
+                future = pool.submit(_worker_explain, row.reshape(1, -1))
+            except concurrent.futures.process.BrokenProcessPool:
+                future = None
+            else:
+                self._in_flight[future] = now
+        if future is None:
+            self.restart("an explanation worker died: the pool was replaced")
+            return "busy"
         future.add_done_callback(self._release)
         return future
 
-    def _release(self, _: concurrent.futures.Future[ExplainerOutput]) -> None:
+    def _release(self, future: concurrent.futures.Future[ExplainerOutput]) -> None:
         with self._lock:
-            self._in_flight -= 1
+            self._in_flight.pop(future, None)
 
-    def describe(self, row: np.ndarray, result: tuple[np.ndarray, np.ndarray, str]) -> dict[str, Any]:
+    def failed(self, exc: BaseException) -> None:
+        """An explanation ended in ``exc``: a dead worker gets its pool replaced; any other
+        error is reported (the explainer itself raised)."""
+        if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
+            self.restart("an explanation worker died: the pool was replaced")
+        else:
+            self.report(f"explanation failed: {type(exc).__name__}: {exc}", exc)
+
+    def restart(self, reason: str) -> None:
+        """Kill the workers and start a new pool (given up after too many restarts)."""
+        now = time.monotonic()
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._in_flight.clear()
+            self._restarts = [t for t in self._restarts if now - t < self.RESTART_WINDOW] + [now]
+            too_many = len(self._restarts) > self.MAX_RESTARTS
+        if pool is None:
+            return  # another caller is restarting it
+        _kill(pool)
+        if too_many:
+            self._give_up(f"the explanation workers failed {len(self._restarts)} times in "
+                          f"{self.RESTART_WINDOW:g} s (last: {reason}); explanations are off", None)
+            return
+        self.report(reason, None)
+        self.start()
+
+    def _give_up(self, problem: str, exc: BaseException | None) -> None:
+        self.problem = problem
+        self.report(problem, exc)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _kill(pool)
+        self.warm.set()
+
+    def describe(self, row: np.ndarray, result: tuple[np.ndarray, np.ndarray, str],
+                 names: Sequence[str] | None = None) -> dict[str, Any]:
         """The explanation with every feature's contribution (kept for attribution drift); what
-        goes into the response and the log is :func:`shown` of it."""
+        goes into the response and the log is :func:`shown` of it. ``names``: the row's features
+        when the service started before the schema was known."""
         base, contributions, method = result
+        names = tuple(names) if names else self.names
         values = contributions[0]
+        if len(values) != len(names):
+            raise ValueError(f"the explainer returned {len(values)} contributions for {len(names)} features")
         order = np.argsort(-np.abs(values))[: self.spec.top]
-        top = [(self.names[i], float(row[i]), float(values[i])) for i in order]
+        top = [(names[i], float(row[i]), float(values[i])) for i in order]
         return {"base_value": float(base[0]), "prediction": float(base[0] + values.sum()), "method": method,
                 "top": [{"feature": n, "value": v, "contribution": c} for n, v, c in top],
                 "text": text(self.spec.label, top), "contributions": values.tolist()}
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop a pool now, its busy workers included (``shutdown`` alone waits for a hung one)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except Exception:  # already gone
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 class PendingExplanation:
     """An explanation requested for the current response: a running future, or the reason there
     is none (``busy``, ``error``)."""
 
-    __slots__ = ("future", "status", "row", "service", "deadline", "started", "result")
+    __slots__ = ("future", "status", "row", "service", "deadline", "started", "result", "names")
 
     def __init__(self, service: ExplanationService | None, row: np.ndarray | None,
-                 future: concurrent.futures.Future[ExplainerOutput] | None, status: str = "ok") -> None:
+                 future: concurrent.futures.Future[ExplainerOutput] | None, status: str = "ok",
+                 names: Sequence[str] | None = None) -> None:
         self.service = service
         self.row = row
         self.future = future
         self.status = status
+        self.names = names  # the row's features (the schema's numeric ones)
         self.started = time.monotonic()
         self.deadline = self.started + (service.spec.deadline if service is not None else 0.0)
         self.result: dict[str, Any] | None = None
@@ -288,13 +393,21 @@ class PendingExplanation:
             return self.status, None
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(self.future), max(0.0, self.deadline - time.monotonic()))
-            self.result = self.service.describe(self.row, result)
+            self.result = self.service.describe(self.row, result, self.names)
             self.status = "ok"
         except (asyncio.TimeoutError, TimeoutError):
             self.status = "timeout"
-        except Exception:
+        except Exception as exc:
             self.status = "error"
+            self.service.failed(exc)
         return self.status, self.result
+
+    def abandon(self, status: str) -> None:
+        """Give the explanation up (the response streams): ``status`` says why."""
+        self.status = status
+        if self.future is not None:
+            self.future.cancel()
+            self.future = None
 
     @property
     def seconds(self) -> float:
@@ -351,14 +464,15 @@ def request(spec: Explain, service: ExplanationService | None, scope: Mapping[st
     try:
         rows = extract_rows(resolve_payload(inputs, input_arg))
         schema = schema or FeatureSchema.infer(rows[:1], names=names)
-        if schema.categorical_names and spec.method == "auto":
-            return PendingExplanation(service, None, None, "error")  # pass a callable for mixed features
+        # the numeric features are what the explainer takes; categorical ones are left out
         row = schema.encode(rows[:1]).numeric[0]
-    except Exception:
+    except Exception as exc:
+        if service is not None:
+            service.report(f"the row to explain could not be read: {type(exc).__name__}: {exc}", exc)
         return PendingExplanation(service, None, None, "error")
     if service is None:
         return PendingExplanation(None, row, None, "busy")
     future = service.submit(row)
     if isinstance(future, str):
         return PendingExplanation(service, row, None, future)
-    return PendingExplanation(service, row, future)
+    return PendingExplanation(service, row, future, names=schema.numeric_names)

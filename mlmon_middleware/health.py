@@ -35,6 +35,8 @@ def monitor_issues(models: Mapping[str, ModelMonitor], errors: Mapping[str, int]
             listed = ", ".join(fields[:5]) + (f" and {len(fields) - 5} more" if len(fields) > 5 else "")
             issues.append(f"{name}: monitors {coverage['monitored']} of the {coverage['received']} fields it receives "
                           f"(coverage {coverage['ratio']:.0%}); not monitored: {listed}")
+        if model.explainer is not None and model.explainer.problem:
+            issues.append(f"{name}: explanations are off: {model.explainer.problem}")
         fired, resolved = (sum(n for (_, state), n in checker.alerts.events.items() if state == s)
                            for s in ("firing", "resolved"))
         if fired > resolved:

@@ -181,7 +181,9 @@ class ModelMonitor:
         background = self.explain.background
         if background is None and self.baseline is not None and len(self.baseline.background):
             background = self.baseline.background
-        self.explainer = ExplanationService(self.explain, names, None if background is None else np.asarray(background, float))
+        errors = self.registry.errors
+        self.explainer = ExplanationService(self.explain, names, None if background is None else np.asarray(background, float),
+                                            report=lambda message, exc: errors.report("explain", exc, message))
         self.explainer.start()
 
     def after_fork(self) -> None:

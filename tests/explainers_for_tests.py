@@ -17,3 +17,29 @@ def slow(rows):
 
 def broken(rows):
     raise RuntimeError("explainer failure")
+
+
+def fragile(rows):
+    """Halves, except that a first feature of 666 kills the worker and 777 hangs it."""
+    import os
+
+    if rows[0][0] == 666:
+        os._exit(1)
+    if rows[0][0] == 777:
+        time.sleep(3600)
+    return halves(rows)
+
+
+def _explode():
+    raise RuntimeError("cannot be loaded in a worker")
+
+
+class Unloadable:
+    """An explainer that pickles in the serving process but fails to load in the worker (as a
+    model whose class lives in a ``__main__`` without an import guard does under spawn)."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+    def __call__(self, rows):
+        return halves(rows)

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -311,3 +312,119 @@ def test_the_background_comes_from_the_baseline(harness_factory):
     assert explanation["method"] == "linear"
     assert explanation["prediction"] == pytest.approx(output(model, X[:1])[0], abs=1e-6)
     assert h.monitor.model("m").explainer.baseline_attributions.shape == (6,)
+
+
+def explained_status(app, row):
+    response = asyncio.run(post(app, row, headers={"X-MLMon-Explain": "true"}))
+    return response.headers.get("x-mlmon-explain-status", "ok"), response
+
+
+def test_a_dead_worker_is_replaced(harness_factory):
+    h = harness_factory(tracing=False, check_interval=0)
+    app = app_with(h, Explain(helpers.fragile, deadline=5.0))
+    service = wait_warm(h)
+    killed, _ = explained_status(app, {**ROW, "f0": 666.0})
+    assert service.warm.wait(60)  # the replacement pool warms up
+    after, response = explained_status(app, ROW)
+    assert killed == "error" and after == "ok" and "explanation" in response.json()
+    assert h.monitor.errors.counts()["explain"] >= 1 and service.problem is None
+
+
+def test_a_hung_worker_is_killed_and_replaced(harness_factory):
+    h = harness_factory(tracing=False, check_interval=0)
+    app = app_with(h, Explain(helpers.fragile, deadline=0.2))
+    service = wait_warm(h)
+    service.hung_after = 1.0  # (default: 10 deadlines, at least 5 s)
+    hung, _ = explained_status(app, {**ROW, "f0": 777.0})
+    time.sleep(1.2)
+    replaced, _ = explained_status(app, ROW)  # notices the hang: kills the worker, starts another
+    assert service.warm.wait(60)
+    after, response = explained_status(app, ROW)
+    assert (hung, replaced, after) == ("timeout", "busy", "ok")
+    assert "explanation" in response.json()
+
+
+def test_a_worker_that_cannot_start_turns_explanations_off_without_blocking(harness_factory):
+    h = harness_factory(tracing=False, check_interval=0)
+    app = app_with(h, Explain(helpers.Unloadable()))
+    wait_warm(h)
+    status, response = explained_status(app, ROW)
+    health = h.monitor.health()
+    assert status == "unavailable" and response.json() == {"prediction": 0.5}
+    assert any("explanations are off: the explanation workers could not start" in i for i in health["issues"])
+
+
+def test_auto_mode_without_features_and_with_categorical_fields(harness_factory):
+    """No features= nor baseline: the names come from the first row; the categorical field is
+    left out of the explanation (the model takes the numeric ones)."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    forest = RandomForestRegressor(20, max_depth=4, random_state=0).fit(X, X[:, 0])
+    h = harness_factory(tracing=False, check_interval=0)
+    app = FastAPI()
+
+    @app.post("/predict")
+    @monitor(model="m", explain=Explain(model=forest, deadline=10.0), registry=h.monitor)
+    async def predict(row: dict) -> dict:
+        return {"prediction": 0.5}
+
+    instrument_app(app, registry=h.monitor)
+    wait_warm(h)
+    asyncio.run(post(app, {**ROW, "region": "eu"}))  # the schema is inferred from this one
+    h.monitor.flush()
+    status, response = explained_status(app, {**ROW, "region": "us"})
+    assert status == "ok", h.monitor.errors.recent()
+    top = response.json()["explanation"]["top"]
+    assert {t["feature"] for t in top} <= set(ROW) and top[0]["feature"] == "f0"
+
+
+def test_streams_are_never_held_and_their_latency_runs_to_the_last_chunk(harness_factory):
+    from starlette.responses import StreamingResponse
+
+    h = harness_factory(tracing=False, check_interval=0)
+    app = FastAPI()
+
+    @app.post("/stream")
+    @monitor(model="m", features=[f"f{i}" for i in range(6)], explain=Explain(helpers.halves, when="always"),
+             registry=h.monitor)
+    async def stream(row: dict):
+        async def chunks():
+            for i in range(5):
+                yield f"chunk {i}\n".encode()
+                await asyncio.sleep(0.1)
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    instrument_app(app, registry=h.monitor)
+    wait_warm(h)
+
+    async def run_raw():
+        """Drive the app by hand: when each message was sent (httpx's ASGI transport buffers)."""
+        sent: list[tuple[float, dict]] = []
+        body = orjson.dumps(ROW)
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "path": "/stream", "raw_path": b"/stream", "query_string": b"", "root_path": "",
+                 "scheme": "http", "server": ("t", 80), "client": ("c", 1),
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await asyncio.Event().wait()  # the client stays connected (a disconnect ends a stream)
+
+        async def send(message):
+            sent.append((time.perf_counter(), message))
+
+        start = time.perf_counter()
+        await app(scope, receive, send)
+        return start, sent
+
+    start, sent = asyncio.run(run_raw())
+    headers = dict(sent[0][1]["headers"])
+    bodies = [t for t, m in sent if m["type"] == "http.response.body" and m.get("body")]
+    first, total = bodies[0] - start, bodies[-1] - start
+    assert headers[b"x-mlmon-explain-status"] == b"streaming", sent
+    assert first < total / 2, sent  # the first chunk did not wait for the stream end
+    h.monitor.flush()
+    histogram = [p for _, p in h.points("mlmon.inference.duration")]
+    assert histogram and histogram[0].sum >= 0.4  # five chunks 0.1 s apart: not the µs of the call

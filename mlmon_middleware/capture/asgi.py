@@ -185,7 +185,7 @@ class _Responder:
     """State of one HTTP request: the decorated records, the tees, the status and timing."""
 
     __slots__ = ("mw", "scope", "endpoint", "state", "start_ns", "wall_ns", "status", "request_tee",
-                 "response_tee", "response_type", "prediction_id", "held")
+                 "response_tee", "response_type", "prediction_id", "held", "streamed")
 
     def __init__(self, mw: MLMonitorMiddleware, scope: Scope, endpoint: tuple[Endpoint, ModelMonitor] | None):
         self.mw = mw
@@ -196,6 +196,7 @@ class _Responder:
         self.response_tee: _Tee | None = None
         self.response_type = ""
         self.held: list[Message] | None = None  # start and body, held while an explanation is computed
+        self.streamed = False  # the response came in several chunks: its latency runs to the last one
         if endpoint is None:  # only decorated calls to complete: no clocks, no tees
             self.request_tee = self.prediction_id = None
         else:
@@ -241,12 +242,15 @@ class _Responder:
                     self.held = [message]  # the body may change: hold it all until explained
                     return
             elif kind == "http.response.body" and self.held is not None:
-                self.held.append(message)
-                if not message.get("more_body", False):
+                if message.get("more_body", False):  # a stream: never held, never explained
+                    await self._release_stream(send)
+                else:
+                    self.held.append(message)
                     await self._send_explained(send)
                     self._finish(None)
-                return
-            elif kind == "http.response.body":
+                    return
+            if kind == "http.response.body":
+                self.streamed = self.streamed or bool(message.get("more_body", False))
                 if self.response_tee is not None:
                     self.response_tee.add(message.get("body", b""))
                 if not message.get("more_body", False):
@@ -260,6 +264,14 @@ class _Responder:
             await send(message)
 
         return monitored_send
+
+    async def _release_stream(self, send: Send) -> None:
+        """Send the held start of a streaming response at once, saying it goes unexplained: a
+        client's header must never make a stream wait for its end."""
+        start = (self.held or [{}])[0]
+        self.held = None
+        self.state.explanation.abandon("streaming")
+        await send({**start, "headers": [*start.get("headers", ()), (b"x-mlmon-explain-status", b"streaming")]})
 
     async def _send_explained(self, send: Send) -> None:
         """Send the held response, explained (see ``PendingExplanation.respond``)."""
@@ -291,7 +303,10 @@ class _Responder:
             status = self.status if self.status is not None else 500
             error_type = None if exc is None else type(exc).__qualname__
             route = getattr(self.scope.get("route"), "path", "") or ""
+            now_ns = time.time_ns()
             for record in state.records:
+                if self.streamed:  # the call returned a stream: it lasted until the last chunk went out
+                    record.duration_ns = max(record.duration_ns, now_ns - record.wall_ns)
                 record.route = record.route or route
                 record.status_code = status
                 record.error_type = record.error_type or error_type
