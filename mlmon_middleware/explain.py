@@ -40,6 +40,7 @@ import numpy as np
 import orjson
 
 from mlmon_middleware.config import ConfigError
+from mlmon_middleware.explain_worker import worker_explain, worker_init
 from mlmon_middleware.payload import extract_rows, resolve_payload
 from mlmon_middleware.schema import FeatureSchema
 
@@ -111,93 +112,12 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-# ------------------------------------------------------------------------ inside the worker processes
-_WORKER: dict[str, Any] = {}
-
-
-WATCH_SECONDS = 1.0  # how often a worker checks that the serving process still lives
-
-
-def _worker_init(payload: bytes) -> None:
-    spec = pickle.loads(payload)
-    # the pid the serving process gave, not getppid() now: it may have died while this one started
-    threading.Thread(target=_exit_with_parent, args=(spec["parent"],), name="mlmon-parent-watch", daemon=True).start()
-    _WORKER["explain"] = build_explainer(spec["method"], spec["model"], spec["background"])
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A worker outlives nothing: when the serving process dies without shutting the pool down
-    (``kill -9``, or a server that exits without running ``atexit``), the worker is re-parented and
-    exits within ``WATCH_SECONDS`` instead of holding its memory (hundreds of MB with shap) forever."""
-    while os.getppid() == parent:
-        time.sleep(WATCH_SECONDS)
-    os._exit(0)
-
-
-def _worker_explain(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    base, contributions, name = _WORKER["explain"](rows)
-    return base, contributions, name
-
-
-def build_explainer(method: Any, model: Any, background: np.ndarray | None
-                    ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, str]]:
-    """A function ``rows -> (base values (n,), contributions (n × features), method name)``."""
-    if callable(method) and not hasattr(method, "shap_values") and method != "auto":
-        def call(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-            out = method(rows)
-            base, contributions = out if isinstance(out, tuple) else (np.zeros(len(rows)), out)
-            return np.broadcast_to(np.asarray(base, float), (len(rows),)).copy(), np.asarray(contributions, float), "callable"
-        return call
-    if method != "auto":  # a ready shap explainer
-        return lambda rows: _from_shap(method(rows), "shap")
-    if hasattr(model, "get_booster"):  # XGBoost: native, releases the GIL
-        import xgboost
-
-        booster = model.get_booster()
-
-        def xgb(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-            out = booster.predict(xgboost.DMatrix(rows), pred_contribs=True)
-            out = out if out.ndim == 2 else out[:, -1, :]  # multiclass: the last class
-            return out[:, -1], out[:, :-1], "xgboost"
-        return xgb
-    if hasattr(model, "booster_") and "lightgbm" in type(model).__module__:
-        def lgbm(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-            out = np.asarray(model.predict(rows, pred_contrib=True))
-            return out[:, -1], out[:, :-1], "lightgbm"
-        return lgbm
-    import shap
-
-    if _is_tree_model(model):
-        explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
-        return lambda rows: _from_shap(explainer(rows, check_additivity=False), "tree")
-    if hasattr(model, "coef_") and hasattr(model, "intercept_"):
-        explainer = shap.LinearExplainer(model, background)
-        return lambda rows: _from_shap(explainer(rows), "linear")
-    predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
-    explainer = shap.explainers.Permutation(predict, background)
-    return lambda rows: _from_shap(explainer(rows), "permutation")
-
-
-def _is_tree_model(model: Any) -> bool:
-    return hasattr(model, "estimators_") or hasattr(model, "tree_") or type(model).__name__.endswith(("Forest", "Trees"))
-
-
-def _from_shap(explanation: Any, name: str) -> tuple[np.ndarray, np.ndarray, str]:
-    values = np.asarray(explanation.values, dtype=float)
-    base = np.asarray(explanation.base_values, dtype=float)
-    if values.ndim == 3:  # one column per class: the positive class of two, else the last
-        values = values[:, :, -1]
-        base = base[:, -1] if base.ndim == 2 else base[-1]
-    return np.broadcast_to(base, (values.shape[0],)).copy(), values, name
-
-
 def shown(explanation: dict[str, Any]) -> dict[str, Any]:
     """The explanation as the response and the prediction log carry it: the top contributions
     and the text, without the full vector."""
     return {k: v for k, v in explanation.items() if k != "contributions"}
 
 
-# ----------------------------------------------------------------------------- in the serving process
 class ExplanationService:
     """The worker pool of one model, its in-flight cap, its warm-up and its recovery.
 
@@ -236,7 +156,7 @@ class ExplanationService:
                                 "parent": os.getpid()})
         pool = self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.spec.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init, initargs=(payload,))
+            initializer=worker_init, initargs=(payload,))
         self._started = time.monotonic()
         self.warm.clear()
         background = self.background
@@ -258,7 +178,7 @@ class ExplanationService:
             self.warm.set()
 
         try:
-            pool.submit(_worker_explain, rows).add_done_callback(warmed)
+            pool.submit(worker_explain, rows).add_done_callback(warmed)
         except Exception as exc:  # the pool could not even start its process
             self._give_up(f"the explanation workers could not start: {type(exc).__name__}: {exc}", exc)
 
@@ -287,7 +207,7 @@ class ExplanationService:
             if len(self._in_flight) >= self.spec.max_in_flight:
                 return "busy"
             try:
-                future = pool.submit(_worker_explain, row.reshape(1, -1))
+                future = pool.submit(worker_explain, row.reshape(1, -1))
             except concurrent.futures.process.BrokenProcessPool:
                 future = None
             else:

@@ -81,8 +81,8 @@ def test_no_import_cycle_anywhere_in_the_package():
 
 @pytest.mark.parametrize("library, allowed", [
     ("opentelemetry", {"mlmon_middleware.telemetry"}),
-    ("shap", {"mlmon_middleware.explain"}),
-    ("xgboost", {"mlmon_middleware.explain"}),
+    ("shap", {"mlmon_middleware.explain_worker"}),
+    ("xgboost", {"mlmon_middleware.explain_worker"}),
     ("starlette", {"mlmon_middleware.routes"}),
     ("fastapi", set()),
     ("bentoml", set()),

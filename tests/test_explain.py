@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from mlmon_fastapi import instrument_app
 from mlmon_middleware import monitor
 from mlmon_middleware.drift.policy import DriftPolicy
-from mlmon_middleware.explain import Explain, build_explainer
+from mlmon_middleware.explain import Explain
+from mlmon_middleware.explain_worker import build_explainer
 
 import explainers_for_tests as helpers
 
