@@ -196,7 +196,7 @@ class _Responder:
         self.response_tee: _Tee | None = None
         self.response_type = ""
         self.held: list[Message] | None = None  # start and body, held while an explanation is computed
-        self.streamed = False  # the response came in several chunks: its latency runs to the last one
+        self.streamed = False  # the response has no Content-Length: its latency runs to the last chunk
         if endpoint is None:  # only decorated calls to complete: no clocks, no tees
             self.request_tee = self.prediction_id = None
         else:
@@ -238,19 +238,21 @@ class _Responder:
             kind = message["type"]
             if kind == "http.response.start":
                 message = self._on_start(message)
+                # no Content-Length: a stream (chunked, server-sent events); its latency runs to the last chunk
+                self.streamed = _header(message.get("headers") or (), b"content-length") is None
                 if self.state.explanation is not None:
-                    self.held = [message]  # the body may change: hold it all until explained
-                    return
+                    if self.streamed:  # never held: a client's header must not make a stream wait for its end
+                        message = self._unexplained_stream(message)
+                    else:
+                        self.held = [message]  # the body may change: hold it all until explained
+                        return
             elif kind == "http.response.body" and self.held is not None:
-                if message.get("more_body", False):  # a stream: never held, never explained
-                    await self._release_stream(send)
-                else:
-                    self.held.append(message)
+                self.held.append(message)
+                if not message.get("more_body", False):
                     await self._send_explained(send)
                     self._finish(None)
-                    return
+                return
             if kind == "http.response.body":
-                self.streamed = self.streamed or bool(message.get("more_body", False))
                 if self.response_tee is not None:
                     self.response_tee.add(message.get("body", b""))
                 if not message.get("more_body", False):
@@ -265,13 +267,10 @@ class _Responder:
 
         return monitored_send
 
-    async def _release_stream(self, send: Send) -> None:
-        """Send the held start of a streaming response at once, saying it goes unexplained: a
-        client's header must never make a stream wait for its end."""
-        start = (self.held or [{}])[0]
-        self.held = None
+    def _unexplained_stream(self, start: Message) -> Message:
+        """The start of a streaming response, saying it goes unexplained."""
         self.state.explanation.abandon("streaming")
-        await send({**start, "headers": [*start.get("headers", ()), (b"x-mlmon-explain-status", b"streaming")]})
+        return {**start, "headers": [*start.get("headers", ()), (b"x-mlmon-explain-status", b"streaming")]}
 
     async def _send_explained(self, send: Send) -> None:
         """Send the held response, explained (see ``PendingExplanation.respond``)."""
