@@ -181,6 +181,30 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
 
 
 @pytest.mark.integration
+def test_sigterm_loses_no_acknowledged_prediction_under_bentoml(tmp_path):
+    """At each worker's stop the queue and the prediction log are written before it exits (the
+    writer waits 5 s between batches). BentoML ends the mounted /mlmon app's lifespan, where the
+    adapter shuts monitoring down; its workers also exit normally, so atexit would too."""
+    log_dir = tmp_path / "log"
+    proc, url = serve(EXAMPLE, {"MLMON_STORE_DIR": str(log_dir), "MLMON_STORE_INTERVAL": "5",
+                                "MLMON_CHECK_INTERVAL": "0"})
+    try:
+        acknowledged = []
+        for _ in range(40):  # a connection each: both workers answer
+            response = httpx.post(f"{url}/predict", json={"input_data": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30,
+                                  headers={"Connection": "close"})
+            assert response.status_code == 200
+            acknowledged.append(response.headers["x-prediction-id"])
+    finally:
+        stop(proc)
+    import sqlite3
+
+    with sqlite3.connect(log_dir / "predictions.sqlite") as db:
+        logged = {pid for (pid,) in db.execute("SELECT prediction_id FROM predictions")}
+    assert set(acknowledged) <= logged, f"{len(set(acknowledged) - logged)} acknowledged predictions missing"
+
+
+@pytest.mark.integration
 def test_our_spans_appear_with_bentomls_documented_sample_rate():
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 

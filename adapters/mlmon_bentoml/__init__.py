@@ -73,7 +73,10 @@ def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | Non
         @contextlib.asynccontextmanager
         async def lifespan(_: Starlette) -> AsyncIterator[None]:
             mon.start()  # BentoML runs mounted apps' lifespans at each worker's start: threads, metrics port
-            yield
+            try:
+                yield
+            finally:
+                mon.shutdown()  # and ends them at each worker's stop: the queue and the log written, workers stopped
 
         service.mount_asgi_app(Starlette(routes=routes(mon, metrics="/metrics", health="/health", drift="/drift",
                                                        feedback="/feedback", performance="/performance",
