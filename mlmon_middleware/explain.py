@@ -143,21 +143,22 @@ class ExplanationService:
         self._lock = threading.Lock()
         self._in_flight: dict[concurrent.futures.Future[ExplainerOutput], float] = {}  # future -> monotonic start
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._started = 0.0
         self._restarts: list[float] = []
         self.warm = threading.Event()
         self.problem: str | None = None  # why explanations are off, when they are
+        self._closed = False
         self.baseline_attributions: np.ndarray | None = None
 
     def start(self) -> None:
         """Start the workers and warm them up (and compute the baseline's mean |SHAP|) off the
         request path; never waits for them."""
+        if self._closed:
+            return
         payload = pickle.dumps({"method": self.spec.method, "model": self.spec.model, "background": self.background,
                                 "parent": os.getpid()})
         pool = self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.spec.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=worker_init, initargs=(payload,))
-        self._started = time.monotonic()
         self.warm.clear()
         background = self.background
         real = background is not None and len(background) > 0
@@ -177,6 +178,13 @@ class ExplanationService:
                 self.baseline_attributions = np.abs(done.result()[1]).mean(axis=0)
             self.warm.set()
 
+        def late() -> None:
+            if self._pool is pool and not self.warm.is_set():
+                self._give_up(f"the explanation workers did not warm up within {self.WARMUP_SECONDS:g} s", None)
+
+        watchdog = threading.Timer(self.WARMUP_SECONDS, late)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             pool.submit(worker_explain, rows).add_done_callback(warmed)
         except Exception as exc:  # the pool could not even start its process
@@ -191,9 +199,6 @@ class ExplanationService:
         if pool is None:
             return "busy"
         if not self.warm.is_set():
-            if time.monotonic() - self._started > self.WARMUP_SECONDS:
-                self._give_up(f"the explanation workers did not warm up within {self.WARMUP_SECONDS:g} s", None)
-                return "unavailable"
             return "busy"
         now = time.monotonic()
         with self._lock:
@@ -231,15 +236,23 @@ class ExplanationService:
             self.report(f"explanation failed: {type(exc).__name__}: {exc}", exc)
 
     def restart(self, reason: str) -> None:
-        """Kill the workers and start a new pool (given up after too many restarts)."""
+        """Kill the workers and start a new pool (given up after too many restarts). Requests
+        answer ``busy`` from now on; the killing and spawning happen in a thread of their own,
+        never on the request path that noticed the failure."""
         now = time.monotonic()
         with self._lock:
             pool, self._pool = self._pool, None
+            if pool is not None:
+                self.warm.clear()  # until the new pool is warm
             self._in_flight.clear()
             self._restarts = [t for t in self._restarts if now - t < self.RESTART_WINDOW] + [now]
             too_many = len(self._restarts) > self.MAX_RESTARTS
         if pool is None:
             return  # another caller is restarting it
+        threading.Thread(target=self._replace, args=(pool, reason, too_many), name="mlmon-explain-restart",
+                         daemon=True).start()
+
+    def _replace(self, pool: concurrent.futures.ProcessPoolExecutor, reason: str, too_many: bool) -> None:
         _kill(pool)
         if too_many:
             self._give_up(f"the explanation workers failed {len(self._restarts)} times in "
@@ -273,6 +286,7 @@ class ExplanationService:
                 "text": text(self.spec.label, top), "contributions": values.tolist()}
 
     def close(self) -> None:
+        self._closed = True  # a restart under way starts nothing
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
