@@ -68,7 +68,10 @@ class LimitHits:
         self._last_logged: dict[str, float] = {}
 
     def hit(self, limit: str, detail: str) -> None:
-        """Count one hit of ``limit`` (one of :data:`LIMITS`); ``detail`` goes into the log line."""
+        """Count one hit of ``limit`` (one of :data:`LIMITS`: a closed set, so the exported series
+        stay few); ``detail`` goes into the log line."""
+        if limit not in LIMITS:
+            raise ValueError(f"unknown limit {limit!r}; limits: {LIMITS}")
         now = time.monotonic()
         with self._lock:
             self._counts[limit] += 1

@@ -218,6 +218,8 @@ class Monitor:
             "issues": issues,
             "instance_id": None if telemetry is None else telemetry.instance_id,
             "queue": len(self.pipeline),
+            # rows waiting for the prediction log (grows while a failing write is retried)
+            "log_queue": None if self._store_writer is None else len(self._store_writer),
             "metrics_port": None if telemetry is None else telemetry.prometheus_port,
             "token_required": bool(self.config.api_token),
             "prediction_log_enabled": self.config.store_dir is not None,

@@ -255,6 +255,7 @@ class MonitorHealth(TypedDict):
     pid: NotRequired[int]  # private view only: process details
     instance_id: str | None
     queue: int
+    log_queue: int | None
     metrics_port: int | None  # this process's own metrics port (prometheus_port), when serving one
     prediction_log: NotRequired[str | None]  # private view only
     token_required: bool
