@@ -86,8 +86,9 @@ class CheckInputs:
     ``attributions`` is None when the model has no explainer. ``scheduled`` is False for a check
     someone asked for (``?refresh=true``): it reports like any other, but leaves the state that
     counts checks alone (the alerts' sustain streaks, the adaptive thresholds' history, the
-    "since the last check" counts, the concept-drift detectors), so asking often changes no
-    verdict."""
+    "since the last check" counts, the concept-drift detectors, the last-run time that staleness
+    alerts read) and adopts no reference (no warm-up baseline, no first-full-window
+    performance), so asking often or early changes no verdict."""
 
     model: str
     version: str
@@ -161,7 +162,8 @@ class DriftChecker:
                 self.alerts.update(conditions)
             report["alerts"] = [{"alertname": a, "subject": s, "severity": sev} for a, s, sev in self.alerts.active()]
             self.duration = time.perf_counter() - start
-            self.last_run = time.time()
+            if inputs.scheduled:  # what staleness alerts read: on-demand checks must not hide a dead analyzer
+                self.last_run = time.time()
             report["duration_seconds"] = self.duration
             self.report = report
             return CheckResult(report, performance, warmup)
@@ -177,7 +179,7 @@ class DriftChecker:
         baseline, warmup = inputs.baseline, None
         schema = inputs.schema
         if baseline is None:
-            if rows < self.warmup_rows or schema is None:
+            if rows < self.warmup_rows or schema is None or not inputs.scheduled:  # a scheduled check adopts one
                 report["status"] = "warming_up"
                 report["warmup_rows"] = self.warmup_rows
                 return report, None, {}

@@ -274,13 +274,13 @@ class ModelMonitor:
         """The last check's report (running one if none has run yet): per feature its
         statistics, quality ratios and severity; drifted features, their share, dataset and
         prediction drift, active alerts."""
-        return self.checker.report or self.check_now()
+        return self.checker.report or self.check_now(scheduled=False)
 
     def performance_report(self) -> PerformanceReport:
         """The last check's performance report (running a check if none has run yet): per window
         the metrics overall and per segment, fairness, the reference and the degradation."""
         if self.checker.performance.report is None:
-            self.check_now()
+            self.check_now(scheduled=False)
         return self.checker.performance.report or {}
 
     def label_coverage(self, since: float) -> tuple[int, int]:

@@ -12,8 +12,9 @@ over the metrics and windows compared: bootstrap standard errors of the window, 
 reference when it is a window); and it feeds the error stream of newly labelled predictions, in
 arrival order whatever times the labels carry, to the concept-drift detectors
 (:mod:`mlmon_middleware.drift.sequential`), raising concept drift when ``VOTES`` of them agree
-within ``latch_checks`` checks and keeping it raised that long, so that the alert policy's
-``fire_after`` and ``resolve_after`` see it. The report's ``history`` holds each window's overall
+within ``latch_checks`` checks and keeping it raised ``latch_checks`` checks after the last check
+where they agree (2 to 3 checks by default), so that the alert policy's ``fire_after`` and
+``resolve_after`` see it. The report's ``history`` holds each window's overall
 metrics at the last ``HISTORY_CHECKS`` checks: performance over time, as the dashboard draws it.
 """
 
@@ -171,7 +172,7 @@ class PerformanceTracker:
                     else labels.labelled(self.model, since=now - size))
             result = windows[window] = self._window(rows)
             overall = result.get("overall")
-            if kind == "count" and self.reference is None and len(rows) >= size and overall:
+            if scheduled and kind == "count" and self.reference is None and len(rows) >= size and overall:
                 self.reference = {k: v for k, v in overall.items() if k != "count" and v is not None}
                 self.reference_errors = dict(result.get("standard_errors") or {})
                 self.reference_source = "first full window"
@@ -196,15 +197,11 @@ class PerformanceTracker:
                 conditions[("DisparateImpact", f"{self.options.protected}@{window}")] = "warning"
         if scheduled:
             report["concept_drift"] = self._concept_drift(labels, conditions)
+            self.history.append({"checked_at": now, "windows": {w: {"rows": r.get("rows", 0), "overall": r.get("overall")}
+                                                                for w, r in windows.items()}})
         else:
             report["concept_drift"] = dict((self.report or {}).get("concept_drift") or {"status": "no scheduled check yet"})
         report["status"] = "ok"
-        if not scheduled:
-            report["history"] = list(self.history)
-            self.report = report
-            return report, conditions
-        self.history.append({"checked_at": now, "windows": {w: {"rows": r.get("rows", 0), "overall": r.get("overall")}
-                                                            for w, r in windows.items()}})
         report["history"] = list(self.history)
         self.report = report
         return report, conditions
@@ -229,6 +226,9 @@ class PerformanceTracker:
             return {"status": "no labels yet"}
         # Each detector alone false-alarms now and then on a long stationary stream; two agreeing
         # within the latch almost never do, and soon do after a real change (docs/ground-truth.md).
+        # Raised from each check where they agree (over the last latch_checks checks) until
+        # latch_checks checks after it: latch_checks checks when the votes came one check apart,
+        # up to 2·latch_checks - 1 when they came together (the union keeps agreeing meanwhile).
         self._recent.append(set(self._fired))
         agreeing = sorted(set().union(*self._recent))
         if len(agreeing) >= min(VOTES, len(self.detectors.names)):
