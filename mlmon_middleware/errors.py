@@ -54,6 +54,10 @@ class ErrorLog:
                            "mlmon_monitor_errors_total{stage=%r}", stage, text, stage,
                            exc_info=exc if exc is not None and logger.isEnabledFor(logging.DEBUG) else None)
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a parent's thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+
     def counts(self) -> dict[str, int]:
         """Failures so far by stage."""
         with self._lock:

@@ -83,6 +83,10 @@ class LimitHits:
             logger.warning("mlmon: limit %r hit (%s); counted in mlmon_limit_hits_total{limit=%r}",
                            limit, detail, limit)
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a parent's thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)

@@ -219,7 +219,7 @@ class ModelMonitor:
         ``inputs`` and ``outputs`` are anything :mod:`~mlmon_middleware.schema` reads (dicts,
         pydantic models, lists, arrays, DataFrames). Never raises: failures are counted.
         """
-        pid = prediction_id or new_prediction_id()
+        pid = str(prediction_id) if prediction_id else new_prediction_id()  # a UUID object is logged as text
         try:
             error_type = None if error is None else (error if isinstance(error, str) else type(error).__qualname__)
             duration_ns = 0 if latency is None else int(latency * 1e9)
@@ -232,7 +232,7 @@ class ModelMonitor:
     def submit(self, record: Record) -> None:
         """Queue a ready record for the pipeline (the capture layers call this)."""
         if not self.admitted:
-            self.registry.limits.hit("models", f"a record of {self.name!r}, beyond max_models, dropped")
+            self.registry.limits.hit("models", "a record of a model beyond max_models dropped")
             return
         self.registry.submit(record)
 

@@ -60,6 +60,7 @@ class Monitor:
         self.limits = LimitHits()
         self.pipeline = Pipeline(self.config, self.errors)
         self._models: dict[str, ModelMonitor] = {}
+        self._beyond: ModelMonitor | None = None  # the stand-in for models beyond max_models
         #: added to ``prometheus_port`` in this process (the BentoML adapter: one port per worker)
         self.port_offset: Callable[[], int] = lambda: 0
         self._start_lock = threading.Lock()
@@ -111,11 +112,11 @@ class Monitor:
         with self._start_lock:
             if name not in self._models:
                 if len(self._models) >= self.config.max_models:
-                    # names made from traffic must not grow series and memory without end: this one is
-                    # not registered, and its records are dropped and counted
-                    self.limits.hit("models", f"{len(self._models)} models monitored; {name!r} is not")
-                    return ModelMonitor(self, name, "unknown" if version is None else version, settings,
-                                        admitted=False)
+                    # names made from traffic must not grow series and memory without end: every model
+                    # beyond the bound gets one shared stand-in that drops its records (counted)
+                    if self._beyond is None:
+                        self._beyond = ModelMonitor(self, "__beyond_max_models__", "unknown", admitted=False)
+                    return self._beyond
                 self._models[name] = ModelMonitor(self, name, "unknown" if version is None else version, settings)
         if self._started:
             self._models[name].start_explainer()
@@ -253,6 +254,8 @@ class Monitor:
         """In a forked child: drop the parent's threads, exporters and queue; start afresh on use."""
         self._reset_process()  # the parent's SQLite connection and exporters must not be used here
         self.pipeline.forget()
+        self.errors.after_fork()
+        self.limits.after_fork()
         for model in self._models.values():
             model.after_fork()
         self._start_lock = threading.Lock()

@@ -299,7 +299,9 @@ class StoreWriter:
     label never misses a prediction still in the queue). A batch that cannot be written (the
     database locked past its busy timeout, a full disk) goes back to the front of the queue and
     is retried, the thread backing off from ``interval`` to ``MAX_BACKOFF`` seconds; rows are
-    dropped (and counted) only when the queue's bound is reached meanwhile.
+    dropped (and counted) only when the queue's bound is reached meanwhile. A write refused for
+    another reason (a value SQLite cannot store) goes row by row, dropping (and counting) only
+    the rows that cannot be written.
     """
 
     MAX_BACKOFF = 30.0  # seconds between retries of a failing write, at most
@@ -317,43 +319,61 @@ class StoreWriter:
         self._on_drop = on_drop
         self._on_error = on_error
         self._flush_lock = threading.Lock()
+        self._queue_lock = threading.Lock()  # put, flush and a requeue see the bound the same way
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlmon-store", daemon=True)
         self._thread.start()
 
     def put(self, rows: Iterable[LogRow]) -> None:
-        queue = self._queue
-        for row in rows:
-            if len(queue) == queue.maxlen:
-                self._on_drop(1)  # the append below evicts the oldest row
-            queue.append(row)
+        with self._queue_lock:
+            queue = self._queue
+            for row in rows:
+                if len(queue) == queue.maxlen:
+                    self._on_drop(1)  # the append below evicts the oldest row
+                queue.append(row)
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def flush(self) -> bool:
-        """Write everything queued now; False when the write failed (the rows are queued again)."""
+        """Write everything queued now; False when the write failed for a reason that may pass
+        (the database locked or out of space: the rows are queued again). A batch refused for
+        any other reason is written row by row, and the rows that cannot be are dropped and
+        counted: one bad row never blocks the log."""
         with self._flush_lock:
-            batch = [self._queue.popleft() for _ in range(len(self._queue))]
+            with self._queue_lock:
+                batch = list(self._queue)
+                self._queue.clear()
             if not batch:
                 return True
             try:
                 self.store.write(batch)
-            except Exception as exc:
+            except sqlite3.OperationalError as exc:  # locked, disk full, I/O: worth retrying
                 self._requeue(batch)
                 self._on_error(exc)
                 return False
+            except Exception:
+                self._one_by_one(batch)
             return True
+
+    def _one_by_one(self, batch: list[LogRow]) -> None:
+        """Write a refused batch row by row; each row that cannot be written is reported."""
+        for row in batch:
+            try:
+                self.store.write([row])
+            except Exception as exc:
+                self._on_error(exc)
 
     def _requeue(self, batch: list[LogRow]) -> None:
         """Put a failed batch back in front of what was queued since, as far as the bound allows."""
-        queue = self._queue
-        room = (queue.maxlen or len(batch)) - len(queue)
-        keep = batch[len(batch) - room:] if room < len(batch) else batch  # the newest of the batch
-        if len(keep) < len(batch):
-            self._on_drop(len(batch) - len(keep))
-        if keep:
-            queue.extendleft(reversed(keep))
+        with self._queue_lock:
+            queue = self._queue
+            room = (queue.maxlen or len(batch)) - len(queue)
+            keep = batch[len(batch) - room:] if room < len(batch) else batch  # the newest of the batch
+            if len(keep) < len(batch):
+                self._on_drop(len(batch) - len(keep))
+            if keep:
+                queue.extendleft(reversed(keep))
 
     def _run(self) -> None:
         last_retention = time.monotonic()

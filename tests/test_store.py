@@ -297,3 +297,30 @@ def test_a_lock_longer_than_the_busy_timeout_loses_no_prediction(tmp_path, harne
         found = [h.monitor.model("m").lookup(pid) is not None for pid in ids]
     assert all(found)
     assert h.monitor.errors.counts().get("store", 0) >= 1 and "store_queue_full" not in h.monitor.errors.counts()
+
+
+def test_a_row_sqlite_cannot_store_never_blocks_the_log(tmp_path):
+    """Only a failure that may pass (locked, disk full) is retried; a row SQLite refuses for good
+    is reported and dropped, and the rest of its batch is written."""
+    import uuid
+
+    errors = []
+    store = SQLiteStore(tmp_path / "log.db")
+    writer = StoreWriter(store, interval=60, on_error=errors.append)
+    writer.put([LogRow("p1", "m", "1", 1.0, "{}", "{}", None), LogRow(uuid.uuid4(), "m", "1", 2.0, "{}", "{}", None),
+                LogRow("p3", "m", "1", 3.0, "{}", "{}", None)])
+    assert writer.flush() and len(writer) == 0
+    writer.put([LogRow("p4", "m", "1", 4.0, "{}", "{}", None)])
+    writer.close()
+    assert [type(e).__name__ for e in errors] == ["ProgrammingError"]
+    assert SQLiteStore(tmp_path / "log.db").counts("m", since=0)[0] == 3
+
+
+def test_a_uuid_prediction_id_is_logged_as_text(tmp_path, harness_factory):
+    import uuid
+
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    pid = uuid.uuid4()
+    model = h.monitor.model("m")
+    assert model.record({"a": 1.0}, 0.5, prediction_id=pid) == str(pid)
+    assert model.lookup(str(pid))["prediction_id"] == str(pid)
