@@ -61,22 +61,32 @@ def test_unmonitored_paths_pass_through_unchanged(harness):
 
 
 def test_websocket_and_lifespan_go_straight_to_the_app(harness):
+    """Websockets reach the app untouched; lifespan messages too, in order and unchanged, except
+    that monitoring is shut down before the server hears the app's shutdown is complete."""
     calls = []
 
     async def app(scope, receive, send):
         calls.append((scope["type"], receive, send))
+        if scope["type"] == "lifespan":
+            for expected, answer in (("lifespan.startup", "lifespan.startup.complete"),
+                                     ("lifespan.shutdown", "lifespan.shutdown.complete")):
+                assert (await receive())["type"] == expected
+                await send({"type": answer})
 
     mw = MLMonitorMiddleware(app, registry=harness.monitor, endpoints=[Endpoint("/ws", "m", methods=("GET",))])
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = []
 
     async def receive():
-        return {}
+        return incoming.pop(0) if incoming else {}
 
     async def send(message):
-        pass
+        sent.append((message["type"], harness.monitor._started))
 
     for kind in ("websocket", "lifespan"):
         asyncio.run(mw({"type": kind, "path": "/ws", "method": "GET"}, receive, send))
-    assert calls == [("websocket", receive, send), ("lifespan", receive, send)]
+    assert calls[0] == ("websocket", receive, send) and calls[1][:2] == ("lifespan", receive)
+    assert sent == [("lifespan.startup.complete", True), ("lifespan.shutdown.complete", False)]
 
 
 def test_endpoint_capture_tees_chunked_bodies_and_adds_the_header(harness):

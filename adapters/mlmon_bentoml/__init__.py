@@ -19,18 +19,18 @@ dashboard page at ``/mlmon/``): BentoML
 keeps ``/metrics`` and its global ``prometheus_client`` registry; mlmon uses neither, nor sets
 global OpenTelemetry providers.
 
-Workers: ``workers=N`` are N processes; each starts its own monitor when BentoML starts it (the
-lifespan of the mounted ``/mlmon`` app), with its own
-``service.instance.id``, window and counts. ``/mlmon/metrics`` on the shared socket answers from
+Workers: ``workers=N`` are N processes; each starts its own monitor when BentoML starts it and
+shuts it down (queue and log written) when BentoML stops it, through the app's lifespan that
+:class:`~mlmon_middleware.MLMonitorMiddleware` sees, with its own ``service.instance.id``, window
+and counts. ``/mlmon/metrics`` on the shared socket answers from
 whichever worker the kernel picks, so for the fleet view either export OTLP (every worker pushes)
 or scrape one port per worker: with ``MLMON_PROMETHEUS_PORT=P`` worker ``i`` (from 1) serves its
-metrics on ``P + i - 1``.
+metrics on ``P + i - 1`` (or the next free port).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import bentoml
@@ -70,18 +70,12 @@ def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | Non
             method.func = monitor_call(model=model, version=version, route=method.route, registry=mon,
                                        **options)(method.func)
         service.add_asgi_middleware(MLMonitorMiddleware, registry=mon)
-        @contextlib.asynccontextmanager
-        async def lifespan(_: Starlette) -> AsyncIterator[None]:
-            mon.start()  # BentoML runs mounted apps' lifespans at each worker's start: threads, metrics port
-            try:
-                yield
-            finally:
-                mon.shutdown()  # and ends them at each worker's stop: the queue and the log written, workers stopped
-
+        # MLMonitorMiddleware sees the app's lifespan (BentoML passes it through its middleware
+        # stack): it starts monitoring at each worker's start and shuts it down at its stop
         service.mount_asgi_app(Starlette(routes=routes(mon, metrics="/metrics", health="/health", drift="/drift",
                                                        feedback="/feedback", performance="/performance",
-                                                       alerts="/alerts", predictions="/predictions", dashboard="/"),
-                                         lifespan=lifespan), path="/mlmon", name="mlmon")
+                                                       alerts="/alerts", predictions="/predictions", dashboard="/")),
+                               path="/mlmon", name="mlmon")
         return service
 
     return decorate

@@ -39,6 +39,7 @@ True
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -127,14 +128,23 @@ class MLMonitorMiddleware:
                     return ep, mm
         return found
 
+    def _lifespan_send(self, send: Send) -> Send:
+        """``send`` for the app's lifespan: before the server hears that the app has shut down,
+        shut monitoring down. Servers (uvicorn on SIGTERM) exit then without running atexit, so
+        the queue and the log are written and the explanation workers stopped now, or they are
+        lost and orphaned. In a thread: a log write being retried may take seconds, and the event
+        loop still serves the other shutdowns meanwhile."""
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await asyncio.to_thread(self.registry.shutdown)
+            await send(message)
+
+        return lifespan_send
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             self.registry.start()  # this worker's threads, exporters and metrics port, before traffic
-            await self.app(scope, receive, send)
-            # The app's lifespan ended: the server is stopping. Servers (uvicorn on SIGTERM) exit
-            # without running atexit, so flush the queue and the log and stop the explanation
-            # workers now, or they are lost and orphaned.
-            self.registry.shutdown()
+            await self.app(scope, receive, self._lifespan_send(send))
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
