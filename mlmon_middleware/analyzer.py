@@ -6,7 +6,7 @@ the explained predictions' attributions) and gets a :class:`CheckResult` back; n
 or writes the model or the registry. Without a baseline, the first ``warmup_rows`` rows become a
 warm-up baseline, returned in the result for the model to adopt. The checker keeps only its own
 state: the alert states, the last report (read by the gauges and ``/mlmon/drift``), each
-feature's PSI history (adaptive thresholds) and the counters seen at the previous check.
+feature's (effect, PSI) history (adaptive thresholds) and the counters seen at the previous check.
 :class:`Analyzer` is the thread that runs every model's check every ``check_interval`` seconds.
 
 >>> import numpy as np
@@ -44,7 +44,6 @@ from mlmon_middleware.reports import (
     FeatureDrift,
     LabelCoverage,
     LabelCoverageWindow,
-    PerformanceReport,
     QualityCounts,
     WindowSpan,
 )
@@ -110,7 +109,6 @@ class CheckResult:
     the model to adopt (None when the model had one, or is still warming up)."""
 
     report: DriftReport
-    performance: PerformanceReport
     warmup_baseline: Baseline | None = None
 
 
@@ -166,7 +164,7 @@ class DriftChecker:
                 self.last_run = time.time()
             report["duration_seconds"] = self.duration
             self.report = report
-            return CheckResult(report, performance, warmup)
+            return CheckResult(report, warmup)
 
     def _drift(self, inputs: CheckInputs) -> tuple[DriftReport, Baseline | None, Conditions]:
         """The drift part of a check: its report, a warm-up baseline if one was built, the conditions."""

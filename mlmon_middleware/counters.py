@@ -21,7 +21,7 @@ import numpy as np
 
 from mlmon_middleware.analyzer import Counts
 from mlmon_middleware.baseline import Baseline
-from mlmon_middleware.drift.stats import bin_counts
+from mlmon_middleware.drift.stats import bin_counts, reference_rows
 from mlmon_middleware.reports import Coverage
 
 MAX_UNMONITORED_FIELDS = 1000  # distinct unmonitored field names kept per model (inputs may carry anything)
@@ -106,10 +106,7 @@ class BinCounter:
         tested = max(sum(len(c) > 0 for c in self.cuts), 1)
         self.critical = {name: float(chi2.isf(alpha / tested, len(c))) for name, c in zip(self.names, self.cuts) if len(c)}
         # the reference's size for the fleet's two-sample test: the rows the bin shares come from
-        self.reference_rows = {name: int(baseline.features[name].get("reference_rows")
-                                         or round(baseline.features[name].get("count", 0)
-                                                  * (1 - baseline.features[name].get("missing_rate", 0.0))))
-                               for name in self.critical}
+        self.reference_rows = {name: reference_rows(baseline.features[name]) for name in self.critical}
 
     def add(self, numeric: np.ndarray) -> None:
         """Count a batch of encoded rows (n × numeric features); the pipeline thread only."""

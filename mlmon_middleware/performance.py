@@ -331,7 +331,8 @@ class PerformanceTracker:
                 "tpr_gap": max(tprs) - min(tprs) if tprs else None, "fpr_gap": max(fprs) - min(fprs) if fprs else None,
                 "rate_gap_p_value": p_value,
                 # the ratio alone is noise in small groups: the gap must also be unlikely by chance
-                "four_fifths_violated": ratio < 0.8 and p_value < PERFORMANCE_ALPHA}
+                # (Bonferroni over the windows, each of which may raise DisparateImpact)
+                "four_fifths_violated": ratio < 0.8 and p_value < PERFORMANCE_ALPHA / max(len(self.windows), 1)}
 
 
 def _rate_gap_p_value(groups: list[GroupFairness]) -> float:

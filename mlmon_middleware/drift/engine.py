@@ -1,7 +1,7 @@
 """One drift check: a window of rows against a baseline's profiles, every feature at once.
 
 Numeric features get PSI and JS on the baseline's quantile bins (computed for all features in
-one vectorised call), KS and Wasserstein against the baseline's sorted sample; categorical
+one vectorised call), KS and Wasserstein against the baseline's quantile grid; categorical
 features get chi², PSI and JS on category shares. Data quality comes from the same pass. The
 statistics themselves live in :mod:`mlmon_middleware.drift.stats`; the verdicts in
 :mod:`mlmon_middleware.drift.policy`.
@@ -116,7 +116,7 @@ _REFERENCES = _ReferenceArrays()
 def _categorical(column: np.ndarray, profile: Mapping[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"kind": "categorical", **categorical_quality(column, profile)}
     frequencies = profile.get("frequencies") or {}
-    n_ref = max(1, round(profile.get("count", 0) * (1 - profile.get("missing_rate", 0.0))))
+    n_ref = max(1, stats.reference_rows(profile))
     names, ref_counts, cur_counts = stats.category_counts(frequencies, n_ref, column.tolist())
     rows = int(cur_counts.sum())
     result["rows"] = rows

@@ -1,25 +1,24 @@
 """Two-sample drift statistics, computed for many features at once.
 
-Numeric features are compared with a reference *profile* (the baseline's quantile bins and
-sorted sample) rather than raw training data, so a check never needs the training set:
+Numeric features are compared with a reference *profile* (the baseline's quantile bins and a
+grid of its quantiles) rather than raw training data, so a check never needs the training set:
 
 * PSI on the baseline's quantile bins, proportions clipped at ``eps`` (the usual
   floor of 1e-4) so an empty bin is a large but finite contribution:
   ``PSI = Σ (q − p) · ln(q / p)``.
 * Jensen–Shannon distance (base 2, so in [0, 1]) on the same bins.
-* Kolmogorov–Smirnov statistic and its two-sided p-value from Smirnov's asymptotic
-  distribution (``scipy.stats.kstwo``), as ``scipy.stats.ks_2samp(method="asymp")``.
+* Kolmogorov–Smirnov statistic and its two-sided p-value (:func:`ks_pvalue`): the exact
+  ``scipy.stats.kstwo`` at small effective sizes (as ``scipy.stats.ks_2samp(method="asymp")``),
+  Kolmogorov's limit with Stephens' correction beyond.
 * Wasserstein-1 distance between the samples (as ``scipy.stats.wasserstein_distance``),
   which the policy divides by the baseline's standard deviation.
 
-Categorical features: chi² test of homogeneity on the reference and current counts over the
-union of categories (as ``scipy.stats.chi2_contingency`` without continuity correction), so a
-category never seen in training is an extra column, not an infinity; PSI and JS on the
+Categorical features (:func:`categories_test`): chi² test of homogeneity on the reference and
+current counts over the union of categories (as ``scipy.stats.chi2_contingency`` without
+continuity correction), so a category never seen in training is an extra column, not an
+infinity, with rare categories pooled and, when too few, tested exactly; PSI and JS on the
 category shares.
 
->>> import collections
-
-import numpy as np
 >>> ref = np.array([[0.25, 0.25, 0.25, 0.25]])
 >>> cur = np.array([[0.10, 0.20, 0.30, 0.40]])
 >>> round(float(psi(ref, cur)[0]), 6), round(float(js_distance(ref, cur)[0]), 6)
@@ -34,6 +33,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +109,8 @@ def ks_pvalue(statistic: np.ndarray, n_ref: np.ndarray, n_cur: np.ndarray) -> np
     statistic = np.asarray(statistic, dtype=float)
     n_ref = np.asarray(n_ref, dtype=float)
     n_cur = np.asarray(n_cur, dtype=float)
-    effective = np.maximum(np.round(n_ref * n_cur / (n_ref + n_cur)), 1)
+    rounded = np.round(n_ref * n_cur / (n_ref + n_cur))
+    effective = np.maximum(rounded, 1)
     exact = effective <= EXACT_KS_MAX
     p = np.empty(np.broadcast(statistic, effective).shape)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -117,8 +118,7 @@ def ks_pvalue(statistic: np.ndarray, n_ref: np.ndarray, n_cur: np.ndarray) -> np
         p[exact] = kstwo.sf(statistic[exact], effective[exact])
         root = np.sqrt(effective[~exact])
         p[~exact] = kstwobign.sf((root + 0.12 + 0.11 / root) * statistic[~exact])
-    valid = np.round(n_ref * n_cur / (n_ref + n_cur)) >= 1
-    return np.asarray(np.where(valid, np.clip(p, 0.0, 1.0), 1.0))  # one value on each side: no evidence
+    return np.asarray(np.where(rounded >= 1, np.clip(p, 0.0, 1.0), 1.0))  # one value on each side: no evidence
 
 
 def wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
@@ -218,3 +218,13 @@ def category_counts(frequencies: Mapping[str, float], n_ref: int, current: Seque
     ref = np.zeros(len(names))
     ref[:len(frequencies)] = np.fromiter(frequencies.values(), float, len(frequencies)) * n_ref
     return names, ref, np.asarray(cur_counts, dtype=float)
+
+
+def reference_rows(profile: Mapping[str, Any]) -> int:
+    """Rows with a value behind a feature's baseline profile: its ``reference_rows``, or (for
+    categorical features and older baselines) count × (1 − missing rate).
+
+    >>> reference_rows({"count": 1000, "missing_rate": 0.25}), reference_rows({"reference_rows": 7, "count": 9})
+    (750, 7)
+    """
+    return int(profile.get("reference_rows") or round(profile.get("count", 0) * (1 - profile.get("missing_rate", 0.0))))
