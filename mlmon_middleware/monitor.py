@@ -204,16 +204,24 @@ class Monitor:
         """Values of the observable instrument ``name`` across models (read at collection)."""
         return gauges.observe(name, list(self._models.values()), self.errors, self.limits)
 
+    def issues(self) -> list[str]:
+        """What is wrong with the monitoring, in words (health's ``issues``)."""
+        issues = monitor_issues(self._models, self.errors.counts(), check_interval=self.config.check_interval,
+                                now=time.time())
+        return issues + (self._telemetry.problems if self._telemetry is not None else [])
+
+    def status(self) -> str:
+        """``"ok"``, or ``"degraded"`` once monitoring failed or has an issue: health's
+        ``status``, all a probe needs, without building the rest."""
+        return "ok" if not self.errors.counts() and not self.issues() else "degraded"
+
     def health(self, private: bool = True) -> MonitorHealth:
         """Models, counts, window fill and recent monitoring errors (``/mlmon/health``).
         ``private=False`` leaves out what only the service's operators should see: the process
         id, the log's path and the error messages (which may quote inputs)."""
         self.flush()
-        errors = self.errors.counts()
-        issues = monitor_issues(self._models, errors, check_interval=self.config.check_interval, now=time.time())
+        errors, issues = self.errors.counts(), self.issues()
         telemetry = self._telemetry
-        if telemetry is not None:
-            issues += telemetry.problems
         health: MonitorHealth = {
             "status": "ok" if not errors and not issues else "degraded",
             "issues": issues,

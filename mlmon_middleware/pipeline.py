@@ -198,7 +198,7 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
 def _failed(capture: collections.Counter[str], messages: dict[str, str], reason: str, exc: BaseException) -> None:
     """Count a record the pipeline could not handle (``mlmon_capture_errors_total{reason}``)."""
     capture[reason] += 1
-    messages[reason] = f"{type(exc).__name__}: {exc}"[:200]
+    messages[reason] = (str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}")[:200]
 
 
 def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str],
@@ -208,16 +208,14 @@ def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str]
     try:
         rows = extract_rows(resolve_payload(rec.inputs, options.input))
     except CaptureError as exc:
-        capture[exc.reason] += 1
-        messages[exc.reason] = str(exc)
+        _failed(capture, messages, exc.reason, exc)
         return [], []
     outputs: list[dict[str, Any] | None]
     try:
         outputs = list(extract_predictions(resolve_payload(rec.outputs), len(rows), options.prediction_key,
                                            options.class_names))
     except CaptureError as exc:
-        capture[exc.reason] += 1
-        messages[exc.reason] = str(exc)
+        _failed(capture, messages, exc.reason, exc)
         outputs = [None] * len(rows)
     return rows, outputs
 

@@ -156,7 +156,7 @@ def _health(mon: Monitor, access: Access) -> Callable[[Request], Response]:
             return _json(mon.health(private=False))
         if access.authorized(request):
             return _json(mon.health(private=True))
-        return _json({"status": mon.health(private=False)["status"], "token_required": True})
+        return _json({"status": mon.status(), "token_required": True})
 
     return handler
 
