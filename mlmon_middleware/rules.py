@@ -8,8 +8,11 @@ replicas (counted from ``mlmon_analysis_last_run_seconds``): each replica's wind
 its share of the traffic, so ``MLModelFleetFeatureDrift`` and ``MLModelFleetDatasetDrift`` then
 judge the fleet's summed bin counts instead (and the per-replica drift rules stand down), a
 chi² test against the baseline's shares at the policy's level (the critical value comes from
-``mlmon_feature_drift_critical``) with the same practical effect floor and severity levels, and
-keep each replica's own verdict as ``mlmon:feature_drift_alert:replica`` for drill-down.
+``mlmon_feature_drift_critical``) with the same practical effect floor (on w of the bin shares),
+critical from the policy's PSI level (in-process checks also call a Wasserstein/σ of
+``effect_critical`` critical; PromQL has no fleet Wasserstein), and keep each replica's own verdict as
+``mlmon:feature_drift_alert:replica`` for drill-down. The fleet rules see numeric features only
+(bins exist for them): with several replicas, dataset drift is judged on the numeric features.
 
 The other rules (latency, volume, data quality, label coverage, the monitor's own health) read
 their metrics directly. Every alert carries ``severity``, a ``summary``, a ``description`` and a
@@ -139,7 +142,7 @@ def _fleet_alerts(c: RuleConfig) -> list[dict[str, Any]]:
         _alert("MLModelFleetFeatureDrift", f"({severe} or {moderate}) and on ({BY}) ({REPLICAS} > 1)", c.drift_for, None,
                f"{MODEL}: feature {{{{ $labels.feature }}}} drifted across the fleet",
                "The fleet's rows of {{ $labels.feature }} differ from the baseline (chi² above its critical value, "
-               "effect and PSI past the policy's levels); "
+               "effect (w of the bin shares) past the policy's floor; critical from its PSI level); "
                "mlmon:feature_drift_alert:replica shows each replica's own verdict.", c),
         _alert("MLModelFleetDatasetDrift", f"({share} >= {c.drift_share}) and on ({BY}) ({REPLICAS} > 1)", c.drift_for,
                "critical", f"{MODEL}: most features drifted across the fleet",
