@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from mlmon_middleware import Monitor, MonitorConfig
 
 # served by uvicorn in its own process; importing it here would register its models in this one
-collect_ignore = ["two_models_app.py"]
+collect_ignore = ["two_models_app.py", "fuzz_app.py"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fastapi_sklearn"
