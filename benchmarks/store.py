@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from mlmon_middleware import Monitor, MonitorConfig
-from mlmon_middleware.store import LogRow, SQLiteStore, StoreWriter
+from mlmon_middleware.store import LogRow, SQLiteStore
+from mlmon_middleware.store_writer import StoreWriter
 
 
 def main() -> None:

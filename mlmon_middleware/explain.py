@@ -15,6 +15,10 @@ the explained output's own space: probabilities for random forests, log-odds (ma
 gradient boosting, XGBoost, LightGBM and logistic regression; ``base_value`` + their sum is that
 output (tested to 1e-6).
 
+This module holds the options (:class:`Explain`) and the worker pool of one model
+(:class:`ExplanationService`); :mod:`mlmon_middleware.explain_request` the request/response side,
+:mod:`mlmon_middleware.explain_worker` what runs in the workers.
+
 >>> f = lambda rows: rows * 0.5  # a callable returning contributions
 >>> Explain(f, when=0.1).sampled(0.05), Explain(f, when="always").wanted(None)
 (True, True)
@@ -24,27 +28,21 @@ output (tested to 1e-6).
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
 import pickle
-import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from mlmon_middleware.config import ConfigError
 from mlmon_middleware.explain_worker import worker_explain, worker_init
-from mlmon_middleware.payload import extract_rows, resolve_payload
-from mlmon_middleware.schema import FeatureSchema
 
-Message = Mapping[str, Any]  # an ASGI message
 ExplainerOutput = tuple[np.ndarray, np.ndarray, str]  # (base values, contributions, method name)
 
 
@@ -110,12 +108,6 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def shown(explanation: dict[str, Any]) -> dict[str, Any]:
-    """The explanation as the response and the prediction log carry it: the top contributions
-    and the text, without the full vector."""
-    return {k: v for k, v in explanation.items() if k != "contributions"}
 
 
 class ExplanationService:
@@ -300,113 +292,3 @@ def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         except Exception:  # already gone
             pass
     pool.shutdown(wait=False, cancel_futures=True)
-
-
-class PendingExplanation:
-    """An explanation requested for the current response: a running future, or the reason there
-    is none (``busy``, ``error``)."""
-
-    __slots__ = ("future", "status", "row", "service", "deadline", "started", "result", "names")
-
-    def __init__(self, service: ExplanationService | None, row: np.ndarray | None,
-                 future: concurrent.futures.Future[ExplainerOutput] | None, status: str = "ok",
-                 names: Sequence[str] | None = None) -> None:
-        self.service = service
-        self.row = row
-        self.future = future
-        self.status = status
-        self.names = names  # the row's features (the schema's numeric ones)
-        self.started = time.monotonic()
-        self.deadline = self.started + (service.spec.deadline if service is not None else 0.0)
-        self.result: dict[str, Any] | None = None
-
-    async def resolve(self) -> tuple[str, dict[str, Any] | None]:
-        """Wait, without blocking the event loop, until the explanation is done or the deadline
-        passes: ``(status, explanation or None)``."""
-        if self.future is None or self.service is None or self.row is None:
-            return self.status, None
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(self.future), max(0.0, self.deadline - time.monotonic()))
-            self.result = self.service.describe(self.row, result, self.names)
-            self.status = "ok"
-        except (asyncio.TimeoutError, TimeoutError):
-            self.status = "timeout"
-        except Exception as exc:
-            self.status = "error"
-            self.service.failed(exc)
-        return self.status, self.result
-
-    def abandon(self, status: str) -> None:
-        """Give the explanation up (the response streams): ``status`` says why."""
-        self.status = status
-        if self.future is not None:
-            self.future.cancel()
-            self.future = None
-
-    @property
-    def seconds(self) -> float:
-        return time.monotonic() - self.started
-
-    async def respond(self, start: Message, bodies: Sequence[Message]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The held response (its start and body messages) with the explanation in its JSON body
-        (Content-Length corrected), or as it was with ``X-MLMon-Explain-Status`` saying why not."""
-        body = b"".join(m.get("body", b"") for m in bodies)
-        status, explanation = await self.resolve()
-        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
-        key = self.service.spec.key if self.service is not None else "explanation"
-        if status == "ok" and explanation is not None:
-            try:
-                content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
-                payload = orjson.loads(body) if b"json" in content_type else None
-                if not isinstance(payload, dict):
-                    raise ValueError("not a JSON object")
-                body = orjson.dumps({**payload, key: shown(explanation)})
-            except Exception:
-                status = self.status = "error"
-        if status != "ok":
-            headers.append((b"x-mlmon-explain-status", status.encode()))
-        headers.append((b"content-length", str(len(body)).encode()))
-        return {**start, "headers": headers}, {"type": "http.response.body", "body": body, "more_body": False}
-
-
-def asked(scope: Mapping[str, Any] | None) -> bool | None:
-    """What the request said about explaining: the ``X-MLMon-Explain`` header or ``?explain=``.
-
-    >>> asked({"headers": [(b"x-mlmon-explain", b"true")]}), asked({"query_string": b"a=1&explain=0"}), asked(None)
-    (True, False, None)
-    """
-    if not scope:
-        return None
-    for key, value in scope.get("headers") or ():
-        if key == b"x-mlmon-explain":
-            return value.strip().lower() in (b"1", b"true", b"yes")
-    query = scope.get("query_string") or b""
-    if b"explain=" in query:
-        for part in query.split(b"&"):
-            if part.startswith(b"explain="):
-                return part[8:].lower() in (b"1", b"true", b"yes")
-    return None
-
-
-def request(spec: Explain, service: ExplanationService | None, scope: Mapping[str, Any] | None, inputs: Any, *,
-            input_arg: str | None, schema: FeatureSchema | None, names: Sequence[str] | None) -> PendingExplanation | None:
-    """Start explaining one call when it is wanted (asked for, sampled or always); None when
-    not. The row is encoded here, on the request path but only for explained calls, because the
-    worker needs it now (``schema``: the model's, else inferred with the declared ``names``)."""
-    if not (spec.wanted(asked(scope)) or spec.sampled(random.random())):
-        return None
-    try:
-        rows = extract_rows(resolve_payload(inputs, input_arg))
-        schema = schema or FeatureSchema.infer(rows[:1], names=names)
-        # the numeric features are what the explainer takes; categorical ones are left out
-        row = schema.encode(rows[:1]).numeric[0]
-    except Exception as exc:
-        if service is not None:
-            service.report(f"the row to explain could not be read: {type(exc).__name__}: {exc}", exc)
-        return PendingExplanation(service, None, None, "error")
-    if service is None:
-        return PendingExplanation(None, row, None, "busy")
-    future = service.submit(row)
-    if isinstance(future, str):
-        return PendingExplanation(service, row, None, future)
-    return PendingExplanation(service, row, future, names=schema.numeric_names)

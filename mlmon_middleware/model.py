@@ -30,14 +30,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mlmon_middleware import explain as explanations
+from mlmon_middleware import explain_request as explanations
 from mlmon_middleware.analyzer import Attributions, CheckInputs, DriftChecker
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.counters import BinCounter, Counters
 from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.errors import ErrorLog
-from mlmon_middleware.explain import Explain, ExplanationService, PendingExplanation
+from mlmon_middleware.explain import Explain, ExplanationService
+from mlmon_middleware.explain_request import PendingExplanation
 from mlmon_middleware.ids import new_prediction_id
 from mlmon_middleware.instruments import MODEL_NAME, MODEL_VERSION
 from mlmon_middleware.limits import LimitHits
@@ -54,7 +55,8 @@ from mlmon_middleware.reports import (
 )
 from mlmon_middleware.reservoir import SlidingWindow, WindowSnapshot
 from mlmon_middleware.schema import FeatureSchema
-from mlmon_middleware.store import PredictionStore, StoreBusy, StoreError, StoreWriter
+from mlmon_middleware.store import PredictionStore, StoreBusy, StoreError
+from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
 

@@ -37,7 +37,8 @@ from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.options import ModelOptions
 from mlmon_middleware.pipeline import Pipeline
 from mlmon_middleware.reports import MonitorHealth
-from mlmon_middleware.store import SQLiteStore, StoreWriter
+from mlmon_middleware.store import SQLiteStore
+from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry, check_exporters
 
 

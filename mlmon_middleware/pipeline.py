@@ -28,7 +28,7 @@ import orjson
 
 from mlmon_middleware.config import MonitorConfig
 from mlmon_middleware.errors import ErrorLog
-from mlmon_middleware.explain import PendingExplanation, shown
+from mlmon_middleware.explain_request import PendingExplanation, shown
 from mlmon_middleware.instruments import (
     BATCH_SIZE,
     ERROR_TYPE,
@@ -45,7 +45,8 @@ from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import CaptureError, extract_predictions, extract_rows, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
 from mlmon_middleware.schema import FeatureSchema
-from mlmon_middleware.store import LogRow, StoreWriter
+from mlmon_middleware.store import LogRow
+from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
 _NS = 1e-9

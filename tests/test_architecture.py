@@ -94,7 +94,7 @@ def test_third_party_libraries_are_imported_by_their_one_module(library, allowed
 
 
 def test_capture_reaches_neither_drift_nor_performance_nor_the_analyzer_nor_explanations():
-    forbidden = ANALYSIS | {"mlmon_middleware.explain"}
+    forbidden = ANALYSIS | {"mlmon_middleware.explain", "mlmon_middleware.explain_request", "mlmon_middleware.explain_worker"}
     for name in MODULES:
         if name.startswith("mlmon_middleware.capture"):
             assert not GRAPH[name] & forbidden, f"{name} imports {sorted(GRAPH[name] & forbidden)}"

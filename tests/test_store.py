@@ -16,7 +16,8 @@ from starlette.testclient import TestClient
 
 from mlmon_fastapi import instrument_app
 from mlmon_middleware import Monitor, MonitorConfig, monitor
-from mlmon_middleware.store import LogRow, SQLiteStore, StoreError, StoreWriter
+from mlmon_middleware.store import LogRow, SQLiteStore, StoreError
+from mlmon_middleware.store_writer import StoreWriter
 
 
 def rows_in(path):
