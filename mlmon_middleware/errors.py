@@ -36,6 +36,7 @@ class ErrorLog:
         self._counts: collections.Counter[str] = collections.Counter()
         self._recent: collections.deque[dict[str, object]] = collections.deque(maxlen=keep)
         self._last_logged: dict[tuple[str, str], float] = {}
+        self._last_kind: dict[str, str] = {}  # per stage, the last failure's kind (exception type or our message)
 
     def report(self, stage: str, exc: BaseException | None = None, message: str = "") -> None:
         """Count one failure of ``stage``; log it unless the same kind was logged recently."""
@@ -44,6 +45,7 @@ class ErrorLog:
         kind = (stage, type(exc).__name__ if exc is not None else message)
         with self._lock:
             self._counts[stage] += 1
+            self._last_kind[stage] = kind[1]
             self._recent.append({"stage": stage, "error": text, "time": now})
             last = self._last_logged.get(kind)
             should_log = last is None or now - last >= self._log_interval
@@ -62,6 +64,12 @@ class ErrorLog:
         """Failures so far by stage."""
         with self._lock:
             return dict(self._counts)
+
+    def last_kinds(self) -> dict[str, str]:
+        """Per stage, the kind of its last failure: the exception's type, or the message
+        monitoring itself wrote (never an exception's text, which may quote inputs)."""
+        with self._lock:
+            return dict(self._last_kind)
 
     def recent(self) -> list[dict[str, object]]:
         """The last few failures, oldest first: ``{"stage", "error", "time"}``."""

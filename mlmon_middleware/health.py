@@ -4,8 +4,8 @@ A monitor that silently stopped watching is worse than none, so these checks loo
 monitoring itself: checks that stopped running, an old baseline, input fields nobody monitors,
 alerts left firing, captures dropped because a queue was full, internal errors.
 
->>> monitor_issues({}, {"queue_full": 3, "ingest": 1}, check_interval=60.0, now=0.0)
-['3 captured inference(s) dropped: the pipeline queue was full', 'internal errors: ingest ×1']
+>>> monitor_issues({}, {"queue_full": 3, "ingest": 1}, check_interval=60.0, now=0.0, last={"ingest": "KeyError"})
+['3 captured inference(s) dropped: the pipeline queue was full', 'internal errors: ingest ×1 (last: KeyError)']
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ DROPS = {"queue_full": "captured inference(s) dropped: the pipeline queue was fu
 
 
 def monitor_issues(models: Mapping[str, ModelMonitor], errors: Mapping[str, int], *, check_interval: float,
-                   now: float) -> list[str]:
-    """What is wrong with the monitoring of ``models`` at ``now``, given the error counts."""
+                   now: float, last: Mapping[str, str] | None = None) -> list[str]:
+    """What is wrong with the monitoring of ``models`` at ``now``, given the error counts and
+    (``last``) the kind of each stage's last failure."""
     issues = []
     for name, model in models.items():
         checker = model.checker
@@ -46,5 +47,7 @@ def monitor_issues(models: Mapping[str, ModelMonitor], errors: Mapping[str, int]
             issues.append(f"{errors[stage]} {words}")
     other = {k: v for k, v in errors.items() if k not in DROPS}
     if other:
-        issues.append("internal errors: " + ", ".join(f"{k} ×{v}" for k, v in sorted(other.items())))
+        last = last or {}
+        issues.append("internal errors: " + ", ".join(f"{k} ×{v}" + (f" (last: {last[k]})" if k in last else "")
+                                                      for k, v in sorted(other.items())))
     return issues

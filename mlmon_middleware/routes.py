@@ -61,8 +61,10 @@ Label = tuple[str, Any, float | None]  # (prediction id, actual, timestamp or No
 def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None = "/mlmon/health",
            drift: str | None = "/mlmon/drift", feedback: str | None = "/mlmon/feedback",
            performance: str | None = "/mlmon/performance", alerts: str | None = "/mlmon/alerts",
-           predictions: str | None = "/mlmon/predictions", dashboard: str | None = "/mlmon/") -> list[Route]:
-    """The routes, at the given paths (None leaves one out)."""
+           predictions: str | None = "/mlmon/predictions", dashboard: str | None = "/mlmon/",
+           mounted_at: str = "") -> list[Route]:
+    """The routes, at the given paths (None leaves one out); ``mounted_at``: the prefix of the
+    app they are mounted in, for the paths that messages name."""
     access = Access(mon)
     out = []
     if metrics:
@@ -86,7 +88,8 @@ def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None
                          include_in_schema=False))
     if predictions:
         out += _prediction_routes(mon, access, predictions.rstrip("/"))
-    access.announce(feedback)
+    if feedback and mon.config.store_dir is not None:  # without a log, feedback takes nothing anyway
+        access.announce(mounted_at + feedback)
     if dashboard:
         out.append(Route(dashboard, lambda _: HTMLResponse(_dashboard_page()), methods=["GET"], include_in_schema=False))
     return out
@@ -141,9 +144,9 @@ class Access:
                          status_code=401, headers={"WWW-Authenticate": 'Bearer realm="mlmon"'})
         return None
 
-    def announce(self, feedback: str | None) -> None:
-        """Say once, at start-up, what is open: writes by anyone are worth a warning."""
-        if feedback and self.expected is None and not self.write_denied:
+    def announce(self, feedback: str) -> None:
+        """Say at start-up what is open: writes by anyone are worth a warning."""
+        if self.expected is None and not self.write_denied:
             logger.warning("mlmon: allow_anonymous_writes is on and no API token is set: anyone who reaches this "
                            "service can post ground-truth labels to %s and run checks", feedback)
 

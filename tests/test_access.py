@@ -238,3 +238,20 @@ def test_tokens_are_compared_as_utf8_bytes(harness_factory):
     assert not access.authorized(request("Bearer tök€n".encode("utf-16")))
     assert not access.authorized(request(b"Bearer t\xf6k\x80n"))
     assert access.read(request(b"\xff" * 10_000)).status_code == 401
+
+
+def test_the_anonymous_writes_warning_names_the_real_path_and_needs_a_log(tmp_path, harness_factory, caplog):
+    import logging
+
+    from starlette.applications import Starlette
+
+    from mlmon_middleware.routes import routes
+
+    with caplog.at_level(logging.WARNING, logger="mlmon_middleware"):
+        no_log = harness_factory(tracing=False, check_interval=0, allow_anonymous_writes=True)
+        routes(no_log.monitor)  # labels need the log: nothing to warn about
+        quiet = caplog.text
+        logged = harness_factory(tracing=False, check_interval=0, allow_anonymous_writes=True, store_dir=str(tmp_path))
+        Starlette(routes=routes(logged.monitor, feedback="/feedback", mounted_at="/mlmon"))  # as under BentoML
+    assert "anyone" not in quiet
+    assert caplog.text.count("can post ground-truth labels to /mlmon/feedback and run checks") == 1

@@ -146,6 +146,9 @@ def test_a_failing_explainer_is_an_error_status(harness_factory):
     wait_warm(h)
     response = asyncio.run(post(app, ROW))
     assert response.headers["x-mlmon-explain-status"] == "error" and response.json() == {"prediction": 0.5}
+    # loud: counted, and health says why without quoting the exception's text
+    assert "internal errors: explain ×" in " ".join(h.monitor.health(private=False)["issues"])
+    assert "(last: RuntimeError)" in " ".join(h.monitor.health(private=False)["issues"])
 
 
 def test_plain_requests_do_not_stall_while_explanations_run(harness_factory):

@@ -74,7 +74,8 @@ def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | Non
         # stack): it starts monitoring at each worker's start and shuts it down at its stop
         service.mount_asgi_app(Starlette(routes=routes(mon, metrics="/metrics", health="/health", drift="/drift",
                                                        feedback="/feedback", performance="/performance",
-                                                       alerts="/alerts", predictions="/predictions", dashboard="/")),
+                                                       alerts="/alerts", predictions="/predictions", dashboard="/",
+                                                       mounted_at="/mlmon")),
                                path="/mlmon", name="mlmon")
         return service
 
