@@ -55,6 +55,14 @@ def fleet(tmp_path):
     server = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + 60  # Prometheus answers queries once it is ready
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{web}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
         yield demo, ports, f"http://127.0.0.1:{web}"
     finally:
         server.terminate()
