@@ -70,6 +70,10 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store_interval": ("MLMON_STORE_INTERVAL", float),
     "store_max_age": ("MLMON_STORE_MAX_AGE", _parse_optional_float),
     "store_max_rows": ("MLMON_STORE_MAX_ROWS", _parse_optional_int),
+    "store_url": ("MLMON_STORE_URL", str),
+    "multiprocess_dir": ("MLMON_MULTIPROC_DIR", str),
+    "metrics_per_worker": ("MLMON_METRICS_PER_WORKER", _parse_bool),
+    "share_interval": ("MLMON_SHARE_INTERVAL", float),
     "api_token": ("MLMON_API_TOKEN", str),
     "allow_anonymous_writes": ("MLMON_ALLOW_ANONYMOUS_WRITES", _parse_bool),
     "refresh_interval": ("MLMON_REFRESH_INTERVAL", float),
@@ -114,6 +118,17 @@ class MonitorConfig:
             counted (``stage="store_queue_full"``).
         store_max_age: seconds a logged prediction is kept (None: no limit).
         store_max_rows: logged predictions kept per model, newest first (None: no limit).
+        store_url: ``postgresql://user:password@host:port/db``: the prediction log (and what the
+            replicas of a fleet share) in PostgreSQL instead of a SQLite file (extra ``[postgres]``).
+            Set either this or ``store_dir``.
+        multiprocess_dir: where the worker processes of one server (``uvicorn --workers N``,
+            gunicorn, BentoML) share their counters, windows and check results. None (default):
+            detected for workers of a process manager, under the temporary folder; ``"off"``:
+            every process on its own; a path: share through that folder (one per service).
+        metrics_per_worker: with shared workers, export counters and histograms per worker
+            (a ``worker`` label, exited workers summed as ``worker="exited"``) rather than summed.
+        share_interval: seconds between a worker's publications of its counters to the other
+            workers (a scrape through any worker is at most this old for the others' counts).
         api_token: when set, every mlmon route that writes (feedback, on-demand checks) or returns
             input-derived data (reports, logged predictions, explanations, health details)
             requires ``Authorization: Bearer <token>``; ``/metrics``, the dashboard page and a
@@ -155,6 +170,10 @@ class MonitorConfig:
     store_queue_size: int = 100_000
     store_max_age: float | None = None
     store_max_rows: int | None = 1_000_000
+    store_url: str | None = None
+    multiprocess_dir: str | None = None
+    metrics_per_worker: bool = False
+    share_interval: float = 1.0
     api_token: str | None = None
     allow_anonymous_writes: bool = False
     refresh_interval: float = 10.0
@@ -194,6 +213,17 @@ class MonitorConfig:
             _check_int(self, "store_max_rows", minimum=1)
         if self.store_max_age is not None and (not isinstance(self.store_max_age, (int, float)) or self.store_max_age <= 0):
             raise ConfigError(f"store_max_age must be a number of seconds > 0 or None, got {self.store_max_age!r}")
+        if self.store_url is not None and (not isinstance(self.store_url, str)
+                                           or not self.store_url.startswith(("postgresql://", "postgres://"))):
+            raise ConfigError(f"store_url must be a postgresql:// URL or None, got {_redacted(self.store_url)!r}")
+        if self.store_url is not None and self.store_dir is not None:
+            raise ConfigError("set store_dir (a SQLite file on this host) or store_url (PostgreSQL), not both")
+        if self.multiprocess_dir is not None and (not isinstance(self.multiprocess_dir, str) or not self.multiprocess_dir):
+            raise ConfigError(f"multiprocess_dir must be a folder, 'off' or None (auto), got {self.multiprocess_dir!r}")
+        if self.metrics_per_worker not in (True, False):
+            raise ConfigError(f"metrics_per_worker must be True or False, got {self.metrics_per_worker!r}")
+        if not isinstance(self.share_interval, (int, float)) or not 0 < self.share_interval <= 60:
+            raise ConfigError(f"share_interval must be a number of seconds in (0, 60], got {self.share_interval!r}")
         if self.window_seconds is not None and (not isinstance(self.window_seconds, (int, float))
                                                 or self.window_seconds <= 0):
             raise ConfigError(f"window_seconds must be a number of seconds > 0 or None, got {self.window_seconds!r}")
@@ -227,6 +257,15 @@ class MonitorConfig:
 
     def resolved_otlp_endpoint(self) -> str | None:
         return self.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+
+
+def _redacted(url: object) -> object:
+    """A store URL as an error message may show it: without its password."""
+    if not isinstance(url, str) or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}" if ":" in credentials else url
 
 
 def _check_int(config: MonitorConfig, field: str, minimum: int, maximum: int | None = None) -> None:
