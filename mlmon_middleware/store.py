@@ -1,7 +1,8 @@
 """The prediction log: every monitored prediction, joined later with its ground truth.
 
 ``PredictionStore`` is the interface; :class:`SQLiteStore` the default implementation (one file,
-WAL mode). Nothing here runs on the request path: the pipeline hands rows to a
+WAL mode), ``store_postgres.PostgresStore`` the one that many replicas share (a ``postgresql://``
+URL; :func:`open_store` picks by location). Nothing here runs on the request path: the pipeline hands rows to a
 :class:`~mlmon_middleware.store_writer.StoreWriter`, whose thread inserts them in batches every ``interval`` seconds (0.5 by
 default; with the pipeline's 0.5 s, at most about 1 s of predictions is lost to a ``kill -9``).
 The writer's queue is bounded: when full, the oldest rows are dropped and counted.
@@ -11,10 +12,12 @@ segment values (JSON), the feature row (JSON, optional, with redaction), the exp
 once it arrives the label and its timestamp. Reads return named rows (:class:`LabelledRow`,
 :class:`NewLabel`) or :class:`~mlmon_middleware.reports.LoggedPrediction` dicts. Labels are set
 with :meth:`PredictionStore.set_labels`: the same id twice keeps the latest; unknown ids are
-reported per item.
+reported per item. Beside the predictions, a ``results`` table holds each model's latest report
+by kind (the fleet leader's, for the other replicas to read); ``try_lead`` says whether this
+process leads a role among all those sharing the log (always, for a file on one host).
 
 >>> import tempfile, os
->>> store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "log.db"))
+>>> store = open_store(os.path.join(tempfile.mkdtemp(), "log.db"))
 >>> store.write([LogRow("p1", "fraud", "1", 100.0, '{"prediction": 0.9}', "{}", None)])
 >>> [tuple(r) for r in store.set_labels("fraud", [("p1", 1, 160.0), ("nope", 0, 160.0)])]
 [('p1', 'labelled', 60.0), ('nope', 'unknown', None)]
@@ -24,102 +27,39 @@ reported per item.
 >>> found = store.lookup("fraud", "p1")
 >>> found["prediction"], found["actual"], found["explanation"]
 ({'prediction': 0.9}, 1, None)
+>>> store.put_result("fraud", "performance", '{"accuracy": 1.0}')
+>>> store.get_result("fraud", "performance")[1], store.try_lead("labels")
+('{"accuracy": 1.0}', True)
 >>> store.close()
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar
 
 import orjson
 
-from mlmon_middleware.reports import LabelOutcome, LoggedPrediction
+from mlmon_middleware.reports import LoggedPrediction
+from mlmon_middleware.store_types import (
+    COLUMNS,
+    LabelledRow,
+    LabelOutcomeRow,
+    LabelReader,
+    LogRow,
+    NewLabel,
+    PredictionStore,
+    StoreBusy,
+    StoreError,
+    logged_prediction,
+)
 
-logger = logging.getLogger("mlmon_middleware")
-
-
-class LogRow(NamedTuple):
-    """One prediction as the pipeline hands it to the log (JSON columns already encoded)."""
-
-    prediction_id: str
-    model: str
-    version: str
-    timestamp: float
-    prediction: str  # JSON
-    segments: str  # JSON: the segment features' values
-    features: str | None  # JSON, redacted; None when the model logs no features
-    explanation: str | None = None  # JSON: the explanation the response carried
-
-
-class LabelledRow(NamedTuple):
-    """A labelled prediction, as the performance windows read it."""
-
-    prediction_id: str
-    prediction: str  # JSON
-    segments: str  # JSON
-    label: Any
-    timestamp: float
-    label_timestamp: float
-
-
-class NewLabel(NamedTuple):
-    """A newly labelled prediction: the error stream of the concept-drift detectors."""
-
-    prediction: str  # JSON
-    label: Any
-    timestamp: float
-    label_timestamp: float
-    seq: int  # the label batch it arrived in (increasing)
-
-
-class LabelOutcomeRow(NamedTuple):
-    """What became of one label: ``labelled``, ``relabelled`` (the latest wins) or ``unknown``."""
-
-    prediction_id: str
-    outcome: LabelOutcome
-    delay: float | None  # seconds from the prediction to its label; None when unknown
-
-
-class StoreError(RuntimeError):
-    """The prediction log cannot be opened or written; the message says where and why."""
-
-
-class StoreBusy(RuntimeError):
-    """The prediction log cannot take a write just now (locked past its busy timeout, a full
-    disk): nothing was half-applied, and the same call may be retried later."""
-
-
-class LabelReader(Protocol):
-    """What the analysis reads from the prediction log: labelled predictions and coverage."""
-
-    def labelled(self, model: str, since: float, limit: int | None = None) -> list[LabelledRow]: ...
-
-    def newly_labelled(self, model: str, after: int) -> list[NewLabel]: ...
-
-    def counts(self, model: str, since: float) -> tuple[int, int]: ...
-
-
-class PredictionStore(LabelReader, Protocol):
-    """The prediction log: rows in, labels joined, rows looked up, old rows removed."""
-
-    def write(self, rows: Sequence[LogRow]) -> None: ...
-
-    def set_labels(self, model: str, items: Sequence[tuple[str, Any, float]]) -> list[LabelOutcomeRow]: ...
-
-    def lookup(self, model: str, prediction_id: str) -> LoggedPrediction | None: ...
-
-    def recent(self, model: str, limit: int, explained: bool = False) -> list[LoggedPrediction]: ...
-
-    def apply_retention(self, max_age: float | None, max_rows: int | None) -> int: ...
-
-    def close(self) -> None: ...
-
+__all__ = ["LabelOutcomeRow", "LabelReader", "LabelledRow", "LogRow", "NewLabel", "PredictionStore", "SQLiteStore",
+           "StoreBusy", "StoreError", "open_store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -141,6 +81,13 @@ CREATE TABLE IF NOT EXISTS label_batches (
     model TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS results (
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    updated REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (model, kind)
+);
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (model, ts);
 CREATE INDEX IF NOT EXISTS predictions_by_label_time ON predictions (model, label_ts);
 """
@@ -148,6 +95,8 @@ CREATE INDEX IF NOT EXISTS predictions_by_label_time ON predictions (model, labe
 
 class SQLiteStore:
     """A :class:`PredictionStore` in one SQLite file (WAL mode); thread-safe."""
+
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.OperationalError,)  # locked, disk full, I/O
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -244,17 +193,17 @@ class SQLiteStore:
     def lookup(self, model: str, prediction_id: str) -> LoggedPrediction | None:
         """One logged prediction as a dict (JSON columns decoded), or None when not logged."""
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM predictions WHERE model = ? AND prediction_id = ?",
+            row = self._db.execute(f"SELECT {COLUMNS} FROM predictions WHERE model = ? AND prediction_id = ?",
                                    (model, prediction_id)).fetchone()
-        return None if row is None else _as_dict(row)
+        return None if row is None else logged_prediction(row)
 
     def recent(self, model: str, limit: int, explained: bool = False) -> list[LoggedPrediction]:
         """The newest ``limit`` logged predictions, newest first (only explained ones if asked)."""
         where = " AND explanation IS NOT NULL" if explained else ""
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM predictions WHERE model = ?{where} ORDER BY ts DESC LIMIT ?",
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM predictions WHERE model = ?{where} ORDER BY ts DESC LIMIT ?",
                                     (model, limit)).fetchall()
-        return [_as_dict(r) for r in rows]
+        return [logged_prediction(r) for r in rows]
 
     def apply_retention(self, max_age: float | None, max_rows: int | None) -> int:
         """Delete rows older than ``max_age`` seconds, and beyond the newest ``max_rows`` per model."""
@@ -271,20 +220,35 @@ class SQLiteStore:
                                                     (model, cutoff[0])).rowcount
         return deleted
 
+    def try_lead(self, role: str) -> bool:
+        """Always: the processes sharing a file are on one host, which elects its own leader."""
+        return True
+
+    def put_result(self, model: str, kind: str, body: str) -> None:
+        """Keep ``body`` (JSON) as ``model``'s latest result of ``kind``, stamped now."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO results (model, kind, updated, body) VALUES (?, ?, ?, ?)",
+                             (model, kind, time.time(), body))
+
+    def get_result(self, model: str, kind: str) -> tuple[float, str] | None:
+        """(when it was put, body) of ``model``'s latest result of ``kind``, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT updated, body FROM results WHERE model = ? AND kind = ?", (model, kind)).fetchone()
+        return None if row is None else (float(row[0]), str(row[1]))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-_COLUMNS = "prediction_id, model, version, ts, prediction, segments, features, label, label_ts, explanation"
-
-
-def _as_dict(row: tuple[Any, ...]) -> LoggedPrediction:
-    pid, model, version, ts, prediction, segments, features, label, label_ts, explanation = row
-    return {"prediction_id": pid, "model": model, "version": version, "timestamp": ts, "prediction": _decode(prediction),
-            "segments": _decode(segments), "features": _decode(features), "actual": _decode(label),
-            "label_timestamp": label_ts, "explanation": _decode(explanation)}
-
-
-def _decode(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
+def open_store(location: str) -> PredictionStore:
+    """The prediction log at ``location``: a ``postgresql://`` (or ``postgres://``) URL gives a
+    PostgreSQL log shared by every process given the same URL, anything else an SQLite file."""
+    if location.lower().startswith(("postgresql://", "postgres://")):
+        try:
+            from mlmon_middleware.store_postgres import PostgresStore
+        except ImportError as exc:  # psycopg is an extra
+            raise StoreError(f"a postgresql:// prediction log needs psycopg ({exc}): "
+                             "pip install 'mlmon-middleware[postgres]'") from None
+        return PostgresStore(location)
+    return SQLiteStore(location)

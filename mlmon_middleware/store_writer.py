@@ -14,7 +14,6 @@ request path and off the pipeline's own thread, retrying what fails for a while.
 from __future__ import annotations
 
 import collections
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,11 +26,12 @@ class StoreWriter:
 
     ``put`` never blocks: past ``max_queue`` rows the oldest are dropped and ``on_drop`` is
     called with their number. ``flush`` writes everything queued now (labels call it first, so a
-    label never misses a prediction still in the queue). A batch that cannot be written (the
-    database locked past its busy timeout, a full disk) goes back to the front of the queue and
+    label never misses a prediction still in the queue). A batch that cannot be written for a
+    reason the store calls transient (``store.transient_errors``: the database locked past its
+    busy timeout, a full disk, a lost connection to PostgreSQL) goes back to the front of the queue and
     is retried, the thread backing off from ``interval`` to ``MAX_BACKOFF`` seconds; rows are
     dropped (and counted) only when the queue's bound is reached meanwhile. A write refused for
-    another reason (a value SQLite cannot store) goes row by row, dropping (and counting) only
+    another reason (a value the database cannot store) goes row by row, dropping (and counting) only
     the rows that cannot be written.
     """
 
@@ -68,7 +68,7 @@ class StoreWriter:
 
     def flush(self) -> bool:
         """Write everything queued now; False when the write failed for a reason that may pass
-        (the database locked or out of space: the rows are queued again). A batch refused for
+        (the database locked, out of space or out of reach: the rows are queued again). A batch refused for
         any other reason is written row by row, and the rows that cannot be are dropped and
         counted: one bad row never blocks the log."""
         with self._flush_lock:
@@ -79,7 +79,7 @@ class StoreWriter:
                 return True
             try:
                 self.store.write(batch)
-            except sqlite3.OperationalError as exc:  # locked, disk full, I/O: worth retrying
+            except self.store.transient_errors as exc:  # locked, disk full, connection lost: worth retrying
                 self._requeue(batch)
                 self._on_error(exc)
                 return False
