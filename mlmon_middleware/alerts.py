@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from mlmon_middleware.drift.policy import RANK
 from mlmon_middleware.reports import AlertEvent, AlertSummary, FiringAlert, Severity
@@ -141,6 +141,16 @@ class Alerts:
         if self.version is not None:
             event["version"] = self.version
         return event
+
+    def adopt(self, summary: Mapping[str, Any]) -> None:
+        """Take another worker's alert states (its :meth:`summary`): a worker that does not
+        lead shows the leader's alerts, and when it takes the lead it goes on from them, so a
+        firing alert is not announced twice. Events are not replayed (no callback)."""
+        with self._lock:
+            self._states = {(a["alertname"], a["subject"]): _State(a["severity"], self.fire_after, 0, a["since"])
+                            for a in summary.get("active", ())}
+            self.recent.clear()
+            self.recent.extend(list(summary.get("recent", ()))[::-1])
 
     def active(self) -> list[tuple[str, str, Severity]]:
         """``(alertname, subject, severity)`` of every firing alert."""

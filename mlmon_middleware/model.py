@@ -26,12 +26,12 @@ import collections
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from mlmon_middleware import explain_request as explanations
-from mlmon_middleware.analyzer import Attributions, CheckInputs, DriftChecker
+from mlmon_middleware.analyzer import DriftChecker
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.counters import BinCounter, Counters
@@ -55,9 +55,13 @@ from mlmon_middleware.reports import (
 )
 from mlmon_middleware.reservoir import SlidingWindow, WindowSnapshot
 from mlmon_middleware.schema import FeatureSchema
+from mlmon_middleware.shared_model import check_inputs
 from mlmon_middleware.store import PredictionStore, StoreBusy, StoreError
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from mlmon_middleware.host import HostShare
 
 
 class Record:
@@ -104,6 +108,9 @@ class Registry(Protocol):
 
     @property
     def store_writer(self) -> StoreWriter | None: ...
+
+    @property
+    def host(self) -> HostShare | None: ...
 
     def submit(self, record: Record) -> None: ...
 
@@ -248,15 +255,7 @@ class ModelMonitor:
             now = time.time()
             window_seconds = self.registry.config.window_seconds
             since = None if window_seconds is None else now - window_seconds
-            snapshot = self.window_snapshot(since)
-            attributions = None
-            if self.explainer is not None:
-                samples = [a for t, a in list(self.attributions) if since is None or t >= since]
-                attributions = Attributions(self.explainer.names, samples, self.explainer.baseline_attributions)
-            result = self.checker.check(CheckInputs(
-                self.name, self.version, now, snapshot["features"], snapshot["outputs"], self.schema,
-                self.output_schema, self.baseline, self.counters.counts(), self._label_reader(), attributions,
-                scheduled))
+            result = self.checker.check(check_inputs(self, self.registry.host, now, since, self._label_reader(), scheduled))
             if result.warmup_baseline is not None:
                 self.set_baseline(result.warmup_baseline)
             return result.report

@@ -32,14 +32,17 @@ from mlmon_middleware.analyzer import Analyzer
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.health import monitor_issues
+from mlmon_middleware.host import HostShare
 from mlmon_middleware.limits import MAX_NAME_CHARS, LimitHits
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.options import ModelOptions
 from mlmon_middleware.pipeline import Pipeline
-from mlmon_middleware.reports import MonitorHealth
+from mlmon_middleware.reports import ModelHealth, MonitorHealth
+from mlmon_middleware.shared_model import with_counts_of
 from mlmon_middleware.store import SQLiteStore
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry, check_exporters
+from mlmon_middleware.workers import shared_folder
 
 
 class Monitor:
@@ -64,6 +67,9 @@ class Monitor:
         self._beyond: ModelMonitor | None = None  # the stand-in for models beyond max_models
         #: added to ``prometheus_port`` in this process (the BentoML adapter: one port per worker)
         self.port_offset: Callable[[], int] = lambda: 0
+        #: whether this process is a worker of a process manager (the BentoML adapter knows; for
+        #: uvicorn and gunicorn workers it is detected): its workers then share what they hold
+        self.managed_worker: Callable[[], bool] = lambda: False
         self._start_lock = threading.Lock()
         self._reset_process()
         ref = weakref.ref(self)
@@ -80,6 +86,7 @@ class Monitor:
         self._telemetry: Telemetry | None = None
         self._analyzer: Analyzer | None = None
         self._store_writer: StoreWriter | None = None
+        self._host: HostShare | None = None
 
     @classmethod
     def get(cls) -> Monitor:
@@ -173,7 +180,9 @@ class Monitor:
             config = self.config
             if config.prometheus_port:
                 config = dataclasses.replace(config, prometheus_port=config.prometheus_port + self.port_offset())
-            self._telemetry = Telemetry(config, flush=self.flush, observe=self.observe)
+            self._host = self._share()
+            self._telemetry = Telemetry(config, flush=self.flush, observe=self.observe,
+                                        merged=None if self._host is None else self._host.collect)
             if self.config.store_dir is not None:
                 self._store_writer = StoreWriter(
                     SQLiteStore(self.store_path), interval=self.config.store_interval,
@@ -186,20 +195,57 @@ class Monitor:
                 self._analyzer = Analyzer(self.check_all, self.config.check_interval)
             for model in self._models.values():
                 model.start_explainer()
+            if self._host is not None:
+                self._host.start(self._telemetry.registry)
             self._started = True
             atexit.register(self.shutdown)
+
+    def _share(self) -> HostShare | None:
+        """The share with the other workers of this server, when there are any (see
+        :mod:`~mlmon_middleware.host`); a folder that cannot be used leaves this worker alone."""
+        config = self.config
+        try:
+            folder = shared_folder(config, self.managed_worker())
+            if folder is None:
+                return None
+            return HostShare(folder, models=lambda: list(self._models.values()),
+                             errors=self.errors,
+                             generation=self._generation, share_interval=config.share_interval,
+                             capacity=config.reservoir_size, per_worker=config.metrics_per_worker)
+        except OSError as exc:
+            self.errors.report("share", exc, "the workers' shared folder cannot be used: this worker counts alone")
+            return None
+
+    def _generation(self) -> object:
+        """A value that changes whenever this worker's counts change (records, labels, checks)."""
+        models = list(self._models.values())
+        return (self.pipeline.ingested, [(sum(m.counters.labels().values()), m.checker.last_run) for m in models])
+
+    @property
+    def host(self) -> HostShare | None:
+        """What this worker shares with the other workers of its server (None when alone)."""
+        return self._host
 
     def flush(self) -> None:
         """Process every queued record now (the pipeline thread calls this periodically)."""
         self.pipeline.flush()
 
     def check_all(self) -> None:
-        """Run every model's check (the analyzer thread calls this); failures are counted."""
+        """Run every model's check (the analyzer thread calls this); failures are counted. Of
+        the workers of one server only the leader checks, over all of their rows."""
+        host = self._host
+        if host is not None and not host.leader:
+            return
         for model in list(self._models.values()):
             try:
                 model.check_now()
             except Exception as exc:
                 self.errors.report("analysis", exc)
+        if host is not None:
+            try:
+                host.publish_results()
+            except Exception as exc:
+                self.errors.report("share", exc)
 
     def observe(self, name: str) -> gauges.Observations:
         """Values of the observable instrument ``name`` across models (read at collection)."""
@@ -233,14 +279,22 @@ class Monitor:
             "metrics_port": None if telemetry is None else telemetry.prometheus_port,
             "token_required": bool(self.config.api_token),
             "prediction_log_enabled": self.config.store_dir is not None,
-            "models": {name: m.health(private) for name, m in self._models.items()},
+            "models": {name: self._model_health(m, private) for name, m in self._models.items()},
             "monitor_errors": errors,
             "limit_hits": self.limits.counts(),
+            "workers": None if self._host is None else self._host.workers(private),
         }
         if private:
             health["pid"] = os.getpid()
             health["prediction_log"] = self.store_path if self.config.store_dir is not None else None
             health["last_errors"] = self.errors.recent()
+        return health
+
+    def _model_health(self, model: ModelMonitor, private: bool) -> ModelHealth:
+        """A model's health; with workers sharing, its counts are every worker's."""
+        health = model.health(private)
+        if self._host is not None:
+            with_counts_of(health, self._host.counts(model.name), self.config.reservoir_size)
         return health
 
     def shutdown(self) -> None:
@@ -254,6 +308,8 @@ class Monitor:
             model.stop_explainer()
         if self._store_writer is not None:
             self._store_writer.close()  # writes what is queued: a clean shutdown loses nothing
+        if self._host is not None:
+            self._host.stop()  # publishes the final counts for the other workers' totals
         if self._telemetry is not None:
             self._telemetry.shutdown()
         self._reset_process()
@@ -261,6 +317,8 @@ class Monitor:
 
     def _forget_process(self) -> None:
         """In a forked child: drop the parent's threads, exporters and queue; start afresh on use."""
+        if self._host is not None:
+            self._host.lock.forget()  # the parent leads, not this child
         self._reset_process()  # the parent's SQLite connection and exporters must not be used here
         self.pipeline.forget()
         self.errors.after_fork()

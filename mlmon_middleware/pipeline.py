@@ -63,6 +63,7 @@ class Pipeline:
         self.config = config
         self.errors = errors
         self._wake_at = min(config.flush_batch, config.queue_size - 1)
+        self.ingested = 0  # records ingested in this process (others read it to see that something changed)
         self._reset()
 
     def _reset(self) -> None:
@@ -111,9 +112,11 @@ class Pipeline:
         with self._lock:
             queue = self._queue
             batch: dict[ModelMonitor, list[Record]] = {}
-            for _ in range(len(queue)):
+            n = len(queue)
+            for _ in range(n):
                 record = queue.popleft()
                 batch.setdefault(record.model, []).append(record)
+            self.ingested += n
             for model, records in batch.items():
                 try:
                     ingest(model, records, telemetry, self._writer)

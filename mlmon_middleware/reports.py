@@ -249,6 +249,15 @@ class ModelHealth(TypedDict):
     last_check: LastCheck | None
 
 
+class WorkersHealth(TypedDict):
+    """The workers of this server sharing their rows and counts (health's ``workers``)."""
+
+    running: int  # workers running now
+    leading: bool  # whether the worker answering leads (runs the checks)
+    leader_pid: NotRequired[int | None]  # private view only
+    folder: NotRequired[str]  # private view only: where they share
+
+
 class MonitorHealth(TypedDict):
     status: Literal["ok", "degraded"]
     issues: list[str]
@@ -263,6 +272,7 @@ class MonitorHealth(TypedDict):
     models: dict[str, ModelHealth]
     monitor_errors: dict[str, int]
     limit_hits: dict[str, int]
+    workers: WorkersHealth | None  # None: this process counts alone
     last_errors: NotRequired[list[dict[str, Any]]]  # private view only
 
 

@@ -168,15 +168,29 @@ class _FlushBeforeCollect:
         return []
 
 
+class _Merged:
+    """The collector of the scraped registry when workers share: every worker's families,
+    merged (see :mod:`~mlmon_middleware.merge`)."""
+
+    def __init__(self, collect: Callable[[], list[Any]]) -> None:
+        self.collect = collect
+
+    def describe(self) -> list[Any]:
+        return []
+
+
 class Telemetry:
     """Meter and tracer of one process, with the instruments of ``INSTRUMENTS``.
 
     Created lazily in the serving process (after any fork), so each worker gets its own
-    ``service.instance.id`` and its own exporter threads.
+    ``service.instance.id`` and its own exporter threads. ``merged``, when this worker shares
+    with others, gives the server's families: then a scrape (``/metrics``, the metrics port)
+    answers with those rather than this process's own (:attr:`registry`).
     """
 
     def __init__(self, config: MonitorConfig, *, flush: Callable[[], None],
-                 observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]]) -> None:
+                 observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]],
+                 merged: Callable[[], list[Any]] | None = None) -> None:
         self.instance_id = str(uuid.uuid4())
         self.resource = Resource.create({
             "service.name": config.resolved_service_name(),
@@ -185,6 +199,10 @@ class Telemetry:
         })
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_FlushBeforeCollect(flush))
+        self.scraped = self.registry  # what /metrics and the metrics port answer with
+        if merged is not None:
+            self.scraped = CollectorRegistry(auto_describe=False)
+            self.scraped.register(_Merged(merged))
         self._owned: list[Any] = []  # providers and servers we created and must shut down
         self._http_server: WSGIServer | None = None
         self.problems: list[str] = []  # what could not be set up (health lists it)
@@ -315,7 +333,7 @@ class Telemetry:
 
         for candidate in range(port, port + PORT_SPAN) if port else (0,):
             try:
-                server, _ = start_http_server(candidate, addr=addr, registry=self.registry)
+                server, _ = start_http_server(candidate, addr=addr, registry=self.scraped)
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     self.problems.append(f"metrics port {candidate} on {addr}: {exc}")
@@ -350,8 +368,9 @@ class Telemetry:
         return None if self._http_server is None else self._http_server.server_port
 
     def prometheus_text(self) -> tuple[bytes, str]:
-        """The Prometheus exposition of our private registry and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The Prometheus exposition of what a scrape sees (this worker's registry, or every
+        worker's when they share) and its content type."""
+        return generate_latest(self.scraped), CONTENT_TYPE_LATEST
 
     def shutdown(self) -> None:
         if self._http_server is not None:

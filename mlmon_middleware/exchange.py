@@ -1,0 +1,239 @@
+"""The files through which the workers of one server share what each of them holds.
+
+Three kinds of files, each written whole to a temporary name and renamed (a reader never sees
+half a file), in the folder :func:`~mlmon_middleware.workers.shared_folder` chose:
+
+* ``state-{worker}.json``: a worker's counters: its metric families (what its own Prometheus
+  registry gives) and per model its prediction, capture-error and label counts. Written every
+  ``share_interval`` while they change, at a scrape through that worker, and at shutdown.
+  When a worker has exited, its counters are folded into ``exited.json`` (under an exclusive
+  ``flock``; readers take it shared), so totals keep counting what exited workers did and never
+  go down, while the folder holds one file per *running* worker.
+* ``windows-{worker}.npz`` (+ ``.json``, written after it, naming the request it answers): a
+  worker's windows of recent rows per model, written when someone asks (:meth:`Exchange.ask_windows`),
+  so a check sees the rows of every worker. numpy's own format without pickles: categorical
+  values go as text plus a mask of the missing ones.
+* ``result-{model}.json``: the leader's last check of a model (reports, alerts), which every
+  other worker answers with.
+
+>>> import tempfile
+>>> from mlmon_middleware.workers import Worker
+>>> ex = Exchange(tempfile.mkdtemp(), Worker.current())
+>>> ex.publish_state({"models": {"m": {"predictions": {"ok": 3}}}})
+>>> [s["models"]["m"]["predictions"] for s in ex.states().live.values()]
+[{'ok': 3}]
+>>> token = ex.ask_windows()
+>>> window = {"time": np.array([1.0]), "numeric": np.array([[0.5]]), "categorical": np.array([["a"]], dtype=object)}
+>>> ex.publish_windows(token, {"m": {"features": window, "outputs": {}, "schema": {"x": "numeric"}}})
+>>> got = ex.windows(token, timeout=1.0)[Worker.current().key]["m"]
+>>> got["features"]["numeric"].tolist(), got["features"]["categorical"].tolist(), got["schema"]
+([[0.5]], [['a']], {'x': 'numeric'})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import glob
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlmon_middleware.merge import EXITED, fold_counters
+from mlmon_middleware.workers import Worker
+
+_JSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+@dataclasses.dataclass
+class SharedStates:
+    """The states of the running workers (by worker key) and the folded counts of exited ones."""
+
+    live: dict[str, dict[str, Any]]
+    exited: dict[str, Any]
+
+
+def model_key(name: str) -> str:
+    """A model name as a file name (names are any text)."""
+    return hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+
+
+class Exchange:
+    """The shared folder of one server's workers, as seen by worker ``me``; see the module docstring."""
+
+    def __init__(self, folder: str, me: Worker) -> None:
+        self.folder = folder
+        self.me = me
+        self._lock_path = os.path.join(folder, "states.lock")
+
+    # ----------------------------------------------------------------------------------- files
+    def _path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def _write(self, name: str, data: bytes) -> None:
+        tmp = self._path(f".{name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self._path(name))
+
+    def _read_json(self, name: str) -> Any:
+        try:
+            with open(self._path(name), "rb") as f:
+                return orjson.loads(f.read())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------------------------- states
+    def publish_state(self, state: Mapping[str, Any]) -> None:
+        """Write this worker's counters (replacing its previous state)."""
+        self._write(f"state-{self.me.key}.json", orjson.dumps({**state, "time": time.time()}, option=_JSON))
+
+    def states(self) -> SharedStates:
+        """Every running worker's last state, and the exited workers' folded counts. Exited
+        workers' states are folded first, so the sum over both never goes down."""
+        keys = self._state_keys()
+        if any(not Worker.from_key(k).alive() for k in keys):
+            self._fold_exited()
+            keys = self._state_keys()
+        with self._locked(exclusive=False):
+            live = {k: s for k in keys if (s := self._read_json(f"state-{k}.json")) is not None}
+            exited = self._read_json(f"{EXITED}.json") or {}
+        return SharedStates(live, exited)
+
+    def _state_keys(self) -> list[str]:
+        return [os.path.basename(p)[len("state-"):-len(".json")] for p in glob.glob(self._path("state-*.json"))]
+
+    def _fold_exited(self) -> None:
+        """Add exited workers' counters to ``exited.json`` and remove their files (one worker
+        at a time holds the exclusive lock; the others' readers wait for it)."""
+        with self._locked(exclusive=True):
+            exited = self._read_json(f"{EXITED}.json") or {}
+            gone = [k for k in self._state_keys() if not Worker.from_key(k).alive()]
+            if not gone:
+                return
+            for key in gone:
+                state = self._read_json(f"state-{key}.json")
+                if state is not None:
+                    exited = fold_counters(exited, state)
+            self._write(f"{EXITED}.json", orjson.dumps(exited, option=_JSON))
+            for key in gone:
+                for name in (f"state-{key}.json", f"windows-{key}.npz", f"windows-{key}.json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._path(name))
+
+    # --------------------------------------------------------------------------------- windows
+    def ask_windows(self) -> int:
+        """Ask every worker for its windows; the token their answers will carry."""
+        token = time.time_ns()
+        self._write("windows-wanted", str(token).encode())
+        return token
+
+    def asked(self) -> int:
+        """The token of the latest request for windows (0 when none)."""
+        try:
+            with open(self._path("windows-wanted"), "rb") as f:
+                return int(f.read() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def publish_windows(self, token: int, models: Mapping[str, Mapping[str, Any]]) -> None:
+        """Write this worker's windows: per model ``features`` and ``outputs`` (window snapshots),
+        ``schema`` / ``output_schema`` (name -> kind) and optional ``attributions`` (times and a
+        matrix), answering request ``token``."""
+        arrays: dict[str, np.ndarray] = {}
+        manifest: dict[str, Any] = {}
+        for i, (name, parts) in enumerate(models.items()):
+            entry: dict[str, Any] = {k: v for k, v in parts.items() if k not in ("features", "outputs", "attributions")}
+            for part in ("features", "outputs", "attributions"):
+                snapshot = parts.get(part) or {}
+                entry[part] = sorted(snapshot)
+                for column, values in snapshot.items():
+                    _encode(arrays, f"{i}.{part}.{column}", values)
+            manifest[name] = {"index": i, **entry}
+        with open(self._path(f".windows-{self.me.key}.npz.tmp"), "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types the keyword arrays as a flag
+        os.replace(self._path(f".windows-{self.me.key}.npz.tmp"), self._path(f"windows-{self.me.key}.npz"))
+        self._write(f"windows-{self.me.key}.json", orjson.dumps({"token": token, "models": manifest}, option=_JSON))
+
+    def windows(self, token: int, timeout: float, workers: set[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per worker, per model, what it published (see :meth:`publish_windows`), waiting up to
+        ``timeout`` seconds for the running ``workers`` (default: all) to answer ``token``. A
+        worker that does not answer in time contributes its previous answer, if any."""
+        deadline = time.monotonic() + timeout
+        while True:
+            expected = workers if workers is not None else set(self._state_keys())
+            manifests = {k: m for k in expected if (m := self._read_json(f"windows-{k}.json")) is not None}
+            if all(m.get("token", 0) >= token for m in manifests.values()) and len(manifests) == len(expected):
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        out: dict[str, dict[str, Any]] = {}
+        for key, manifest in manifests.items():
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                out[key] = _decode(self._path(f"windows-{key}.npz"), manifest)
+                for model in out[key].values():
+                    model["fresh"] = manifest.get("token", 0) >= token
+        return out
+
+    # --------------------------------------------------------------------------------- results
+    def publish_result(self, model: str, body: Mapping[str, Any]) -> None:
+        """Write the leader's last check of ``model`` for the other workers."""
+        self._write(f"result-{model_key(model)}.json", orjson.dumps(body, option=_JSON))
+
+    def result_changed(self, model: str) -> int:
+        """A number that changes when ``model``'s result is rewritten (0 while there is none)."""
+        try:
+            return os.stat(self._path(f"result-{model_key(model)}.json")).st_mtime_ns
+        except OSError:
+            return 0
+
+    def result(self, model: str) -> dict[str, Any] | None:
+        found = self._read_json(f"result-{model_key(model)}.json")
+        return found if isinstance(found, dict) else None
+
+
+def _encode(arrays: dict[str, np.ndarray], key: str, values: np.ndarray) -> None:
+    """Store ``values``; object (categorical) arrays as text plus a mask of the missing (None)."""
+    if values.dtype != object:
+        arrays[key] = values
+        return
+    missing = np.array([v is None for v in values.ravel()], dtype=bool).reshape(values.shape)
+    arrays[key + ".missing"] = missing
+    arrays[key + ".text"] = np.where(missing, "", values).astype(str) if values.size else np.zeros(values.shape, str)
+
+
+def _decode(path: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for name, entry in manifest.get("models", {}).items():
+            i = entry["index"]
+            model = {k: v for k, v in entry.items() if k not in ("index", "features", "outputs", "attributions")}
+            for part in ("features", "outputs", "attributions"):
+                snapshot: dict[str, np.ndarray] = {}
+                for column in entry.get(part, ()):
+                    key = f"{i}.{part}.{column}"
+                    if key in data:
+                        snapshot[column] = data[key]
+                    else:
+                        values = data[key + ".text"].astype(object)
+                        values[data[key + ".missing"]] = None
+                        snapshot[column] = values
+                model[part] = snapshot
+            out[name] = model
+    return out

@@ -1,0 +1,232 @@
+"""One server, many workers, one truth: what the workers of a server share, and how.
+
+:class:`HostShare` runs in every worker of a server that has a shared folder
+(:func:`~mlmon_middleware.workers.shared_folder`). A thread of its own, every
+:data:`TICK` seconds:
+
+* takes the lead if nobody holds it (:class:`~mlmon_middleware.workers.LeaderLock`): the
+  leader alone runs the scheduled checks, so alerts and webhooks fire once per server;
+* answers a request for windows (:meth:`~mlmon_middleware.exchange.Exchange.ask_windows`)
+  with this worker's rows, so a check (the leader's, or an on-demand one through any worker)
+  sees every worker's rows: :meth:`HostShare.check_inputs` merges them, newest first, into one
+  window of the configured size, and sums the workers' counts;
+* publishes this worker's counters every ``share_interval`` while they change, so that a scrape
+  through any worker sums every worker (:meth:`HostShare.collect`);
+* in a worker that does not lead, adopts the leader's last check of each model (reports, alert
+  states), so every route answers the same through every worker, and a worker that takes over
+  the lead goes on from the same alert states (no second notification for a firing alert).
+
+Nothing of this runs on the request path; a failure is counted (``stage="share"``) and the
+worker goes on on its own data.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from mlmon_middleware.analyzer import Counts
+from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.exchange import Exchange
+from mlmon_middleware.merge import families, merged_counts, merged_families
+from mlmon_middleware.reports import WorkersHealth
+from mlmon_middleware.reservoir import WindowSnapshot
+from mlmon_middleware.schema import FeatureSchema
+from mlmon_middleware.shared_model import adopt, attributions_of, counts_of, result_of, windows_of
+from mlmon_middleware.workers import LeaderLock, Worker
+
+if TYPE_CHECKING:
+    from mlmon_middleware.model import ModelMonitor
+
+TICK = 0.1  # seconds between looks at the shared folder (a stat or two)
+ANSWER_TIMEOUT = 3.0  # seconds a check waits for the other workers' windows
+
+
+class MergedInputs:
+    """A check's inputs over every worker: windows, counts and explained predictions."""
+
+    def __init__(self, features: WindowSnapshot, outputs: WindowSnapshot, counts: Counts,
+                 attributions: WindowSnapshot, schema: FeatureSchema | None, output_schema: FeatureSchema | None,
+                 workers: int, stale: int) -> None:
+        self.features, self.outputs, self.counts, self.attributions = features, outputs, counts, attributions
+        self.schema, self.output_schema = schema, output_schema
+        self.workers, self.stale = workers, stale  # workers merged; of which answered with an older window
+
+
+class HostShare:
+    """See the module docstring. ``models`` lists the worker's models; ``generation`` changes
+    when its counts do (publishing is skipped while it does not)."""
+
+    def __init__(self, folder: str, *, models: Callable[[], Sequence[ModelMonitor]], errors: ErrorLog,
+                 generation: Callable[[], object], share_interval: float, capacity: int, per_worker: bool) -> None:
+        self.me = Worker.current()
+        self.exchange = Exchange(folder, self.me)
+        self.lock = LeaderLock(folder)
+        self._models, self.errors = models, errors
+        self._registry: CollectorRegistry | None = None
+        self.share_interval, self.capacity, self.per_worker = share_interval, capacity, per_worker
+        self._answered = 0
+        self._published = 0.0
+        self._generation = generation  # grows when something worth publishing changed
+        self._published_generation: object = None
+        self._adopted: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlmon-share", daemon=True)
+        self.lock.try_acquire()
+
+    def start(self, registry: CollectorRegistry) -> None:
+        """Start the thread, publishing the metrics of this worker's own ``registry``."""
+        self._registry = registry
+        self._thread.start()
+
+    @property
+    def leader(self) -> bool:
+        """Whether this worker leads (runs the scheduled checks)."""
+        return self.lock.held
+
+    # --------------------------------------------------------------------------------- thread
+    def _run(self) -> None:
+        while not self._stop.wait(TICK):
+            try:
+                self.tick()
+            except Exception as exc:
+                self.errors.report("share", exc)
+
+    def tick(self) -> None:
+        """One look at the shared folder (see the module docstring)."""
+        self.lock.try_acquire()
+        asked = self.exchange.asked()
+        if asked > self._answered:
+            self._answered = asked
+            self.publish_windows(asked)
+        now = time.monotonic()
+        if now - self._published >= self.share_interval and self._generation() != self._published_generation:
+            self.publish_state()
+        if not self.leader:
+            self.adopt()
+
+    def stop(self) -> None:
+        """Stop the thread, publish the final counts (nothing counted is lost) and step down."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        try:
+            self.publish_state()
+        except Exception as exc:
+            self.errors.report("share", exc)
+        self.lock.release()
+
+    # ------------------------------------------------------------------------------- counters
+    def own_state(self) -> dict[str, Any]:
+        models = {m.name: counts_of(m) for m in self._models()}
+        return {"metrics": [] if self._registry is None else families(self._registry), "models": models}
+
+    def publish_state(self) -> dict[str, Any]:
+        generation = self._generation()
+        state = self.own_state()
+        self.exchange.publish_state(state)
+        self._published, self._published_generation = time.monotonic(), generation
+        return state
+
+    def collect(self) -> list[Any]:
+        """The server's metric families: this worker's, fresh, with every other worker's last."""
+        own = self.publish_state()
+        shared = self.exchange.states()
+        shared.live[self.me.key] = own
+        return merged_families(shared.live, shared.exited, leader=self.lock.leader_key(), per_worker=self.per_worker)
+
+    def counts(self, model: str) -> dict[str, Any]:
+        """A model's counts over every worker (see :func:`~mlmon_middleware.merge.merged_counts`)."""
+        shared = self.exchange.states()
+        own = next((m for m in self._models() if m.name == model), None)
+        if own is not None:
+            shared.live[self.me.key] = {"models": {model: counts_of(own)}}
+        return merged_counts(shared.live, shared.exited, model)
+
+    def workers(self, private: bool) -> WorkersHealth:
+        """Who shares (health's ``workers``); ``private`` adds the leader's pid and the folder."""
+        live = {k for k in self.exchange.states().live if Worker.from_key(k).alive()} | {self.me.key}
+        health: WorkersHealth = {"running": len(live), "leading": self.leader}
+        if private:
+            leader = self.lock.leader_key()
+            health["leader_pid"] = None if leader is None else Worker.from_key(leader).pid
+            health["folder"] = self.exchange.folder
+        return health
+
+    # -------------------------------------------------------------------------------- windows
+    def publish_windows(self, token: int) -> None:
+        self.exchange.publish_windows(token, {m.name: windows_of(m) for m in self._models()})
+
+    def check_inputs(self, model: ModelMonitor, since: float | None) -> MergedInputs:
+        """The inputs of a check of ``model`` over every worker: this worker's windows and the
+        others' (asked for now, waiting up to :data:`ANSWER_TIMEOUT`), merged, and the counts."""
+        others = {k for k in self.exchange.states().live if k != self.me.key and Worker.from_key(k).alive()}
+        answers = self.exchange.windows(self.exchange.ask_windows(), ANSWER_TIMEOUT, others) if others else {}
+        own = model.window_snapshot(since)
+        schema, output_schema = model.schema, model.output_schema
+        features, outputs, attributions = [own["features"]], [own["outputs"]], [attributions_of(model, since)]
+        stale = 0
+        for answer in answers.values():
+            theirs = answer.get(model.name)
+            if theirs is None:
+                continue
+            schema = schema or _schema(theirs.get("schema"))
+            output_schema = output_schema or _schema(theirs.get("output_schema"))
+            stale += not theirs.get("fresh", False)
+            if _schema(theirs.get("schema")) == schema:
+                features.append(_since(theirs["features"], since))
+                attributions.append(_since(theirs.get("attributions") or {}, since))
+            if _schema(theirs.get("output_schema")) == output_schema:
+                outputs.append(_since(theirs["outputs"], since))
+        total = self.counts(model.name)
+        counts = Counts({"ok": total.get("predictions", {}).get("ok", 0), "error": total.get("predictions", {}).get("error", 0)},
+                        total.get("capture_errors", {}), total.get("feature_errors", {}))
+        return MergedInputs(newest(features, self.capacity), newest(outputs, self.capacity), counts,
+                            newest(attributions, self.capacity), schema, output_schema, 1 + len(answers), stale)
+
+    # -------------------------------------------------------------------------------- results
+    def publish_results(self) -> None:
+        """The leader: publish each model's last check for the other workers."""
+        for m in self._models():
+            result = result_of(m)
+            if result is not None:
+                self.exchange.publish_result(m.name, result)
+
+    def adopt(self) -> None:
+        """A worker that does not lead: take the leader's newer results."""
+        for m in self._models():
+            stamp = self.exchange.result_changed(m.name)
+            if stamp and stamp != self._adopted.get(m.name):
+                result = self.exchange.result(m.name)
+                if result is not None:
+                    adopt(m, result)
+                    self._adopted[m.name] = stamp
+
+
+def newest(snapshots: Sequence[WindowSnapshot], capacity: int) -> WindowSnapshot:
+    """The ``capacity`` newest rows of several windows, in arrival order. Each worker's window
+    holds its newest rows, so the newest of their union are the server's newest."""
+    parts = [s for s in snapshots if s and len(s.get("time", ()))]
+    if not parts:
+        return snapshots[0] if snapshots else {}
+    if len(parts) == 1 and len(parts[0]["time"]) <= capacity:
+        return parts[0]
+    times = np.concatenate([p["time"] for p in parts])
+    order = np.argsort(times, kind="stable")[-capacity:]
+    return {column: np.concatenate([p[column] for p in parts])[order] for column in parts[0]}
+
+
+def _since(snapshot: WindowSnapshot, since: float | None) -> WindowSnapshot:
+    if since is None or not snapshot or "time" not in snapshot:
+        return snapshot
+    keep = snapshot["time"] >= since
+    return {column: values[keep] for column, values in snapshot.items()}
+
+
+def _schema(kinds: Mapping[str, str] | None) -> FeatureSchema | None:
+    return None if not kinds else FeatureSchema(list(kinds), list(kinds.values()))

@@ -1,0 +1,110 @@
+"""What a model shares with the other workers of its server, and what it takes from the leader.
+
+The functions :class:`~mlmon_middleware.host.HostShare` calls on a
+:class:`~mlmon_middleware.model.ModelMonitor`: its counts (:func:`counts_of`), its windows
+(:func:`windows_of`, explained predictions included), its last check as the leader publishes it
+(:func:`result_of`), and the adoption of the leader's check by a worker that does not lead
+(:func:`adopt`): reports, performance, attributions and alert states, so that every worker
+answers alike and a worker taking over the lead continues the same alerts.
+
+>>> from mlmon_middleware import Monitor, MonitorConfig
+>>> mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
+>>> m = mon.model("toy")
+>>> _ = m.record({"x": 1.0}, {"prediction": 1}); mon.flush()
+>>> counts_of(m)["predictions"], counts_of(m)["rows"]
+({'ok': 1, 'error': 0}, 1)
+>>> _ = m.check_now()
+>>> follower = Monitor(MonitorConfig(tracing=False, check_interval=0)).model("toy")
+>>> adopt(follower, result_of(m)); follower.drift_report()["rows"]
+1
+>>> mon.shutdown()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlmon_middleware.analyzer import Attributions, CheckInputs
+from mlmon_middleware.reports import ModelHealth
+from mlmon_middleware.reservoir import WindowSnapshot
+from mlmon_middleware.store import LabelReader
+
+if TYPE_CHECKING:
+    from mlmon_middleware.host import HostShare
+    from mlmon_middleware.model import ModelMonitor
+
+
+def check_inputs(m: ModelMonitor, host: HostShare | None, now: float, since: float | None,
+                 labels: LabelReader | None, scheduled: bool) -> CheckInputs:
+    """The inputs of a check of ``m``: its own windows and counts, or with workers sharing
+    (``host``), every worker's (a schema only another worker has seen yet is taken)."""
+    if host is None:
+        window = m.window_snapshot(since)
+        features, outputs, counts = window["features"], window["outputs"], m.counters.counts()
+        samples = [a for t, a in list(m.attributions) if since is None or t >= since]
+    else:
+        merged = host.check_inputs(m, since)
+        m.schema, m.output_schema = m.schema or merged.schema, m.output_schema or merged.output_schema
+        features, outputs, counts = merged.features, merged.outputs, merged.counts
+        samples = list(merged.attributions.get("values", ()))
+    attributions = None
+    if m.explainer is not None:
+        attributions = Attributions(m.explainer.names, samples, m.explainer.baseline_attributions)
+    return CheckInputs(m.name, m.version, now, features, outputs, m.schema, m.output_schema, m.baseline, counts,
+                       labels, attributions, scheduled)
+
+
+def counts_of(m: ModelMonitor) -> dict[str, Any]:
+    """This worker's counts of ``m``: predictions, capture errors, per-feature errors, labels, window rows."""
+    counts = m.counters.counts()
+    return {"predictions": dict(counts.predictions), "capture_errors": dict(counts.capture_errors),
+            "feature_errors": {f: dict(c) for f, c in counts.feature_errors.items()}, "labels": m.counters.labels(),
+            "rows": 0 if m.window is None else len(m.window)}
+
+
+def attributions_of(m: ModelMonitor, since: float | None) -> WindowSnapshot:
+    """The |contributions| of ``m``'s explained predictions (at or after ``since``) as a window."""
+    samples = [(t, a) for t, a in list(m.attributions) if since is None or t >= since]
+    if not samples:
+        return {}
+    return {"time": np.array([t for t, _ in samples]), "values": np.vstack([a for _, a in samples])}
+
+
+def windows_of(m: ModelMonitor) -> dict[str, Any]:
+    """``m``'s windows, schemas and explained predictions, as another worker's check reads them."""
+    window = m.window_snapshot()
+    return {"features": window["features"], "outputs": window["outputs"],
+            "schema": None if m.schema is None else m.schema.to_dict(),
+            "output_schema": None if m.output_schema is None else m.output_schema.to_dict(),
+            "attributions": attributions_of(m, None)}
+
+
+def result_of(m: ModelMonitor) -> dict[str, Any] | None:
+    """``m``'s last check, as the leader publishes it (None before any)."""
+    checker = m.checker
+    if checker.report is None:
+        return None
+    return {"report": checker.report, "performance": checker.performance.report, "attributions": checker.attributions,
+            "alerts": checker.alerts.summary(), "last_run": checker.last_run, "duration": checker.duration}
+
+
+def adopt(m: ModelMonitor, result: Mapping[str, Any]) -> None:
+    """Take the leader's check of ``m`` as this worker's own (a worker that does not lead)."""
+    checker = m.checker
+    checker.report = result["report"]
+    checker.performance.report = result.get("performance")
+    checker.attributions = result.get("attributions")
+    checker.last_run, checker.duration = result.get("last_run", 0.0), result.get("duration", 0.0)
+    checker.alerts.adopt(result.get("alerts") or {})
+
+
+def with_counts_of(health: ModelHealth, counts: Mapping[str, Any], capacity: int) -> None:
+    """Put the counts of every worker (:func:`~mlmon_middleware.merge.merged_counts`) into a
+    model's ``health``: predictions, capture errors, labels, and the rows of the merged window."""
+    health["predictions"] = {"ok": 0, "error": 0, **counts.get("predictions", {})}
+    health["capture_errors"] = dict(counts.get("capture_errors", {}))
+    health["labels"] = dict(counts.get("labels", {}))
+    health["rows_in_window"] = min(capacity, counts.get("rows", 0))

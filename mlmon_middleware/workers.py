@@ -1,0 +1,182 @@
+"""Worker processes of one server: who they are, where they meet, which one leads.
+
+A model served by ``uvicorn --workers N``, gunicorn or BentoML runs in N processes. Each one
+captures its own share of the traffic; to judge drift on all of it, count every request in every
+scrape and notify once per alert, the workers of one server share a folder (:mod:`~mlmon_middleware.exchange`)
+and elect one leader, which runs the checks.
+
+:func:`shared_folder` finds that folder: the one configured (``MLMON_MULTIPROC_DIR``), or, for a
+process that a process manager started (a ``multiprocessing`` child such as uvicorn's workers, a
+gunicorn worker, or a BentoML worker, which the adapter reports), a folder under the temporary
+directory named after the manager's process (its pid and start time, so a recycled pid starts
+afresh) and the command line (two services under one manager do not mix). A process on its
+own shares nothing and pays nothing.
+
+:class:`Worker` names a process (pid and start time: a pid the kernel gives again is another
+worker) and tells whether it still runs; :class:`LeaderLock` is the election: an exclusive
+``flock`` that the kernel releases when its holder exits, however it exits.
+
+>>> me = Worker.current()
+>>> me.alive(), Worker(me.pid, "not its start time").alive()
+(True, False)
+>>> import tempfile
+>>> folder = tempfile.mkdtemp()
+>>> first, second = LeaderLock(folder), LeaderLock(folder)
+>>> first.try_acquire(), second.try_acquire(), first.try_acquire()
+(True, False, True)
+>>> first.release(); second.try_acquire()
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+
+from mlmon_middleware.config import MonitorConfig
+
+OFF = "off"
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """A process: its pid and its start time (from ``/proc``; empty where there is none)."""
+
+    pid: int
+    start: str
+
+    @classmethod
+    def current(cls) -> Worker:
+        return cls(os.getpid(), process_start(os.getpid()) or "")
+
+    @property
+    def key(self) -> str:
+        """The worker's name in file names."""
+        return f"{self.pid}-{self.start}" if self.start else str(self.pid)
+
+    @classmethod
+    def from_key(cls, key: str) -> Worker:
+        pid, _, start = key.partition("-")
+        return cls(int(pid), start)
+
+    def alive(self) -> bool:
+        """Whether this process still runs (the same process, not a later one with its pid)."""
+        if self.start:
+            return process_start(self.pid) == self.start
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count fields after its last ')'
+    return stat[stat.rfind(b")") + 2:].split()[19].decode()
+
+
+def managed(hint: bool = False) -> bool:
+    """Whether this process is a worker that a process manager started: ``hint`` (the BentoML
+    adapter knows), a ``multiprocessing`` child (uvicorn's workers), or a gunicorn worker."""
+    if hint or multiprocessing.parent_process() is not None:
+        return True
+    return "gunicorn.arbiter" in sys.modules and os.getppid() != 1
+
+
+def shared_folder(config: MonitorConfig, hint: bool = False) -> str | None:
+    """The folder this process shares with the other workers of its server, or None (alone).
+
+    Created private to the user (0700). Folders that managers no longer running left behind in
+    the temporary directory are removed."""
+    chosen = config.multiprocess_dir
+    if chosen == OFF:
+        return None
+    if chosen is None:
+        if not managed(hint):
+            return None
+        parent = os.getppid()
+        command = hashlib.blake2b("\0".join(sys.argv).encode(), digest_size=6).hexdigest()
+        root = os.path.join(tempfile.gettempdir(), f"mlmon-{os.getuid()}")
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        _remove_abandoned(root)
+        chosen = os.path.join(root, f"{Worker(parent, process_start(parent) or '').key}_{command}")
+    os.makedirs(chosen, mode=0o700, exist_ok=True)
+    return chosen
+
+
+def _remove_abandoned(root: str) -> None:
+    """Remove the folders of process managers that no longer run (best effort)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        manager = name.partition("_")[0]
+        try:
+            if not Worker.from_key(manager).alive():
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except ValueError:
+            continue
+
+
+class LeaderLock:
+    """The leader election of the workers sharing ``folder``: whoever holds an exclusive
+    ``flock`` on ``folder/leader.lock`` leads. The kernel releases it when the holder's process
+    ends (even by ``kill -9``), so another worker takes over at its next try."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, "leader.lock")
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Lead if nobody does; whether this process leads (cheap: call it every tick)."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, Worker.current().key.encode())
+        self._fd = fd
+        return True
+
+    def leader_key(self) -> str | None:
+        """The :attr:`Worker.key` of the current leader, as it wrote it (None before any)."""
+        try:
+            with open(self.path) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+    def forget(self) -> None:
+        """In a forked child: the parent's lock is the parent's (the descriptor is shared, so
+        closing it here would not release it, but holding it would make the child think it leads)."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
