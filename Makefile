@@ -12,13 +12,15 @@ DEMO_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[fastapi,bentoml,otlp,cli,concept,explain,dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[fastapi,bentoml,otlp,cli,concept,explain,postgres,dev,bench]'
 	touch $(STAMP)
 
 # What the suite uses beyond .venv: Debian's prometheus (promtool and a real server for the rules
-# and the fleet PSI) and chromium (the embedded dashboard in a headless browser, driven by
-# Playwright); from npm, Grafana's published dashboard types and the TypeScript compiler that
-# checks our Grafana dashboard against them (versions pinned in tests/grafana/package-lock.json).
+# and the fleet PSI), chromium (the embedded dashboard in a headless browser, driven by
+# Playwright) and postgresql (initdb and pg_ctl, which Debian keeps in /usr/lib/postgresql/*/bin:
+# tests/postgres_server.py starts a private server for the shared prediction log's tests); from
+# npm, Grafana's published dashboard types and the TypeScript compiler that checks our Grafana
+# dashboard against them (versions pinned in tests/grafana/package-lock.json).
 tools: tests/grafana/node_modules/.installed
 tests/grafana/node_modules/.installed: tests/grafana/package-lock.json
 	npm ci --prefix tests/grafana --silent --no-audit --no-fund
@@ -27,6 +29,9 @@ tests/grafana/node_modules/.installed: tests/grafana/package-lock.json
 tools:
 	@missing=; command -v promtool >/dev/null || missing="prometheus"; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  { command -v initdb && command -v pg_ctl; } >/dev/null || \
+	    { ls /usr/lib/postgresql/*/bin/initdb && ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || \
+	    missing="$$missing postgresql"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian's $$missing"; \
 	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -244,11 +244,12 @@ class SQLiteStore:
 def open_store(location: str) -> PredictionStore:
     """The prediction log at ``location``: a ``postgresql://`` (or ``postgres://``) URL gives a
     PostgreSQL log shared by every process given the same URL, anything else an SQLite file."""
-    if location.lower().startswith(("postgresql://", "postgres://")):
+    scheme, sep, rest = location.partition("://")
+    if sep and scheme.lower() in ("postgresql", "postgres"):
         try:
             from mlmon_middleware.store_postgres import PostgresStore
         except ImportError as exc:  # psycopg is an extra
             raise StoreError(f"a postgresql:// prediction log needs psycopg ({exc}): "
                              "pip install 'mlmon-middleware[postgres]'") from None
-        return PostgresStore(location)
+        return PostgresStore(f"{scheme.lower()}://{rest}")  # libpq knows the scheme in lower case only
     return SQLiteStore(location)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a Monitor wired to the OTel SDK's in-memory reader and span exporter."""
+"""Shared fixtures: a Monitor wired to the OTel SDK's in-memory reader and span exporter; a real
+PostgreSQL server for the run, and a fresh database in it per test."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mlmon_middleware import Monitor, MonitorConfig
+
+from postgres_server import PostgresServer
 
 # served by uvicorn in its own process; importing it here would register its models in this one
 collect_ignore = ["two_models_app.py", "fuzz_app.py"]
@@ -79,3 +82,26 @@ def harness_factory() -> Iterator[Any]:
     yield make
     for h in made:
         h.monitor.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run (no fsync: nothing here needs to survive a power
+    cut), stopped and removed at its end. A machine without PostgreSQL fails, not skips: `make
+    tools` installs it, and a skipped backend would pass unseen."""
+    server = None
+    try:
+        server = PostgresServer({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+        server.start()
+    except Exception as exc:
+        if server is not None:
+            server.close()
+        pytest.fail(f"PostgreSQL cannot be started for the tests: {exc} (`make tools` installs Debian's postgresql)")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database: no test sees another's rows."""
+    return postgres_server.create_database()

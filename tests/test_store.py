@@ -1,23 +1,37 @@
-"""The prediction log and ground truth: store, writer, labels, feedback route, crash and restart."""
+"""The prediction log and ground truth: store, writer, labels, feedback route, crash and restart.
 
+The tests of the store's interface run on both backends (the ``store`` and ``new_location``
+fixtures: an SQLite file, then a fresh PostgreSQL database); those about SQLite files stay
+SQLite-only. The PostgreSQL-only tests at the end play several replicas on one database, and
+a database that goes away; ``test_postgres_answers_exactly_as_sqlite`` compares every answer.
+"""
+
+import itertools
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import uuid
 
 import orjson
+import psycopg
 import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from mlmon_fastapi import instrument_app
 from mlmon_middleware import Monitor, MonitorConfig, monitor
-from mlmon_middleware.store import LogRow, SQLiteStore, StoreError
+from mlmon_middleware.store import LogRow, SQLiteStore, StoreError, open_store
+from mlmon_middleware.store_postgres import PostgresStore
 from mlmon_middleware.store_writer import StoreWriter
+
+from postgres_server import PostgresServer
 
 
 def rows_in(path):
@@ -25,8 +39,37 @@ def rows_in(path):
         return db.execute("SELECT prediction_id, prediction, segments, features, label FROM predictions ORDER BY ts").fetchall()
 
 
-def test_store_labels_retention_and_counts(tmp_path):
-    store = SQLiteStore(tmp_path / "log.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_location(request, tmp_path):
+    """Makes new, empty logs of the backend under test: SQLite files, or PostgreSQL databases."""
+    files = itertools.count()
+    if request.param == "sqlite":
+        return lambda: str(tmp_path / f"log{next(files)}.db")
+    return request.getfixturevalue("postgres_server").create_database
+
+
+@pytest.fixture
+def location(new_location):
+    return new_location()
+
+
+@pytest.fixture
+def store(location):
+    opened = open_store(location)
+    yield opened
+    opened.close()
+
+
+def ids_in(location, model="m"):
+    """The ids of ``model``'s logged predictions, oldest first (the log opened afresh)."""
+    reader = open_store(location)
+    try:
+        return [r["prediction_id"] for r in reversed(reader.recent(model, 1_000_000))]
+    finally:
+        reader.close()
+
+
+def test_store_labels_retention_and_counts(store):
     now = time.time()
     store.write([LogRow(f"p{i}", "m", "1", now - 100 + i, "{}", "{}", None) for i in range(10)])
     store.write([LogRow("q", "other", "1", now - 500, "{}", "{}", None)])
@@ -53,13 +96,13 @@ def test_unusable_logs_fail_at_start_up(tmp_path):
         Monitor(MonitorConfig(store_dir=str(blocked / "sub")))
 
 
-def test_writer_drops_the_oldest_when_full_and_counts(tmp_path):
+def test_writer_drops_the_oldest_when_full_and_counts(location):
     dropped = []
-    writer = StoreWriter(SQLiteStore(tmp_path / "log.db"), interval=60, max_queue=3, on_drop=dropped.append)
+    writer = StoreWriter(open_store(location), interval=60, max_queue=3, on_drop=dropped.append)
     writer.put([LogRow(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(5)])
     writer.close()
     assert len(dropped) == 2
-    assert [r[0] for r in rows_in(tmp_path / "log.db")] == ["p2", "p3", "p4"]
+    assert ids_in(location) == ["p2", "p3", "p4"]
 
 
 def test_log_rows_segments_redaction_and_batch_ids(tmp_path, harness_factory):
@@ -209,15 +252,11 @@ def test_labels_join_after_a_restart(tmp_path):
         second.shutdown()
 
 
-def test_a_failing_write_is_counted_and_serving_goes_on(tmp_path):
+def test_a_failing_write_is_counted_and_serving_goes_on(store):
     errors = []
-
-    class Broken(SQLiteStore):
-        def write(self, rows):
-            raise sqlite3.OperationalError("disk I/O error")
-
     dropped = []
-    writer = StoreWriter(Broken(tmp_path / "log.db"), interval=60, on_error=errors.append, on_drop=dropped.append)
+    broken = FlakyStore(store, failures=10**9, message="disk I/O error")
+    writer = StoreWriter(broken, interval=60, on_error=errors.append, on_drop=dropped.append)
     writer.CLOSE_RETRIES = 0.5  # close retries a failing write this long, then counts what is left
     writer.put([LogRow("p", "m", "1", 1.0, "{}", "{}", None)])
     assert not writer.flush()
@@ -240,23 +279,33 @@ def test_performance_route(tmp_path, harness_factory):
 
 
 class FlakyStore:
-    """A store whose first ``failures`` writes fail (as a locked database does), then work."""
+    """A store whose first ``failures`` writes fail with its own transient error (as a locked or
+    unreachable database does), then work."""
 
-    def __init__(self, inner, failures):
-        self.inner, self.failures, self.attempts = inner, failures, 0
+    def __init__(self, inner, failures, message="database is locked"):
+        self.inner, self.failures, self.attempts, self.message = inner, failures, 0, message
 
     def write(self, rows):
         self.attempts += 1
         if self.attempts <= self.failures:
-            raise sqlite3.OperationalError("database is locked")
+            raise self.inner.transient_errors[0](self.message)
         self.inner.write(rows)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
 
-def test_failed_log_writes_are_retried_with_backoff_and_bounded(tmp_path):
-    inner = SQLiteStore(tmp_path / "log.db")
+def count_in(location, model="m"):
+    reader = open_store(location)
+    try:
+        return reader.counts(model, since=0)[0]
+    finally:
+        reader.close()
+
+
+def test_failed_log_writes_are_retried_with_backoff_and_bounded(new_location):
+    first, second = new_location(), new_location()
+    inner = open_store(first)
     dropped, errors = [], []
     store = FlakyStore(inner, failures=4)
     writer = StoreWriter(store, interval=0.01, max_queue=50, on_drop=dropped.append, on_error=errors.append)
@@ -266,10 +315,10 @@ def test_failed_log_writes_are_retried_with_backoff_and_bounded(tmp_path):
         time.sleep(0.01)
     writer.close()
     assert store.attempts == 5 and len(errors) == 4 and dropped == []
-    assert SQLiteStore(tmp_path / "log.db").counts("m", since=0)[0] == 30  # every row, after four failures
+    assert count_in(first) == 30  # every row, after four failures
 
     # while failing, the queue keeps its bound: the oldest rows go first, and are counted
-    inner = SQLiteStore(tmp_path / "log2.db")
+    inner = open_store(second)
     store = FlakyStore(inner, failures=10**9)
     writer = StoreWriter(store, interval=0.01, max_queue=20, on_drop=dropped.append)
     writer.put([LogRow(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(15)])
@@ -278,7 +327,7 @@ def test_failed_log_writes_are_retried_with_backoff_and_bounded(tmp_path):
     assert len(writer) == 20 and sum(dropped) == 10
     store.failures = 0  # the lock is gone
     writer.close()
-    assert SQLiteStore(tmp_path / "log2.db").counts("m", since=0)[0] == 20 and sum(dropped) == 10
+    assert count_in(second) == 20 and sum(dropped) == 10
 
 
 def test_a_lock_longer_than_the_busy_timeout_loses_no_prediction(tmp_path, harness_factory):
@@ -300,28 +349,301 @@ def test_a_lock_longer_than_the_busy_timeout_loses_no_prediction(tmp_path, harne
     assert h.monitor.errors.counts().get("store", 0) >= 1 and "store_queue_full" not in h.monitor.errors.counts()
 
 
-def test_a_row_sqlite_cannot_store_never_blocks_the_log(tmp_path):
-    """Only a failure that may pass (locked, disk full) is retried; a row SQLite refuses for good
-    is reported and dropped, and the rest of its batch is written."""
-    import uuid
-
+def test_a_row_the_database_cannot_store_never_blocks_the_log(location):
+    """Only a failure that may pass (locked, disk full, connection lost) is retried; a row the
+    database refuses for good is reported and dropped, and the rest of its batch is written.
+    SQLite refuses a UUID object, PostgreSQL a NUL character in text."""
     errors = []
-    store = SQLiteStore(tmp_path / "log.db")
+    store = open_store(location)
+    bad = uuid.uuid4() if isinstance(store, SQLiteStore) else "p\x00"
     writer = StoreWriter(store, interval=60, on_error=errors.append)
-    writer.put([LogRow("p1", "m", "1", 1.0, "{}", "{}", None), LogRow(uuid.uuid4(), "m", "1", 2.0, "{}", "{}", None),
+    writer.put([LogRow("p1", "m", "1", 1.0, "{}", "{}", None), LogRow(bad, "m", "1", 2.0, "{}", "{}", None),
                 LogRow("p3", "m", "1", 3.0, "{}", "{}", None)])
     assert writer.flush() and len(writer) == 0
     writer.put([LogRow("p4", "m", "1", 4.0, "{}", "{}", None)])
     writer.close()
-    assert [type(e).__name__ for e in errors] == ["ProgrammingError"]
-    assert SQLiteStore(tmp_path / "log.db").counts("m", since=0)[0] == 3
+    assert [type(e).__name__ for e in errors] == ["ProgrammingError" if isinstance(store, SQLiteStore) else "DataError"]
+    assert ids_in(location) == ["p1", "p3", "p4"]
 
 
 def test_a_uuid_prediction_id_is_logged_as_text(tmp_path, harness_factory):
-    import uuid
-
     h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
     pid = uuid.uuid4()
     model = h.monitor.model("m")
     assert model.record({"a": 1.0}, 0.5, prediction_id=pid) == str(pid)
     assert model.lookup(str(pid))["prediction_id"] == str(pid)
+
+
+# ------------------------------------------------------------------ both backends: the new calls
+def test_results_keep_the_latest_body_per_model_and_kind(store):
+    assert store.get_result("m", "performance") is None
+    before = time.time()
+    store.put_result("m", "performance", '{"accuracy": 0.5}')
+    store.put_result("m", "performance", '{"accuracy": 0.75}')  # the latest wins
+    store.put_result("m", "drift", '{"drifted": []}')
+    store.put_result("other", "performance", '{"accuracy": 0.25}')
+    after = time.time()
+    updated, body = store.get_result("m", "performance")
+    assert body == '{"accuracy": 0.75}' and before <= updated <= after
+    assert store.get_result("m", "drift")[1] == '{"drifted": []}'
+    assert store.get_result("other", "performance")[1] == '{"accuracy": 0.25}'
+    assert store.get_result("other", "drift") is None
+
+
+def test_one_store_leads_every_role_it_asks_for(store):
+    assert [store.try_lead("labels"), store.try_lead("labels"), store.try_lead("drift")] == [True, True, True]
+
+
+def test_the_transient_errors_are_the_backends_own(store):
+    assert store.transient_errors == ((sqlite3.OperationalError,) if isinstance(store, SQLiteStore)
+                                      else (psycopg.OperationalError,))
+
+
+def test_open_store_picks_the_backend_by_location(tmp_path, postgres_url):
+    for location, kind in ((str(tmp_path / "a.db"), SQLiteStore), (postgres_url, PostgresStore),
+                           (postgres_url.replace("postgresql://", "postgres://"), PostgresStore),
+                           (postgres_url.replace("postgresql://", "PostgreSQL://"), PostgresStore)):
+        opened = open_store(location)
+        assert type(opened) is kind
+        opened.close()
+
+
+def test_without_psycopg_a_postgresql_url_says_what_to_install():
+    code = ("import sys; sys.modules['psycopg'] = None\n"  # as if it were not installed
+            "from mlmon_middleware.store import StoreError, open_store\n"
+            "try:\n    open_store('postgresql://u:s3cret@127.0.0.1:1/db')\n"
+            "except StoreError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'mlmon-middleware[postgres]'" in out and "s3cret" not in out
+
+
+WRITES = [
+    [LogRow(f"p{i}", "m", "1", 1000.0 + i * 0.25, orjson.dumps({"prediction": i / 10}).decode(),
+            orjson.dumps({"region": "eu" if i % 2 else "us"}).decode(), orjson.dumps({"x": i}).decode(),
+            orjson.dumps({"x": 0.1 * i}).decode() if i % 3 == 0 else None) for i in range(40)],
+    [LogRow("q1", "other", "7", 1003.5, '{"prediction": 1}', "{}", None), LogRow("p5", "m", "2", 1020.125, '{"prediction": 0.9}',
+                                                                                 '{"region": "eu"}', None, '{"x": 1.5}'),
+     LogRow("dup", "m", "1", 1030.0, '{"prediction": 0}', "{}", None), LogRow("dup", "m", "3", 1031.0, '{"prediction": 1}',
+                                                                             "{}", None)],
+]
+
+
+def exercise(store, now):
+    """Every call of the interface, on the same input; what each answers."""
+    out = []
+    store.write(WRITES[0])
+    out.append(store.set_labels("m", [("p1", 1, 1100.0), ("p2", {"score": 0.5}, 1101.5), ("p1", 0, 1102.0), ("nope", 1, 1.0),
+                                      ("p5", [1, 2], 999.0), ("p7", "yes", 1200), ("p9", None, 1300.0)]))
+    out.append(store.set_labels("other", [("p3", 1, 1200.0)]))
+    store.write(WRITES[1])  # p5 logged again: its label is gone; dup twice in a batch: the last wins
+    out.append(store.set_labels("m", [("p7", 2, 1400.0), ("dup", 1, 1500.0), ("p11", 0.5, 1050.0)]))
+    out.append(store.set_labels("other", [("q1", True, 1010.0)]))
+    out.append(store.set_labels("m", []))
+    for model in ("m", "other", "none"):
+        out += [store.labelled(model, since=0), store.labelled(model, since=1001.0), store.labelled(model, 0, limit=2),
+                store.newly_labelled(model, 0), store.newly_labelled(model, 2), store.counts(model, 0),
+                store.counts(model, 1005.0), store.recent(model, 5), store.recent(model, 100, explained=True)]
+    out += [store.lookup("m", pid) for pid in ("p1", "p5", "dup", "p2", "nope")] + [store.lookup("other", "p1")]
+    store.write([LogRow(f"old{i}", "m", "1", now - 1000 - i, "{}", "{}", None) for i in range(3)])
+    store.write([LogRow(f"new{i}", "m", "1", now + i, "{}", "{}", None) for i in range(3)])
+    out += [store.apply_retention(None, 10), store.counts("m", 0), store.recent("m", 100),
+            store.apply_retention(max_age=500, max_rows=None), store.counts("m", 0), store.counts("other", 0),
+            store.apply_retention(None, 1), store.recent("m", 100)]
+    return out
+
+
+def test_postgres_answers_exactly_as_sqlite(tmp_path, postgres_url):
+    """The same calls on the same input give the same answers, value for value and type for type."""
+    sqlite, postgres = SQLiteStore(tmp_path / "log.db"), PostgresStore(postgres_url)
+    now = time.time()
+    try:
+        expected, got = exercise(sqlite, now), exercise(postgres, now)
+    finally:
+        sqlite.close()
+        postgres.close()
+    assert len(got) == len(expected)
+    for i, (a, b) in enumerate(zip(expected, got)):
+        assert repr(b) == repr(a), f"answer {i}"
+    assert expected[0][2] == ("p1", "relabelled", 1102.0 - 1000.25)  # the comparison is not of empty answers
+
+
+# ------------------------------------------------------------- PostgreSQL: replicas and outages
+def test_two_replicas_share_predictions_and_labels(postgres_url):
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        a.write([LogRow("from-a", "m", "1", 10.0, "{}", "{}", None)])
+        b.write([LogRow("from-b", "m", "1", 20.0, "{}", "{}", None)])
+        assert b.set_labels("m", [("from-a", 1, 15.0)]) == [("from-a", "labelled", 5.0)]
+        assert a.set_labels("m", [("from-b", 0, 26.0), ("from-a", 0, 30.0)]) == [("from-b", "labelled", 6.0),
+                                                                                 ("from-a", "relabelled", 20.0)]
+        assert [(r.prediction_id, r.label) for r in b.labelled("m", 0)] == [("from-a", 0), ("from-b", 0)]
+        assert [n.seq for n in a.newly_labelled("m", 0)] == [2, 2] and b.newly_labelled("m", 2) == []
+        a.put_result("m", "performance", '{"n": 2}')
+        assert b.get_result("m", "performance")[1] == '{"n": 2}'
+    finally:
+        a.close()
+        b.close()
+
+
+def test_concurrent_labels_get_distinct_increasing_batches(postgres_url):
+    """Two replicas label the same predictions at once: every batch gets its own number, each
+    replica sees its numbers increase, and each prediction is ``labelled`` once in all."""
+    writer = PostgresStore(postgres_url)
+    ids = [f"p{i}" for i in range(50)]
+    writer.write([LogRow(pid, "m", "1", float(i), "{}", "{}", None) for i, pid in enumerate(ids)])
+    writer.close()
+    answers = {0: [], 1: []}
+
+    def label(k):
+        replica = PostgresStore(postgres_url)
+        try:
+            for round_ in range(30):
+                mine = ids[round_ % 5::5]
+                answers[k].append(replica.set_labels("m", [(pid, k, 100.0 + round_) for pid in mine]))
+        finally:
+            replica.close()
+
+    threads = [threading.Thread(target=label, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reader = PostgresStore(postgres_url)
+    seqs = {k: [] for k in answers}
+    for row in reader.newly_labelled("m", 0):
+        seqs[row.label].append(row.seq)
+    reader.close()
+    outcomes = [o for k in answers for batch in answers[k] for o in batch]
+    assert sorted(o.prediction_id for o in outcomes if o.outcome == "labelled") == sorted(ids)
+    assert sum(o.outcome == "relabelled" for o in outcomes) == 2 * 30 * 10 - 50
+    # each prediction's last batch: no number was given to a batch of each replica, the last is 60
+    assert len(set(seqs[0]) & set(seqs[1])) == 0 and max(seqs[0] + seqs[1]) == 60
+
+
+def test_batch_numbers_are_distinct_and_in_order_per_replica(postgres_url):
+    stores = [PostgresStore(postgres_url) for _ in range(2)]
+    stores[0].write([LogRow(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(200)])
+    seen = {0: [], 1: []}
+
+    def label(k):
+        for i in range(k, 200, 2):
+            stores[k].set_labels("m", [(f"p{i}", 1, 500.0)])
+            seen[k].append(next(r.seq for r in stores[k].newly_labelled("m", 0) if r.timestamp == float(i)))
+
+    threads = [threading.Thread(target=label, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert seen[0] == sorted(seen[0]) and seen[1] == sorted(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(1, 201))
+
+
+def test_one_replica_leads_and_another_takes_over(postgres_server, postgres_url):
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        assert [a.try_lead("labels"), b.try_lead("labels"), a.try_lead("labels"), b.try_lead("labels")] == [
+            True, False, True, False]
+        assert b.try_lead("drift") and not a.try_lead("drift")  # each role its own lock
+        a.close()  # the leader stops: its session ends and the lock with it
+        assert b.try_lead("labels") and b.try_lead("labels")
+        c = PostgresStore(postgres_url)
+        assert not c.try_lead("labels")
+        # the leader's session is killed (the server restarted it, the network dropped it): the
+        # lock is free, another replica takes it, and the old leader learns it no longer leads
+        with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            killed = admin.execute("SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT pid FROM pg_locks "
+                                   "WHERE locktype = 'advisory' AND granted AND database = "
+                                   "(SELECT oid FROM pg_database WHERE datname = %s)) AS holders",
+                                   (postgres_url.rsplit("/", 1)[1],)).fetchall()
+        assert killed == [(True,)]  # one session holds both of b's locks
+        deadline = time.monotonic() + 10  # the server ends the session asynchronously
+        while not c.try_lead("labels") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.try_lead("labels") and not b.try_lead("labels")
+        assert b.try_lead("drift")  # b's new session took the lock its old one lost
+        c.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_killed_connection_raises_a_transient_error_and_the_next_call_works(postgres_server, postgres_url):
+    store = PostgresStore(postgres_url)
+    store.write([LogRow("p1", "m", "1", 1.0, "{}", "{}", None)])
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                      (postgres_url.rsplit("/", 1)[1],))
+    with pytest.raises(store.transient_errors):
+        store.write([LogRow("p2", "m", "1", 2.0, "{}", "{}", None)])
+    store.write([LogRow("p2", "m", "1", 2.0, "{}", "{}", None)])
+    assert store.counts("m", 0) == (2, 0)
+    store.close()
+
+
+@pytest.fixture
+def own_server():
+    """A PostgreSQL server of its own, for a test that stops it."""
+    server = PostgresServer({"fsync": "off"})
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.mark.timeout(120)  # a hang fails here, not at the suite's 300 s
+def test_the_database_going_away_and_back(own_server):
+    """The server stops: calls raise one of ``transient_errors`` (no hang) while it is down; the
+    writer keeps its rows meanwhile; once the server is back, the next call works and no row
+    the writer held is lost."""
+    url = own_server.create_database()
+    store = PostgresStore(url, connect_timeout=2, statement_timeout=5)
+    errors, dropped = [], []
+    writer = StoreWriter(store, interval=0.05, on_error=errors.append, on_drop=dropped.append)
+    writer.put([LogRow(f"a{i}", "m", "1", float(i), "{}", "{}", None) for i in range(100)])
+    assert writer.flush()
+    own_server.stop()
+    writer.put([LogRow(f"b{i}", "m", "1", 100.0 + i, "{}", "{}", None) for i in range(100)])
+    for _ in range(3):  # the call that meets the lost connection, then connection refused
+        with pytest.raises(store.transient_errors):
+            store.counts("m", 0)
+    deadline = time.monotonic() + 30
+    while len(errors) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(errors) >= 2 and all(isinstance(e, store.transient_errors) for e in errors) and len(writer) == 100
+    own_server.start()
+    assert store.counts("m", 0)[0] >= 100
+    writer.close()  # writes what is still queued
+    assert dropped == [] and count_in(url) == 200
+
+
+def silent_server():
+    """A TCP port that accepts connections and never answers (a server hung, a half-open link)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    return listener
+
+
+@pytest.mark.timeout(60)  # the connect timeout must end the wait
+def test_an_unreachable_or_silent_server_fails_at_open_without_the_password(postgres_server):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    listener = silent_server()
+    silent = listener.getsockname()[1]
+    try:
+        for url in (f"postgresql://mlmon:s3cr%40t@127.0.0.1:{port}/log",
+                    f"postgresql://mlmon@127.0.0.1:{port}/log?password=s3cr@t",
+                    f"postgresql://mlmon:s3cr%40t@127.0.0.1:{silent}/log",
+                    f"postgresql://mlmon:s3cr%40t@127.0.0.1:{postgres_server.port}/no_such_db",
+                    "postgresql://mlmon:s3cr%40t@127.0.0.1:notaport/log"):
+            with pytest.raises(StoreError) as caught:
+                PostgresStore(url, connect_timeout=2)
+            message = str(caught.value)
+            assert "cannot be used" in message and "mlmon@127.0.0.1" in message, message
+            assert "s3cr" not in message and "s3cr" not in repr(caught.value), message
+    finally:
+        listener.close()
