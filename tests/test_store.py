@@ -570,6 +570,29 @@ def test_one_replica_leads_and_another_takes_over(postgres_server, postgres_url)
         b.close()
 
 
+def test_a_user_who_may_only_use_the_tables_opens_a_log_its_owner_created(postgres_server, postgres_url):
+    PostgresStore(postgres_url).close()  # the owner creates the tables
+    with psycopg.connect(postgres_url, autocommit=True) as owner:
+        owner.execute("CREATE ROLE app_user LOGIN")
+        owner.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        owner.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_user")
+    store = PostgresStore(postgres_url.replace("postgresql://postgres@", "postgresql://app_user@"))
+    try:
+        store.write([LogRow("p1", "m", "1", 1.0, "{}", "{}", None)])
+        assert store.set_labels("m", [("p1", 1, 3.0)]) == [("p1", "labelled", 2.0)]
+        store.put_result("m", "performance", "{}")
+        assert store.get_result("m", "performance")[1] == "{}" and store.try_lead("labels")
+        # where the tables are missing and the user may not create them: a clear error at open
+        empty = postgres_server.create_database().replace("postgresql://postgres@", "postgresql://app_user@")
+        with pytest.raises(StoreError, match="cannot be used: permission denied for schema public"):
+            PostgresStore(empty)
+    finally:
+        store.close()
+        with psycopg.connect(postgres_url, autocommit=True) as owner:  # roles are the server's, not the database's
+            owner.execute("DROP OWNED BY app_user")
+            owner.execute("DROP ROLE app_user")
+
+
 def test_a_killed_connection_raises_a_transient_error_and_the_next_call_works(postgres_server, postgres_url):
     store = PostgresStore(postgres_url)
     store.write([LogRow("p1", "m", "1", 1.0, "{}", "{}", None)])
