@@ -67,9 +67,9 @@ class Monitor:
         self._beyond: ModelMonitor | None = None  # the stand-in for models beyond max_models
         #: added to ``prometheus_port`` in this process (the BentoML adapter: one port per worker)
         self.port_offset: Callable[[], int] = lambda: 0
-        #: whether this process is a worker of a process manager (the BentoML adapter knows; for
-        #: uvicorn and gunicorn workers it is detected): its workers then share what they hold
-        self.managed_worker: Callable[[], bool] = lambda: False
+        #: the name of this worker's server among its process manager's workers, when the caller
+        #: knows it (the BentoML adapter); uvicorn and gunicorn workers are detected
+        self.worker_group: Callable[[], str | None] = lambda: None
         self._start_lock = threading.Lock()
         self._reset_process()
         ref = weakref.ref(self)
@@ -205,7 +205,7 @@ class Monitor:
         :mod:`~mlmon_middleware.host`); a folder that cannot be used leaves this worker alone."""
         config = self.config
         try:
-            folder = shared_folder(config, self.managed_worker())
+            folder = shared_folder(config, self.worker_group())
             if folder is None:
                 return None
             return HostShare(folder, models=lambda: list(self._models.values()),

@@ -7,9 +7,10 @@ and elect one leader, which runs the checks.
 
 :func:`shared_folder` finds that folder: the one configured (``MLMON_MULTIPROC_DIR``), or, for a
 process that a process manager started (a ``multiprocessing`` child such as uvicorn's workers, a
-gunicorn worker, or a BentoML worker, which the adapter reports), a folder under the temporary
-directory named after the manager's process (its pid and start time, so a recycled pid starts
-afresh) and the command line (two services under one manager do not mix). A process on its
+gunicorn worker, or a BentoML worker, which the adapter reports with its service's name), a
+folder under the temporary directory named after the manager's process (its pid and start time,
+so a recycled pid starts afresh) and the service (its name, or the command line: two services
+under one manager do not mix). A process on its
 own shares nothing and pays nothing.
 
 :class:`Worker` names a process (pid and start time: a pid the kernel gives again is another
@@ -89,31 +90,35 @@ def process_start(pid: int) -> str | None:
     return stat[stat.rfind(b")") + 2:].split()[19].decode()
 
 
-def managed(hint: bool = False) -> bool:
-    """Whether this process is a worker that a process manager started: ``hint`` (the BentoML
-    adapter knows), a ``multiprocessing`` child (uvicorn's workers), or a gunicorn worker."""
-    if hint or multiprocessing.parent_process() is not None:
+def managed() -> bool:
+    """Whether this process is a worker that a process manager started: a ``multiprocessing``
+    child (uvicorn's workers) or a gunicorn worker."""
+    if multiprocessing.parent_process() is not None:
         return True
     return "gunicorn.arbiter" in sys.modules and os.getppid() != 1
 
 
-def shared_folder(config: MonitorConfig, hint: bool = False) -> str | None:
+def shared_folder(config: MonitorConfig, group: str | None = None) -> str | None:
     """The folder this process shares with the other workers of its server, or None (alone).
 
-    Created private to the user (0700). Folders that managers no longer running left behind in
-    the temporary directory are removed."""
+    ``group`` names the server among the manager's workers when the caller knows it (the
+    BentoML adapter: the service's name; its workers' command lines differ by worker id); by
+    default a detected worker's command line does. Created private to the user (0700); folders
+    that managers no longer running left behind in the temporary directory are removed."""
     chosen = config.multiprocess_dir
     if chosen == OFF:
         return None
     if chosen is None:
-        if not managed(hint):
-            return None
+        if group is None:
+            if not managed():
+                return None
+            group = "\0".join(sys.argv)
         parent = os.getppid()
-        command = hashlib.blake2b("\0".join(sys.argv).encode(), digest_size=6).hexdigest()
+        tag = hashlib.blake2b(group.encode(), digest_size=6).hexdigest()
         root = os.path.join(tempfile.gettempdir(), f"mlmon-{os.getuid()}")
         os.makedirs(root, mode=0o700, exist_ok=True)
         _remove_abandoned(root)
-        chosen = os.path.join(root, f"{Worker(parent, process_start(parent) or '').key}_{command}")
+        chosen = os.path.join(root, f"{Worker(parent, process_start(parent) or '').key}_{tag}")
     os.makedirs(chosen, mode=0o700, exist_ok=True)
     return chosen
 

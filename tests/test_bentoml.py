@@ -133,6 +133,19 @@ REQUESTS = [
 ]
 
 
+def scraped_totals(url: str) -> tuple[dict, list]:
+    """``mlmon_predictions_total`` by (route, outcome), and the instance ids of ``target_info``."""
+    totals, instances = {}, []
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for s in family.samples:
+            if s.name == "mlmon_predictions_total":
+                key = (s.labels["http_route"], s.labels["outcome"])
+                totals[key] = totals.get(key, 0) + s.value
+            if s.name == "target_info":
+                instances.append(s.labels["service_instance_id"])
+    return totals, instances
+
+
 @pytest.mark.integration
 def test_real_bentoml_serve_with_two_workers(tmp_path):
     bare = tmp_path / "bare"
@@ -161,20 +174,22 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
         assert [s for s, _ in answers[monitored_url]] == [200, 200, 200, 400, 500, 400]
         assert bentoml_metrics.status_code == 200 and b"bentoml_service_request_total" in bentoml_metrics.content
         assert b"mlmon_" not in bentoml_metrics.content  # not on BentoML's registry
-        totals, instances = {}, []
-        for worker in range(2):  # worker i serves MLMON_PROMETHEUS_PORT + i - 1, from its start
-            scrape = httpx.get(f"http://127.0.0.1:{metrics_port + worker}/metrics", timeout=10)
-            assert scrape.status_code == 200
-            for family in text_string_to_metric_families(scrape.text):
-                for s in family.samples:
-                    if s.name == "mlmon_predictions_total":
-                        key = (s.labels["http_route"], s.labels["outcome"])
-                        totals[key] = totals.get(key, 0) + s.value
-                    if s.name == "target_info":  # present once a worker has data
-                        instances.append(s.labels["service_instance_id"])
-        assert len(instances) == len(set(instances)) >= 1  # one service.instance.id per worker
-        assert totals[("/predict", "ok")] == 2 + 60 and totals[("/classify", "ok")] == 1
-        assert totals.get(("/predict", "error"), 0) == 1  # the model's own failure; BentoML's 400s never reached it
+        expected = {("/predict", "ok"): 2 + 60, ("/classify", "ok"): 1, ("/predict", "error"): 1}
+        deadline = time.monotonic() + 30
+        while True:  # each worker answers for both (they share their counts every second)
+            scrapes = [scraped_totals(f"http://127.0.0.1:{metrics_port + worker}/metrics") for worker in range(2)]
+            if all(totals == expected for totals, _ in scrapes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        # worker i serves MLMON_PROMETHEUS_PORT + i - 1, from its start; each port counts every worker
+        # (the error is the model's own failure; BentoML's 400s never reached it)
+        assert [totals for totals, _ in scrapes] == [expected, expected]
+        healths = [httpx.get(f"{monitored_url}/mlmon/health", headers={"Connection": "close"}, timeout=10).json()
+                   for _ in range(4)]  # a connection each: both workers answer, alike
+        assert all(h["workers"]["running"] == 2 for h in healths)
+        assert all(h["models"]["iris"]["predictions"] == {"ok": 63, "error": 1} for h in healths)
+        instances = scrapes[0][1]
+        assert len(instances) == len(set(instances)) >= 1  # one service.instance.id per worker with data
     finally:
         stop(monitored_proc)
         stop(bare_proc)

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from http_helpers import RecordingServer
 
 from demo import free_port, start_service
+from http_helpers import RecordingServer
 
 pytestmark = pytest.mark.integration
 

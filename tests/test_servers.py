@@ -69,27 +69,38 @@ def test_sigterm_loses_no_acknowledged_prediction(trained, tmp_path, server, wor
     assert not missing, f"{len(missing)} acknowledged predictions are not in the log"
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
-def test_each_worker_serves_its_own_metrics_port(trained, tmp_path, server):
+@pytest.mark.parametrize("server, per_worker", [("uvicorn", False), ("gunicorn", True)])
+def test_each_worker_serves_its_own_metrics_port(trained, tmp_path, server, per_worker):
+    """Each worker serves a port, and each port answers for the whole server (the workers share
+    their counts); with ``MLMON_METRICS_PER_WORKER`` the counts keep a ``worker`` label."""
     port = free_port(0)
     metrics = free_port(0)
     while not all(free_port(p) == p for p in (metrics, metrics + 1)):
         metrics = free_port(0)
     proc = start_service(trained, port, tmp_path / "service.log", server=server, workers=2,
-                         env={"MLMON_PROMETHEUS_PORT": str(metrics), "MLMON_CHECK_INTERVAL": "0"})
+                         env={"MLMON_PROMETHEUS_PORT": str(metrics), "MLMON_CHECK_INTERVAL": "0",
+                              "MLMON_METRICS_PER_WORKER": str(per_worker).lower()})
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (ready(metrics) and ready(metrics + 1)):
             time.sleep(0.2)
         assert ready(metrics) and ready(metrics + 1), "each of the two workers should serve a metrics port"
         acknowledged = post_many(f"http://127.0.0.1:{port}", make_rows(200, np.random.default_rng(2)))
-        scraped = [samples(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text) for p in (metrics, metrics + 1)]
+        deadline = time.monotonic() + 30
+        while True:  # the other worker's counts arrive within its share interval (1 s)
+            scraped = [samples(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text) for p in (metrics, metrics + 1)]
+            totals = [value(found, "mlmon_predictions_total", outcome="ok") for found in scraped]
+            if totals == [200, 200] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
     assert len(acknowledged) == 200
-    per_worker = [value(found, "mlmon_predictions_total", outcome="ok") for found in scraped]
-    assert sum(per_worker) == 200 and all(n > 0 for n in per_worker), per_worker  # both served, all counted
+    assert totals == [200, 200]  # through either port: every worker's predictions
+    workers = {dict(labels).get("worker") for (name, labels), v in scraped[0].items()
+               if name == "mlmon_predictions_total" and v > 0}
+    assert workers == ({None} if not per_worker else workers - {None, "exited"}) and len(workers) == (2 if per_worker else 1)
     assert all(value(found, "mlmon_capture_errors_total") == 0 for found in scraped)
     assert all(value(found, "mlmon_monitor_errors_total") == 0 for found in scraped)
     log = (tmp_path / "service.log").read_text()

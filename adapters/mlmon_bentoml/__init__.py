@@ -61,7 +61,8 @@ def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | Non
             raise TypeError("@monitored goes above @bentoml.service: it takes the service it makes")
         mon = registry or Monitor.get()
         mon.port_offset = lambda: max(worker_index() - 1, 0)
-        mon.managed_worker = lambda: worker_index() > 0  # its workers share their rows and counts
+        # the service's workers share their rows and counts (their command lines differ by worker id)
+        mon.worker_group = lambda: f"bentoml:{service.name}" if worker_index() > 0 else None
         names = list(apis) if apis is not None else list(service.apis)
         unknown = [n for n in names if n not in service.apis]
         if unknown:
