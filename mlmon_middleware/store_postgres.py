@@ -140,6 +140,7 @@ def secrets_in(url: str) -> list[str]:
 
 
 def redact(text: str, url: str) -> str:
+    """``text`` with the URL's passwords starred out."""
     for secret in secrets_in(url):
         text = text.replace(secret, "***")
     return text
@@ -174,6 +175,7 @@ class PostgresStore:
                     if _one(db.execute("SELECT to_regclass(%s)", (name,)))[0] is None:
                         db.execute(statement)
         except (psycopg.Error, OSError) as exc:
+            self.close()  # a session that connected, then failed, is not kept
             raise StoreError(f"prediction log {self.where} cannot be used: {redact(' '.join(str(exc).split()), url)} "
                              "(check MLMON_STORE_URL: the server, the database, the user and its rights)") from None
 
