@@ -1,0 +1,166 @@
+"""The workers' shared folder without servers: election, counts folded when a worker exits,
+summing rules, merged windows, and two real processes sharing one folder."""
+
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mlmon_middleware import Monitor, MonitorConfig
+from mlmon_middleware.exchange import Exchange
+from mlmon_middleware.host import newest
+from mlmon_middleware.merge import fold_counters, merged_counts, merged_families
+from mlmon_middleware.workers import LeaderLock, Worker, shared_folder
+
+COUNTER = ["c", "", "counter", "", [["c_total", {"route": "/p"}, 0.0]]]
+
+
+def state(count: float, gauge: float, rows: int = 0) -> dict:
+    counter = [COUNTER[0], "", "counter", "", [["c_total", {"route": "/p"}, count], ["c_created", {"route": "/p"}, 1.0]]]
+    hist = ["h", "", "histogram", "", [["h_bucket", {"le": "1.0"}, count], ["h_bucket", {"le": "+Inf"}, count],
+                                       ["h_count", {}, count], ["h_sum", {}, count / 2]]]
+    return {"metrics": [counter, hist, ["g", "", "gauge", "", [["g", {}, gauge]]],
+                        ["mlmon_reservoir_size", "", "gauge", "", [["mlmon_reservoir_size", {}, float(rows)]]]],
+            "models": {"m": {"predictions": {"ok": int(count)}, "labels": {"labelled": 1},
+                             "feature_errors": {"x": {"non_finite": 1}}, "rows": rows}}}
+
+
+def samples(families) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+def test_counters_sum_gauges_are_the_leaders_and_exited_workers_still_count():
+    exited = fold_counters({}, state(5, gauge=100, rows=9))
+    live = {"1-a": state(2, gauge=7, rows=3), "2-b": state(3, gauge=8, rows=4)}
+    got = samples(merged_families(live, exited, leader="2-b", per_worker=False))
+    assert got[("c_total", (("route", "/p"),))] == 10
+    assert got[("h_bucket", (("le", "+Inf"),))] == 10 and got[("h_sum", ())] == 5
+    assert got[("g", ())] == 8  # the leader's
+    assert got[("mlmon_reservoir_size", ())] == 7  # each worker's own rows, summed over running ones
+    assert not any(name.endswith("_created") for name, _ in got)
+    per = samples(merged_families(live, exited, leader="2-b", per_worker=True))
+    assert {dict(k).get("worker"): v for (n, k), v in per.items() if n == "c_total"} == {"exited": 5, "1": 2, "2": 3}
+    counts = merged_counts(live, exited, "m")
+    assert counts["predictions"] == {"ok": 10} and counts["labels"] == {"labelled": 3}
+    assert counts["feature_errors"] == {"x": {"non_finite": 3}} and counts["rows"] == 7
+
+
+def _publish_and_exit(folder: str, count: float) -> None:
+    Exchange(folder, Worker.current()).publish_state(state(count, gauge=1))
+
+
+def test_an_exited_workers_counts_are_folded_and_totals_never_fall(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ex = Exchange(str(tmp_path), Worker.current())
+    ex.publish_state(state(1, gauge=0))
+    child = ctx.Process(target=_publish_and_exit, args=(str(tmp_path), 4.0))
+    child.start()
+    child.join(30)
+    shared = ex.states()  # the child has exited: its state is folded
+    assert list(shared.live) == [Worker.current().key]
+    assert shared.exited["models"]["m"]["predictions"] == {"ok": 4}
+    assert sorted(os.listdir(tmp_path)) == ["exited.json", f"state-{Worker.current().key}.json", "states.lock"]
+    total = samples(merged_families(shared.live, shared.exited, leader=None, per_worker=False))
+    assert total[("c_total", (("route", "/p"),))] == 5
+
+
+def _hold_the_lead(folder: str, ready, release) -> None:
+    lock = LeaderLock(folder)
+    assert lock.try_acquire()
+    ready.set()
+    release.wait(30)
+    os._exit(0)  # no clean-up: the kernel releases the lock
+
+
+def test_the_lead_passes_when_its_holder_dies(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_the_lead, args=(str(tmp_path), ready, release))
+    holder.start()
+    assert ready.wait(30)
+    mine = LeaderLock(str(tmp_path))
+    assert not mine.try_acquire()
+    assert mine.leader_key() == Worker(holder.pid, Worker.current().start and Worker.from_key(mine.leader_key()).start).key
+    release.set()
+    holder.join(30)
+    assert mine.try_acquire() and mine.leader_key() == Worker.current().key
+
+
+def test_newest_rows_of_several_windows_are_the_servers_newest():
+    rng = np.random.default_rng(3)
+    times = rng.permutation(100).astype(float)
+    windows = []
+    for worker in range(3):  # each worker keeps its own newest 10 rows
+        mine = np.sort(times[worker::3])[-10:]
+        categorical = np.array([[str(t)] for t in mine], dtype=object)
+        windows.append({"time": mine, "numeric": mine[:, None] * 2, "categorical": categorical})
+    merged = newest(windows, capacity=10)
+    assert merged["time"].tolist() == list(range(90, 100))
+    assert merged["numeric"][:, 0].tolist() == [2.0 * t for t in range(90, 100)]
+    assert merged["categorical"][:, 0].tolist() == [str(float(t)) for t in range(90, 100)]
+
+
+def test_windows_travel_with_missing_categories_and_schemas(tmp_path):
+    ex = Exchange(str(tmp_path), Worker.current())
+    window = {"time": np.array([1.0, 2.0]), "numeric": np.array([[np.nan], [1.5]]),
+              "categorical": np.array([[None], ["é"]], dtype=object)}
+    ex.publish_windows(7, {"m": {"features": window, "outputs": {}, "schema": {"x": "numeric", "c": "categorical"},
+                                 "attributions": {}}})
+    me = {Worker.current().key}
+    got = ex.windows(7, timeout=1.0, workers=me)[Worker.current().key]["m"]
+    assert got["fresh"] and got["schema"] == {"x": "numeric", "c": "categorical"}
+    assert np.isnan(got["features"]["numeric"][0, 0]) and got["features"]["numeric"][1, 0] == 1.5
+    assert got["features"]["categorical"].tolist() == [[None], ["é"]]
+    stale = ex.windows(8, timeout=0.1, workers=me)[Worker.current().key]["m"]  # nobody answered request 8 in time
+    assert not stale["fresh"] and stale["features"]["time"].tolist() == [1.0, 2.0]
+
+
+def test_a_process_alone_shares_nothing_unless_told(tmp_path):
+    assert shared_folder(MonitorConfig()) is None  # pytest is no process manager's worker
+    assert shared_folder(MonitorConfig(multiprocess_dir="off"), group="x") is None
+    assert shared_folder(MonitorConfig(multiprocess_dir=str(tmp_path / "s"))) == str(tmp_path / "s")
+    assert os.stat(tmp_path / "s").st_mode & 0o777 == 0o700
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
+    mon.start()
+    try:
+        assert mon.host is None and mon.health()["workers"] is None
+    finally:
+        mon.shutdown()
+
+
+def _serve_one_worker(folder: str, n: int, done) -> None:
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0, multiprocess_dir=folder, share_interval=0.1))
+    model = mon.model("m", version="1")
+    for i in range(n):
+        model.record({"x": float(i)}, {"prediction": 1.0})
+    mon.flush()
+    done.set()
+    time.sleep(30)
+
+
+@pytest.mark.parametrize("others", [1, 2])
+def test_workers_sharing_a_folder_check_every_row(tmp_path, others):
+    ctx = multiprocessing.get_context("spawn")
+    events = [ctx.Event() for _ in range(others)]
+    procs = [ctx.Process(target=_serve_one_worker, args=(str(tmp_path), 50 * (i + 1), e), daemon=True)
+             for i, e in enumerate(events)]
+    for p in procs:
+        p.start()
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0, multiprocess_dir=str(tmp_path), share_interval=0.1))
+    try:
+        assert all(e.wait(60) for e in events)
+        model = mon.model("m", version="1")
+        model.record({"x": -1.0}, {"prediction": 0.0})
+        expected = 1 + sum(50 * (i + 1) for i in range(others))
+        deadline = time.monotonic() + 30
+        while mon.health()["models"]["m"]["predictions"]["ok"] < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert mon.health()["models"]["m"]["predictions"] == {"ok": expected, "error": 0}
+        assert model.check_now(scheduled=False)["rows"] == expected  # every worker's rows
+    finally:
+        mon.shutdown()
+        for p in procs:
+            p.kill()
+            p.join(10)
