@@ -44,6 +44,7 @@ from mlmon_middleware.reports import (
     FeatureDrift,
     LabelCoverage,
     LabelCoverageWindow,
+    PerformanceReport,
     QualityCounts,
     WindowSpan,
 )
@@ -101,6 +102,9 @@ class CheckInputs:
     labels: LabelReader | None = None
     attributions: Attributions | None = None
     scheduled: bool = True
+    #: the performance report of the replica that leads the label-based checks of a fleet sharing
+    #: one log, taken instead of computing it here (None: this process computes it)
+    fleet_performance: PerformanceReport | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +154,11 @@ class DriftChecker:
         """Run one check on ``inputs``: drift, quality, performance, attributions, alerts."""
         with self._lock:
             start = time.perf_counter()
-            performance, conditions = self.performance.compute(inputs.labels, inputs.now, scheduled=inputs.scheduled)
+            if inputs.fleet_performance is None:
+                performance, conditions = self.performance.compute(inputs.labels, inputs.now, scheduled=inputs.scheduled)
+            else:  # another replica judges the labels of the shared log: its alerts, not ours
+                performance, conditions = inputs.fleet_performance, {}
+                self.performance.report = performance
             report, warmup, drift_conditions = self._drift(inputs)
             report["performance_status"] = performance.get("status", "")
             report["attributions"] = self._attributions(inputs.attributions)

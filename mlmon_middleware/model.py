@@ -55,7 +55,7 @@ from mlmon_middleware.reports import (
 )
 from mlmon_middleware.reservoir import SlidingWindow, WindowSnapshot
 from mlmon_middleware.schema import FeatureSchema
-from mlmon_middleware.shared_model import check_inputs
+from mlmon_middleware.shared_model import check_inputs, store_performance
 from mlmon_middleware.store import PredictionStore, StoreBusy, StoreError
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
@@ -255,7 +255,10 @@ class ModelMonitor:
             now = time.time()
             window_seconds = self.registry.config.window_seconds
             since = None if window_seconds is None else now - window_seconds
-            result = self.checker.check(check_inputs(self, self.registry.host, now, since, self._label_reader(), scheduled))
+            labels = self._label_reader()
+            result = self.checker.check(check_inputs(self, self.registry.host, now, since, labels, scheduled))
+            if scheduled:
+                store_performance(self, labels)
             if result.warmup_baseline is not None:
                 self.set_baseline(result.warmup_baseline)
             return result.report
@@ -304,7 +307,7 @@ class ModelMonitor:
     def record_outcomes(self, items: Sequence[tuple[str, Any, float | None]]) -> LabelResults:
         """Join ground-truth labels ``(prediction id, actual, timestamp or None for now)`` to
         logged predictions. The same id twice keeps the latest label (``relabelled``); unknown
-        ids are answered per item (``unknown``). Needs the prediction log (``store_dir``)."""
+        ids are answered per item (``unknown``). Needs the prediction log (``store_dir`` or ``store_url``)."""
         now = time.time()
         results = self._log("join labels").set_labels(self.name, [(pid, actual, now if ts is None else float(ts))
                                                                   for pid, actual, ts in items])
@@ -323,7 +326,7 @@ class ModelMonitor:
 
     def lookup(self, prediction_id: str) -> LoggedPrediction | None:
         """The logged prediction ``prediction_id`` (features, prediction, label, explanation), or
-        None when it is not in the log. Needs the prediction log (``store_dir``)."""
+        None when it is not in the log. Needs the prediction log (``store_dir`` or ``store_url``)."""
         return self._log("look up predictions").lookup(self.name, prediction_id)
 
     def recent_predictions(self, limit: int = 20, explained: bool = False) -> list[LoggedPrediction]:
@@ -334,7 +337,8 @@ class ModelMonitor:
         """The prediction log, with everything captured so far written to it."""
         writer = self.registry.store_writer
         if writer is None:
-            raise StoreError(f"no prediction log: set MonitorConfig(store_dir=...) or MLMON_STORE_DIR to {purpose}")
+            raise StoreError(f"no prediction log: set MLMON_STORE_DIR (a SQLite file) or MLMON_STORE_URL (PostgreSQL) "
+                             f"to {purpose}")
         self.registry.flush()  # predictions still in the pipeline or the writer's queue
         if not writer.flush():  # a label joined now would miss the predictions still queued
             raise StoreBusy(f"the prediction log cannot be written just now, so it cannot {purpose}")

@@ -39,7 +39,7 @@ from mlmon_middleware.options import ModelOptions
 from mlmon_middleware.pipeline import Pipeline
 from mlmon_middleware.reports import ModelHealth, MonitorHealth
 from mlmon_middleware.shared_model import with_counts_of
-from mlmon_middleware.store import SQLiteStore
+from mlmon_middleware.store import open_store
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry, check_exporters
 from mlmon_middleware.workers import shared_folder
@@ -58,8 +58,8 @@ class Monitor:
     def __init__(self, config: MonitorConfig | None = None) -> None:
         self.config = (config or MonitorConfig()).with_env()
         check_exporters(self.config)  # a missing exporter fails now, not in the first request
-        if self.config.store_dir is not None:  # a corrupt or unwritable log fails now, not mid-traffic
-            SQLiteStore(self.store_path).close()
+        if self.store_location is not None:  # a corrupt, unwritable or unreachable log fails now, not mid-traffic
+            open_store(self.store_location).close()
         self.errors = ErrorLog()
         self.limits = LimitHits()
         self.pipeline = Pipeline(self.config, self.errors)
@@ -166,8 +166,15 @@ class Monitor:
         return os.path.join(self.config.store_dir or ".", "predictions.sqlite")
 
     @property
+    def store_location(self) -> str | None:
+        """Where the prediction log is: ``store_url`` (PostgreSQL), the file under ``store_dir``, or None."""
+        if self.config.store_url is not None:
+            return self.config.store_url
+        return self.store_path if self.config.store_dir is not None else None
+
+    @property
     def store_writer(self) -> StoreWriter | None:
-        """The prediction log's writer in this process, when ``store_dir`` is set."""
+        """The prediction log's writer in this process, when ``store_dir`` or ``store_url`` is set."""
         if not self._started:
             self._start()
         return self._store_writer
@@ -183,9 +190,9 @@ class Monitor:
             self._host = self._share()
             self._telemetry = Telemetry(config, flush=self.flush, observe=self.observe,
                                         merged=None if self._host is None else self._host.collect)
-            if self.config.store_dir is not None:
+            if self.store_location is not None:
                 self._store_writer = StoreWriter(
-                    SQLiteStore(self.store_path), interval=self.config.store_interval,
+                    open_store(self.store_location), interval=self.config.store_interval,
                     max_queue=self.config.store_queue_size,
                     retention=(self.config.store_max_age, self.config.store_max_rows),
                     on_drop=lambda n: self.errors.report("store_queue_full", message=f"{n} logged prediction(s) dropped"),
@@ -278,7 +285,7 @@ class Monitor:
             "log_queue": None if self._store_writer is None else len(self._store_writer),
             "metrics_port": None if telemetry is None else telemetry.prometheus_port,
             "token_required": bool(self.config.api_token),
-            "prediction_log_enabled": self.config.store_dir is not None,
+            "prediction_log_enabled": self.store_location is not None,
             "models": {name: self._model_health(m, private) for name, m in self._models.items()},
             "monitor_errors": errors,
             "limit_hits": self.limits.counts(),
@@ -286,7 +293,7 @@ class Monitor:
         }
         if private:
             health["pid"] = os.getpid()
-            health["prediction_log"] = self.store_path if self.config.store_dir is not None else None
+            health["prediction_log"] = None if self.config.store_dir is None else self.store_path  # never the URL
             health["last_errors"] = self.errors.recent()
         return health
 

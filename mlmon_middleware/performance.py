@@ -163,7 +163,7 @@ class PerformanceTracker:
         report: PerformanceReport = {"checked_at": now, "windows": {}}
         conditions: Conditions = {}
         if labels is None:
-            report["status"] = "no prediction log (store_dir)"
+            report["status"] = "no prediction log (store_dir or store_url)"
             self.report = report
             return report, conditions
         windows: dict[str, WindowPerformance] = {}

@@ -88,7 +88,7 @@ def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None
                          include_in_schema=False))
     if predictions:
         out += _prediction_routes(mon, access, predictions.rstrip("/"))
-    if feedback and mon.config.store_dir is not None:  # without a log, feedback takes nothing anyway
+    if feedback and mon.store_location is not None:  # without a log, feedback takes nothing anyway
         access.announce(mounted_at + feedback)
     if dashboard:
         out.append(Route(dashboard, lambda _: HTMLResponse(_dashboard_page()), methods=["GET"], include_in_schema=False))

@@ -26,11 +26,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from mlmon_middleware.analyzer import Attributions, CheckInputs
-from mlmon_middleware.reports import ModelHealth
+from mlmon_middleware.reports import ModelHealth, PerformanceReport
 from mlmon_middleware.reservoir import WindowSnapshot
-from mlmon_middleware.store import LabelReader
+from mlmon_middleware.store import PredictionStore
 
 if TYPE_CHECKING:
     from mlmon_middleware.host import HostShare
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 
 def check_inputs(m: ModelMonitor, host: HostShare | None, now: float, since: float | None,
-                 labels: LabelReader | None, scheduled: bool) -> CheckInputs:
+                 labels: PredictionStore | None, scheduled: bool) -> CheckInputs:
     """The inputs of a check of ``m``: its own windows and counts, or with workers sharing
     (``host``), every worker's (a schema only another worker has seen yet is taken)."""
     if host is None:
@@ -54,7 +55,31 @@ def check_inputs(m: ModelMonitor, host: HostShare | None, now: float, since: flo
     if m.explainer is not None:
         attributions = Attributions(m.explainer.names, samples, m.explainer.baseline_attributions)
     return CheckInputs(m.name, m.version, now, features, outputs, m.schema, m.output_schema, m.baseline, counts,
-                       labels, attributions, scheduled)
+                       labels, attributions, scheduled, fleet_performance(m, labels))
+
+
+#: the role whose holder, among every process sharing one prediction log, runs the label-based checks
+LABEL_CHECKS = "mlmon:label-checks"
+
+
+def fleet_performance(m: ModelMonitor, labels: PredictionStore | None) -> PerformanceReport | None:
+    """The performance report to take rather than compute: the one the leader of the label-based
+    checks last stored, when another process leads them (replicas sharing a PostgreSQL log).
+    None when this process leads (or has no log): it computes them."""
+    if labels is None or labels.try_lead(LABEL_CHECKS):
+        return None
+    found = labels.get_result(m.name, "performance")
+    if found is None:
+        return {"status": "another replica checks performance on the shared log; no result yet"}
+    report: PerformanceReport = orjson.loads(found[1])
+    return report
+
+
+def store_performance(m: ModelMonitor, labels: PredictionStore | None) -> None:
+    """The leader of the label-based checks: store ``m``'s performance report for the other replicas."""
+    report = m.checker.performance.report
+    if labels is not None and report is not None and labels.try_lead(LABEL_CHECKS):
+        labels.put_result(m.name, "performance", orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
 def counts_of(m: ModelMonitor) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def test_record_outcomes_counts_labels_and_delays(tmp_path, harness_factory):
 
 def test_record_outcome_needs_the_log(harness_factory):
     h = harness_factory(tracing=False, check_interval=0)
-    with pytest.raises(StoreError, match="no prediction log: set MonitorConfig"):
+    with pytest.raises(StoreError, match="no prediction log: set MLMON_STORE_DIR"):
         h.monitor.model("m").record_outcome("p", 1)
 
 
