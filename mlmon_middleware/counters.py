@@ -2,8 +2,8 @@
 
 :class:`Counters` holds what the pipeline has seen so far (predictions by outcome, capture
 errors by reason and per feature, labels by outcome, input fields that are not features) behind
-one lock, and hands out copies. :class:`BinCounter` counts rows per baseline quantile bin of each
-numeric feature since start: summed across replicas, these give fleet-wide PSI in PromQL.
+one lock, and hands out copies. :class:`BinCounter` counts rows per baseline bin of each feature
+(quantile bins, or categories) since start: summed across replicas, these give fleet-wide PSI in PromQL.
 
 >>> c = Counters()
 >>> c.add_batch({"ok": 2}, {"invalid_json": 1}, {"invalid_json": "Expecting value"})
@@ -21,7 +21,7 @@ import numpy as np
 
 from mlmon_middleware.analyzer import Counts
 from mlmon_middleware.baseline import Baseline
-from mlmon_middleware.drift.stats import bin_counts, reference_rows
+from mlmon_middleware.drift.stats import OTHER, bin_counts, reference_rows
 from mlmon_middleware.reports import Coverage
 
 MAX_UNMONITORED_FIELDS = 1000  # distinct unmonitored field names kept per model (inputs may carry anything)
@@ -90,29 +90,76 @@ class Counters:
 
 
 class BinCounter:
-    """Rows per baseline quantile bin of each numeric feature, since start (see the module docstring),
-    and the chi² value above which a fleet's summed counts of a feature differ from the baseline's
-    shares at level ``alpha`` (Bonferroni over the numeric features): what the rendered fleet rules
-    compare with, since PromQL has no chi² distribution."""
+    """Rows per baseline bin of each feature, since start (see the module docstring), and the
+    chi² value above which a fleet's summed counts of a feature differ from the baseline's
+    shares at level ``alpha`` (Bonferroni over the features): what the rendered fleet rules
+    compare with, since PromQL has no chi² distribution.
+
+    A numeric feature's bins are the baseline's quantile bins; a categorical feature's are its
+    baseline categories in the baseline's order, then one bin for every category the baseline
+    never saw (unless the baseline pooled its rare categories as ``__other__``, where those go,
+    as in the in-process check). Bins are exported by index: no category value leaves.
+
+    >>> from mlmon_middleware.baseline import Baseline
+    >>> b = BinCounter(Baseline.from_data([{"c": "a"}, {"c": "a"}, {"c": "b"}]), alpha=0.05)
+    >>> b.add(np.empty((3, 0)), np.array([["a"], ["z"], [None]], dtype=object))
+    >>> b.items(), b.reference_shares()
+    ([('c', 0, 1), ('c', 1, 0), ('c', 2, 1)], [('c', 0, 0.6666666666666666), ('c', 1, 0.3333333333333333), ('c', 2, 0.0)])
+    """
 
     def __init__(self, baseline: Baseline, alpha: float) -> None:
         from scipy.stats import chi2
 
-        self.names = baseline.schema.numeric_names
+        schema = baseline.schema
+        self.names = schema.numeric_names
         # per numeric feature: the baseline's interior bin edges
         self.cuts = [np.asarray(baseline.features[n].get("bin_edges") or [np.nan, np.nan], dtype=float)[1:-1]
                      for n in self.names]
         self.counts = np.zeros((len(self.cuts), max((len(c) + 1 for c in self.cuts), default=1)), dtype=np.int64)
-        tested = max(sum(len(c) > 0 for c in self.cuts), 1)
-        self.critical = {name: float(chi2.isf(alpha / tested, len(c))) for name, c in zip(self.names, self.cuts) if len(c)}
+        # per categorical feature: the baseline's shares by category, and where each category counts
+        self.categorical = schema.categorical_names
+        frequencies = [dict(baseline.features.get(n, {}).get("frequencies") or {}) for n in self.categorical]
+        self.shares = [_shares(f) for f in frequencies]
+        self.index = [{c: i for i, c in enumerate(f)} for f in frequencies]
+        self.unlisted = [f_index.get(OTHER, len(f_index)) for f_index in self.index]  # the bin of unseen categories
+        self.category_counts = [np.zeros(len(shares), dtype=np.int64) for shares in self.shares]
+        dofs = {name: len(c) for name, c in zip(self.names, self.cuts) if len(c)}
+        dofs.update({name: len(s) - 1 for name, s, f in zip(self.categorical, self.shares, frequencies) if f})
+        tested = max(len(dofs), 1)
+        self.critical = {name: float(chi2.isf(alpha / tested, dof)) for name, dof in dofs.items() if dof > 0}
         # the reference's size for the fleet's two-sample test: the rows the bin shares come from
         self.reference_rows = {name: reference_rows(baseline.features[name]) for name in self.critical}
 
-    def add(self, numeric: np.ndarray) -> None:
-        """Count a batch of encoded rows (n × numeric features); the pipeline thread only."""
+    def add(self, numeric: np.ndarray, categorical: np.ndarray | None = None) -> None:
+        """Count a batch of encoded rows (n × numeric and n × categorical features); the pipeline thread only."""
         for j, cuts in enumerate(self.cuts):
             self.counts[j, :len(cuts) + 1] += bin_counts(numeric[:, j], cuts)
+        if categorical is None:
+            return
+        for j, index in enumerate(self.index):
+            if not index:
+                continue
+            seen = collections.Counter(categorical[:, j].tolist())
+            seen.pop(None, None)
+            counts, unlisted = self.category_counts[j], self.unlisted[j]
+            for value, n in seen.items():
+                counts[index.get(value, unlisted)] += n
 
     def items(self) -> list[tuple[str, int, int]]:
         """``(feature, bin, rows)`` of every bin."""
-        return [(name, b, int(self.counts[j, b])) for j, name in enumerate(self.names) for b in range(len(self.cuts[j]) + 1)]
+        numeric = [(name, b, int(self.counts[j, b])) for j, name in enumerate(self.names) for b in range(len(self.cuts[j]) + 1)]
+        return numeric + [(name, b, int(n)) for name, counts, index in zip(self.categorical, self.category_counts, self.index)
+                          if index for b, n in enumerate(counts)]
+
+    def reference_shares(self) -> list[tuple[str, int, float]]:
+        """``(feature, bin, baseline share)`` of every categorical bin (numeric bins' shares are
+        the baseline's ``bin_proportions``)."""
+        return [(name, b, float(share)) for name, shares in zip(self.categorical, self.shares) for b, share in enumerate(shares)]
+
+
+def _shares(frequencies: Mapping[str, float]) -> np.ndarray:
+    """A baseline's category shares, normalised, and a last bin (share 0) for unseen categories
+    unless the baseline pools them as ``__other__``."""
+    shares = np.fromiter(frequencies.values(), float, len(frequencies))
+    shares = shares / shares.sum() if shares.sum() > 0 else shares
+    return shares if OTHER in frequencies or not len(shares) else np.append(shares, 0.0)

@@ -80,9 +80,10 @@ def _coverage(m: ModelMonitor) -> Observations:
 def _baseline_bins(m: ModelMonitor) -> Observations:
     if m.baseline is None or m.schema is None or m.bins is None:
         return []
-    return [(float(share), {**m.attrs, "feature": feature, "bin": str(b)})
-            for feature in m.schema.numeric_names
-            for b, share in enumerate(m.baseline.features[feature].get("bin_proportions") or ())]
+    numeric = [(float(share), {**m.attrs, "feature": feature, "bin": str(b)})
+               for feature in m.schema.numeric_names
+               for b, share in enumerate(m.baseline.features[feature].get("bin_proportions") or ())]
+    return numeric + [(share, {**m.attrs, "feature": f, "bin": str(b)}) for f, b, share in m.bins.reference_shares()]
 
 
 def _critical(m: ModelMonitor) -> Observations:

@@ -268,8 +268,8 @@ def _encode_into_windows(model: ModelMonitor, rows: list[Any], outputs: list[dic
     capture.update(encoded.errors)
     model.counters.add_encoding(encoded.feature_errors, encoded.unexpected_fields)
     model.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
-    if model.bins is not None:  # the fleet bin counters: rows per baseline bin, per numeric feature
-        model.bins.add(encoded.numeric)
+    if model.bins is not None:  # the fleet bin counters: rows per baseline bin (or category), per feature
+        model.bins.add(encoded.numeric, encoded.categorical)
     if out is None or output_schema is None:
         return
     if model.output_schema is None or model.output_window is None:

@@ -11,8 +11,8 @@ chi² test against the baseline's shares at the policy's level (the critical val
 ``mlmon_feature_drift_critical``) with the same practical effect floor (on w of the bin shares),
 critical from the policy's PSI level (in-process checks also call a Wasserstein/σ of
 ``effect_critical`` critical; PromQL has no fleet Wasserstein), and keep each replica's own verdict as
-``mlmon:feature_drift_alert:replica`` for drill-down. The fleet rules see numeric features only
-(bins exist for them): with several replicas, dataset drift is judged on the numeric features.
+``mlmon:feature_drift_alert:replica`` for drill-down. The fleet rules see numeric and categorical
+features alike (quantile bins, or the baseline's categories plus one bin for unseen ones).
 
 The other rules (latency, volume, data quality, label coverage, the monitor's own health) read
 their metrics directly. Every alert carries ``severity``, a ``summary``, a ``description`` and a
@@ -58,7 +58,7 @@ class RuleConfig:
     latency_p95_seconds: float = 0.5
     effect: float = _POLICY.thresholds.effect  # fleet drift: the practical effect floor (w of the bin shares)
     psi_critical: float = _POLICY.thresholds.psi_critical  # fleet drift: critical from this PSI
-    drift_share: float = _POLICY.share  # fleet dataset drift: this share of the numeric features drifted
+    drift_share: float = _POLICY.share  # fleet dataset drift: this share of the features drifted
     fleet_min_rows: int = 100  # fleet drift is judged from this many rows in the fleet window
     volume_change: float = 0.5  # fire when traffic falls below (1 - x) or above (1 + x) of a day earlier
     missing_ratio: float = 0.1
@@ -146,7 +146,7 @@ def _fleet_alerts(c: RuleConfig) -> list[dict[str, Any]]:
                "mlmon:feature_drift_alert:replica shows each replica's own verdict.", c),
         _alert("MLModelFleetDatasetDrift", f"({share} >= {c.drift_share}) and on ({BY}) ({REPLICAS} > 1)", c.drift_for,
                "critical", f"{MODEL}: most features drifted across the fleet",
-               "{{ $value | humanizePercentage }} of the numeric features drifted in the fleet's traffic.", c),
+               "{{ $value | humanizePercentage }} of the features drifted in the fleet's traffic.", c),
     ]
 
 
@@ -198,7 +198,7 @@ def alerts(c: RuleConfig) -> list[dict[str, Any]]:
 
 
 def recording(c: RuleConfig) -> list[dict[str, Any]]:
-    """The fleet's view of each numeric feature, from every replica's bin counters summed."""
+    """The fleet's view of each feature, from every replica's bin counters summed."""
     rows = "mlmon_feature_bin_total" if c.fleet_window == "all" else f"increase(mlmon_feature_bin_total[{c.fleet_window}])"
     reference = f"max by ({BY}, feature, bin) (mlmon_baseline_bin_ratio)"
     share = "mlmon:feature_bin_share:fleet"

@@ -109,18 +109,24 @@ def test_fleet_psi_and_firing_alert(fleet):
         counts = stats.bin_counts(np.array([r[feature] for r in rows]), edges[1:-1])
         reference = np.asarray(baseline.features[feature]["bin_proportions"])
         expected[feature] = float(stats.psi(reference[None], (counts / counts.sum())[None])[0])
+    for feature in ("region", "channel"):  # categorical: the in-process PSI of the merged traffic
+        profile = baseline.features[feature]
+        names, ref, cur = stats.category_counts(profile["frequencies"], stats.reference_rows(profile),
+                                                [r[feature] for r in rows])
+        expected[feature] = float(stats.psi(ref / ref.sum(), cur / cur.sum()))
+    features = "|".join(expected)
     deadline = time.monotonic() + 90
     got: dict = {}
     while time.monotonic() < deadline:
-        results = query(base, 'mlmon:feature_psi:fleet{feature=~"income|debt_ratio|age"}')
-        totals = query(base, 'sum by (feature) (mlmon_feature_bin_total{feature="income"})')
+        results = query(base, f'mlmon:feature_psi:fleet{{feature=~"{features}"}}')
+        totals = query(base, 'sum by (feature) (mlmon_feature_bin_total{feature=~"income|region"})')
         got = {r["metric"]["feature"]: float(r["value"][1]) for r in results}
-        settled = len(got) == 3 and totals and float(totals[0]["value"][1]) == 800
+        settled = len(got) == len(expected) and len(totals) == 2 and all(float(t["value"][1]) == 800 for t in totals)
         # the recording rule is evaluated once a second: wait until it has seen the last scrape
-        if settled and all(abs(got[f] - expected[f]) <= 1e-6 for f in expected):
+        if settled and all(abs(got[f] - expected[f]) <= 1e-9 for f in expected):
             break
         time.sleep(0.5)
-    assert got == pytest.approx(expected, abs=1e-6), json.dumps({"got": got, "expected": expected})
+    assert got == pytest.approx(expected, abs=1e-9, rel=0), json.dumps({"got": got, "expected": expected})
     assert expected["income"] >= 0.25 and expected["age"] < 0.1  # income drifted; age did not
     firing = []
     while time.monotonic() < deadline and not firing:
