@@ -148,7 +148,12 @@ class MonitorConfig:
         prometheus_port: serve ``/metrics`` on this port from a thread of our own (off by default;
             the FastAPI adapter serves it on the app instead).
         prometheus_addr: address for ``prometheus_port``.
-        otlp_endpoint: OTLP/HTTP endpoint; default ``OTEL_EXPORTER_OTLP_ENDPOINT`` when set.
+        otlp_endpoint: OTLP/HTTP endpoint (``/v1/metrics`` and ``/v1/traces`` are added). Unset, the
+            standard variables decide: ``OTEL_EXPORTER_OTLP_ENDPOINT``, the per-signal
+            ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``..._TRACES_ENDPOINT``,
+            ``OTEL_METRICS_EXPORTER`` / ``OTEL_TRACES_EXPORTER=none``, and the exporter's own
+            ``OTEL_EXPORTER_OTLP_*`` settings (headers, timeout, compression). Every process
+            exports as its own ``service.instance.id``.
         meter_provider: an OpenTelemetry ``MeterProvider`` to use instead of our own.
         tracer_provider: an OpenTelemetry ``TracerProvider`` to use instead of our own.
         metric_readers: extra readers for our own meter provider (for example
@@ -255,8 +260,23 @@ class MonitorConfig:
     def resolved_service_name(self) -> str:
         return self.service_name or os.environ.get("OTEL_SERVICE_NAME") or "mlmon"
 
-    def resolved_otlp_endpoint(self) -> str | None:
-        return self.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    def otlp_exports(self, signal: str, environ: Mapping[str, str] | None = None) -> bool:
+        """Whether ``signal`` (``"metrics"`` or ``"traces"``) goes out by OTLP, as OpenTelemetry's
+        variables say: an endpoint (``otlp_endpoint``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or the
+        signal's own ``OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT``), unless ``OTEL_{SIGNAL}_EXPORTER``
+        says ``none``.
+
+        >>> MonitorConfig().otlp_exports("traces", {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"})
+        True
+        >>> MonitorConfig(otlp_endpoint="http://c:4318").otlp_exports("metrics", {"OTEL_METRICS_EXPORTER": "none"})
+        False
+        """
+        environ = os.environ if environ is None else environ
+        upper = signal.upper()
+        if "none" in environ.get(f"OTEL_{upper}_EXPORTER", "otlp").lower().replace(" ", "").split(","):
+            return False
+        return bool(self.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    or environ.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"))
 
 
 def _redacted(url: object) -> object:

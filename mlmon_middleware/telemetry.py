@@ -6,8 +6,9 @@ from the one table in :mod:`~mlmon_middleware.instruments`.
 Exporters:
 * Prometheus text from a *private* ``CollectorRegistry`` (BentoML and others own the global
   one); served by the FastAPI adapter at ``/metrics`` or on ``MLMON_PROMETHEUS_PORT``.
-* OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``MonitorConfig.otlp_endpoint`` is set
-  (extra ``[otlp]``).
+* OTLP/HTTP when ``MonitorConfig.otlp_endpoint`` or OpenTelemetry's variables say so
+  (:meth:`~mlmon_middleware.config.MonitorConfig.otlp_exports`; extra ``[otlp]``), each process
+  as its own ``service.instance.id``: a backend sums the instances.
 * Any reader passed in ``MonitorConfig.metric_readers`` (tests use ``InMemoryMetricReader``).
 A provider passed in the config is used as it is; global providers are never set unless
 ``set_global_providers=True``.
@@ -286,12 +287,13 @@ class Telemetry:
             provider: otel_metrics.MeterProvider = config.meter_provider
             return provider
         readers = [PrometheusMetricReader(registry=self.registry, scope_info_enabled=False), *config.metric_readers]
-        endpoint = config.resolved_otlp_endpoint()
-        if endpoint:
+        if config.otlp_exports("metrics"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=_otlp_url(endpoint, "metrics"))))
+            # without an endpoint of ours the exporter reads the OTEL_EXPORTER_OTLP_* variables itself
+            exporter = OTLPMetricExporter(endpoint=_otlp_endpoint(config, "metrics"))
+            readers.append(PeriodicExportingMetricReader(exporter))
         readers = [self._merge_histograms(reader) for reader in readers]
         provider = MeterProvider(metric_readers=readers, resource=self.resource,
                                  exemplar_filter=AlwaysOffExemplarFilter())
@@ -306,14 +308,13 @@ class Telemetry:
         if config.tracer_provider is not None:
             given: otel_trace.TracerProvider = config.tracer_provider
             return given.get_tracer(SCOPE, __version__)
-        endpoint = config.resolved_otlp_endpoint()
-        if endpoint:
+        if config.otlp_exports("traces"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             provider = TracerProvider(resource=self.resource)
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_otlp_url(endpoint, "traces"))))
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_otlp_endpoint(config, "traces"))))
             self._owned.append(provider)
             if config.set_global_providers:
                 otel_trace.set_tracer_provider(provider)
@@ -382,7 +383,8 @@ class Telemetry:
 
 def check_exporters(config: MonitorConfig) -> None:
     """Raise a ConfigError at start-up when the config asks for an exporter that is not installed."""
-    if config.resolved_otlp_endpoint() and config.meter_provider is None:
+    if (config.otlp_exports("metrics") and config.meter_provider is None) or \
+            (config.otlp_exports("traces") and config.tracer_provider is None and config.tracing is not False):
         try:
             import opentelemetry.exporter.otlp.proto.http  # noqa: F401
         except ImportError:
@@ -398,6 +400,7 @@ def _observer(observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]
     return callback
 
 
-def _otlp_url(endpoint: str, signal: str) -> str:
-    """OTLP/HTTP signal URL from a base endpoint, as the OTEL_EXPORTER_OTLP_ENDPOINT spec says."""
-    return f"{endpoint.rstrip('/')}/v1/{signal}"
+def _otlp_endpoint(config: MonitorConfig, signal: str) -> str | None:
+    """The exporter's ``endpoint``: the signal's URL under ``otlp_endpoint`` (as the
+    OTEL_EXPORTER_OTLP_ENDPOINT spec builds it), or None, so the exporter reads the variables."""
+    return f"{config.otlp_endpoint.rstrip('/')}/v1/{signal}" if config.otlp_endpoint else None

@@ -127,3 +127,43 @@ def test_three_workers_answer_as_one(tmp_path, server):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         hook.shutdown()
+
+
+def otlp_predictions(received: list[tuple[str, bytes]]) -> dict[str, float]:
+    """The last cumulative ``mlmon.predictions`` total each ``service.instance.id`` pushed."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    latest: dict[str, float] = {}
+    for path, body in received:
+        assert path == "/v1/metrics", path
+        request = ExportMetricsServiceRequest.FromString(body)
+        for resource in request.resource_metrics:
+            instance = next(a.value.string_value for a in resource.resource.attributes if a.key == "service.instance.id")
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == "mlmon.predictions":
+                        assert metric.sum.aggregation_temporality == 2 and metric.sum.is_monotonic  # cumulative
+                        latest[instance] = sum(p.as_double or p.as_int for p in metric.sum.data_points)
+    return latest
+
+
+def test_otlp_pushes_one_instance_per_worker_as_the_standard_variables_say(tmp_path):
+    collector = RecordingServer()
+    port = free_port(0)
+    url = f"http://127.0.0.1:{port}"
+    proc = start_service(tmp_path, port, tmp_path / "service.log", app="fleet_app:app", app_dir=TESTS, workers=2,
+                         env={"MLMON_CHECK_INTERVAL": "0", "OTEL_METRIC_EXPORT_INTERVAL": "300",
+                              "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"{collector.url}/v1/metrics",  # that signal alone
+                              "OTEL_TRACES_EXPORTER": "none", "MLMON_TRACING": "true"})
+    try:
+        assert post_rows(url, rows(200, seed=4)) == 200
+        deadline = time.monotonic() + 30
+        while sum(otlp_predictions(list(collector.received)).values()) < 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pushed = otlp_predictions(list(collector.received))
+        # each worker pushes its own cumulative counts as its own instance: a backend's sum is exact
+        assert len(pushed) == 2 and sum(pushed.values()) == 200, pushed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        collector.shutdown()
