@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -37,32 +37,26 @@ from mlmon_middleware.merge import families, merged_counts, merged_families
 from mlmon_middleware.reports import WorkersHealth
 from mlmon_middleware.reservoir import WindowSnapshot
 from mlmon_middleware.schema import FeatureSchema
-from mlmon_middleware.shared_model import adopt, attributions_of, counts_of, result_of, windows_of
+from mlmon_middleware.shared_model import (
+    MergedInputs,
+    Model,
+    adopt,
+    attributions_of,
+    counts_of,
+    result_of,
+    windows_of,
+)
 from mlmon_middleware.workers import LeaderLock, Worker
-
-if TYPE_CHECKING:
-    from mlmon_middleware.model import ModelMonitor
 
 TICK = 0.1  # seconds between looks at the shared folder (a stat or two)
 ANSWER_TIMEOUT = 3.0  # seconds a check waits for the other workers' windows
-
-
-class MergedInputs:
-    """A check's inputs over every worker: windows, counts and explained predictions."""
-
-    def __init__(self, features: WindowSnapshot, outputs: WindowSnapshot, counts: Counts,
-                 attributions: WindowSnapshot, schema: FeatureSchema | None, output_schema: FeatureSchema | None,
-                 workers: int, stale: int) -> None:
-        self.features, self.outputs, self.counts, self.attributions = features, outputs, counts, attributions
-        self.schema, self.output_schema = schema, output_schema
-        self.workers, self.stale = workers, stale  # workers merged; of which answered with an older window
 
 
 class HostShare:
     """See the module docstring. ``models`` lists the worker's models; ``generation`` changes
     when its counts do (publishing is skipped while it does not)."""
 
-    def __init__(self, folder: str, *, models: Callable[[], Sequence[ModelMonitor]], errors: ErrorLog,
+    def __init__(self, folder: str, *, models: Callable[[], Sequence[Model]], errors: ErrorLog,
                  generation: Callable[[], object], share_interval: float, capacity: int, per_worker: bool) -> None:
         self.me = Worker.current()
         self.exchange = Exchange(folder, self.me)
@@ -162,7 +156,7 @@ class HostShare:
     def publish_windows(self, token: int) -> None:
         self.exchange.publish_windows(token, {m.name: windows_of(m) for m in self._models()})
 
-    def check_inputs(self, model: ModelMonitor, since: float | None) -> MergedInputs:
+    def check_inputs(self, model: Model, since: float | None) -> MergedInputs:
         """The inputs of a check of ``model`` over every worker: this worker's windows and the
         others' (asked for now, waiting up to :data:`ANSWER_TIMEOUT`), merged, and the counts."""
         others = {k for k in self.exchange.states().live if k != self.me.key and Worker.from_key(k).alive()}

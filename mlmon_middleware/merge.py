@@ -24,7 +24,7 @@ Model counts (predictions, capture errors, labels) are summed the same way (:fun
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -37,6 +37,17 @@ SUMMED_GAUGES = frozenset({"mlmon_reservoir_size"})
 COUNTS = ("predictions", "capture_errors", "labels")
 
 Family = list[Any]  # [name, documentation, type, unit, [[sample name, labels, value], ...]]
+
+
+class MergedCollector:
+    """A Prometheus collector answering with ``collect()``: the server's merged families, for
+    the registry a scrape reads when workers share."""
+
+    def __init__(self, collect: Callable[[], list[Metric]]) -> None:
+        self.collect = collect
+
+    def describe(self) -> list[Metric]:
+        return []
 
 
 def families(registry: CollectorRegistry) -> list[Family]:

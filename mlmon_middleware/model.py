@@ -26,7 +26,7 @@ import collections
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,13 +55,10 @@ from mlmon_middleware.reports import (
 )
 from mlmon_middleware.reservoir import SlidingWindow, WindowSnapshot
 from mlmon_middleware.schema import FeatureSchema
-from mlmon_middleware.shared_model import check_inputs, store_performance
+from mlmon_middleware.shared_model import Share, check_inputs, store_performance
 from mlmon_middleware.store import PredictionStore, StoreBusy, StoreError
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
-
-if TYPE_CHECKING:
-    from mlmon_middleware.host import HostShare
 
 
 class Record:
@@ -110,7 +107,7 @@ class Registry(Protocol):
     def store_writer(self) -> StoreWriter | None: ...
 
     @property
-    def host(self) -> HostShare | None: ...
+    def host(self) -> Share | None: ...
 
     def submit(self, record: Record) -> None: ...
 

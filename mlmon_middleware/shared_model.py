@@ -1,7 +1,7 @@
 """What a model shares with the other workers of its server, and what it takes from the leader.
 
 The functions :class:`~mlmon_middleware.host.HostShare` calls on a
-:class:`~mlmon_middleware.model.ModelMonitor`: its counts (:func:`counts_of`), its windows
+:class:`~mlmon_middleware.model.Model`: its counts (:func:`counts_of`), its windows
 (:func:`windows_of`, explained predictions included), its last check as the leader publishes it
 (:func:`result_of`), and the adoption of the leader's check by a worker that does not lead
 (:func:`adopt`): reports, performance, attributions and alert states, so that every worker
@@ -22,23 +22,61 @@ answers alike and a worker taking over the lead continues the same alerts.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import orjson
 
-from mlmon_middleware.analyzer import Attributions, CheckInputs
+from mlmon_middleware.analyzer import Attributions, CheckInputs, Counts, DriftChecker
+from mlmon_middleware.baseline import Baseline
+from mlmon_middleware.counters import Counters
+from mlmon_middleware.explain import ExplanationService
 from mlmon_middleware.reports import ModelHealth, PerformanceReport
-from mlmon_middleware.reservoir import WindowSnapshot
+from mlmon_middleware.reservoir import SlidingWindow, WindowSnapshot
+from mlmon_middleware.schema import FeatureSchema
 from mlmon_middleware.store import PredictionStore
 
-if TYPE_CHECKING:
-    from mlmon_middleware.host import HostShare
-    from mlmon_middleware.model import ModelMonitor
+
+class Model(Protocol):
+    """What these functions read of a model (a :class:`~mlmon_middleware.model.Model`)."""
+
+    name: str
+    version: str
+    schema: FeatureSchema | None
+    output_schema: FeatureSchema | None
+    baseline: Baseline | None
+    counters: Counters
+    window: SlidingWindow | None
+    attributions: collections.deque[tuple[float, np.ndarray]]
+    explainer: ExplanationService | None
+    checker: DriftChecker
+
+    def window_snapshot(self, since: float | None = None) -> dict[str, WindowSnapshot]: ...
 
 
-def check_inputs(m: ModelMonitor, host: HostShare | None, now: float, since: float | None,
+class MergedInputs(NamedTuple):
+    """A check's inputs over every worker: windows, counts, explained predictions, schemas, and
+    how many workers were merged, of which how many answered with an older window."""
+
+    features: WindowSnapshot
+    outputs: WindowSnapshot
+    counts: Counts
+    attributions: WindowSnapshot
+    schema: FeatureSchema | None
+    output_schema: FeatureSchema | None
+    workers: int
+    stale: int
+
+
+class Share(Protocol):
+    """What a check needs of the workers' share (:class:`~mlmon_middleware.host.HostShare`)."""
+
+    def check_inputs(self, model: Model, since: float | None) -> MergedInputs: ...
+
+
+def check_inputs(m: Model, host: Share | None, now: float, since: float | None,
                  labels: PredictionStore | None, scheduled: bool) -> CheckInputs:
     """The inputs of a check of ``m``: its own windows and counts, or with workers sharing
     (``host``), every worker's (a schema only another worker has seen yet is taken)."""
@@ -62,7 +100,7 @@ def check_inputs(m: ModelMonitor, host: HostShare | None, now: float, since: flo
 LABEL_CHECKS = "mlmon:label-checks"
 
 
-def fleet_performance(m: ModelMonitor, labels: PredictionStore | None) -> PerformanceReport | None:
+def fleet_performance(m: Model, labels: PredictionStore | None) -> PerformanceReport | None:
     """The performance report to take rather than compute: the one the leader of the label-based
     checks last stored, when another process leads them (replicas sharing a PostgreSQL log).
     None when this process leads (or has no log): it computes them."""
@@ -75,14 +113,14 @@ def fleet_performance(m: ModelMonitor, labels: PredictionStore | None) -> Perfor
     return report
 
 
-def store_performance(m: ModelMonitor, labels: PredictionStore | None) -> None:
+def store_performance(m: Model, labels: PredictionStore | None) -> None:
     """The leader of the label-based checks: store ``m``'s performance report for the other replicas."""
     report = m.checker.performance.report
     if labels is not None and report is not None and labels.try_lead(LABEL_CHECKS):
         labels.put_result(m.name, "performance", orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
-def counts_of(m: ModelMonitor) -> dict[str, Any]:
+def counts_of(m: Model) -> dict[str, Any]:
     """This worker's counts of ``m``: predictions, capture errors, per-feature errors, labels, window rows."""
     counts = m.counters.counts()
     return {"predictions": dict(counts.predictions), "capture_errors": dict(counts.capture_errors),
@@ -90,7 +128,7 @@ def counts_of(m: ModelMonitor) -> dict[str, Any]:
             "rows": 0 if m.window is None else len(m.window)}
 
 
-def attributions_of(m: ModelMonitor, since: float | None) -> WindowSnapshot:
+def attributions_of(m: Model, since: float | None) -> WindowSnapshot:
     """The |contributions| of ``m``'s explained predictions (at or after ``since``) as a window."""
     samples = [(t, a) for t, a in list(m.attributions) if since is None or t >= since]
     if not samples:
@@ -98,7 +136,7 @@ def attributions_of(m: ModelMonitor, since: float | None) -> WindowSnapshot:
     return {"time": np.array([t for t, _ in samples]), "values": np.vstack([a for _, a in samples])}
 
 
-def windows_of(m: ModelMonitor) -> dict[str, Any]:
+def windows_of(m: Model) -> dict[str, Any]:
     """``m``'s windows, schemas and explained predictions, as another worker's check reads them."""
     window = m.window_snapshot()
     return {"features": window["features"], "outputs": window["outputs"],
@@ -107,7 +145,7 @@ def windows_of(m: ModelMonitor) -> dict[str, Any]:
             "attributions": attributions_of(m, None)}
 
 
-def result_of(m: ModelMonitor) -> dict[str, Any] | None:
+def result_of(m: Model) -> dict[str, Any] | None:
     """``m``'s last check, as the leader publishes it (None before any)."""
     checker = m.checker
     if checker.report is None:
@@ -116,7 +154,7 @@ def result_of(m: ModelMonitor) -> dict[str, Any] | None:
             "alerts": checker.alerts.summary(), "last_run": checker.last_run, "duration": checker.duration}
 
 
-def adopt(m: ModelMonitor, result: Mapping[str, Any]) -> None:
+def adopt(m: Model, result: Mapping[str, Any]) -> None:
     """Take the leader's check of ``m`` as this worker's own (a worker that does not lead)."""
     checker = m.checker
     checker.report = result["report"]

@@ -62,6 +62,7 @@ from mlmon_middleware import instruments as names
 from mlmon_middleware._version import __version__
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.instruments import INSTRUMENTS, InstrumentSpec
+from mlmon_middleware.merge import MergedCollector
 
 logger = logging.getLogger("mlmon_middleware")
 
@@ -169,17 +170,6 @@ class _FlushBeforeCollect:
         return []
 
 
-class _Merged:
-    """The collector of the scraped registry when workers share: every worker's families,
-    merged (see :mod:`~mlmon_middleware.merge`)."""
-
-    def __init__(self, collect: Callable[[], list[Any]]) -> None:
-        self.collect = collect
-
-    def describe(self) -> list[Any]:
-        return []
-
-
 class Telemetry:
     """Meter and tracer of one process, with the instruments of ``INSTRUMENTS``.
 
@@ -203,7 +193,7 @@ class Telemetry:
         self.scraped = self.registry  # what /metrics and the metrics port answer with
         if merged is not None:
             self.scraped = CollectorRegistry(auto_describe=False)
-            self.scraped.register(_Merged(merged))
+            self.scraped.register(MergedCollector(merged))
         self._owned: list[Any] = []  # providers and servers we created and must shut down
         self._http_server: WSGIServer | None = None
         self.problems: list[str] = []  # what could not be set up (health lists it)

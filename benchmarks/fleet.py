@@ -1,0 +1,181 @@
+"""What sharing between workers costs: bare vs monitored under real uvicorn with 1 and 3 workers.
+
+    python benchmarks/fleet.py [http|scrape|postgres|all] [--rounds 5] [--seconds 6]
+
+http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
+          ``benchmarks/overhead.py`` in real uvicorn processes on 127.0.0.1 (server on core 0, wrk
+          on core 1): bare and monitored with 1 worker; bare, monitored (the workers share: summed
+          metrics, one leader) and monitored with sharing off (``MLMON_MULTIPROC_DIR=off``) with 3
+          workers. The five variants run interleaved, round by round; each round's ratios are
+          taken against the same round's bare run. The shared/unshared pair gives the extra cost
+          of sharing per request.
+scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
+postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
+          (``benchmarks/store.py postgres``, which starts its own PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+from overhead import SERVICE, WRK_SCRIPT, free_port, pin
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# wrk prints p50..p99 with --latency; p99.9 needs its Lua hook
+LATENCY = """
+done = function(summary, latency, requests)
+  io.write(string.format("P99 %d\\n", latency:percentile(99.0)))
+  io.write(string.format("P999 %d\\n", latency:percentile(99.9)))
+end
+"""
+VARIANTS = {  # name -> (workers, monitored, extra environment)
+    "1 worker, bare": (1, False, {}),
+    "1 worker, monitored": (1, True, {}),
+    "3 workers, bare": (3, False, {}),
+    "3 workers, monitored (shared)": (3, True, {}),
+    "3 workers, monitored (sharing off)": (3, True, {"MLMON_MULTIPROC_DIR": "off"}),
+}
+
+
+def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "BENCH_MONITORED": "1" if monitored else "0", "MLMON_TRACING": "off", **extra}
+    command = [*pin(0), sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir, "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(command + (["--workers", str(workers)] if workers > 1 else []), env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    time.sleep(1.0 if workers > 1 else 0.0)  # every worker listening
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bench_http(seconds: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("the http benchmark needs wrk: apt-get install wrk")
+    workdir = os.path.join(HERE, ".fleet-bench")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
+        fh.write(SERVICE)
+    script = os.path.join(workdir, "post.lua")
+    with open(script, "w") as fh:
+        fh.write(WRK_SCRIPT + LATENCY)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    try:
+        for r in range(rounds):
+            for name, (workers, monitored, extra) in VARIANTS.items():
+                proc, port = start(workdir, workers, monitored, extra)
+                try:
+                    url = f"http://127.0.0.1:{port}/predict"
+                    subprocess.run([*pin(1), wrk, "-t1", "-c32", "-d2s", "-s", script, url], capture_output=True, check=True)
+                    out = subprocess.run([*pin(1), wrk, "-t1", "-c32", f"-d{seconds}s", "-s", script, url],
+                                         capture_output=True, text=True, check=True).stdout
+                finally:
+                    stop(proc)
+                if "Non-2xx" in out:
+                    raise RuntimeError(out)
+                results[name].append({"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+                                      "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
+                                      "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000})
+                print(f"round {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def print_http(results: dict[str, list[dict[str, float]]]) -> None:
+    def ratios(name: str, against: str, key: str) -> list[float]:
+        return [a[key] / b[key] for a, b in zip(results[name], results[against])]
+
+    print("\n| variant | requests/s (median) | vs bare, per round (median; min–max) | p99 ms (median) "
+          "| p99 vs bare (median; min–max) | p99.9 ms (median) | p99.9 vs bare (median; min–max) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        bare = "1 worker, bare" if name.startswith("1 ") else "3 workers, bare"
+        cells = [f"{statistics.median(r[k] for r in runs):.{1 if k == 'rps' else 2}f}" for k in ("rps", "p99_ms", "p999_ms")]
+        spans = []
+        for key in ("rps", "p99_ms", "p999_ms"):
+            got = ratios(name, bare, key)
+            spans.append("—" if name == bare else f"{statistics.median(got):.3f}; {min(got):.3f}–{max(got):.3f}")
+        print(f"| {name} | {cells[0]} | {spans[0]} | {cells[1]} | {spans[1]} | {cells[2]} | {spans[2]} |")
+    shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
+    alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
+    extra = [(1 / s - 1 / a) * 1e6 for s, a in zip(shared, alone)]
+    print(f"\nsharing between 3 workers costs {statistics.median(extra):+.1f} µs per request at saturation "
+          f"(per round {min(extra):+.1f} to {max(extra):+.1f}; one core serving)")
+
+
+def bench_scrape(rounds: int) -> dict[str, list[float]]:
+    import httpx
+
+    workdir = os.path.join(HERE, ".fleet-bench")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
+        fh.write(SERVICE)
+    body = {"amount": 120.5, "age": 41, "country": "fr", "channel": "web"}
+    times: dict[str, list[float]] = {"1 worker": [], "3 workers, summed": []}
+    try:
+        for _ in range(rounds):
+            for name, workers in (("1 worker", 1), ("3 workers, summed", 3)):
+                proc, port = start(workdir, workers, True, {})
+                try:
+                    for _ in range(300):
+                        httpx.post(f"http://127.0.0.1:{port}/predict", json=body, headers={"Connection": "close"})
+                    time.sleep(1.5)  # every worker has published
+                    with httpx.Client() as client:
+                        samples = []
+                        for _ in range(50):
+                            start_at = time.perf_counter()
+                            client.get(f"http://127.0.0.1:{port}/metrics")
+                            samples.append(time.perf_counter() - start_at)
+                    times[name].append(statistics.median(samples) * 1000)
+                finally:
+                    stop(proc)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["http", "scrape", "postgres", "all"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=6, help="wrk duration per run")
+    args = parser.parse_args()
+    print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores · "
+          f"Python {platform.python_version()} · {' '.join(sys.argv)}")
+    if args.what in ("http", "all"):
+        print_http(bench_http(args.seconds, args.rounds))
+    if args.what in ("scrape", "all"):
+        scrape = bench_scrape(args.rounds)
+        print("\n| /metrics scrape through one worker | ms (median of 50, per round) |\n|---|---|")
+        for name, values in scrape.items():
+            print(f"| {name} | {statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f}) |")
+    if args.what in ("postgres", "all"):
+        subprocess.run([sys.executable, os.path.join(HERE, "store.py"), "postgres"], check=True)
+
+
+if __name__ == "__main__":
+    main()
