@@ -37,6 +37,7 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+import stat
 import sys
 import tempfile
 
@@ -117,10 +118,22 @@ def shared_folder(config: MonitorConfig, group: str | None = None) -> str | None
         tag = hashlib.blake2b(group.encode(), digest_size=6).hexdigest()
         root = os.path.join(tempfile.gettempdir(), f"mlmon-{os.getuid()}")
         os.makedirs(root, mode=0o700, exist_ok=True)
+        _check_private(root)
         _remove_abandoned(root)
         chosen = os.path.join(root, f"{Worker(parent, process_start(parent) or '').key}_{tag}")
     os.makedirs(chosen, mode=0o700, exist_ok=True)
+    _check_private(chosen)
     return chosen
+
+
+def _check_private(folder: str) -> None:
+    """Refuse a folder another user could read or plant files in (in a shared temporary
+    directory, anyone may create a name before us): it must be ours, a real folder, and closed
+    to group and others. Raises OSError (the worker then counts alone)."""
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{folder} is not a private folder of this user (owner {st.st_uid}, "
+                              f"mode {stat.filemode(st.st_mode)}): the workers will not share through it")
 
 
 def _remove_abandoned(root: str) -> None:

@@ -122,6 +122,14 @@ def test_a_process_alone_shares_nothing_unless_told(tmp_path):
     assert shared_folder(MonitorConfig(multiprocess_dir="off"), group="x") is None
     assert shared_folder(MonitorConfig(multiprocess_dir=str(tmp_path / "s"))) == str(tmp_path / "s")
     assert os.stat(tmp_path / "s").st_mode & 0o777 == 0o700
+    open_folder = tmp_path / "open"
+    open_folder.mkdir(mode=0o777)
+    os.chmod(open_folder, 0o777)  # anyone could plant files here: not shared through
+    with pytest.raises(PermissionError, match="not a private folder"):
+        shared_folder(MonitorConfig(multiprocess_dir=str(open_folder)))
+    (tmp_path / "link").symlink_to(tmp_path / "s")
+    with pytest.raises(PermissionError, match="not a private folder"):
+        shared_folder(MonitorConfig(multiprocess_dir=str(tmp_path / "link")))
     mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
     mon.start()
     try:
@@ -164,3 +172,18 @@ def test_workers_sharing_a_folder_check_every_row(tmp_path, others):
         for p in procs:
             p.kill()
             p.join(10)
+
+
+def test_an_unusable_folder_leaves_the_worker_alone_and_says_so(tmp_path):
+    folder = tmp_path / "open"
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0, multiprocess_dir=str(folder)))
+    try:
+        mon.model("m").record({"x": 1.0}, {"prediction": 1})
+        mon.flush()
+        health = mon.health()
+        assert health["workers"] is None and health["monitor_errors"] == {"share": 1}
+        assert health["status"] == "degraded" and health["models"]["m"]["predictions"]["ok"] == 1  # serving went on
+    finally:
+        mon.shutdown()
