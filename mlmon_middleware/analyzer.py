@@ -44,6 +44,7 @@ from mlmon_middleware.reports import (
     FeatureDrift,
     LabelCoverage,
     LabelCoverageWindow,
+    MergedWorkers,
     PerformanceReport,
     QualityCounts,
     WindowSpan,
@@ -105,6 +106,7 @@ class CheckInputs:
     #: the performance report of the replica that leads the label-based checks of a fleet sharing
     #: one log, taken instead of computing it here (None: this process computes it)
     fleet_performance: PerformanceReport | None = None
+    workers: MergedWorkers | None = None  # with workers sharing: whose windows were merged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +173,8 @@ class DriftChecker:
             if inputs.scheduled:  # what staleness alerts read: on-demand checks must not hide a dead analyzer
                 self.last_run = time.time()
             report["duration_seconds"] = self.duration
+            if inputs.workers is not None:
+                report["workers"] = inputs.workers
             self.report = report
             return CheckResult(report, warmup)
 

@@ -101,6 +101,13 @@ class BaselineSummary(TypedDict):
     warmup: bool
 
 
+class MergedWorkers(TypedDict):
+    """The workers whose windows a check merged; ``stale``: of which answered with an older one."""
+
+    merged: int
+    stale: int
+
+
 class DriftReport(TypedDict, total=False):
     """One check of one model (``ModelMonitor.drift_report()``, ``GET /mlmon/drift``)."""
 
@@ -125,6 +132,7 @@ class DriftReport(TypedDict, total=False):
     attributions: AttributionReport
     alerts: list[ActiveAlert]
     duration_seconds: float
+    workers: MergedWorkers  # with workers sharing: whose windows the check merged
 
 
 # ----------------------------------------------------------------------------------- performance

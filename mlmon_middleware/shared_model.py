@@ -33,7 +33,7 @@ from mlmon_middleware.analyzer import Attributions, CheckInputs, Counts, DriftCh
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.counters import Counters
 from mlmon_middleware.explain import ExplanationService
-from mlmon_middleware.reports import ModelHealth, PerformanceReport
+from mlmon_middleware.reports import MergedWorkers, ModelHealth, PerformanceReport
 from mlmon_middleware.reservoir import SlidingWindow, WindowSnapshot
 from mlmon_middleware.schema import FeatureSchema
 from mlmon_middleware.store import PredictionStore
@@ -80,6 +80,7 @@ def check_inputs(m: Model, host: Share | None, now: float, since: float | None,
                  labels: PredictionStore | None, scheduled: bool) -> CheckInputs:
     """The inputs of a check of ``m``: its own windows and counts, or with workers sharing
     (``host``), every worker's (a schema only another worker has seen yet is taken)."""
+    workers: MergedWorkers | None = None
     if host is None:
         window = m.window_snapshot(since)
         features, outputs, counts = window["features"], window["outputs"], m.counters.counts()
@@ -89,11 +90,12 @@ def check_inputs(m: Model, host: Share | None, now: float, since: float | None,
         m.schema, m.output_schema = m.schema or merged.schema, m.output_schema or merged.output_schema
         features, outputs, counts = merged.features, merged.outputs, merged.counts
         samples = list(merged.attributions.get("values", ()))
+        workers = {"merged": merged.workers, "stale": merged.stale}
     attributions = None
     if m.explainer is not None:
         attributions = Attributions(m.explainer.names, samples, m.explainer.baseline_attributions)
     return CheckInputs(m.name, m.version, now, features, outputs, m.schema, m.output_schema, m.baseline, counts,
-                       labels, attributions, scheduled, fleet_performance(m, labels))
+                       labels, attributions, scheduled, fleet_performance(m, labels), workers)
 
 
 #: the role whose holder, among every process sharing one prediction log, runs the label-based checks

@@ -166,7 +166,8 @@ def test_workers_sharing_a_folder_check_every_row(tmp_path, others):
         while mon.health()["models"]["m"]["predictions"]["ok"] < expected and time.monotonic() < deadline:
             time.sleep(0.1)
         assert mon.health()["models"]["m"]["predictions"] == {"ok": expected, "error": 0}
-        assert model.check_now(scheduled=False)["rows"] == expected  # every worker's rows
+        report = model.check_now(scheduled=False)
+        assert report["rows"] == expected and report["workers"] == {"merged": 1 + others, "stale": 0}  # every worker's rows
     finally:
         mon.shutdown()
         for p in procs:
