@@ -230,7 +230,7 @@ class PostgresStore:
             seq = _one(db.execute(NEXT_BATCH, (model,)))[0]
             found = {pid: (ts, updates) for pid, ts, updates in db.execute(
                 "SELECT prediction_id, ts, label_updates FROM predictions WHERE model = %s AND prediction_id = ANY(%s) "
-                "ORDER BY prediction_id FOR UPDATE", (model, sorted({pid for pid, _, _ in labels})))}
+                "ORDER BY prediction_id FOR UPDATE", (model, sorted({pid for pid, _, _ in labels if _storable(pid)})))}
             out, latest = _outcomes(labels, found)
             if latest:
                 ids = list(latest)
@@ -279,6 +279,8 @@ class PostgresStore:
 
     def lookup(self, model: str, prediction_id: str) -> LoggedPrediction | None:
         """One logged prediction as a dict (JSON columns decoded), or None when not logged."""
+        if not _storable(prediction_id):
+            return None
         rows = self._all(f"SELECT {COLUMNS} FROM predictions WHERE model = %s AND prediction_id = %s", (model, prediction_id))
         return logged_prediction(rows[0]) if rows else None
 
@@ -371,6 +373,12 @@ def _outcomes(labels: list[tuple[str, str, float]], found: dict[str, tuple[float
         out.append(LabelOutcomeRow(pid, "relabelled" if before else "labelled", when - ts))
         latest[pid] = (label, when, before - updates + 1)
     return out, latest
+
+
+def _storable(text: str) -> bool:
+    """Whether PostgreSQL can hold ``text``: an id it cannot was never logged (``unknown``), and
+    asking for it must not fail the call (SQLite holds any string)."""
+    return "\x00" not in text
 
 
 def _one(cursor: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:

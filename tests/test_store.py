@@ -390,6 +390,14 @@ def test_results_keep_the_latest_body_per_model_and_kind(store):
     assert store.get_result("other", "drift") is None
 
 
+def test_an_id_with_a_nul_character_is_unknown_not_an_error(store):
+    """PostgreSQL cannot hold one (so it was never logged there); labels and look-ups asking for
+    it answer as for any id not logged, on both backends."""
+    store.write([LogRow("p1", "m", "1", 1.0, "{}", "{}", None)])
+    assert store.set_labels("m", [("p\x00", 1, 2.0), ("p1", 1, 3.0)]) == [("p\x00", "unknown", None), ("p1", "labelled", 2.0)]
+    assert store.lookup("m", "p\x00") is None and store.lookup("m", "p1")["actual"] == 1
+
+
 def test_one_store_leads_every_role_it_asks_for(store):
     assert [store.try_lead("labels"), store.try_lead("labels"), store.try_lead("drift")] == [True, True, True]
 
