@@ -189,6 +189,12 @@ def _reports(mon: Monitor, access: Access, report: Callable[[ModelMonitor], obje
     return handler
 
 
+def _unavailable(mon: Monitor) -> tuple[type[BaseException], ...]:
+    """What a route answers 503 (retry later) to: the log locked, failing or out of reach."""
+    writer = mon.store_writer
+    return (sqlite3.Error, StoreBusy, *(() if writer is None else writer.store.transient_errors))
+
+
 def _unknown_model(name: str | None, models: Mapping[str, ModelMonitor]) -> Response:
     return _json({"detail": f"no monitored model {_short(name)}; models: {sorted(models)}"}, status_code=404)
 
@@ -221,7 +227,7 @@ def _prediction_routes(mon: Monitor, access: Access, path: str) -> list[Route]:
                 return answer(request, models[name] if name is not None else next(iter(models.values())))
             except StoreError as exc:
                 return _json({"detail": str(exc)}, status_code=409)
-            except (sqlite3.Error, StoreBusy) as exc:  # a locked or failing database: the caller may retry
+            except _unavailable(mon) as exc:  # a locked, failing or unreachable database: the caller may retry
                 mon.errors.report("store", exc)
                 return _json({"detail": f"the prediction log is unavailable ({exc}); retry later"}, status_code=503,
                              headers={"Retry-After": "1"})
@@ -273,7 +279,7 @@ def _feedback_route(mon: Monitor, access: Access, path: str) -> Route:
             answers = {name: mon.model(name).record_outcomes(group) for name, group in items.items()}
         except StoreError as exc:
             return _json({"detail": str(exc)}, status_code=409)
-        except (sqlite3.Error, StoreBusy) as exc:  # locked past the busy timeout, disk full: nothing half-applied
+        except _unavailable(mon) as exc:  # locked past the busy timeout, disk full, unreachable: nothing half-applied
             mon.errors.report("store", exc)
             return _json({"detail": f"the prediction log could not take the labels ({exc}); retry later"},
                          status_code=503, headers={"Retry-After": "1"})

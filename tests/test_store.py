@@ -678,3 +678,21 @@ def test_an_unreachable_or_silent_server_fails_at_open_without_the_password(post
             assert "s3cr" not in message and "s3cr" not in repr(caught.value), message
     finally:
         listener.close()
+
+
+@pytest.mark.timeout(120)
+def test_labels_answer_503_while_postgresql_is_away_and_work_when_it_is_back(own_server, harness_factory):
+    h = harness_factory(tracing=False, check_interval=0, store_url=own_server.create_database(),
+                        allow_anonymous_writes=True, api_token=None)
+    with TestClient(make_app(h.monitor)) as client:
+        pid = client.post("/predict", json={"a": 1.0}).headers["x-prediction-id"]
+        assert client.get(f"/mlmon/predictions/{pid}?model=m").status_code == 200  # logged
+        own_server.stop()
+        away = [client.post("/mlmon/feedback", json={"prediction_id": pid, "actual": 1}),
+                client.get(f"/mlmon/predictions/{pid}?model=m")]
+        own_server.start()
+        back = client.post("/mlmon/feedback", json={"prediction_id": pid, "actual": 1})
+    assert [r.status_code for r in away] == [503, 503] and all(r.headers["Retry-After"] == "1" for r in away)
+    assert "retry later" in away[0].json()["detail"]
+    assert back.status_code == 200 and back.json()["labelled"] == 1  # nothing was half-applied
+    assert h.monitor.errors.counts()["store"] >= 2  # counted
