@@ -6,8 +6,8 @@ http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           ``benchmarks/overhead.py`` in real uvicorn processes on 127.0.0.1 (server on core 0, wrk
           on core 1): bare and monitored with 1 worker; bare, monitored (the workers share: summed
           metrics, one leader) and monitored with sharing off (``MLMON_MULTIPROC_DIR=off``) with 3
-          workers. The five variants run interleaved, round by round; each round's ratios are
-          taken against the same round's bare run. The shared/unshared pair gives the extra cost
+          workers. The five variants run interleaved, round by round, in a new order each round;
+          each round's ratios are taken against the same round's bare run. The shared/unshared pair gives the extra cost
           of sharing per request.
 scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
 postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import re
 import shutil
 import socket
@@ -84,8 +85,11 @@ def bench_http(seconds: int, rounds: int) -> dict[str, list[dict[str, float]]]:
         fh.write(WRK_SCRIPT + LATENCY)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     try:
+        order = list(VARIANTS)
         for r in range(rounds):
-            for name, (workers, monitored, extra) in VARIANTS.items():
+            random.Random(r).shuffle(order)  # a new order each round: no variant always follows the same one
+            for name in order:
+                workers, monitored, extra = VARIANTS[name]
                 proc, port = start(workdir, workers, monitored, extra)
                 try:
                     url = f"http://127.0.0.1:{port}/predict"

@@ -170,6 +170,12 @@ class Exchange:
         os.replace(self._path(f".windows-{self.me.key}.npz.tmp"), self._path(f"windows-{self.me.key}.npz"))
         self._write(f"windows-{self.me.key}.json", orjson.dumps({"token": token, "models": manifest}, option=_JSON))
 
+    def withdraw_windows(self) -> None:
+        """Remove this worker's windows (at its shutdown: recent inputs do not outlive the worker)."""
+        for name in (f"windows-{self.me.key}.json", f"windows-{self.me.key}.npz"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(name))
+
     def windows(self, token: int, timeout: float, workers: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """Per worker, per model, what it published (see :meth:`publish_windows`), waiting up to
         ``timeout`` seconds for the running ``workers`` (default: all) to answer ``token``. A

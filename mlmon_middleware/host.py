@@ -105,12 +105,14 @@ class HostShare:
             self.adopt()
 
     def stop(self) -> None:
-        """Stop the thread, publish the final counts (nothing counted is lost) and step down."""
+        """Stop the thread, publish the final counts (nothing counted is lost), remove this
+        worker's windows (its recent inputs) and step down."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         try:
             self.publish_state()
+            self.exchange.withdraw_windows()
         except Exception as exc:
             self.errors.report("share", exc)
         self.lock.release()

@@ -168,11 +168,16 @@ def test_workers_sharing_a_folder_check_every_row(tmp_path, others):
         assert mon.health()["models"]["m"]["predictions"] == {"ok": expected, "error": 0}
         report = model.check_now(scheduled=False)
         assert report["rows"] == expected and report["workers"] == {"merged": 1 + others, "stale": 0}  # every worker's rows
+        mon.start()
+        mine = Worker.current().key
+        Exchange(str(tmp_path), Worker.current()).publish_windows(1, {})  # as when asked
     finally:
         mon.shutdown()
         for p in procs:
             p.kill()
             p.join(10)
+    assert not (tmp_path / f"windows-{mine}.npz").exists()  # recent inputs do not outlive the worker
+    assert (tmp_path / f"state-{mine}.json").exists()  # its counts stay in the totals
 
 
 def test_an_unusable_folder_leaves_the_worker_alone_and_says_so(tmp_path):
