@@ -6,9 +6,10 @@ http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           ``benchmarks/overhead.py`` in real uvicorn processes on 127.0.0.1 (server on core 0, wrk
           on core 1): bare and monitored with 1 worker; bare, monitored (the workers share: summed
           metrics, one leader) and monitored with sharing off (``MLMON_MULTIPROC_DIR=off``) with 3
-          workers. The five variants run interleaved, round by round, in a new order each round;
-          each round's ratios are taken against the same round's bare run. The shared/unshared pair gives the extra cost
-          of sharing per request.
+          workers; the same with an endpoint that computes for 1 ms first (a small model). The
+          variants run interleaved, round by round, in a new order each round; each round's ratios
+          are taken against the same round's bare run. The shared/unshared pair gives the extra
+          cost of sharing per request.
 scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
 postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
           (``benchmarks/store.py postgres``, which starts its own PostgreSQL).
@@ -26,9 +27,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
-from overhead import SERVICE, WRK_SCRIPT, free_port, pin
+from overhead import WRK_SCRIPT, free_port, pin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # wrk prints p50..p99 with --latency; p99.9 needs its Lua hook
@@ -38,13 +40,59 @@ done = function(summary, latency, requests)
   io.write(string.format("P999 %d\\n", latency:percentile(99.9)))
 end
 """
+MODEL_1MS = {"BENCH_MODEL_US": "1000"}  # the endpoint spends 1 ms computing, as a small model would
 VARIANTS = {  # name -> (workers, monitored, extra environment)
     "1 worker, bare": (1, False, {}),
     "1 worker, monitored": (1, True, {}),
     "3 workers, bare": (3, False, {}),
     "3 workers, monitored (shared)": (3, True, {}),
     "3 workers, monitored (sharing off)": (3, True, {"MLMON_MULTIPROC_DIR": "off"}),
+    "1 ms model, 1 worker, bare": (1, False, MODEL_1MS),
+    "1 ms model, 1 worker, monitored": (1, True, MODEL_1MS),
+    "1 ms model, 3 workers, bare": (3, False, MODEL_1MS),
+    "1 ms model, 3 workers, monitored (shared)": (3, True, MODEL_1MS),
 }
+# the trivial endpoint of overhead.py, or (BENCH_MODEL_US) a sync one that first computes for that
+# many µs, as a small scikit-learn model would (in the threadpool, as FastAPI runs sync endpoints)
+SERVICE = textwrap.dedent('''
+    import os
+    import time
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    class Tx(BaseModel):
+        amount: float
+        age: int
+        country: str
+        channel: str
+
+    app = FastAPI()
+    monitored = os.environ["BENCH_MONITORED"] == "1"
+    spend = float(os.environ.get("BENCH_MODEL_US", "0")) / 1e6
+    if monitored:
+        from mlmon_fastapi import instrument_app
+        from mlmon_middleware import monitor
+        decorate = monitor(model="bench", version="1")
+    else:
+        decorate = lambda f: f
+
+    if spend:
+        @app.post("/predict")
+        @decorate
+        def predict(tx: Tx) -> dict:
+            end = time.perf_counter() + spend
+            while time.perf_counter() < end:
+                pass
+            return {"prediction": 0.42 if tx.amount > 100 else 0.1}
+    else:
+        @app.post("/predict")
+        @decorate
+        async def predict(tx: Tx) -> dict:
+            return {"prediction": 0.42 if tx.amount > 100 else 0.1}
+
+    if monitored:
+        instrument_app(app)
+''')
 
 
 def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
@@ -117,7 +165,8 @@ def print_http(results: dict[str, list[dict[str, float]]]) -> None:
           "| p99 vs bare (median; min–max) | p99.9 ms (median) | p99.9 vs bare (median; min–max) |")
     print("|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        bare = "1 worker, bare" if name.startswith("1 ") else "3 workers, bare"
+        prefix = "1 ms model, " if name.startswith("1 ms") else ""
+        bare = prefix + ("1 worker, bare" if name.removeprefix(prefix).startswith("1 ") else "3 workers, bare")
         cells = [f"{statistics.median(r[k] for r in runs):.{1 if k == 'rps' else 2}f}" for k in ("rps", "p99_ms", "p999_ms")]
         spans = []
         for key in ("rps", "p99_ms", "p999_ms"):

@@ -10,7 +10,9 @@ import http.client
 import os
 import pathlib
 import re
+import shutil
 import signal
+import subprocess
 import time
 
 import httpx
@@ -101,6 +103,9 @@ def test_three_workers_answer_as_one(tmp_path, server):
         assert totals["mlmon_inference_duration_seconds_count"] == 300  # histograms summed too
         seen = [scrape(url)["mlmon_predictions_total"] for _ in range(50)]
         assert seen == [300] * 50  # every scrape, through whichever worker, counts all of them
+        merged = httpx.get(f"{url}/metrics", timeout=10).content
+        lint = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=merged, capture_output=True)
+        assert lint.returncode == 0 and lint.stdout.strip() == lint.stderr.strip() == b"", lint  # clean, as one process's
 
         for _ in range(3):  # through any worker: every worker's rows
             health = httpx.get(f"{url}/mlmon/health", headers={"Connection": "close"}).json()
