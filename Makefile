@@ -46,8 +46,9 @@ test: $(STAMP) tools
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-# The benchmarks (not tests): request overhead (in-process ASGI, real uvicorn under wrk, memory)
-# and drift checks (against scipy and Evidently, which gets its own venv: its pandas pin clashes).
+# The benchmarks (not tests): request overhead (in-process ASGI, real uvicorn under wrk, memory),
+# drift checks (against scipy and Evidently, which gets its own venv: its pandas pin clashes), the
+# prediction log, explanations, and workers sharing (wrk, 1 and 3 workers; PostgreSQL's log).
 EVIDENTLY := .bench-evidently/bin/python
 $(EVIDENTLY):
 	$(PYTHON) -m venv .bench-evidently
@@ -60,6 +61,7 @@ bench: $(STAMP) $(EVIDENTLY)
 	$(BIN)/python benchmarks/drift.py --evidently-python $(EVIDENTLY)
 	$(BIN)/python benchmarks/store.py
 	$(BIN)/python benchmarks/explain.py
+	$(BIN)/python benchmarks/fleet.py all
 
 clean:
 	rm -rf $(VENV) .demo test-artifacts .bench-evidently
