@@ -264,17 +264,19 @@ class MonitorConfig:
         """Whether ``signal`` (``"metrics"`` or ``"traces"``) goes out by OTLP, as OpenTelemetry's
         variables say: an endpoint (``otlp_endpoint``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or the
         signal's own ``OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT``), unless ``OTEL_{SIGNAL}_EXPORTER``
-        says ``none``.
+        lists exporters without ``otlp`` (``none``, ``console``, ...).
 
         >>> MonitorConfig().otlp_exports("traces", {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"})
         True
         >>> MonitorConfig(otlp_endpoint="http://c:4318").otlp_exports("metrics", {"OTEL_METRICS_EXPORTER": "none"})
         False
+        >>> MonitorConfig(otlp_endpoint="http://c:4318").otlp_exports("traces", {"OTEL_TRACES_EXPORTER": "console"})
+        False
         """
         environ = os.environ if environ is None else environ
         upper = signal.upper()
-        if "none" in environ.get(f"OTEL_{upper}_EXPORTER", "otlp").lower().replace(" ", "").split(","):
-            return False
+        if "otlp" not in environ.get(f"OTEL_{upper}_EXPORTER", "otlp").lower().replace(" ", "").split(","):
+            return False  # "none", or other exporters only
         return bool(self.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
                     or environ.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"))
 

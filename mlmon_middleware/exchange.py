@@ -12,7 +12,7 @@ half a file), in the folder :func:`~mlmon_middleware.workers.shared_folder` chos
 * ``windows-{worker}.npz`` (+ ``.json``, written after it, naming the request it answers): a
   worker's windows of recent rows per model, written when someone asks (:meth:`Exchange.ask_windows`),
   so a check sees the rows of every worker. numpy's own format without pickles: categorical
-  values go as text plus a mask of the missing ones.
+  values go as integer codes into their distinct values.
 * ``result-{model}.json``: the leader's last check of a model (reports, alerts), which every
   other worker answers with.
 
@@ -38,6 +38,7 @@ import fcntl
 import glob
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -49,6 +50,8 @@ from mlmon_middleware.merge import EXITED, fold_counters
 from mlmon_middleware.workers import Worker
 
 _JSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+LOCK_TIMEOUT = 5.0  # seconds a reader or a fold waits for the states lock
+MAX_FOLDED = 10_000  # exited workers remembered as folded (their files are gone long before)
 
 
 @dataclasses.dataclass
@@ -71,13 +74,15 @@ class Exchange:
         self.folder = folder
         self.me = me
         self._lock_path = os.path.join(folder, "states.lock")
+        self._last_read: dict[str, dict[str, Any]] = {}  # per worker, its last state read whole
 
     # ----------------------------------------------------------------------------------- files
     def _path(self, name: str) -> str:
         return os.path.join(self.folder, name)
 
     def _write(self, name: str, data: bytes) -> None:
-        tmp = self._path(f".{name}.{os.getpid()}.tmp")
+        """Write ``name`` whole: to a temporary file of this thread's own, then renamed."""
+        tmp = self._path(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, self._path(name))
@@ -91,9 +96,19 @@ class Exchange:
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
+        """The folder's states lock, shared or exclusive; raises TimeoutError after
+        :data:`LOCK_TIMEOUT` seconds (a holder stopped by a debugger must not hang a scrape)."""
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{self._lock_path} stayed locked for {LOCK_TIMEOUT:g} s") from None
+                    time.sleep(0.005)
             yield
         finally:
             os.close(fd)
@@ -105,14 +120,25 @@ class Exchange:
 
     def states(self) -> SharedStates:
         """Every running worker's last state, and the exited workers' folded counts. Exited
-        workers' states are folded first, so the sum over both never goes down."""
+        workers' states are folded first, so the sum over both never goes down; a state that
+        cannot be read just now counts as the last one read."""
         keys = self._state_keys()
         if any(not Worker.from_key(k).alive() for k in keys):
             self._fold_exited()
             keys = self._state_keys()
         with self._locked(exclusive=False):
-            live = {k: s for k in keys if (s := self._read_json(f"state-{k}.json")) is not None}
+            live = {}
+            for key in keys:
+                state = self._read_json(f"state-{key}.json")
+                if state is not None:
+                    self._last_read[key] = state
+                elif key in self._last_read:
+                    state = self._last_read[key]
+                if state is not None:
+                    live[key] = state
             exited = self._read_json(f"{EXITED}.json") or {}
+        for gone in set(self._last_read) - set(keys):
+            self._last_read.pop(gone, None)
         return SharedStates(live, exited)
 
     def _state_keys(self) -> list[str]:
@@ -123,13 +149,15 @@ class Exchange:
         at a time holds the exclusive lock; the others' readers wait for it)."""
         with self._locked(exclusive=True):
             exited = self._read_json(f"{EXITED}.json") or {}
+            folded = set(exited.get("folded", ()))
             gone = [k for k in self._state_keys() if not Worker.from_key(k).alive()]
             if not gone:
                 return
             for key in gone:
                 state = self._read_json(f"state-{key}.json")
-                if state is not None:
-                    exited = fold_counters(exited, state)
+                if state is not None and key not in folded:  # folded once, even if a crash left its file
+                    exited = {**fold_counters(exited, state), "folded": sorted(folded | {key})[-MAX_FOLDED:]}
+                    folded.add(key)
             self._write(f"{EXITED}.json", orjson.dumps(exited, option=_JSON))
             for key in gone:
                 for name in (f"state-{key}.json", f"windows-{key}.npz", f"windows-{key}.json"):
@@ -138,9 +166,11 @@ class Exchange:
 
     # --------------------------------------------------------------------------------- windows
     def ask_windows(self) -> int:
-        """Ask every worker for its windows; the token their answers will carry."""
-        token = time.time_ns()
-        self._write("windows-wanted", str(token).encode())
+        """Ask every worker for its windows; the token their answers will carry (larger than
+        any before: the wall clock may step back, the token does not)."""
+        with self._locked(exclusive=True):
+            token = max(self.asked() + 1, time.time_ns())
+            self._write("windows-wanted", str(token).encode())
         return token
 
     def asked(self) -> int:
@@ -215,13 +245,18 @@ class Exchange:
 
 
 def _encode(arrays: dict[str, np.ndarray], key: str, values: np.ndarray) -> None:
-    """Store ``values``; object (categorical) arrays as text plus a mask of the missing (None)."""
+    """Store ``values``; an object (categorical) matrix as integer codes into its distinct values
+    (text), code -1 for missing (None): one long value costs its own length, not every cell's."""
     if values.dtype != object:
         arrays[key] = values
         return
-    missing = np.array([v is None for v in values.ravel()], dtype=bool).reshape(values.shape)
-    arrays[key + ".missing"] = missing
-    arrays[key + ".text"] = np.where(missing, "", values).astype(str) if values.size else np.zeros(values.shape, str)
+    flat = values.ravel()
+    missing = np.fromiter((v is None for v in flat), bool, flat.size)
+    distinct, codes = np.unique(flat[~missing].astype(str), return_inverse=True)
+    all_codes = np.full(flat.size, -1, dtype=np.int64)
+    all_codes[~missing] = codes
+    arrays[key + ".codes"] = all_codes.reshape(values.shape)
+    arrays[key + ".values"] = distinct
 
 
 def _decode(path: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,8 +272,10 @@ def _decode(path: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
                     if key in data:
                         snapshot[column] = data[key]
                     else:
-                        values = data[key + ".text"].astype(object)
-                        values[data[key + ".missing"]] = None
+                        codes, distinct = data[key + ".codes"], data[key + ".values"].astype(object)
+                        values = np.empty(codes.shape, dtype=object)
+                        present = codes >= 0
+                        values[present] = distinct[codes[present]]
                         snapshot[column] = values
                 model[part] = snapshot
             out[name] = model

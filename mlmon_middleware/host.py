@@ -69,6 +69,7 @@ class HostShare:
         self._generation = generation  # grows when something worth publishing changed
         self._published_generation: object = None
         self._adopted: dict[str, int] = {}
+        self._publishing = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlmon-share", daemon=True)
         self.lock.try_acquire()
@@ -93,16 +94,16 @@ class HostShare:
 
     def tick(self) -> None:
         """One look at the shared folder (see the module docstring)."""
-        self.lock.try_acquire()
+        led = self.leader
+        if not self.lock.try_acquire() or not led:
+            self.adopt()  # a worker taking the lead first takes the old leader's last word
         asked = self.exchange.asked()
-        if asked > self._answered:
+        if asked != self._answered:
             self._answered = asked
             self.publish_windows(asked)
         now = time.monotonic()
         if now - self._published >= self.share_interval and self._generation() != self._published_generation:
             self.publish_state()
-        if not self.leader:
-            self.adopt()
 
     def stop(self) -> None:
         """Stop the thread, publish the final counts (nothing counted is lost), remove this
@@ -123,30 +124,49 @@ class HostShare:
         return {"metrics": [] if self._registry is None else families(self._registry), "models": models}
 
     def publish_state(self) -> dict[str, Any]:
-        generation = self._generation()
-        state = self.own_state()
-        self.exchange.publish_state(state)
-        self._published, self._published_generation = time.monotonic(), generation
+        """Collect and write this worker's counters; one thread at a time (a scrape and the share
+        thread), so that a state written is never older than one written before it."""
+        with self._publishing:
+            generation = self._generation()
+            state = self.own_state()
+            self.exchange.publish_state(state)
+            self._published, self._published_generation = time.monotonic(), generation
         return state
 
     def collect(self) -> list[Any]:
-        """The server's metric families: this worker's, fresh, with every other worker's last."""
-        own = self.publish_state()
-        shared = self.exchange.states()
+        """The server's metric families: this worker's, fresh, with every other worker's last.
+        When the folder fails, this worker's own (counted: ``stage="share"``)."""
+        own: dict[str, Any] = {}
+        try:
+            own = self.publish_state()
+            shared = self.exchange.states()
+        except Exception as exc:
+            self.errors.report("share", exc, "a scrape answered with this worker's counts alone")
+            own = own or self.own_state()
+            return merged_families({self.me.key: own}, {}, leader=self.me.key, per_worker=self.per_worker)
         shared.live[self.me.key] = own
         return merged_families(shared.live, shared.exited, leader=self.lock.leader_key(), per_worker=self.per_worker)
 
     def counts(self, model: str) -> dict[str, Any]:
-        """A model's counts over every worker (see :func:`~mlmon_middleware.merge.merged_counts`)."""
-        shared = self.exchange.states()
+        """A model's counts over every worker (see :func:`~mlmon_middleware.merge.merged_counts`);
+        this worker's own when the folder fails (counted)."""
         own = next((m for m in self._models() if m.name == model), None)
-        if own is not None:
-            shared.live[self.me.key] = {"models": {model: counts_of(own)}}
+        mine = {"models": {model: counts_of(own)}} if own is not None else {}
+        try:
+            shared = self.exchange.states()
+        except Exception as exc:
+            self.errors.report("share", exc, "health counted this worker alone")
+            return merged_counts({self.me.key: mine}, {}, model)
+        shared.live[self.me.key] = mine
         return merged_counts(shared.live, shared.exited, model)
 
     def workers(self, private: bool) -> WorkersHealth:
         """Who shares (health's ``workers``); ``private`` adds the leader's pid and the folder."""
-        live = {k for k in self.exchange.states().live if Worker.from_key(k).alive()} | {self.me.key}
+        try:
+            live = {k for k in self.exchange.states().live if Worker.from_key(k).alive()} | {self.me.key}
+        except Exception as exc:
+            self.errors.report("share", exc)
+            live = {self.me.key}
         health: WorkersHealth = {"running": len(live), "leading": self.leader}
         if private:
             leader = self.lock.leader_key()
@@ -161,8 +181,12 @@ class HostShare:
     def check_inputs(self, model: Model, since: float | None) -> MergedInputs:
         """The inputs of a check of ``model`` over every worker: this worker's windows and the
         others' (asked for now, waiting up to :data:`ANSWER_TIMEOUT`), merged, and the counts."""
-        others = {k for k in self.exchange.states().live if k != self.me.key and Worker.from_key(k).alive()}
-        answers = self.exchange.windows(self.exchange.ask_windows(), ANSWER_TIMEOUT, others) if others else {}
+        try:
+            others = {k for k in self.exchange.states().live if k != self.me.key and Worker.from_key(k).alive()}
+            answers = self.exchange.windows(self.exchange.ask_windows(), ANSWER_TIMEOUT, others) if others else {}
+        except Exception as exc:  # the folder failed: this worker's rows alone, counted
+            self.errors.report("share", exc, "a check saw this worker's rows alone")
+            answers = {}
         own = model.window_snapshot(since)
         schema, output_schema = model.schema, model.output_schema
         features, outputs, attributions = [own["features"]], [own["outputs"]], [attributions_of(model, since)]

@@ -188,22 +188,30 @@ class Monitor:
             if config.prometheus_port:
                 config = dataclasses.replace(config, prometheus_port=config.prometheus_port + self.port_offset())
             self._host = self._share()
-            self._telemetry = Telemetry(config, flush=self.flush, observe=self.observe,
-                                        merged=None if self._host is None else self._host.collect)
-            if self.store_location is not None:
-                self._store_writer = StoreWriter(
-                    open_store(self.store_location), interval=self.config.store_interval,
-                    max_queue=self.config.store_queue_size,
-                    retention=(self.config.store_max_age, self.config.store_max_rows),
-                    on_drop=lambda n: self.errors.report("store_queue_full", message=f"{n} logged prediction(s) dropped"),
-                    on_error=lambda exc: self.errors.report("store", exc))
-            self.pipeline.start(self._telemetry, self._store_writer)
-            if self.config.check_interval > 0:
-                self._analyzer = Analyzer(self.check_all, self.config.check_interval)
-            for model in self._models.values():
-                model.start_explainer()
-            if self._host is not None:
-                self._host.start(self._telemetry.registry)
+            try:
+                self._telemetry = Telemetry(config, flush=self.flush, observe=self.observe,
+                                            merged=None if self._host is None else self._host.collect)
+                if self.store_location is not None:
+                    self._store_writer = StoreWriter(
+                        open_store(self.store_location), interval=self.config.store_interval,
+                        max_queue=self.config.store_queue_size,
+                        retention=(self.config.store_max_age, self.config.store_max_rows),
+                        on_drop=lambda n: self.errors.report("store_queue_full", message=f"{n} logged prediction(s) dropped"),
+                        on_error=lambda exc: self.errors.report("store", exc))
+                self.pipeline.start(self._telemetry, self._store_writer)
+                if self.config.check_interval > 0:
+                    self._analyzer = Analyzer(self.check_all, self.config.check_interval)
+                for model in self._models.values():
+                    model.start_explainer()
+                if self._host is not None:
+                    self._host.start(self._telemetry.registry)
+            except BaseException:  # a half start must not keep the lead, nor a metrics port
+                if self._host is not None:
+                    self._host.lock.release()
+                if self._telemetry is not None:
+                    self._telemetry.shutdown()
+                self._host = self._telemetry = None
+                raise
             self._started = True
             atexit.register(self.shutdown)
 

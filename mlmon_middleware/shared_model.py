@@ -4,8 +4,9 @@ The functions :class:`~mlmon_middleware.host.HostShare` calls on a
 :class:`~mlmon_middleware.model.Model`: its counts (:func:`counts_of`), its windows
 (:func:`windows_of`, explained predictions included), its last check as the leader publishes it
 (:func:`result_of`), and the adoption of the leader's check by a worker that does not lead
-(:func:`adopt`): reports, performance, attributions and alert states, so that every worker
-answers alike and a worker taking over the lead continues the same alerts.
+(:func:`adopt`): reports, performance, attributions, alert states and a warm-up baseline, so
+that every worker answers alike and a worker taking over the lead continues the same alerts
+against the same reference.
 
 >>> from mlmon_middleware import Monitor, MonitorConfig
 >>> mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
@@ -55,6 +56,8 @@ class Model(Protocol):
 
     def window_snapshot(self, since: float | None = None) -> dict[str, WindowSnapshot]: ...
 
+    def set_baseline(self, baseline: Baseline) -> Baseline: ...
+
 
 class MergedInputs(NamedTuple):
     """A check's inputs over every worker: windows, counts, explained predictions, schemas, and
@@ -95,18 +98,19 @@ def check_inputs(m: Model, host: Share | None, now: float, since: float | None,
     if m.explainer is not None:
         attributions = Attributions(m.explainer.names, samples, m.explainer.baseline_attributions)
     return CheckInputs(m.name, m.version, now, features, outputs, m.schema, m.output_schema, m.baseline, counts,
-                       labels, attributions, scheduled, fleet_performance(m, labels), workers)
+                       labels, attributions, scheduled, fleet_performance(m, labels, scheduled), workers)
 
 
 #: the role whose holder, among every process sharing one prediction log, runs the label-based checks
 LABEL_CHECKS = "mlmon:label-checks"
 
 
-def fleet_performance(m: Model, labels: PredictionStore | None) -> PerformanceReport | None:
+def fleet_performance(m: Model, labels: PredictionStore | None, scheduled: bool) -> PerformanceReport | None:
     """The performance report to take rather than compute: the one the leader of the label-based
     checks last stored, when another process leads them (replicas sharing a PostgreSQL log).
-    None when this process leads (or has no log): it computes them."""
-    if labels is None or labels.try_lead(LABEL_CHECKS):
+    None when this process leads (or has no log): it computes them. Only a scheduled check
+    (the host's leader's) may take the lead; an on-demand one only asks whether it holds it."""
+    if labels is None or (labels.try_lead(LABEL_CHECKS) if scheduled else labels.leads(LABEL_CHECKS)):
         return None
     found = labels.get_result(m.name, "performance")
     if found is None:
@@ -118,7 +122,7 @@ def fleet_performance(m: Model, labels: PredictionStore | None) -> PerformanceRe
 def store_performance(m: Model, labels: PredictionStore | None) -> None:
     """The leader of the label-based checks: store ``m``'s performance report for the other replicas."""
     report = m.checker.performance.report
-    if labels is not None and report is not None and labels.try_lead(LABEL_CHECKS):
+    if labels is not None and report is not None and labels.leads(LABEL_CHECKS):
         labels.put_result(m.name, "performance", orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
@@ -152,8 +156,10 @@ def result_of(m: Model) -> dict[str, Any] | None:
     checker = m.checker
     if checker.report is None:
         return None
+    warmup = m.baseline.payload if m.baseline is not None and m.baseline.warmup else None
     return {"report": checker.report, "performance": checker.performance.report, "attributions": checker.attributions,
-            "alerts": checker.alerts.summary(), "last_run": checker.last_run, "duration": checker.duration}
+            "alerts": checker.alerts.summary(), "last_run": checker.last_run, "duration": checker.duration,
+            "warmup_baseline": warmup}
 
 
 def adopt(m: Model, result: Mapping[str, Any]) -> None:
@@ -164,6 +170,8 @@ def adopt(m: Model, result: Mapping[str, Any]) -> None:
     checker.attributions = result.get("attributions")
     checker.last_run, checker.duration = result.get("last_run", 0.0), result.get("duration", 0.0)
     checker.alerts.adopt(result.get("alerts") or {})
+    if result.get("warmup_baseline") and m.baseline is None:  # a later leader goes on from the same reference
+        m.set_baseline(Baseline(result["warmup_baseline"]))
 
 
 def with_counts_of(health: ModelHealth, counts: Mapping[str, Any], capacity: int) -> None:

@@ -224,6 +224,10 @@ class SQLiteStore:
         """Always: the processes sharing a file are on one host, which elects its own leader."""
         return True
 
+    def leads(self, role: str) -> bool:
+        """Always, as :meth:`try_lead`."""
+        return True
+
     def put_result(self, model: str, kind: str, body: str) -> None:
         """Keep ``body`` (JSON) as ``model``'s latest result of ``kind``, stamped now."""
         with self._lock:

@@ -318,6 +318,12 @@ class PostgresStore:
                 self._drop_leader()
             return role in self._leading
 
+    def leads(self, role: str) -> bool:
+        """Whether this process holds ``role``'s lock now, without trying to take it (an
+        on-demand check must not take the fleet's lead from the one that checks on schedule)."""
+        with self._lead_lock:
+            return role in self._leading and self._alive(self._leader)
+
     @staticmethod
     def _alive(db: Connection | None) -> bool:
         if db is None or db.closed:

@@ -94,9 +94,8 @@ def process_start(pid: int) -> str | None:
 def managed() -> bool:
     """Whether this process is a worker that a process manager started: a ``multiprocessing``
     child (uvicorn's workers) or a gunicorn worker."""
-    if multiprocessing.parent_process() is not None:
-        return True
-    return "gunicorn.arbiter" in sys.modules and os.getppid() != 1
+    # gunicorn's master may be PID 1 (a container's command): its workers still share
+    return multiprocessing.parent_process() is not None or "gunicorn.arbiter" in sys.modules
 
 
 def shared_folder(config: MonitorConfig, group: str | None = None) -> str | None:
@@ -174,8 +173,12 @@ class LeaderLock:
         except OSError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, Worker.current().key.encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, Worker.current().key.encode())
+        except OSError:
+            os.close(fd)  # releases the lock: never held without being known
+            raise
         self._fd = fd
         return True
 

@@ -89,7 +89,13 @@ def test_undrifted_traffic_split_unevenly_raises_no_fleet_alert(fleet):
         replicas = query(base, 'mlmon:feature_drift_alert:replica{subject="income"}')
         time.sleep(0.5)
     assert len(replicas) == 2, "each replica alone should see its half as drifted"
-    psi = query(base, 'mlmon:feature_psi:fleet{feature="income"}')
+    rows: list = []
+    while time.monotonic() < deadline and not (rows and float(rows[0]["value"][1]) == 800):
+        # the fleet's recorded rows and PSI come from one rule evaluation: wait until it saw all 800
+        rows = query(base, 'mlmon:feature_rows:fleet{feature="income"}')
+        psi = query(base, 'mlmon:feature_psi:fleet{feature="income"}')
+        time.sleep(0.2)
+    assert rows and float(rows[0]["value"][1]) == 800
     assert psi and float(psi[0]["value"][1]) < 0.05  # together they are the training population
     time.sleep(8)  # longer than drift_for, with rules evaluated every second
     assert alerts_named(base, "MLModelFleetFeatureDrift", "income") == []

@@ -3,6 +3,7 @@ summing rules, merged windows, and two real processes sharing one folder."""
 
 import multiprocessing
 import os
+import threading
 import time
 
 import numpy as np
@@ -193,3 +194,44 @@ def test_an_unusable_folder_leaves_the_worker_alone_and_says_so(tmp_path):
         assert health["status"] == "degraded" and health["models"]["m"]["predictions"]["ok"] == 1  # serving went on
     finally:
         mon.shutdown()
+
+
+def test_a_scrape_and_the_share_thread_publishing_at_once_never_hide_a_worker(tmp_path):
+    ex = Exchange(str(tmp_path), Worker.current())
+    ex.publish_state(state(0, gauge=0))
+    errors, seen, stop = [], [], threading.Event()
+
+    def publish() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                ex.publish_state(state(n, gauge=0))
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        seen.append(list(ex.states().live))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == [] and seen and all(keys == [Worker.current().key] for keys in seen)
+
+
+def test_a_warmup_baseline_and_alert_states_pass_from_the_leader_to_the_others():
+    from mlmon_middleware.shared_model import adopt, result_of
+
+    leader = Monitor(MonitorConfig(tracing=False, check_interval=0)).model("m", warmup_rows=50)
+    rng = np.random.default_rng(5)
+    for x in rng.normal(size=60):
+        leader.record({"x": float(x)}, {"prediction": 1.0})
+    leader.check_now()  # a scheduled check adopts a warm-up baseline from the first rows
+    assert leader.baseline is not None and leader.baseline.warmup
+    follower = Monitor(MonitorConfig(tracing=False, check_interval=0)).model("m")
+    adopt(follower, result_of(leader))
+    assert follower.baseline is not None and follower.baseline.payload == leader.baseline.payload
+    assert follower.drift_report() == leader.checker.report

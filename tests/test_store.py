@@ -696,3 +696,23 @@ def test_labels_answer_503_while_postgresql_is_away_and_work_when_it_is_back(own
     assert "retry later" in away[0].json()["detail"]
     assert back.status_code == 200 and back.json()["labelled"] == 1  # nothing was half-applied
     assert h.monitor.errors.counts()["store"] >= 2  # counted
+
+
+def test_only_a_scheduled_check_takes_the_fleets_lead_of_the_label_checks(postgres_url):
+    """An on-demand check (a dashboard's first request, in a worker that does not check on
+    schedule) reads the leader's stored performance; it never takes the lead, which would leave
+    the fleet without anyone computing it."""
+    from mlmon_middleware.shared_model import LABEL_CHECKS, fleet_performance
+
+    model = Monitor(MonitorConfig(tracing=False, check_interval=0)).model("m")
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        assert fleet_performance(model, a, scheduled=False) == {
+            "status": "another replica checks performance on the shared log; no result yet"}
+        assert not a.leads(LABEL_CHECKS)  # asking did not take it
+        assert fleet_performance(model, b, scheduled=True) is None and b.leads(LABEL_CHECKS)  # b computes
+        b.put_result("m", "performance", '{"status": "ok", "checked_at": 1.0}')
+        assert fleet_performance(model, a, scheduled=True) == {"status": "ok", "checked_at": 1.0}  # b leads
+    finally:
+        a.close()
+        b.close()
