@@ -22,9 +22,10 @@ worker goes on on its own data.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,7 @@ class HostShare:
         self._published_generation: object = None
         self._adopted: dict[str, int] = {}
         self._publishing = threading.Lock()
+        self._round: dict[str, dict[str, Any]] | None = None  # the windows of a round of scheduled checks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlmon-share", daemon=True)
         self.lock.try_acquire()
@@ -178,15 +180,29 @@ class HostShare:
     def publish_windows(self, token: int) -> None:
         self.exchange.publish_windows(token, {m.name: windows_of(m) for m in self._models()})
 
+    def _answers(self) -> dict[str, dict[str, Any]]:
+        """The other running workers' windows, asked for now (every model's at once)."""
+        try:
+            others = {k for k in self.exchange.states().live if k != self.me.key and Worker.from_key(k).alive()}
+            return self.exchange.windows(self.exchange.ask_windows(), ANSWER_TIMEOUT, others) if others else {}
+        except Exception as exc:  # the folder failed: this worker's rows alone, counted
+            self.errors.report("share", exc, "a check saw this worker's rows alone")
+            return {}
+
+    @contextlib.contextmanager
+    def one_round(self) -> Iterator[None]:
+        """The scheduled checks of every model: the other workers are asked for their windows
+        once, for all models, not once per model."""
+        self._round = self._answers()
+        try:
+            yield
+        finally:
+            self._round = None
+
     def check_inputs(self, model: Model, since: float | None) -> MergedInputs:
         """The inputs of a check of ``model`` over every worker: this worker's windows and the
         others' (asked for now, waiting up to :data:`ANSWER_TIMEOUT`), merged, and the counts."""
-        try:
-            others = {k for k in self.exchange.states().live if k != self.me.key and Worker.from_key(k).alive()}
-            answers = self.exchange.windows(self.exchange.ask_windows(), ANSWER_TIMEOUT, others) if others else {}
-        except Exception as exc:  # the folder failed: this worker's rows alone, counted
-            self.errors.report("share", exc, "a check saw this worker's rows alone")
-            answers = {}
+        answers = self._round if self._round is not None else self._answers()
         own = model.window_snapshot(since)
         schema, output_schema = model.schema, model.output_schema
         features, outputs, attributions = [own["features"]], [own["outputs"]], [attributions_of(model, since)]

@@ -133,18 +133,18 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
                    "Share of the window's rows with a category the baseline never saw.",
                    "mlmon_feature_new_category_ratio"),
     InstrumentSpec(FEATURE_BIN, "observable_counter", "{row}",
-                   "Rows per baseline quantile bin of each numeric feature, since start: sum across "
+                   "Rows per baseline bin (quantile bin, or category) of each feature, since start: sum across "
                    "replicas for fleet-wide PSI in PromQL.",
                    "mlmon_feature_bin_total"),
     InstrumentSpec(BASELINE_BIN_RATIO, "observable_gauge", "1",
-                   "The baseline's share of rows in each quantile bin of each numeric feature (fleet PSI's reference).",
+                   "The baseline's share of rows in each bin (quantile bin, or category) of each feature (fleet PSI's reference).",
                    "mlmon_baseline_bin_ratio"),
     InstrumentSpec(FEATURE_DRIFT_CRITICAL, "observable_gauge", "1",
-                   "Chi² value above which the fleet's summed bin counts of a numeric feature differ from the baseline "
-                   "at the policy's alpha (Bonferroni over the numeric features): the fleet drift rule's threshold.",
+                   "Chi² value above which the fleet's summed bin counts of a feature differ from the baseline "
+                   "at the policy's alpha (Bonferroni over the features): the fleet drift rule's threshold.",
                    "mlmon_feature_drift_critical"),
     InstrumentSpec(BASELINE_ROWS, "observable_gauge", "{row}",
-                   "Rows of the baseline a numeric feature's bins were computed from: the reference's size in the "
+                   "Rows of the baseline a feature's bins were computed from: the reference's size in the "
                    "fleet drift test.",
                    "mlmon_baseline_rows"),
     InstrumentSpec(ALERT_ACTIVE, "observable_gauge", "1",

@@ -19,6 +19,7 @@ any gunicorn/uvicorn/BentoML worker fork), are dropped in a forked child, and st
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import os
 import threading
@@ -234,7 +235,8 @@ class Monitor:
     def _generation(self) -> object:
         """A value that changes whenever this worker's counts change (records, labels, checks)."""
         models = list(self._models.values())
-        return (self.pipeline.ingested, [(sum(m.counters.labels().values()), m.checker.last_run) for m in models])
+        return (self.pipeline.ingested, self.errors.counts(), self.limits.counts(),
+                [(sum(m.counters.labels().values()), m.checker.last_run) for m in models])
 
     @property
     def host(self) -> HostShare | None:
@@ -251,11 +253,12 @@ class Monitor:
         host = self._host
         if host is not None and not host.leader:
             return
-        for model in list(self._models.values()):
-            try:
-                model.check_now()
-            except Exception as exc:
-                self.errors.report("analysis", exc)
+        with host.one_round() if host is not None else contextlib.nullcontext():  # one window request for all models
+            for model in list(self._models.values()):
+                try:
+                    model.check_now()
+                except Exception as exc:
+                    self.errors.report("analysis", exc)
         if host is not None:
             try:
                 host.publish_results()

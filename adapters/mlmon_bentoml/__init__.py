@@ -21,11 +21,12 @@ global OpenTelemetry providers.
 
 Workers: ``workers=N`` are N processes; each starts its own monitor when BentoML starts it and
 shuts it down (queue and log written) when BentoML stops it, through the app's lifespan that
-:class:`~mlmon_middleware.MLMonitorMiddleware` sees, with its own ``service.instance.id``, window
-and counts. ``/mlmon/metrics`` on the shared socket answers from
-whichever worker the kernel picks, so for the fleet view either export OTLP (every worker pushes)
-or scrape one port per worker: with ``MLMON_PROMETHEUS_PORT=P`` worker ``i`` (from 1) serves its
-metrics on ``P + i - 1`` (or the next free port).
+:class:`~mlmon_middleware.MLMonitorMiddleware` sees, with its own ``service.instance.id``. The
+adapter names the service to mlmon, so its workers share (``docs/deployment.md``):
+``/mlmon/metrics`` on the shared socket, whichever worker the kernel picks, answers with every
+worker's counters summed, one worker checks every worker's rows, and all answer alike. With
+``MLMON_PROMETHEUS_PORT=P`` worker ``i`` (from 1) also serves ``P + i - 1`` (or the next free
+port), each for the whole service: scrape one.
 """
 
 from __future__ import annotations
