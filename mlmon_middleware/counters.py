@@ -124,7 +124,9 @@ class BinCounter:
         self.unlisted = [f_index.get(OTHER, len(f_index)) for f_index in self.index]  # the bin of unseen categories
         self.category_counts = [np.zeros(len(shares), dtype=np.int64) for shares in self.shares]
         dofs = {name: len(c) for name, c in zip(self.names, self.cuts) if len(c)}
-        dofs.update({name: len(s) - 1 for name, s, f in zip(self.categorical, self.shares, frequencies) if f})
+        # a categorical feature's test has the baseline's categories less one degree of freedom, as
+        # the in-process test has when no new category appears (the unseen bin is empty then)
+        dofs.update({name: len(f) - 1 for name, f in zip(self.categorical, frequencies) if f})
         tested = max(len(dofs), 1)
         self.critical = {name: float(chi2.isf(alpha / tested, dof)) for name, dof in dofs.items() if dof > 0}
         # the reference's size for the fleet's two-sample test: the rows the bin shares come from

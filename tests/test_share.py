@@ -235,3 +235,26 @@ def test_a_warmup_baseline_and_alert_states_pass_from_the_leader_to_the_others()
     adopt(follower, result_of(leader))
     assert follower.baseline is not None and follower.baseline.payload == leader.baseline.payload
     assert follower.drift_report() == leader.checker.report
+
+
+def test_fleet_bin_counters_cover_categorical_features_with_the_in_process_shares_and_dof():
+    from scipy import stats as sps
+
+    from mlmon_middleware.baseline import Baseline
+    from mlmon_middleware.counters import BinCounter
+    from mlmon_middleware.drift import stats
+
+    rng = np.random.default_rng(11)
+    rows = [{"x": float(x), "c": str(c)} for x, c in zip(rng.normal(size=2000), rng.choice(["a", "b", "c"], 2000, p=[.5, .3, .2]))]
+    baseline = Baseline.from_data(rows)
+    bins = BinCounter(baseline, alpha=0.01)
+    assert bins.critical["c"] == pytest.approx(sps.chi2.isf(0.01 / 2, 2), abs=1e-12)  # 3 categories: 2 dof
+    assert bins.critical["x"] == pytest.approx(sps.chi2.isf(0.01 / 2, len(baseline.features["x"]["bin_edges"]) - 2), abs=1e-12)
+    current = np.array([[v] for v in rng.choice(["a", "b", "c", "new", None], 500)], dtype=object)
+    bins.add(rng.normal(size=(500, 1)), current)
+    counts = np.array([n for f, _, n in bins.items() if f == "c"], dtype=float)
+    shares = np.array([s for f, _, s in bins.reference_shares() if f == "c"])
+    profile = baseline.features["c"]
+    names, ref, cur = stats.category_counts(profile["frequencies"], stats.reference_rows(profile), list(current[:, 0]))
+    assert counts.tolist() == cur.tolist() and shares[:3] == pytest.approx(ref[:3] / ref.sum(), abs=1e-12)
+    assert stats.psi(shares, counts / counts.sum()) == pytest.approx(stats.psi(ref / ref.sum(), cur / cur.sum()), abs=1e-12)
