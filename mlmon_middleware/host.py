@@ -149,18 +149,17 @@ class HostShare:
         shared.live[self.me.key] = own
         return merged_families(shared.live, shared.exited, leader=self.lock.leader_key(), per_worker=self.per_worker)
 
-    def counts(self, model: str) -> dict[str, Any]:
-        """A model's counts over every worker (see :func:`~mlmon_middleware.merge.merged_counts`);
-        this worker's own when the folder fails (counted)."""
-        own = next((m for m in self._models() if m.name == model), None)
-        mine = {"models": {model: counts_of(own)}} if own is not None else {}
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Per model, its counts over every worker (see :func:`~mlmon_middleware.merge.merged_counts`),
+        from one read of the folder; this worker's own when the folder fails (counted)."""
+        mine = {"models": {m.name: counts_of(m) for m in self._models()}}
         try:
             shared = self.exchange.states()
         except Exception as exc:
             self.errors.report("share", exc, "health counted this worker alone")
-            return merged_counts({self.me.key: mine}, {}, model)
+            return {name: merged_counts({self.me.key: mine}, {}, name) for name in mine["models"]}
         shared.live[self.me.key] = mine
-        return merged_counts(shared.live, shared.exited, model)
+        return {name: merged_counts(shared.live, shared.exited, name) for name in mine["models"]}
 
     def workers(self, private: bool) -> WorkersHealth:
         """Who shares (health's ``workers``); ``private`` adds the leader's pid and the folder."""
@@ -219,7 +218,7 @@ class HostShare:
                 attributions.append(_since(theirs.get("attributions") or {}, since))
             if _schema(theirs.get("output_schema")) == output_schema:
                 outputs.append(_since(theirs["outputs"], since))
-        total = self.counts(model.name)
+        total = self.counts().get(model.name, {})
         counts = Counts({"ok": total.get("predictions", {}).get("ok", 0), "error": total.get("predictions", {}).get("error", 0)},
                         total.get("capture_errors", {}), total.get("feature_errors", {}))
         return MergedInputs(newest(features, self.capacity), newest(outputs, self.capacity), counts,

@@ -297,7 +297,7 @@ class Monitor:
             "metrics_port": None if telemetry is None else telemetry.prometheus_port,
             "token_required": bool(self.config.api_token),
             "prediction_log_enabled": self.store_location is not None,
-            "models": {name: self._model_health(m, private) for name, m in self._models.items()},
+            "models": self._models_health(private),
             "monitor_errors": errors,
             "limit_hits": self.limits.counts(),
             "workers": None if self._host is None else self._host.workers(private),
@@ -308,12 +308,14 @@ class Monitor:
             health["last_errors"] = self.errors.recent()
         return health
 
-    def _model_health(self, model: ModelMonitor, private: bool) -> ModelHealth:
-        """A model's health; with workers sharing, its counts are every worker's."""
-        health = model.health(private)
+    def _models_health(self, private: bool) -> dict[str, ModelHealth]:
+        """Every model's health; with workers sharing, its counts are every worker's."""
+        healths = {name: m.health(private) for name, m in self._models.items()}
         if self._host is not None:
-            with_counts_of(health, self._host.counts(model.name), self.config.reservoir_size)
-        return health
+            for name, counts in self._host.counts().items():
+                if name in healths:
+                    with_counts_of(healths[name], counts, self.config.reservoir_size)
+        return healths
 
     def shutdown(self) -> None:
         """Flush what is queued, stop the threads, the explanation workers and our exporters."""
