@@ -122,8 +122,10 @@ class HostShare:
 
     # ------------------------------------------------------------------------------- counters
     def own_state(self) -> dict[str, Any]:
-        models = {m.name: counts_of(m) for m in self._models()}
-        return {"metrics": [] if self._registry is None else families(self._registry), "models": models}
+        """This worker's metric families and model counts. The families first: collecting them
+        runs the pipeline, and the counts must include what it just ingested."""
+        metrics = [] if self._registry is None else families(self._registry)
+        return {"metrics": metrics, "models": {m.name: counts_of(m) for m in self._models()}}
 
     def publish_state(self) -> dict[str, Any]:
         """Collect and write this worker's counters; one thread at a time (a scrape and the share

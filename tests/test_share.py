@@ -258,3 +258,17 @@ def test_fleet_bin_counters_cover_categorical_features_with_the_in_process_share
     names, ref, cur = stats.category_counts(profile["frequencies"], stats.reference_rows(profile), list(current[:, 0]))
     assert counts.tolist() == cur.tolist() and shares[:3] == pytest.approx(ref[:3] / ref.sum(), abs=1e-12)
     assert stats.psi(shares, counts / counts.sum()) == pytest.approx(stats.psi(ref / ref.sum(), cur / cur.sum()), abs=1e-12)
+
+
+def test_a_published_state_counts_the_records_its_metrics_count(tmp_path):
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0, multiprocess_dir=str(tmp_path), flush_interval=3600))
+    try:
+        model = mon.model("m")
+        for i in range(3):
+            model.record({"x": float(i)}, {"prediction": 1.0})  # still queued: collecting runs the pipeline
+        state = mon.host.own_state()
+        predictions = sum(v for n, _, kind, _, samples in state["metrics"] if n == "mlmon_predictions"
+                          for s, _, v in samples if s == "mlmon_predictions_total")
+        assert predictions == 3 and state["models"]["m"]["predictions"] == {"ok": 3, "error": 0}
+    finally:
+        mon.shutdown()
