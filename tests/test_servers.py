@@ -16,7 +16,7 @@ import pytest
 from test_integration_uvicorn import samples, value
 
 from data import make_rows  # examples/fastapi_sklearn, on sys.path via conftest
-from demo import free_port, start_service
+from demo import free_port, kill_service, start_service
 from train import train
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def test_sigterm_loses_no_acknowledged_prediction(trained, tmp_path, server, wor
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            kill_service(proc)
     with sqlite3.connect(log_dir / "predictions.sqlite") as db:
         logged = {pid for (pid,) in db.execute("SELECT prediction_id FROM predictions")}
     assert len(acknowledged) == 300

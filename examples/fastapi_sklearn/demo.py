@@ -11,6 +11,7 @@ import argparse
 import os
 import pathlib
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +50,8 @@ def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path, env
     else:
         command = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), "--host", "127.0.0.1",
                    "--port", str(port), "--log-level", "warning"] + (["--workers", str(workers)] if workers > 1 else [])
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # a session of its own: kill_service() can end the server with its workers, even by SIGKILL
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -59,8 +61,18 @@ def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path, env
                 return proc
         except httpx.HTTPError:
             time.sleep(0.2)
-    proc.kill()
+    kill_service(proc)
     raise RuntimeError(f"the service did not answer within 60 s; see {log_path}")
+
+
+def kill_service(proc: subprocess.Popen) -> None:
+    """SIGKILL the server and every worker it started (killing only the server would leave its
+    workers running, adopted by init)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def main() -> None:
@@ -121,7 +133,7 @@ Ctrl-C stops it.
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            kill_service(proc)
 
 
 if __name__ == "__main__":
