@@ -36,7 +36,7 @@ from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.exchange import Exchange
 from mlmon_middleware.merge import families, merged_counts, merged_families
 from mlmon_middleware.reports import WorkersHealth
-from mlmon_middleware.reservoir import WindowSnapshot
+from mlmon_middleware.reservoir import WindowSnapshot, rows_since
 from mlmon_middleware.schema import FeatureSchema
 from mlmon_middleware.shared_model import (
     MergedInputs,
@@ -216,10 +216,10 @@ class HostShare:
             output_schema = output_schema or _schema(theirs.get("output_schema"))
             stale += not theirs.get("fresh", False)
             if _schema(theirs.get("schema")) == schema:
-                features.append(_since(theirs["features"], since))
-                attributions.append(_since(theirs.get("attributions") or {}, since))
+                features.append(rows_since(theirs["features"], since))
+                attributions.append(rows_since(theirs.get("attributions") or {}, since))
             if _schema(theirs.get("output_schema")) == output_schema:
-                outputs.append(_since(theirs["outputs"], since))
+                outputs.append(rows_since(theirs["outputs"], since))
         total = self.counts().get(model.name, {})
         counts = Counts({"ok": total.get("predictions", {}).get("ok", 0), "error": total.get("predictions", {}).get("error", 0)},
                         total.get("capture_errors", {}), total.get("feature_errors", {}))
@@ -256,13 +256,6 @@ def newest(snapshots: Sequence[WindowSnapshot], capacity: int) -> WindowSnapshot
     times = np.concatenate([p["time"] for p in parts])
     order = np.argsort(times, kind="stable")[-capacity:]
     return {column: np.concatenate([p[column] for p in parts])[order] for column in parts[0]}
-
-
-def _since(snapshot: WindowSnapshot, since: float | None) -> WindowSnapshot:
-    if since is None or not snapshot or "time" not in snapshot:
-        return snapshot
-    keep = snapshot["time"] >= since
-    return {column: values[keep] for column, values in snapshot.items()}
 
 
 def _schema(kinds: Mapping[str, str] | None) -> FeatureSchema | None:

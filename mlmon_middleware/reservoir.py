@@ -84,7 +84,12 @@ class SlidingWindow:
             out = {"time": self._time[order]}
             for name, matrix in self._columns.items():
                 out[name] = matrix[order]
-        if since is not None:
-            keep = out["time"] >= since
-            out = {name: values[keep] for name, values in out.items()}
-        return out
+        return rows_since(out, since)
+
+
+def rows_since(snapshot: WindowSnapshot, since: float | None) -> WindowSnapshot:
+    """The rows of ``snapshot`` with a timestamp ``>= since`` (all of them when ``since`` is None)."""
+    if since is None or "time" not in snapshot:
+        return snapshot
+    keep = snapshot["time"] >= since
+    return {name: values[keep] for name, values in snapshot.items()}

@@ -87,7 +87,7 @@ def check_inputs(m: Model, host: Share | None, now: float, since: float | None,
     if host is None:
         window = m.window_snapshot(since)
         features, outputs, counts = window["features"], window["outputs"], m.counters.counts()
-        samples = [a for t, a in list(m.attributions) if since is None or t >= since]
+        samples = list(attributions_of(m, since).get("values", ()))
     else:
         merged = host.check_inputs(m, since)
         m.schema, m.output_schema = m.schema or merged.schema, m.output_schema or merged.output_schema
