@@ -110,7 +110,9 @@ def fleet_performance(m: Model, labels: PredictionStore | None, scheduled: bool)
     checks last stored, when another process leads them (replicas sharing a PostgreSQL log).
     None when this process leads (or has no log): it computes them. Only a scheduled check
     (the host's leader's) may take the lead; an on-demand one only asks whether it holds it."""
-    if labels is None or (labels.try_lead(LABEL_CHECKS) if scheduled else labels.leads(LABEL_CHECKS)):
+    if labels is None or not labels.shared_by_replicas:
+        return None
+    if labels.try_lead(LABEL_CHECKS) if scheduled else labels.leads(LABEL_CHECKS):
         return None
     found = labels.get_result(m.name, "performance")
     if found is None:
@@ -120,9 +122,10 @@ def fleet_performance(m: Model, labels: PredictionStore | None, scheduled: bool)
 
 
 def store_performance(m: Model, labels: PredictionStore | None) -> None:
-    """The leader of the label-based checks: store ``m``'s performance report for the other replicas."""
+    """The leader of the label-based checks: store ``m``'s performance report for the other
+    replicas (only in a log replicas share: nobody else would read it)."""
     report = m.checker.performance.report
-    if labels is not None and report is not None and labels.leads(LABEL_CHECKS):
+    if labels is not None and labels.shared_by_replicas and report is not None and labels.leads(LABEL_CHECKS):
         labels.put_result(m.name, "performance", orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 

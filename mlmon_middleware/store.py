@@ -97,6 +97,7 @@ class SQLiteStore:
     """A :class:`PredictionStore` in one SQLite file (WAL mode); thread-safe."""
 
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.OperationalError,)  # locked, disk full, I/O
+    shared_by_replicas: ClassVar[bool] = False  # one host's file
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)

@@ -155,6 +155,7 @@ class PostgresStore:
 
     # a connection lost, the server shutting down, a statement or lock timeout, a deadlock, a full disk
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (psycopg.OperationalError,)
+    shared_by_replicas: ClassVar[bool] = True
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0, statement_timeout: float = 60.0) -> None:
         self.url = url

@@ -83,6 +83,9 @@ class PredictionStore(LabelReader, Protocol):
 
     # what a retry may cure (a lock, a full disk, a lost connection); anything else is for good
     transient_errors: ClassVar[tuple[type[BaseException], ...]]
+    #: whether processes on other hosts (replicas) may share this log: then its label-based
+    #: checks are led by one of them (``try_lead``) and the others read its ``results``
+    shared_by_replicas: ClassVar[bool]
 
     def write(self, rows: Sequence[LogRow]) -> None: ...
 

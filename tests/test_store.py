@@ -405,6 +405,17 @@ def test_one_store_leads_every_role_it_asks_for(store):
 def test_the_transient_errors_are_the_backends_own(store):
     assert store.transient_errors == ((sqlite3.OperationalError,) if isinstance(store, SQLiteStore)
                                       else (psycopg.OperationalError,))
+    assert store.shared_by_replicas == (not isinstance(store, SQLiteStore))
+
+
+def test_a_log_of_one_host_stores_no_fleet_result(tmp_path, harness_factory):
+    """With SQLite nobody reads a fleet leader's stored report: checks compute and store none."""
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    model = h.monitor.model("m", performance={"task": "binary"})
+    model.record_outcome(model.record({"x": 1.0}, 0.9), 1)
+    model.check_now()
+    assert model.performance_report()["windows"]  # computed here
+    assert h.monitor.store_writer.store.get_result("m", "performance") is None
 
 
 def test_open_store_picks_the_backend_by_location(tmp_path, postgres_url):
