@@ -27,10 +27,9 @@ import socket
 import statistics
 import subprocess
 import sys
-import textwrap
 import time
 
-from overhead import WRK_SCRIPT, free_port, pin
+from overhead import SERVICE, WRK_SCRIPT, free_port, pin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # wrk prints p50..p99 with --latency; p99.9 needs its Lua hook
@@ -52,49 +51,6 @@ VARIANTS = {  # name -> (workers, monitored, extra environment)
     "1 ms model, 3 workers, bare": (3, False, MODEL_1MS),
     "1 ms model, 3 workers, monitored (shared)": (3, True, MODEL_1MS),
 }
-# the trivial endpoint of overhead.py, or (BENCH_MODEL_US) a sync one that first computes for that
-# many µs, as a small scikit-learn model would (in the threadpool, as FastAPI runs sync endpoints)
-SERVICE = textwrap.dedent('''
-    import os
-    import time
-    from fastapi import FastAPI
-    from pydantic import BaseModel
-
-    class Tx(BaseModel):
-        amount: float
-        age: int
-        country: str
-        channel: str
-
-    app = FastAPI()
-    monitored = os.environ["BENCH_MONITORED"] == "1"
-    spend = float(os.environ.get("BENCH_MODEL_US", "0")) / 1e6
-    if monitored:
-        from mlmon_fastapi import instrument_app
-        from mlmon_middleware import monitor
-        decorate = monitor(model="bench", version="1")
-    else:
-        decorate = lambda f: f
-
-    if spend:
-        @app.post("/predict")
-        @decorate
-        def predict(tx: Tx) -> dict:
-            end = time.perf_counter() + spend
-            while time.perf_counter() < end:
-                pass
-            return {"prediction": 0.42 if tx.amount > 100 else 0.1}
-    else:
-        @app.post("/predict")
-        @decorate
-        async def predict(tx: Tx) -> dict:
-            return {"prediction": 0.42 if tx.amount > 100 else 0.1}
-
-    if monitored:
-        instrument_app(app)
-''')
-
-
 def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {**os.environ, "BENCH_MONITORED": "1" if monitored else "0", "MLMON_TRACING": "off", **extra}

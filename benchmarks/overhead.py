@@ -158,8 +158,11 @@ def print_asgi(rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ http
+# the trivial endpoint, or (BENCH_MODEL_US, used by fleet.py) a sync one that first computes for
+# that many µs, as a small scikit-learn model would (in the threadpool, as FastAPI runs sync endpoints)
 SERVICE = textwrap.dedent('''
     import os
+    import time
     from fastapi import FastAPI
     from pydantic import BaseModel
 
@@ -171,6 +174,7 @@ SERVICE = textwrap.dedent('''
 
     app = FastAPI()
     monitored = os.environ["BENCH_MONITORED"] == "1"
+    spend = float(os.environ.get("BENCH_MODEL_US", "0")) / 1e6
     if monitored:
         from mlmon_fastapi import instrument_app
         from mlmon_middleware import monitor
@@ -178,10 +182,19 @@ SERVICE = textwrap.dedent('''
     else:
         decorate = lambda f: f
 
-    @app.post("/predict")
-    @decorate
-    async def predict(tx: Tx) -> dict:
-        return {"prediction": 0.42 if tx.amount > 100 else 0.1}
+    if spend:
+        @app.post("/predict")
+        @decorate
+        def predict(tx: Tx) -> dict:
+            end = time.perf_counter() + spend
+            while time.perf_counter() < end:
+                pass
+            return {"prediction": 0.42 if tx.amount > 100 else 0.1}
+    else:
+        @app.post("/predict")
+        @decorate
+        async def predict(tx: Tx) -> dict:
+            return {"prediction": 0.42 if tx.amount > 100 else 0.1}
 
     if monitored:
         instrument_app(app)
