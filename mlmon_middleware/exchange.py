@@ -129,13 +129,9 @@ class Exchange:
         with self._locked(exclusive=False):
             live = {}
             for key in keys:
-                state = self._read_json(f"state-{key}.json")
+                state = self._read_json(f"state-{key}.json") or self._last_read.get(key)
                 if state is not None:
-                    self._last_read[key] = state
-                elif key in self._last_read:
-                    state = self._last_read[key]
-                if state is not None:
-                    live[key] = state
+                    live[key] = self._last_read[key] = state
             exited = self._read_json(f"{EXITED}.json") or {}
         for gone in set(self._last_read) - set(keys):
             self._last_read.pop(gone, None)
@@ -149,15 +145,15 @@ class Exchange:
         at a time holds the exclusive lock; the others' readers wait for it)."""
         with self._locked(exclusive=True):
             exited = self._read_json(f"{EXITED}.json") or {}
-            folded = set(exited.get("folded", ()))
+            folded: list[str] = list(exited.get("folded", ()))  # oldest first
             gone = [k for k in self._state_keys() if not Worker.from_key(k).alive()]
             if not gone:
                 return
             for key in gone:
                 state = self._read_json(f"state-{key}.json")
                 if state is not None and key not in folded:  # folded once, even if a crash left its file
-                    exited = {**fold_counters(exited, state), "folded": sorted(folded | {key})[-MAX_FOLDED:]}
-                    folded.add(key)
+                    folded = [*folded, key][-MAX_FOLDED:]
+                    exited = {**fold_counters(exited, state), "folded": folded}
             self._write(f"{EXITED}.json", orjson.dumps(exited, option=_JSON))
             for key in gone:
                 for name in (f"state-{key}.json", f"windows-{key}.npz", f"windows-{key}.json"):
