@@ -272,3 +272,13 @@ def test_a_published_state_counts_the_records_its_metrics_count(tmp_path):
         assert predictions == 3 and state["models"]["m"]["predictions"] == {"ok": 3, "error": 0}
     finally:
         mon.shutdown()
+
+
+def test_a_worker_is_folded_once_even_if_its_file_survives_the_fold(tmp_path):
+    gone = Worker(2**22 + 12345, "not-a-start-time")  # no such process
+    Exchange(str(tmp_path), gone).publish_state(state(4, gauge=0))
+    ex = Exchange(str(tmp_path), Worker.current())
+    assert ex.states().exited["models"]["m"]["predictions"] == {"ok": 4}
+    Exchange(str(tmp_path), gone).publish_state(state(4, gauge=0))  # as if a crash had left the file
+    assert ex.states().exited["models"]["m"]["predictions"] == {"ok": 4}
+    assert not (tmp_path / f"state-{gone.key}.json").exists()
