@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from overhead import SERVICE, WRK_SCRIPT, free_port, pin
+from overhead import BODY, SERVICE, free_port, pin, wrk_script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # wrk prints p50..p99 with --latency; p99.9 needs its Lua hook
@@ -40,17 +40,18 @@ done = function(summary, latency, requests)
 end
 """
 MODEL_1MS = {"BENCH_MODEL_US": "1000"}  # the endpoint spends 1 ms computing, as a small model would
-VARIANTS = {  # name -> (workers, monitored, extra environment)
-    "1 worker, bare": (1, False, {}),
-    "1 worker, monitored": (1, True, {}),
-    "3 workers, bare": (3, False, {}),
-    "3 workers, monitored (shared)": (3, True, {}),
-    "3 workers, monitored (sharing off)": (3, True, {"MLMON_MULTIPROC_DIR": "off"}),
-    "1 ms model, 1 worker, bare": (1, False, MODEL_1MS),
-    "1 ms model, 1 worker, monitored": (1, True, MODEL_1MS),
-    "1 ms model, 3 workers, bare": (3, False, MODEL_1MS),
-    "1 ms model, 3 workers, monitored (shared)": (3, True, MODEL_1MS),
+VARIANTS = {  # name -> (workers, monitored, extra environment, the bare variant it is compared with)
+    "1 worker, bare": (1, False, {}, None),
+    "1 worker, monitored": (1, True, {}, "1 worker, bare"),
+    "3 workers, bare": (3, False, {}, None),
+    "3 workers, monitored (shared)": (3, True, {}, "3 workers, bare"),
+    "3 workers, monitored (sharing off)": (3, True, {"MLMON_MULTIPROC_DIR": "off"}, "3 workers, bare"),
+    "1 ms model, 1 worker, bare": (1, False, MODEL_1MS, None),
+    "1 ms model, 1 worker, monitored": (1, True, MODEL_1MS, "1 ms model, 1 worker, bare"),
+    "1 ms model, 3 workers, bare": (3, False, MODEL_1MS, None),
+    "1 ms model, 3 workers, monitored (shared)": (3, True, MODEL_1MS, "1 ms model, 3 workers, bare"),
 }
+Variants = dict[str, tuple[int, bool, dict[str, str], str | None]]
 def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {**os.environ, "BENCH_MONITORED": "1" if monitored else "0", "MLMON_TRACING": "off", **extra}
@@ -76,7 +77,10 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def bench_http(seconds: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
+               body: bytes = BODY) -> dict[str, list[dict[str, float]]]:
+    """Each variant's requests/s, p99 and p99.9 (ms) per round under wrk, rounds in a new order
+    each time; monitored variants also report the pipeline's longest GIL hold (``hold_ms``)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("the http benchmark needs wrk: apt-get install wrk")
@@ -86,49 +90,66 @@ def bench_http(seconds: int, rounds: int) -> dict[str, list[dict[str, float]]]:
         fh.write(SERVICE)
     script = os.path.join(workdir, "post.lua")
     with open(script, "w") as fh:
-        fh.write(WRK_SCRIPT + LATENCY)
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+        fh.write(wrk_script(body) + LATENCY)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     try:
-        order = list(VARIANTS)
+        order = list(variants)
         for r in range(rounds):
             random.Random(r).shuffle(order)  # a new order each round: no variant always follows the same one
             for name in order:
-                workers, monitored, extra = VARIANTS[name]
+                workers, monitored, extra, _ = variants[name]
                 proc, port = start(workdir, workers, monitored, extra)
                 try:
                     url = f"http://127.0.0.1:{port}/predict"
                     subprocess.run([*pin(1), wrk, "-t1", "-c32", "-d2s", "-s", script, url], capture_output=True, check=True)
                     out = subprocess.run([*pin(1), wrk, "-t1", "-c32", f"-d{seconds}s", "-s", script, url],
                                          capture_output=True, text=True, check=True).stdout
+                    hold = longest_hold(port) if monitored else None
                 finally:
                     stop(proc)
                 if "Non-2xx" in out:
                     raise RuntimeError(out)
                 results[name].append({"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
                                       "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
-                                      "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000})
+                                      "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
+                                      **({} if hold is None else {"hold_ms": hold * 1000})})
                 print(f"round {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
-def print_http(results: dict[str, list[dict[str, float]]]) -> None:
+def longest_hold(port: int) -> float | None:
+    """The server's ``pipeline_longest_hold`` (seconds, from /mlmon/health), None if unreadable."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/mlmon/health", timeout=10) as answer:
+            return float(json.load(answer)["pipeline_longest_hold"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = VARIANTS) -> None:
+    """The table of requests/s, p99 and p99.9 with each variant's ratios to its bare variant, per round."""
     def ratios(name: str, against: str, key: str) -> list[float]:
         return [a[key] / b[key] for a, b in zip(results[name], results[against])]
 
     print("\n| variant | requests/s (median) | vs bare, per round (median; min–max) | p99 ms (median) "
-          "| p99 vs bare (median; min–max) | p99.9 ms (median) | p99.9 vs bare (median; min–max) |")
-    print("|---|---|---|---|---|---|---|")
+          "| p99 vs bare (median; min–max) | p99.9 ms (median) | p99.9 vs bare (median; min–max) "
+          "| pipeline's longest GIL hold, ms (max) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        prefix = "1 ms model, " if name.startswith("1 ms") else ""
-        bare = prefix + ("1 worker, bare" if name.removeprefix(prefix).startswith("1 ") else "3 workers, bare")
+        bare = variants[name][3]
         cells = [f"{statistics.median(r[k] for r in runs):.{1 if k == 'rps' else 2}f}" for k in ("rps", "p99_ms", "p999_ms")]
         spans = []
         for key in ("rps", "p99_ms", "p999_ms"):
-            got = ratios(name, bare, key)
-            spans.append("—" if name == bare else f"{statistics.median(got):.3f}; {min(got):.3f}–{max(got):.3f}")
-        print(f"| {name} | {cells[0]} | {spans[0]} | {cells[1]} | {spans[1]} | {cells[2]} | {spans[2]} |")
+            got = ratios(name, bare, key) if bare else []
+            spans.append(f"{statistics.median(got):.3f}; {min(got):.3f}–{max(got):.3f}" if got else "—")
+        holds = [r["hold_ms"] for r in runs if "hold_ms" in r]
+        hold = f"{max(holds):.3f}" if holds else "—"
+        print(f"| {name} | {cells[0]} | {spans[0]} | {cells[1]} | {spans[1]} | {cells[2]} | {spans[2]} | {hold} |")
     shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
     alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
     extra = [(1 / s - 1 / a) * 1e6 for s, a in zip(shared, alone)]

@@ -30,6 +30,9 @@ import textwrap
 import time
 
 BODY = b'{"amount": 120.5, "age": 41, "country": "fr", "channel": "web"}'
+# the realistic endpoint of benchmarks/tail.py (BENCH_FEATURES=22): 18 numbers and 4 categories
+WIDE_FIELDS = {"amount": 120.5, **{f"x{i}": round(0.37 * i, 2) for i in range(1, 18)},
+               "country": "fr", "channel": "web", "device": "ios", "plan": "pro"}
 
 
 def build_apps() -> dict[str, tuple[object, object]]:
@@ -95,24 +98,29 @@ def build_apps() -> dict[str, tuple[object, object]]:
     return apps
 
 
-async def drive(app, n: int) -> None:
-    """``n`` POST /predict calls straight into the ASGI app, checking each answer."""
+async def drive(app, n: int, body: bytes = BODY, latencies: list[int] | None = None) -> None:
+    """``n`` POST /predict calls of ``body`` straight into the ASGI app, checking each answer;
+    with ``latencies``, each call's duration (ns) is appended to it."""
     scope_base = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
                   "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
                   "root_path": "", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
                   "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
-                              (b"content-length", str(len(BODY)).encode())]}
+                              (b"content-length", str(len(body)).encode())]}
     status = []
 
     async def receive():
-        return {"type": "http.request", "body": BODY, "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message):
         if message["type"] == "http.response.start":
             status.append(message["status"])
 
+    clock = time.perf_counter_ns
     for _ in range(n):
+        start = clock()
         await app(dict(scope_base), receive, send)
+        if latencies is not None:
+            latencies.append(clock() - start)
     if status.count(200) != n:
         raise RuntimeError(f"unexpected statuses: {set(status)}")
 
@@ -159,18 +167,23 @@ def print_asgi(rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------------------------------ http
 # the trivial endpoint, or (BENCH_MODEL_US, used by fleet.py) a sync one that first computes for
-# that many µs, as a small scikit-learn model would (in the threadpool, as FastAPI runs sync endpoints)
+# that many µs, as a small scikit-learn model would (in the threadpool, as FastAPI runs sync endpoints);
+# BENCH_FEATURES=22 reads WIDE_FIELDS instead of BODY's four fields
 SERVICE = textwrap.dedent('''
     import os
     import time
     from fastapi import FastAPI
-    from pydantic import BaseModel
+    from pydantic import BaseModel, create_model
 
     class Tx(BaseModel):
         amount: float
         age: int
         country: str
         channel: str
+
+    if os.environ.get("BENCH_FEATURES") == "22":
+        Tx = create_model("Tx", amount=(float, ...), **{f"x{i}": (float, ...) for i in range(1, 18)},
+                          country=(str, ...), channel=(str, ...), device=(str, ...), plan=(str, ...))
 
     app = FastAPI()
     monitored = os.environ["BENCH_MONITORED"] == "1"
@@ -200,7 +213,12 @@ SERVICE = textwrap.dedent('''
         instrument_app(app)
 ''')
 
-WRK_SCRIPT = f'wrk.method = "POST"\nwrk.body = \'{BODY.decode()}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+def wrk_script(body: bytes) -> str:
+    """wrk's Lua script posting ``body`` as JSON."""
+    return f'wrk.method = "POST"\nwrk.body = \'{body.decode()}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+
+
+WRK_SCRIPT = wrk_script(BODY)
 
 
 def free_port() -> int:

@@ -59,8 +59,12 @@ class Baseline:
 
     def __init__(self, payload: Mapping[str, Any]) -> None:
         self.payload = dict(payload)
-        self.features: dict[str, dict[str, Any]] = self.payload["features"]
-        self.predictions: dict[str, dict[str, Any]] = self.payload.get("predictions") or {}
+        # the samples as float64 arrays, not lists of floats: 8 bytes a value instead of 32
+        self.features: dict[str, dict[str, Any]] = _compact(self.payload["features"])
+        self.predictions: dict[str, dict[str, Any]] = _compact(self.payload.get("predictions") or {})
+        self.payload["features"] = self.features
+        if self.predictions:
+            self.payload["predictions"] = self.predictions
         self.schema = FeatureSchema(list(self.features), [f["kind"] for f in self.features.values()])
         self.schema_hash: str = self.payload["schema_hash"]
         self.model: str | None = self.payload.get("model")
@@ -68,7 +72,10 @@ class Baseline:
         self.created_at: str = self.payload["created_at"]
         self.warmup: bool = bool(self.payload.get("warmup", False))
         #: up to 200 whole rows of the numeric features (schema order), for explainers
-        self.background = np.asarray(self.payload.get("background") or [], dtype=float)
+        background = self.payload.get("background")
+        self.background = np.asarray(background if background is not None else [], dtype=float)
+        if background is not None:
+            self.payload["background"] = self.background
 
     @classmethod
     def from_data(cls, data: Any, *, features: Sequence[str] | None = None, predictions: Any = None,
@@ -155,11 +162,15 @@ class Baseline:
             "background": background,
         })
 
+    def to_json(self, indent: bool = False) -> bytes:
+        """The baseline as the JSON of its file (arrays written as lists)."""
+        return orjson.dumps(self.payload, option=orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0))
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the baseline as JSON (atomically: a reader never sees half a file)."""
         tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
         with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps(self.payload, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+            fh.write(self.to_json(indent=True))
         os.replace(tmp, path)
 
     @classmethod
@@ -200,6 +211,14 @@ class Baseline:
 
 
 _OLD_WHOLE_NUMBER = re.compile(r"-?\d+\.0\Z")
+
+
+def _compact(profiles: Mapping[str, Any]) -> dict[str, Any]:
+    """Profiles whose ``sample`` (the KS/Wasserstein reference grid) is a float64 array; the
+    caller's dicts are left as they are."""
+    return {name: {**profile, "sample": np.asarray(profile["sample"], dtype=np.float64)}
+            if isinstance(profile, dict) and isinstance(profile.get("sample"), list) else profile
+            for name, profile in profiles.items()}
 
 
 def _upgrade_categories(payload: dict[str, Any]) -> dict[str, Any]:

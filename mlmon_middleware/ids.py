@@ -15,11 +15,13 @@ class _PredictionIds:
     """Ids from the OS's CSPRNG, 256 at a time.
 
     One ``os.urandom`` per request measured as the largest cost of our request path under load
-    (a syscall that also releases the GIL); one per 256 requests is not. The buffer is dropped
-    in a forked child so that workers never hand out the same ids.
+    (a syscall that also releases the GIL); one per 256 requests is not. The ids of a batch are
+    cut in advance and handed out with ``list.pop`` (atomic under the GIL: no lock on the
+    request path; ~0.1 µs instead of 1.3 µs with a lock and a hex conversion per id). The
+    batch is dropped in a forked child so that workers never hand out the same ids.
     """
 
-    _BATCH = 16 * 256
+    _IDS = 256
 
     def __init__(self) -> None:
         self._forget()
@@ -27,16 +29,22 @@ class _PredictionIds:
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
-        self._buffer = b""
-        self._next = 0
+        self._ids: list[str] = []
 
     def __call__(self) -> str:
+        try:
+            return self._ids.pop()
+        except IndexError:
+            return self._refill()
+
+    def _refill(self) -> str:
         with self._lock:
-            start = self._next
-            if start >= len(self._buffer):
-                self._buffer, start = os.urandom(self._BATCH), 0
-            self._next = start + 16
-            return self._buffer[start:start + 16].hex()
+            while True:
+                try:
+                    return self._ids.pop()  # another thread may have refilled it meanwhile
+                except IndexError:
+                    text = os.urandom(16 * self._IDS).hex()
+                    self._ids = [text[i:i + 32] for i in range(0, len(text), 32)]
 
 
 new_prediction_id = _PredictionIds()

@@ -292,6 +292,7 @@ class Monitor:
             "issues": issues,
             "instance_id": None if telemetry is None else telemetry.instance_id,
             "queue": len(self.pipeline),
+            "pipeline_longest_hold": round(self.pipeline.longest_hold, 6),
             # rows waiting for the prediction log (grows while a failing write is retried)
             "log_queue": None if self._store_writer is None else len(self._store_writer),
             "metrics_port": None if telemetry is None else telemetry.prometheus_port,

@@ -272,6 +272,8 @@ class MonitorHealth(TypedDict):
     pid: NotRequired[int]  # private view only: process details
     instance_id: str | None
     queue: int
+    #: seconds: the longest the pipeline thread kept the GIL in one stretch (requests wait that long at worst)
+    pipeline_longest_hold: float
     log_queue: int | None
     metrics_port: int | None  # this process's own metrics port (prometheus_port), when serving one
     prediction_log: NotRequired[str | None]  # private view only

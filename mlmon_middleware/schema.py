@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 import numbers
 import operator
@@ -70,7 +71,7 @@ class FeatureSchema:
     Build it explicitly, or let :meth:`infer` read names and kinds from the first rows.
     """
 
-    __slots__ = ("names", "kinds", "numeric_names", "categorical_names", "_slots", "_pick", "_known")
+    __slots__ = ("names", "kinds", "numeric_names", "categorical_names", "_slots", "_pick", "_known", "_plain")
 
     def __init__(self, names: Sequence[str], kinds: Sequence[str] | None = None) -> None:
         names = tuple(str(n) for n in names)
@@ -92,6 +93,11 @@ class FeatureSchema:
         self._slots = tuple((k == NUMERIC, num_pos[n] if k == NUMERIC else cat_pos[n]) for n, k in zip(names, kinds))
         self._pick = operator.itemgetter(*names) if names else (lambda row: ())
         self._known = frozenset(names)
+        positions = {n: i for i, n in enumerate(names)}
+        # (numeric, categorical) pickers of plain rows: dicts by name, sequences by position
+        self._plain = {dict: (_getter(self.numeric_names), _getter(self.categorical_names)),
+                       list: (_getter([positions[n] for n in self.numeric_names]),
+                              _getter([positions[n] for n in self.categorical_names]))}
 
     def __repr__(self) -> str:
         return f"FeatureSchema({list(self.names)!r}, {list(self.kinds)!r})"
@@ -137,9 +143,14 @@ class FeatureSchema:
     def encode(self, rows: Sequence[Any]) -> Encoded:
         """Encode rows (dicts by name, sequences by position) into numeric and categorical matrices.
 
-        Column by column: a column of plain numbers (or of text, for a categorical feature)
-        converts in one numpy call; only columns holding something else go value by value.
+        Rows of plain values (finite numbers for numeric features, short text for categorical
+        ones, every feature present and no other) convert in one numpy call per matrix.
+        Otherwise column by column: a column of plain values converts in one call; only
+        columns holding something else go value by value, counting what they find.
         """
+        plain = self._encode_plain(rows)
+        if plain is not None:
+            return plain
         n, width = len(rows), len(self.names)
         flags = {reason: np.zeros(n, dtype=bool) for reason in _REASONS}
         unexpected: collections.Counter[str] = collections.Counter()
@@ -193,6 +204,53 @@ class FeatureSchema:
                 flags[reason] |= column_flags[reason]
         errors = collections.Counter({reason: int(mask.sum()) for reason, mask in flags.items() if mask.any()})
         return Encoded(numeric, categorical, errors, feature_errors, unexpected)
+
+    def _encode_plain(self, rows: Sequence[Any]) -> Encoded | None:
+        """The common case in one pass, or None when any row or value needs a closer look."""
+        if not rows:
+            return None
+        width, first = len(self.names), type(rows[0])
+        if first is dict:
+            pickers, same = self._plain[dict], all(type(row) is dict and len(row) == width for row in rows)
+        elif first is list or first is tuple:
+            pickers, same = self._plain[list], all(type(row) in _SEQUENCES and len(row) == width for row in rows)
+        else:
+            return None
+        if not same:
+            return None
+        (num_pick, num_single), (cat_pick, cat_single) = pickers
+        try:
+            numeric_table = [num_pick(row) for row in rows] if num_pick else None
+            categorical_table = [cat_pick(row) for row in rows] if cat_pick else None
+        except (KeyError, IndexError):  # a feature absent, another field in its place
+            return None
+        n = len(rows)
+        numeric = np.empty((n, len(self.numeric_names)))
+        if numeric_table is not None:
+            cells = numeric_table if num_single else itertools.chain.from_iterable(numeric_table)
+            if not set(map(type, cells)) <= _PLAIN_NUMBERS:
+                return None
+            try:
+                numeric[:] = np.array(numeric_table, dtype=np.float64).reshape(n, -1)
+            except OverflowError:
+                return None
+            if not np.isfinite(numeric).all():
+                return None
+        categorical = np.empty((n, len(self.categorical_names)), dtype=object)
+        if categorical_table is not None:
+            cells = categorical_table if cat_single else list(itertools.chain.from_iterable(categorical_table))
+            if not set(map(type, cells)) <= {str} or max(map(len, cells)) > MAX_CATEGORY_CHARS:
+                return None
+            categorical.reshape(-1)[:] = cells
+        return Encoded(numeric, categorical, collections.Counter())
+
+
+_SEQUENCES = (list, tuple)
+_Picker = tuple[Any, bool]  # (itemgetter or None, whether it returns one value rather than a tuple)
+
+
+def _getter(keys: Sequence[Any]) -> _Picker:
+    return (operator.itemgetter(*keys) if keys else None), len(keys) == 1
 
 
 class _Missing:

@@ -20,7 +20,8 @@ ANALYSIS = {"mlmon_middleware.analyzer", "mlmon_middleware.performance", "mlmon_
             "mlmon_middleware.quality", "mlmon_middleware.drift", "mlmon_middleware.drift.engine",
             "mlmon_middleware.drift.policy", "mlmon_middleware.drift.stats", "mlmon_middleware.drift.sequential"}
 # what the analysis must not reach back into: the registry, the model, the pipeline, capture, HTTP
-STATE = {"mlmon_middleware.model", "mlmon_middleware.monitor", "mlmon_middleware.pipeline", "mlmon_middleware.gauges",
+STATE = {"mlmon_middleware.model", "mlmon_middleware.monitor", "mlmon_middleware.pipeline", "mlmon_middleware.ingest",
+         "mlmon_middleware.gauges",
          "mlmon_middleware.health", "mlmon_middleware.routes", "mlmon_middleware.counters"}
 
 

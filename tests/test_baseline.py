@@ -48,7 +48,7 @@ def test_round_trip_and_errors(tmp_path):
     path = tmp_path / "b.json"
     base.save(path)
     loaded = Baseline.load(path)
-    assert loaded.payload == base.payload and loaded.schema == base.schema
+    assert loaded.to_json() == base.to_json() and loaded.schema == base.schema
 
     with pytest.raises(BaselineError, match="does not exist"):
         Baseline.load(tmp_path / "missing.json")
@@ -59,15 +59,15 @@ def test_round_trip_and_errors(tmp_path):
     with pytest.raises(BaselineError, match="is not an mlmon baseline"):
         Baseline.load(tmp_path / "foreign.json")
     newer = {**base.payload, "format_version": FORMAT_VERSION + 1}
-    (tmp_path / "newer.json").write_bytes(orjson.dumps(newer))
+    (tmp_path / "newer.json").write_bytes(orjson.dumps(newer, option=orjson.OPT_SERIALIZE_NUMPY))
     with pytest.raises(BaselineError, match="upgrade mlmon-middleware"):
         Baseline.load(tmp_path / "newer.json")
     tampered = {**base.payload, "features": {**base.payload["features"], "extra": base.payload["features"]["age"]}}
-    (tmp_path / "tampered.json").write_bytes(orjson.dumps(tampered))
+    (tmp_path / "tampered.json").write_bytes(orjson.dumps(tampered, option=orjson.OPT_SERIALIZE_NUMPY))
     with pytest.raises(BaselineError, match="schema hash does not match"):
         Baseline.load(tmp_path / "tampered.json")
     broken = {k: v for k, v in base.payload.items() if k != "row_count"}
-    (tmp_path / "broken.json").write_bytes(orjson.dumps(broken))
+    (tmp_path / "broken.json").write_bytes(orjson.dumps(broken, option=orjson.OPT_SERIALIZE_NUMPY))
     with pytest.raises(BaselineError, match="is corrupt"):
         Baseline.load(tmp_path / "broken.json")
 
@@ -128,7 +128,7 @@ def test_a_version_1_baseline_is_read_with_its_categories_renamed(tmp_path):
     old["features"] = {**old["features"],
                        "plan": {**old["features"]["plan"], "frequencies": {"1.0": 0.25, "1": 0.25, "2.0": 0.5}},
                        "vip": {**old["features"]["vip"], "frequencies": {"True": 0.5, "False": 0.5}}}
-    (tmp_path / "old.json").write_bytes(orjson.dumps(old))
+    (tmp_path / "old.json").write_bytes(orjson.dumps(old, option=orjson.OPT_SERIALIZE_NUMPY))
     loaded = Baseline.load(tmp_path / "old.json")
     assert loaded.features["plan"]["frequencies"] == {"1": 0.5, "2": 0.5}
     assert loaded.features["vip"]["frequencies"] == {"true": 0.5, "false": 0.5}

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from scipy.stats import chisquare
@@ -89,7 +90,10 @@ def test_cli_builds_the_same_baseline_from_csv_and_parquet(training_files, capsy
     csv, parquet = outs
     assert csv.schema == parquet.schema == FeatureSchema(["age", "income", "region", "code"],
                                                          ["numeric", "numeric", "categorical", "categorical"])
-    assert csv.features == parquet.features and csv.predictions == parquet.predictions
+    def plain(profiles: dict) -> bytes:
+        return orjson.dumps(profiles, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    assert plain(csv.features) == plain(parquet.features) and plain(csv.predictions) == plain(parquet.predictions)
     assert csv.row_count == 20_000 and list(csv.predictions) == ["prediction"]
     assert csv.payload["target"]["label"]["mean"] == pytest.approx(frame["label"].mean())
     income = csv.features["income"]

@@ -233,7 +233,7 @@ def test_a_warmup_baseline_and_alert_states_pass_from_the_leader_to_the_others()
     assert leader.baseline is not None and leader.baseline.warmup
     follower = Monitor(MonitorConfig(tracing=False, check_interval=0)).model("m")
     adopt(follower, result_of(leader))
-    assert follower.baseline is not None and follower.baseline.payload == leader.baseline.payload
+    assert follower.baseline is not None and follower.baseline.to_json() == leader.baseline.to_json()
     assert follower.drift_report() == leader.checker.report
 
 

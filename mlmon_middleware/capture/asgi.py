@@ -191,34 +191,34 @@ class _Tee:
         return RawBody(body, content_type, self.skip)
 
 
-class _Responder:
-    """State of one HTTP request: the decorated records, the tees, the status and timing."""
+class _Responder(RequestState):
+    """State of one HTTP request: the decorated records (it is the request's :class:`RequestState`,
+    one object less per request), the tees, the status and timing."""
 
-    __slots__ = ("mw", "scope", "endpoint", "state", "start_ns", "wall_ns", "status", "request_tee",
-                 "response_tee", "response_type", "prediction_id", "held", "streamed")
+    __slots__ = ("mw", "endpoint", "start_ns", "wall_ns", "status", "request_tee",
+                 "response_tee", "response_type", "endpoint_id", "held", "streamed")
 
     def __init__(self, mw: MLMonitorMiddleware, scope: Scope, endpoint: tuple[Endpoint, ModelMonitor] | None):
+        super().__init__(scope)
         self.mw = mw
-        self.scope = scope
         self.endpoint = endpoint
-        self.state = RequestState(scope)
         self.status: int | None = None
         self.response_tee: _Tee | None = None
         self.response_type = ""
         self.held: list[Message] | None = None  # start and body, held while an explanation is computed
         self.streamed = False  # the response has no Content-Length: its latency runs to the last chunk
         if endpoint is None:  # only decorated calls to complete: no clocks, no tees
-            self.request_tee = self.prediction_id = None
+            self.request_tee = self.endpoint_id = None
         else:
             self.start_ns = time.perf_counter_ns()
             self.wall_ns = time.time_ns()
             self.request_tee = _Tee(mw.max_body_bytes, scope.get("headers") or ())
-            self.prediction_id = new_prediction_id()
+            self.endpoint_id = new_prediction_id()
 
     async def __call__(self, receive: Receive, send: Send) -> None:
         if self.request_tee is not None:
             receive = self._wrap_receive(receive)
-        token = current_request.set(self.state)
+        token = current_request.set(self)
         try:
             await self.mw.app(self.scope, receive, self._wrap_send(send))
         except BaseException as exc:
@@ -250,7 +250,7 @@ class _Responder:
                 message = self._on_start(message)
                 # no Content-Length: a stream (chunked, server-sent events); its latency runs to the last chunk
                 self.streamed = _header(message.get("headers") or (), b"content-length") is None
-                if self.state.explanation is not None:
+                if self.explanation is not None:
                     if self.streamed:  # never held: a client's header must not make a stream wait for its end
                         message = self._unexplained_stream(message)
                     else:
@@ -279,19 +279,19 @@ class _Responder:
 
     def _unexplained_stream(self, start: Message) -> Message:
         """The start of a streaming response, saying it goes unexplained."""
-        self.state.explanation.abandon("streaming")
+        self.explanation.abandon("streaming")
         return {**start, "headers": [*start.get("headers", ()), (b"x-mlmon-explain-status", b"streaming")]}
 
     async def _send_explained(self, send: Send) -> None:
         """Send the held response, explained (see ``PendingExplanation.respond``)."""
         start, *bodies = self.held or [{}]
-        for message in await self.state.explanation.respond(start, bodies):
+        for message in await self.explanation.respond(start, bodies):
             await send(message)
 
     def _on_start(self, message: Message) -> Message:
         try:
             self.status = message["status"]
-            pid = self.state.prediction_id or self.prediction_id
+            pid = self.prediction_id or self.endpoint_id
             if pid is not None and self.status < 400:
                 message = {**message, "headers": [*message.get("headers", ()), (PREDICTION_HEADER, pid.encode())]}
             if self.endpoint is not None:
@@ -304,33 +304,32 @@ class _Responder:
 
     def _finish(self, exc: BaseException | None) -> None:
         """Complete and submit this request's records once (never raises)."""
-        state = self.state
-        if state.finished:
+        if self.finished:
             return
-        state.finished = True
+        self.finished = True
         try:
             status = self.status if self.status is not None else 500
             error_type = None if exc is None else type(exc).__qualname__
             route = getattr(self.scope.get("route"), "path", "") or ""
             now_ns = time.time_ns()
-            for record in state.records:
+            for record in self.records:
                 if self.streamed:  # the call returned a stream: it lasted until the last chunk went out
                     record.duration_ns = max(record.duration_ns, now_ns - record.wall_ns)
                 record.route = record.route or route
                 record.status_code = status
                 record.error_type = record.error_type or error_type
                 record.model.submit(record)
-            if self.endpoint is not None and not state.records:
+            if self.endpoint is not None and not self.records:
                 self._submit_endpoint(status, error_type)
         except Exception as error:
             self.mw.registry.errors.report("capture", error)
 
     def _submit_endpoint(self, status: int, error_type: str | None) -> None:
-        assert self.endpoint is not None and self.request_tee is not None and self.prediction_id is not None
+        assert self.endpoint is not None and self.request_tee is not None and self.endpoint_id is not None
         endpoint, mm = self.endpoint
         request_type = (_header(self.scope.get("headers") or (), b"content-type") or b"").decode("latin-1")
         # No response started means an error status, so the pipeline never reads this body.
         response = self.response_tee.raw(self.response_type) if self.response_tee else RawBody(None)
         duration = time.perf_counter_ns() - self.start_ns
-        mm.submit(Record(mm, self.prediction_id, self.wall_ns, duration, self.request_tee.raw(request_type),
+        mm.submit(Record(mm, self.endpoint_id, self.wall_ns, duration, self.request_tee.raw(request_type),
                          response, endpoint.path, status, error_type, self.mw.registry.current_context()))

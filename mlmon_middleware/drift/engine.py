@@ -101,7 +101,8 @@ class _ReferenceArrays:
         found = self._arrays.get(id(profile))
         if found is not None and found[0] is profile:
             return found[1]
-        arrays = (np.asarray(profile.get("sample") or [], dtype=float),
+        sample = profile.get("sample")  # a numpy array in a loaded baseline, a list in a bare profile
+        arrays = (np.asarray(sample if sample is not None else [], dtype=float),
                   np.asarray((profile.get("bin_edges") or [0.0, 0.0])[1:-1], dtype=float),
                   np.asarray(profile.get("bin_proportions") or [], dtype=float))
         if len(self._arrays) >= self._limit:

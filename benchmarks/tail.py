@@ -1,0 +1,164 @@
+"""Tail latency: p50, p99 and p99.9 of monitored requests against bare ones, in one run.
+
+    python benchmarks/tail.py [inprocess|http|all] [--rounds 5] [--requests 20000] [--seconds 8]
+
+Two endpoints: the realistic one (22 features: 18 numbers and 4 categories, ``WIDE_FIELDS`` of
+``overhead.py``) and ``overhead.py``'s trivial 4-field one. Three variants of each: bare
+FastAPI, mlmon (tracing off), and mlmon with the prediction log on (SQLite in a temporary folder).
+
+inprocess  requests one after another by direct ASGI calls into each app, each one timed; the
+           pipeline runs as in service (its own thread, default flush interval and batch), so a
+           request that waits for the GIL behind it shows in the tail. Variants are interleaved
+           round by round; the ratios to bare are per round (median; min–max over rounds).
+http       each variant in its own uvicorn process (one worker) on 127.0.0.1, server on core 0
+           and ``wrk -t1 -c32`` on core 1 (``fleet.py``'s harness): requests/s, p99 and p99.9,
+           variants in a new order each round.
+
+Both report the pipeline's longest GIL hold (``pipeline_longest_hold``): the longest stretch of
+work the pipeline thread did without letting go of the GIL.
+"""
+
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from fleet import bench_http, print_http
+from overhead import BODY, WIDE_FIELDS, drive, pin
+
+WIDE_BODY = json.dumps(WIDE_FIELDS).encode()
+ENDPOINTS = {"22 features": ("22", WIDE_BODY), "4 fields": ("4", BODY)}
+PERCENTILES = (50, 99, 99.9)
+
+
+def build_app(features: str, monitored: bool, store_dir: str | None):
+    """The endpoint of ``overhead.py``'s service, in this process, with its own Monitor."""
+    from fastapi import FastAPI
+    from pydantic import BaseModel, create_model
+
+    from mlmon_fastapi import instrument_app
+    from mlmon_middleware import Monitor, MonitorConfig, monitor
+
+    if features == "22":
+        tx = create_model("Tx", amount=(float, ...), **{f"x{i}": (float, ...) for i in range(1, 18)},
+                          country=(str, ...), channel=(str, ...), device=(str, ...), plan=(str, ...))
+    else:
+        tx = create_model("Tx", amount=(float, ...), age=(int, ...), country=(str, ...), channel=(str, ...))
+    assert issubclass(tx, BaseModel)
+    app = FastAPI()
+    mon = Monitor(MonitorConfig(tracing=False, service_name="bench", store_dir=store_dir)) if monitored else None
+    decorate = monitor(model="bench", version="1", registry=mon) if mon is not None else (lambda f: f)
+
+    @app.post("/predict")
+    @decorate
+    async def predict(payload: tx) -> dict:  # type: ignore[valid-type]  (resolved at runtime: no postponed annotations here)
+        return {"prediction": 0.42 if payload.amount > 100 else 0.1}
+
+    if mon is not None:
+        instrument_app(app, registry=mon)
+        mon.start()
+    return app, mon
+
+
+def percentile(sorted_ns: list[int], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of sorted durations, in ms."""
+    return sorted_ns[min(len(sorted_ns) - 1, int(len(sorted_ns) * q / 100))] / 1e6
+
+
+def bench_inprocess(rounds: int, requests: int) -> dict[str, list[dict[str, float]]]:
+    store = tempfile.mkdtemp(prefix="mlmon-tail-")
+    apps = {}
+    for endpoint, (features, body) in ENDPOINTS.items():
+        for variant, monitored, log in (("bare", False, False), ("mlmon", True, False), ("mlmon + log", True, True)):
+            apps[f"{endpoint}, {variant}"] = (*build_app(features, monitored, store if log else None), body)
+    loop = asyncio.new_event_loop()
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in apps}
+    try:
+        for app, _, body in apps.values():  # warm up: imports, pydantic schemas, first-use paths
+            loop.run_until_complete(drive(app, 1000, body))
+        for r in range(rounds):
+            for name, (app, mon, body) in apps.items():
+                if mon is not None:
+                    mon.flush()
+                gc.collect()
+                latencies: list[int] = []
+                start = time.perf_counter()
+                loop.run_until_complete(drive(app, requests, body, latencies))
+                elapsed = time.perf_counter() - start
+                latencies.sort()
+                row = {f"p{q}": percentile(latencies, q) for q in PERCENTILES}
+                row["rps"] = requests / elapsed
+                if mon is not None:
+                    row["hold_ms"] = mon.pipeline.longest_hold * 1000
+                results[name].append(row)
+            print(f"round {r + 1} done", file=sys.stderr)
+    finally:
+        for _, mon, _ in apps.values():
+            if mon is not None:
+                mon.shutdown()
+        loop.close()
+        shutil.rmtree(store, ignore_errors=True)
+    return results
+
+
+def print_inprocess(results: dict[str, list[dict[str, float]]]) -> None:
+    print("| variant (direct ASGI calls, one at a time) | p50 ms | p99 ms | p99.9 ms | p99 vs bare (median; min–max) "
+          "| p99.9 vs bare (median; min–max) | requests/s vs bare (median; min–max) "
+          "| pipeline's longest GIL hold, ms |")
+    print("|---|---:|---:|---:|---|---|---|---:|")
+    for name, runs in results.items():
+        bare = results[name.split(",")[0] + ", bare"]
+        cells = [f"{statistics.median(r[f'p{q}'] for r in runs):.3f}" for q in PERCENTILES]
+        spans = []
+        for key in ("p99", "p99.9", "rps"):
+            got = [a[key] / b[key] for a, b in zip(runs, bare)]
+            spans.append("—" if runs is bare else f"{statistics.median(got):.2f}; {min(got):.2f}–{max(got):.2f}")
+        hold = f"{max(r['hold_ms'] for r in runs):.3f}" if "hold_ms" in runs[0] else "—"
+        print(f"| {name} | {' | '.join(cells)} | {' | '.join(spans)} | {hold} |")
+
+
+def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str | None]]:
+    variants: dict[str, tuple[int, bool, dict[str, str], str | None]] = {}
+    for endpoint, (features, _) in ENDPOINTS.items():
+        env = {"BENCH_FEATURES": features}
+        bare = f"{endpoint}, bare"
+        variants[bare] = (1, False, env, None)
+        variants[f"{endpoint}, mlmon"] = (1, True, env, bare)
+        variants[f"{endpoint}, mlmon + log"] = (1, True, {**env, "MLMON_STORE_DIR": os.path.join(store, features)}, bare)
+    return variants
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["inprocess", "http", "all"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=20_000, help="per variant and round (inprocess)")
+    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per run (http)")
+    args = parser.parse_args()
+    print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"`python benchmarks/tail.py {args.what} --rounds {args.rounds}`\n")
+    if args.what in ("inprocess", "all"):
+        print_inprocess(bench_inprocess(args.rounds, args.requests))
+    if args.what in ("http", "all"):
+        store = tempfile.mkdtemp(prefix="mlmon-tail-")
+        try:
+            variants = http_variants(store)
+            for endpoint, (_, body) in ENDPOINTS.items():
+                chosen = {name: v for name, v in variants.items() if name.startswith(endpoint)}
+                print(f"\n{endpoint}: uvicorn, one worker{' on core 0, wrk on core 1' if pin(0) else ''}")
+                print_http(bench_http(args.seconds, args.rounds, chosen, body), chosen)
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

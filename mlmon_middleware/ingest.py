@@ -1,0 +1,285 @@
+"""Ingestion: a batch of one model's records turned into counts, timings, rows, log rows and spans.
+
+The :class:`~mlmon_middleware.pipeline.Pipeline` thread calls :func:`ingest` with the records
+it drained, grouped by model. Data flows one way: each record is read (its payload resolved
+into feature and prediction rows, its log rows and span built), then the batch's counts and
+timings go to telemetry once, its log rows to the log writer, and its rows into the model's
+windows and fleet bins, encoded :data:`ROW_CELLS` values at a time. ``pace`` is called between
+these small pieces of work (see :mod:`~mlmon_middleware.pacing`), so the serving thread never
+waits long for the GIL however large the batch. A record that cannot be read, encoded, logged
+or spanned is counted (``mlmon_capture_errors_total{reason}``) and skipped; the batch goes on.
+
+>>> from mlmon_middleware import Monitor, MonitorConfig
+>>> from mlmon_middleware.model import Record
+>>> mon = Monitor(MonitorConfig(tracing=False)); mon.start()
+>>> mm = mon.model("toy")
+>>> records = [Record(mm, f"id{i}", 0, 1000, {"x": float(i)}, {"prediction": i % 2}) for i in range(3)]
+>>> ingest(mm, records, mon.telemetry, None)
+>>> mm.window.snapshot()["numeric"][:, 0].tolist(), mm.health()["predictions"]
+([0.0, 1.0, 2.0], {'ok': 3, 'error': 0})
+>>> mon.shutdown()
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlmon_middleware.explain_request import PendingExplanation, shown
+from mlmon_middleware.instruments import (
+    BATCH_SIZE,
+    ERROR_TYPE,
+    EXPLANATION_TOP,
+    FEATURE,
+    HTTP_ROUTE,
+    HTTP_STATUS,
+    PREDICTION,
+    PREDICTION_ID,
+    SPAN_NAME,
+)
+from mlmon_middleware.limits import MAX_NAME_CHARS, bounded_category
+from mlmon_middleware.model import ModelMonitor, Record
+from mlmon_middleware.pacing import no_pace
+from mlmon_middleware.payload import CaptureError, extract_predictions, extract_rows, resolve_payload
+from mlmon_middleware.reservoir import SlidingWindow
+from mlmon_middleware.schema import FeatureSchema
+from mlmon_middleware.store import LogRow
+from mlmon_middleware.store_writer import StoreWriter
+from mlmon_middleware.telemetry import Telemetry
+
+_NS = 1e-9
+#: feature values encoded into the windows at a time (tens of µs of work between two pace points)
+ROW_CELLS = 512
+
+
+def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, writer: StoreWriter | None,
+           pace: Callable[[], None] = no_pace) -> None:
+    """Turn a batch of one model's records into counts, timings, rows, log rows and spans,
+    calling ``pace`` between small pieces of the work (see the module docstring)."""
+    counts: collections.Counter[tuple[str, bool]] = collections.Counter()
+    capture: collections.Counter[str] = collections.Counter()
+    feature_rows: list[Any] = []
+    output_rows: list[dict[str, Any] | None] = []
+    row_times: list[int] = []
+    durations: dict[tuple[str, int | None, str | None], list[int]] = {}
+    messages: dict[str, str] = {}  # last message per capture-error reason
+    tracing = telemetry.tracer is not None
+    log_rows: list[LogRow] = []
+    explained: collections.Counter[str] = collections.Counter()
+    for rec in records:
+        ok = rec.ok
+        counts[(rec.route, ok)] += 1
+        key = (rec.route, rec.status_code, rec.error_type)
+        group = durations.get(key)
+        if group is None:
+            group = durations[key] = []
+        group.append(rec.duration_ns)
+        try:  # one record nothing can be read from is counted and skipped; the batch goes on
+            rows, outputs = _rows_of(model, rec, capture, messages) if ok else ([], [])
+            logged = _log_rows(model, rec, rows, outputs) if rows and writer is not None else []
+        except Exception as exc:
+            _failed(capture, messages, "unreadable", exc)
+            rows, outputs, logged = [], [], []
+        if rows:
+            feature_rows += rows
+            output_rows += outputs
+            row_times += [rec.wall_ns] * len(rows) if len(rows) > 1 else [rec.wall_ns]
+            log_rows += logged
+        try:
+            if rec.explanation is not None:
+                explained[rec.explanation.status] += 1
+                _explained(model, rec.explanation, rec.wall_ns * _NS, telemetry)
+            if tracing:
+                _span(model, telemetry, rec, rows, outputs)
+        except Exception as exc:
+            _failed(capture, messages, "unrecordable", exc)
+        pace()
+    attrs = model.attrs
+    for (route, status, error_type), values in durations.items():
+        labels: dict[str, Any] = {**attrs, HTTP_ROUTE: route, HTTP_STATUS: status or (500 if error_type else 200)}
+        if error_type:
+            labels[ERROR_TYPE] = error_type
+        telemetry.inference_duration.observe(np.array(values) * _NS, labels)
+        pace()
+    for (route, ok), n in counts.items():
+        telemetry.predictions.add(n, {**attrs, HTTP_ROUTE: route, "outcome": "ok" if ok else "error"})
+        pace()
+    for outcome, n in explained.items():
+        telemetry.explanations.add(n, {**attrs, "status": outcome})
+    if log_rows and writer is not None:
+        writer.put(log_rows)
+    if feature_rows:
+        times = np.array(row_times) * _NS
+        first = feature_rows[0]
+        width = len(model.schema.names) if model.schema is not None else len(first) if hasattr(first, "__len__") else 1
+        step = max(1, ROW_CELLS // max(1, width))
+        for start in range(0, len(feature_rows), step):
+            end = start + step
+            _windows(model, feature_rows[start:end], output_rows[start:end], times[start:end], capture, messages,
+                     telemetry)
+            pace()
+    for reason, n in capture.items():
+        telemetry.capture_errors.add(n, {**attrs, "reason": reason})
+    outcomes: collections.Counter[str] = collections.Counter()
+    for (_, ok), n in counts.items():
+        outcomes["ok" if ok else "error"] += n
+    model.counters.add_batch(outcomes, capture, messages)
+
+
+def _failed(capture: collections.Counter[str], messages: dict[str, str], reason: str, exc: BaseException) -> None:
+    """Count a record the pipeline could not handle (``mlmon_capture_errors_total{reason}``)."""
+    capture[reason] += 1
+    messages[reason] = (str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}")[:200]
+
+
+def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str],
+             messages: dict[str, str]) -> tuple[list[Any], list[dict[str, Any] | None]]:
+    """The feature rows and prediction rows of one record (capture problems counted)."""
+    options = model.options
+    try:
+        rows = extract_rows(resolve_payload(rec.inputs, options.input))
+    except CaptureError as exc:
+        _failed(capture, messages, exc.reason, exc)
+        return [], []
+    outputs: list[dict[str, Any] | None]
+    try:
+        outputs = list(extract_predictions(resolve_payload(rec.outputs), len(rows), options.prediction_key,
+                                           options.class_names))
+    except CaptureError as exc:
+        _failed(capture, messages, exc.reason, exc)
+        outputs = [None] * len(rows)
+    return rows, outputs
+
+
+def _windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] | None], times: np.ndarray,
+             capture: collections.Counter[str], messages: dict[str, str], telemetry: Telemetry) -> None:
+    """Encode rows into the model's feature and prediction windows (schemas inferred on first use).
+    When the batch cannot be encoded at once, its rows go in one by one and the ones that cannot
+    are counted (``unencodable``): one bad row never costs the others their place."""
+    try:
+        _encode_into_windows(model, rows, outputs, times, capture, telemetry)
+    except Exception:
+        for i in range(len(rows)):
+            try:
+                _encode_into_windows(model, rows[i:i + 1], outputs[i:i + 1], times[i:i + 1], capture, telemetry)
+            except Exception as exc:
+                _failed(capture, messages, "unencodable", exc)
+
+
+def _encode_into_windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] | None],
+                         times: np.ndarray, capture: collections.Counter[str], telemetry: Telemetry) -> None:
+    """Encode first, then change state: a failure leaves the windows as they were."""
+    config = model.registry.config
+    size = config.reservoir_size
+    schema = model.schema or FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds,
+                                                 max_features=config.max_features)
+    if model.schema is None and model.declared_names is None and isinstance(rows[0], Mapping):
+        # the bounds an inferred schema applied to a client's field names, counted once
+        too_long = sum(len(str(k)) > MAX_NAME_CHARS for k in rows[0])
+        too_wide = len(rows[0]) - too_long - len(schema.names)
+        for reason, n in (("name_too_long", too_long), ("too_wide", too_wide)):
+            if n > 0:
+                capture[reason] += n
+    encoded = schema.encode(rows)
+    answered = [i for i, o in enumerate(outputs) if o is not None]
+    output_schema = model.output_schema
+    out = None
+    if answered:
+        output_schema = output_schema or FeatureSchema.infer([outputs[i] for i in answered])
+        out = output_schema.encode([outputs[i] for i in answered])
+    if model.schema is None:
+        model.schema = schema
+    if model.window is None:
+        model.window = SlidingWindow(size, numeric=(len(schema.numeric_names), float),
+                                     categorical=(len(schema.categorical_names), object))
+    capture.update(encoded.errors)
+    model.counters.add_encoding(encoded.feature_errors, encoded.unexpected_fields)
+    model.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
+    if model.bins is not None:  # the fleet bin counters: rows per baseline bin (or category), per feature
+        model.bins.add(encoded.numeric, encoded.categorical)
+    if out is None or output_schema is None:
+        return
+    if model.output_schema is None or model.output_window is None:
+        model.output_schema = output_schema
+        model.output_window = SlidingWindow(size, numeric=(len(output_schema.numeric_names), float),
+                                            categorical=(len(output_schema.categorical_names), object))
+    for reason, n in out.errors.items():
+        capture[f"prediction_{reason}"] += n
+    model.output_window.extend(times[answered], numeric=out.numeric, categorical=out.categorical)
+    for j, name in enumerate(output_schema.numeric_names):
+        telemetry.prediction_value.observe(out.numeric[:, j], {**model.attrs, "output": name})
+
+
+def _json(value: object) -> str:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str).decode()
+    except TypeError:  # orjson stops at 64-bit integers and at deep nesting; the standard library does not
+        return json.dumps(value, default=str)
+
+
+def _log_rows(model: ModelMonitor, rec: Record, rows: list[Any], outputs: list[dict[str, Any] | None]) -> list[LogRow]:
+    """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``."""
+    names = model.schema.names if model.schema is not None else ()
+    options = model.options
+    chosen_features = options.log_features
+    when = rec.wall_ns * _NS
+    out = []
+    for i, (row, output) in enumerate(zip(rows, outputs)):
+        values: Mapping[str, Any] = row if isinstance(row, Mapping) else dict(zip(names, row))
+        segments = {name: _bounded(values.get(name)) for name in options.segments}
+        if chosen_features is None:
+            features = None
+        else:
+            chosen = values if chosen_features == "all" else {n: values.get(n) for n in chosen_features}
+            features = _json({k: ("[redacted]" if k in options.redact else v) for k, v in chosen.items()})
+        pid = rec.prediction_id if len(rows) == 1 else f"{rec.prediction_id}:{i}"
+        result = rec.explanation.result if rec.explanation is not None and i == 0 else None
+        explanation = None if result is None else _json(shown(result))
+        out.append(LogRow(pid, model.name, model.version, when, _json(output or {}), _json(segments), features, explanation))
+    return out
+
+
+def _bounded(value: object) -> object:
+    """A segment value as logged: long text cut (it becomes a label of exported series)."""
+    return bounded_category(value) if isinstance(value, str) else value
+
+
+def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, telemetry: Telemetry) -> None:
+    """Time an explanation and keep its |contributions| for attribution drift."""
+    result = pending.result
+    if result is None:
+        return
+    telemetry.explanation_duration.observe(np.array([pending.seconds]), {**model.attrs, "explainer": result["method"]})
+    model.attributions.append((when, np.abs(np.asarray(result["contributions"], dtype=float))))
+
+
+def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: list[Any],
+          outputs: list[dict[str, Any] | None]) -> None:
+    attrs: dict[str, Any] = {**model.attrs, PREDICTION_ID: rec.prediction_id, BATCH_SIZE: len(rows)}
+    if rec.route:
+        attrs[HTTP_ROUTE] = rec.route
+    first = outputs[0] if outputs else None
+    if first:
+        for name, value in first.items():
+            if isinstance(value, (int, float, str, bool)):
+                attrs[f"{PREDICTION}.{name}" if len(first) > 1 else PREDICTION] = value
+    allowed = model.registry.config.trace_features
+    if allowed and rows and isinstance(rows[0], Mapping):
+        for name in allowed:
+            value = rows[0].get(name)
+            if isinstance(value, (int, float, str, bool)):
+                attrs[f"{FEATURE}.{name}"] = value
+    if rec.error_type:
+        attrs[ERROR_TYPE] = rec.error_type
+    result = rec.explanation.result if rec.explanation is not None else None
+    for i, item in enumerate((result or {}).get("top", ())):
+        attrs[f"{EXPLANATION_TOP}.{i}.feature"] = item["feature"]
+        attrs[f"{EXPLANATION_TOP}.{i}.value"] = item["contribution"]
+    telemetry.span(f"{SPAN_NAME} {model.name}", rec.context, attrs, rec.wall_ns, rec.wall_ns + rec.duration_ns,
+                   rec.error_type)
+
