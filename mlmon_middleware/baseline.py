@@ -40,7 +40,7 @@ from mlmon_middleware.reports import BaselineSummary
 from mlmon_middleware.schema import CATEGORICAL, FeatureSchema
 
 FORMAT = "mlmon-baseline"
-FORMAT_VERSION = 2  # 2: categories named by schema.category_key; numeric reference grids
+FORMAT_VERSION = 2  # 2: categories named by values.category_key; numeric reference grids
 
 
 class BaselineError(ValueError):
@@ -223,7 +223,7 @@ def _compact(profiles: Mapping[str, Any]) -> dict[str, Any]:
 
 def _upgrade_categories(payload: dict[str, Any]) -> dict[str, Any]:
     """A version-1 baseline named categories by ``str()``: ``True`` and ``1.0`` where requests now
-    say ``true`` and ``1`` (:func:`~mlmon_middleware.schema.category_key`). Rename them the
+    say ``true`` and ``1`` (:func:`~mlmon_middleware.values.category_key`). Rename them the
     same way so that an upgrade does not turn every request into a new category."""
     def key(name: str) -> str:
         if name in ("True", "False"):

@@ -24,7 +24,8 @@ import numpy as np
 
 from mlmon_middleware.baseline import Baseline, BaselineError
 from mlmon_middleware.profile import Profiler
-from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema, category_key
+from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema
+from mlmon_middleware.values import category_key
 
 
 def _chunks(path: str, chunk_rows: int) -> Iterator[tuple[Any, float]]:

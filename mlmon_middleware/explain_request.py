@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from mlmon_middleware.explain import Explain, ExplainerOutput, ExplanationService
-from mlmon_middleware.payload import extract_rows, resolve_payload
+from mlmon_middleware.payload import extract_batch, resolve_payload
 from mlmon_middleware.schema import FeatureSchema
 
 Message = Mapping[str, Any]  # an ASGI message
@@ -125,7 +125,7 @@ def request(spec: Explain, service: ExplanationService | None, scope: Mapping[st
     if not (spec.wanted(asked(scope)) or spec.sampled(random.random())):
         return None
     try:
-        rows = extract_rows(resolve_payload(inputs, input_arg))
+        rows = extract_batch(resolve_payload(inputs, input_arg))
         schema = schema or FeatureSchema.infer(rows[:1], names=names)
         # the numeric features are what the explainer takes; categorical ones are left out
         row = schema.encode(rows[:1]).numeric[0]

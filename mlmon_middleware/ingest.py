@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlmon_middleware.columns import Batch, Columns
 from mlmon_middleware.explain_request import PendingExplanation, shown
 from mlmon_middleware.instruments import (
     BATCH_SIZE,
@@ -45,7 +46,7 @@ from mlmon_middleware.instruments import (
 from mlmon_middleware.limits import MAX_NAME_CHARS, bounded_category
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.pacing import no_pace
-from mlmon_middleware.payload import CaptureError, extract_predictions, extract_rows, resolve_payload
+from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
 from mlmon_middleware.schema import FeatureSchema
 from mlmon_middleware.store import LogRow
@@ -53,8 +54,10 @@ from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
 _NS = 1e-9
-#: feature values encoded into the windows at a time (tens of µs of work between two pace points)
+#: feature values encoded into the windows at a time (tens of µs of work between two pace points):
+#: of rows (dicts or lists, value by value), and of batches in columns (a few numpy calls per column)
 ROW_CELLS = 512
+TABLE_CELLS = 16_384
 
 
 def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, writer: StoreWriter | None,
@@ -66,6 +69,7 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
     feature_rows: list[Any] = []
     output_rows: list[dict[str, Any] | None] = []
     row_times: list[int] = []
+    tables: list[tuple[Columns, list[dict[str, Any] | None], int]] = []  # batches kept in columns
     durations: dict[tuple[str, int | None, str | None], list[int]] = {}
     messages: dict[str, str] = {}  # last message per capture-error reason
     tracing = telemetry.tracer is not None
@@ -85,7 +89,10 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         except Exception as exc:
             _failed(capture, messages, "unreadable", exc)
             rows, outputs, logged = [], [], []
-        if rows:
+        if isinstance(rows, Columns):
+            tables.append((rows, outputs, rec.wall_ns))
+            log_rows += logged
+        elif rows:
             feature_rows += rows
             output_rows += outputs
             row_times += [rec.wall_ns] * len(rows) if len(rows) > 1 else [rec.wall_ns]
@@ -123,6 +130,13 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
             _windows(model, feature_rows[start:end], output_rows[start:end], times[start:end], capture, messages,
                      telemetry)
             pace()
+    for table, outputs, wall_ns in tables:
+        step = max(1, TABLE_CELLS // table.width)
+        for start in range(0, len(table), step):
+            end = min(start + step, len(table))
+            _windows(model, table[start:end], outputs[start:end], np.full(end - start, wall_ns * _NS), capture,
+                     messages, telemetry)
+            pace()
     for reason, n in capture.items():
         telemetry.capture_errors.add(n, {**attrs, "reason": reason})
     outcomes: collections.Counter[str] = collections.Counter()
@@ -138,11 +152,11 @@ def _failed(capture: collections.Counter[str], messages: dict[str, str], reason:
 
 
 def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str],
-             messages: dict[str, str]) -> tuple[list[Any], list[dict[str, Any] | None]]:
+             messages: dict[str, str]) -> tuple[Batch, list[dict[str, Any] | None]]:
     """The feature rows and prediction rows of one record (capture problems counted)."""
     options = model.options
     try:
-        rows = extract_rows(resolve_payload(rec.inputs, options.input))
+        rows = extract_batch(resolve_payload(rec.inputs, options.input))
     except CaptureError as exc:
         _failed(capture, messages, exc.reason, exc)
         return [], []
@@ -156,7 +170,7 @@ def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str]
     return rows, outputs
 
 
-def _windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] | None], times: np.ndarray,
+def _windows(model: ModelMonitor, rows: Batch, outputs: list[dict[str, Any] | None], times: np.ndarray,
              capture: collections.Counter[str], messages: dict[str, str], telemetry: Telemetry) -> None:
     """Encode rows into the model's feature and prediction windows (schemas inferred on first use).
     When the batch cannot be encoded at once, its rows go in one by one and the ones that cannot
@@ -171,7 +185,7 @@ def _windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] 
                 _failed(capture, messages, "unencodable", exc)
 
 
-def _encode_into_windows(model: ModelMonitor, rows: list[Any], outputs: list[dict[str, Any] | None],
+def _encode_into_windows(model: ModelMonitor, rows: Batch, outputs: list[dict[str, Any] | None],
                          times: np.ndarray, capture: collections.Counter[str], telemetry: Telemetry) -> None:
     """Encode first, then change state: a failure leaves the windows as they were."""
     config = model.registry.config
@@ -222,7 +236,7 @@ def _json(value: object) -> str:
         return json.dumps(value, default=str)
 
 
-def _log_rows(model: ModelMonitor, rec: Record, rows: list[Any], outputs: list[dict[str, Any] | None]) -> list[LogRow]:
+def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: list[dict[str, Any] | None]) -> list[LogRow]:
     """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``."""
     names = model.schema.names if model.schema is not None else ()
     options = model.options
@@ -258,7 +272,7 @@ def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, te
     model.attributions.append((when, np.abs(np.asarray(result["contributions"], dtype=float))))
 
 
-def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: list[Any],
+def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: Batch,
           outputs: list[dict[str, Any] | None]) -> None:
     attrs: dict[str, Any] = {**model.attrs, PREDICTION_ID: rec.prediction_id, BATCH_SIZE: len(rows)}
     if rec.route:

@@ -290,11 +290,11 @@ class ModelMonitor:
         return (0, 0) if reader is None else reader.counts(self.name, since)
 
     def _label_reader(self) -> PredictionStore | None:
+        """The log as written so far. Checks never wait for the writer: the rows still queued
+        for it (at most ``store_interval`` of traffic) have no label yet anyway (labels join
+        after a flush, see :meth:`record_outcomes`) and count at the next check."""
         writer = self.registry.store_writer
-        if writer is None:
-            return None
-        writer.flush()  # labels never miss a prediction still queued for the log
-        return writer.store
+        return None if writer is None else writer.store
 
     # ------------------------------------------------------------------------------ ground truth
     def record_outcome(self, prediction_id: str, actual: Any, timestamp: float | None = None) -> LabelResult:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlmon_middleware.columns import Columns, columns_of
+
 # Keys under which JSON bodies conventionally carry a batch (KServe, TF Serving, MLflow, ...).
 BATCH_KEYS = ("instances", "inputs", "rows", "records", "data", "dataframe_records")
 # Keys under which responses conventionally carry the prediction, tried in this order.
@@ -102,6 +104,22 @@ def extract_rows(obj: Any) -> list[Any]:
     if _is_scalar(obj):
         raise CaptureError("unsupported_input", f"a bare {type(obj).__name__} is not a feature row")
     raise CaptureError("unsupported_input", f"cannot read features from {type(obj).__name__}")
+
+
+def extract_batch(obj: Any) -> list[Any] | Columns:
+    """The rows of :func:`extract_rows`, except that a pandas DataFrame or a 2-D numpy array
+    (also under a batch key) stays in :class:`~mlmon_middleware.columns.Columns`: the pipeline
+    encodes it column by column, with no row built.
+
+    >>> type(extract_batch({"instances": np.zeros((4, 3))})).__name__, extract_batch([1.0, 2.0])
+    ('Columns', [[1.0, 2.0]])
+    """
+    if isinstance(obj, Mapping) and len(obj) == 1:
+        (key, value), = obj.items()
+        if key in BATCH_KEYS:
+            obj = value if columns_of(value) is not None else obj
+    table = columns_of(obj)
+    return table if table is not None else extract_rows(obj)
 
 
 def extract_predictions(obj: Any, n_rows: int, key: str | None = None,

@@ -8,6 +8,8 @@ records, in one direction, into: counts and timings (telemetry), feature and pre
 the model's windows, per-bin counts, prediction-log rows for the log writer, and spans. The
 thread paces itself (:mod:`~mlmon_middleware.pacing`): it lets go of the GIL every few tens of
 µs, so requests never wait long behind it; ``longest_hold`` is the longest stretch it kept it.
+Behind by more than four ``flush_batch`` records it works unpaced until it has caught up:
+dropping records would be worse than a slower tail.
 
 >>> from mlmon_middleware import Monitor, MonitorConfig
 >>> mon = Monitor(MonitorConfig(tracing=False))
@@ -42,6 +44,7 @@ class Pipeline:
         self.config = config
         self.errors = errors
         self._wake_at = min(config.flush_batch, config.queue_size - 1)
+        self._behind = 4 * config.flush_batch  # queued records past which a flush goes unpaced
         self.ingested = 0  # records ingested in this process (others read it to see that something changed)
         self._reset()
 
@@ -97,10 +100,14 @@ class Pipeline:
         telemetry = self._telemetry
         if telemetry is None:
             return
-        # only the pipeline's own thread pauses: a flush on demand runs in its caller's thread
-        pace = self._pacer if threading.current_thread() is self._thread else no_pace
         with self._lock:
             queue = self._queue
+            # Only the pipeline's own thread pauses (a flush on demand runs in its caller's
+            # thread), and only while it keeps up: a serving loop that never waits hands the GIL
+            # back only when forced (every 5 ms), so a paced pipeline would get 1 % of it and drop
+            # records. Behind by more than a few batches, it works unpaced until it has caught up.
+            paced = threading.current_thread() is self._thread and len(queue) <= self._behind
+            pace = self._pacer if paced else no_pace
             batch: dict[ModelMonitor, list[Record]] = {}
             n = len(queue)
             for i in range(n):

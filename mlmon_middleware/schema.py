@@ -21,15 +21,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
-import math
-import numbers
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from mlmon_middleware.limits import MAX_CATEGORY_CHARS, MAX_NAME_CHARS, bounded_category, bounded_name
+from mlmon_middleware.columns import NUMBER_KINDS, Columns
+from mlmon_middleware.limits import MAX_CATEGORY_CHARS, MAX_NAME_CHARS, bounded_name
+from mlmon_middleware.values import MISSING, PLAIN_NUMBERS, categorical_column, numeric_column
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -112,7 +112,7 @@ class FeatureSchema:
         return dict(zip(self.names, self.kinds))
 
     @classmethod
-    def infer(cls, rows: Sequence[Any], names: Sequence[str] | None = None,
+    def infer(cls, rows: Sequence[Any] | Columns, names: Sequence[str] | None = None,
               kinds: Mapping[str, str] | None = None, max_features: int | None = None) -> FeatureSchema:
         """Names from ``names`` or the first row (dict keys, else ``f0``, ``f1``, ...); kinds from
         ``kinds`` where given, else from the values in ``rows``. Names read from a row are bounded,
@@ -123,6 +123,8 @@ class FeatureSchema:
         >>> FeatureSchema.infer([{"a": 1, "b" * 500: 2, "c": "x", "d": 3}], max_features=2)
         FeatureSchema(['a', 'c'], ['numeric', 'categorical'])
         """
+        if isinstance(rows, Columns):
+            return cls._infer_columns(rows, names, kinds, max_features)
         first = rows[0]
         if names is None:
             if isinstance(first, Mapping):
@@ -140,7 +142,27 @@ class FeatureSchema:
             inferred.append(infer_kind(column))
         return cls(names, inferred)
 
-    def encode(self, rows: Sequence[Any]) -> Encoded:
+    @classmethod
+    def _infer_columns(cls, table: Columns, names: Sequence[str] | None, kinds: Mapping[str, str] | None,
+                       max_features: int | None) -> FeatureSchema:
+        """:meth:`infer` for a batch in columns: kinds from the dtypes (numbers numeric, text
+        categorical), from the values for object columns."""
+        by_name = dict(zip(table.names or [f"f{i}" for i in range(table.width)], table.arrays))
+        if names is None:
+            names = [name for name in by_name if len(name) <= MAX_NAME_CHARS][:max_features]
+        kinds = dict(kinds or {})
+        inferred = []
+        for name in names:
+            column = by_name.get(name)
+            if name in kinds or column is None:
+                inferred.append(kinds.get(name, NUMERIC))
+            elif column.dtype.kind in NUMBER_KINDS:
+                inferred.append(NUMERIC)
+            else:
+                inferred.append(CATEGORICAL if column.dtype.kind in "US" else infer_kind(column.tolist()))
+        return cls(names, inferred)
+
+    def encode(self, rows: Sequence[Any] | Columns) -> Encoded:
         """Encode rows (dicts by name, sequences by position) into numeric and categorical matrices.
 
         Rows of plain values (finite numbers for numeric features, short text for categorical
@@ -148,6 +170,8 @@ class FeatureSchema:
         Otherwise column by column: a column of plain values converts in one call; only
         columns holding something else go value by value, counting what they find.
         """
+        if isinstance(rows, Columns):
+            return self._encode_columns(rows)
         plain = self._encode_plain(rows)
         if plain is not None:
             return plain
@@ -165,12 +189,12 @@ class FeatureSchema:
                 except KeyError:
                     pass
             if isinstance(row, Mapping):
-                values = [row.get(name, _MISSING) for name in self.names]
-                present = width - values.count(_MISSING)
+                values = [row.get(name, MISSING) for name in self.names]
+                present = width - values.count(MISSING)
                 if present < width and any(type(k) is not str for k in row):  # {0: x}: names are text
                     row = {str(k): v for k, v in row.items()}
-                    values = [row.get(name, _MISSING) for name in self.names]
-                    present = width - values.count(_MISSING)
+                    values = [row.get(name, MISSING) for name in self.names]
+                    present = width - values.count(MISSING)
                 if present < width:
                     flags["missing_feature"][i] = True
                 if len(row) > present:  # keys beyond the schema's (names bounded: a client chose them)
@@ -180,9 +204,37 @@ class FeatureSchema:
                 values = list(row)
             else:
                 flags["shape_mismatch"][i] = True
-                values = [_MISSING] * width
+                values = [MISSING] * width
             table.append(values)
-        columns = list(zip(*table)) if table else [()] * width
+        return self._encode(list(zip(*table)) if table else [()] * width, n, flags, unexpected)
+
+    def _encode_columns(self, table: Columns) -> Encoded:
+        """:meth:`encode` for a batch in columns: a column of numbers converts in one call."""
+        n = len(table)
+        flags = {reason: np.zeros(n, dtype=bool) for reason in _REASONS}
+        unexpected: collections.Counter[str] = collections.Counter()
+        absent = np.full(n, MISSING, dtype=object)
+        if table.names is None:
+            if table.width == len(self.names):
+                columns: list[Any] = table.arrays
+            else:
+                flags["shape_mismatch"][:] = True
+                columns = [absent] * len(self.names)
+        else:
+            by_name = dict(zip(table.names, table.arrays))
+            columns = [by_name.get(name, absent) for name in self.names]
+            if any(column is absent for column in columns):
+                flags["missing_feature"][:] = True
+            extra = [name for name in table.names if name not in self._known]
+            if extra:
+                flags["unexpected_feature"][:] = True
+                unexpected.update({bounded_name(name): n for name in extra})
+        return self._encode(columns, n, flags, unexpected)
+
+    def _encode(self, columns: Sequence[Sequence[Any]], n: int, flags: dict[str, np.ndarray],
+                unexpected: collections.Counter[str]) -> Encoded:
+        """Encode one column per feature (``MISSING`` where a row had no such key), given the
+        rows' flags so far; each column's problems are counted per feature and per row."""
         numeric = np.full((n, len(self.numeric_names)), np.nan)
         categorical = np.full((n, len(self.categorical_names)), None, dtype=object)
         absent_keys = bool(flags["missing_feature"].any())
@@ -191,11 +243,11 @@ class FeatureSchema:
             column_flags = {"type_mismatch": np.zeros(n, dtype=bool), "non_finite": np.zeros(n, dtype=bool),
                             "value_truncated": np.zeros(n, dtype=bool)}
             if is_num:
-                numeric[:, col] = _numeric_column(column, column_flags)
+                numeric[:, col] = numeric_column(column, column_flags)
             else:
-                categorical[:, col] = _categorical_column(column, column_flags)
+                categorical[:, col] = categorical_column(column, column_flags)
             if absent_keys:
-                column_flags["missing_feature"] = np.fromiter((v is _MISSING for v in column), bool, n) \
+                column_flags["missing_feature"] = np.fromiter((v is MISSING for v in column), bool, n) \
                     & ~flags["shape_mismatch"]
             counts = {reason: int(mask.sum()) for reason, mask in column_flags.items() if mask.any()}
             if counts:
@@ -228,7 +280,7 @@ class FeatureSchema:
         numeric = np.empty((n, len(self.numeric_names)))
         if numeric_table is not None:
             cells = numeric_table if num_single else itertools.chain.from_iterable(numeric_table)
-            if not set(map(type, cells)) <= _PLAIN_NUMBERS:
+            if not set(map(type, cells)) <= PLAIN_NUMBERS:
                 return None
             try:
                 numeric[:] = np.array(numeric_table, dtype=np.float64).reshape(n, -1)
@@ -253,97 +305,5 @@ def _getter(keys: Sequence[Any]) -> _Picker:
     return (operator.itemgetter(*keys) if keys else None), len(keys) == 1
 
 
-class _Missing:
-    """A key absent from a row (unlike ``None``, a value that is present but missing)."""
-
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING = _Missing()
 _REASONS = ("missing_feature", "unexpected_feature", "shape_mismatch", "type_mismatch", "non_finite",
             "value_truncated")
-_PLAIN_NUMBERS = {float, int, np.float64, np.float32, np.int64, np.int32}
-
-
-def _numeric_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
-    if set(map(type, column)) <= _PLAIN_NUMBERS:  # the common case: one numpy conversion
-        try:
-            values = np.array(column, dtype=np.float64)
-        except OverflowError:  # an integer beyond float's range: the loop below flags it
-            pass
-        else:
-            bad = ~np.isfinite(values)
-            if bad.any():
-                flags["non_finite"] |= bad
-                values[bad] = np.nan
-            return values
-    values = np.full(len(column), np.nan)
-    for i, value in enumerate(column):
-        if value is None or value is _MISSING:
-            continue
-        if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, (str, bytes)):
-            try:
-                number = float(value)
-            except OverflowError:  # a 400-digit integer: a number, but no float
-                flags["non_finite"][i] = True
-                continue
-            except (TypeError, ValueError):
-                flags["type_mismatch"][i] = True
-                continue
-            if math.isfinite(number):
-                values[i] = number
-            else:
-                flags["non_finite"][i] = True
-        else:
-            flags["type_mismatch"][i] = True
-    return values
-
-
-def category_key(value: object) -> str | None:
-    """The identity of a categorical value, the same from JSON, Python, pandas, CSV and Parquet:
-    text as it is; booleans ``"true"``/``"false"``; whole numbers as integers (``1``, ``1.0`` and
-    ``np.int64(1)`` are ``"1"``); other numbers as their shortest decimal; None and NaN missing.
-    Infinities raise ValueError, other types TypeError.
-
-    >>> [category_key(v) for v in (1, 1.0, "1", True, np.int64(7), 0.25, "1.0", None, float("nan"))]
-    ['1', '1', '1', 'true', '7', '0.25', '1.0', None, None]
-    """
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return "true" if value else "false"
-    if isinstance(value, (numbers.Integral, np.integer)):
-        return str(int(value))
-    if isinstance(value, (numbers.Real, np.floating)):
-        number = float(value)
-        if math.isnan(number):
-            return None
-        if not math.isfinite(number):
-            raise ValueError(f"{value!r} is not a finite number")
-        return str(int(number)) if number.is_integer() else repr(number)
-    raise TypeError(f"{type(value).__name__} is not a category")
-
-
-def _categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
-    out = np.empty(len(column), dtype=object)
-    if set(map(type, column)) <= {str} and max(map(len, column), default=0) <= MAX_CATEGORY_CHARS:
-        out[:] = column
-        return out
-    for i, value in enumerate(column):
-        if value is _MISSING:
-            continue
-        try:
-            key = category_key(value)
-        except ValueError:
-            flags["non_finite"][i] = True
-        except TypeError:
-            flags["type_mismatch"][i] = True
-        else:
-            if key is not None and len(key) > MAX_CATEGORY_CHARS:  # held for a window: bounded
-                key = bounded_category(key)
-                flags["value_truncated"][i] = True
-            out[i] = key
-    return out

@@ -1,0 +1,128 @@
+"""Values: how one column of a batch becomes numbers (numeric features) or category names.
+
+A column of plain values converts in one numpy call; anything else goes value by value, and
+each value that cannot be read is flagged by reason (``type_mismatch``, ``non_finite``,
+``value_truncated``) in the caller's per-row masks instead of raising. Category names come from
+:func:`category_key`, the same whatever the source (JSON, Python, pandas, CSV, Parquet).
+
+>>> flags = {r: np.zeros(3, dtype=bool) for r in ("type_mismatch", "non_finite", "value_truncated")}
+>>> numeric_column([1, "x", float("inf")], flags).tolist(), flags["type_mismatch"].tolist()
+([1.0, nan, nan], [False, True, False])
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mlmon_middleware.columns import NUMBER_KINDS
+from mlmon_middleware.limits import MAX_CATEGORY_CHARS, bounded_category
+
+
+class Missing:
+    """A key absent from a row (unlike ``None``, a value that is present but missing)."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING = Missing()
+PLAIN_NUMBERS = {float, int, np.float64, np.float32, np.int64, np.int32}
+
+
+def numeric_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
+    if isinstance(column, np.ndarray):
+        if column.dtype.kind not in NUMBER_KINDS:
+            return numeric_column(column.tolist(), flags)
+        values = column.astype(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            flags["non_finite"] |= bad
+            values[bad] = np.nan
+        return values
+    if set(map(type, column)) <= PLAIN_NUMBERS:  # the common case: one numpy conversion
+        try:
+            values = np.array(column, dtype=np.float64)
+        except OverflowError:  # an integer beyond float's range: the loop below flags it
+            pass
+        else:
+            bad = ~np.isfinite(values)
+            if bad.any():
+                flags["non_finite"] |= bad
+                values[bad] = np.nan
+            return values
+    values = np.full(len(column), np.nan)
+    for i, value in enumerate(column):
+        if value is None or value is MISSING:
+            continue
+        if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, (str, bytes)):
+            try:
+                number = float(value)
+            except OverflowError:  # a 400-digit integer: a number, but no float
+                flags["non_finite"][i] = True
+                continue
+            except (TypeError, ValueError):
+                flags["type_mismatch"][i] = True
+                continue
+            if math.isfinite(number):
+                values[i] = number
+            else:
+                flags["non_finite"][i] = True
+        else:
+            flags["type_mismatch"][i] = True
+    return values
+
+
+def category_key(value: object) -> str | None:
+    """The identity of a categorical value, the same from JSON, Python, pandas, CSV and Parquet:
+    text as it is; booleans ``"true"``/``"false"``; whole numbers as integers (``1``, ``1.0`` and
+    ``np.int64(1)`` are ``"1"``); other numbers as their shortest decimal; None and NaN missing.
+    Infinities raise ValueError, other types TypeError.
+
+    >>> [category_key(v) for v in (1, 1.0, "1", True, np.int64(7), 0.25, "1.0", None, float("nan"))]
+    ['1', '1', '1', 'true', '7', '0.25', '1.0', None, None]
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (numbers.Integral, np.integer)):
+        return str(int(value))
+    if isinstance(value, (numbers.Real, np.floating)):
+        number = float(value)
+        if math.isnan(number):
+            return None
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        return str(int(number)) if number.is_integer() else repr(number)
+    raise TypeError(f"{type(value).__name__} is not a category")
+
+
+def categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
+    if isinstance(column, np.ndarray):
+        column = column.tolist()  # plain values: text as str, numbers as int or float
+    out = np.empty(len(column), dtype=object)
+    if set(map(type, column)) <= {str} and max(map(len, column), default=0) <= MAX_CATEGORY_CHARS:
+        out[:] = column
+        return out
+    for i, value in enumerate(column):
+        if value is MISSING:
+            continue
+        try:
+            key = category_key(value)
+        except ValueError:
+            flags["non_finite"][i] = True
+        except TypeError:
+            flags["type_mismatch"][i] = True
+        else:
+            if key is not None and len(key) > MAX_CATEGORY_CHARS:  # held for a window: bounded
+                key = bounded_category(key)
+                flags["value_truncated"][i] = True
+            out[i] = key
+    return out

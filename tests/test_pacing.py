@@ -1,0 +1,101 @@
+"""The pipeline lets go of the GIL between small pieces of work, so the serving thread never
+waits long behind it; behind on its queue, it works unpaced rather than drop records."""
+
+import threading
+import time
+
+import numpy as np
+
+from mlmon_middleware import Monitor, MonitorConfig
+from mlmon_middleware.model import Record
+from mlmon_middleware.pacing import Pacer
+
+ROW = {**{f"x{i}": float(i) for i in range(18)}, "a": "u", "b": "v", "c": "w", "d": "z"}
+
+
+def test_a_pacer_sleeps_once_its_budget_is_spent_and_keeps_the_longest_stretch():
+    pace = Pacer(budget=0.002, pause=0.0)
+    sleeps = []
+    real_sleep = time.sleep
+    try:
+        time.sleep = sleeps.append  # type: ignore[assignment]
+        start = time.perf_counter()
+        while time.perf_counter() - start < 0.02:
+            pace()
+    finally:
+        time.sleep = real_sleep
+    assert 8 <= len(sleeps) <= 10  # every 2 ms (of wall time: it decides on the cheap clock) in 20 ms
+    assert 0 < pace.longest <= 0.02  # the stretches' CPU time
+
+
+def lateness_while_flushing(budget: float) -> float:
+    """The 99th percentile (s) of how late a sleeping serving thread wakes while the pipeline
+    thread ingests a large queue, paced with ``budget``."""
+    mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600, flush_batch=100_000, queue_size=1_000_000))
+    mon.start()
+    try:
+        mon.pipeline._pacer.budget = budget
+        model = mon.model("paced")
+        now = time.time_ns()
+        records = [Record(model, f"id{i}", now, 1000, dict(ROW), {"prediction": 0.5}) for i in range(6000)]
+        model.record(ROW, {"prediction": 0.5})
+        mon.flush()  # schema and windows exist: the flush below is the steady state
+        for record in records:
+            mon.pipeline.submit(record)
+        done = threading.Event()
+        late = []
+        mon.pipeline._wake.set()
+        while len(mon.pipeline) and len(late) < 20_000:  # until the pipeline has taken the queue
+            time.sleep(0)
+        while not done.is_set() and len(late) < 20_000:
+            start = time.perf_counter()
+            time.sleep(0.0002)
+            late.append(time.perf_counter() - start - 0.0002)
+            done.set() if mon.pipeline.ingested >= 6001 and not mon.pipeline._lock.locked() else None
+        assert model.health()["predictions"]["ok"] == 6001
+        return float(np.percentile(late, 99))
+    finally:
+        mon.shutdown()
+
+
+def test_the_serving_thread_waits_far_less_behind_a_paced_pipeline():
+    unpaced = lateness_while_flushing(budget=10.0)  # never pauses: as before pacing
+    paced = lateness_while_flushing(budget=50e-6)
+    assert paced < unpaced / 3, (paced, unpaced)
+
+
+class CountingPacer(Pacer):
+    """Pauses at every pace point (no time), counting them."""
+
+    def __init__(self) -> None:
+        super().__init__(budget=0.0, pause=0.0)
+        self.pauses = 0
+
+    def rest(self) -> None:
+        self.pauses += 1
+        super().rest()
+
+
+def test_a_pipeline_behind_on_its_queue_works_unpaced():
+    mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600, flush_batch=16))
+    mon.start()
+    try:
+        counting = mon.pipeline._pacer = CountingPacer()
+        model = mon.model("behind")
+        with mon.pipeline._lock:  # the thread, woken by the 17th record, finds all 200 queued
+            for _ in range(200):  # far more than 4 × flush_batch
+                model.record(ROW, {"prediction": 0.5})
+        mon.pipeline._wake.set()
+        deadline = time.monotonic() + 30
+        while model.health()["predictions"]["ok"] < 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert model.health()["predictions"]["ok"] == 200
+        behind = counting.pauses
+        for _ in range(10):  # within what it keeps up with: paced
+            model.record(ROW, {"prediction": 0.5})
+        mon.pipeline._wake.set()
+        while model.health()["predictions"]["ok"] < 210 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert behind <= 2 and counting.pauses - behind >= 10  # (rest() also ends each flush)
+    finally:
+        mon.shutdown()
