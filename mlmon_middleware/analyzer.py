@@ -35,6 +35,7 @@ from mlmon_middleware.alerts import Alerts, Conditions
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.drift.engine import compare
 from mlmon_middleware.drift.policy import RANK, DriftPolicy
+from mlmon_middleware.pacing import Pacer, pace_point, paced
 from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.reports import (
     AlertEvent,
@@ -161,7 +162,9 @@ class DriftChecker:
             else:  # another replica judges the labels of the shared log: its alerts, not ours
                 performance, conditions = inputs.fleet_performance, {}
                 self.performance.report = performance
+            pace_point()
             report, warmup, drift_conditions = self._drift(inputs)
+            pace_point()
             report["performance_status"] = performance.get("status", "")
             report["attributions"] = self._attributions(inputs.attributions)
             conditions.update(drift_conditions)
@@ -307,8 +310,10 @@ class Analyzer:
         self._thread.start()
 
     def _loop(self) -> None:
+        pacer = Pacer()
         while not self._stop.wait(self._interval):
-            self._run_checks()
+            with paced(pacer):  # the checks let go of the GIL between features (see pacing)
+                self._run_checks()
 
     def stop(self) -> None:
         self._stop.set()

@@ -43,6 +43,7 @@ from mlmon_middleware.ids import new_prediction_id
 from mlmon_middleware.instruments import MODEL_NAME, MODEL_VERSION
 from mlmon_middleware.limits import LimitHits
 from mlmon_middleware.options import ModelOptions, declared_features
+from mlmon_middleware.pacing import paced
 from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.reports import (
     Coverage,
@@ -248,7 +249,7 @@ class ModelMonitor:
         ``scheduled=False`` makes it an on-demand check, which counts toward no alert (see
         :class:`~mlmon_middleware.analyzer.CheckInputs`)."""
         self.registry.flush()  # the window includes everything captured so far
-        with self._check_lock:
+        with self._check_lock, paced():  # in any thread, the check lets go of the GIL between features
             now = time.time()
             window_seconds = self.registry.config.window_seconds
             since = None if window_seconds is None else now - window_seconds

@@ -7,6 +7,10 @@ call a :class:`Pacer` between small pieces of work; once ``budget`` seconds have
 the thread last let go, it sleeps ``pause`` seconds, which releases the GIL long enough for a
 waiting thread to take it (a zero sleep often does not: the sleeper takes it straight back).
 
+Code that may run in a background thread but also elsewhere (a drift check: in the analyzer's
+thread, or for a caller of ``check_now``) calls :func:`pace_point`, which paces only where a
+thread has set its pacer with :func:`paced`.
+
 The longest stretch of work between two releases is kept (``longest``, in the thread's CPU
 time: wall time would also count the waits for the GIL that other threads' work causes), so
 benchmarks and health can show what the serving thread may have to wait for.
@@ -20,7 +24,10 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 
 BUDGET = 50e-6  # work between two releases of the GIL (seconds)
 PAUSE = 50e-6  # how long the GIL is left to others; the kernel's timer slack adds ~50 µs
@@ -57,3 +64,35 @@ class Pacer:
 
 def no_pace() -> None:
     """The pacer of work that runs in the caller's own thread (a flush on demand): it never sleeps."""
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def paced(pacer: Pacer | None = None) -> Iterator[Pacer]:
+    """Within this block, :func:`pace_point` in this thread calls ``pacer`` (default: the
+    thread's pacer if it has one, else a new one).
+
+    >>> with paced(Pacer(budget=0.0, pause=0.0)) as pacer:
+    ...     pace_point()
+    >>> pacer.longest >= 0, pace_point()
+    (True, None)
+    """
+    previous = getattr(_local, "pacer", None)
+    pacer = pacer or previous or Pacer()
+    _local.pacer = pacer
+    pacer.restart()
+    try:
+        yield pacer
+    finally:
+        pacer.rest()
+        _local.pacer = previous
+
+
+def pace_point() -> None:
+    """A point between two pieces of work where this thread's pacer (if any) may pause."""
+    pacer = getattr(_local, "pacer", None)
+    if pacer is not None:
+        pacer()
+

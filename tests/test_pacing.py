@@ -99,3 +99,24 @@ def test_a_pipeline_behind_on_its_queue_works_unpaced():
         assert behind <= 2 and counting.pauses - behind >= 10  # (rest() also ends each flush)
     finally:
         mon.shutdown()
+
+
+def test_a_check_in_any_thread_lets_go_between_features():
+    import pandas as pd
+
+    from mlmon_middleware import Baseline
+    from mlmon_middleware.pacing import paced
+
+    rng = np.random.default_rng(0)
+    names = [f"x{i}" for i in range(40)] + ["c"]
+    frame = pd.DataFrame({**{n: rng.normal(size=500) for n in names[:-1]}, "c": rng.choice(["a", "b"], 500)})
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
+    try:
+        model = mon.model("checked", baseline=Baseline.from_data(frame))
+        model.record(frame, np.zeros(500))
+        with paced(CountingPacer()) as counting:  # as the analyzer's thread does
+            model.check_now()
+        assert counting.pauses >= len(names)
+        assert model.check_now()["status"] != "warming_up"  # no pacer set: check_now brings its own
+    finally:
+        mon.shutdown()

@@ -24,6 +24,7 @@ from typing import Any, cast
 import numpy as np
 
 from mlmon_middleware.drift import stats
+from mlmon_middleware.pacing import pace_point
 from mlmon_middleware.quality import categorical_quality, sorted_numeric_quality
 from mlmon_middleware.reports import FeatureDrift
 from mlmon_middleware.schema import FeatureSchema
@@ -41,6 +42,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
     ordered = np.sort(numeric.T, axis=1)  # every column at once; NaN sorts last
     present = (~np.isnan(numeric)).sum(axis=0)
     for j, name in enumerate(schema.numeric_names):
+        pace_point()
         profile = profiles.get(name)
         if profile is None or profile.get("kind") != "numeric":
             continue
@@ -81,6 +83,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
         for (name, _, _), psi, js, p in zip(binned, stats.psi(ref, cur), stats.js_distance(ref, cur), ps):
             out[name].update(psi=float(psi), js=float(js), p_value=float(p))
     for j, name in enumerate(schema.categorical_names):
+        pace_point()
         profile = profiles.get(name)
         if profile is None or profile.get("kind") != "categorical":
             continue
