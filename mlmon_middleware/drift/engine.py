@@ -29,6 +29,8 @@ from mlmon_middleware.quality import categorical_quality, sorted_numeric_quality
 from mlmon_middleware.reports import FeatureDrift
 from mlmon_middleware.schema import FeatureSchema
 
+SORT_CHUNK = 64  # numeric features sorted at a time
+
 
 def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
             window: Mapping[str, np.ndarray]) -> dict[str, FeatureDrift]:
@@ -39,35 +41,17 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
     out: dict[str, dict[str, Any]] = {}
     binned: list[tuple[str, np.ndarray, np.ndarray]] = []  # (feature, reference shares, current shares)
     numeric = window["numeric"]
-    ordered = np.sort(numeric.T, axis=1)  # every column at once; NaN sorts last
-    present = (~np.isnan(numeric)).sum(axis=0)
-    for j, name in enumerate(schema.numeric_names):
-        pace_point()
-        profile = profiles.get(name)
-        if profile is None or profile.get("kind") != "numeric":
-            continue
-        values = ordered[j, :present[j]]
-        result: dict[str, Any] = {"kind": "numeric", **sorted_numeric_quality(values, len(numeric), profile)}
-        result["rows"] = int(len(values))
-        sample, cuts, reference = _REFERENCES.get(profile)
-        if len(values) and len(sample):
-            current = stats.sorted_bin_counts(values, cuts) / len(values)
-            binned.append((name, reference, current))
-            statistic, distance = stats.ks_wasserstein(sample, values)
-            std = float(profile.get("std") or 0.0)
-            result["ks"], result["wasserstein"] = statistic, distance
-            result["wasserstein_norm"] = distance / std if std > 0 else 0.0
-            # a feature constant in training: the effect is w of (the constant, anything else)
-            moved = float(np.mean(values != sample[0])) if std == 0 else 0.0
-            result["effect"] = (result["wasserstein_norm"] if std > 0
-                                else stats.effect_w(np.array([1.0, 0.0]), np.array([1 - moved, moved])))
-            result["bins"] = {"edges": profile["bin_edges"], "reference": reference.tolist(), "current": current.tolist()}
-            # the reference's size: all its values when the profile's grid summarises them
-            result["sample_rows"] = int(profile.get("reference_rows") or len(sample))
-            result["grid_error"] = float(profile.get("grid_error") or 0.0)
-        else:
-            result["rows"] = 0
-        out[name] = result
+    names = schema.numeric_names
+    for first in range(0, len(names), SORT_CHUNK):
+        # a few columns at a time, each contiguous (a window keeps its columns so): the check's
+        # extra memory is these sorted columns, not a sorted copy of the whole window
+        block = np.sort(np.asfortranarray(numeric[:, first:first + SORT_CHUNK]), axis=0)  # NaN sorts last
+        present = np.count_nonzero(~np.isnan(block), axis=0)
+        for k, name in enumerate(names[first:first + SORT_CHUNK]):
+            pace_point()
+            profile = profiles.get(name)
+            if profile is not None and profile.get("kind") == "numeric":
+                out[name] = _numeric(name, block[:present[k], k], len(numeric), profile, binned)
     if binned:
         width = max(len(r) for _, r, _ in binned)
         ref = np.zeros((len(binned), width))
@@ -89,6 +73,34 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
             continue
         out[name] = _categorical(window["categorical"][:, j], profile)
     return cast(dict[str, FeatureDrift], out)  # built key by key from the quality and statistics helpers
+
+
+def _numeric(name: str, values: np.ndarray, rows: int, profile: Mapping[str, Any],
+             binned: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """One numeric feature's statistics from its sorted present ``values`` (of ``rows`` rows);
+    its (reference, current) bin shares are appended to ``binned`` for the vectorised PSI, JS
+    and KS p-values."""
+    result: dict[str, Any] = {"kind": "numeric", **sorted_numeric_quality(values, rows, profile)}
+    result["rows"] = int(len(values))
+    sample, cuts, reference = _REFERENCES.get(profile)
+    if not (len(values) and len(sample)):
+        result["rows"] = 0
+        return result
+    current = stats.sorted_bin_counts(values, cuts) / len(values)
+    binned.append((name, reference, current))
+    statistic, distance = stats.ks_wasserstein(sample, values)
+    std = float(profile.get("std") or 0.0)
+    result["ks"], result["wasserstein"] = statistic, distance
+    result["wasserstein_norm"] = distance / std if std > 0 else 0.0
+    # a feature constant in training: the effect is w of (the constant, anything else)
+    moved = float(np.mean(values != sample[0])) if std == 0 else 0.0
+    result["effect"] = (result["wasserstein_norm"] if std > 0
+                        else stats.effect_w(np.array([1.0, 0.0]), np.array([1 - moved, moved])))
+    result["bins"] = {"edges": profile["bin_edges"], "reference": reference.tolist(), "current": current.tolist()}
+    # the reference's size: all its values when the profile's grid summarises them
+    result["sample_rows"] = int(profile.get("reference_rows") or len(sample))
+    result["grid_error"] = float(profile.get("grid_error") or 0.0)
+    return result
 
 
 class _ReferenceArrays:
