@@ -199,6 +199,29 @@ class Baseline:
             raise BaselineError(f"baseline file {os.fspath(path)!r} is corrupt: its schema hash does not match its features")
         return baseline
 
+    def window_dtype(self, outputs: bool = False) -> type[np.floating[Any]]:
+        """The dtype a window of this model's numeric features (``outputs``: predictions) can
+        use: float32 (half the memory) when rounding to it keeps every reference value and bin
+        edge distinct, in order and finite, so that no statistic can tell; float64 otherwise
+        (timestamps, large identifiers, values closer than float32 can tell apart).
+
+        >>> base = Baseline.from_data([{"x": float(v)} for v in range(100)])
+        >>> base.window_dtype().__name__
+        'float32'
+        >>> Baseline.from_data([{"t": 1.7e9 + v} for v in range(100)]).window_dtype().__name__
+        'float64'
+        """
+        for profile in (self.predictions if outputs else self.features).values():
+            if profile.get("kind") != "numeric":
+                continue
+            for values in (profile.get("sample"), profile.get("bin_edges")):
+                exact = np.unique(np.asarray(values if values is not None else [], dtype=np.float64))
+                with np.errstate(over="ignore"):  # beyond float32's range: inf, and float64 it is
+                    rounded = exact.astype(np.float32)
+                if not np.isfinite(rounded).all() or len(np.unique(rounded)) != len(exact):
+                    return np.float64
+        return np.float32
+
     def summary(self) -> BaselineSummary:
         """What ``/mlmon/health`` shows of the baseline."""
         return {"model": self.model, "rows": self.row_count, "created_at": self.created_at,

@@ -209,7 +209,7 @@ def _encode_into_windows(model: ModelMonitor, rows: Batch, outputs: list[dict[st
     if model.schema is None:
         model.schema = schema
     if model.window is None:
-        model.window = SlidingWindow(size, numeric=(len(schema.numeric_names), float),
+        model.window = SlidingWindow(size, numeric=(len(schema.numeric_names), model.window_dtype()),
                                      categorical=(len(schema.categorical_names), object))
     capture.update(encoded.errors)
     model.counters.add_encoding(encoded.feature_errors, encoded.unexpected_fields)
@@ -220,7 +220,7 @@ def _encode_into_windows(model: ModelMonitor, rows: Batch, outputs: list[dict[st
         return
     if model.output_schema is None or model.output_window is None:
         model.output_schema = output_schema
-        model.output_window = SlidingWindow(size, numeric=(len(output_schema.numeric_names), float),
+        model.output_window = SlidingWindow(size, numeric=(len(output_schema.numeric_names), model.window_dtype(True)),
                                             categorical=(len(output_schema.categorical_names), object))
     for reason, n in out.errors.items():
         capture[f"prediction_{reason}"] += n

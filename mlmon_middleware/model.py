@@ -140,6 +140,8 @@ class ModelMonitor:
         self.schema: FeatureSchema | None = None
         self.baseline: Baseline | None = None
         self.bins: BinCounter | None = None  # rows per baseline bin, for fleet-wide PSI
+        self.window: SlidingWindow | None = None  # feature rows
+        self.output_window: SlidingWindow | None = None  # prediction rows
         if options.baseline is not None:
             baseline = options.baseline
             self.set_baseline(baseline if isinstance(baseline, Baseline) else Baseline.load(baseline))
@@ -157,8 +159,6 @@ class ModelMonitor:
         self.checker = DriftChecker(name, self.version, performance=performance, policy=policy,
                                     warmup_rows=options.warmup_rows, on_alert=options.on_alert)
         self.output_schema: FeatureSchema | None = None
-        self.window: SlidingWindow | None = None  # feature rows
-        self.output_window: SlidingWindow | None = None  # prediction rows
         self.counters = Counters()
         self._check_lock = threading.Lock()  # a check builds its inputs and applies its result as one step
         self._demand_lock = threading.Lock()
@@ -177,7 +177,15 @@ class ModelMonitor:
         # fleet series need bins every replica shares: a warm-up baseline's are this replica's own
         self.bins = None if baseline.warmup else BinCounter(baseline, self.policy.alpha)
         self.baseline = baseline
+        for window, outputs in ((self.window, False), (self.output_window, True)):
+            if window is not None and window.dtype("numeric") == np.float32 and baseline.window_dtype(outputs) != np.float32:
+                window.widen("numeric")  # float32 kept only what the previous baseline needed
         return baseline
+
+    def window_dtype(self, outputs: bool = False) -> type[np.floating[Any]]:
+        """The dtype of the numeric window (``outputs``: of predictions): float32 where the
+        baseline allows it, float64 without a baseline (nothing says float32 is enough)."""
+        return np.float64 if self.baseline is None else self.baseline.window_dtype(outputs)
 
     # ------------------------------------------------------------------------------ explanations
     def start_explainer(self) -> None:

@@ -76,6 +76,7 @@ class Profiler:
     def add(self, numeric: np.ndarray, categorical: np.ndarray) -> None:
         """Add a chunk: an (n × numeric features) float matrix with NaN for missing values and an
         (n × categorical features) object matrix with None for missing values."""
+        numeric = np.asarray(numeric, dtype=np.float64)  # a float32 window's values: sums in float64
         n = numeric.shape[0] if numeric.ndim == 2 and numeric.shape[1] else categorical.shape[0]
         if n == 0:
             return

@@ -4,7 +4,9 @@ The analyzer needs the last N rows of each model (the current window) as matrice
 the request path must never wait for it. A :class:`SlidingWindow` is a ring buffer of
 fixed capacity: ``extend`` writes a batch with one vectorised assignment, ``snapshot``
 returns copies in arrival order, and both hold the lock only for those copies. Memory is
-capacity × columns, whatever the traffic.
+capacity × columns, whatever the traffic. Columns are column-major (a check reads a feature's
+values contiguously), and a numeric column may be float32 (half the memory) where the model's
+baseline allows it (:meth:`~mlmon_middleware.Baseline.window_dtype`).
 
 >>> import numpy as np
 >>> w = SlidingWindow(3, x=(2, float), label=(1, object))
@@ -20,8 +22,11 @@ capacity × columns, whatever the traffic.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 #: a window's rows in arrival order: ``"time"`` (n,) plus one (n × width) matrix per column
 WindowSnapshot = dict[str, np.ndarray]
@@ -70,10 +75,23 @@ class SlidingWindow:
             slots = (self._next + np.arange(skip, n)) % self.capacity
             self._time[slots] = timestamps[skip:]
             for name, matrix in arrays.items():
-                self._columns[name][slots] = matrix[skip:]
+                column = self._columns[name]
+                if column.dtype == np.float32:  # beyond its range a value is kept as the largest one, not inf
+                    matrix = np.clip(matrix[skip:], -_F32_MAX, _F32_MAX)
+                    column[slots] = matrix
+                else:
+                    column[slots] = matrix[skip:]
             self._next = int((self._next + n) % self.capacity)
             self._size = min(self.capacity, self._size + n)
             self.total += n
+
+    def widen(self, name: str) -> None:
+        """Store column ``name`` as float64 from now on (its rows kept)."""
+        with self._lock:
+            self._columns[name] = self._columns[name].astype(np.float64, order="F")
+
+    def dtype(self, name: str) -> np.dtype[Any]:
+        return self._columns[name].dtype
 
     def snapshot(self, since: float | None = None) -> WindowSnapshot:
         """Copies of the stored rows in arrival order (``"time"`` plus every column),

@@ -46,6 +46,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
         # a few columns at a time, each contiguous (a window keeps its columns so): the check's
         # extra memory is these sorted columns, not a sorted copy of the whole window
         block = np.sort(np.asfortranarray(numeric[:, first:first + SORT_CHUNK]), axis=0)  # NaN sorts last
+        block = block.astype(np.float64, copy=False)  # a float32 window's values, exactly: statistics in float64
         present = np.count_nonzero(~np.isnan(block), axis=0)
         for k, name in enumerate(names[first:first + SORT_CHUNK]):
             pace_point()
