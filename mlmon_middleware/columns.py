@@ -8,9 +8,9 @@ dicts by column name, or lists for an array), so the prediction log and spans re
 read any batch, and only they pay for rows.
 
 >>> import numpy as np
->>> batch = columns_of(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
->>> len(batch), batch.names, batch[1], [len(part) for part in (batch[:2], batch[2:])]
-(3, None, [3.0, 4.0], [2, 1])
+>>> batch = columns_of(np.arange(40.0).reshape(20, 2))
+>>> len(batch), batch.names, batch[1], [len(part) for part in (batch[:12], batch[12:])]
+(20, None, [2.0, 3.0], [12, 8])
 >>> import pandas as pd
 >>> frame = columns_of(pd.DataFrame({"age": [31, 45], "region": ["eu", "us"]}))
 >>> frame.names, list(frame)
@@ -25,17 +25,21 @@ from typing import Any, overload
 import numpy as np
 
 NUMBER_KINDS = "biuf"  # numpy dtype kinds read as numbers: bool, signed, unsigned, float
+FEW_ROWS = 16  # batches with fewer rows are read as rows (a call per column costs more than they do)
 
 
 class Columns:
-    """``names`` (None when the columns are known by position only) and one 1-D array per column."""
+    """``names`` (None when the columns are known by position only) and one 1-D array per column;
+    ``matrix``: the (n × columns) array of numbers they are columns of, when there is one."""
 
-    __slots__ = ("names", "arrays", "n")
+    __slots__ = ("names", "arrays", "n", "matrix")
 
-    def __init__(self, names: list[str] | None, arrays: Sequence[np.ndarray], n: int) -> None:
+    def __init__(self, names: list[str] | None, arrays: Sequence[np.ndarray], n: int,
+                 matrix: np.ndarray | None = None) -> None:
         self.names = names
         self.arrays = list(arrays)
         self.n = n
+        self.matrix = matrix
 
     def __len__(self) -> int:
         return self.n
@@ -53,11 +57,13 @@ class Columns:
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
             parts = [a[index] for a in self.arrays]
-            return Columns(self.names, parts, len(range(*index.indices(self.n))))
+            return Columns(self.names, parts, len(range(*index.indices(self.n))),
+                           None if self.matrix is None else self.matrix[index])
         return next(iter(self[index:index + 1 if index != -1 else None]))
 
     def __iter__(self) -> Iterator[Any]:
-        values = zip(*(a.tolist() for a in self.arrays))  # plain Python values, as JSON would give
+        # plain Python values, as JSON would give
+        values = iter(self.matrix.tolist()) if self.matrix is not None else zip(*(a.tolist() for a in self.arrays))
         if self.names is None:
             return (list(row) for row in values)
         names = self.names
@@ -70,11 +76,13 @@ Batch = list[Any] | Columns
 
 def columns_of(obj: Any) -> Columns | None:
     """``obj`` as :class:`Columns` when it is a non-empty pandas DataFrame (with distinct column
-    names) or 2-D numpy array, else None (recognised by shape: pandas is never imported)."""
+    names) or a 2-D numpy array of at least :data:`FEW_ROWS` rows, else None (recognised by
+    shape: pandas is never imported)."""
     if isinstance(obj, np.ndarray):
-        if obj.ndim != 2 or 0 in obj.shape:
-            return None
-        return Columns(None, [obj[:, j] for j in range(obj.shape[1])], obj.shape[0])
+        if obj.ndim != 2 or 0 in obj.shape or obj.shape[0] < FEW_ROWS:
+            return None  # a few rows of an array are cheaper as lists
+        numbers = obj if obj.dtype.kind in NUMBER_KINDS else None
+        return Columns(None, [obj[:, j] for j in range(obj.shape[1])], obj.shape[0], numbers)
     columns, dtypes = getattr(obj, "columns", None), getattr(obj, "dtypes", None)
     if columns is None or dtypes is None or not callable(getattr(obj, "to_numpy", None)) or not hasattr(obj, "items"):
         return None
@@ -84,5 +92,5 @@ def columns_of(obj: Any) -> Columns | None:
         return None
     if all(isinstance(d, np.dtype) and d.kind in NUMBER_KINDS for d in dtypes.tolist()):
         matrix = obj.to_numpy()  # one block of numbers: one call for every column
-        return Columns(names, [matrix[:, j] for j in range(matrix.shape[1])], n)
+        return Columns(names, [matrix[:, j] for j in range(matrix.shape[1])], n, matrix)
     return Columns(names, [np.asarray(series.to_numpy()) for _, series in obj.items()], n)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlmon_middleware.columns import Batch, Columns
+from mlmon_middleware.columns import FEW_ROWS, Batch, Columns
 from mlmon_middleware.explain_request import PendingExplanation, shown
 from mlmon_middleware.instruments import (
     BATCH_SIZE,
@@ -48,16 +48,20 @@ from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.pacing import no_pace
 from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, resolve_payload
 from mlmon_middleware.reservoir import SlidingWindow
-from mlmon_middleware.schema import FeatureSchema
+from mlmon_middleware.schema import Encoded, FeatureSchema
 from mlmon_middleware.store import LogRow
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
 _NS = 1e-9
+#: a record's predictions: one dict per row (None where unreadable), or columns for an array answer
+Outputs = list[dict[str, Any] | None] | Columns
 #: feature values encoded into the windows at a time (tens of µs of work between two pace points):
 #: of rows (dicts or lists, value by value), and of batches in columns (a few numpy calls per column)
 ROW_CELLS = 512
 TABLE_CELLS = 16_384
+MIN_TABLE_ROWS = FEW_ROWS  # a batch in columns with fewer rows joins the rows of the other records
+STORE_CELLS = 16_384  # encoded values written into the windows at a time
 
 
 def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, writer: StoreWriter | None,
@@ -69,7 +73,7 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
     feature_rows: list[Any] = []
     output_rows: list[dict[str, Any] | None] = []
     row_times: list[int] = []
-    tables: list[tuple[Columns, list[dict[str, Any] | None], int]] = []  # batches kept in columns
+    tables: list[tuple[Batch, Outputs, int]] = []  # batches kept in columns
     durations: dict[tuple[str, int | None, str | None], list[int]] = {}
     messages: dict[str, str] = {}  # last message per capture-error reason
     tracing = telemetry.tracer is not None
@@ -89,10 +93,11 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         except Exception as exc:
             _failed(capture, messages, "unreadable", exc)
             rows, outputs, logged = [], [], []
-        if isinstance(rows, Columns):
-            tables.append((rows, outputs, rec.wall_ns))
+        if len(rows) >= MIN_TABLE_ROWS and (isinstance(rows, Columns) or isinstance(outputs, Columns)):
+            tables.append((rows, outputs, rec.wall_ns))  # a batch given or answered in columns stays so
             log_rows += logged
         elif rows:
+            rows = list(rows) if isinstance(rows, Columns) else rows  # a few rows cost less with the others
             feature_rows += rows
             output_rows += outputs
             row_times += [rec.wall_ns] * len(rows) if len(rows) > 1 else [rec.wall_ns]
@@ -120,6 +125,7 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         telemetry.explanations.add(n, {**attrs, "status": outcome})
     if log_rows and writer is not None:
         writer.put(log_rows)
+    pending = _Pending(model)
     if feature_rows:
         times = np.array(row_times) * _NS
         first = feature_rows[0]
@@ -128,15 +134,21 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         for start in range(0, len(feature_rows), step):
             end = start + step
             _windows(model, feature_rows[start:end], output_rows[start:end], times[start:end], capture, messages,
-                     telemetry)
+                     pending)
             pace()
+            pending.write_if_full(pace)
     for table, outputs, wall_ns in tables:
-        step = max(1, TABLE_CELLS // table.width)
+        cells = TABLE_CELLS if isinstance(table, Columns) else ROW_CELLS
+        step = max(1, cells // max(1, len(model.schema.names) if model.schema is not None else 1))
         for start in range(0, len(table), step):
             end = min(start + step, len(table))
             _windows(model, table[start:end], outputs[start:end], np.full(end - start, wall_ns * _NS), capture,
-                     messages, telemetry)
+                     messages, pending)
             pace()
+            pending.write_if_full(pace)
+    pending.write()
+    for name, parts in pending.predicted.items():  # the prediction histogram: once per output and batch
+        telemetry.prediction_value.observe(np.concatenate(parts), {**attrs, "output": name})
     for reason, n in capture.items():
         telemetry.capture_errors.add(n, {**attrs, "reason": reason})
     outcomes: collections.Counter[str] = collections.Counter()
@@ -152,7 +164,7 @@ def _failed(capture: collections.Counter[str], messages: dict[str, str], reason:
 
 
 def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str],
-             messages: dict[str, str]) -> tuple[Batch, list[dict[str, Any] | None]]:
+             messages: dict[str, str]) -> tuple[Batch, Outputs]:
     """The feature rows and prediction rows of one record (capture problems counted)."""
     options = model.options
     try:
@@ -160,34 +172,34 @@ def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str]
     except CaptureError as exc:
         _failed(capture, messages, exc.reason, exc)
         return [], []
-    outputs: list[dict[str, Any] | None]
+    outputs: Outputs
     try:
-        outputs = list(extract_predictions(resolve_payload(rec.outputs), len(rows), options.prediction_key,
-                                           options.class_names))
+        found = extract_predictions(resolve_payload(rec.outputs), len(rows), options.prediction_key, options.class_names)
+        outputs = found if isinstance(found, Columns) else list(found)
     except CaptureError as exc:
         _failed(capture, messages, exc.reason, exc)
         outputs = [None] * len(rows)
     return rows, outputs
 
 
-def _windows(model: ModelMonitor, rows: Batch, outputs: list[dict[str, Any] | None], times: np.ndarray,
-             capture: collections.Counter[str], messages: dict[str, str], telemetry: Telemetry) -> None:
-    """Encode rows into the model's feature and prediction windows (schemas inferred on first use).
+def _windows(model: ModelMonitor, rows: Batch, outputs: Outputs, times: np.ndarray,
+             capture: collections.Counter[str], messages: dict[str, str], pending: _Pending) -> None:
+    """Encode rows for the model's feature and prediction windows (schemas inferred on first use).
     When the batch cannot be encoded at once, its rows go in one by one and the ones that cannot
     are counted (``unencodable``): one bad row never costs the others their place."""
     try:
-        _encode_into_windows(model, rows, outputs, times, capture, telemetry)
+        _encode(model, rows, outputs, times, capture, pending)
     except Exception:
         for i in range(len(rows)):
             try:
-                _encode_into_windows(model, rows[i:i + 1], outputs[i:i + 1], times[i:i + 1], capture, telemetry)
+                _encode(model, rows[i:i + 1], outputs[i:i + 1], times[i:i + 1], capture, pending)
             except Exception as exc:
                 _failed(capture, messages, "unencodable", exc)
 
 
-def _encode_into_windows(model: ModelMonitor, rows: Batch, outputs: list[dict[str, Any] | None],
-                         times: np.ndarray, capture: collections.Counter[str], telemetry: Telemetry) -> None:
-    """Encode first, then change state: a failure leaves the windows as they were."""
+def _encode(model: ModelMonitor, rows: Batch, outputs: Outputs, times: np.ndarray,
+            capture: collections.Counter[str], pending: _Pending) -> None:
+    """Encode rows and their predictions into ``pending``: all or nothing (a failure adds nothing)."""
     config = model.registry.config
     size = config.reservoir_size
     schema = model.schema or FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds,
@@ -200,12 +212,18 @@ def _encode_into_windows(model: ModelMonitor, rows: Batch, outputs: list[dict[st
             if n > 0:
                 capture[reason] += n
     encoded = schema.encode(rows)
-    answered = [i for i, o in enumerate(outputs) if o is not None]
+    answered: Any  # the rows with a prediction: every one of an array answer
+    answers: Batch
+    if isinstance(outputs, Columns):
+        answered, answers = slice(None), outputs
+    else:
+        answered = [i for i, o in enumerate(outputs) if o is not None]
+        answers = [outputs[i] for i in answered]
     output_schema = model.output_schema
     out = None
-    if answered:
-        output_schema = output_schema or FeatureSchema.infer([outputs[i] for i in answered])
-        out = output_schema.encode([outputs[i] for i in answered])
+    if len(answers):
+        output_schema = output_schema or FeatureSchema.infer(answers)
+        out = output_schema.encode(answers)
     if model.schema is None:
         model.schema = schema
     if model.window is None:
@@ -213,9 +231,8 @@ def _encode_into_windows(model: ModelMonitor, rows: Batch, outputs: list[dict[st
                                      categorical=(len(schema.categorical_names), object))
     capture.update(encoded.errors)
     model.counters.add_encoding(encoded.feature_errors, encoded.unexpected_fields)
-    model.window.extend(times, numeric=encoded.numeric, categorical=encoded.categorical)
-    if model.bins is not None:  # the fleet bin counters: rows per baseline bin (or category), per feature
-        model.bins.add(encoded.numeric, encoded.categorical)
+    pending.features.append((times, encoded))
+    pending.cells += encoded.numeric.size + encoded.categorical.size
     if out is None or output_schema is None:
         return
     if model.output_schema is None or model.output_window is None:
@@ -224,9 +241,46 @@ def _encode_into_windows(model: ModelMonitor, rows: Batch, outputs: list[dict[st
                                             categorical=(len(output_schema.categorical_names), object))
     for reason, n in out.errors.items():
         capture[f"prediction_{reason}"] += n
-    model.output_window.extend(times[answered], numeric=out.numeric, categorical=out.categorical)
-    for j, name in enumerate(output_schema.numeric_names):
-        telemetry.prediction_value.observe(out.numeric[:, j], {**model.attrs, "output": name})
+    pending.outputs.append((times[answered], out))
+
+
+class _Pending:
+    """Encoded rows on their way into a model's windows: written :data:`STORE_CELLS` values at
+    a time, so that every encoded slice does not pay for a write of its own."""
+
+    def __init__(self, model: ModelMonitor) -> None:
+        self.model = model
+        self.features: list[tuple[np.ndarray, Encoded]] = []
+        self.outputs: list[tuple[np.ndarray, Encoded]] = []
+        self.cells = 0
+        self.predicted: dict[str, list[np.ndarray]] = {}  # per numeric output, the values written
+
+    def write_if_full(self, pace: Callable[[], None]) -> None:
+        if self.cells >= STORE_CELLS:
+            self.write()
+            pace()
+
+    def write(self) -> None:
+        model = self.model
+        if self.features and model.window is not None:
+            times, numeric, categorical = _joined(self.features)
+            model.window.extend(times, numeric=numeric, categorical=categorical)
+            if model.bins is not None:  # the fleet bin counters: rows per baseline bin (or category), per feature
+                model.bins.add(numeric, categorical)
+        if self.outputs and model.output_window is not None and model.output_schema is not None:
+            times, numeric, categorical = _joined(self.outputs)
+            model.output_window.extend(times, numeric=numeric, categorical=categorical)
+            for j, name in enumerate(model.output_schema.numeric_names):
+                self.predicted.setdefault(name, []).append(numeric[:, j])
+        self.features, self.outputs, self.cells = [], [], 0
+
+
+def _joined(parts: list[tuple[np.ndarray, Encoded]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        times, encoded = parts[0]
+        return times, encoded.numeric, encoded.categorical
+    return (np.concatenate([t for t, _ in parts]), np.concatenate([e.numeric for _, e in parts]),
+            np.concatenate([e.categorical for _, e in parts]))
 
 
 def _json(value: object) -> str:
@@ -236,7 +290,7 @@ def _json(value: object) -> str:
         return json.dumps(value, default=str)
 
 
-def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: list[dict[str, Any] | None]) -> list[LogRow]:
+def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -> list[LogRow]:
     """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``."""
     names = model.schema.names if model.schema is not None else ()
     options = model.options
@@ -273,7 +327,7 @@ def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, te
 
 
 def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: Batch,
-          outputs: list[dict[str, Any] | None]) -> None:
+          outputs: Outputs) -> None:
     attrs: dict[str, Any] = {**model.attrs, PREDICTION_ID: rec.prediction_id, BATCH_SIZE: len(rows)}
     if rec.route:
         attrs[HTTP_ROUTE] = rec.route

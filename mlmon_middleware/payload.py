@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlmon_middleware.columns import Columns, columns_of
+from mlmon_middleware.columns import NUMBER_KINDS, Columns, columns_of
 
 # Keys under which JSON bodies conventionally carry a batch (KServe, TF Serving, MLflow, ...).
 BATCH_KEYS = ("instances", "inputs", "rows", "records", "data", "dataframe_records")
@@ -111,7 +111,7 @@ def extract_batch(obj: Any) -> list[Any] | Columns:
     (also under a batch key) stays in :class:`~mlmon_middleware.columns.Columns`: the pipeline
     encodes it column by column, with no row built.
 
-    >>> type(extract_batch({"instances": np.zeros((4, 3))})).__name__, extract_batch([1.0, 2.0])
+    >>> type(extract_batch({"instances": np.zeros((40, 3))})).__name__, extract_batch([1.0, 2.0])
     ('Columns', [[1.0, 2.0]])
     """
     if isinstance(obj, Mapping) and len(obj) == 1:
@@ -123,7 +123,7 @@ def extract_batch(obj: Any) -> list[Any] | Columns:
 
 
 def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
-                        class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                        class_names: Sequence[str] | None = None) -> list[dict[str, Any]] | Columns:
     """One ``{output name: value}`` dict per input row, from an endpoint's output.
 
     Scalars are named ``prediction``; probability vectors are named by ``class_names`` (or
@@ -135,6 +135,9 @@ def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
     >>> extract_predictions([[0.1, 0.9], [0.7, 0.3]], 2, class_names=["ok", "fraud"])
     [{'ok': 0.1, 'fraud': 0.9}, {'ok': 0.7, 'fraud': 0.3}]
     """
+    table = _prediction_columns(obj, n_rows, key, class_names)
+    if table is not None:
+        return table
     obj = _as_plain(obj)
     if type(obj) is dict and n_rows == 1:  # the common case: {"prediction": 0.3, ...}
         value = obj.get(key) if key is not None else next((obj[k] for k in PREDICTION_KEYS if k in obj), None)
@@ -153,6 +156,28 @@ def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
     if len(values) != n_rows:
         raise CaptureError("prediction_mismatch", f"{len(values)} predictions for {n_rows} rows")
     return [_prediction_row(v, key, class_names) for v in values]
+
+
+def _prediction_columns(obj: Any, n_rows: int, key: str | None, class_names: Sequence[str] | None) -> Columns | None:
+    """A batch's predictions given as one numpy array or pandas Series (n values, or n × k
+    class probabilities; also under a response key), kept in columns with the names the rows
+    would get; None for anything else."""
+    if n_rows < 2:
+        return None
+    if isinstance(obj, Mapping):
+        name = key if key is not None else next((k for k in PREDICTION_KEYS if k in obj), None)
+        obj = obj.get(name) if name is not None else None
+    if not isinstance(obj, np.ndarray) and callable(getattr(obj, "to_numpy", None)) and not hasattr(obj, "columns"):
+        obj = obj.to_numpy()  # a pandas Series
+    if not isinstance(obj, np.ndarray) or obj.dtype.kind not in NUMBER_KINDS + "U" or len(obj) != n_rows:
+        return None
+    if obj.ndim == 1:
+        return Columns(["prediction"], [obj], n_rows)
+    if obj.ndim != 2 or obj.shape[1] == 0:
+        return None
+    width = obj.shape[1]
+    names = list(class_names) if class_names and len(class_names) == width else [f"class_{i}" for i in range(width)]
+    return Columns(names, [obj[:, j] for j in range(width)], n_rows)
 
 
 def _prediction_from_mapping(obj: Mapping[str, Any], key: str | None) -> Any:

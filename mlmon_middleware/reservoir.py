@@ -71,16 +71,17 @@ class SlidingWindow:
         if set(arrays) != set(self._columns):
             raise ValueError(f"expected columns {sorted(self._columns)}, got {sorted(arrays)}")
         skip = max(0, n - self.capacity)  # a batch larger than the window keeps its tail
+        kept = n - skip
+        arrays = {name: matrix[skip:] for name, matrix in arrays.items()}
+        for name, matrix in arrays.items():
+            if self._columns[name].dtype == np.float32:  # beyond its range a value is kept as the largest one, not inf
+                arrays[name] = np.clip(matrix, -_F32_MAX, _F32_MAX)
         with self._lock:
-            slots = (self._next + np.arange(skip, n)) % self.capacity
-            self._time[slots] = timestamps[skip:]
-            for name, matrix in arrays.items():
-                column = self._columns[name]
-                if column.dtype == np.float32:  # beyond its range a value is kept as the largest one, not inf
-                    matrix = np.clip(matrix[skip:], -_F32_MAX, _F32_MAX)
-                    column[slots] = matrix
-                else:
-                    column[slots] = matrix[skip:]
+            start = (self._next + skip) % self.capacity
+            head = min(kept, self.capacity - start)  # rows before the ring wraps around, then the rest
+            for target, values in ((self._time, timestamps[skip:]), *((self._columns[k], v) for k, v in arrays.items())):
+                target[start:start + head] = values[:head]
+                target[:kept - head] = values[head:]
             self._next = int((self._next + n) % self.capacity)
             self._size = min(self.capacity, self._size + n)
             self.total += n

@@ -210,6 +210,9 @@ class FeatureSchema:
 
     def _encode_columns(self, table: Columns) -> Encoded:
         """:meth:`encode` for a batch in columns: a column of numbers converts in one call."""
+        plain = self._columns_plain(table)
+        if plain is not None:
+            return plain
         n = len(table)
         flags = {reason: np.zeros(n, dtype=bool) for reason in _REASONS}
         unexpected: collections.Counter[str] = collections.Counter()
@@ -230,6 +233,33 @@ class FeatureSchema:
                 flags["unexpected_feature"][:] = True
                 unexpected.update({bounded_name(name): n for name in extra})
         return self._encode(columns, n, flags, unexpected)
+
+    def _columns_plain(self, table: Columns) -> Encoded | None:
+        """The common case of a batch in columns (exactly our features; finite numbers in number
+        dtypes; short text), in a few numpy calls (one for a matrix of numbers in schema order);
+        None when anything needs a closer look."""
+        names = self.names if table.names is None else table.names
+        if table.width != len(self.names) or (table.names is not None and set(names) != self._known):
+            return None
+        n, by_name = len(table), dict(zip(names, table.arrays))
+        if table.matrix is not None and not self.categorical_names and tuple(names) == self.names:
+            numeric = np.asarray(table.matrix, dtype=np.float64)
+        else:
+            numeric = np.empty((n, len(self.numeric_names)), order="F")
+            for i, name in enumerate(self.numeric_names):
+                column = by_name[name]
+                if column.dtype.kind not in NUMBER_KINDS:
+                    return None
+                numeric[:, i] = column
+        if not np.isfinite(numeric).all():
+            return None
+        categorical = np.empty((n, len(self.categorical_names)), dtype=object)
+        for i, name in enumerate(self.categorical_names):
+            values = by_name[name].tolist()
+            if not set(map(type, values)) <= {str} or max(map(len, values)) > MAX_CATEGORY_CHARS:
+                return None
+            categorical[:, i] = values
+        return Encoded(numeric, categorical, collections.Counter())
 
     def _encode(self, columns: Sequence[Sequence[Any]], n: int, flags: dict[str, np.ndarray],
                 unexpected: collections.Counter[str]) -> Encoded:

@@ -64,15 +64,16 @@ def test_a_2d_array_encodes_as_its_rows_do(dtype):
 def test_inferred_schemas_agree():
     frame = pd.DataFrame({"n": [1.5, 2.5], "i": [1, 2], "t": ["u", "v"], "o": pd.Series([None, "w"], dtype=object)})
     assert FeatureSchema.infer(columns_of(frame)) == FeatureSchema.infer(extract_rows(frame))
-    assert FeatureSchema.infer(columns_of(np.zeros((2, 3)))) == FeatureSchema(["f0", "f1", "f2"])
+    assert FeatureSchema.infer(columns_of(np.zeros((20, 3)))) == FeatureSchema(["f0", "f1", "f2"])
 
 
 def test_what_stays_rows():
     assert extract_batch({"x": 1.0}) == [{"x": 1.0}]
     assert columns_of(np.zeros((0, 3))) is None and columns_of(np.zeros(3)) is None
+    assert columns_of(np.zeros((15, 3))) is None  # a few rows: cheaper as rows
     assert columns_of(pd.DataFrame({"a": []})) is None
     assert columns_of(pd.DataFrame([[1, 2]], columns=["a", "a"])) is None  # duplicate names: rows say which wins
-    assert isinstance(extract_batch({"instances": np.ones((2, 2))}), Columns)
+    assert isinstance(extract_batch({"instances": np.ones((20, 2))}), Columns)
     assert isinstance(extract_batch({"dataframe_records": pd.DataFrame({"a": [1.0]})}), Columns)
 
 
@@ -105,3 +106,24 @@ def test_a_monitored_batch_in_columns_reaches_the_window_the_log_and_the_counts(
         assert newest["segments"] == {"c": last["c"]} and newest["features"]["b"] == last["b"]
     finally:
         mon.shutdown()
+
+
+@pytest.mark.parametrize("answer, class_names", [
+    (np.array([0.1, 0.7, 0.2]), None),
+    (np.array([[0.1, 0.9], [0.6, 0.4], [0.5, 0.5]]), ["ok", "fraud"]),
+    (np.array([[0.1, 0.9], [0.6, 0.4], [0.5, 0.5]]), ["only one name"]),
+    (np.array([[1], [2], [3]]), None),
+    (np.array(["cat", "dog", "cat"]), None),
+    (np.array([True, False, True]), None),
+    (pd.Series([3.0, 1.0, 2.0]), None),
+])
+def test_an_array_answer_stays_in_columns_with_the_names_rows_would_get(answer, class_names):
+    from mlmon_middleware.payload import extract_predictions
+
+    for wrapped in (answer, {"predictions": answer}):
+        table = extract_predictions(wrapped, 3, class_names=class_names)
+        plain = answer.tolist() if isinstance(answer, (np.ndarray, pd.Series)) else answer
+        assert isinstance(table, Columns)
+        assert list(table) == extract_predictions(plain if wrapped is answer else {"predictions": plain}, 3,
+                                                  class_names=class_names)
+    assert not isinstance(extract_predictions(np.array([0.1, 0.9]), 1), Columns)  # one row's class vector
