@@ -6,7 +6,11 @@ contributions) makes explanations available per request (``X-MLMon-Explain: true
 pool of worker *processes*: shap's TreeSHAP holds the GIL for the whole call, so threads would
 stall an async server; a process also keeps the non-thread-safe Kernel/Permutation explainers to
 one call at a time. shap is imported only in the workers, which warm up (numba compiles on first
-use) as soon as the serving process starts; the serving process never imports shap.
+use) as soon as the serving process starts; the serving process never imports shap. XGBoost's
+and LightGBM's native contributions are the exception: their C code lets go of the GIL, so they
+run in threads of the serving process, where an explanation costs what the call costs instead of
+a trip to another process and back (measured: 4.5× the call in a worker process; see
+docs/benchmarks.md).
 
 ``Explain(model=...)`` picks the fastest exact method for the model: XGBoost's and LightGBM's
 native contributions; path-dependent TreeSHAP for other tree ensembles; the linear explainer for
@@ -41,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from mlmon_middleware.config import ConfigError
-from mlmon_middleware.explain_worker import worker_explain, worker_init
+from mlmon_middleware.explain_worker import build_explainer, native_contributions, worker_explain, worker_init
 
 ExplainerOutput = tuple[np.ndarray, np.ndarray, str]  # (base values, contributions, method name)
 
@@ -134,7 +138,10 @@ class ExplanationService:
         self.hung_after = max(10 * spec.deadline, 5.0)
         self._lock = threading.Lock()
         self._in_flight: dict[concurrent.futures.Future[ExplainerOutput], float] = {}  # future -> monotonic start
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool: concurrent.futures.Executor | None = None
+        # native XGBoost/LightGBM contributions let go of the GIL: threads here, not processes
+        self.in_threads = spec.method == "auto" and native_contributions(spec.model) is not None
+        self._explain: Callable[[np.ndarray], ExplainerOutput] | None = None  # in threads: the explainer
         self._restarts: list[float] = []
         self.warm = threading.Event()
         self.problem: str | None = None  # why explanations are off, when they are
@@ -146,11 +153,15 @@ class ExplanationService:
         request path; never waits for them."""
         if self._closed:
             return
-        payload = pickle.dumps({"method": self.spec.method, "model": self.spec.model, "background": self.background,
-                                "parent": os.getpid()})
-        pool = self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.spec.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=worker_init, initargs=(payload,))
+        pool: concurrent.futures.Executor
+        if self.in_threads:
+            pool = self._pool = concurrent.futures.ThreadPoolExecutor(self.spec.workers, "mlmon-explain")
+        else:
+            payload = pickle.dumps({"method": self.spec.method, "model": self.spec.model, "background": self.background,
+                                    "parent": os.getpid()})
+            pool = self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.spec.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=worker_init, initargs=(payload,))
         self.warm.clear()
         background = self.background
         real = background is not None and len(background) > 0
@@ -163,6 +174,8 @@ class ExplanationService:
             exc = done.exception() if not done.cancelled() else None
             if isinstance(exc, concurrent.futures.process.BrokenProcessPool):  # the worker died starting
                 self._give_up(f"the explanation workers could not start: {type(exc).__name__}: {exc}", exc)
+            elif self.in_threads and self._explain is None:
+                self._give_up(f"the explainer could not be built: {type(exc).__name__}: {exc}", exc)
             elif exc is not None:
                 if self.names:  # (with no features known yet, the warm-up row is empty and may fail)
                     self.report(f"the explainer failed on its warm-up rows: {type(exc).__name__}: {exc}", exc)
@@ -178,7 +191,7 @@ class ExplanationService:
         watchdog.daemon = True
         watchdog.start()
         try:
-            pool.submit(worker_explain, rows).add_done_callback(warmed)
+            pool.submit(self._warm_up if self.in_threads else worker_explain, rows).add_done_callback(warmed)
         except Exception as exc:  # the pool could not even start its process
             self._give_up(f"the explanation workers could not start: {type(exc).__name__}: {exc}", exc)
 
@@ -204,7 +217,7 @@ class ExplanationService:
             if len(self._in_flight) >= self.spec.max_in_flight:
                 return "busy"
             try:
-                future = pool.submit(worker_explain, row.reshape(1, -1))
+                future = pool.submit(self._job(), row.reshape(1, -1))
             except concurrent.futures.process.BrokenProcessPool:
                 future = None
             else:
@@ -214,6 +227,19 @@ class ExplanationService:
             return "busy"
         future.add_done_callback(self._release)
         return future
+
+    def _warm_up(self, rows: np.ndarray) -> ExplainerOutput:
+        """In threads: build the explainer here (not on the request path) and explain the warm-up rows."""
+        self._explain = build_explainer(self.spec.method, self.spec.model, self.background)
+        return self._explain(rows)
+
+    def _job(self) -> Callable[[np.ndarray], ExplainerOutput]:
+        """What explains a row: the worker process's explainer, or in threads ours."""
+        if not self.in_threads:
+            return worker_explain
+        if self._explain is None:
+            raise RuntimeError("the explainer could not be built (see the warm-up's error)")
+        return self._explain
 
     def _release(self, future: concurrent.futures.Future[ExplainerOutput]) -> None:
         with self._lock:
@@ -244,7 +270,7 @@ class ExplanationService:
         threading.Thread(target=self._replace, args=(pool, reason, too_many), name="mlmon-explain-restart",
                          daemon=True).start()
 
-    def _replace(self, pool: concurrent.futures.ProcessPoolExecutor, reason: str, too_many: bool) -> None:
+    def _replace(self, pool: concurrent.futures.Executor, reason: str, too_many: bool) -> None:
         _kill(pool)
         if too_many:
             self._give_up(f"the explanation workers failed {len(self._restarts)} times in "
@@ -284,8 +310,9 @@ class ExplanationService:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    """Stop a pool now, its busy workers included (``shutdown`` alone waits for a hung one)."""
+def _kill(pool: concurrent.futures.Executor) -> None:
+    """Stop a pool now, its busy worker processes included (``shutdown`` alone waits for a hung
+    one; a thread cannot be stopped: a hung one is left to finish)."""
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         try:
             process.kill()

@@ -60,7 +60,8 @@ def build_explainer(method: Any, model: Any, background: np.ndarray | None
         return call
     if method != "auto":  # a ready shap explainer
         return lambda rows: _from_shap(method(rows), "shap")
-    if hasattr(model, "get_booster"):  # XGBoost: native, releases the GIL
+    native = native_contributions(model)
+    if native == "xgboost":  # native, releases the GIL
         import xgboost
 
         booster = model.get_booster()
@@ -70,7 +71,7 @@ def build_explainer(method: Any, model: Any, background: np.ndarray | None
             out = out if out.ndim == 2 else out[:, -1, :]  # multiclass: the last class
             return out[:, -1], out[:, :-1], "xgboost"
         return xgb
-    if hasattr(model, "booster_") and "lightgbm" in type(model).__module__:
+    if native == "lightgbm":
         def lgbm(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
             out = np.asarray(model.predict(rows, pred_contrib=True))
             return out[:, -1], out[:, :-1], "lightgbm"
@@ -86,6 +87,20 @@ def build_explainer(method: Any, model: Any, background: np.ndarray | None
     predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
     explainer = shap.explainers.Permutation(predict, background)
     return lambda rows: _from_shap(explainer(rows), "permutation")
+
+
+def native_contributions(model: Any) -> str | None:
+    """``"xgboost"`` or ``"lightgbm"`` when the model computes its own SHAP contributions (in C,
+    called through ctypes, which lets go of the GIL), else None.
+
+    >>> native_contributions(object()) is None
+    True
+    """
+    if hasattr(model, "get_booster"):
+        return "xgboost"
+    if hasattr(model, "booster_") and "lightgbm" in type(model).__module__:
+        return "lightgbm"
+    return None
 
 
 def _is_tree_model(model: Any) -> bool:

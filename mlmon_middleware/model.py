@@ -299,9 +299,8 @@ class ModelMonitor:
         return (0, 0) if reader is None else reader.counts(self.name, since)
 
     def _label_reader(self) -> PredictionStore | None:
-        """The log as written so far. Checks never wait for the writer: the rows still queued
-        for it (at most ``store_interval`` of traffic) have no label yet anyway (labels join
-        after a flush, see :meth:`record_outcomes`) and count at the next check."""
+        """The log as written so far: checks never wait for its writer (rows still queued have
+        no label yet: labels join after a flush, see :meth:`record_outcomes`)."""
         writer = self.registry.store_writer
         return None if writer is None else writer.store
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from mlmon_fastapi import instrument_app
 from mlmon_middleware import monitor
 from mlmon_middleware.drift.policy import DriftPolicy
-from mlmon_middleware.explain import Explain
+from mlmon_middleware.explain import Explain, ExplanationService
 from mlmon_middleware.explain_worker import build_explainer
 
 import explainers_for_tests as helpers
@@ -108,6 +108,32 @@ def test_switches_and_the_response(harness_factory):
     assert len(explained) == 2
     statuses = {a["status"]: p.value for a, p in h.points("mlmon.explanations")}
     assert statuses == {"ok": 2}
+
+
+@pytest.mark.parametrize("library", ["xgboost", "lightgbm"])
+def test_native_contributions_run_in_threads_of_the_serving_process(harness_factory, library):
+    import multiprocessing
+
+    if library == "xgboost":
+        import xgboost
+
+        model = xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(X, y)
+        margin = model.predict(X[:1], output_margin=True)[0]
+    else:
+        import lightgbm
+
+        model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, y)
+        margin = model.predict(X[:1], raw_score=True)[0]
+    h = harness_factory(tracing=False, check_interval=0)
+    before = set(multiprocessing.active_children())
+    app = app_with(h, Explain(model=model, top=3))
+    service = wait_warm(h)
+    response = asyncio.run(post(app, ROW, headers={"X-MLMon-Explain": "true"}))
+    assert service.in_threads and set(multiprocessing.active_children()) == before  # no worker process
+    assert response.json()["explanation"]["method"] == library
+    assert response.json()["explanation"]["prediction"] == pytest.approx(margin, abs=1e-5)
+    forest, _ = models()["random forest"]
+    assert not ExplanationService(Explain(model=forest), ["f0"], None).in_threads  # TreeSHAP holds the GIL
 
 
 def test_sampling(harness_factory, monkeypatch):

@@ -196,7 +196,7 @@ class _Responder(RequestState):
     one object less per request), the tees, the status and timing."""
 
     __slots__ = ("mw", "endpoint", "start_ns", "wall_ns", "status", "request_tee",
-                 "response_tee", "response_type", "endpoint_id", "held", "streamed")
+                 "response_tee", "response_type", "endpoint_id", "held", "streamed", "send")
 
     def __init__(self, mw: MLMonitorMiddleware, scope: Scope, endpoint: tuple[Endpoint, ModelMonitor] | None):
         super().__init__(scope)
@@ -219,8 +219,9 @@ class _Responder(RequestState):
         if self.request_tee is not None:
             receive = self._wrap_receive(receive)
         token = current_request.set(self)
+        self.send = send
         try:
-            await self.mw.app(self.scope, receive, self._wrap_send(send))
+            await self.mw.app(self.scope, receive, self.monitored_send)
         except BaseException as exc:
             self._finish(exc)
             raise
@@ -243,39 +244,39 @@ class _Responder(RequestState):
 
         return tee_receive
 
-    def _wrap_send(self, send: Send) -> Send:
-        async def monitored_send(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                message = self._on_start(message)
-                # no Content-Length: a stream (chunked, server-sent events); its latency runs to the last chunk
-                self.streamed = _header(message.get("headers") or (), b"content-length") is None
-                if self.explanation is not None:
-                    if self.streamed:  # never held: a client's header must not make a stream wait for its end
-                        message = self._unexplained_stream(message)
-                    else:
-                        self.held = [message]  # the body may change: hold it all until explained
-                        return
-            elif kind == "http.response.body" and self.held is not None:
-                self.held.append(message)
-                if not message.get("more_body", False):
-                    await self._send_explained(send)
-                    self._finish(None)
-                return
-            if kind == "http.response.body":
-                if self.response_tee is not None:
-                    self.response_tee.add(message.get("body", b""))
-                if not message.get("more_body", False):
-                    await send(message)
-                    self._finish(None)  # latency ends when the last chunk is sent
+    async def monitored_send(self, message: Message) -> None:
+        """The app's ``send``: passes every message on in order (a bound method: no closure to
+        build per request)."""
+        send = self.send
+        kind = message["type"]
+        if kind == "http.response.start":
+            message = self._on_start(message)
+            # no Content-Length: a stream (chunked, server-sent events); its latency runs to the last chunk
+            self.streamed = _header(message.get("headers") or (), b"content-length") is None
+            if self.explanation is not None:
+                if self.streamed:  # never held: a client's header must not make a stream wait for its end
+                    message = self._unexplained_stream(message)
+                else:
+                    self.held = [message]  # the body may change: hold it all until explained
                     return
-            elif kind == "http.response.pathsend":
-                await send(message)
+        elif kind == "http.response.body" and self.held is not None:
+            self.held.append(message)
+            if not message.get("more_body", False):
+                await self._send_explained(send)
                 self._finish(None)
+            return
+        if kind == "http.response.body":
+            if self.response_tee is not None:
+                self.response_tee.add(message.get("body", b""))
+            if not message.get("more_body", False):
+                await send(message)
+                self._finish(None)  # latency ends when the last chunk is sent
                 return
+        elif kind == "http.response.pathsend":
             await send(message)
-
-        return monitored_send
+            self._finish(None)
+            return
+        await send(message)
 
     def _unexplained_stream(self, start: Message) -> Message:
         """The start of a streaming response, saying it goes unexplained."""
