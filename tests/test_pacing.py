@@ -18,14 +18,15 @@ def test_a_pacer_sleeps_once_its_budget_is_spent_and_keeps_the_longest_stretch()
     sleeps = []
     real_sleep = time.sleep
     try:
-        time.sleep = sleeps.append  # type: ignore[assignment]
+        time.sleep = lambda seconds: sleeps.append(time.perf_counter())  # type: ignore[assignment]
         start = time.perf_counter()
-        while time.perf_counter() - start < 0.02:
+        while time.perf_counter() - start < 0.03:
             pace()
     finally:
         time.sleep = real_sleep
-    assert 8 <= len(sleeps) <= 10  # every 2 ms (of wall time: it decides on the cheap clock) in 20 ms
-    assert 0 < pace.longest <= 0.02  # the stretches' CPU time
+    gaps = np.diff([start, *sleeps])
+    assert 2 <= len(sleeps) <= 15 and (gaps >= 0.002).all()  # never before 2 ms of work (a loaded machine: fewer)
+    assert 0 < pace.longest <= 0.03  # the stretches' CPU time
 
 
 def lateness_while_flushing(budget: float) -> float:
