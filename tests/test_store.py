@@ -252,6 +252,32 @@ def test_labels_join_after_a_restart(tmp_path):
         second.shutdown()
 
 
+def test_a_stuck_log_writer_never_holds_a_check(tmp_path):
+    import threading
+
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0, store_dir=str(tmp_path), store_interval=0.01))
+    release = threading.Event()
+    try:
+        model = mon.model("m")
+        for i in range(300):
+            model.record({"a": float(i)}, 0.5)
+        mon.flush()
+        writer = mon.store_writer
+        stuck = writer.store.write
+        writer.store.write = lambda rows: (release.wait(), stuck(rows))  # a write that does not return
+        model.record({"a": 1.0}, 0.5)
+        mon.flush()
+        time.sleep(0.2)  # the writer's thread is inside the stuck write, holding its flush lock
+        done = threading.Event()
+        checking = threading.Thread(target=lambda: (model.check_now(), done.set()), daemon=True)
+        checking.start()
+        assert done.wait(30), "a check waited for the log's writer"
+        assert model.health()["rows_in_window"] == 301
+    finally:
+        release.set()
+        mon.shutdown()
+
+
 def test_a_failing_write_is_counted_and_serving_goes_on(store):
     errors = []
     dropped = []
