@@ -34,21 +34,43 @@ from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.reservoir import SlidingWindow
 from mlmon_middleware.schema import Encoded, FeatureSchema
 
-EVIDENTLY = textwrap.dedent("""
+PEER_DATA = textwrap.dedent("""
     import json, sys, time
     import numpy as np, pandas as pd
-    from evidently import Report
-    from evidently.presets import DataDriftPreset
     features, rows, rounds = (int(a) for a in sys.argv[1:4])
     rng = np.random.default_rng(0)
     columns = [f"f{i}" for i in range(features)]
     ref = pd.DataFrame(rng.normal(size=(rows, features)), columns=columns)
     cur = pd.DataFrame(rng.normal(0.1, 1, size=(rows, features)), columns=columns)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter(); Report([DataDriftPreset()]).run(cur, ref); times.append(time.perf_counter() - start)
-    print(json.dumps(times))
 """)
+
+
+def peer_script(setup: str, check: str) -> str:
+    """A script for a peer's own interpreter (arguments: features, rows, rounds): the numbers of
+    ``data`` as the DataFrames ``ref`` and ``cur``, then ``setup`` once, then the one-line
+    statement ``check`` timed ``rounds`` times; prints the seconds as a JSON list."""
+    return PEER_DATA + textwrap.dedent(setup) + textwrap.dedent(f"""
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter(); {check}; times.append(time.perf_counter() - start)
+        print(json.dumps(times))
+    """)
+
+
+def run_peer(python: str, script: str, features: int, rows: int, rounds: int) -> list[float]:
+    """``script`` (see ``peer_script``) run by ``python`` on core 0: its times in seconds; a
+    RuntimeError carrying the last line of its stderr when it fails."""
+    out = subprocess.run(["taskset", "-c", "0", python, "-c", script, str(features), str(rows), str(rounds)],
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+EVIDENTLY = peer_script("""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+""", "Report([DataDriftPreset()]).run(cur, ref)")
 
 
 def data(features: int, rows: int):
@@ -112,12 +134,11 @@ def main() -> None:
     rows = [("mlmon check (KS p-values, effect sizes, PSI, JS, quality)", ours),
             ("scipy per feature (ks_2samp auto, wasserstein, JS, PSI)", sp)]
     if args.evidently_python:
-        out = subprocess.run(["taskset", "-c", "0", args.evidently_python, "-c", EVIDENTLY, "100", "10000", "3"],
-                             capture_output=True, text=True, timeout=900)
-        if out.returncode == 0:
-            rows.append(("Evidently DataDriftPreset", statistics.median(json.loads(out.stdout.strip().splitlines()[-1]))))
-        else:
-            print(f"(Evidently failed: {out.stderr.strip().splitlines()[-1:]})")
+        try:
+            times = run_peer(args.evidently_python, EVIDENTLY, 100, 10_000, 3)
+            rows.append(("Evidently DataDriftPreset", statistics.median(times)))
+        except RuntimeError as failure:
+            print(f"(Evidently failed: {failure})")
     print("| 100 features, 10,000 + 10,000 rows, one core | median | × mlmon |\n|---|---:|---:|")
     for label, seconds in rows:
         print(f"| {label} | {seconds * 1e3:,.1f} ms | {seconds / ours:,.1f} |")

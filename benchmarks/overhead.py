@@ -35,11 +35,41 @@ WIDE_FIELDS = {"amount": 120.5, **{f"x{i}": round(0.37 * i, 2) for i in range(1,
                "country": "fr", "channel": "web", "device": "ios", "plan": "pro"}
 
 
+def tracer_provider():
+    """An OpenTelemetry TracerProvider whose spans are batched, then thrown away (no exporter I/O)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    return provider
+
+
+def with_otel(app):
+    """``app`` instrumented by OpenTelemetry's FastAPIInstrumentor; returns its TracerProvider."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    provider = tracer_provider()
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, meter_provider=MeterProvider())
+    return provider
+
+
+def with_prometheus(app) -> None:
+    """``app`` instrumented by prometheus-fastapi-instrumentator, on a registry of its own."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    Instrumentator(registry=CollectorRegistry()).instrument(app)
+
+
 def build_apps() -> dict[str, tuple[object, object]]:
     """name -> (ASGI app, Monitor or None) for every variant, each its own FastAPI instance."""
     from fastapi import FastAPI
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
     from pydantic import BaseModel
 
     from mlmon_fastapi import instrument_app
@@ -50,15 +80,6 @@ def build_apps() -> dict[str, tuple[object, object]]:
         age: int
         country: str
         channel: str
-
-    class Discard(SpanExporter):
-        def export(self, spans):
-            return SpanExportResult.SUCCESS
-
-    def tracer_provider() -> TracerProvider:
-        provider = TracerProvider()
-        provider.add_span_processor(BatchSpanProcessor(Discard()))
-        return provider
 
     def app_with(decorate=lambda f: f) -> FastAPI:
         app = FastAPI()
@@ -82,18 +103,11 @@ def build_apps() -> dict[str, tuple[object, object]]:
             instrument_app(app, registry=mon)
             apps[label + suffix] = (app, mon)
 
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-    from opentelemetry.sdk.metrics import MeterProvider
-
     app = app_with()
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider(), meter_provider=MeterProvider())
+    with_otel(app)
     apps["OTel FastAPIInstrumentor"] = (app, None)
-
-    from prometheus_client import CollectorRegistry
-    from prometheus_fastapi_instrumentator import Instrumentator
-
     app = app_with()
-    Instrumentator(registry=CollectorRegistry()).instrument(app)
+    with_prometheus(app)
     apps["prometheus-fastapi-instrumentator"] = (app, None)
     return apps
 

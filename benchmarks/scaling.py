@@ -51,10 +51,10 @@ def cpu_per_call(fn, payload, calls: int, mon: Monitor | None) -> float:
     return (time.process_time() - start) / calls
 
 
-def bench_requests(rounds: int) -> list[dict]:
+def bench_requests(rounds: int, features_list=(5, 22, 100, 500), batches=(16, 64, 256)) -> list[dict]:
     rng = np.random.default_rng(0)
-    cases = [(shape, f, 1) for f in (5, 22, 100, 500) for shape in ("dict", "DataFrame", "ndarray")]
-    cases += [(shape, 22, b) for b in (16, 64, 256) for shape in ("dict", "DataFrame", "ndarray")]
+    cases = [(shape, f, 1) for f in features_list for shape in ("dict", "DataFrame", "ndarray")]
+    cases += [(shape, 22, b) for b in batches for shape in ("dict", "DataFrame", "ndarray")]
     results = []
     for shape, features, rows in cases:
         mon = Monitor(MonitorConfig(tracing=False, check_interval=0, service_name="bench", max_features=1000))
@@ -79,11 +79,11 @@ def bench_requests(rounds: int) -> list[dict]:
     return results
 
 
-def bench_windows(rounds: int) -> list[dict]:
+def bench_windows(rounds: int, sizes=(1_000, 10_000, 100_000)) -> list[dict]:
     from drift import mlmon_check
 
     out = []
-    for rows in (1_000, 10_000, 100_000):
+    for rows in sizes:
         rng = np.random.default_rng(0)
         check = mlmon_check(rng.normal(size=(rows, 22)), rng.normal(0.1, 1, size=(rows, 22)))
         check()
@@ -102,13 +102,13 @@ def bench_windows(rounds: int) -> list[dict]:
     return out
 
 
-def bench_models() -> list[dict]:
+def bench_models(counts=(1, 10, 100)) -> list[dict]:
     rng = np.random.default_rng(0)
     names = [f"x{i}" for i in range(20)]
     baseline = Baseline.from_data(pd.DataFrame({n: rng.normal(size=5_000) for n in names}))
     batch = pd.DataFrame({n: rng.normal(size=10_000) for n in names})
     out = []
-    for count in (1, 10, 100):
+    for count in counts:
         mon = Monitor(MonitorConfig(tracing=False, check_interval=0, max_models=1000, service_name="bench"))
         warm = mon.model("warm", baseline=Baseline(baseline.payload))
         warm.record(batch.iloc[:100], np.zeros(100))
@@ -131,6 +131,29 @@ def bench_models() -> list[dict]:
     return out
 
 
+def print_requests(rows: list[dict]) -> None:
+    print("| input | features | rows per call | added per call, µs (median) | added per row × feature, ns "
+          "(median; min–max over rounds) |\n|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['features']} | {r['rows']} | {r['added_us']:.1f} | {r['ns_cell']:.0f}; "
+              f"{r['spread'][0]:.0f}–{r['spread'][1]:.0f} |", flush=True)
+
+
+def print_windows(rows: list[dict]) -> None:
+    print("\n| window rows (22 features) | check, ms (median; min–max) | ns per row × feature "
+          "| peak memory / window payload |\n|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['rows']:,} | {r['ms']:.1f}; {r['spread'][0]:.1f}–{r['spread'][1]:.1f} | {r['ns_cell']:.1f} "
+              f"| {r['peak_ratio']:.2f} |", flush=True)
+
+
+def print_models(rows: list[dict]) -> None:
+    print("\n| models (20 features, 10,000-row windows, baselines) | traced memory, MB | per model, MB "
+          "| per model before traffic, MB |\n|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['models']} | {r['total_mb']:.1f} | {r['per_model_mb']:.2f} | {r['fixed_mb']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all", choices=["requests", "windows", "models", "all"])
@@ -140,22 +163,11 @@ def main() -> None:
           f"{os.cpu_count()} cores, Python {platform.python_version()}; `python benchmarks/scaling.py {args.what} "
           f"--rounds {args.rounds}`\n")
     if args.what in ("requests", "all"):
-        print("| input | features | rows per call | added per call, µs (median) | added per row × feature, ns "
-              "(median; min–max over rounds) |\n|---|---:|---:|---:|---:|")
-        for r in bench_requests(args.rounds):
-            print(f"| {r['shape']} | {r['features']} | {r['rows']} | {r['added_us']:.1f} | {r['ns_cell']:.0f}; "
-                  f"{r['spread'][0]:.0f}–{r['spread'][1]:.0f} |", flush=True)
+        print_requests(bench_requests(args.rounds))
     if args.what in ("windows", "all"):
-        print("\n| window rows (22 features) | check, ms (median; min–max) | ns per row × feature "
-              "| peak memory / window payload |\n|---:|---:|---:|---:|")
-        for r in bench_windows(args.rounds):
-            print(f"| {r['rows']:,} | {r['ms']:.1f}; {r['spread'][0]:.1f}–{r['spread'][1]:.1f} | {r['ns_cell']:.1f} "
-                  f"| {r['peak_ratio']:.2f} |", flush=True)
+        print_windows(bench_windows(args.rounds))
     if args.what in ("models", "all"):
-        print("\n| models (20 features, 10,000-row windows, baselines) | traced memory, MB | per model, MB "
-              "| per model before traffic, MB |\n|---:|---:|---:|---:|")
-        for r in bench_models():
-            print(f"| {r['models']} | {r['total_mb']:.1f} | {r['per_model_mb']:.2f} | {r['fixed_mb']:.2f} |")
+        print_models(bench_models())
 
 
 if __name__ == "__main__":

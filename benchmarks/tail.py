@@ -39,13 +39,11 @@ ENDPOINTS = {"22 features": ("22", WIDE_BODY), "4 fields": ("4", BODY)}
 PERCENTILES = (50, 99, 99.9)
 
 
-def build_app(features: str, monitored: bool, store_dir: str | None):
-    """The endpoint of ``overhead.py``'s service, in this process, with its own Monitor."""
+def predict_app(features: str, decorate=lambda f: f):
+    """The endpoint of ``overhead.py``'s service (``features``: "22" or "4") as a new FastAPI app,
+    its handler wrapped by ``decorate``."""
     from fastapi import FastAPI
     from pydantic import BaseModel, create_model
-
-    from mlmon_fastapi import instrument_app
-    from mlmon_middleware import Monitor, MonitorConfig, monitor
 
     if features == "22":
         tx = create_model("Tx", amount=(float, ...), **{f"x{i}": (float, ...) for i in range(1, 18)},
@@ -54,17 +52,26 @@ def build_app(features: str, monitored: bool, store_dir: str | None):
         tx = create_model("Tx", amount=(float, ...), age=(int, ...), country=(str, ...), channel=(str, ...))
     assert issubclass(tx, BaseModel)
     app = FastAPI()
-    mon = Monitor(MonitorConfig(tracing=False, service_name="bench", store_dir=store_dir)) if monitored else None
-    decorate = monitor(model="bench", version="1", registry=mon) if mon is not None else (lambda f: f)
 
     @app.post("/predict")
     @decorate
     async def predict(payload: tx) -> dict:  # type: ignore[valid-type]  (resolved at runtime: no postponed annotations here)
         return {"prediction": 0.42 if payload.amount > 100 else 0.1}
 
-    if mon is not None:
-        instrument_app(app, registry=mon)
-        mon.start()
+    return app
+
+
+def build_app(features: str, monitored: bool, store_dir: str | None):
+    """``predict_app`` in this process, with its own Monitor when ``monitored``."""
+    from mlmon_fastapi import instrument_app
+    from mlmon_middleware import Monitor, MonitorConfig, monitor
+
+    if not monitored:
+        return predict_app(features), None
+    mon = Monitor(MonitorConfig(tracing=False, service_name="bench", store_dir=store_dir))
+    app = predict_app(features, monitor(model="bench", version="1", registry=mon))
+    instrument_app(app, registry=mon)
+    mon.start()
     return app, mon
 
 
