@@ -150,11 +150,12 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
         holds = [r["hold_ms"] for r in runs if "hold_ms" in r]
         hold = f"{max(holds):.3f}" if holds else "—"
         print(f"| {name} | {cells[0]} | {spans[0]} | {cells[1]} | {spans[1]} | {cells[2]} | {spans[2]} | {hold} |")
-    shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
-    alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
-    extra = [(1 / s - 1 / a) * 1e6 for s, a in zip(shared, alone)]
-    print(f"\nsharing between 3 workers costs {statistics.median(extra):+.1f} µs per request at saturation "
-          f"(per round {min(extra):+.1f} to {max(extra):+.1f}; one core serving)")
+    if "3 workers, monitored (shared)" in results and "3 workers, monitored (sharing off)" in results:
+        shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
+        alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
+        extra = [(1 / s - 1 / a) * 1e6 for s, a in zip(shared, alone)]
+        print(f"\nsharing between 3 workers costs {statistics.median(extra):+.1f} µs per request at saturation "
+              f"(per round {min(extra):+.1f} to {max(extra):+.1f}; one core serving)")
 
 
 def bench_scrape(rounds: int) -> dict[str, list[float]]:
