@@ -8,8 +8,8 @@ records, in one direction, into: counts and timings (telemetry), feature and pre
 the model's windows, per-bin counts, prediction-log rows for the log writer, and spans. The
 thread paces itself (:mod:`~mlmon_middleware.pacing`): it lets go of the GIL every few tens of
 µs, so requests never wait long behind it; ``longest_hold`` is the longest stretch it kept it.
-Behind by more than four ``flush_batch`` records it works unpaced until it has caught up:
-dropping records would be worse than a slower tail.
+Behind, its stretches grow with the backlog (up to :data:`MAX_BUDGET`): dropping records would
+be worse than a slower tail.
 
 >>> from mlmon_middleware import Monitor, MonitorConfig
 >>> mon = Monitor(MonitorConfig(tracing=False))
@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 
 from mlmon_middleware.config import MonitorConfig
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.ingest import ingest
 from mlmon_middleware.model import ModelMonitor, Record
-from mlmon_middleware.pacing import Pacer, no_pace
+from mlmon_middleware.pacing import BUDGET, Pacer, no_pace
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
+
+MAX_BUDGET = 2e-3  # seconds of work between two pauses when far behind
 
 
 class Pipeline:
@@ -44,7 +47,6 @@ class Pipeline:
         self.config = config
         self.errors = errors
         self._wake_at = min(config.flush_batch, config.queue_size - 1)
-        self._behind = 4 * config.flush_batch  # queued records past which a flush goes unpaced
         self.ingested = 0  # records ingested in this process (others read it to see that something changed)
         self._reset()
 
@@ -103,11 +105,15 @@ class Pipeline:
         with self._lock:
             queue = self._queue
             # Only the pipeline's own thread pauses (a flush on demand runs in its caller's
-            # thread), and only while it keeps up: a serving loop that never waits hands the GIL
-            # back only when forced (every 5 ms), so a paced pipeline would get 1 % of it and drop
-            # records. Behind by more than a few batches, it works unpaced until it has caught up.
-            paced = threading.current_thread() is self._thread and len(queue) <= self._behind
-            pace = self._pacer if paced else no_pace
+            # thread). A serving loop that never waits hands the GIL back only when forced (every
+            # 5 ms): 50 µs of work per 5 ms would never catch up. So the budget grows with the
+            # backlog (50 µs per flush_batch records queued, up to MAX_BUDGET): a few batches
+            # behind, stretches of a few hundred µs; far behind, 2 ms, a quarter of the GIL.
+            pace: Callable[[], None] = no_pace
+            if threading.current_thread() is self._thread:
+                backlog = len(queue) / self.config.flush_batch
+                self._pacer.budget = min(MAX_BUDGET, BUDGET * max(1.0, backlog))
+                pace = self._pacer
             batch: dict[ModelMonitor, list[Record]] = {}
             n = len(queue)
             for i in range(n):
