@@ -48,13 +48,27 @@ test: $(STAMP) tools
 
 # The benchmarks (not tests): request overhead (in-process ASGI, real uvicorn under wrk, memory),
 # drift checks (against scipy and Evidently, which gets its own venv: its pandas pin clashes), the
-# prediction log, explanations, and workers sharing (wrk, 1 and 3 workers; PostgreSQL's log).
+# prediction log, explanations, and workers sharing (wrk, 1 and 3 workers; PostgreSQL's log); tail
+# latency, scaling, and every peer side by side (peers.py: NannyML, alibi-detect and whylogs get
+# venvs of their own too, their pins clashing with ours; docs/dependencies.md says which).
 EVIDENTLY := .bench-evidently/bin/python
 $(EVIDENTLY):
 	$(PYTHON) -m venv .bench-evidently
 	.bench-evidently/bin/python -m pip install --quiet evidently 'pandas<3'
+NANNYML := .bench-nannyml/bin/python
+$(NANNYML):
+	$(PYTHON) -m venv .bench-nannyml
+	.bench-nannyml/bin/python -m pip install --quiet nannyml==0.13.1 statsmodels
+ALIBI := .bench-alibi/bin/python
+$(ALIBI):
+	$(PYTHON) -m venv .bench-alibi
+	.bench-alibi/bin/python -m pip install --quiet alibi-detect==0.13.0
+WHYLOGS := .bench-whylogs/bin/python
+$(WHYLOGS):
+	$(PYTHON) -m venv .bench-whylogs
+	.bench-whylogs/bin/python -m pip install --quiet 'whylogs[viz]==1.6.4' 'numpy<2' 'pandas<3' fastapi
 
-bench: $(STAMP) $(EVIDENTLY)
+bench: $(STAMP) $(EVIDENTLY) $(NANNYML) $(ALIBI) $(WHYLOGS)
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python benchmarks/overhead.py all
@@ -62,6 +76,9 @@ bench: $(STAMP) $(EVIDENTLY)
 	$(BIN)/python benchmarks/store.py
 	$(BIN)/python benchmarks/explain.py
 	$(BIN)/python benchmarks/fleet.py all
+	$(BIN)/python benchmarks/tail.py
+	$(BIN)/python benchmarks/scaling.py
+	$(BIN)/python benchmarks/peers.py
 
 clean:
-	rm -rf $(VENV) .demo test-artifacts .bench-evidently
+	rm -rf $(VENV) .demo test-artifacts .bench-evidently .bench-nannyml .bench-alibi .bench-whylogs
