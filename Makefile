@@ -78,7 +78,8 @@ bench: $(STAMP) $(EVIDENTLY) $(NANNYML) $(ALIBI) $(WHYLOGS)
 	$(BIN)/python benchmarks/fleet.py all
 	$(BIN)/python benchmarks/tail.py
 	$(BIN)/python benchmarks/scaling.py
-	$(BIN)/python benchmarks/peers.py
+	$(BIN)/python benchmarks/peers.py requests
+	$(BIN)/python benchmarks/peers.py drift
 
 clean:
 	rm -rf $(VENV) .demo test-artifacts .bench-evidently .bench-nannyml .bench-alibi .bench-whylogs
