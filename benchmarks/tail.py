@@ -85,7 +85,8 @@ def bench_inprocess(rounds: int, requests: int) -> dict[str, list[dict[str, floa
     apps = {}
     for endpoint, (features, body) in ENDPOINTS.items():
         for variant, monitored, log in (("bare", False, False), ("mlmon", True, False), ("mlmon + log", True, True)):
-            apps[f"{endpoint}, {variant}"] = (*build_app(features, monitored, store if log else None), body)
+            folder = os.path.join(store, features) if log else None  # a log of its own: no lock shared with the other
+            apps[f"{endpoint}, {variant}"] = (*build_app(features, monitored, folder), body)
     loop = asyncio.new_event_loop()
     results: dict[str, list[dict[str, float]]] = {name: [] for name in apps}
     try:
