@@ -18,7 +18,9 @@ import argparse
 import gc
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 import tracemalloc
 
@@ -105,18 +107,20 @@ def bench_windows(rounds: int, sizes=(1_000, 10_000, 100_000)) -> list[dict]:
 def bench_models(counts=(1, 10, 100)) -> list[dict]:
     rng = np.random.default_rng(0)
     names = [f"x{i}" for i in range(20)]
-    baseline = Baseline.from_data(pd.DataFrame({n: rng.normal(size=5_000) for n in names}))
+    folder = tempfile.mkdtemp(prefix="mlmon-scaling-")
+    path = os.path.join(folder, "baseline.json")  # each model loads its own copy, as services do
+    Baseline.from_data(pd.DataFrame({n: rng.normal(size=5_000) for n in names})).save(path)
     batch = pd.DataFrame({n: rng.normal(size=10_000) for n in names})
     out = []
     for count in counts:
         mon = Monitor(MonitorConfig(tracing=False, check_interval=0, max_models=1000, service_name="bench"))
-        warm = mon.model("warm", baseline=Baseline(baseline.payload))
+        warm = mon.model("warm", baseline=Baseline.load(path))
         warm.record(batch.iloc[:100], np.zeros(100))
         mon.flush()
         warm.check_now()  # first-use imports and caches out of the measurement
         gc.collect()
         tracemalloc.start()
-        models = [mon.model(f"m{i}", baseline=Baseline(baseline.payload)) for i in range(count)]
+        models = [mon.model(f"m{i}", baseline=Baseline.load(path)) for i in range(count)]
         gc.collect()
         fixed = tracemalloc.get_traced_memory()[0]
         for model in models:
@@ -128,6 +132,7 @@ def bench_models(counts=(1, 10, 100)) -> list[dict]:
         mon.shutdown()
         out.append({"models": count, "total_mb": total / 2**20, "per_model_mb": total / count / 2**20,
                     "fixed_mb": fixed / count / 2**20})
+    shutil.rmtree(folder, ignore_errors=True)
     return out
 
 

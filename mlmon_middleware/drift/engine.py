@@ -29,7 +29,7 @@ from mlmon_middleware.quality import categorical_quality, sorted_numeric_quality
 from mlmon_middleware.reports import FeatureDrift
 from mlmon_middleware.schema import FeatureSchema
 
-SORT_CHUNK = 64  # numeric features sorted at a time
+SORT_CHUNK = 8  # numeric features sorted at a time: the check holds 8 sorted columns beside the window
 
 
 def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
