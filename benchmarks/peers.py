@@ -243,14 +243,16 @@ def bench_requests(rounds: int, requests: int) -> tuple[dict[str, list[float]], 
 
 
 def print_requests(times: dict[str, list[float]], against: dict[str, str], requests: int) -> None:
-    added = {name: statistics.median(a - b for a, b in zip(t, times[against[name]])) for name, t in times.items()}
+    per_round = {name: [a - b for a, b in zip(t, times[against[name]])] for name, t in times.items()}
+    added = {name: statistics.median(d) for name, d in per_round.items()}
     ours = added["mlmon (tracing off)"]
     print(f"| variant (22-field FastAPI endpoint, direct ASGI calls, {requests:,} per round) | CPU µs/request (median) "
-          "| added vs bare, µs (median over rounds) | added / mlmon's added |\n|---|---:|---:|---:|")
+          "| added vs bare, µs (median; min–max over rounds) | added / mlmon's added |\n|---|---:|---:|---:|")
     for name, t in times.items():
         bare = against[name] == name
         ratio = "—" if bare or ours <= 0 else f"{added[name] / ours:.2f}"
-        print(f"| {name} | {statistics.median(t):.1f} | {'—' if bare else f'{added[name]:+.1f}'} | {ratio} |")
+        spread = f"{added[name]:+.1f}; {min(per_round[name]):+.1f}–{max(per_round[name]):+.1f}"
+        print(f"| {name} | {statistics.median(t):.1f} | {'—' if bare else spread} | {ratio} |")
 
 
 # ------------------------------------------------------------------------------------------ drift
