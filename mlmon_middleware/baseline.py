@@ -214,7 +214,8 @@ class Baseline:
         for profile in (self.predictions if outputs else self.features).values():
             if profile.get("kind") != "numeric":
                 continue
-            for values in (profile.get("sample"), profile.get("bin_edges")):
+            extremes = [v for v in (profile.get("min"), profile.get("max")) if v is not None]
+            for values in (profile.get("sample"), profile.get("bin_edges"), extremes):
                 exact = np.unique(np.asarray(values if values is not None else [], dtype=np.float64))
                 with np.errstate(over="ignore"):  # beyond float32's range: inf, and float64 it is
                     rounded = exact.astype(np.float32)

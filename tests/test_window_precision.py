@@ -106,3 +106,22 @@ def test_a_warmup_baseline_from_a_float32_window_sums_in_float64():
     exact = values.astype(np.float64)[:, 0]
     assert profile["mean"] == pytest.approx(exact.mean(), rel=1e-12)
     assert profile["std"] == pytest.approx(exact.std(ddof=1), rel=1e-9)
+
+
+def test_values_float32_cannot_store_exactly_are_judged_against_references_rounded_alike():
+    """A live 0.7 is stored as 0.69999998: against a float64 minimum of 0.7 it would be out of
+    range, and it would change sides of every bin edge and reference value it equals."""
+    rng = np.random.default_rng(3)
+    reference = pd.DataFrame({"price": np.round(rng.uniform(0.7, 5.3, 5_000), 1),
+                              "rating": rng.integers(1, 6, 5_000) / 2})
+    current = pd.DataFrame({"price": np.round(rng.uniform(0.7, 5.3, 2_000), 1),
+                            "rating": rng.integers(1, 6, 2_000) / 2})
+    baseline = Baseline.from_data(reference)
+    assert baseline.window_dtype() == np.float32
+    wide = check_on(np.float64, baseline, baseline.schema, current.to_numpy())
+    narrow = check_on(np.float32, baseline, baseline.schema, current.to_numpy())
+    for name in baseline.schema.names:
+        expected, got = numbers(wide[name]), numbers(narrow[name])
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-12), (name, key)
+    assert narrow["price"]["out_of_range_ratio"] == 0.0

@@ -41,6 +41,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
     out: dict[str, dict[str, Any]] = {}
     binned: list[tuple[str, np.ndarray, np.ndarray]] = []  # (feature, reference shares, current shares)
     numeric = window["numeric"]
+    narrow = numeric.dtype == np.float32  # a float32 window: judged against references rounded alike
     names = schema.numeric_names
     for first in range(0, len(names), SORT_CHUNK):
         # a few columns at a time, each contiguous (a window keeps its columns so): the check's
@@ -52,7 +53,7 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
             pace_point()
             profile = profiles.get(name)
             if profile is not None and profile.get("kind") == "numeric":
-                out[name] = _numeric(name, block[:present[k], k], len(numeric), profile, binned)
+                out[name] = _numeric(name, block[:present[k], k], len(numeric), profile, binned, narrow)
     if binned:
         width = max(len(r) for _, r, _ in binned)
         ref = np.zeros((len(binned), width))
@@ -77,13 +78,16 @@ def compare(profiles: Mapping[str, Mapping[str, Any]], schema: FeatureSchema,
 
 
 def _numeric(name: str, values: np.ndarray, rows: int, profile: Mapping[str, Any],
-             binned: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+             binned: list[tuple[str, np.ndarray, np.ndarray]], narrow: bool = False) -> dict[str, Any]:
     """One numeric feature's statistics from its sorted present ``values`` (of ``rows`` rows);
     its (reference, current) bin shares are appended to ``binned`` for the vectorised PSI, JS
-    and KS p-values."""
-    result: dict[str, Any] = {"kind": "numeric", **sorted_numeric_quality(values, rows, profile)}
+    and KS p-values. ``narrow``: the values were stored as float32, so the reference's values,
+    edges and range are rounded to float32 too (rounding keeps order: a live 0.7 and a reference
+    0.7 stay equal, as they were)."""
+    bounds = {k: _rounded(profile.get(k)) if narrow else profile.get(k) for k in ("min", "max")}
+    result: dict[str, Any] = {"kind": "numeric", **sorted_numeric_quality(values, rows, bounds)}
     result["rows"] = int(len(values))
-    sample, cuts, reference = _REFERENCES.get(profile)
+    sample, cuts, reference = _REFERENCES.get(profile, narrow)
     if not (len(values) and len(sample)):
         result["rows"] = 0
         return result
@@ -111,23 +115,35 @@ class _ReferenceArrays:
 
     def __init__(self, limit: int = 10_000) -> None:
         self._limit = limit
-        self._arrays: dict[int, tuple[Mapping[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self._arrays: dict[tuple[int, bool], tuple[Mapping[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
-    def get(self, profile: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        found = self._arrays.get(id(profile))
+    def get(self, profile: Mapping[str, Any], narrow: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sample, interior edges, bin shares); ``narrow``: sample and edges rounded to float32."""
+        found = self._arrays.get((id(profile), narrow))
         if found is not None and found[0] is profile:
             return found[1]
         sample = profile.get("sample")  # a numpy array in a loaded baseline, a list in a bare profile
         arrays = (np.asarray(sample if sample is not None else [], dtype=float),
                   np.asarray((profile.get("bin_edges") or [0.0, 0.0])[1:-1], dtype=float),
                   np.asarray(profile.get("bin_proportions") or [], dtype=float))
+        if narrow:
+            arrays = (_rounded(arrays[0]), _rounded(arrays[1]), arrays[2])
         if len(self._arrays) >= self._limit:
             self._arrays.clear()
-        self._arrays[id(profile)] = (profile, arrays)
+        self._arrays[(id(profile), narrow)] = (profile, arrays)
         return arrays
 
 
 _REFERENCES = _ReferenceArrays()
+
+
+def _rounded(values: Any) -> Any:
+    """``values`` (an array, a number or None) as a float32 window stores them, in float64."""
+    if values is None:
+        return None
+    with np.errstate(over="ignore"):
+        rounded = np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64)
+    return rounded if rounded.ndim else float(rounded)
 
 
 def _categorical(column: np.ndarray, profile: Mapping[str, Any]) -> dict[str, Any]:
