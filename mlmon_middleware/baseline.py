@@ -55,7 +55,9 @@ def schema_hash(schema: FeatureSchema) -> str:
 
 class Baseline:
     """Reference profile of one model. Build with :meth:`from_data`, persist with :meth:`save`
-    and :meth:`load`."""
+    and :meth:`load`. ``payload`` is the file's content, with each numeric feature's reference
+    grid (``sample``) and the explainers' ``background`` as float64 arrays: :meth:`to_json` gives
+    its JSON."""
 
     def __init__(self, payload: Mapping[str, Any]) -> None:
         self.payload = dict(payload)

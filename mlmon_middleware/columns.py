@@ -59,11 +59,14 @@ class Columns:
             parts = [a[index] for a in self.arrays]
             return Columns(self.names, parts, len(range(*index.indices(self.n))),
                            None if self.matrix is None else self.matrix[index])
-        return next(iter(self[index:index + 1 if index != -1 else None]))
+        if not -self.n <= index < self.n:
+            raise IndexError(f"row {index} of {self.n}")
+        index %= self.n
+        return next(iter(self[index:index + 1]))
 
     def __iter__(self) -> Iterator[Any]:
-        # plain Python values, as JSON would give
-        values = iter(self.matrix.tolist()) if self.matrix is not None else zip(*(a.tolist() for a in self.arrays))
+        # plain Python values, each column's own (an int column of a numeric frame stays int)
+        values = zip(*(a.tolist() for a in self.arrays))
         if self.names is None:
             return (list(row) for row in values)
         names = self.names
@@ -90,7 +93,8 @@ def columns_of(obj: Any) -> Columns | None:
     n = len(obj)
     if not names or n == 0 or len(set(names)) != len(names):
         return None
-    if all(isinstance(d, np.dtype) and d.kind in NUMBER_KINDS for d in dtypes.tolist()):
-        matrix = obj.to_numpy()  # one block of numbers: one call for every column
+    kinds = dtypes.tolist()
+    if isinstance(kinds[0], np.dtype) and kinds[0].kind in NUMBER_KINDS and all(d == kinds[0] for d in kinds):
+        matrix = obj.to_numpy()  # one block of one number type: one call for every column
         return Columns(names, [matrix[:, j] for j in range(matrix.shape[1])], n, matrix)
     return Columns(names, [np.asarray(series.to_numpy()) for _, series in obj.items()], n)

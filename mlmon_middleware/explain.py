@@ -37,6 +37,7 @@ import dataclasses
 import multiprocessing
 import os
 import pickle
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -155,7 +156,8 @@ class ExplanationService:
             return
         pool: concurrent.futures.Executor
         if self.in_threads:
-            pool = self._pool = concurrent.futures.ThreadPoolExecutor(self.spec.workers, "mlmon-explain")
+            self._explain = None  # built anew by the warm-up: a failed rebuild must not keep an old one
+            pool = self._pool = _DaemonThreads(self.spec.workers)
         else:
             payload = pickle.dumps({"method": self.spec.method, "model": self.spec.model, "background": self.background,
                                     "parent": os.getpid()})
@@ -209,6 +211,10 @@ class ExplanationService:
         with self._lock:
             hung = any(now - started > self.hung_after for future, started in self._in_flight.items()
                        if not future.done())
+        if hung and self.in_threads:  # a thread cannot be killed: no more work for it to pile up behind
+            self._give_up(f"an explanation ran over {self.hung_after:g} s in a thread, which cannot be stopped; "
+                          f"explanations are off", None)
+            return "unavailable"
         if hung:
             self.restart(f"an explanation ran over {self.hung_after:g} s: its worker was killed and replaced")
             return "busy"
@@ -308,6 +314,46 @@ class ExplanationService:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _DaemonThreads(concurrent.futures.Executor):
+    """A pool of daemon threads. ``ThreadPoolExecutor``'s threads are joined when the interpreter
+    exits, so one native call that never returns would hold the server's exit; these are not."""
+
+    def __init__(self, workers: int) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name="mlmon-explain", daemon=True) for _ in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args, kwargs = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if cancel_futures:  # what has not started is cancelled; the threads stop after their current call
+            try:
+                while True:
+                    job = self._jobs.get_nowait()
+                    if job is not None:
+                        job[0].cancel()
+            except queue.Empty:
+                pass
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 def _kill(pool: concurrent.futures.Executor) -> None:

@@ -4,7 +4,8 @@ The :class:`~mlmon_middleware.pipeline.Pipeline` thread calls :func:`ingest` wit
 it drained, grouped by model. Data flows one way: each record is read (its payload resolved
 into feature and prediction rows, its log rows and span built), then the batch's counts and
 timings go to telemetry once, its log rows to the log writer, and its rows into the model's
-windows and fleet bins, encoded :data:`ROW_CELLS` values at a time. ``pace`` is called between
+windows and fleet bins in arrival order: encoded :data:`ROW_CELLS` values at a time (rows) or
+:data:`TABLE_CELLS` (batches in columns), written :data:`STORE_CELLS` at a time. ``pace`` is called between
 these small pieces of work (see :mod:`~mlmon_middleware.pacing`), so the serving thread never
 waits long for the GIL however large the batch. A record that cannot be read, encoded, logged
 or spanned is counted (``mlmon_capture_errors_total{reason}``) and skipped; the batch goes on.
@@ -73,7 +74,7 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
     feature_rows: list[Any] = []
     output_rows: list[dict[str, Any] | None] = []
     row_times: list[int] = []
-    tables: list[tuple[Batch, Outputs, int]] = []  # batches kept in columns
+    segments: list[tuple[Batch, Outputs, np.ndarray]] = []  # in arrival order: runs of rows, batches in columns
     durations: dict[tuple[str, int | None, str | None], list[int]] = {}
     messages: dict[str, str] = {}  # last message per capture-error reason
     tracing = telemetry.tracer is not None
@@ -94,7 +95,10 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
             _failed(capture, messages, "unreadable", exc)
             rows, outputs, logged = [], [], []
         if len(rows) >= MIN_TABLE_ROWS and (isinstance(rows, Columns) or isinstance(outputs, Columns)):
-            tables.append((rows, outputs, rec.wall_ns))  # a batch given or answered in columns stays so
+            if feature_rows:  # the rows before it go into the window before it
+                segments.append((feature_rows, output_rows, np.array(row_times) * _NS))
+                feature_rows, output_rows, row_times = [], [], []
+            segments.append((rows, outputs, np.full(len(rows), rec.wall_ns * _NS)))  # it stays in columns
             log_rows += logged
         elif rows:
             rows = list(rows) if isinstance(rows, Columns) else rows  # a few rows cost less with the others
@@ -125,25 +129,16 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         telemetry.explanations.add(n, {**attrs, "status": outcome})
     if log_rows and writer is not None:
         writer.put(log_rows)
-    pending = _Pending(model)
     if feature_rows:
-        times = np.array(row_times) * _NS
-        first = feature_rows[0]
-        width = len(model.schema.names) if model.schema is not None else len(first) if hasattr(first, "__len__") else 1
-        step = max(1, ROW_CELLS // max(1, width))
-        for start in range(0, len(feature_rows), step):
+        segments.append((feature_rows, output_rows, np.array(row_times) * _NS))
+    pending = _Pending(model)
+    for rows, outputs, times in segments:
+        width = len(model.schema.names) if model.schema is not None else _width(rows)
+        cells = TABLE_CELLS if isinstance(rows, Columns) else ROW_CELLS
+        step = max(1, cells // max(1, width))
+        for start in range(0, len(rows), step):
             end = start + step
-            _windows(model, feature_rows[start:end], output_rows[start:end], times[start:end], capture, messages,
-                     pending)
-            pace()
-            pending.write_if_full(pace)
-    for table, outputs, wall_ns in tables:
-        cells = TABLE_CELLS if isinstance(table, Columns) else ROW_CELLS
-        step = max(1, cells // max(1, len(model.schema.names) if model.schema is not None else 1))
-        for start in range(0, len(table), step):
-            end = min(start + step, len(table))
-            _windows(model, table[start:end], outputs[start:end], np.full(end - start, wall_ns * _NS), capture,
-                     messages, pending)
+            _windows(model, rows[start:end], outputs[start:end], times[start:end], capture, messages, pending, pace)
             pace()
             pending.write_if_full(pace)
     pending.write()
@@ -183,7 +178,8 @@ def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str]
 
 
 def _windows(model: ModelMonitor, rows: Batch, outputs: Outputs, times: np.ndarray,
-             capture: collections.Counter[str], messages: dict[str, str], pending: _Pending) -> None:
+             capture: collections.Counter[str], messages: dict[str, str], pending: _Pending,
+             pace: Callable[[], None] = no_pace) -> None:
     """Encode rows for the model's feature and prediction windows (schemas inferred on first use).
     When the batch cannot be encoded at once, its rows go in one by one and the ones that cannot
     are counted (``unencodable``): one bad row never costs the others their place."""
@@ -195,6 +191,15 @@ def _windows(model: ModelMonitor, rows: Batch, outputs: Outputs, times: np.ndarr
                 _encode(model, rows[i:i + 1], outputs[i:i + 1], times[i:i + 1], capture, pending)
             except Exception as exc:
                 _failed(capture, messages, "unencodable", exc)
+            pace()
+
+
+def _width(rows: Batch) -> int:
+    """Values per row of a batch whose schema is not known yet."""
+    if isinstance(rows, Columns):
+        return rows.width
+    first: Any = rows[0] if rows else None
+    return len(first) if first is not None and hasattr(first, "__len__") else 1
 
 
 def _encode(model: ModelMonitor, rows: Batch, outputs: Outputs, times: np.ndarray,
@@ -262,6 +267,10 @@ class _Pending:
 
     def write(self) -> None:
         model = self.model
+        for window, outputs in ((model.window, False), (model.output_window, True)):
+            # a baseline set while the window was being created may need more than float32
+            if window is not None and window.dtype("numeric") == np.float32 and model.window_dtype(outputs) != np.float32:
+                window.widen("numeric")
         if self.features and model.window is not None:
             times, numeric, categorical = _joined(self.features)
             model.window.extend(times, numeric=numeric, categorical=categorical)

@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -72,7 +73,8 @@ _local = threading.local()
 @contextlib.contextmanager
 def paced(pacer: Pacer | None = None) -> Iterator[Pacer]:
     """Within this block, :func:`pace_point` in this thread calls ``pacer`` (default: the
-    thread's pacer if it has one, else a new one).
+    thread's pacer if it has one, else a new one; in a thread running an event loop, one that
+    never pauses).
 
     >>> with paced(Pacer(budget=0.0, pause=0.0)) as pacer:
     ...     pace_point()
@@ -80,6 +82,8 @@ def paced(pacer: Pacer | None = None) -> Iterator[Pacer]:
     (True, None)
     """
     previous = getattr(_local, "pacer", None)
+    if pacer is None and previous is None and asyncio._get_running_loop() is not None:
+        pacer = Pacer(budget=float("inf"))  # in an event loop's thread a pause would stall the loop itself
     pacer = pacer or previous or Pacer()
     _local.pacer = pacer
     pacer.restart()

@@ -116,9 +116,9 @@ def extract_batch(obj: Any) -> list[Any] | Columns:
     """
     if isinstance(obj, Mapping) and len(obj) == 1:
         (key, value), = obj.items()
-        if key in BATCH_KEYS:
-            obj = value if columns_of(value) is not None else obj
-    table = columns_of(obj)
+        table = columns_of(value) if key in BATCH_KEYS else None
+    else:
+        table = columns_of(obj)
     return table if table is not None else extract_rows(obj)
 
 
@@ -169,14 +169,16 @@ def _prediction_columns(obj: Any, n_rows: int, key: str | None, class_names: Seq
         obj = obj.get(name) if name is not None else None
     if not isinstance(obj, np.ndarray) and callable(getattr(obj, "to_numpy", None)) and not hasattr(obj, "columns"):
         obj = obj.to_numpy()  # a pandas Series
-    if not isinstance(obj, np.ndarray) or obj.dtype.kind not in NUMBER_KINDS + "U" or len(obj) != n_rows:
+    if not isinstance(obj, np.ndarray) or obj.ndim == 0 or obj.dtype.kind not in NUMBER_KINDS + "U" \
+            or len(obj) != n_rows:
         return None
     if obj.ndim == 1:
         return Columns(["prediction"], [obj], n_rows)
     if obj.ndim != 2 or obj.shape[1] == 0:
         return None
     width = obj.shape[1]
-    names = list(class_names) if class_names and len(class_names) == width else [f"class_{i}" for i in range(width)]
+    names = [str(c) for c in class_names] if class_names and len(class_names) == width \
+        else [f"class_{i}" for i in range(width)]
     return Columns(names, [obj[:, j] for j in range(width)], n_rows)
 
 

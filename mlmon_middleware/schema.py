@@ -1,6 +1,8 @@
 """FeatureSchema: feature names and kinds, and encoding rows into matrices.
 
-Rows (from :func:`~mlmon_middleware.payload.extract_rows`) are encoded into two numpy matrices
+Rows (from :func:`~mlmon_middleware.payload.extract_rows`), or a batch kept in columns
+(:class:`~mlmon_middleware.columns.Columns`, from :func:`~mlmon_middleware.payload.extract_batch`),
+are encoded into two numpy matrices
 (one float64 matrix for numeric features, one object matrix for categorical ones, whose values
 are named by :func:`category_key`), counting every problem by reason instead of raising. It runs
 in the background pipeline, never on the request path.
@@ -147,7 +149,10 @@ class FeatureSchema:
                        max_features: int | None) -> FeatureSchema:
         """:meth:`infer` for a batch in columns: kinds from the dtypes (numbers numeric, text
         categorical), from the values for object columns."""
-        by_name = dict(zip(table.names or [f"f{i}" for i in range(table.width)], table.arrays))
+        if table.names is not None:
+            by_name = dict(zip(table.names, table.arrays))
+        else:  # columns by position: the declared names, else f0, f1, ...
+            by_name = dict(zip(names if names is not None else [f"f{i}" for i in range(table.width)], table.arrays))
         if names is None:
             names = [name for name in by_name if len(name) <= MAX_NAME_CHARS][:max_features]
         kinds = dict(kinds or {})

@@ -127,3 +127,65 @@ def test_an_array_answer_stays_in_columns_with_the_names_rows_would_get(answer, 
         assert list(table) == extract_predictions(plain if wrapped is answer else {"predictions": plain}, 3,
                                                   class_names=class_names)
     assert not isinstance(extract_predictions(np.array([0.1, 0.9]), 1), Columns)  # one row's class vector
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_fast_paths_give_what_the_general_path_gives_on_clean_data(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.integers(-5, 5, n), "c": rng.choice(["x", "y"], n)})
+    batches = [extract_rows(frame), [list(r) for r in frame.itertuples(index=False)], columns_of(frame)]
+    fast = [SCHEMA.encode(b) for b in batches if b is not None]
+    monkeypatch.setattr(FeatureSchema, "_encode_plain", lambda self, rows: None)
+    monkeypatch.setattr(FeatureSchema, "_columns_plain", lambda self, table: None)
+    general = [SCHEMA.encode(b) for b in batches if b is not None]
+    assert len(fast) == 3 and all(same(f, g) for f, g in zip(fast, general))
+    numeric = FeatureSchema(["f0", "f1"])
+    matrix = rng.normal(size=(40, 2))
+    with_fast = numeric.encode(columns_of(matrix))
+    monkeypatch.undo()
+    assert same(with_fast, numeric.encode(extract_rows(matrix)))
+
+
+def test_rows_reach_the_window_in_arrival_order():
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0, reservoir_size=50))
+    try:
+        model = mon.model("ordered")
+        model.record(np.arange(200.0).reshape(100, 2), np.zeros(100))  # a batch in columns, then a row
+        model.record([9.0, 9.0], 0.0)
+        mon.flush()
+        snap = model.window.snapshot()
+        assert snap["numeric"][-1].tolist() == [9.0, 9.0] and (np.diff(snap["time"]) >= 0).all()
+    finally:
+        mon.shutdown()
+
+
+def test_columns_by_position_take_the_declared_names_and_kinds():
+    rows = extract_batch(np.array([[31, "eu"]] * 20, dtype=object))
+    assert isinstance(rows, Columns)
+    assert FeatureSchema.infer(rows, names=["age", "region"]) == FeatureSchema(["age", "region"], ["numeric", "categorical"])
+
+
+def test_answers_arrays_cannot_be_read_from_keep_the_rows():
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
+    try:
+        scalar = mon.model("scalar")
+        scalar.record(np.ones((20, 2)), np.array(0.5))  # one value for 20 rows
+        classes = mon.model("classes", class_names=(0, 1))  # names as model.classes_ gives them
+        classes.record(np.ones((20, 2)), np.full((20, 2), 0.5))
+        mon.flush()
+        assert scalar.health()["rows_in_window"] == 20 and "prediction_mismatch" in scalar.health()["capture_errors"]
+        assert classes.health()["rows_in_window"] == 20 and classes.output_schema.names == ("0", "1")
+    finally:
+        mon.shutdown()
+
+
+def test_logged_integers_of_a_numeric_frame_stay_integers(tmp_path):
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0, store_dir=str(tmp_path)))
+    try:
+        model = mon.model("ints", log_features="all")
+        model.record(pd.DataFrame({"id": [2**53 + 1] * 20, "x": [0.5] * 20}), np.zeros(20))
+        logged = model.recent_predictions(limit=1)[0]
+        assert logged["features"] == {"id": 2**53 + 1, "x": 0.5}
+    finally:
+        mon.shutdown()

@@ -458,3 +458,32 @@ def test_streams_are_never_held_and_their_latency_runs_to_the_last_chunk(harness
     h.monitor.flush()
     histogram = [p for _, p in h.points("mlmon.inference.duration")]
     assert histogram and histogram[0].sum >= 0.4  # five chunks 0.1 s apart: not the µs of the call
+
+
+def test_a_hung_explanation_thread_turns_explanations_off_and_never_holds_exit():
+    import concurrent.futures
+    import threading
+
+    import xgboost
+
+    from mlmon_middleware.explain import _DaemonThreads
+
+    service = ExplanationService(Explain(model=xgboost.XGBClassifier(n_estimators=5).fit(X, y)), [f"f{i}" for i in range(6)], None)
+    service.start()
+    assert service.in_threads and service.warm.wait(60) and service.problem is None
+    stuck: concurrent.futures.Future = concurrent.futures.Future()
+    service._in_flight[stuck] = time.monotonic() - 10 * service.hung_after  # a call that never came back
+    assert service.submit(X[0]) == "unavailable" and "cannot be stopped" in service.problem
+    service.close()
+    pool = _DaemonThreads(1)
+    release = threading.Event()
+    running = pool.submit(release.wait)
+    deadline = time.monotonic() + 10
+    while not running.running() and time.monotonic() < deadline:  # the thread has taken it
+        time.sleep(0.01)
+    waiting = pool.submit(lambda: 1)
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert waiting.cancelled() and not running.done()
+    assert all(t.daemon for t in pool._threads)  # the interpreter does not wait for them at exit
+    release.set()
+    assert running.result(timeout=10) is True

@@ -126,3 +126,17 @@ def test_a_check_in_any_thread_lets_go_between_features():
         assert model.check_now()["status"] != "warming_up"  # no pacer set: check_now brings its own
     finally:
         mon.shutdown()
+
+
+def test_in_an_event_loop_a_check_never_pauses():
+    import asyncio
+
+    from mlmon_middleware.pacing import paced
+
+    async def in_the_loop() -> float:
+        with paced() as pacer:  # what check_now does when called from an async handler
+            return pacer.budget
+
+    assert asyncio.run(in_the_loop()) == float("inf")
+    with paced() as pacer:  # elsewhere: a pacer that pauses
+        assert pacer.budget < 1
