@@ -45,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from mlmon_middleware.capture.context import RequestState, current_request
+from mlmon_middleware.capture.context import RequestState, enter, leave
 from mlmon_middleware.ids import new_prediction_id
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.monitor import Monitor
@@ -218,15 +218,15 @@ class _Responder(RequestState):
     async def __call__(self, receive: Receive, send: Send) -> None:
         if self.request_tee is not None:
             receive = self._wrap_receive(receive)
-        token = current_request.set(self)
         self.send = send
+        token = enter(self)
         try:
             await self.mw.app(self.scope, receive, self.monitored_send)
         except BaseException as exc:
             self._finish(exc)
             raise
         finally:
-            current_request.reset(token)
+            leave(token)
         self._finish(None)  # a response that never sent its last chunk still counts
 
     def _wrap_receive(self, receive: Receive) -> Receive:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mlmon_middleware.capture.context import current_request
+from mlmon_middleware.capture.context import request_state
 from mlmon_middleware.ids import new_prediction_id
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.monitor import Monitor
@@ -129,7 +129,7 @@ def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, arg
         pid = new_prediction_id()
         record = Record(mm, pid, wall_ns, duration, pick(args, kwargs), result, route,
                         None, None if exc is None else type(exc).__qualname__, mon.current_context())
-        state = current_request.get()
+        state = request_state()
         if state is not None and not state.finished:
             state.records.append(record)  # the middleware adds route and status, then submits
             if exc is None:
