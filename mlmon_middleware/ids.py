@@ -17,7 +17,7 @@ class _PredictionIds:
     One ``os.urandom`` per request measured as the largest cost of our request path under load
     (a syscall that also releases the GIL); one per 256 requests is not. The ids of a batch are
     cut in advance and handed out with ``list.pop`` (atomic under the GIL: no lock on the
-    request path; ~0.1 µs instead of 1.3 µs with a lock and a hex conversion per id). The
+    request path; 0.27 µs measured, against 1.3 µs with a lock and a hex conversion per id). The
     batch is dropped in a forked child so that workers never hand out the same ids.
     """
 
