@@ -1,14 +1,16 @@
 """What sharing between workers costs: bare vs monitored under real uvicorn with 1 and 3 workers.
 
-    python benchmarks/fleet.py [http|scrape|postgres|all] [--rounds 5] [--seconds 6]
+    python benchmarks/fleet.py [http|scrape|postgres|all] [--rounds 10] [--seconds 3]
 
 http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           ``benchmarks/overhead.py`` in real uvicorn processes on 127.0.0.1 (server on core 0, wrk
           on core 1): bare and monitored with 1 worker; bare, monitored (the workers share: summed
           metrics, one leader) and monitored with sharing off (``MLMON_MULTIPROC_DIR=off``) with 3
           workers; the same with an endpoint that computes for 1 ms first (a small model). The
-          variants run interleaved, round by round, in a new order each round; each round's ratios
-          are taken against the same round's bare run. The shared/unshared pair gives the extra
+          servers compared with one bare server stay up side by side and take ``--seconds``-long
+          bursts of wrk in turn, in a new order each round; each round's ratios are taken against
+          the same round's bare burst. Beside requests/s and the tail, the server's CPU time per
+          request (all threads and workers, from /proc). The shared/unshared pair gives the extra
           cost of sharing per request.
 scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
 postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
@@ -18,6 +20,7 @@ postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -79,8 +82,16 @@ def stop(proc: subprocess.Popen) -> None:
 
 def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
                body: bytes = BODY) -> dict[str, list[dict[str, float]]]:
-    """Each variant's requests/s, p99 and p99.9 (ms) per round under wrk, rounds in a new order
-    each time; monitored variants also report the pipeline's longest GIL hold (``hold_ms``)."""
+    """Each variant's requests/s, p99 and p99.9 (ms) and server CPU per request (µs) per round
+    under wrk; monitored variants also report the pipeline's longest GIL hold (``hold_ms``).
+
+    The variants compared with one bare variant (a group) run side by side: their servers all
+    start first, each is warmed up, then every round sends one ``seconds``-long burst to each,
+    in a new order each round. This VM's speed drifts by up to 2× within minutes: bursts of a few
+    seconds, alternating between servers that stay up, put the variants of one round in the same
+    state of the machine (servers restarted per run did not: bare alone varied 0.7–1.4× between
+    runs). An idle server waits in ``epoll`` and costs the others nothing but its
+    analyzer's periodic check."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("the http benchmark needs wrk: apt-get install wrk")
@@ -92,31 +103,69 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
     with open(script, "w") as fh:
         fh.write(wrk_script(body) + LATENCY)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    groups: dict[str, list[str]] = {}
+    for name, (_, _, _, bare) in variants.items():
+        groups.setdefault(bare or name, []).append(name)
     try:
-        order = list(variants)
-        for r in range(rounds):
-            random.Random(r).shuffle(order)  # a new order each round: no variant always follows the same one
-            for name in order:
-                workers, monitored, extra, _ = variants[name]
-                proc, port = start(workdir, workers, monitored, extra)
-                try:
-                    url = f"http://127.0.0.1:{port}/predict"
-                    subprocess.run([*pin(1), wrk, "-t1", "-c32", "-d2s", "-s", script, url], capture_output=True, check=True)
-                    out = subprocess.run([*pin(1), wrk, "-t1", "-c32", f"-d{seconds}s", "-s", script, url],
-                                         capture_output=True, text=True, check=True).stdout
-                    hold = longest_hold(port) if monitored else None
-                finally:
+        for group in groups.values():
+            servers: dict[str, tuple[subprocess.Popen, int]] = {}
+            try:
+                for name in group:
+                    workers, monitored, extra, _ = variants[name]
+                    servers[name] = start(workdir, workers, monitored, extra)
+                for name, (_, port) in servers.items():  # warm up: imports, first-use paths, full windows
+                    _wrk(wrk, script, port, 3)
+                order = list(group)
+                for r in range(rounds):
+                    random.Random(r).shuffle(order)  # a new order each round: no variant always follows the same one
+                    for name in order:
+                        proc, port = servers[name]
+                        before = server_cpu(proc.pid)
+                        out = _wrk(wrk, script, port, seconds)
+                        used = server_cpu(proc.pid) - before
+                        requests = int(re.search(r"(\d+) requests in", out).group(1))
+                        results[name].append({"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+                                              "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
+                                              "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
+                                              "cpu_us": used / requests * 1e6})
+                        print(f"round {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
+                for name, (proc, port) in servers.items():
+                    hold = longest_hold(port) if variants[name][1] else None
+                    if hold is not None:
+                        for run in results[name]:
+                            run["hold_ms"] = hold * 1000  # the longest over all of the server's rounds
+            finally:
+                for proc, _ in servers.values():
                     stop(proc)
-                if "Non-2xx" in out:
-                    raise RuntimeError(out)
-                results[name].append({"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-                                      "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
-                                      "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
-                                      **({} if hold is None else {"hold_ms": hold * 1000})})
-                print(f"round {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def _wrk(wrk: str, script: str, port: int, seconds: int) -> str:
+    """wrk's report of ``seconds`` of 32 connections posting to the server on ``port`` (on core 1)."""
+    out = subprocess.run([*pin(1), wrk, "-t1", "-c32", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}/predict"],
+                         capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(out)
+    return out
+
+
+def server_cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) used so far by the server process ``pid`` and its children
+    (uvicorn's workers): every thread, read from /proc."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    for each in pids:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{each}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime: every thread of the process
+    return total
 
 
 def longest_hold(port: int) -> float | None:
@@ -132,24 +181,28 @@ def longest_hold(port: int) -> float | None:
 
 
 def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = VARIANTS) -> None:
-    """The table of requests/s, p99 and p99.9 with each variant's ratios to its bare variant, per round."""
+    """The table of requests/s, p99, p99.9 and server CPU per request with each variant's
+    ratios to its bare variant, per round."""
     def ratios(name: str, against: str, key: str) -> list[float]:
         return [a[key] / b[key] for a, b in zip(results[name], results[against])]
 
+    keys = ("rps", "p99_ms", "p999_ms", "cpu_us")
     print("\n| variant | requests/s (median) | vs bare, per round (median; min–max) | p99 ms (median) "
           "| p99 vs bare (median; min–max) | p99.9 ms (median) | p99.9 vs bare (median; min–max) "
+          "| server CPU µs/request (median) | CPU vs bare (median; min–max) "
           "| pipeline's longest GIL hold, ms (max) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         bare = variants[name][3]
-        cells = [f"{statistics.median(r[k] for r in runs):.{1 if k == 'rps' else 2}f}" for k in ("rps", "p99_ms", "p999_ms")]
-        spans = []
-        for key in ("rps", "p99_ms", "p999_ms"):
+        cells = []
+        for key in keys:
+            digits = 1 if key in ("rps", "cpu_us") else 2
             got = ratios(name, bare, key) if bare else []
-            spans.append(f"{statistics.median(got):.3f}; {min(got):.3f}–{max(got):.3f}" if got else "—")
+            cells += [f"{statistics.median(r[key] for r in runs):.{digits}f}",
+                      f"{statistics.median(got):.3f}; {min(got):.3f}–{max(got):.3f}" if got else "—"]
         holds = [r["hold_ms"] for r in runs if "hold_ms" in r]
         hold = f"{max(holds):.3f}" if holds else "—"
-        print(f"| {name} | {cells[0]} | {spans[0]} | {cells[1]} | {spans[1]} | {cells[2]} | {spans[2]} | {hold} |")
+        print(f"| {name} | {' | '.join(cells)} | {hold} |")
     if "3 workers, monitored (shared)" in results and "3 workers, monitored (sharing off)" in results:
         shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
         alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
@@ -192,8 +245,8 @@ def bench_scrape(rounds: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all", choices=["http", "scrape", "postgres", "all"])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=6, help="wrk duration per run")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=3, help="wrk duration per burst")
     args = parser.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores · "
           f"Python {platform.python_version()} · {' '.join(sys.argv)}")

@@ -1,6 +1,6 @@
 """Tail latency: p50, p99 and p99.9 of monitored requests against bare ones, in one run.
 
-    python benchmarks/tail.py [inprocess|http|all] [--rounds 5] [--requests 20000] [--seconds 8]
+    python benchmarks/tail.py [inprocess|http|all] [--rounds 10] [--requests 20000] [--seconds 3]
 
 Two endpoints: the realistic one (22 features: 18 numbers and 4 categories, ``WIDE_FIELDS`` of
 ``overhead.py``) and ``overhead.py``'s trivial 4-field one. Three variants of each: bare
@@ -11,8 +11,9 @@ inprocess  requests one after another by direct ASGI calls into each app, each o
            request that waits for the GIL behind it shows in the tail. Variants are interleaved
            round by round; the ratios to bare are per round (median; min–max over rounds).
 http       each variant in its own uvicorn process (one worker) on 127.0.0.1, server on core 0
-           and ``wrk -t1 -c32`` on core 1 (``fleet.py``'s harness): requests/s, p99 and p99.9,
-           variants in a new order each round.
+           and ``wrk -t1 -c32`` on core 1 (``fleet.py``'s harness: the three servers of an
+           endpoint stay up and take ``--seconds``-long bursts in turn, in a new order each
+           round): requests/s, p99, p99.9 and the server's CPU time per request.
 
 Both report the pipeline's longest GIL hold (``pipeline_longest_hold``): the longest stretch of
 work the pipeline thread did without letting go of the GIL.
@@ -147,9 +148,9 @@ def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all", choices=["inprocess", "http", "all"])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=20_000, help="per variant and round (inprocess)")
-    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per run (http)")
+    parser.add_argument("--seconds", type=int, default=3, help="wrk duration per burst (http)")
     args = parser.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}; "
