@@ -4,7 +4,8 @@
 
 Two endpoints: the realistic one (22 features: 18 numbers and 4 categories, ``WIDE_FIELDS`` of
 ``overhead.py``) and ``overhead.py``'s trivial 4-field one. Three variants of each: bare
-FastAPI, mlmon (tracing off), and mlmon with the prediction log on (SQLite in a temporary folder).
+FastAPI, mlmon (tracing off), and mlmon with the prediction log on (SQLite in a temporary folder);
+under real HTTP also mlmon flushing every 32 records instead of 256 (``MLMON_FLUSH_BATCH=32``).
 
 inprocess  requests one after another by direct ASGI calls into each app, each one timed; the
            pipeline runs as in service (its own thread, default flush interval and batch), so a
@@ -141,6 +142,8 @@ def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str 
         bare = f"{endpoint}, bare"
         variants[bare] = (1, False, env, None)
         variants[f"{endpoint}, mlmon"] = (1, True, env, bare)
+        # fewer records waiting in the queue: fewer garbage collections, more flushes
+        variants[f"{endpoint}, mlmon, flush_batch 32"] = (1, True, {**env, "MLMON_FLUSH_BATCH": "32"}, bare)
         variants[f"{endpoint}, mlmon + log"] = (1, True, {**env, "MLMON_STORE_DIR": os.path.join(store, features)}, bare)
     return variants
 
