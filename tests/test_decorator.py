@@ -1,4 +1,5 @@
 import asyncio
+import contextvars
 import inspect
 
 import numpy as np
@@ -152,3 +153,92 @@ def test_input_argument_selection(harness):
     harness.monitor.flush()
     assert harness.monitor.model("a").schema.names == ("f0", "f1")
     assert harness.monitor.model("b").schema.names == ("age", "income")
+
+
+def test_a_plain_call_hands_back_its_prediction_id_for_labels(harness_factory, tmp_path):
+    """Batch jobs and workers (no middleware): current_prediction_id() after the call is the id the
+    log holds, so a label can be joined without a lookup."""
+    contextvars.Context().run(_plain_calls_hand_back_ids, harness_factory(store_dir=str(tmp_path)))
+
+
+def _plain_calls_hand_back_ids(h) -> None:  # in a fresh context: no id left by other tests
+    from mlmon_middleware import current_prediction_id
+
+    h.monitor.start()
+
+    @monitor(model="churn", registry=h.monitor)
+    def score(row: dict) -> float:
+        return 0.8 if row["tenure"] < 12 else 0.1
+
+    @monitor(model="churn", registry=h.monitor)
+    def score_batch(rows: list) -> list:
+        return [0.3 for _ in rows]
+
+    @monitor(model="churn", registry=h.monitor)
+    def broken(row: dict) -> float:
+        raise Boom("no model")
+
+    assert current_prediction_id() is None  # nothing called yet in this context
+    score({"tenure": 3})
+    first = current_prediction_id()
+    score({"tenure": 30})
+    second = current_prediction_id()
+    assert first and second and first != second and len(second) == 32
+    with pytest.raises(Boom):
+        broken({"tenure": 1})
+    assert current_prediction_id() is None  # the last call gave no prediction to label
+    score_batch([{"tenure": 1}, {"tenure": 2}])
+    batch = current_prediction_id()
+    mm = h.monitor.model("churn")
+    h.monitor.flush()
+    mm.registry.store_writer.flush()
+    assert mm.lookup(first)["prediction"] == {"prediction": 0.8}
+    assert mm.lookup(second)["prediction"] == {"prediction": 0.1}
+    assert [mm.lookup(f"{batch}:{i}") is not None for i in range(2)] == [True, True]
+    assert mm.record_outcome(second, actual=0)["status"] == "labelled"
+
+
+def test_prediction_ids_of_plain_calls_stay_in_their_thread_or_task(harness):
+    contextvars.Context().run(_ids_stay_in_their_thread_or_task, harness)
+
+
+def _ids_stay_in_their_thread_or_task(harness) -> None:  # in a fresh context: no id left by other tests
+    import threading
+
+    from mlmon_middleware import current_prediction_id
+
+    @monitor(model="m", registry=harness.monitor)
+    def score(row: dict) -> float:
+        return 1.0
+
+    @monitor(model="m", registry=harness.monitor)
+    async def ascore(row: dict) -> float:
+        await asyncio.sleep(0)
+        return 1.0
+
+    seen: dict[str, tuple] = {}
+
+    def worker(name: str) -> None:
+        score({"x": 1.0})
+        mine = current_prediction_id()
+        barrier.wait()  # both threads have called before either reads again
+        seen[name] = (mine, current_prediction_id())
+
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen["a"][0] == seen["a"][1] and seen["b"][0] == seen["b"][1] and seen["a"][0] != seen["b"][0]
+    assert current_prediction_id() is None  # the main thread called nothing
+
+    async def task() -> tuple:
+        await ascore({"x": 1.0})
+        return current_prediction_id()
+
+    async def both() -> list:
+        return await asyncio.gather(task(), task())
+
+    a, b = asyncio.run(both())
+    assert a and b and a != b

@@ -67,7 +67,25 @@ def request_state() -> RequestState | None:
     return None if key is None else _open.get(key)
 
 
+#: the id of the last monitored call that returned in this context, outside any request; a
+#: string (the collector never tracks it), set only on calls no middleware serves
+last_prediction: ContextVar[str | None] = ContextVar("mlmon_last_prediction", default=None)
+
+
 def current_prediction_id() -> str | None:
-    """The prediction id of the monitored call made in the current request, if any."""
+    """The prediction id to label later: in a request the middleware serves, that of the
+    request's monitored call; elsewhere (a batch job, a queue worker, a script), that of the last
+    monitored call that returned in this thread or task (None after a call that raised). A call
+    with a batch of rows has one id; row ``i`` is logged as ``"{id}:{i}"``.
+
+    >>> from mlmon_middleware import Monitor, MonitorConfig, monitor
+    >>> mon = Monitor(MonitorConfig(tracing=False))
+    >>> @monitor(model="churn", registry=mon)
+    ... def score(row: dict) -> float:
+    ...     return 0.25
+    >>> score({"tenure": 24}), len(current_prediction_id())
+    (0.25, 32)
+    >>> mon.shutdown()
+    """
     state = request_state()
-    return None if state is None else state.prediction_id
+    return last_prediction.get() if state is None else state.prediction_id

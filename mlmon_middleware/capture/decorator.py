@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mlmon_middleware.capture.context import request_state
+from mlmon_middleware.capture.context import last_prediction, request_state
 from mlmon_middleware.ids import new_prediction_id
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.monitor import Monitor
@@ -140,6 +140,7 @@ def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, arg
         if exc is not None:
             status = getattr(exc, "status_code", None)
             record.status_code = status if isinstance(status, int) else 500
+        last_prediction.set(None if exc is not None else pid)  # for current_prediction_id() after the call
         mm.submit(record)
     except Exception as error:  # monitoring never changes what the caller gets
         mon.errors.report("capture", error)
