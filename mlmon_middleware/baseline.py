@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import os
@@ -34,13 +35,14 @@ import numpy as np
 import orjson
 
 from mlmon_middleware._version import __version__
-from mlmon_middleware.payload import extract_rows
+from mlmon_middleware.payload import CaptureError, extract_rows
 from mlmon_middleware.profile import Profiler
 from mlmon_middleware.reports import BaselineSummary
 from mlmon_middleware.schema import CATEGORICAL, FeatureSchema
 
 FORMAT = "mlmon-baseline"
 FORMAT_VERSION = 2  # 2: categories named by values.category_key; numeric reference grids
+NO_ROWS = "no rows to profile: a baseline needs at least one row"
 
 
 class BaselineError(ValueError):
@@ -91,9 +93,15 @@ class Baseline:
         or an (n × k) array of class probabilities); ``categorical`` forces kinds. With
         ``labels`` (validation data's ground truth) the baseline also keeps the model's
         performance on it, the reference for degradation alerts (``task``, ``positive`` and
-        ``threshold`` as in :class:`~mlmon_middleware.performance.PerformanceTracker`).
+        ``threshold`` as in :class:`~mlmon_middleware.performance.PerformanceTracker`). Data without
+        rows is refused (:class:`BaselineError`), as by :meth:`from_profilers`.
         """
-        rows = extract_rows(data)
+        try:
+            rows = extract_rows(data)
+        except CaptureError as exc:
+            if exc.reason == "empty_input":
+                raise BaselineError(NO_ROWS) from None
+            raise
         pred_values = None
         if isinstance(predictions, str):
             if not isinstance(rows[0], Mapping) or predictions not in rows[0]:
@@ -149,7 +157,16 @@ class Baseline:
     def from_profilers(cls, features: Profiler, predictions: Profiler | None = None, *, model: str | None = None,
                        bins: int = 10, sample_size: int = 2000, seed: int = 0, warmup: bool = False) -> Baseline:
         """The baseline of what two :class:`~mlmon_middleware.profile.Profiler` accumulated (the
-        streaming path of ``mlmon baseline build``)."""
+        streaming path of ``mlmon baseline build``). A profiler of no rows is refused: its
+        baseline would hold no distribution, and every window would be judged unchanged from it.
+
+        >>> Baseline.from_profilers(Profiler(FeatureSchema(["x"])))
+        Traceback (most recent call last):
+        ...
+        mlmon_middleware.baseline.BaselineError: no rows to profile: a baseline needs at least one row
+        """
+        if features.rows == 0:
+            raise BaselineError(NO_ROWS)
         if bins < 2:
             raise BaselineError(f"bins must be >= 2, got {bins}")
         rng = np.random.default_rng(seed)
@@ -169,11 +186,17 @@ class Baseline:
         return orjson.dumps(self.payload, option=orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the baseline as JSON (atomically: a reader never sees half a file)."""
+        """Write the baseline as JSON (atomically: a reader never sees half a file, and a failed
+        write, such as a full disk or ``path`` naming a directory, leaves no partial file)."""
         tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(self.to_json(indent=True))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(self.to_json(indent=True))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Baseline:

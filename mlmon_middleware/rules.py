@@ -87,17 +87,36 @@ class RuleConfig:
 
     @classmethod
     def from_text(cls, text: str) -> RuleConfig:
-        """From YAML (when PyYAML is installed) or JSON; unknown keys are an error."""
+        """From YAML (when PyYAML is installed) or JSON; unknown keys and unreadable text are a
+        :class:`ConfigError` saying why (where YAML is needed but PyYAML missing: how to get it).
+
+        >>> RuleConfig.from_text('{"psi_critical": 0.3}').psi_critical
+        0.3
+        >>> RuleConfig.from_text("[0.3]")
+        Traceback (most recent call last):
+        ...
+        mlmon_middleware.config.ConfigError: rule settings must be a mapping of setting: value
+        """
         try:
             import yaml
-
-            values = yaml.safe_load(text) or {}
         except ImportError:
-            values = orjson.loads(text or "{}")
+            try:
+                values = orjson.loads(text or "{}")
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(f"rule settings are not JSON ({exc}), and reading YAML needs PyYAML: "
+                                  "pip install 'mlmon-middleware[cli]' (or pyyaml)") from None
+        else:
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:  # its text spans lines; the problem and where it is
+                mark = getattr(exc, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+                problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+                raise ConfigError(f"rule settings are not valid YAML: {problem}{where}") from None
         if not isinstance(values, dict):
             raise ConfigError("rule settings must be a mapping of setting: value")
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
+        unknown = sorted(str(key) for key in set(values) - fields)
         if unknown:
             raise ConfigError(f"unknown rule settings {unknown}; allowed: {sorted(fields)}")
         return cls(**values)

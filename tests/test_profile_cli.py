@@ -116,7 +116,7 @@ def test_memory_does_not_grow_with_the_file(tmp_path):
     plus one chunk, not the file."""
     script = (  # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent
         "import sys\n"
-        "from mlmon_middleware.cli import build_baseline\n"
+        "from mlmon_middleware.training_file import build_baseline\n"
         "build_baseline(sys.argv[1], 'm', sample_rows=20000, chunk_rows=20000, progress=False)\n"
         "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
     )
