@@ -56,6 +56,10 @@ def _parse_optional_int(text: str) -> int | None:
     return None if text.strip().lower() in ("", "off", "none") else int(text)
 
 
+def _parse_optional_path(text: str) -> str | None:
+    return None if text.strip().lower() in ("", "off", "none") else text.strip()
+
+
 # field name -> (environment variable, parser)
 _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "service_name": ("MLMON_SERVICE_NAME", str),
@@ -82,6 +86,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_feedback_bytes": ("MLMON_MAX_FEEDBACK_BYTES", int),
     "tracing": ("MLMON_TRACING", _parse_optional_bool),
     "trace_features": ("MLMON_TRACE_FEATURES", _parse_names),
+    "metrics_path": ("MLMON_METRICS_PATH", _parse_optional_path),
     "prometheus_port": ("MLMON_PROMETHEUS_PORT", _parse_optional_int),
     "prometheus_addr": ("MLMON_PROMETHEUS_ADDR", str),
     "otlp_endpoint": ("MLMON_OTLP_ENDPOINT", str),
@@ -131,7 +136,7 @@ class MonitorConfig:
             workers (a scrape through any worker is at most this old for the others' counts).
         api_token: when set, every mlmon route that writes (feedback, on-demand checks) or returns
             input-derived data (reports, logged predictions, explanations, health details)
-            requires ``Authorization: Bearer <token>``; ``/metrics``, the dashboard page and a
+            requires ``Authorization: Bearer <token>``; the metrics, the dashboard page and a
             status-only health stay open. Compared as bytes in constant time.
         allow_anonymous_writes: without ``api_token``, the routes that write answer 403 unless
             this is True (anyone may then post labels and run checks: only for a closed network).
@@ -145,6 +150,10 @@ class MonitorConfig:
         tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
             given, OTLP is configured, or an SDK tracer provider is installed globally.
         trace_features: feature names whose raw values may be written into spans (none by default).
+        metrics_path: where the FastAPI adapter serves mlmon's Prometheus text, besides
+            ``/mlmon/metrics``, while no route of the app answers there (an app's own ``/metrics``
+            keeps it, with a warning); ``"/mlmon/metrics"``: only there; None (``off``): nowhere
+            on the app (scrape ``prometheus_port``).
         prometheus_port: serve ``/metrics`` on this port from a thread of our own (off by default;
             the FastAPI adapter serves it on the app instead).
         prometheus_addr: address for ``prometheus_port``.
@@ -187,6 +196,7 @@ class MonitorConfig:
     max_feedback_bytes: int = 1 << 20
     tracing: bool | None = None
     trace_features: tuple[str, ...] = ()
+    metrics_path: str | None = "/metrics"
     prometheus_port: int | None = None
     prometheus_addr: str = "127.0.0.1"
     otlp_endpoint: str | None = None
@@ -239,6 +249,10 @@ class MonitorConfig:
         if isinstance(self.trace_features, str) or not all(isinstance(n, str) for n in self.trace_features):
             raise ConfigError(f"trace_features must be a sequence of feature names, got {self.trace_features!r}")
         object.__setattr__(self, "trace_features", tuple(self.trace_features))
+        if self.metrics_path is not None and (not isinstance(self.metrics_path, str) or self.metrics_path[:1] != "/"
+                                              or any(c.isspace() or c in "{}?#" for c in self.metrics_path)):
+            raise ConfigError(f"metrics_path must be a path starting with '/' (no spaces, braces, '?' or '#'), or None "
+                              f"(off), got {self.metrics_path!r}")
         if self.prometheus_port is not None:
             _check_int(self, "prometheus_port", minimum=0, maximum=65535)
         object.__setattr__(self, "metric_readers", tuple(self.metric_readers))

@@ -4,9 +4,10 @@
 adapter mounts under ``/mlmon``: the Prometheus text of the private registry, health, drift and
 performance reports, alerts, ``POST feedback`` for ground-truth labels, logged predictions (with
 their explanations) and the embedded dashboard page. Imported by adapters only (the core itself
-speaks plain ASGI).
+speaks plain ASGI and serves no path); the FastAPI adapter builds its metrics routes from
+:func:`metrics_endpoint` itself, so that they give way to a route of the app at the same path.
 
-Access (:class:`Access`): ``/metrics``, the dashboard page and health's status are open. Routes
+Access (:class:`Access`): the metrics, the dashboard page and health's status are open. Routes
 that *write* (feedback, ``?refresh=true`` checks) need the bearer token ``api_token``; without
 one they answer 403, unless ``allow_anonymous_writes`` is set. With a token, every route that
 returns input-derived data (reports, logged predictions, explanations, health's details) needs it
@@ -58,7 +59,7 @@ MAX_LISTED = 500  # predictions one GET /mlmon/predictions may return
 Label = tuple[str, Any, float | None]  # (prediction id, actual, timestamp or None for now)
 
 
-def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None = "/mlmon/health",
+def routes(mon: Monitor, *, metrics: str | None = "/mlmon/metrics", health: str | None = "/mlmon/health",
            drift: str | None = "/mlmon/drift", feedback: str | None = "/mlmon/feedback",
            performance: str | None = "/mlmon/performance", alerts: str | None = "/mlmon/alerts",
            predictions: str | None = "/mlmon/predictions", dashboard: str | None = "/mlmon/",
@@ -68,11 +69,7 @@ def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None
     access = Access(mon)
     out = []
     if metrics:
-        def metrics_text(_: Request) -> Response:  # sync: runs in a worker thread (it flushes the pipeline)
-            body, content_type = mon.telemetry.prometheus_text()
-            return Response(body, media_type=content_type)
-
-        out.append(Route(metrics, metrics_text, methods=["GET"], include_in_schema=False))
+        out.append(Route(metrics, metrics_endpoint(mon), methods=["GET"], include_in_schema=False))
     if health:
         out.append(Route(health, _health(mon, access), methods=["GET"], include_in_schema=False))
     if feedback:
@@ -93,6 +90,16 @@ def routes(mon: Monitor, *, metrics: str | None = "/metrics", health: str | None
     if dashboard:
         out.append(Route(dashboard, lambda _: HTMLResponse(_dashboard_page()), methods=["GET"], include_in_schema=False))
     return out
+
+
+def metrics_endpoint(mon: Monitor) -> Callable[[Request], Response]:
+    """The endpoint of ``GET metrics``: the Prometheus text of mlmon's private registry. Sync,
+    so Starlette runs it in a worker thread: a scrape first flushes the pipeline."""
+    def metrics_text(_: Request) -> Response:
+        body, content_type = mon.telemetry.prometheus_text()
+        return Response(body, media_type=content_type)
+
+    return metrics_text
 
 
 @functools.cache
