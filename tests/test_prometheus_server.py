@@ -50,7 +50,8 @@ def fleet(tmp_path):
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
-        "scrape_configs": [{"job_name": "mlmon", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}]}))
+        "scrape_configs": [{"job_name": "mlmon", "metrics_path": "/mlmon/metrics",
+                            "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}]}))
     web = free_port(0)
     server = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

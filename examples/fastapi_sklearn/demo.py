@@ -98,7 +98,7 @@ def main() -> None:
 the example service is up (uvicorn, pid {proc.pid}); its API token (MLMON_API_TOKEN) is {token}
   {base}/mlmon/#token={token}
                          the dashboard: drift per feature with histograms, performance, alerts, explanations
-  {base}/metrics         Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
+  {base}/mlmon/metrics   Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
   {base}/docs            the API docs; try POST /predict
   {args.dir / 'service.log'}    the service's log
   JSON reports, with the header 'Authorization: Bearer {token}' (curl -H ...):

@@ -7,6 +7,11 @@ endpoints configured by path (apps without the decorator), it tees the request a
 bodies (up to ``max_body_bytes``) and records them as one inference; JSON is parsed later,
 in the background pipeline.
 
+It answers no path of its own: every request reaches the app, so it never hides a route of the
+app (``/metrics`` included). A plain ASGI app has no route table to add mlmon's routes to: its
+metrics are served on ``MLMON_PROMETHEUS_PORT``, or by ``mlmon_middleware.routes.routes(monitor)``
+in a Starlette app the user mounts.
+
 The middleware object holds only configuration; per-request state lives in a
 ``_Responder`` created per call (the shape of Starlette's GZipMiddleware). Every message
 passes through in order and unchanged, except the added response header. Websockets,
