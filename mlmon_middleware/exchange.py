@@ -10,7 +10,7 @@ half a file), in the folder :func:`~mlmon_middleware.workers.shared_folder` chos
   ``flock``; readers take it shared), so totals keep counting what exited workers did and never
   go down, while the folder holds one file per *running* worker.
 * ``windows-{worker}.npz`` (+ ``.json``, written after it, naming the request it answers): a
-  worker's windows of recent rows per model, written when someone asks (:meth:`Exchange.ask_windows`),
+  worker's windows of recent rows per model, written when someone asks (:meth:`Exchange.ask`),
   so a check sees the rows of every worker. numpy's own format without pickles: categorical
   values go as integer codes into their distinct values.
 * ``result-{model}.json``: the leader's last check of a model (reports, alerts), which every
@@ -22,7 +22,7 @@ half a file), in the folder :func:`~mlmon_middleware.workers.shared_folder` chos
 >>> ex.publish_state({"models": {"m": {"predictions": {"ok": 3}}}})
 >>> [s["models"]["m"]["predictions"] for s in ex.states().live.values()]
 [{'ok': 3}]
->>> token = ex.ask_windows()
+>>> token = ex.ask("windows")
 >>> window = {"time": np.array([1.0]), "numeric": np.array([[0.5]]), "categorical": np.array([["a"]], dtype=object)}
 >>> ex.publish_windows(token, {"m": {"features": window, "outputs": {}, "schema": {"x": "numeric"}}})
 >>> got = ex.windows(token, timeout=1.0)[Worker.current().key]["m"]
@@ -114,14 +114,24 @@ class Exchange:
             os.close(fd)
 
     # ---------------------------------------------------------------------------------- states
-    def publish_state(self, state: Mapping[str, Any]) -> None:
-        """Write this worker's counters (replacing its previous state)."""
-        self._write(f"state-{self.me.key}.json", orjson.dumps({**state, "time": time.time()}, option=_JSON))
+    def publish_state(self, state: Mapping[str, Any], token: int = 0) -> None:
+        """Write this worker's counters (replacing its previous state), answering request
+        ``token`` (:meth:`ask` ``("states")``) if any."""
+        self._write(f"state-{self.me.key}.json", orjson.dumps({**state, "time": time.time(), "token": token},
+                                                             option=_JSON))
 
-    def states(self) -> SharedStates:
+    def states(self, token: int = 0, timeout: float = 0.0) -> SharedStates:
         """Every running worker's last state, and the exited workers' folded counts. Exited
         workers' states are folded first, so the sum over both never goes down; a state that
-        cannot be read just now counts as the last one read."""
+        cannot be read just now counts as the last one read. With a ``token``, waits up to
+        ``timeout`` seconds for every running worker's state to answer it (one that does not
+        in time counts with its last state)."""
+        deadline = time.monotonic() + timeout
+        while token and time.monotonic() < deadline:
+            keys = [k for k in self._state_keys() if k != self.me.key and Worker.from_key(k).alive()]
+            if all((self._read_json(f"state-{k}.json") or {}).get("token", 0) >= token for k in keys):
+                break
+            time.sleep(0.01)
         keys = self._state_keys()
         if any(not Worker.from_key(k).alive() for k in keys):
             self._fold_exited()
@@ -160,23 +170,25 @@ class Exchange:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self._path(name))
 
-    # --------------------------------------------------------------------------------- windows
-    def ask_windows(self) -> int:
-        """Ask every worker for its windows; the token their answers will carry (larger than
-        any before: the wall clock may step back, the token does not)."""
+    # ----------------------------------------------------------------------------------- asks
+    def ask(self, what: str) -> int:
+        """Ask every worker for fresh ``what`` (``"windows"`` or ``"states"``); returns the token
+        their answers will carry (larger than any before: the wall clock may step back, the token
+        does not)."""
         with self._locked(exclusive=True):
-            token = max(self.asked() + 1, time.time_ns())
-            self._write("windows-wanted", str(token).encode())
+            token = max(self.asked(what) + 1, time.time_ns())
+            self._write(f"{what}-wanted", str(token).encode())
         return token
 
-    def asked(self) -> int:
-        """The token of the latest request for windows (0 when none)."""
+    def asked(self, what: str) -> int:
+        """The token of the latest request for ``what`` (0 when none)."""
         try:
-            with open(self._path("windows-wanted"), "rb") as f:
+            with open(self._path(f"{what}-wanted"), "rb") as f:
                 return int(f.read() or 0)
         except (OSError, ValueError):
             return 0
 
+    # --------------------------------------------------------------------------------- windows
     def publish_windows(self, token: int, models: Mapping[str, Mapping[str, Any]]) -> None:
         """Write this worker's windows: per model ``features`` and ``outputs`` (window snapshots),
         ``schema`` / ``output_schema`` (name -> kind) and optional ``attributions`` (times and a

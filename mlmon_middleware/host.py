@@ -6,12 +6,14 @@
 
 * takes the lead if nobody holds it (:class:`~mlmon_middleware.workers.LeaderLock`): the
   leader alone runs the scheduled checks, so alerts and webhooks fire once per server;
-* answers a request for windows (:meth:`~mlmon_middleware.exchange.Exchange.ask_windows`)
+* answers a request for windows (:meth:`~mlmon_middleware.exchange.Exchange.ask`)
   with this worker's rows, so a check (the leader's, or an on-demand one through any worker)
   sees every worker's rows: :meth:`HostShare.check_inputs` merges them, newest first, into one
   window of the configured size, and sums the workers' counts;
-* publishes this worker's counters every ``share_interval`` while they change, so that a scrape
-  through any worker sums every worker (:meth:`HostShare.collect`);
+* publishes this worker's counters every ``share_interval`` while they change, and at once
+  when a scrape or health through another worker asks for them (pipeline flushed first), so
+  that a scrape through any worker sums every worker, exactly up to the last request answered
+  (:meth:`HostShare.collect`);
 * in a worker that does not lead, adopts the leader's last check of each model (reports, alert
   states), so every route answers the same through every worker, and a worker that takes over
   the lead goes on from the same alert states (no second notification for a firing alert).
@@ -51,23 +53,29 @@ from mlmon_middleware.workers import LeaderLock, Worker
 
 TICK = 0.1  # seconds between looks at the shared folder (a stat or two)
 ANSWER_TIMEOUT = 3.0  # seconds a check waits for the other workers' windows
+SCRAPE_WAIT = 1.0  # seconds a scrape waits for the other workers' fresh counters
+HEALTH_WAIT = 0.3  # the same for health (a load balancer's probe must not time out behind a stuck worker)
 
 
 class HostShare:
     """See the module docstring. ``models`` lists the worker's models; ``generation`` changes
-    when its counts do (publishing is skipped while it does not)."""
+    when its counts do (publishing is skipped while it does not); ``flush`` runs its pipeline."""
 
     def __init__(self, folder: str, *, models: Callable[[], Sequence[Model]], errors: ErrorLog,
-                 generation: Callable[[], object], share_interval: float, capacity: int, per_worker: bool) -> None:
+                 generation: Callable[[], object], flush: Callable[[], None], share_interval: float,
+                 capacity: int, per_worker: bool) -> None:
         self.me = Worker.current()
         self.exchange = Exchange(folder, self.me)
         self.lock = LeaderLock(folder)
         self._models, self.errors = models, errors
         self._registry: CollectorRegistry | None = None
         self.share_interval, self.capacity, self.per_worker = share_interval, capacity, per_worker
-        self._answered = 0
+        self._answered = 0  # the last request for windows answered
+        self._answered_states = 0  # the last request for counters answered
+        self._last_state: dict[str, Any] | None = None
         self._published = 0.0
         self._generation = generation  # grows when something worth publishing changed
+        self._flush = flush  # ingests what the worker's pipeline holds
         self._published_generation: object = None
         self._adopted: dict[str, int] = {}
         self._publishing = threading.Lock()
@@ -99,12 +107,15 @@ class HostShare:
         led = self.leader
         if not self.lock.try_acquire() or not led:
             self.adopt()  # a worker taking the lead first takes the old leader's last word
-        asked = self.exchange.asked()
+        asked = self.exchange.asked("windows")
         if asked != self._answered:
             self._answered = asked
             self.publish_windows(asked)
+        wanted = self.exchange.asked("states")
         now = time.monotonic()
-        if now - self._published >= self.share_interval and self._generation() != self._published_generation:
+        if wanted > self._answered_states:
+            self.publish_state(wanted)
+        elif now - self._published >= self.share_interval and self._generation() != self._published_generation:
             self.publish_state()
 
     def stop(self) -> None:
@@ -127,14 +138,25 @@ class HostShare:
         metrics = [] if self._registry is None else families(self._registry)
         return {"metrics": metrics, "models": {m.name: counts_of(m) for m in self._models()}}
 
-    def publish_state(self) -> dict[str, Any]:
-        """Collect and write this worker's counters; one thread at a time (a scrape and the share
-        thread), so that a state written is never older than one written before it."""
+    def publish_state(self, token: int = 0) -> dict[str, Any]:
+        """Collect and write this worker's counters, answering request ``token`` if any; one
+        thread at a time (a scrape and the share thread), so that a state written is never older
+        than one written before it. Answering a request, the pipeline is flushed first (the
+        request just answered counts), and a worker whose counts did not change since its last
+        state writes that one again with the token: requests that come faster than the share
+        thread's :data:`TICK` cost each worker one answer per tick, a cheap one when idle."""
         with self._publishing:
+            if token:
+                self._flush()
             generation = self._generation()
-            state = self.own_state()
-            self.exchange.publish_state(state)
+            if token and generation == self._published_generation and self._last_state is not None:
+                state = self._last_state
+            else:
+                state = self.own_state()
+            token = max(token, self._answered_states)  # a later state answers every earlier request
+            self.exchange.publish_state(state, token)
             self._published, self._published_generation = time.monotonic(), generation
+            self._answered_states, self._last_state = token, state
         return state
 
     def collect(self) -> list[Any]:
@@ -142,8 +164,9 @@ class HostShare:
         When the folder fails, this worker's own (counted: ``stage="share"``)."""
         own: dict[str, Any] = {}
         try:
-            own = self.publish_state()
-            shared = self.exchange.states()
+            token = self.exchange.ask("states")
+            own = self.publish_state(token)
+            shared = self.exchange.states(token, SCRAPE_WAIT)
         except Exception as exc:
             self.errors.report("share", exc, "a scrape answered with this worker's counts alone")
             own = own or self.own_state()
@@ -156,7 +179,7 @@ class HostShare:
         from one read of the folder; this worker's own when the folder fails (counted)."""
         mine = {"models": {m.name: counts_of(m) for m in self._models()}}
         try:
-            shared = self.exchange.states()
+            shared = self.exchange.states(self.exchange.ask("states"), HEALTH_WAIT)
         except Exception as exc:
             self.errors.report("share", exc, "health counted this worker alone")
             return {name: merged_counts({self.me.key: mine}, {}, name) for name in mine["models"]}
@@ -185,7 +208,7 @@ class HostShare:
         """The other running workers' windows, asked for now (every model's at once)."""
         try:
             others = {k for k in self.exchange.states().live if k != self.me.key and Worker.from_key(k).alive()}
-            return self.exchange.windows(self.exchange.ask_windows(), ANSWER_TIMEOUT, others) if others else {}
+            return self.exchange.windows(self.exchange.ask("windows"), ANSWER_TIMEOUT, others) if others else {}
         except Exception as exc:  # the folder failed: this worker's rows alone, counted
             self.errors.report("share", exc, "a check saw this worker's rows alone")
             return {}

@@ -356,7 +356,7 @@ def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: Batch,
     result = rec.explanation.result if rec.explanation is not None else None
     for i, item in enumerate((result or {}).get("top", ())):
         attrs[f"{EXPLANATION_TOP}.{i}.feature"] = item["feature"]
-        attrs[f"{EXPLANATION_TOP}.{i}.value"] = item["contribution"]
+        attrs[f"{EXPLANATION_TOP}.{i}.contribution"] = item["contribution"]
     telemetry.span(f"{SPAN_NAME} {model.name}", rec.context, attrs, rec.wall_ns, rec.wall_ns + rec.duration_ns,
                    rec.error_type)
 

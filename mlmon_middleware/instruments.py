@@ -73,7 +73,7 @@ SPAN_NAME = "mlmon.inference"
 BATCH_SIZE = "mlmon.batch.size"
 PREDICTION = "mlmon.prediction"  # the prediction; "mlmon.prediction.{output}" when there are several
 FEATURE = "mlmon.feature"  # "mlmon.feature.{name}": raw values, only for the trace_features allowed
-EXPLANATION_TOP = "mlmon.explanation.top"  # "...{i}.feature" and "...{i}.value": the top contributions
+EXPLANATION_TOP = "mlmon.explanation.top"  # "...{i}.feature" and "...{i}.contribution": the top contributions
 
 
 @dataclasses.dataclass(frozen=True)

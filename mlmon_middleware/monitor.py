@@ -226,7 +226,7 @@ class Monitor:
                 return None
             return HostShare(folder, models=lambda: list(self._models.values()),
                              errors=self.errors,
-                             generation=self._generation, share_interval=config.share_interval,
+                             generation=self._generation, flush=self.pipeline.flush, share_interval=config.share_interval,
                              capacity=config.reservoir_size, per_worker=config.metrics_per_worker)
         except OSError as exc:
             self.errors.report("share", exc, "the workers' shared folder cannot be used: this worker counts alone")

@@ -175,19 +175,21 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
         assert bentoml_metrics.status_code == 200 and b"bentoml_service_request_total" in bentoml_metrics.content
         assert b"mlmon_" not in bentoml_metrics.content  # not on BentoML's registry
         expected = {("/predict", "ok"): 2 + 60, ("/classify", "ok"): 1, ("/predict", "error"): 1}
-        deadline = time.monotonic() + 30
-        while True:  # each worker answers for both (they share their counts every second)
-            scrapes = [scraped_totals(f"http://127.0.0.1:{metrics_port + worker}/metrics") for worker in range(2)]
-            if all(totals == expected for totals, _ in scrapes) or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        # worker i serves MLMON_PROMETHEUS_PORT + i - 1, from its start; each port counts every worker
-        # (the error is the model's own failure; BentoML's 400s never reached it)
+        # Right after the last answer, with no wait: a scrape asks the other worker for its
+        # counts (flushed first), so each worker answers for both, exactly.
+        # Worker i serves MLMON_PROMETHEUS_PORT + i - 1, from its start; each port counts every
+        # worker (the error is the model's own failure; BentoML's 400s never reached it).
+        scrapes = [scraped_totals(f"http://127.0.0.1:{metrics_port + worker}/metrics") for worker in range(2)]
         assert [totals for totals, _ in scrapes] == [expected, expected]
+        with httpx.Client(base_url=monitored_url, timeout=30) as client:  # one request, scraped at once, in turn
+            for i in range(8):                                            # through each worker's port
+                assert client.post("/predict", json={"input_data": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
+                expected[("/predict", "ok")] += 1
+                assert scraped_totals(f"http://127.0.0.1:{metrics_port + i % 2}/metrics")[0] == expected
         healths = [httpx.get(f"{monitored_url}/mlmon/health", headers={"Connection": "close"}, timeout=10).json()
                    for _ in range(4)]  # a connection each: both workers answer, alike
         assert all(h["workers"]["running"] == 2 for h in healths)
-        assert all(h["models"]["iris"]["predictions"] == {"ok": 63, "error": 1} for h in healths)
+        assert all(h["models"]["iris"]["predictions"] == {"ok": 71, "error": 1} for h in healths)
         instances = scrapes[0][1]
         assert len(instances) == len(set(instances)) >= 1  # one service.instance.id per worker with data
     finally:

@@ -106,6 +106,9 @@ def test_switches_and_the_response(harness_factory):
     spans = h.finished_spans()
     explained = [s for s in spans if "mlmon.explanation.top.0.feature" in s.attributes]
     assert len(explained) == 2
+    top = explained[-1].attributes  # the contribution, as "contribution" is in the response's JSON
+    assert top["mlmon.explanation.top.0.contribution"] == pytest.approx(contributions[0])
+    assert not any(key.endswith(".value") for key in top)
     statuses = {a["status"]: p.value for a, p in h.points("mlmon.explanations")}
     assert statuses == {"ok": 2}
 
