@@ -4,9 +4,12 @@ Playwright) against the example service in a real uvicorn process fed with drift
 The page must load with no console errors, no script errors and no request leaving the service
 (every other URL is aborted and reported), and show what the service's own reports say: the
 drifted features, the alerts, performance over time and per segment, and the explanation of a
-chosen prediction. A full-page screenshot goes to test-artifacts/dashboard.png. A second service
-(tests/two_models_app.py: two models without baselines, an API token) checks the model picker,
-the warm-up state and the token prompt.
+chosen prediction. A full-page screenshot goes to test-artifacts/dashboard.png. At 1024 and
+1440 px the page fits the viewport, chart labels are short and inside their charts, KS and χ² have
+columns of their own, and the header tells mlmon's own health from the model's state (screenshots
+test-artifacts/dashboard-1024.png and -1440.png). A second service (tests/two_models_app.py: two
+models without baselines, an API token) checks the model picker, the warm-up state and the token
+prompt.
 """
 
 import pathlib
@@ -16,6 +19,8 @@ import time
 import httpx
 import numpy as np
 import pytest
+
+from mlmon_middleware.health import DROPS
 
 from data import FEATURES, default_risk, make_rows
 from demo import free_port, start_service
@@ -84,10 +89,10 @@ def browser():
         chromium.close()
 
 
-def open_page(browser, url: str, path: str, loaded: bool = True):
-    """A page at ``url + path`` (``loaded``: once it has drawn the reports) and the list its
-    problems go to: console errors and warnings, script errors, failed requests, and any request
-    outside the service (aborted)."""
+def open_page(browser, url: str, path: str, loaded: bool = True, width: int = 1400):
+    """A page at ``url + path`` in a viewport ``width`` px wide (``loaded``: once it has drawn the
+    reports) and the list its problems go to: console errors and warnings, script errors, failed
+    requests, and any request outside the service (aborted)."""
     problems: list[str] = []
 
     def only_the_service(route):
@@ -97,7 +102,7 @@ def open_page(browser, url: str, path: str, loaded: bool = True):
             problems.append(f"request outside the service: {route.request.url}")
             route.abort()
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": width, "height": 1000})
     page.on("console", lambda m: m.type in ("error", "warning") and problems.append(f"console {m.type}: {m.text}"))
     page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
     page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
@@ -156,6 +161,110 @@ def test_dashboard_page_in_headless_chromium(service, browser):
     assert lines >= 1  # three checks: one line per metric over time
     assert explanation.startswith("default risk ")
     assert "not in the prediction log" in missing
+
+
+# every chart label's text and box, with the offenders: longer than the page's TICK_CHARS or cut
+# ("…"), or reaching outside its chart's viewBox (where the browser clips it)
+CHART_LABELS = """() => {
+  const out = {ticks: [], outside: []};
+  for (const chart of document.querySelectorAll("svg[viewBox]")) {
+    const box = chart.viewBox.baseVal;
+    for (const text of chart.querySelectorAll("text")) {
+      const b = text.getBBox();
+      if (text.classList.contains("tick")) out.ticks.push(text.textContent);
+      if (b.x < -0.5 || b.y < -0.5 || b.x + b.width > box.width + 0.5 || b.y + b.height > box.height + 0.5) {
+        out.outside.push(`${text.textContent} at x ${b.x.toFixed(1)}..${(b.x + b.width).toFixed(1)} of ${box.width}`);
+      }
+    }
+  }
+  return out;
+}"""
+
+# the drift table's cells per feature, and the drift report the page reads (traffic has stopped:
+# every check since gives the same numbers)
+DRIFT_ROWS = """async () => {
+  const rows = [...document.querySelectorAll("#drift-table tbody tr")];
+  const cells = Object.fromEntries(rows.map((r) => [r.dataset.feature, [...r.cells].map((c) => c.textContent)]));
+  const report = Object.values(await (await fetch("drift")).json())[0];
+  return [cells, report];
+}"""
+
+# the header's two indications after mlmon itself reported a dropped capture (health's real
+# issues plus one), drawn by the page's own function
+MONITOR_DEGRADED = """async (dropped) => {
+  const health = await (await fetch("health")).json();
+  health.issues.push(dropped);
+  health.monitor_errors = {queue_full: 3};
+  renderMonitorState(health);
+  const badge = document.getElementById("monitor-state");
+  return [badge.textContent, badge.dataset.state, badge.title, document.getElementById("model-state").textContent];
+}"""
+
+
+def test_layout_ticks_statistics_and_states(service, browser):
+    """What users found: a page wider than a 1024 px screen, tick labels cut mid-number, KS and
+    χ² in one column, and one "degraded" badge for a drifted model under a healthy monitor."""
+    url, explained, _ = service
+    health = httpx.get(f"{url}/mlmon/health", timeout=30).json()
+    page, problems = open_page(browser, url, f"/mlmon/#prediction={explained}", width=1024)
+    widths = {}
+    try:
+        page.wait_for_selector("[data-role=explanation-text]", timeout=30_000)
+        page.wait_for_selector("#recent-explained a")
+        ARTIFACTS.mkdir(exist_ok=True)
+        for width in (1024, 1440):
+            page.set_viewport_size({"width": width, "height": 1000})
+            page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"), full_page=True)
+            widths[width] = page.evaluate("document.documentElement.scrollWidth")
+        labels = page.evaluate(CHART_LABELS)
+        tick_chars = page.evaluate("TICK_CHARS")
+        ticks = page.evaluate("""() => [10909.45, 12289.3, 0.000123, -0.5, 999.5, 1234567, -2.5e20, 5e-324, 0, 42]
+                                       .map(tick)""")
+        categorical = page.evaluate("""() => {
+          const names = Array.from({length: 8}, (_, i) => `category number ${i} with a long name`);
+          const card = histogram("f", "none", "", {names}, names.map(() => 0.125), names.map(() => 0.125));
+          return [[...card.querySelectorAll("text.tick")].map((t) => t.textContent), card.querySelector(".key").textContent];
+        }""")
+        headers = page.eval_on_selector_all("#drift-table thead th", "cells => cells.map(c => c.textContent)")
+        rows, shown = page.evaluate(DRIFT_ROWS)
+        states = {name: page.inner_text(f"#{name}") for name in ("monitor-state", "model-state", "model-alerts")}
+        issues, model_issues = page.inner_text("#issues"), page.inner_text("#model-issues")
+        degraded = page.evaluate(MONITOR_DEGRADED, f"3 {DROPS['queue_full']}")
+    finally:
+        page.close()
+
+    assert problems == [], problems
+    assert widths[1024] <= 1024 and widths[1440] <= 1440, f"page widths in 1024 and 1440 px viewports: {widths}"
+    assert tick_chars == 10 and labels["ticks"], labels
+    assert [t for t in labels["ticks"] if len(t) > tick_chars or "…" in t] == [], labels["ticks"]
+    assert labels["outside"] == [], labels["outside"]
+    assert ticks == ["10.9k", "12.3k", "1.23e-4", "-0.5", "1k", "1.23M", "-2.5e20", "4.94e-324", "0", "42"]
+    assert all(len(t) <= tick_chars for t in ticks)
+    # categories too long for their bars are numbered under them, named in full in a key below
+    assert categorical[0][2:] == [str(i) for i in range(1, 9)], categorical[0]
+    assert "8 category number 7 with a long name" in categorical[1]
+
+    ks, chi2 = headers.index("KS"), headers.index("χ²")  # a column each, named
+    assert sorted(rows) == sorted(shown["features"])
+    for name, stats in shown["features"].items():
+        if stats["kind"] == "numeric":
+            assert (rows[name][ks], rows[name][chi2]) == (f"{stats['ks']:.3f}", "–"), (name, rows[name])
+        else:
+            assert (rows[name][ks], rows[name][chi2]) == ("–", f"{stats['chi2']:.2f}"), (name, rows[name])
+    psi = headers.index("PSI")
+    assert all(len(cells[psi].split(".")[1]) == 3 for cells in rows.values()), rows
+
+    # health says "degraded" only because the drifted model's alerts fire: mlmon itself is fine
+    assert health["status"] == "degraded" and health["monitor_errors"] == {}
+    assert all(" alert(s) firing (" in issue for issue in health["issues"]), health["issues"]
+    assert states["monitor-state"] == "monitor healthy"
+    assert states["model-state"] == "model drifted"
+    firing = re.fullmatch(r"(\d+) alerts firing", states["model-alerts"])  # FeatureDrift, DatasetDrift and more
+    assert firing and int(firing[1]) >= 2, states
+    assert "no issues with mlmon itself" in issues and "alert(s) firing" in model_issues
+    text, state, title, model_state = degraded
+    assert (text, state, model_state) == ("monitor degraded", "degraded", "model drifted")
+    assert DROPS["queue_full"] in title and "alert(s) firing" not in title
 
 
 def test_two_models_a_token_and_no_baseline_yet(tmp_path, browser):
