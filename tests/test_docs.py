@@ -18,9 +18,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT
 from mlmon_middleware.instruments import INSTRUMENTS, MODEL_NAME, MODEL_VERSION, PREDICTION_ID
 from mlmon_middleware.rules import RuleConfig, alerts, recording
+
+from conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```\s*$", re.M | re.S)
