@@ -126,3 +126,11 @@ def test_every_rule_and_alert_the_docs_name_exists_and_every_alert_is_documented
     assert sorted(named_alerts - alert_names) == []
     documented = text["alerting.md"] + text["runbooks.md"]
     assert sorted(a for a in alert_names if a not in documented) == []
+
+
+def test_every_curl_that_posts_json_says_so():
+    """FastAPI answers 422 to a JSON body sent without its content type (curl's -d sends a form)."""
+    posting = [(f"{f}:{line}", command) for f, line, lang, code in ALL_BLOCKS if lang in ("sh", "bash")
+               for command in code.replace("\\\n", " ").splitlines() if "curl" in command and " -d " in command]
+    assert posting
+    assert [where for where, command in posting if "content-type: application/json" not in command.lower()] == []
