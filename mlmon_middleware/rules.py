@@ -15,9 +15,10 @@ critical from the policy's PSI level (in-process checks also call a Wasserstein/
 features alike (quantile bins, or the baseline's categories plus one bin for unseen ones).
 
 The other rules (latency, volume, data quality, label coverage, the monitor's own health) read
-their metrics directly. Every alert carries ``severity``, a ``summary``, a ``description`` and a
-``runbook_url`` (``docs/runbooks.md``). Thresholds come from :class:`RuleConfig`
-(``mlmon rules render --config rules.yml`` reads YAML or JSON; each key is checked).
+their metrics directly. Every alert carries ``severity``, a ``summary``, a ``description``, and
+a ``runbook_url`` once ``runbook_base`` says where your copy of ``docs/runbooks.md`` is served.
+Thresholds come from :class:`RuleConfig` (``mlmon rules render --config rules.yml`` reads YAML
+or JSON; each key is checked).
 
 >>> text = render(RuleConfig())
 >>> "alert: MLModelFeatureDrift" in text and "record: mlmon:feature_chi2:fleet" in text
@@ -40,7 +41,6 @@ from mlmon_middleware.alerts import KINDS, AlertKind
 from mlmon_middleware.config import ConfigError
 from mlmon_middleware.drift.policy import DriftPolicy
 
-RUNBOOK = "https://github.com/mlmon/mlmon-middleware/blob/main/docs/runbooks.md"
 BY = "mlmon_model_name, mlmon_model_version"
 MODEL = "{{ $labels.mlmon_model_name }} {{ $labels.mlmon_model_version }}"
 REPLICAS = f"count by ({BY}) (mlmon_analysis_last_run_seconds)"
@@ -69,7 +69,7 @@ class RuleConfig:
     coverage_min: float = 1.0  # fire when the model receives fields mlmon does not monitor
     drift_for: str = "15m"  # how long fleet drift must last before it fires
     fleet_window: str = "1h"  # "all": since each replica started (exact counts, no extrapolation)
-    runbook_base: str = RUNBOOK
+    runbook_base: str = ""  # where your copy of docs/runbooks.md is served; empty: no runbook_url
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -77,7 +77,7 @@ class RuleConfig:
             if field.type in ("float", "int"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                     raise ConfigError(f"rule setting {field.name} must be a number > 0, got {value!r}")
-            elif not isinstance(value, str) or not value:
+            elif not isinstance(value, str) or not (value or field.name == "runbook_base"):
                 raise ConfigError(f"rule setting {field.name} must be a non-empty string, got {value!r}")
         for name in ("drift_for", "fleet_window"):
             value = getattr(self, name)
@@ -128,8 +128,9 @@ def _alert(name: str, expr: str, duration: str, severity: str | None, summary: s
     rule: dict[str, Any] = {"alert": name, "expr": expr, "for": duration}
     if severity is not None:
         rule["labels"] = {"severity": severity}
-    rule["annotations"] = {"summary": summary, "description": description,
-                           "runbook_url": f"{config.runbook_base}#{name.lower()}"}
+    rule["annotations"] = {"summary": summary, "description": description}
+    if config.runbook_base:
+        rule["annotations"]["runbook_url"] = f"{config.runbook_base}#{name.lower()}"
     return rule
 
 

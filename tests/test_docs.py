@@ -134,3 +134,10 @@ def test_every_curl_that_posts_json_says_so():
                for command in code.replace("\\\n", " ").splitlines() if "curl" in command and " -d " in command]
     assert posting
     assert [where for where, command in posting if "content-type: application/json" not in command.lower()] == []
+
+
+def test_every_rule_setting_is_documented():
+    import dataclasses
+
+    settings = (ROOT / "docs" / "alerting.md").read_text()
+    assert [f.name for f in dataclasses.fields(RuleConfig) if f"\n{f.name}: " not in settings] == []
