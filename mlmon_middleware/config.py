@@ -98,8 +98,9 @@ class MonitorConfig:
     """Settings of a :class:`~mlmon_middleware.Monitor`.
 
     Parameters:
-        service_name: ``service.name`` of the exported telemetry; default ``OTEL_SERVICE_NAME``
-            or ``"mlmon"``.
+        service_name: ``service.name`` of mlmon's telemetry; default: the app's resource when it
+            installed an SDK tracer provider, else ``OTEL_SERVICE_NAME`` or ``OTEL_RESOURCE_ATTRIBUTES``'s,
+            else ``"mlmon"``.
         reservoir_size: rows kept per model for analysis (the sliding window). Memory is
             bounded by this times the number of features, never by traffic.
         max_body_bytes: largest request or response body the middleware tees for capture;
@@ -148,7 +149,8 @@ class MonitorConfig:
             monitor that drops its records, counted in ``mlmon_limit_hits_total{limit="models"}``.
         max_feedback_bytes: largest ``POST /mlmon/feedback`` body (413 beyond it).
         tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
-            given, OTLP is configured, or an SDK tracer provider is installed globally.
+            given, an SDK tracer provider is installed globally (the app's: mlmon's spans then
+            share its resource, sampler and exporters), or OTLP is configured for traces.
         trace_features: feature names whose raw values may be written into spans (none by default).
         metrics_path: where the FastAPI adapter serves mlmon's Prometheus text, besides
             ``/mlmon/metrics``, while no route of the app answers there (an app's own ``/metrics``
@@ -157,16 +159,16 @@ class MonitorConfig:
         prometheus_port: serve ``/metrics`` on this port from a thread of our own (off by default;
             the FastAPI adapter serves it on the app instead).
         prometheus_addr: address for ``prometheus_port``.
-        otlp_endpoint: OTLP/HTTP endpoint (``/v1/metrics`` and ``/v1/traces`` are added). Unset, the
-            standard variables decide: ``OTEL_EXPORTER_OTLP_ENDPOINT``, the per-signal
-            ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``..._TRACES_ENDPOINT``,
-            ``OTEL_METRICS_EXPORTER`` / ``OTEL_TRACES_EXPORTER=none``, and the exporter's own
-            ``OTEL_EXPORTER_OTLP_*`` settings (headers, timeout, compression). Every process
-            exports as its own ``service.instance.id``.
-        meter_provider: an OpenTelemetry ``MeterProvider`` to use instead of our own.
-        tracer_provider: an OpenTelemetry ``TracerProvider`` to use instead of our own.
-        metric_readers: extra readers for our own meter provider (for example
-            ``InMemoryMetricReader`` in tests).
+        otlp_endpoint: OTLP base URL of mlmon's own exporters (``/v1/metrics`` and ``/v1/traces``
+            are added over HTTP), before ``OTEL_EXPORTER_OTLP_ENDPOINT``; a signal's own
+            ``OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT`` comes first. The other OpenTelemetry variables
+            (exporters, protocol, headers, timeout, ...) apply as :mod:`~mlmon_middleware.otel_env`
+            says. Every process exports as its own ``service.instance.id``.
+        meter_provider: an OpenTelemetry ``MeterProvider`` that gets every mlmon instrument too
+            (histograms value by value, at the SDK's cost); mlmon then pushes no OTLP of its own.
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for mlmon's spans.
+        metric_readers: readers (for example ``InMemoryMetricReader`` in tests) for a provider of
+            ours that gets every instrument through the SDK, as ``meter_provider`` does.
         set_global_providers: also install our providers as the global ones (off: we never
             touch globals unless asked).
     """
@@ -270,29 +272,6 @@ class MonitorConfig:
                 except ValueError as exc:
                     raise ConfigError(f"{var}={environ[var]!r} is not a valid {field}: {exc}") from None
         return dataclasses.replace(self, **changes) if changes else self
-
-    def resolved_service_name(self) -> str:
-        return self.service_name or os.environ.get("OTEL_SERVICE_NAME") or "mlmon"
-
-    def otlp_exports(self, signal: str, environ: Mapping[str, str] | None = None) -> bool:
-        """Whether ``signal`` (``"metrics"`` or ``"traces"``) goes out by OTLP, as OpenTelemetry's
-        variables say: an endpoint (``otlp_endpoint``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or the
-        signal's own ``OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT``), unless ``OTEL_{SIGNAL}_EXPORTER``
-        lists exporters without ``otlp`` (``none``, ``console``, ...).
-
-        >>> MonitorConfig().otlp_exports("traces", {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"})
-        True
-        >>> MonitorConfig(otlp_endpoint="http://c:4318").otlp_exports("metrics", {"OTEL_METRICS_EXPORTER": "none"})
-        False
-        >>> MonitorConfig(otlp_endpoint="http://c:4318").otlp_exports("traces", {"OTEL_TRACES_EXPORTER": "console"})
-        False
-        """
-        environ = os.environ if environ is None else environ
-        upper = signal.upper()
-        if "otlp" not in environ.get(f"OTEL_{upper}_EXPORTER", "otlp").lower().replace(" ", "").split(","):
-            return False  # "none", or other exporters only
-        return bool(self.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                    or environ.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"))
 
 
 def _redacted(url: object) -> object:

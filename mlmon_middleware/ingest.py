@@ -33,6 +33,7 @@ import orjson
 
 from mlmon_middleware.columns import FEW_ROWS, Batch, Columns
 from mlmon_middleware.explain_request import PendingExplanation, shown
+from mlmon_middleware.histograms import Exemplar
 from mlmon_middleware.instruments import (
     BATCH_SIZE,
     ERROR_TYPE,
@@ -78,6 +79,8 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
     durations: dict[tuple[str, int | None, str | None], list[int]] = {}
     messages: dict[str, str] = {}  # last message per capture-error reason
     tracing = telemetry.tracer is not None
+    traced: dict[tuple[str, int | None, str | None], Exemplar] = {}  # per duration group: its last traced record
+    last_traced: tuple[Record, tuple[int, int], Mapping[str, Any]] | None = None  # for the prediction histogram
     log_rows: list[LogRow] = []
     explained: collections.Counter[str] = collections.Counter()
     for rec in records:
@@ -111,7 +114,11 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
                 explained[rec.explanation.status] += 1
                 _explained(model, rec.explanation, rec.wall_ns * _NS, telemetry)
             if tracing:
-                _span(model, telemetry, rec, rows, outputs)
+                ids = _span(model, telemetry, rec, rows, outputs)
+                if ids is not None:  # a sampled span: the exemplar of its series (one per batch)
+                    traced[key] = Exemplar(rec.duration_ns * _NS, rec.wall_ns + rec.duration_ns, *ids)
+                    if outputs and outputs[0]:
+                        last_traced = (rec, ids, outputs[0])
         except Exception as exc:
             _failed(capture, messages, "unrecordable", exc)
         pace()
@@ -120,7 +127,7 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         labels: dict[str, Any] = {**attrs, HTTP_ROUTE: route, HTTP_STATUS: status or (500 if error_type else 200)}
         if error_type:
             labels[ERROR_TYPE] = error_type
-        telemetry.inference_duration.observe(np.array(values) * _NS, labels)
+        telemetry.inference_duration.observe(np.array(values) * _NS, labels, traced.get((route, status, error_type)))
         pace()
     for (route, ok), n in counts.items():
         telemetry.predictions.add(n, {**attrs, HTTP_ROUTE: route, "outcome": "ok" if ok else "error"})
@@ -143,7 +150,8 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
             pending.write_if_full(pace)
     pending.write()
     for name, parts in pending.predicted.items():  # the prediction histogram: once per output and batch
-        telemetry.prediction_value.observe(np.concatenate(parts), {**attrs, "output": name})
+        telemetry.prediction_value.observe(np.concatenate(parts), {**attrs, "output": name},
+                                           _prediction_exemplar(last_traced, name))
     for reason, n in capture.items():
         telemetry.capture_errors.add(n, {**attrs, "reason": reason})
     outcomes: collections.Counter[str] = collections.Counter()
@@ -335,8 +343,20 @@ def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, te
     model.attributions.append((when, np.abs(np.asarray(result["contributions"], dtype=float))))
 
 
+def _prediction_exemplar(traced: tuple[Record, tuple[int, int], Mapping[str, Any]] | None,
+                         output: str) -> Exemplar | None:
+    """The exemplar of an output's prediction histogram: the last traced record's first prediction."""
+    if traced is None:
+        return None
+    rec, ids, first = traced
+    value = first.get(output)
+    if not isinstance(value, (int, float)):
+        return None
+    return Exemplar(float(value), rec.wall_ns + rec.duration_ns, *ids)
+
+
 def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: Batch,
-          outputs: Outputs) -> None:
+          outputs: Outputs) -> tuple[int, int] | None:
     attrs: dict[str, Any] = {**model.attrs, PREDICTION_ID: rec.prediction_id, BATCH_SIZE: len(rows)}
     if rec.route:
         attrs[HTTP_ROUTE] = rec.route
@@ -357,6 +377,6 @@ def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: Batch,
     for i, item in enumerate((result or {}).get("top", ())):
         attrs[f"{EXPLANATION_TOP}.{i}.feature"] = item["feature"]
         attrs[f"{EXPLANATION_TOP}.{i}.contribution"] = item["contribution"]
-    telemetry.span(f"{SPAN_NAME} {model.name}", rec.context, attrs, rec.wall_ns, rec.wall_ns + rec.duration_ns,
-                   rec.error_type)
+    return telemetry.span(f"{SPAN_NAME} {model.name}", rec.context, attrs, rec.wall_ns,
+                          rec.wall_ns + rec.duration_ns, rec.error_type)
 

@@ -6,11 +6,14 @@ import time
 
 
 class RecordingServer(http.server.ThreadingHTTPServer):
-    """Keeps ``(path, body)`` of every POST it accepts; answers 500 to the first ``failures`` posts
-    (not recorded) and waits ``delay`` seconds before each answer."""
+    """Keeps ``(path, body)`` of every POST it accepts (and its headers, lower-cased, in
+    ``headers``); answers 500 to the first ``failures`` posts (not recorded) and waits ``delay``
+    seconds before each answer."""
 
     def __init__(self, failures: int = 0, delay: float = 0.0) -> None:
         self.received: list[tuple[str, bytes]] = []
+        self.headers: list[dict[str, str]] = []  # in the order of ``received``
+        lock = threading.Lock()
         self.failures, self.delay = failures, delay
         outer = self
 
@@ -22,7 +25,9 @@ class RecordingServer(http.server.ThreadingHTTPServer):
                     outer.failures -= 1
                     self.send_response(500)
                 else:
-                    outer.received.append((self.path, body))
+                    with lock:
+                        outer.received.append((self.path, body))
+                        outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                     self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

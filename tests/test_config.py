@@ -62,21 +62,6 @@ def test_model_options_are_checked_at_decoration_time():
         monitor(model="m3", explain="auto", registry=mon)(lambda x: x)
 
 
-def test_otlp_endpoint_needs_the_exporter_or_says_how_to_get_it(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("opentelemetry.exporter.otlp"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(ConfigError, match=r"pip install 'mlmon-middleware\[otlp\]'"):
-        Monitor(MonitorConfig(otlp_endpoint="http://127.0.0.1:4318"))
-
-
 def test_misspelt_options_are_config_errors_naming_the_valid_ones():
     mon = Monitor(MonitorConfig(tracing=False))
     with pytest.raises(ConfigError, match=r"unknown model option 'segment'; valid options: .*segments"):
