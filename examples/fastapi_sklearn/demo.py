@@ -1,8 +1,10 @@
 """`make demo`: train, baseline, serve with uvicorn on 127.0.0.1, drive drifting traffic.
 
-    python examples/fastapi_sklearn/demo.py [--duration 600] [--port 8000] [--drift-after 60]
+    python examples/fastapi_sklearn/demo.py [--duration 600] [--port 8000] [--drift-after 60] [--exit-when-done]
 
-Stops after ``--duration`` seconds or on Ctrl-C, and stops the server it started.
+The traffic stops after ``--duration`` seconds; the service keeps serving (its URLs printed
+again) until Ctrl-C, which stops the server it started. ``--exit-when-done`` stops it with the
+traffic (for scripts).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second")
     parser.add_argument("--drift-after", type=float, default=60.0, help="seconds before the inputs start to drift")
     parser.add_argument("--dir", type=pathlib.Path, default=pathlib.Path(".demo"))
+    parser.add_argument("--exit-when-done", action="store_true", help="stop the service when the traffic ends")
     args = parser.parse_args()
 
     print("training the credit-risk model on synthetic data and writing its baseline ...")
@@ -94,9 +97,7 @@ def main() -> None:
                          env={"MLMON_CHECK_INTERVAL": "10", "MLMON_STORE_DIR": str((args.dir / "log").resolve()),
                               "MLMON_API_TOKEN": token})
     auth = {"Authorization": f"Bearer {token}"}
-    print(f"""
-the example service is up (uvicorn, pid {proc.pid}); its API token (MLMON_API_TOKEN) is {token}
-  {base}/mlmon/#token={token}
+    urls = f"""  {base}/mlmon/#token={token}
                          the dashboard: drift per feature with histograms, performance, alerts, explanations
   {base}/mlmon/metrics   Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
   {base}/docs            the API docs; try POST /predict
@@ -105,11 +106,10 @@ the example service is up (uvicorn, pid {proc.pid}); its API token (MLMON_API_TO
   {base}/mlmon/health    models, counts, window fill, capture and monitor errors (status only without the token)
   {base}/mlmon/drift     the latest drift check, every 10 s: per feature PSI, KS, JS, Wasserstein, chi², severity
   {base}/mlmon/performance  accuracy, AUC, ... over the labels the traffic posts 5 s after each prediction
-  {base}/mlmon/alerts    firing alerts and recent alert events
-
-sending ~{args.rate:g} requests/s for {args.duration:g} s; inputs start drifting after {args.drift_after:g} s.
-Ctrl-C stops it.
-""", flush=True)
+  {base}/mlmon/alerts    firing alerts and recent alert events"""
+    print(f"\nthe example service is up (uvicorn, pid {proc.pid}); its API token (MLMON_API_TOKEN) is {token}\n{urls}\n"
+          f"\nsending ~{args.rate:g} requests/s for {args.duration:g} s; inputs start drifting after {args.drift_after:g} s.\n"
+          f"Ctrl-C stops it.\n", flush=True)
     try:
         counts = drive(base, args.duration, args.rate, args.drift_after, label_delay=5.0, token=token)
         print(f"traffic done: {counts}")
@@ -126,6 +126,11 @@ Ctrl-C stops it.
         if overall:
             print(f"performance over the last {int(overall['count'])} labelled predictions: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "count" and v is not None))
+        if not args.exit_when_done:
+            print(f"\nthe traffic is done; the service keeps serving until Ctrl-C:\n{urls}\n", flush=True)
+            while proc.poll() is None:
+                time.sleep(1.0)
+            print(f"the service exited with {proc.returncode}; see {args.dir / 'service.log'}")
     except KeyboardInterrupt:
         print("\nstopped")
     finally:
