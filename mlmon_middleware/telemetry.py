@@ -19,8 +19,8 @@ histograms value by value, where mlmon aggregates a flush at a time. Ours export
   (BentoML and others own the global one); served by the FastAPI adapter at ``/metrics`` or on
   ``MLMON_PROMETHEUS_PORT``;
 * OTLP when :func:`~mlmon_middleware.otel_env.otlp_target` says so, each process as its own
-  ``service.instance.id``. Its resource is the app's when the app installed an SDK tracer
-  provider, so mlmon's metrics and spans join the app's.
+  ``service.instance.id``. Its resource is that of the SDK tracer provider mlmon's spans go
+  through (``tracer_provider``, or the app's global one), so mlmon's metrics join those spans.
 
 A ``meter_provider`` given, or ``metric_readers`` (tests use ``InMemoryMetricReader``), get every
 instrument too, through the SDK's API: a second provider beside ours, whose histograms record
@@ -123,8 +123,9 @@ class _FlushBeforeCollect:
 
 
 def _resource(config: MonitorConfig, instance_id: str, app: TracerProvider | None) -> Resource:
-    """The app's resource when it installed an SDK tracer provider (plus our ``service.instance.id``
-    if it has none: each process's cumulative series must stay apart); else OpenTelemetry's
+    """The resource of the SDK tracer provider mlmon's spans go through (``tracer_provider``, or the
+    app's global one), plus our ``service.instance.id`` if it has none (each process's cumulative
+    series must stay apart), so that mlmon's metrics join those spans; else OpenTelemetry's
     (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``) with ours and ``mlmon.version``, named
     ``mlmon`` when nothing names it. ``service_name``, when set, names either."""
     if app is not None:
@@ -152,7 +153,8 @@ class Telemetry:
                  merged: Callable[[], list[Any]] | None = None, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         app = app_tracer_provider()
-        self.resource = _resource(config, str(uuid.uuid4()), app)
+        given = config.tracer_provider if isinstance(config.tracer_provider, TracerProvider) else app
+        self.resource = _resource(config, str(uuid.uuid4()), given)
         self.instance_id = str(self.resource.attributes["service.instance.id"])
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_FlushBeforeCollect(flush))
@@ -165,7 +167,7 @@ class Telemetry:
         self._owned: list[Any] = []  # providers and servers we created and must shut down
         self._http_server: WSGIServer | None = None
         self.problems: list[str] = []  # what could not be set up (health lists it)
-        self.tracer = self._tracer(config, app, environ)
+        self.tracer = self._tracer(config, app, environ)  # given, else the app's, else ours
         #: exemplars (trace ids on the latency and prediction histograms) when tracing, unless turned off
         self.exemplars = self.tracer is not None and exemplars_allowed(environ)
         self.meter_provider = self._meter_provider(config, environ)

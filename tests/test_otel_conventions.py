@@ -306,6 +306,17 @@ def test_with_the_apps_global_providers_mlmon_traces_into_them_and_still_serves_
     assert found["in_the_apps_provider"] == []  # mlmon's metrics go through its own provider (docs/metrics.md)
 
 
+def test_a_tracer_provider_given_lends_its_resource_to_the_metrics():
+    provider = TracerProvider(resource=Resource.create({"service.name": "scorer", "service.instance.id": "worker-2"}))
+    mon = serve(MonitorConfig(tracer_provider=provider))
+    try:
+        text, instance = mon.telemetry.prometheus_text()[0].decode(), mon.health()["instance_id"]
+    finally:
+        mon.shutdown()
+    [info] = [line for line in text.splitlines() if line.startswith("target_info")]
+    assert 'service_name="scorer"' in info and 'service_instance_id="worker-2"' in info and instance == "worker-2"
+
+
 @pytest.mark.parametrize("env, service_name, expected", [
     ({}, None, "mlmon"),
     ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attributes,team=ml"}, None, "from-attributes"),
