@@ -153,8 +153,8 @@ class Telemetry:
                  merged: Callable[[], list[Any]] | None = None, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         app = app_tracer_provider()
-        given = config.tracer_provider if isinstance(config.tracer_provider, TracerProvider) else app
-        self.resource = _resource(config, str(uuid.uuid4()), given)
+        spans_through = config.tracer_provider if isinstance(config.tracer_provider, TracerProvider) else app
+        self.resource = _resource(config, str(uuid.uuid4()), spans_through)
         self.instance_id = str(self.resource.attributes["service.instance.id"])
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_FlushBeforeCollect(flush))
@@ -171,7 +171,7 @@ class Telemetry:
         #: exemplars (trace ids on the latency and prediction histograms) when tracing, unless turned off
         self.exemplars = self.tracer is not None and exemplars_allowed(environ)
         self.meter_provider = self._meter_provider(config, environ)
-        given = config.meter_provider
+        given: Any = config.meter_provider
         if given is None and config.metric_readers:
             given = MeterProvider(metric_readers=list(config.metric_readers), resource=self.resource,
                                   exemplar_filter=TraceBasedExemplarFilter() if self.exemplars else AlwaysOffExemplarFilter())
