@@ -93,10 +93,12 @@ def routes(mon: Monitor, *, metrics: str | None = "/mlmon/metrics", health: str 
 
 
 def metrics_endpoint(mon: Monitor) -> Callable[[Request], Response]:
-    """The endpoint of ``GET metrics``: the Prometheus text of mlmon's private registry. Sync,
-    so Starlette runs it in a worker thread: a scrape first flushes the pipeline."""
-    def metrics_text(_: Request) -> Response:
-        body, content_type = mon.telemetry.prometheus_text()
+    """The endpoint of ``GET metrics``: the Prometheus text of mlmon's private registry, or
+    OpenMetrics (with exemplars linking to traces) when the scraper's ``Accept`` asks for it, as
+    Prometheus does. Sync, so Starlette runs it in a worker thread: a scrape first flushes the
+    pipeline."""
+    def metrics_text(request: Request) -> Response:
+        body, content_type = mon.telemetry.prometheus_text(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
     return metrics_text

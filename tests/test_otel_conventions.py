@@ -389,3 +389,26 @@ def test_no_exemplars_without_a_sampled_trace(monkeypatch, how):
     finally:
         mon.shutdown()
     assert b"_count" in text and not any(exemplars(text).values())
+
+
+def test_the_apps_metrics_route_answers_openmetrics_with_exemplars(harness):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mlmon_fastapi import instrument_app
+
+    app = FastAPI()
+
+    @app.post("/predict")
+    @monitor(model="m", registry=harness.monitor)
+    def predict(row: dict) -> dict:
+        return {"prediction": 0.3}
+
+    instrument_app(app, registry=harness.monitor)
+    with TestClient(app) as client:
+        assert client.post("/predict", json={"x": 1.0}).status_code == 200
+        answer = client.get("/mlmon/metrics", headers={"Accept": OPENMETRICS})
+        assert answer.headers["content-type"].startswith("application/openmetrics-text")
+        assert exemplars(answer.content)["mlmon_inference_duration_seconds"]
+        plain = client.get("/mlmon/metrics")
+        assert plain.headers["content-type"].startswith("text/plain") and b"trace_id" not in plain.content
