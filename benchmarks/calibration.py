@@ -123,8 +123,9 @@ class Setup:
             out[f"n{j}"] = ks_2samp(self.reference[0][:, i], window[0][:, i], method="asymp").pvalue < level
         for i, j in enumerate(self.categorical):
             ref, cur = self.reference[1][:, i], window[1][:, i]
-            levels = sorted(set(ref) | set(cur))
-            table = np.array([[np.sum(ref == c) for c in levels], [np.sum(cur == c) for c in levels]])
+            levels, codes = np.unique(np.concatenate([ref, cur]), return_inverse=True)  # one sort, not a pass per level
+            table = np.stack([np.bincount(codes[:len(ref)], minlength=len(levels)),
+                              np.bincount(codes[len(ref):], minlength=len(levels))])
             out[f"c{j}"] = len(levels) > 1 and chi2_contingency(table, correction=False).pvalue < level
         return out
 
