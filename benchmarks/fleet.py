@@ -113,7 +113,7 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
                 for name in group:
                     workers, monitored, extra, _ = variants[name]
                     servers[name] = start(workdir, workers, monitored, extra)
-                for name, (_, port) in servers.items():  # warm up: imports, first-use paths, full windows
+                for _, port in servers.values():  # warm up: imports, first-use paths, full windows
                     _wrk(wrk, script, port, 3)
                 order = list(group)
                 for r in range(rounds):
@@ -129,7 +129,7 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
                                               "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
                                               "cpu_us": used / requests * 1e6})
                         print(f"round {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
-                for name, (proc, port) in servers.items():
+                for name, (_, port) in servers.items():
                     hold = longest_hold(port) if variants[name][1] else None
                     if hold is not None:
                         for run in results[name]:
