@@ -1,7 +1,9 @@
-"""The BentoML adapter: in-process with Service.to_asgi(), and real `bentoml serve` with two workers."""
+"""The BentoML adapter: in-process with Service.to_asgi(), and real `bentoml serve` with two workers,
+and with one worker and BentoML's tracing configuration (one trace per request, BentoML's and ours)."""
 
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -12,6 +14,7 @@ import bentoml
 import httpx
 import numpy as np
 import pytest
+import yaml
 from mlmon_bentoml import monitored
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
@@ -93,6 +96,35 @@ def test_placement_and_api_names():
         make_service(mon, apis=["nope"])
 
 
+def test_bentomls_tracer_provider_is_read_where_this_bentoml_keeps_it(monkeypatch, caplog):
+    """The one private path of BentoML the adapter reads (``mlmon_bentoml.worker``): this fails
+    when a BentoML of the pinned range moves it, or the pin and the checked release part."""
+    from mlmon_bentoml import worker
+    from opentelemetry.sdk.trace import TracerProvider
+
+    pin = re.search(r'"bentoml>=(\d+)\.(\d+),<(\d+)\.(\d+)"', (EXAMPLE.parent.parent / "pyproject.toml").read_text())
+    low, high = (int(pin[1]), int(pin[2])), (int(pin[3]), int(pin[4]))
+    assert low == worker.CHECKED and high == (low[0], low[1] + 1) and worker.checked(bentoml.__version__)
+    provider = worker.bentoml_tracer_provider()
+    assert isinstance(provider, TracerProvider) and not caplog.records
+    mon = Monitor(MonitorConfig(check_interval=0))
+    worker.lend_tracer_provider(mon)  # outside a worker (in-process, tests): nothing changes
+    assert mon.config.tracer_provider is None
+    monkeypatch.setattr(bentoml.server_context, "worker_index", 1)
+    worker.lend_tracer_provider(mon)
+    assert mon.config.tracer_provider is provider
+    own = TracerProvider()
+    mine = Monitor(MonitorConfig(check_interval=0, tracer_provider=own))
+    worker.lend_tracer_provider(mine)  # a provider the config names is kept
+    assert mine.config.tracer_provider is own
+    # outside the checked range, or with the private path gone: a warning, and mlmon's own choice
+    monkeypatch.setattr(bentoml, "__version__", "1.5.0")
+    assert worker.bentoml_tracer_provider() is None and "is not 1.4" in caplog.text
+    monkeypatch.undo()
+    monkeypatch.setattr("bentoml._internal.configuration.containers.BentoMLContainer", None)
+    assert worker.bentoml_tracer_provider() is None and "cannot be read (AttributeError" in caplog.text
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,7 +166,7 @@ REQUESTS = [
 
 
 def scraped_totals(url: str) -> tuple[dict, list]:
-    """``mlmon_predictions_total`` by (route, outcome), and the instance ids of ``target_info``."""
+    """``mlmon_predictions_total`` by (route, outcome), and the (service name, instance id) of ``target_info``."""
     totals, instances = {}, []
     for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
         for s in family.samples:
@@ -142,7 +174,7 @@ def scraped_totals(url: str) -> tuple[dict, list]:
                 key = (s.labels["http_route"], s.labels["outcome"])
                 totals[key] = totals.get(key, 0) + s.value
             if s.name == "target_info":
-                instances.append(s.labels["service_instance_id"])
+                instances.append((s.labels["service_name"], s.labels["service_instance_id"]))
     return totals, instances
 
 
@@ -192,6 +224,7 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
         assert all(h["models"]["iris"]["predictions"] == {"ok": 71, "error": 1} for h in healths)
         instances = scrapes[0][1]
         assert len(instances) == len(set(instances)) >= 1  # one service.instance.id per worker with data
+        assert {name for name, _ in instances} == {"IrisClassifier"}  # BentoML's resource, with no tracing setting
     finally:
         stop(monitored_proc)
         stop(bare_proc)
@@ -221,29 +254,64 @@ def test_sigterm_loses_no_acknowledged_prediction_under_bentoml(tmp_path):
     assert set(acknowledged) <= logged, f"{len(set(acknowledged) - logged)} acknowledged predictions missing"
 
 
-@pytest.mark.integration
-def test_our_spans_appear_with_bentomls_documented_sample_rate():
+def documented_tracing_config(endpoint: str) -> dict:
+    """The BentoML configuration docs/bentoml.md gives for traces, sent to ``endpoint``."""
+    text = (EXAMPLE.parent.parent / "docs" / "bentoml.md").read_text()
+    config = yaml.safe_load(re.search(r"^## Traces\n.*?^```yaml\n(.*?)^```", text, re.M | re.S).group(1))
+    tracing = config["services"]["IrisClassifier"]["tracing"]
+    assert tracing["exporter_type"] == "otlp" and tracing["otlp"]["protocol"] == "http"
+    tracing["otlp"]["endpoint"] = f"{endpoint}/v1/traces"
+    return config
+
+
+def exported_spans(collector) -> list[tuple[str, object]]:
+    """``(service.name, span)`` of every span the collector received."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    found = []
+    for path, body in list(collector.received):
+        assert path == "/v1/traces"
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
+            name = {a.key: a.value.string_value for a in rs.resource.attributes}.get("service.name")
+            found.extend((name, span) for ss in rs.scope_spans for span in ss.spans)
+    return found
+
+
+@pytest.mark.integration
+def test_bentomls_tracing_config_gives_one_trace_with_our_span_under_its_server_span(tmp_path):
+    """The one setting of docs/bentoml.md: BentoML's server span and mlmon's span, one trace,
+    one service name, through BentoML's exporter (one worker: enough, and fast)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
     from http_helpers import RecordingServer
 
     collector = RecordingServer()
-    proc, url = serve(EXAMPLE, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "MLMON_CHECK_INTERVAL": "0",
-                                "BENTOML_CONFIG_OPTIONS": "services.IrisClassifier.tracing.sample_rate=1.0",
-                                "OTEL_BSP_SCHEDULE_DELAY": "200"})
+    config = documented_tracing_config(collector.url)
+    config["services"]["IrisClassifier"]["workers"] = 1
+    (tmp_path / "bentoml_configuration.yaml").write_text(yaml.safe_dump(config))
+    proc, url = serve(EXAMPLE, {"BENTOML_CONFIG": str(tmp_path / "bentoml_configuration.yaml"),
+                                "MLMON_CHECK_INTERVAL": "0", "OTEL_BSP_SCHEDULE_DELAY": "200"})
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
-            for _ in range(4):
+            for _ in range(3):
                 assert client.post("/predict", json={"input_data": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
-        deadline = time.monotonic() + 20  # the pipeline (0.5 s) then the batch span processor (0.2 s)
-        while time.monotonic() < deadline and sum(p == "/v1/traces" for p, _ in collector.received) == 0:
+            target_info = [s for f in text_string_to_metric_families(client.get("/mlmon/metrics").text)
+                           for s in f.samples if s.name == "target_info"]
+        deadline = time.monotonic() + 20  # the pipeline (0.5 s), then the batch span processor (0.2 s)
+        while time.monotonic() < deadline and sum(s.name == "mlmon.inference iris" for _, s in exported_spans(collector)) < 3:
             time.sleep(0.2)
-        time.sleep(1.0)
     finally:
         stop(proc)
         collector.shutdown()
-    spans = [span for path, body in collector.received if path == "/v1/traces"
-             for rs in ExportTraceServiceRequest.FromString(body).resource_spans
-             for ss in rs.scope_spans for span in ss.spans]
-    ours = [s for s in spans if s.name == "mlmon.inference iris"]
-    assert len(ours) == 4 and all(s.parent_span_id for s in ours)  # children of BentoML's request spans
+    spans = exported_spans(collector)
+    assert {name for name, _ in spans} == {"IrisClassifier"}  # one service name: BentoML's, for every span
+    by_id = {s.span_id: s for _, s in spans}
+    ours = [s for _, s in spans if s.name == "mlmon.inference iris"]
+    assert len(ours) == 3
+    for span in ours:
+        parent = by_id[span.parent_span_id]  # exported too
+        assert parent.kind == Span.SPAN_KIND_SERVER and parent.name == "POST /predict"  # BentoML's request span
+        assert parent.trace_id == span.trace_id and not parent.parent_span_id
+    assert len({s.trace_id for s in ours}) == 3  # a trace per request
+    # mlmon's metrics carry the same resource
+    assert [(s.labels["service_name"], s.labels["service_instance_id"]) for s in target_info] == [("IrisClassifier", "1")]

@@ -19,6 +19,11 @@ dashboard page at ``/mlmon/``): BentoML
 keeps ``/metrics`` and its global ``prometheus_client`` registry; mlmon uses neither, nor sets
 global OpenTelemetry providers.
 
+Traces: in each worker, mlmon's ``mlmon.inference {model}`` spans go through BentoML's own tracer
+provider (:mod:`mlmon_bentoml.worker`), unless the monitor's config gives one: they are children
+of BentoML's HTTP server spans, sampled with BentoML's ``tracing.sample_rate`` and exported by
+its ``tracing`` exporter under its ``service.name``, and mlmon's metrics carry that resource.
+
 Workers: ``workers=N`` are N processes; each starts its own monitor when BentoML starts it and
 shuts it down (queue and log written) when BentoML stops it, through the app's lifespan that
 :class:`~mlmon_middleware.MLMonitorMiddleware` sees, with its own ``service.instance.id``. The
@@ -36,7 +41,9 @@ from typing import Any, TypeVar
 
 import bentoml
 from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
+from mlmon_bentoml.worker import lend_tracer_provider, worker_index
 from mlmon_middleware import MLMonitorMiddleware, Monitor
 from mlmon_middleware import monitor as monitor_call
 from mlmon_middleware.routes import routes
@@ -46,11 +53,15 @@ __all__ = ["monitored", "worker_index"]
 S = TypeVar("S")
 
 
-def worker_index() -> int:
-    """This process's BentoML worker number (1, 2, ...), or 0 outside a BentoML worker."""
-    from bentoml._internal.context import server_context
+class _WorkerMiddleware(MLMonitorMiddleware):
+    """:class:`~mlmon_middleware.MLMonitorMiddleware` that, when the worker's lifespan starts and
+    before it starts monitoring, lends BentoML's tracer provider to the monitor
+    (:func:`~mlmon_bentoml.worker.lend_tracer_provider`)."""
 
-    return int(getattr(server_context, "worker_index", None) or 0)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            lend_tracer_provider(self.registry)
+        await super().__call__(scope, receive, send)
 
 
 def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | None = None,
@@ -72,9 +83,10 @@ def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | Non
             method = service.apis[name]
             method.func = monitor_call(model=model, version=version, route=method.route, registry=mon,
                                        **options)(method.func)
-        service.add_asgi_middleware(MLMonitorMiddleware, registry=mon)
-        # MLMonitorMiddleware sees the app's lifespan (BentoML passes it through its middleware
-        # stack): it starts monitoring at each worker's start and shuts it down at its stop
+        service.add_asgi_middleware(_WorkerMiddleware, registry=mon)
+        # the middleware sees the app's lifespan (BentoML passes it through its middleware stack):
+        # it starts monitoring at each worker's start, with BentoML's tracer provider, and shuts
+        # it down at its stop
         service.mount_asgi_app(Starlette(routes=routes(mon, metrics="/metrics", health="/health", drift="/drift",
                                                        feedback="/feedback", performance="/performance",
                                                        alerts="/alerts", predictions="/predictions", dashboard="/",

@@ -7,6 +7,9 @@ Trains on scikit-learn's bundled iris data at start-up (no downloads). Try:
     curl -X POST 127.0.0.1:3000/predict -H 'content-type: application/json' \\
          -d '{"input_data": [[5.1, 3.5, 1.4, 0.2]]}'
     curl 127.0.0.1:3000/mlmon/metrics
+
+Traces (BentoML's server span with mlmon's span as its child, one service name): BentoML's own
+``tracing`` configuration, in ``BENTOML_CONFIG``, as docs/bentoml.md#traces shows.
 """
 
 from __future__ import annotations
