@@ -7,9 +7,10 @@ hands it to its own HTTP instrumentation only, never installing it globally. mlm
 through it to be children of BentoML's server spans that are exported with them, under one
 ``service.name``. :func:`bentoml_tracer_provider` is the one place that reaches into BentoML's
 private modules, and only in the BentoML releases it was checked against (:data:`CHECKED`, the
-range ``pyproject.toml`` pins); elsewhere, or when that private path is gone, it warns once and
-gives None, and mlmon's spans go where they would without BentoML (the app's global SDK tracer
-provider, else mlmon's own OTLP exporter: ``docs/metrics.md``), not joined to BentoML's.
+range ``pyproject.toml`` pins); elsewhere, or when that private path is gone, it logs a warning
+(once per worker: it is called at the worker's start) and gives None, and mlmon's spans go where
+they would without BentoML (the app's global SDK tracer provider, else mlmon's own OTLP exporter:
+``docs/metrics.md``), not joined to BentoML's.
 
 >>> checked("1.4.39"), checked("1.4.0rc1"), checked("1.5.0"), checked("2.4.1")
 (True, True, False, False)
