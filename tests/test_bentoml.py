@@ -111,8 +111,13 @@ def test_bentomls_tracer_provider_is_read_where_this_bentoml_keeps_it(monkeypatc
     worker.lend_tracer_provider(mon)  # outside a worker (in-process, tests): nothing changes
     assert mon.config.tracer_provider is None
     monkeypatch.setattr(bentoml.server_context, "worker_index", 1)
+    worker.lend_tracer_provider(mon)  # BentoML's tracing is off (sample_rate 0 by default): nothing lent
+    assert not worker.samples(provider) and mon.config.tracer_provider is None
+    tracing, read = TracerProvider(), worker.bentoml_tracer_provider  # as with a sample_rate above 0
+    monkeypatch.setattr(worker, "bentoml_tracer_provider", lambda: tracing)
     worker.lend_tracer_provider(mon)
-    assert mon.config.tracer_provider is provider
+    assert mon.config.tracer_provider is tracing
+    monkeypatch.setattr(worker, "bentoml_tracer_provider", read)
     own = TracerProvider()
     mine = Monitor(MonitorConfig(check_interval=0, tracer_provider=own))
     worker.lend_tracer_provider(mine)  # a provider the config names is kept
