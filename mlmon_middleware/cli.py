@@ -5,16 +5,20 @@
                          [--bins 10] [--sample-rows 200000] [--chunk-rows 100000] [--quiet]
     mlmon rules render [--config thresholds.yml] > mlmon-rules.yml
     mlmon dashboard grafana > dashboard.json
+    mlmon registry register|submit|approve|reject|deploy|rollback|retire|policy|show|list ...
+    mlmon audit verify|query|export ...
 
 ``baseline build`` streams the file into a baseline in bounded memory
 (:mod:`mlmon_middleware.training_file`): every column but ``--target`` and ``--prediction`` is a
-feature; numeric columns are numeric features unless named by ``--categorical``.
+feature; numeric columns are numeric features unless named by ``--categorical``. ``registry`` and
+``audit`` are the model registry and the audit log (:mod:`mlmon_middleware.governance.commands`).
 
 Exit status: 0 on success; 2 when an input cannot be used, with one line on standard error,
 ``mlmon: error: ...``, naming the file or option and what is wrong (a missing, empty,
 header-only, unreadable or unparsable training file, a directory, an ``--out`` that cannot be
 written, a config file that is not YAML or JSON, a missing library and the extra that installs
-it); argparse's own usage errors also exit with 2.
+it, a registry step refused, a database that cannot be used); argparse's own usage errors also
+exit with 2. ``audit verify`` exits 1 when the audit chain is broken.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from collections.abc import Callable, Sequence
 
 from mlmon_middleware.baseline import BaselineError
 from mlmon_middleware.config import ConfigError
+from mlmon_middleware.governance import commands as governance
+from mlmon_middleware.governance.errors import GovernanceError
+from mlmon_middleware.store_types import StoreError
 from mlmon_middleware.training_file import MissingExtra, build_baseline, cannot_open
 
 
@@ -72,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--config", help="a YAML or JSON file of thresholds (see mlmon_middleware.rules.RuleConfig)")
     dashboard = commands.add_parser("dashboard", help="dashboards").add_subparsers(dest="action", required=True)
     dashboard.add_parser("grafana", help="print a Grafana dashboard (JSON) for mlmon's metrics")
+    governance.add_commands(commands)
     return parser
 
 
@@ -135,8 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     docstring). An unusable input is one line on standard error, never a traceback."""
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("registry", "audit"):
+            return governance.run(args)
         {"baseline": _build, "rules": _rules, "dashboard": _dashboard}[args.command](args)
-    except (BaselineError, ConfigError, MissingExtra) as exc:
+    except (BaselineError, ConfigError, MissingExtra, GovernanceError, StoreError) as exc:
         print(f"mlmon: error: {exc}", file=sys.stderr)
         return 2
     return 0
