@@ -1,8 +1,8 @@
 """The model registry: the domain text's exercise end to end, the four-eyes approval gate,
 per-model required metrics, deploy/rollback/retire, facts and hashes, and ``mlmon registry``.
 
-The registry's tests run on both backends (the ``location`` fixture: an SQLite file, then a
-fresh PostgreSQL database), as tests/test_store.py does.
+The registry's tests run on both backends (the ``location`` fixture of
+tests/governance_fixtures.py: an SQLite file, then a PostgreSQL database), as tests/test_store.py does.
 """
 
 import contextlib
@@ -15,6 +15,7 @@ import subprocess
 import sys
 from unittest import mock
 
+import governance_fixtures
 import pytest
 
 from mlmon_middleware.cli import main
@@ -31,14 +32,9 @@ from mlmon_middleware.governance import (
 )
 from mlmon_middleware.store import LogRow, open_store
 
+location, postgres_database = governance_fixtures.location, governance_fixtures.postgres_database  # both backends
+
 METRICS = {"accuracy": 0.95, "precision": 0.92, "recall": 0.88}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def location(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "predictions.sqlite")
-    return request.getfixturevalue("postgres_server").create_database()
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ def verify_chain(events: Iterable[AuditEvent], *, key: bytes | None = None, head
             anchored = True
         count += 1
         previous = event
-    broken = _check_end(previous, key, head, head_signature) if check_head else None
+    broken = _check_end(previous, key if signed else None, head, head_signature) if check_head else None
     if broken is None and not anchored:
         assert anchor is not None
         broken = BrokenLink(anchor[0], "anchor", "the anchor's event is not in the log: it was truncated or rewritten since")
@@ -211,10 +211,12 @@ def _check(event: AuditEvent, previous: AuditEvent | None, key: bytes | None, si
 
 def _check_end(last: AuditEvent | None, key: bytes | None, head: tuple[int, str] | None,
                head_signature: str | None) -> BrokenLink | None:
+    """The end of the chain against the head record (its HMAC checked under ``key``: given
+    when the log has signed events)."""
     if head is None:
         return None if last is None else BrokenLink(last.seq, "truncated", "the log's head record is missing")
     seq, hash_ = head
-    if key is not None and head_signature is not None and not hmac.compare_digest(head_signature, head_mac(key, seq, hash_)):
+    if key is not None and not hmac.compare_digest(head_signature or "", head_mac(key, seq, hash_)):
         return BrokenLink(seq, "bad_mac", "the head record's HMAC does not match: it was moved without the key")
     if last is None or last.seq < seq:
         gone = seq if last is None else seq - last.seq
