@@ -209,7 +209,7 @@ class ModelRegistry:
             if current.state not in allowed and current.state in ("draft", "in_review", "rejected", "rolled_back"):
                 raise ApprovalRequired(f"model {current.name!r} version {current.version!r} is {current.state}, not "
                                        "approved: it cannot be deployed until a reviewer other than its registrant "
-                                       "approves it (submit_for_review, then approve_model)")
+                                       "approves it (submit it for review, then have it approved)")
             _require(current, allowed, "deployed")
             previous = self._deployed(tx, current.name)
             details: dict[str, Any] = {"replaces": None if previous is None else previous.version,
