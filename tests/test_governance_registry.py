@@ -252,6 +252,8 @@ def test_the_registry_lives_in_the_prediction_logs_database(location):
         with sqlite3.connect(location) as db:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"predictions", "registry_versions", "audit_events", "audit_head"} <= tables
+        with ModelRegistry(os.path.dirname(location)) as by_folder:  # a monitor's store_dir names the same file
+            assert by_folder.get_version("fraud_detector", "1").state == "draft"
 
 
 # ------------------------------------------------------------------------------ mlmon registry

@@ -39,7 +39,7 @@ from mlmon_middleware.governance.chain import (
     make_event,
     verify_chain,
 )
-from mlmon_middleware.governance.db import GovernanceDB, Tx, default_location
+from mlmon_middleware.governance.db import GovernanceDB, Tx
 from mlmon_middleware.governance.errors import GovernanceError
 
 __all__ = ["EVENT_TYPES", "GENESIS", "AuditEvent", "AuditLog", "VerifyResult", "audit_key_from_env", "parse_time"]
@@ -110,13 +110,13 @@ def check_text(value: object, what: str, *, optional: bool = False) -> str | Non
 
 
 class AuditLog:
-    """The audit log in the database at ``location`` (default: the monitor's prediction log,
-    :func:`~mlmon_middleware.governance.db.default_location`), or on an open ``db``. ``key``:
+    """The audit log in the database at ``location`` (as :class:`ModelRegistry`'s; default:
+    the monitor's prediction log as the environment sets it), or on an open ``db``. ``key``:
     the HMAC key (a ``str`` is taken as UTF-8); None (the default) reads ``MLMON_AUDIT_KEY``,
     ``b""`` means no key even when that is set. Thread- and process-safe."""
 
     def __init__(self, location: str | None = None, *, key: bytes | str | None = None, db: GovernanceDB | None = None) -> None:
-        self.db = db if db is not None else GovernanceDB(location or default_location())
+        self.db = db if db is not None else GovernanceDB(location)
         if key is None:
             key = audit_key_from_env()
         self.key = (key.encode("utf-8") if isinstance(key, str) else key) or None

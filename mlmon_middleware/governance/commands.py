@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from mlmon_middleware.governance.audit import AuditLog, audit_key_from_env, parse_time, verify_jsonl
-from mlmon_middleware.governance.db import GovernanceDB, default_location, is_postgres
 from mlmon_middleware.governance.errors import GovernanceError
 from mlmon_middleware.governance.facts import ModelFacts
 from mlmon_middleware.governance.registry import ModelRegistry
@@ -121,21 +119,8 @@ def run(args: argparse.Namespace) -> int:
         raise
 
 
-def location_of(given: str | None) -> str:
-    """The database ``--store`` names (see the module docstring).
-
-    >>> location_of("postgresql://db/mlmon"), location_of("/nonexistent/log.db")
-    ('postgresql://db/mlmon', '/nonexistent/log.db')
-    """
-    if given is None:
-        return default_location()
-    if not is_postgres(given) and os.path.isdir(given):
-        return os.path.join(given, "predictions.sqlite")
-    return given
-
-
 def _registry(args: argparse.Namespace) -> int:
-    with ModelRegistry(db=GovernanceDB(location_of(args.store))) as registry:
+    with ModelRegistry(args.store) as registry:
         action: str = args.action
         if action == "register":
             version = _register(registry, args)
@@ -205,7 +190,7 @@ def _audit(args: argparse.Namespace) -> int:
             raise GovernanceError(f"--jsonl {args.jsonl!r} cannot be read: {exc.strerror or exc}") from None
         print(result)
         return 0 if result.ok else 1
-    with AuditLog(location_of(args.store)) as log:
+    with AuditLog(args.store) as log:
         if args.action == "verify":
             result = log.verify(anchor=_anchor(args.anchor))
             print(result)

@@ -93,6 +93,21 @@ def is_postgres(location: str) -> bool:
     return bool(sep) and scheme.lower() in ("postgresql", "postgres")
 
 
+def resolve(location: str | None) -> str:
+    """The database a location names: a ``postgresql://`` URL as it is, a folder's
+    ``predictions.sqlite`` (a monitor's ``store_dir``), any other path as an SQLite file; None
+    is :func:`default_location`.
+
+    >>> resolve("postgresql://db/mlmon"), resolve("/nonexistent/log.db")
+    ('postgresql://db/mlmon', '/nonexistent/log.db')
+    """
+    if location is None:
+        return default_location()
+    if not is_postgres(location) and os.path.isdir(location):
+        return os.path.join(location, "predictions.sqlite")
+    return location
+
+
 class Tx:
     """One open transaction: ``execute`` returns every row (the statements here are small);
     each statement has a cursor of its own, so a lookup never disturbs a ``rows`` being read."""
@@ -117,12 +132,13 @@ class Tx:
 
 
 class GovernanceDB:
-    """The registry's and audit log's tables in the database at ``location`` (a SQLite file
-    path, or a ``postgresql://`` URL); thread-safe (one connection behind a lock). Raises
+    """The registry's and audit log's tables in the database at ``location`` (see
+    :func:`resolve`: an SQLite file, a folder holding ``predictions.sqlite``, a ``postgresql://``
+    URL, None for the environment's); thread-safe (one connection behind a lock). Raises
     :class:`~mlmon_middleware.store.StoreError` when the database cannot be opened."""
 
-    def __init__(self, location: str, *, busy_timeout: float = 30.0) -> None:
-        self.location = location
+    def __init__(self, location: str | None = None, *, busy_timeout: float = 30.0) -> None:
+        location = self.location = resolve(location)
         self.postgres = is_postgres(location)
         self._lock = threading.Lock()
         self._busy_timeout = busy_timeout

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mlmon_middleware.governance.audit import AuditEvent, AuditLog, check_text, now_iso
-from mlmon_middleware.governance.db import GovernanceDB, Tx, default_location
+from mlmon_middleware.governance.db import GovernanceDB, Tx
 from mlmon_middleware.governance.errors import (
     ApprovalRequired,
     FourEyesViolation,
@@ -68,8 +68,10 @@ MAX_REASON = 2000  # characters of a reason
 
 
 class ModelRegistry:
-    """The registry in the database at ``location`` (default: the monitor's prediction log,
-    ``MLMON_STORE_URL`` or ``$MLMON_STORE_DIR/predictions.sqlite``), or on an open ``db``.
+    """The registry in the database at ``location``: an SQLite file, a folder holding
+    ``predictions.sqlite`` (a monitor's ``store_dir``), a ``postgresql://`` URL (a monitor's
+    ``store_location`` is either), by default the monitor's prediction log as the environment
+    sets it (``MLMON_STORE_URL``, else ``$MLMON_STORE_DIR/predictions.sqlite``); or an open ``db``.
 
     ``required_metrics`` and ``approval_required`` are the policy of every model that has none
     of its own (:meth:`set_policy` stores one in the database, for every process).
@@ -78,7 +80,7 @@ class ModelRegistry:
 
     def __init__(self, location: str | None = None, *, required_metrics: Iterable[str] = (),
                  approval_required: bool = True, audit_key: bytes | str | None = None, db: GovernanceDB | None = None) -> None:
-        self.db = db if db is not None else GovernanceDB(location or default_location())
+        self.db = db if db is not None else GovernanceDB(location)
         self.audit = AuditLog(db=self.db, key=audit_key)
         self.default_policy = ModelPolicy(_metric_names(required_metrics), bool(approval_required))
 
