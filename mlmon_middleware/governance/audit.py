@@ -27,7 +27,7 @@ import datetime
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from mlmon_middleware.governance.chain import (
@@ -123,7 +123,7 @@ class AuditLog:
 
     # ------------------------------------------------------------------------------- writing
     def append(self, event_type: str, actor: str, model: str | None = None, version: str | None = None,
-               details: dict[str, Any] | None = None) -> AuditEvent:
+               details: Mapping[str, Any] | None = None) -> AuditEvent:
         """Append one event and return it (with its ``seq``, ``time`` and ``hash``). Raises
         :class:`~mlmon_middleware.governance.errors.GovernanceError` for a bad type, actor, name
         or details (a ``ValueError``), ``StoreError`` or the driver's error when the database fails."""
@@ -131,7 +131,7 @@ class AuditLog:
             return self.append_in(tx, event_type, actor, model, version, details)
 
     def append_in(self, tx: Tx, event_type: str, actor: str, model: str | None, version: str | None,
-                  details: dict[str, Any] | None) -> AuditEvent:
+                  details: Mapping[str, Any] | None) -> AuditEvent:
         """Append within ``tx``, an open :meth:`GovernanceDB.write` transaction: the event commits
         (or not) with whatever else the transaction changes."""
         if not isinstance(event_type, str) or not EVENT_TYPE.match(event_type) or len(event_type) > MAX_TEXT:
