@@ -7,11 +7,15 @@
     mlmon dashboard grafana > dashboard.json
     mlmon registry register|submit|approve|reject|deploy|rollback|retire|policy|show|list ...
     mlmon audit verify|query|export ...
+    mlmon card render MODEL [VERSION] [--format md|html] [--out FILE]
+    mlmon report compliance MODEL --since T [--until T] [--format html|md] [--out FILE]
 
 ``baseline build`` streams the file into a baseline in bounded memory
 (:mod:`mlmon_middleware.training_file`): every column but ``--target`` and ``--prediction`` is a
 feature; numeric columns are numeric features unless named by ``--categorical``. ``registry`` and
-``audit`` are the model registry and the audit log (:mod:`mlmon_middleware.governance.commands`).
+``audit`` are the model registry and the audit log (:mod:`mlmon_middleware.governance.commands`);
+``card`` and ``report`` the model card and the compliance report
+(:mod:`mlmon_middleware.governance.document_commands`).
 
 Exit status: 0 on success; 2 when an input cannot be used, with one line on standard error,
 ``mlmon: error: ...``, naming the file or option and what is wrong (a missing, empty,
@@ -31,6 +35,7 @@ from collections.abc import Callable, Sequence
 from mlmon_middleware.baseline import BaselineError
 from mlmon_middleware.config import ConfigError
 from mlmon_middleware.governance import commands as governance
+from mlmon_middleware.governance import document_commands as documents
 from mlmon_middleware.governance.errors import GovernanceError
 from mlmon_middleware.store_types import StoreError
 from mlmon_middleware.training_file import MissingExtra, build_baseline, cannot_open
@@ -80,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     dashboard = commands.add_parser("dashboard", help="dashboards").add_subparsers(dest="action", required=True)
     dashboard.add_parser("grafana", help="print a Grafana dashboard (JSON) for mlmon's metrics")
     governance.add_commands(commands)
+    documents.add_commands(commands)
     return parser
 
 
@@ -145,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("registry", "audit"):
             return governance.run(args)
+        if args.command in ("card", "report"):
+            return documents.run(args)
         {"baseline": _build, "rules": _rules, "dashboard": _dashboard}[args.command](args)
     except (BaselineError, ConfigError, MissingExtra, GovernanceError, StoreError) as exc:
         print(f"mlmon: error: {exc}", file=sys.stderr)

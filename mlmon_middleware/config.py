@@ -75,6 +75,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store_max_age": ("MLMON_STORE_MAX_AGE", _parse_optional_float),
     "store_max_rows": ("MLMON_STORE_MAX_ROWS", _parse_optional_int),
     "store_url": ("MLMON_STORE_URL", str),
+    "enforce_approval": ("MLMON_ENFORCE_APPROVAL", _parse_bool),
     "multiprocess_dir": ("MLMON_MULTIPROC_DIR", str),
     "metrics_per_worker": ("MLMON_METRICS_PER_WORKER", _parse_bool),
     "share_interval": ("MLMON_SHARE_INTERVAL", float),
@@ -127,6 +128,10 @@ class MonitorConfig:
         store_url: ``postgresql://user:password@host:port/db``: the prediction log (and what the
             replicas of a fleet share) in PostgreSQL instead of a SQLite file (extra ``[postgres]``).
             Set either this or ``store_dir``.
+        enforce_approval: answer 503 (``{"error": "model_not_approved", ...}``) instead of
+            serving a model version the registry in the prediction log's database does not mark
+            deployed (or whose artifact hash differs); off by default: then the serving gate
+            only reports (health, ``mlmon_model_approved``). See docs/governance.md.
         multiprocess_dir: where the worker processes of one server (``uvicorn --workers N``,
             gunicorn, BentoML) share their counters, windows and check results. None (default):
             detected for workers of a process manager, under the temporary folder; ``"off"``:
@@ -187,6 +192,7 @@ class MonitorConfig:
     store_max_age: float | None = None
     store_max_rows: int | None = 1_000_000
     store_url: str | None = None
+    enforce_approval: bool = False
     multiprocess_dir: str | None = None
     metrics_per_worker: bool = False
     share_interval: float = 1.0
@@ -235,6 +241,8 @@ class MonitorConfig:
             raise ConfigError(f"store_url must be a postgresql:// URL or None, got {_redacted(self.store_url)!r}")
         if self.store_url is not None and self.store_dir is not None:
             raise ConfigError("set store_dir (a SQLite file on this host) or store_url (PostgreSQL), not both")
+        if self.enforce_approval not in (True, False):
+            raise ConfigError(f"enforce_approval must be True or False, got {self.enforce_approval!r}")
         if self.multiprocess_dir is not None and (not isinstance(self.multiprocess_dir, str) or not self.multiprocess_dir):
             raise ConfigError(f"multiprocess_dir must be a folder, 'off' or None (auto), got {self.multiprocess_dir!r}")
         if self.metrics_per_worker not in (True, False):

@@ -49,6 +49,7 @@ LABELS = "mlmon.labels"
 LABEL_DELAY = "mlmon.label.delay"
 LABEL_COVERAGE = "mlmon.label.coverage"
 BASELINE_AGE = "mlmon.baseline.age"
+MODEL_APPROVED = "mlmon.model.approved"
 
 # Semantic-conventions buckets for HTTP server durations (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -187,6 +188,10 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
     InstrumentSpec(BASELINE_AGE, "observable_gauge", "s",
                    "Seconds since the model's baseline was created.",
                    "mlmon_baseline_age_seconds"),
+    InstrumentSpec(MODEL_APPROVED, "observable_gauge", "1",
+                   "1 when the registry marks the served model version deployed (and its artifact hash, when "
+                   "known, is the registered one), else 0; absent without a registry.",
+                   "mlmon_model_approved"),
 )}
 
 # The data-quality gauges and the key of the drift report's feature entry each one reads.

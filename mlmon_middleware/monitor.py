@@ -32,8 +32,10 @@ from mlmon_middleware import gauges
 from mlmon_middleware.analyzer import Analyzer
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.governance.gate import ServingGate
 from mlmon_middleware.health import monitor_issues
 from mlmon_middleware.host import HostShare
+from mlmon_middleware.instruments import MODEL_APPROVED
 from mlmon_middleware.limits import MAX_NAME_CHARS, LimitHits
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.options import ModelOptions
@@ -66,6 +68,10 @@ class Monitor:
         self.pipeline = Pipeline(self.config, self.errors)
         self._models: dict[str, ModelMonitor] = {}
         self._beyond: ModelMonitor | None = None  # the stand-in for models beyond max_models
+        #: the registry's verdict on each served version (docs/governance.md, "The serving gate")
+        self.gate = ServingGate(self.store_location, enforce=self.config.enforce_approval,
+                                interval=self.config.check_interval or 60.0, errors=self.errors,
+                                models=lambda: list(self._models.values()))
         #: added to ``prometheus_port`` in this process (the BentoML adapter: one port per worker)
         self.port_offset: Callable[[], int] = lambda: 0
         #: the name of this worker's server among its process manager's workers, when the caller
@@ -206,6 +212,7 @@ class Monitor:
                     model.start_explainer()
                 if self._host is not None:
                     self._host.start(self._telemetry.registry)
+                self.gate.start()
             except BaseException:  # a half start must not keep the lead, nor a metrics port
                 if self._host is not None:
                     self._host.lock.release()
@@ -267,13 +274,15 @@ class Monitor:
 
     def observe(self, name: str) -> gauges.Observations:
         """Values of the observable instrument ``name`` across models (read at collection)."""
+        if name == MODEL_APPROVED:
+            return self.gate.observations()
         return gauges.observe(name, list(self._models.values()), self.errors, self.limits)
 
     def issues(self) -> list[str]:
         """What is wrong with the monitoring, in words (health's ``issues``)."""
         issues = monitor_issues(self._models, self.errors.counts(), check_interval=self.config.check_interval,
                                 now=time.time(), last=self.errors.last_kinds())
-        return issues + (self._telemetry.problems if self._telemetry is not None else [])
+        return issues + self.gate.issues() + (self._telemetry.problems if self._telemetry is not None else [])
 
     def status(self) -> str:
         """``"ok"``, or ``"degraded"`` once monitoring failed or has an issue: health's
@@ -302,6 +311,7 @@ class Monitor:
             "monitor_errors": errors,
             "limit_hits": self.limits.counts(),
             "workers": None if self._host is None else self._host.workers(private),
+            "serving_gate": self.gate.health(),
         }
         if private:
             health["pid"] = os.getpid()
@@ -324,6 +334,7 @@ class Monitor:
             return
         if self._analyzer is not None:
             self._analyzer.stop()
+        self.gate.stop()
         self.pipeline.stop()
         for model in self._models.values():
             model.stop_explainer()
@@ -341,6 +352,7 @@ class Monitor:
         if self._host is not None:
             self._host.lock.forget()  # the parent leads, not this child
         self._reset_process()  # the parent's SQLite connection and exporters must not be used here
+        self.gate.after_fork()
         self.pipeline.forget()
         self.errors.after_fork()
         self.limits.after_fork()

@@ -21,6 +21,8 @@ from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.config import ConfigError
 from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.explain import Explain
+from mlmon_middleware.governance.errors import GovernanceError
+from mlmon_middleware.governance.facts import check_sha256
 from mlmon_middleware.performance import PerformanceOptions
 from mlmon_middleware.reports import AlertEvent
 from mlmon_middleware.schema import KINDS, FeatureSchema
@@ -52,13 +54,16 @@ class ModelOptions:
         log_features: which features the prediction log keeps: ``"all"``, a list, or None.
         redact: features logged as ``"[redacted]"``.
         performance: a :class:`~mlmon_middleware.PerformanceOptions`, or a dict of its fields.
+        artifact: the file of the model being served; the serving gate hashes it once (SHA-256,
+            in the background) and compares it with the registered version's (docs/governance.md).
+        artifact_sha256: that hash given instead (64 hex digits), for an artifact not on this disk.
 
     >>> ModelOptions.create(segments=["region"], performance={"protected": "region"}).performance.protected
     'region'
     >>> ModelOptions.create(segment=["region"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    mlmon_middleware.config.ConfigError: unknown model option 'segment'; valid options: baseline, class_names, ...
+    mlmon_middleware.config.ConfigError: unknown model option 'segment'; valid options: artifact, artifact_sha256, baseline, ...
     """
 
     features: FeatureSchema | Mapping[str, str] | Sequence[str] | None = None
@@ -74,6 +79,8 @@ class ModelOptions:
     log_features: Literal["all"] | Sequence[str] | None = "all"
     redact: Sequence[str] = ()
     performance: PerformanceOptions | Mapping[str, Any] | None = None
+    artifact: str | os.PathLike[str] | None = None
+    artifact_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.warmup_rows, bool) or not isinstance(self.warmup_rows, int) or self.warmup_rows < 10:
@@ -87,7 +94,17 @@ class ModelOptions:
             raise ConfigError(f"drift_policy must be a DriftPolicy, got {self.drift_policy!r}")
         if self.on_alert is not None and not callable(self.on_alert):
             raise ConfigError(f"on_alert must be callable, got {self.on_alert!r}")
+        if self.artifact is not None and self.artifact_sha256 is not None:
+            raise ConfigError("give artifact (a file, hashed) or artifact_sha256, not both")
+        if self.artifact is not None and (not isinstance(self.artifact, (str, os.PathLike))
+                                          or not os.path.isfile(self.artifact)):
+            raise ConfigError(f"artifact must be the path of the served model's file, got {self.artifact!r}")
         set_ = object.__setattr__  # normalise: frozen, so through object
+        if self.artifact_sha256 is not None:
+            try:
+                set_(self, "artifact_sha256", check_sha256(self.artifact_sha256, "artifact_sha256"))
+            except GovernanceError as exc:
+                raise ConfigError(str(exc)) from None
         set_(self, "segments", tuple(self.segments))
         set_(self, "redact", tuple(self.redact))
         if self.log_features not in ("all", None):

@@ -283,6 +283,7 @@ class MonitorHealth(TypedDict):
     monitor_errors: dict[str, int]
     limit_hits: dict[str, int]
     workers: WorkersHealth | None  # None: this process counts alone
+    serving_gate: dict[str, Any]  # the registry's verdicts (governance.gate.ServingGate.health)
     last_errors: NotRequired[list[dict[str, Any]]]  # private view only
 
 

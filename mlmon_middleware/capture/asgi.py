@@ -51,6 +51,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from mlmon_middleware.capture.context import RequestState, enter, leave
+from mlmon_middleware.governance.gate import ModelNotApproved
 from mlmon_middleware.ids import new_prediction_id
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.monitor import Monitor
@@ -154,7 +155,20 @@ class MLMonitorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await _Responder(self, scope, self._match(scope) if (self._exact or self._templates) else None)(receive, send)
+        endpoint = self._match(scope) if (self._exact or self._templates) else None
+        gate = self.registry.gate
+        if endpoint is not None and gate.refused and (refusal := gate.refusal(endpoint[1].name)) is not None:
+            await _refuse(send, refusal)  # enforce_approval: the endpoint is not called
+            return
+        await _Responder(self, scope, endpoint)(receive, send)
+
+
+async def _refuse(send: Send, refusal: ModelNotApproved) -> None:
+    """Answer 503 with the refusal's JSON reason (docs/governance.md, "The serving gate")."""
+    body = refusal.body()
+    await send({"type": "http.response.start", "status": refusal.status_code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -227,6 +241,12 @@ class _Responder(RequestState):
         token = enter(self)
         try:
             await self.mw.app(self.scope, receive, self.monitored_send)
+        except ModelNotApproved as refusal:  # a decorated endpoint refused (enforce_approval)
+            if self.status is not None:  # the app answered already: not ours to answer
+                raise
+            self.finished = True  # nothing was served: no record
+            await _refuse(send, refusal)
+            return
         except BaseException as exc:
             self._finish(exc)
             raise

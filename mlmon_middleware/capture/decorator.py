@@ -46,7 +46,8 @@ def monitor(model: str, version: str = "unknown", *, route: str | None = None, r
         **options: the model's options, the fields of :class:`~mlmon_middleware.ModelOptions`:
             ``features``, ``baseline``, ``explain``, ``input``, ``prediction_key``,
             ``class_names``, ``drift_policy``, ``warmup_rows``, ``on_alert``, ``segments``,
-            ``log_features``, ``redact``, ``performance`` (a misspelt one is a ConfigError).
+            ``log_features``, ``redact``, ``performance``, ``artifact``, ``artifact_sha256`` (a
+            misspelt one is a ConfigError).
     """
     def decorate(fn: F) -> F:
         mon = registry or Monitor.get()
@@ -54,10 +55,13 @@ def monitor(model: str, version: str = "unknown", *, route: str | None = None, r
         pick = _InputPicker(tuple(inspect.signature(fn).parameters), options.get("input"))
         route_name = route or ""
         perf_ns, wall_ns = time.perf_counter_ns, time.time_ns
+        gate = mon.gate  # enforce_approval: a refused version raises ModelNotApproved (the middleware's 503)
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if gate.refused and (refusal := gate.refusal(model)) is not None:
+                    raise refusal
                 start, wall = perf_ns(), wall_ns()
                 try:
                     result = await fn(*args, **kwargs)
@@ -71,6 +75,8 @@ def monitor(model: str, version: str = "unknown", *, route: str | None = None, r
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if gate.refused and (refusal := gate.refusal(model)) is not None:
+                raise refusal
             start, wall = perf_ns(), wall_ns()
             try:
                 result = fn(*args, **kwargs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -121,7 +122,7 @@ def summarize_log(db: GovernanceDB, model: str, since: float, until: float, *, w
     """Read ``model``'s logged predictions made in ``[since, until)`` (see the module docstring).
     ``ValueError`` when the period is empty or would make more than :data:`MAX_WINDOWS` windows."""
     if not until > since:
-        raise ValueError(f"the period is empty: until ({until}) must be after since ({since})")
+        raise ValueError(f"the period is empty: until ({_iso(until)}) must be after since ({_iso(since)})")
     if not window > 0 or math.ceil((until - since) / window) > MAX_WINDOWS:
         raise ValueError(f"a window of {window:g} s cuts the period into more than {MAX_WINDOWS} windows: choose a longer one")
     summary = LogSummary(model, version, since, until, window, task=task, positive=positive, threshold=threshold)
@@ -142,6 +143,10 @@ def summarize_log(db: GovernanceDB, model: str, since: float, until: float, *, w
         tasks = {w.task for w in summary.windows if w.task}
         summary.task = tasks.pop() if len(tasks) == 1 else ("multiclass" if "multiclass" in tasks else None)
     return summary
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _read(summary: LogSummary, rows: Iterator[tuple[Any, ...]]) -> None:
