@@ -7,6 +7,12 @@ anyone. Events are produced only on changes of state (firing, severity changed, 
 go to the log as structured records, to an optional callback and to ``recent`` (the last
 ``RECENT_EVENTS``, for the dashboard); ``active()`` feeds ``mlmon_alert_active``.
 
+Each firing episode has an ``id`` (from the model, the alert, its subject and the time it fired:
+the same in every worker that adopts it), carried by its events until it resolves. Someone
+acknowledges it by that id (:meth:`Alerts.acknowledge`: who, when, a note); :meth:`ack_issues`
+says when alerts are being ignored (fired in the last 30 days, none acknowledged) or a critical
+one has fired unacknowledged for longer than the policy age.
+
 >>> alerts = Alerts(fire_after=2, resolve_after=1)
 >>> alerts.update({("FeatureDrift", "income"): "warning"})
 []
@@ -18,12 +24,19 @@ go to the log as structured records, to an optional callback and to ``recent`` (
 ['resolved']
 >>> [e["state"] for e in alerts.recent]
 ['firing', 'resolved']
+>>> alerts.ack_issues(now=time.time(), max_age=3600.0)
+['1 alert(s) fired in the last 30 days and none was acknowledged: alerts are being ignored']
+>>> alerts.acknowledge(alerts.recent[0]["id"], "ana", "retraining")["actor"]
+'ana'
+>>> alerts.ack_issues(now=time.time(), max_age=3600.0)
+[]
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -31,7 +44,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from mlmon_middleware.drift.policy import RANK
-from mlmon_middleware.reports import AlertEvent, AlertSummary, FiringAlert, Severity
+from mlmon_middleware.reports import Acknowledgement, AlertEvent, AlertSummary, FiringAlert, Severity
 
 #: one check's verdicts: ``(alertname, subject) -> severity``
 Conditions = dict[tuple[str, str], Severity]
@@ -39,6 +52,8 @@ Conditions = dict[tuple[str, str], Severity]
 logger = logging.getLogger("mlmon_middleware.alerts")
 
 RECENT_EVENTS = 200  # events kept per model for /mlmon/alerts and the dashboard
+IGNORED_DAYS = 30  # alerts fired this many days back and none acknowledged: "alerts are being ignored"
+MAX_ACKS = 1000  # acknowledgements kept per model (the newest; older than IGNORED_DAYS are dropped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +87,7 @@ class _State:
     bad_streak: int = 0
     clean_streak: int = 0
     since: float = 0.0
+    id: str = ""  # of the firing episode, from its "firing" event until it resolves
 
 
 class Alerts:
@@ -92,6 +108,7 @@ class Alerts:
         self.errors = 0
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (alertname, state) -> events
         self.recent: collections.deque[AlertEvent] = collections.deque(maxlen=RECENT_EVENTS)  # oldest first
+        self.acks: dict[str, Acknowledgement] = {}  # alert id -> its (latest) acknowledgement
 
     def after_fork(self) -> None:
         """In a forked child: a fresh lock (the parent's may have been held by one of its threads)."""
@@ -112,6 +129,8 @@ class Alerts:
                     if state.bad_streak >= self.fire_after and severity != state.severity:
                         change: Literal["firing", "severity_changed"] = (
                             "firing" if state.severity == "none" else "severity_changed")
+                        if change == "firing":
+                            state.id = alert_id(self.model, key, now)
                         state.severity, state.since = severity, now
                         events.append(self._event(key, change, severity, now))
                 else:
@@ -135,7 +154,8 @@ class Alerts:
 
     def _event(self, key: tuple[str, str], change: Literal["firing", "severity_changed", "resolved"], severity: Severity,
                now: float) -> AlertEvent:
-        event: AlertEvent = {"alertname": key[0], "subject": key[1], "state": change, "severity": severity, "time": now}
+        event: AlertEvent = {"alertname": key[0], "subject": key[1], "state": change, "severity": severity, "time": now,
+                             "id": self._states[key].id}
         if self.model is not None:
             event["model"] = self.model
         if self.version is not None:
@@ -145,12 +165,57 @@ class Alerts:
     def adopt(self, summary: Mapping[str, Any]) -> None:
         """Take another worker's alert states (its :meth:`summary`): a worker that does not
         lead shows the leader's alerts, and when it takes the lead it goes on from them, so a
-        firing alert is not announced twice. Events are not replayed (no callback)."""
+        firing alert is not announced twice. Events are not replayed (no callback). The leader's
+        acknowledgements are added to this worker's own (an acknowledgement this worker took is
+        kept)."""
         with self._lock:
-            self._states = {(a["alertname"], a["subject"]): _State(a["severity"], self.fire_after, 0, a["since"])
+            self._states = {(a["alertname"], a["subject"]): _State(a["severity"], self.fire_after, 0, a["since"],
+                                                                   a.get("id", ""))
                             for a in summary.get("active", ())}
             self.recent.clear()
             self.recent.extend(list(summary.get("recent", ()))[::-1])
+            for ack in summary.get("acknowledged", {}).values():
+                if ack["time"] > self.acks.get(ack["id"], {"time": 0.0})["time"]:
+                    self.acks[ack["id"]] = ack
+
+    def acknowledge(self, alert_id: str, actor: str, note: str = "", now: float | None = None) -> Acknowledgement | None:
+        """Record that ``actor`` acknowledged the alert ``alert_id`` (a firing one, or one among the
+        recent events); a second acknowledgement replaces the first. None when no alert has that id."""
+        now = time.time() if now is None else now
+        with self._lock:
+            found: tuple[str, str, Severity] | None = next(
+                ((k[0], k[1], s.severity) for k, s in self._states.items() if s.severity != "none" and s.id == alert_id),
+                None)
+            if found is None:
+                found = next(((e["alertname"], e["subject"], e["severity"]) for e in reversed(self.recent)
+                              if e.get("id") == alert_id), None)
+            if found is None:
+                return None
+            ack: Acknowledgement = {"id": alert_id, "alertname": found[0], "subject": found[1], "severity": found[2],
+                                    "actor": actor, "note": note, "time": now}
+            self.acks.pop(alert_id, None)
+            self.acks[alert_id] = ack
+            cutoff = now - IGNORED_DAYS * 86400
+            kept = [a for a in self.acks.values() if a["time"] >= cutoff][-MAX_ACKS:]
+            self.acks = {a["id"]: a for a in kept}
+        return ack
+
+    def ack_issues(self, now: float, max_age: float) -> list[str]:
+        """Health's words on acknowledgement: alerts fired in the last 30 days and none
+        acknowledged; critical alerts firing unacknowledged for longer than ``max_age`` seconds."""
+        cutoff = now - IGNORED_DAYS * 86400
+        with self._lock:
+            fired = sum(1 for e in self.recent if e["state"] == "firing" and e["time"] >= cutoff)
+            acked = any(a["time"] >= cutoff for a in self.acks.values())
+            overdue = sorted(f"{k[0]} {k[1]}".strip() for k, s in self._states.items()
+                             if s.severity == "critical" and s.id not in self.acks and now - s.since > max_age)
+        issues = []
+        if fired and not acked:
+            issues.append(f"{fired} alert(s) fired in the last {IGNORED_DAYS} days and none was acknowledged: "
+                          "alerts are being ignored")
+        if overdue:
+            issues.append(f"critical alert(s) unacknowledged for over {max_age / 3600:g} h: {', '.join(overdue)}")
+        return issues
 
     def active(self) -> list[tuple[str, str, Severity]]:
         """``(alertname, subject, severity)`` of every firing alert."""
@@ -158,11 +223,25 @@ class Alerts:
             return sorted((k[0], k[1], s.severity) for k, s in self._states.items() if s.severity != "none")
 
     def summary(self) -> AlertSummary:
-        """Firing alerts (with the time their severity was reached) and recent events, newest first."""
+        """Firing alerts (with the time their severity was reached, their id and acknowledgement),
+        recent events, newest first, and the acknowledgements by alert id."""
         with self._lock:
-            firing: list[FiringAlert] = [{"alertname": k[0], "subject": k[1], "severity": s.severity, "since": s.since}
+            firing: list[FiringAlert] = [{"alertname": k[0], "subject": k[1], "severity": s.severity, "since": s.since,
+                                          "id": s.id, "acknowledged": self.acks.get(s.id)}
                                          for k, s in self._states.items() if s.severity != "none"]
             active = sorted(firing,
                             key=lambda a: (-RANK[a["severity"]], a["alertname"], a["subject"]))
             recent = list(self.recent)[::-1]
-        return {"active": active, "recent": recent}
+            acks = dict(self.acks)
+        return {"active": active, "recent": recent, "acknowledged": acks}
+
+
+def alert_id(model: str | None, key: tuple[str, str], fired_at: float) -> str:
+    """A firing episode's id: 16 hex digits of the SHA-256 of the model, alert, subject and the
+    time it fired, so that workers adopting the leader's alerts name it alike.
+
+    >>> alert_id("fraud", ("FeatureDrift", "income"), 1700000000.0)
+    '14e4233098539d6d'
+    """
+    text = f"{model or ''}\x1f{key[0]}\x1f{key[1]}\x1f{fired_at!r}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -85,6 +85,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_features": ("MLMON_MAX_FEATURES", int),
     "max_models": ("MLMON_MAX_MODELS", int),
     "max_feedback_bytes": ("MLMON_MAX_FEEDBACK_BYTES", int),
+    "ack_max_age": ("MLMON_ACK_MAX_AGE", float),
     "tracing": ("MLMON_TRACING", _parse_optional_bool),
     "trace_features": ("MLMON_TRACE_FEATURES", _parse_names),
     "metrics_path": ("MLMON_METRICS_PATH", _parse_optional_path),
@@ -153,6 +154,8 @@ class MonitorConfig:
         max_models: models one process monitors; beyond it ``Monitor.model()`` returns a
             monitor that drops its records, counted in ``mlmon_limit_hits_total{limit="models"}``.
         max_feedback_bytes: largest ``POST /mlmon/feedback`` body (413 beyond it).
+        ack_max_age: seconds a critical alert may fire unacknowledged (``POST
+            /mlmon/alerts/{id}/ack``) before health lists it as an issue (default 24 h).
         tracing: ``True`` or ``False``; ``None`` (auto) traces when a tracer provider was
             given, an SDK tracer provider is installed globally (the app's: mlmon's spans then
             share its resource, sampler and exporters), or OTLP is configured for traces.
@@ -202,6 +205,7 @@ class MonitorConfig:
     max_features: int = 256
     max_models: int = 100
     max_feedback_bytes: int = 1 << 20
+    ack_max_age: float = 86_400.0
     tracing: bool | None = None
     trace_features: tuple[str, ...] = ()
     metrics_path: str | None = "/metrics"
@@ -228,6 +232,9 @@ class MonitorConfig:
         _check_int(self, "max_feedback_bytes", minimum=1)
         if not isinstance(self.refresh_interval, (int, float)) or self.refresh_interval < 0:
             raise ConfigError(f"refresh_interval must be a number of seconds >= 0, got {self.refresh_interval!r}")
+        if (not isinstance(self.ack_max_age, (int, float)) or isinstance(self.ack_max_age, bool)
+                or not 0 < self.ack_max_age < float("inf")):
+            raise ConfigError(f"ack_max_age must be a number of seconds > 0, got {self.ack_max_age!r}")
         if self.allow_anonymous_writes not in (True, False):
             raise ConfigError(f"allow_anonymous_writes must be True or False, got {self.allow_anonymous_writes!r}")
         if self.api_token is not None and (not isinstance(self.api_token, str) or not self.api_token.strip()):

@@ -35,8 +35,10 @@ MAX_CATEGORY_CHARS = 256
 MAX_LABEL_BYTES = 4096
 #: most items in one feedback body
 MAX_FEEDBACK_ITEMS = 10_000
+#: largest body of a registry step, a registration or an alert acknowledgement
+MAX_GOVERNANCE_BYTES = 256 * 1024
 
-LIMITS = ("models", "feedback_body", "feedback_items", "label_value", "refresh_rate")
+LIMITS = ("models", "feedback_body", "feedback_items", "label_value", "refresh_rate", "governance_body")
 
 
 def bounded_category(value: str) -> str:

@@ -206,8 +206,21 @@ class AlertEvent(TypedDict, total=False):
     state: Literal["firing", "severity_changed", "resolved"]
     severity: Severity
     time: float
+    id: str  # the firing episode's, the same on its firing, severity_changed and resolved events
     model: str
     version: str
+
+
+class Acknowledgement(TypedDict):
+    """Who acknowledged an alert (``POST /mlmon/alerts/{id}/ack``), when, with what note."""
+
+    id: str
+    alertname: str
+    subject: str
+    severity: Severity
+    actor: str
+    note: str
+    time: float
 
 
 class FiringAlert(TypedDict):
@@ -215,11 +228,14 @@ class FiringAlert(TypedDict):
     subject: str
     severity: Severity
     since: float
+    id: str
+    acknowledged: Acknowledgement | None
 
 
 class AlertSummary(TypedDict):
     active: list[FiringAlert]
     recent: list[AlertEvent]  # newest first
+    acknowledged: dict[str, Acknowledgement]  # by alert id
 
 
 # ---------------------------------------------------------------------------------------- health

@@ -7,8 +7,11 @@ their explanations) and the embedded dashboard page. Imported by adapters only (
 speaks plain ASGI and serves no path); the FastAPI adapter builds its metrics routes from
 :func:`metrics_endpoint` itself, so that they give way to a route of the app at the same path.
 
-Access (:class:`Access`): the metrics, the dashboard page and health's status are open. Routes
-that *write* (feedback, ``?refresh=true`` checks) need the bearer token ``api_token``; without
+The model registry's routes and ``POST alerts/{id}/ack`` are :mod:`~mlmon_middleware.routes_governance`'s.
+
+Access (:class:`~mlmon_middleware.routes_access.Access`): the metrics, the dashboard page and
+health's status are open. Routes that *write* (feedback, ``?refresh=true`` checks, registry
+steps, acknowledgements) need the bearer token ``api_token``; without
 one they answer 403, unless ``allow_anonymous_writes`` is set. With a token, every route that
 returns input-derived data (reports, logged predictions, explanations, health's details) needs it
 too; without one they are open (a service that sets no token publishes them to whoever reaches it).
@@ -34,9 +37,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hmac
 import importlib.resources
-import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -51,9 +52,9 @@ from mlmon_middleware.limits import MAX_FEEDBACK_ITEMS, MAX_LABEL_BYTES, MAX_NAM
 from mlmon_middleware.model import ModelMonitor
 from mlmon_middleware.monitor import Monitor
 from mlmon_middleware.reports import LABEL_OUTCOMES
+from mlmon_middleware.routes_access import Access, bounded_body, json_response, short
+from mlmon_middleware.routes_governance import governance_routes
 from mlmon_middleware.store import StoreBusy, StoreError
-
-logger = logging.getLogger("mlmon_middleware")
 
 MAX_LISTED = 500  # predictions one GET /mlmon/predictions may return
 Label = tuple[str, Any, float | None]  # (prediction id, actual, timestamp or None for now)
@@ -63,9 +64,10 @@ def routes(mon: Monitor, *, metrics: str | None = "/mlmon/metrics", health: str 
            drift: str | None = "/mlmon/drift", feedback: str | None = "/mlmon/feedback",
            performance: str | None = "/mlmon/performance", alerts: str | None = "/mlmon/alerts",
            predictions: str | None = "/mlmon/predictions", dashboard: str | None = "/mlmon/",
-           mounted_at: str = "") -> list[Route]:
-    """The routes, at the given paths (None leaves one out); ``mounted_at``: the prefix of the
-    app they are mounted in, for the paths that messages name."""
+           registry: str | None = "/mlmon/registry", mounted_at: str = "") -> list[Route]:
+    """The routes, at the given paths (None leaves one out; ``registry`` and the alert
+    acknowledgement under ``alerts`` are :mod:`~mlmon_middleware.routes_governance`'s);
+    ``mounted_at``: the prefix of the app they are mounted in, for the paths that messages name."""
     access = Access(mon)
     out = []
     if metrics:
@@ -85,6 +87,8 @@ def routes(mon: Monitor, *, metrics: str | None = "/mlmon/metrics", health: str 
                          include_in_schema=False))
     if predictions:
         out += _prediction_routes(mon, access, predictions.rstrip("/"))
+    if registry or alerts:
+        out += governance_routes(mon, access, registry.rstrip("/") if registry else None, alerts)
     if feedback and mon.store_location is not None:  # without a log, feedback takes nothing anyway
         access.announce(mounted_at + feedback)
     if dashboard:
@@ -110,65 +114,15 @@ def _dashboard_page() -> str:
     return importlib.resources.files("mlmon_middleware").joinpath("dashboard.html").read_text("utf-8")
 
 
-class Access:
-    """Who may use a route (see the module docstring). The token is compared as bytes, in
-    constant time; a missing, malformed or non-ASCII ``Authorization`` header is a 401, never a 500.
-
-    >>> from mlmon_middleware import Monitor, MonitorConfig
-    >>> Access(Monitor(MonitorConfig(tracing=False))).write_denied  # no token, no opt-in
-    True
-    """
-
-    def __init__(self, mon: Monitor) -> None:
-        token = mon.config.api_token
-        self.expected = None if not token else b"Bearer " + token.encode("utf-8")
-        self.write_denied = self.expected is None and not mon.config.allow_anonymous_writes
-
-    def authorized(self, request: Request) -> bool:
-        """Whether the request carries the configured token (False when none is configured)."""
-        if self.expected is None:
-            return False
-        for key, value in request.scope.get("headers") or ():
-            if key == b"authorization":
-                return hmac.compare_digest(value, self.expected)
-        return False
-
-    def read(self, request: Request) -> Response | None:
-        """None when the request may read input-derived data; else the 401 to answer."""
-        if self.expected is None or self.authorized(request):
-            return None
-        return _json({"detail": "this route returns input-derived data: send 'Authorization: Bearer <token>' "
-                                "(the service's MLMON_API_TOKEN)"}, status_code=401,
-                     headers={"WWW-Authenticate": 'Bearer realm="mlmon"'})
-
-    def write(self, request: Request, what: str) -> Response | None:
-        """None when the request may write (post labels, run a check); else the 401 or 403."""
-        if self.write_denied:
-            return _json({"detail": f"{what} is off: this service has no API token. Set MLMON_API_TOKEN (or "
-                                    "MonitorConfig(api_token=...)) and send 'Authorization: Bearer <token>', or set "
-                                    "MLMON_ALLOW_ANONYMOUS_WRITES=true to let anyone who reaches the service do it"},
-                         status_code=403)
-        if self.expected is not None and not self.authorized(request):
-            return _json({"detail": f"{what} needs 'Authorization: Bearer <token>' (the service's MLMON_API_TOKEN)"},
-                         status_code=401, headers={"WWW-Authenticate": 'Bearer realm="mlmon"'})
-        return None
-
-    def announce(self, feedback: str) -> None:
-        """Say at start-up what is open: writes by anyone are worth a warning."""
-        if self.expected is None and not self.write_denied:
-            logger.warning("mlmon: allow_anonymous_writes is on and no API token is set: anyone who reaches this "
-                           "service can post ground-truth labels to %s and run checks", feedback)
-
-
 def _health(mon: Monitor, access: Access) -> Callable[[Request], Response]:
     """Health for a probe: the status only when a token is set and not sent; the details (without
     process internals) when no token is set; everything with the token."""
     def handler(request: Request) -> Response:
         if access.expected is None:
-            return _json(mon.health(private=False))
+            return json_response(mon.health(private=False))
         if access.authorized(request):
-            return _json(mon.health(private=True))
-        return _json({"status": mon.status(), "token_required": True})
+            return json_response(mon.health(private=True))
+        return json_response({"status": mon.status(), "token_required": True})
 
     return handler
 
@@ -193,7 +147,7 @@ def _reports(mon: Monitor, access: Access, report: Callable[[ModelMonitor], obje
             if limited:
                 mon.limits.hit("refresh_rate", f"on-demand checks of {limited} asked within {interval:g} s")
                 headers = {"X-MLMon-Refresh": "limited", "Retry-After": str(max(1, round(interval)))}
-        return _json({n: report(m) for n, m in chosen.items()}, headers=headers)
+        return json_response({n: report(m) for n, m in chosen.items()}, headers=headers)
 
     return handler
 
@@ -205,7 +159,7 @@ def _unavailable(mon: Monitor) -> tuple[type[BaseException], ...]:
 
 
 def _unknown_model(name: str | None, models: Mapping[str, ModelMonitor]) -> Response:
-    return _json({"detail": f"no monitored model {_short(name)}; models: {sorted(models)}"}, status_code=404)
+    return json_response({"detail": f"no monitored model {short(name)}; models: {sorted(models)}"}, status_code=404)
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -226,19 +180,19 @@ def _prediction_routes(mon: Monitor, access: Access, path: str) -> list[Route]:
                 return denied
             name, models = request.query_params.get("model"), mon.models
             if not models:
-                return _json({"detail": "no model is monitored here yet"}, status_code=404)
+                return json_response({"detail": "no model is monitored here yet"}, status_code=404)
             if name is None and len(models) != 1:
-                return _json({"detail": f"several models are monitored: add ?model= (one of {sorted(models)})"},
+                return json_response({"detail": f"several models are monitored: add ?model= (one of {sorted(models)})"},
                              status_code=422)
             if name is not None and name not in models:
                 return _unknown_model(name, models)
             try:
                 return answer(request, models[name] if name is not None else next(iter(models.values())))
             except StoreError as exc:
-                return _json({"detail": str(exc)}, status_code=409)
+                return json_response({"detail": str(exc)}, status_code=409)
             except _unavailable(mon) as exc:  # a locked, failing or unreachable database: the caller may retry
                 mon.errors.report("store", exc)
-                return _json({"detail": f"the prediction log is unavailable ({exc}); retry later"}, status_code=503,
+                return json_response({"detail": f"the prediction log is unavailable ({exc}); retry later"}, status_code=503,
                              headers={"Retry-After": "1"})
 
         return handler
@@ -249,24 +203,19 @@ def _prediction_routes(mon: Monitor, access: Access, path: str) -> list[Route]:
         except ValueError:
             limit = 0
         if not 1 <= limit <= MAX_LISTED:
-            return _json({"detail": f"limit must be an integer from 1 to {MAX_LISTED}"}, status_code=422)
-        return _json({"model": model.name, "predictions": model.recent_predictions(limit, _flag(request, "explained"))})
+            return json_response({"detail": f"limit must be an integer from 1 to {MAX_LISTED}"}, status_code=422)
+        return json_response({"model": model.name, "predictions": model.recent_predictions(limit, _flag(request, "explained"))})
 
     def one(request: Request, model: ModelMonitor) -> Response:
         pid = request.path_params["prediction_id"]
         found = model.lookup(pid)
         if found is None:
-            return _json({"detail": f"prediction {_short(pid)} of model {model.name!r} is not in the prediction log"},
+            return json_response({"detail": f"prediction {short(pid)} of model {model.name!r} is not in the prediction log"},
                          status_code=404)
-        return _json(found)
+        return json_response(found)
 
     return [Route(path, guarded(listing), methods=["GET"], include_in_schema=False),
             Route(path + "/{prediction_id}", guarded(one), methods=["GET"], include_in_schema=False)]
-
-
-def _json(payload: object, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
-                    status_code=status_code, media_type="application/json", headers=headers)
 
 
 def _feedback_route(mon: Monitor, access: Access, path: str) -> Route:
@@ -281,50 +230,35 @@ def _feedback_route(mon: Monitor, access: Access, path: str) -> Route:
         try:
             items = _feedback_items(orjson.loads(body), query_model, mon)
         except FeedbackError as exc:
-            return _json({"detail": str(exc)}, status_code=422)
+            return json_response({"detail": str(exc)}, status_code=422)
         except orjson.JSONDecodeError as exc:
-            return _json({"detail": f"body is not JSON: {exc}"}, status_code=422)
+            return json_response({"detail": f"body is not JSON: {exc}"}, status_code=422)
         try:
             answers = {name: mon.model(name).record_outcomes(group) for name, group in items.items()}
         except StoreError as exc:
-            return _json({"detail": str(exc)}, status_code=409)
+            return json_response({"detail": str(exc)}, status_code=409)
         except _unavailable(mon) as exc:  # locked past the busy timeout, disk full, unreachable: nothing half-applied
             mon.errors.report("store", exc)
-            return _json({"detail": f"the prediction log could not take the labels ({exc}); retry later"},
+            return json_response({"detail": f"the prediction log could not take the labels ({exc}); retry later"},
                          status_code=503, headers={"Retry-After": "1"})
         totals: dict[str, object] = {"results": [r for a in answers.values() for r in a["results"]]}
         for outcome in LABEL_OUTCOMES:
             totals[outcome] = sum(a[outcome] for a in answers.values())
-        return _json(totals)
+        return json_response(totals)
 
     async def feedback(request: Request) -> Response:
         denied = access.write(request, f"POST {path} (ground-truth labels)")
         if denied is not None:
             return denied
-        body = await _bounded_body(request, limit)
+        body = await bounded_body(request, limit)
         if body is None:
             mon.limits.hit("feedback_body", f"a feedback body over {limit} bytes refused")
-            return _json({"detail": f"the body is larger than max_feedback_bytes ({limit} bytes): send the labels "
+            return json_response({"detail": f"the body is larger than max_feedback_bytes ({limit} bytes): send the labels "
                                     "in smaller batches"}, status_code=413)
         # SQLite and the pipeline flush run in a worker thread, off the event loop
         return await run_in_threadpool(answer, body, request.query_params.get("model"))
 
     return Route(path, feedback, methods=["POST"], include_in_schema=False)
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` bytes (by its
-    Content-Length or while it streams in): an oversized body is never held."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class FeedbackError(ValueError):
@@ -354,7 +288,7 @@ def _feedback_items(payload: object, default_model: str | None, mon: Monitor) ->
             raise FeedbackError(f"item {i}: actual is larger than {MAX_LABEL_BYTES} bytes as JSON")
         model = item.get("model") or default_model or (next(iter(models)) if len(models) == 1 else None)
         if not isinstance(model, str) or model not in models:
-            raise FeedbackError(f"item {i}: model {_short(model)} is not monitored here; models: {sorted(models)}")
+            raise FeedbackError(f"item {i}: model {short(model)} is not monitored here; models: {sorted(models)}")
         grouped.setdefault(model, []).append((pid, actual, _timestamp(item.get("timestamp"), i)))
     return grouped
 
@@ -374,10 +308,4 @@ def _timestamp(value: object, i: int) -> float | None:
             pass
         else:
             return (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)).timestamp()
-    raise FeedbackError(f"item {i}: timestamp must be Unix seconds or ISO 8601, got {_short(value)}")
-
-
-def _short(value: object) -> str:
-    """A client's value quoted in an error message, cut to a readable length."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:80] + "…"
+    raise FeedbackError(f"item {i}: timestamp must be Unix seconds or ISO 8601, got {short(value)}")

@@ -75,7 +75,7 @@ def test_in_process(harness_factory):
     assert health["models"]["iris"]["rows_in_window"] == 3  # two rows, then one
     assert 'mlmon_predictions_total{http_route="/predict",mlmon_model_name="iris"' in text
     assert page.status_code == 200 and "<title>mlmon dashboard</title>" in page.text  # the page, under /mlmon/
-    assert alerts == {"iris": {"active": [], "recent": []}}
+    assert alerts == {"iris": {"active": [], "recent": [], "acknowledged": {}}}
     assert bare.status_code in (307, 308) and bare.headers["location"].endswith("/mlmon/")
     assert no_log.status_code == 409 and "MLMON_STORE_DIR" in no_log.json()["detail"]
     snap = h.monitor.model("iris").window_snapshot()

@@ -90,7 +90,7 @@ def monitored(model: str, version: str = "unknown", *, apis: Sequence[str] | Non
         service.mount_asgi_app(Starlette(routes=routes(mon, metrics="/metrics", health="/health", drift="/drift",
                                                        feedback="/feedback", performance="/performance",
                                                        alerts="/alerts", predictions="/predictions", dashboard="/",
-                                                       mounted_at="/mlmon")),
+                                                       registry="/registry", mounted_at="/mlmon")),
                                path="/mlmon", name="mlmon")
         return service
 
