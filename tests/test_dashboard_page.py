@@ -256,7 +256,8 @@ def test_layout_ticks_statistics_and_states(service, browser):
 
     # health says "degraded" only because the drifted model's alerts fire: mlmon itself is fine
     assert health["status"] == "degraded" and health["monitor_errors"] == {}
-    assert all(" alert(s) firing (" in issue for issue in health["issues"]), health["issues"]
+    assert all(" alert(s) firing (" in issue or "alerts are being ignored" in issue  # none acknowledged yet
+               for issue in health["issues"]), health["issues"]
     assert states["monitor-state"] == "monitor healthy"
     assert states["model-state"] == "model drifted"
     firing = re.fullmatch(r"(\d+) alerts firing", states["model-alerts"])  # FeatureDrift, DatasetDrift and more
@@ -265,6 +266,31 @@ def test_layout_ticks_statistics_and_states(service, browser):
     text, state, title, model_state = degraded
     assert (text, state, model_state) == ("monitor degraded", "degraded", "model drifted")
     assert DROPS["queue_full"] in title and "alert(s) firing" not in title
+
+
+def test_a_firing_alert_is_acknowledged_with_its_button(service, browser):
+    """The button next to a firing alert posts the acknowledgement (with the name typed above it);
+    the row then says who acknowledged it, and so do the alerts route and health."""
+    url = service[0]
+    page, problems = open_page(browser, url, "/mlmon/")
+    try:
+        page.wait_for_selector("#alerts-active [data-role=ack]", timeout=30_000)
+        alert_id = page.get_attribute("#alerts-active [data-role=ack] >> nth=0", "data-alert-id")
+        page.fill("#ack-actor", "oncall@example.com")
+        page.click(f"#alerts-active tr[data-alert-id='{alert_id}'] [data-role=ack]")
+        page.wait_for_selector(f"#alerts-active tr[data-alert-id='{alert_id}'] [data-role=acknowledged]", timeout=15_000)
+        shown = page.inner_text(f"#alerts-active tr[data-alert-id='{alert_id}'] [data-role=acknowledged]")
+        error = page.inner_text("#ack-error")
+    finally:
+        page.close()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        alerts = client.get("/mlmon/alerts").json()["credit-risk"]
+        issues = client.get("/mlmon/health").json()["issues"]
+    assert problems == [] and error == "", (problems, error)
+    assert shown.startswith("by oncall@example.com, "), shown
+    assert alerts["acknowledged"][alert_id]["actor"] == "oncall@example.com"
+    assert [a["acknowledged"]["actor"] for a in alerts["active"] if a["id"] == alert_id] == ["oncall@example.com"]
+    assert not any("alerts are being ignored" in issue for issue in issues), issues
 
 
 def test_two_models_a_token_and_no_baseline_yet(tmp_path, browser):
