@@ -18,6 +18,7 @@ duration before now (``7d``); ``--window`` is a duration (``1d``, ``6h``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -93,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _writable(path: str) -> None:
-    """Refuse an ``--out`` that cannot be written before the export is recorded in the audit log."""
-    try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise GovernanceError(f"--out {path!r} cannot be written: {exc.strerror or exc}") from None
+    """Refuse an ``--out`` that cannot be written before the export is recorded in the audit log
+    (without creating it: a refused report leaves no file behind)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise GovernanceError(f"--out {path!r} cannot be written: not a file in an existing folder")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise GovernanceError(f"--out {path!r} cannot be written: permission denied")
