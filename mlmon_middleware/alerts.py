@@ -214,7 +214,7 @@ class Alerts:
             issues.append(f"{fired} alert(s) fired in the last {IGNORED_DAYS} days and none was acknowledged: "
                           "alerts are being ignored")
         if overdue:
-            issues.append(f"critical alert(s) unacknowledged for over {max_age / 3600:g} h: {', '.join(overdue)}")
+            issues.append(f"critical alert(s) unacknowledged for over {_duration(max_age)}: {', '.join(overdue)}")
         return issues
 
     def active(self) -> list[tuple[str, str, Severity]]:
@@ -234,6 +234,18 @@ class Alerts:
             recent = list(self.recent)[::-1]
             acks = dict(self.acks)
         return {"active": active, "recent": recent, "acknowledged": acks}
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the largest unit it fills: ``24 h``, ``30 min``, ``0.05 s``.
+
+    >>> _duration(86400.0), _duration(1800.0), _duration(0.05)
+    ('24 h', '30 min', '0.05 s')
+    """
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def alert_id(model: str | None, key: tuple[str, str], fired_at: float) -> str:

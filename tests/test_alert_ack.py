@@ -1,0 +1,128 @@
+"""Alert acknowledgement: stable alert ids, POST /mlmon/alerts/{id}/ack (token, body, audit
+event), and health's "alerts are being ignored" and overdue critical alerts (ack_max_age)."""
+
+import time
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from mlmon_middleware import Monitor, MonitorConfig
+from mlmon_middleware.alerts import Alerts
+from mlmon_middleware.config import ConfigError
+from mlmon_middleware.governance import AuditLog
+from mlmon_middleware.routes import routes
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+DRIFT = ("FeatureDrift", "income")
+
+
+def fire(alerts, severity="critical", key=DRIFT):
+    """Feed checks until ``key`` fires at ``severity``; the firing alert's id."""
+    for _ in range(alerts.fire_after):
+        alerts.update({key: severity})
+    return next(a["id"] for a in alerts.summary()["active"] if (a["alertname"], a["subject"]) == key)
+
+
+def test_an_episode_keeps_its_id_until_it_resolves_and_a_new_one_gets_another():
+    alerts = Alerts(fire_after=1, resolve_after=1, model="m")
+    first = fire(alerts, "warning")
+    alerts.update({DRIFT: "critical"})  # severity changed: the same episode
+    alerts.update({})
+    second = fire(alerts)
+    events = [(e["state"], e["id"]) for e in alerts.recent]
+    assert events == [("firing", first), ("severity_changed", first), ("resolved", first), ("firing", second)]
+    assert first != second and len(first) == 16
+    assert alerts.acknowledge("0" * 16, "ana") is None
+    assert alerts.acknowledge(first, "ana", "looked at it")["severity"] == "critical"  # a resolved one, from recent
+    assert alerts.acknowledge(first, "bob")["actor"] == "bob"  # a second acknowledgement replaces the first
+    assert list(alerts.summary()["acknowledged"]) == [first]
+
+
+def test_a_worker_adopting_the_leaders_alerts_keeps_ids_and_both_sides_acknowledgements():
+    leader, worker = Alerts(fire_after=1, model="m"), Alerts(fire_after=1, model="m")
+    ours, theirs = fire(leader), fire(leader, key=("DatasetDrift", ""))
+    leader.acknowledge(ours, "leader-side")
+    worker.adopt(leader.summary())
+    worker.acknowledge(theirs, "worker-side")
+    worker.adopt(leader.summary())  # the leader's next check: the worker's own acknowledgement stays
+    active = {a["id"]: a["acknowledged"]["actor"] for a in worker.summary()["active"]}
+    assert active == {ours: "leader-side", theirs: "worker-side"}
+
+
+def test_health_says_alerts_are_ignored_until_one_is_acknowledged():
+    alerts = Alerts(fire_after=1, model="m")
+    now = time.time()
+    assert alerts.ack_issues(now, 3600.0) == []
+    alert_id = fire(alerts)
+    ignored, overdue = alerts.ack_issues(now + 7200, 3600.0)
+    assert "alerts are being ignored" in ignored and overdue.endswith("over 1 h: FeatureDrift income")
+    assert alerts.ack_issues(now, 3600.0) == [ignored]  # not yet an hour old
+    fire(alerts, "warning", ("PredictionDrift", "score"))  # warnings are never overdue
+    alerts.acknowledge(alert_id, "ana")
+    assert alerts.ack_issues(now + 7200, 3600.0) == []
+    assert alerts.ack_issues(now + 31 * 86400, 3600.0) == []  # the old alerts left the 30 days with their ack
+
+
+@pytest.fixture
+def served(tmp_path):
+    """mlmon's routes over a monitor with a prediction log, a token, ack_max_age of 0.05 s and one
+    model whose critical FeatureDrift alert fires; yields (client, monitor, alert id, log folder)."""
+    mon = Monitor(MonitorConfig(tracing=False, store_dir=str(tmp_path), api_token="s3cret", ack_max_age=0.05))
+    alerts = mon.model("fraud").checker.alerts
+    alert_id = fire(alerts)
+    with TestClient(Starlette(routes=routes(mon))) as client:
+        yield client, mon, alert_id, str(tmp_path)
+    mon.shutdown()
+
+
+def test_acknowledging_through_the_route_records_who_and_appends_to_the_audit_log(served):
+    client, mon, alert_id, store = served
+    time.sleep(0.06)
+    before = [i for i in mon.issues() if i.startswith("fraud: ") and "alert(s) firing" not in i]
+    denied = client.post(f"/mlmon/alerts/{alert_id}/ack", json={"actor": "ana"})
+    unknown = client.post("/mlmon/alerts/0123456789abcdef/ack", json={"actor": "ana"}, headers=TOKEN)
+    other_model = client.post(f"/mlmon/alerts/{alert_id}/ack?model=nope", headers=TOKEN)
+    bad = [client.post(f"/mlmon/alerts/{alert_id}/ack", json=body, headers=TOKEN)
+           for body in ({"actor": ""}, {"note": 3}, {"actor": "ana", "by": "x"}, [1])]
+    acked = client.post(f"/mlmon/alerts/{alert_id}/ack", json={"actor": "ana@example.com", "note": "retraining"},
+                        headers=TOKEN)
+    summary = client.get("/mlmon/alerts", headers=TOKEN).json()["fraud"]
+
+    assert before == ["fraud: 1 alert(s) fired in the last 30 days and none was acknowledged: alerts are being ignored",
+                      "fraud: critical alert(s) unacknowledged for over 0.05 s: FeatureDrift income"]
+    assert denied.status_code == 401
+    assert unknown.status_code == other_model.status_code == 404 and "0123456789abcdef" in unknown.json()["detail"]
+    assert [r.status_code for r in bad] == [400] * 4, [r.text for r in bad]
+    assert acked.status_code == 200, acked.text
+    ack = acked.json()["acknowledged"]
+    assert (ack["actor"], ack["note"], ack["alertname"], ack["severity"]) == ("ana@example.com", "retraining",
+                                                                              "FeatureDrift", "critical")
+    assert summary["active"][0]["acknowledged"] == ack and summary["acknowledged"] == {alert_id: ack}
+    assert [i for i in mon.issues() if "acknowledged" in i or "ignored" in i] == []
+    with AuditLog(store) as log:
+        (event,) = log.query(event_type="alert_acknowledged")
+        assert log.verify().ok
+    assert (event.seq, event.actor, event.model) == (acked.json()["audit_seq"], "ana@example.com", "fraud")
+    assert event.details == {"id": alert_id, "alertname": "FeatureDrift", "subject": "income", "severity": "critical",
+                             "note": "retraining"}
+
+
+def test_without_a_log_an_acknowledgement_is_kept_in_the_process_only():
+    mon = Monitor(MonitorConfig(tracing=False, allow_anonymous_writes=True))
+    alert_id = fire(mon.model("m").checker.alerts)
+    try:
+        with TestClient(Starlette(routes=routes(mon))) as client:
+            answer = client.post(f"/mlmon/alerts/{alert_id}/ack")  # no body: the actor is "anonymous"
+        assert answer.status_code == 200 and answer.json()["audit_seq"] is None
+        assert answer.json()["acknowledged"]["actor"] == "anonymous"
+    finally:
+        mon.shutdown()
+
+
+def test_ack_max_age_is_a_validated_setting():
+    assert MonitorConfig().ack_max_age == 86400.0
+    assert MonitorConfig().with_env({"MLMON_ACK_MAX_AGE": "3600"}).ack_max_age == 3600.0
+    for bad in (0, -1.0, float("inf"), "1h", True):
+        with pytest.raises(ConfigError, match="ack_max_age"):
+            MonitorConfig(ack_max_age=bad)
