@@ -180,3 +180,29 @@ def test_a_plain_asgi_app_keeps_its_metrics_path(harness):
     with TestClient(wrapped) as client:
         assert client.get("/metrics").text == "theirs at /metrics"
         assert client.get("/mlmon/metrics").text == "theirs at /mlmon/metrics"
+
+
+@pytest.mark.parametrize("order", ["fallback first", "mlmon first"])
+def test_a_single_page_apps_catch_all_route_claims_no_metrics_path(harness, caplog, order):
+    """``/{full_path:path}`` matches every path and means none: mlmon keeps both of its paths
+    (registered after it, the fallback comes after mlmon's routes in the table; before, it would
+    take every path mlmon did not claim first)."""
+    app = model_app(harness.monitor)
+
+    def add_fallback() -> None:
+        @app.get("/{full_path:path}")
+        def spa(full_path: str) -> dict:
+            return {"page": full_path}
+
+    with caplog.at_level(logging.WARNING, logger="mlmon_middleware"):
+        if order == "fallback first":
+            add_fallback()
+        instrument_app(app, registry=harness.monitor)
+        if order == "mlmon first":
+            add_fallback()
+        with TestClient(app) as client:
+            client.post("/predict", json={"x": 1.0})
+            texts = [client.get(path).text for path in ("/metrics", "/mlmon/metrics")]
+            assert client.get("/about").json() == {"page": "about"}  # the fallback still serves the rest
+    assert predictions(texts[0]) == predictions(texts[1]) == 1
+    assert warnings_of(caplog) == []

@@ -93,7 +93,9 @@ def instrument_app(app: FastAPI, *, registry: Monitor | None = None, endpoints: 
                               *routes(mon, metrics=None, health=health_path, drift=drift_path, feedback=feedback_path,
                                       performance=performance_path, alerts=alerts_path, predictions=predictions_path,
                                       dashboard=dashboard_path)]
-    app.router.routes.extend(added)
+    # First in the table: an app's catch-all (a single-page app's /{path:path} fallback) must not
+    # hide /mlmon/*; the metrics routes still give way to a route of the app at their exact path.
+    app.router.routes[0:0] = added
     app.state.mlmon = _Instrumented(mon, added)
     return mon
 
@@ -165,16 +167,18 @@ class _GivingWay(Route):
 
 
 def _takes(route: BaseRoute, scope: Scope, path: str) -> bool:
-    """Whether ``route`` takes the request ``scope``: a full match, except that a mount (or host)
-    takes it only when a route of the app it holds does, or, for an app without a route table,
-    when it is mounted at exactly ``path``: a catch-all ``app.mount("/", StaticFiles(...))``
-    does not hide mlmon's metrics."""
+    """Whether ``route`` takes the request ``scope``: a full match of a route at exactly that
+    path (one with path parameters, such as a single-page app's ``/{full_path:path}`` fallback,
+    matches every path and claims none), except that a mount (or host) takes it only when a
+    route of the app it holds does, or, for an app without a route table, when it is mounted at
+    exactly ``path``: a catch-all ``app.mount("/", StaticFiles(...))`` does not hide mlmon's
+    metrics either."""
     match, child_scope = route.matches(scope)
     if match is not Match.FULL:
         return False
     inner = getattr(route, "routes", None)
     if inner is None:
-        return True
+        return not getattr(route, "param_convertors", None)
     if not inner:
         return getattr(route, "path", None) == path.rstrip("/")
     return any(_takes(r, {**scope, **child_scope}, path) for r in inner)
