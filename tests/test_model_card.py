@@ -74,16 +74,22 @@ def test_offline_numbers_come_from_the_logs(store):
 
 
 def test_live_sections_come_from_the_running_monitor(store, tmp_path):
-    mon = Monitor(MonitorConfig(tracing=False, store_dir=str(tmp_path)))
+    mon = Monitor(MonitorConfig(tracing=False, store_dir=str(tmp_path / "live")))  # a log of its own
     try:
-        model = mon.model("fraud", "v1", segments=["region"])
-        for i in range(20):
-            model.record({"amount": float(i), "region": "EU"}, {"score": 0.7})
-        card = render_card("fraud", fmt="md", monitor=mon)
+        model = mon.model("fraud", "v1", segments=["region"], performance={"protected": "region", "task": "binary"})
+        # EU: 10 predictions, all positive; US: 10, 4 positive; all labelled 1
+        ids = [model.record({"amount": float(i), "region": "EU" if i < 10 else "US"},
+                            {"score": 0.9 if i < 14 else 0.1}) for i in range(20)]
+        assert model.record_outcomes([(pid, 1, None) for pid in ids])["labelled"] == 20
+        card = render_card("fraud", fmt="md", location=store, monitor=mon)
         assert "live: the running service serves this version" in card
         drift = card.split("## Drift")[1].split("## ")[0]
         assert "the service's last drift check" in drift and "Warming up: 20 of" in drift
-        assert "## Performance over recent windows" in card and "## Fairness over recent windows" in card
+        performance = card.split("## Performance over recent windows")[1].split("## ")[0]
+        assert "| last\\_1000 | 20 | 0.7 | 1 | 0.7 |" in performance  # 14 of 20 predicted 1, all labelled 1
+        # US's positive rate 0.4, its ratio to EU's 1.0: 0.4; TPR 0.4, no negatives (FPR n/a)
+        fairness = card.split("## Fairness over recent windows")[1].split("## ")[0]
+        assert "| last\\_1000 | region | US | 10 | 0.400 | 0.400 | 0.4 | n/a |" in fairness
         assert "no alert firing now" in card
         other = Monitor(MonitorConfig(tracing=False, store_dir=str(tmp_path)))
         try:
