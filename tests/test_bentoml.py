@@ -66,6 +66,7 @@ def test_in_process(harness_factory):
         page, alerts = client.get("/mlmon/"), client.get("/mlmon/alerts").json()
         bare = client.get("/mlmon", follow_redirects=False)
         no_log = client.get("/mlmon/predictions")
+        no_registry = client.get("/mlmon/registry")  # mounted under /mlmon, not /mlmon/mlmon
         row, ask = {"input_data": [[1.0, 2.0, 3.0, 4.0]]}, {"X-MLMon-Explain": "true"}
         explained = client.post("/score", json=row, headers=ask)
         listed = client.post("/predict", json=row, headers=ask)
@@ -78,6 +79,7 @@ def test_in_process(harness_factory):
     assert alerts == {"iris": {"active": [], "recent": [], "acknowledged": {}}}
     assert bare.status_code in (307, 308) and bare.headers["location"].endswith("/mlmon/")
     assert no_log.status_code == 409 and "MLMON_STORE_DIR" in no_log.json()["detail"]
+    assert no_registry.status_code == 503 and "MLMON_STORE_DIR" in no_registry.json()["detail"]
     snap = h.monitor.model("iris").window_snapshot()
     assert snap["features"]["numeric"][:, 0].tolist()[:3] == [5.1, 6.0, 5.1]
     explanation = explained.json()["explanation"]  # an API answering a JSON object: explained
