@@ -110,7 +110,7 @@ class Registry(Protocol):
     @property
     def host(self) -> Share | None: ...
 
-    def submit(self, record: Record) -> None: ...
+    def submit(self, record: Record) -> bool: ...
 
     def flush(self) -> None: ...
 
@@ -244,12 +244,13 @@ class ModelMonitor:
             self.registry.errors.report("record", exc)
         return pid
 
-    def submit(self, record: Record) -> None:
-        """Queue a ready record for the pipeline (the capture layers call this)."""
+    def submit(self, record: Record) -> bool:
+        """Queue a ready record for the pipeline (the capture layers call this); False when it
+        was dropped (counted)."""
         if not self.admitted:
             self.registry.limits.hit("models", "a record of a model beyond max_models dropped")
-            return
-        self.registry.submit(record)
+            return False
+        return self.registry.submit(record)
 
     # ---------------------------------------------------------------------------------- analysis
     def check_now(self, *, scheduled: bool = True) -> DriftReport:

@@ -142,11 +142,12 @@ class Monitor:
         return dict(self._models)
 
     # ----------------------------------------------------------------------------- request path
-    def submit(self, record: Record) -> None:
-        """Queue a record for the pipeline (starting this process's monitoring on first use)."""
+    def submit(self, record: Record) -> bool:
+        """Queue a record for the pipeline (starting this process's monitoring on first use);
+        False when it was dropped (counted)."""
         if not self._started:
             self._start()
-        self.pipeline.submit(record)
+        return self.pipeline.submit(record)
 
     def current_context(self) -> object | None:
         """The OTel context to parent our span on, or None when not tracing (cheap)."""

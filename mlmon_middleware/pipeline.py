@@ -63,15 +63,17 @@ class Pipeline:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def submit(self, record: Record) -> None:
-        """Queue ``record``; when the queue is full it is dropped and counted (``queue_full``)."""
+    def submit(self, record: Record) -> bool:
+        """Queue ``record`` (True); when the queue is full it is dropped and counted
+        (``queue_full``: False)."""
         queued = len(self._queue)
         if queued >= self.config.queue_size:
             self.errors.report("queue_full", message="record dropped: the pipeline queue is full")
-            return
+            return False
         self._queue.append(record)
         if queued == self._wake_at:  # a burst: run the pipeline now rather than at the next interval
             self._wake.set()
+        return True
 
     def start(self, telemetry: Telemetry, writer: StoreWriter | None) -> None:
         self._telemetry, self._writer = telemetry, writer

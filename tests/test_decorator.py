@@ -242,3 +242,31 @@ def _ids_stay_in_their_thread_or_task(harness) -> None:  # in a fresh context: n
 
     a, b = asyncio.run(both())
     assert a and b and a != b
+
+
+
+def test_no_prediction_id_for_a_call_that_was_not_recorded(harness, monkeypatch):
+    """A record that was dropped (here: its model beyond max_models), or a capture that failed,
+    leaves no id: never an earlier call's, never one the log will not hold."""
+    contextvars.Context().run(_ids_only_for_recorded_calls, harness, monkeypatch)
+
+
+def _ids_only_for_recorded_calls(h, monkeypatch) -> None:
+    from mlmon_middleware import current_prediction_id
+    from mlmon_middleware.capture import decorator
+
+    @monitor(model="m", registry=h.monitor)
+    def score(row: dict) -> float:
+        return 1.0
+
+    mm = h.monitor.model("m")
+    score({"x": 1.0})
+    assert current_prediction_id() is not None
+    monkeypatch.setattr(mm, "admitted", False)
+    score({"x": 2.0})  # dropped and counted
+    assert current_prediction_id() is None and h.monitor.limits.counts()
+    monkeypatch.setattr(mm, "admitted", True)
+    score({"x": 3.0})
+    assert current_prediction_id() is not None
+    monkeypatch.setattr(decorator, "new_prediction_id", lambda: 1 / 0)  # capture itself fails
+    assert score({"x": 4.0}) == 1.0 and current_prediction_id() is None

@@ -146,7 +146,9 @@ def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, arg
         if exc is not None:
             status = getattr(exc, "status_code", None)
             record.status_code = status if isinstance(status, int) else 500
-        last_prediction.set(None if exc is not None else pid)  # for current_prediction_id() after the call
-        mm.submit(record)
+        accepted = mm.submit(record)
+        # for current_prediction_id() after the call: only the id of a prediction that will be logged
+        last_prediction.set(pid if accepted and exc is None else None)
     except Exception as error:  # monitoring never changes what the caller gets
+        last_prediction.set(None)  # never the id of an earlier call
         mon.errors.report("capture", error)
