@@ -131,8 +131,8 @@ h2 { font-size: 1.2rem; border-bottom: 1px solid #d5dae1; padding-bottom: 0.2rem
 .empty { color: #5b6573; font-style: italic; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #d5dae1; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top;
-         overflow-wrap: anywhere; }
-th { background: #f3f5f8; }
+         overflow-wrap: break-word; }
+th { background: #f3f5f8; white-space: nowrap; }
 """
 
 
@@ -157,7 +157,8 @@ def to_html(doc: Document) -> str:
             elif block.rows:
                 head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
                 body = "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in block.rows)
-                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+                thead = f"<thead><tr>{head}</tr></thead>" if any(block.header) else ""  # a key-value table has none
+                out.append(f"<table>{thead}<tbody>{body}</tbody></table>")
             else:
                 out.append(f'<p class="empty">{esc(block.empty)}</p>')
         out.append("</section>")
