@@ -183,7 +183,7 @@ def _prediction_routes(mon: Monitor, access: Access, path: str) -> list[Route]:
                 return json_response({"detail": "no model is monitored here yet"}, status_code=404)
             if name is None and len(models) != 1:
                 return json_response({"detail": f"several models are monitored: add ?model= (one of {sorted(models)})"},
-                             status_code=422)
+                                     status_code=422)
             if name is not None and name not in models:
                 return _unknown_model(name, models)
             try:
@@ -193,7 +193,7 @@ def _prediction_routes(mon: Monitor, access: Access, path: str) -> list[Route]:
             except _unavailable(mon) as exc:  # a locked, failing or unreachable database: the caller may retry
                 mon.errors.report("store", exc)
                 return json_response({"detail": f"the prediction log is unavailable ({exc}); retry later"}, status_code=503,
-                             headers={"Retry-After": "1"})
+                                     headers={"Retry-After": "1"})
 
         return handler
 
@@ -211,7 +211,7 @@ def _prediction_routes(mon: Monitor, access: Access, path: str) -> list[Route]:
         found = model.lookup(pid)
         if found is None:
             return json_response({"detail": f"prediction {short(pid)} of model {model.name!r} is not in the prediction log"},
-                         status_code=404)
+                                 status_code=404)
         return json_response(found)
 
     return [Route(path, guarded(listing), methods=["GET"], include_in_schema=False),
@@ -240,7 +240,7 @@ def _feedback_route(mon: Monitor, access: Access, path: str) -> Route:
         except _unavailable(mon) as exc:  # locked past the busy timeout, disk full, unreachable: nothing half-applied
             mon.errors.report("store", exc)
             return json_response({"detail": f"the prediction log could not take the labels ({exc}); retry later"},
-                         status_code=503, headers={"Retry-After": "1"})
+                                 status_code=503, headers={"Retry-After": "1"})
         totals: dict[str, object] = {"results": [r for a in answers.values() for r in a["results"]]}
         for outcome in LABEL_OUTCOMES:
             totals[outcome] = sum(a[outcome] for a in answers.values())
@@ -254,7 +254,7 @@ def _feedback_route(mon: Monitor, access: Access, path: str) -> Route:
         if body is None:
             mon.limits.hit("feedback_body", f"a feedback body over {limit} bytes refused")
             return json_response({"detail": f"the body is larger than max_feedback_bytes ({limit} bytes): send the labels "
-                                    "in smaller batches"}, status_code=413)
+                                            "in smaller batches"}, status_code=413)
         # SQLite and the pipeline flush run in a worker thread, off the event loop
         return await run_in_threadpool(answer, body, request.query_params.get("model"))
 
