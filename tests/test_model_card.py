@@ -114,6 +114,8 @@ def test_cli_renders_and_refuses_in_one_line(store, tmp_path, capsys):
         registry.retire_model("fraud", "v1", "ops@company.com")
     with pytest.raises(UnknownVersion, match="no deployed version"):
         render_card("fraud", location=store)
+    with pytest.raises(ValueError, match="format must be one of md, html, got 'pdf'"):
+        render_card("fraud", "v1", fmt="pdf", location=store)
 
 
 def test_html_card_in_headless_chromium(store):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from mlmon_middleware.governance.document import Block, Bullets, Document, Notice, Para, Section, Table, render
+from mlmon_middleware.governance.document import FORMATS, Block, Bullets, Document, Notice, Para, Section, Table, render
 from mlmon_middleware.governance.errors import UnknownVersion
 from mlmon_middleware.governance.evidence import summarize_log
 from mlmon_middleware.governance.facts import ModelVersion
@@ -63,9 +63,13 @@ def render_card(model: str, version: str | None = None, *, fmt: str = "html", re
     else on the monitor's prediction log (``Monitor.store_location``), else the environment's
     (``MLMON_STORE_URL``, else ``$MLMON_STORE_DIR/predictions.sqlite``). ``monitor``: the
     running ``Monitor``: when its model ``model`` serves this version, the live sections come from
-    it; otherwise they are read offline and the card says what is not available. Raises
+    it (its last drift and performance reports, running a check if none has run yet, as the
+    ``/mlmon/drift`` route does); otherwise they are read offline and the card says what is not
+    available. ``now``: the time the card is rendered at (Unix seconds; default now). Raises
     ``UnknownVersion`` (a ``ValueError``) for a version the registry does not hold, ``ValueError``
     for another format, ``StoreError`` when the database cannot be used."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if registry is None:
         with ModelRegistry(location or (None if monitor is None else monitor.store_location)) as opened:
             return render_card(model, version, fmt=fmt, registry=opened, monitor=monitor, now=now)

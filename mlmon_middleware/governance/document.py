@@ -34,6 +34,7 @@ import html
 import re
 from collections.abc import Sequence
 
+FORMATS = ("md", "html")
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&])")  # markup anywhere in a line
 LINE_START = re.compile(r"^(\d{1,9}(?=[.)](?:\s|$))|)([.)#+=>-])")  # markup at the start of a line (a heading, a list, a quote)
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlmon_middleware.governance.chain import AuditEvent, VerifyResult
-from mlmon_middleware.governance.document import Block, Bullets, Document, Notice, Para, Section, Table, render
+from mlmon_middleware.governance.document import FORMATS, Block, Bullets, Document, Notice, Para, Section, Table, render
 from mlmon_middleware.governance.evidence import LogSummary, summarize_log
 from mlmon_middleware.governance.registry import ModelRegistry, _actor
 from mlmon_middleware.governance.sections import (
@@ -60,6 +60,8 @@ def render_compliance_report(model: str, since: float, until: float | None = Non
     performance window; ``task``, ``positive``, ``threshold``: how predictions are read (as the
     monitor's ``performance`` options). ``ValueError`` for an empty period, a window too short,
     or another format; ``StoreError`` when the database cannot be used."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if registry is None:
         with ModelRegistry(location) as opened:
             return render_compliance_report(model, since, until, fmt=fmt, registry=opened, actor=actor, window=window,
