@@ -100,10 +100,11 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
     """The registry routes under ``registry`` and ``POST {alerts}/{id}/ack`` (None leaves either out)."""
     gov = Governance(mon)
 
-    def endpoint(write: str | None, answer: Callable[[Request, Body], Response], fields: tuple[str, ...] = ()) \
-            -> Callable[[Request], Any]:
+    def endpoint(write: str | None, answer: Callable[[Request, Body], Response], fields: tuple[str, ...] = (),
+                 registry_only: bool = True) -> Callable[[Request], Any]:
         """A route: the token (``write`` names the step for a refusal, None for a read), the
-        bounded body (writes), then ``answer`` in a worker thread, its errors mapped to statuses."""
+        bounded body (writes), the registry's presence (``registry_only``), then ``answer`` in a
+        worker thread, its errors mapped to statuses."""
         async def handler(request: Request) -> Response:
             denied = access.read(request) if write is None else access.write(request, write)
             if denied is not None:
@@ -119,7 +120,7 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
                     body = _object(raw, fields)
                 except BadBody as exc:
                     return json_response({"detail": str(exc)}, status_code=400)
-            if gov.location is None and answer is not acknowledge:
+            if gov.location is None and registry_only:
                 return json_response({"detail": "no model registry here: the registry lives in the prediction log's "
                                                 "database, and this service has none (set MLMON_STORE_DIR or "
                                                 "MLMON_STORE_URL)"}, status_code=503)
@@ -151,7 +152,7 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
         if "name" not in body or "version" not in body:
             raise BadBody("a registration needs name and version")
         registered = gov.registry().register_model(
-            body["name"], body["version"], None, body.get("metrics"), body.get("actor"),
+            body["name"], body["version"], None, body.get("metrics"), _actor(body),
             artifact_sha256=body.get("artifact_sha256"), group_metrics=body.get("group_metrics"),
             baseline_sha256=body.get("baseline_sha256"), facts=_mapping(body.get("facts"), "facts"))
         return json_response(registered.to_json(), status_code=201)
@@ -176,10 +177,10 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
         note = _reason(body.get("note"))
         for name, monitored in mon.models.items():
             alert_state = monitored.checker.alerts
-            ack = None if only not in (None, name) else alert_state.acknowledge(alert_id, actor, note)
+            ack = alert_state.acknowledge(alert_id, actor, note) if only in (None, name) else None
             if ack is None:
                 continue
-            seq = None
+            seq = None  # a failing append answers 503 with the acknowledgement kept here: a retry appends it
             if gov.location is not None:  # the shared record: every worker's and replica's acknowledgements
                 seq = gov.registry().audit.append("alert_acknowledged", actor, name, alert_state.version,
                                                   {k: v for k, v in ack.items() if k not in ("actor", "time")}).seq
@@ -199,7 +200,8 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
         Route(registry + "/{model}/{version}", endpoint(None, version), methods=["GET"], include_in_schema=False),
         step_route(registry + "/{model}/{version}/{step:str}", step, "a registry step")]
     if alerts:
-        out.append(Route(alerts + "/{alert_id}/ack", endpoint("acknowledging an alert", acknowledge, ACK_FIELDS),
+        out.append(Route(alerts + "/{alert_id}/ack", endpoint("acknowledging an alert", acknowledge, ACK_FIELDS,
+                                                              registry_only=False),
                          methods=["POST"], include_in_schema=False))
     return out
 

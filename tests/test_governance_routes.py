@@ -95,6 +95,7 @@ def test_bad_input_is_a_clear_400_unknown_things_a_404(served):
         "not JSON": client.post("/mlmon/registry/m/1/submit", content=b"{nope", headers=TOKEN),
         "a list": post(client, "/mlmon/registry/m/1/submit", [1]),
         "no actor": post(client, "/mlmon/registry/m/1/submit", {}),
+        "no registrant": post(client, "/mlmon/registry", {"name": "m", "version": "2", "artifact_sha256": SHA}),
         "unknown field": post(client, "/mlmon/registry/m/1/submit", {"actor": "ds", "who": "x"}),
         "server path": post(client, "/mlmon/registry", {"name": "m", "version": "2", "actor": "ds",
                                                         "model_artifact": "/etc/passwd"}),
