@@ -75,8 +75,7 @@ def mon_for(tmp_path):
 def test_a_draft_version_is_reported_and_refused_only_when_enforced(tmp_path, mon_for, enforce):
     registry_with(tmp_path, "draft").close()
     mon = mon_for(enforce_approval=enforce)
-    with TestClient(make_app(mon)) as client:
-        mon.gate.refresh()
+    with TestClient(make_app(mon)) as client:  # judged at start-up, before the first request
         answer = client.post("/predict", json={"x": 1.0})
         health = client.get("/mlmon/health").json()
         approved = gauge(client)
@@ -155,8 +154,24 @@ def test_without_a_registry_the_gate_is_inactive(mon_for):
         assert client.post("/predict", json={"x": 1.0}).status_code == 200
         health = client.get("/mlmon/health").json()
         assert gauge(client) == []
-    assert health["serving_gate"] == {"active": False, "enforce": True, "reason": NO_REGISTRY, "models": {}}
+    assert health["serving_gate"] == {"active": False, "enforce": True, "reason": NO_REGISTRY, "models": {},
+                                      "not_in_registry": []}
     assert health["status"] == "ok"
+
+
+def test_a_model_the_registry_never_heard_of_is_judged_only_when_enforcing(tmp_path, mon_for):
+    registry_with(tmp_path, "deployed").close()  # fraud is governed; "other" is not
+    mon = mon_for()
+    with TestClient(make_app(mon)) as client:
+        mon.model("other", "7")
+        mon.gate.refresh()
+        health = client.get("/mlmon/health").json()
+        assert gauge(client) == [('mlmon_model_name="fraud",mlmon_model_version="1"', 1.0)]
+    assert health["status"] == "ok" and health["serving_gate"]["not_in_registry"] == ["other"]
+    strict = mon_for(enforce_approval=True)
+    strict.model("other", "7")
+    strict.gate.refresh()
+    assert strict.gate.refusal("other").verdict.reason == "not registered"
 
 
 def test_settings_are_checked(tmp_path):

@@ -4,16 +4,19 @@ Each monitored model (``@monitor(model, version)``, ``Endpoint``, ``Monitor.mode
 against the registry in the prediction log's database: approved when its version is
 **deployed** there and, when the served artifact's SHA-256 is known (the model options
 ``artifact=`` or ``artifact_sha256=``), that hash is the registered one. Otherwise the verdict
-says why: ``not registered``, ``not deployed (state …)``, or ``artifact hash differs``.
+says why: ``not registered``, ``not deployed (state …)``, or ``artifact hash differs``. A model
+the registry has no version of at all is not governed and not judged (a service with a
+prediction log need not use the registry) — unless ``enforce_approval`` is on: then every model
+must be registered and deployed to serve.
 
-The verdicts are computed by a background thread, at start and every check interval; the
-request path only reads them (:meth:`ServingGate.refusal`: one dict lookup, and none at all
+The verdicts are computed at start (before the first request is served) and then every check
+interval by a background thread; the request path only reads them (:meth:`ServingGate.refusal`: one dict lookup, and none at all
 unless ``enforce_approval`` is on and some model is refused). They show in health (an issue per
 model not approved, and ``serving_gate``), in the gauge ``mlmon_model_approved`` (1 or 0) and,
 with ``enforce_approval``, as a 503 answered instead of the endpoint (:class:`ModelNotApproved`).
 
-Fail-open until known, then the last verdict: before the first verdict, and for a model the
-registry could not be asked about, requests are served; while the registry is unreachable the
+Fail-open until known, then the last verdict: a model without a verdict yet (the registry
+could not be read at start, or the model was added since the last round) is served; while the registry is unreachable the
 last known verdict stays (a refused version stays refused, an approved one stays served), and
 the failure is counted as a monitoring error (stage ``governance``). Without a prediction log
 (no ``store_dir``/``store_url``) there is no registry: the gate is inactive and says so.
@@ -129,6 +132,7 @@ class ServingGate:
         self.errors = errors
         self.models = models
         self.verdicts: dict[str, Verdict] = {}  # model name -> its last verdict (replaced whole)
+        self.ungoverned: tuple[str, ...] = ()  # models the registry has no version of (not judged)
         #: model name -> its verdict when refused (only with ``enforce``): the request path's one lookup
         self.refused: dict[str, Verdict] = {}
         self._hashes: dict[str, str | Exception] = {}  # artifact path -> its SHA-256, hashed once
@@ -149,15 +153,16 @@ class ServingGate:
 
     # ---------------------------------------------------------------------------- background
     def start(self) -> None:
-        """Judge now and then every ``interval`` seconds, in a daemon thread."""
+        """Judge now, before the first request is served (start-up, like opening the prediction
+        log), then every ``interval`` seconds in a daemon thread."""
         if not self.active or self._thread is not None:
             return
+        self.refresh()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlmon-serving-gate", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        self.refresh()
         while not self._stop.wait(self.interval):
             self.refresh()
 
@@ -182,22 +187,28 @@ class ServingGate:
         try:
             if self._registry is None:
                 self._registry = ModelRegistry(self.location)
-            verdicts = dict(self.verdicts)
             served = list(self.models())
-            for model in served:
-                verdicts[model.name] = self._judge(self._registry, model)
+            judged = {model.name: self._judge(self._registry, model) for model in served}
         except Exception as exc:
             self.errors.report("governance", exc, "the registry could not be read: the last verdicts stay")
             return
-        self.verdicts = verdicts
-        self.refused = {name: v for name, v in verdicts.items() if self.enforce and not v.approved}
+        self.verdicts = {name: v for name, v in judged.items() if v is not None}
+        self.ungoverned = tuple(name for name, v in judged.items() if v is None)
+        self.refused = {name: v for name, v in self.verdicts.items() if self.enforce and not v.approved}
         for model in served:
             try:
-                self._announce(self._registry, model, verdicts[model.name])
+                self._announce(self._registry, model, judged[model.name])
             except Exception as exc:
                 self.errors.report("governance", exc, "first_served could not be written: tried again later")
 
-    def _judge(self, registry: ModelRegistry, model: Served) -> Verdict:
+    def _judge(self, registry: ModelRegistry, model: Served) -> Verdict | None:
+        """The model's verdict; None for a model the registry has no version of, unless enforcing."""
+        try:
+            registered: ModelVersion | None = registry.get_version(model.name, model.version)
+        except UnknownVersion:
+            if not self.enforce and not registry.list_versions(model.name):
+                return None
+            registered = None
         now = time.time()
         served = getattr(model.options, "artifact_sha256", None)
         path = getattr(model.options, "artifact", None)
@@ -213,13 +224,9 @@ class ServingGate:
                 return Verdict(model.name, model.version, False, f"the artifact {os.fspath(path)} cannot be hashed: "
                                f"{known}", None, now)
             served = known
-        try:
-            registered: ModelVersion | None = registry.get_version(model.name, model.version)
-        except UnknownVersion:
-            registered = None
         return judge(model.name, model.version, registered, served, now)
 
-    def _announce(self, registry: ModelRegistry, model: Served, verdict: Verdict) -> None:
+    def _announce(self, registry: ModelRegistry, model: Served, verdict: Verdict | None) -> None:
         """Append ``first_served`` for the model's version, unless one exists in the database."""
         key = (model.name, model.version)
         if key in self._announced or not model.counters.counts().predictions.get("ok"):
@@ -229,8 +236,10 @@ class ServingGate:
             if tx.one("SELECT 1 FROM audit_events WHERE event_type = 'first_served' AND model = ? AND version = ?",
                       key) is None:
                 audit.append_in(tx, "first_served", "mlmon", model.name, model.version, {
-                    "approved": verdict.approved, "reason": verdict.reason or None,
-                    "artifact_sha256": verdict.artifact_sha256, "host": socket.gethostname(), "pid": os.getpid()})
+                    "approved": None if verdict is None else verdict.approved,
+                    "reason": "not in the registry" if verdict is None else verdict.reason or None,
+                    "artifact_sha256": None if verdict is None else verdict.artifact_sha256,
+                    "host": socket.gethostname(), "pid": os.getpid()})
         self._announced.add(key)
 
     # ------------------------------------------------------------------------------- reading
@@ -243,7 +252,8 @@ class ServingGate:
     def health(self) -> dict[str, Any]:
         """Health's ``serving_gate``: active or why not, enforcing or not, each model's verdict."""
         return {"active": self.active, "enforce": self.enforce, "reason": None if self.active else NO_REGISTRY,
-                "models": {name: v.to_json() for name, v in self.verdicts.items()}}
+                "models": {name: v.to_json() for name, v in self.verdicts.items()},
+                "not_in_registry": list(self.ungoverned)}
 
     def observations(self) -> list[tuple[float, dict[str, Any]]]:
         """``mlmon.model.approved``: 1 or 0 per model judged (none while inactive)."""
