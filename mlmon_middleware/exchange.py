@@ -51,6 +51,7 @@ from mlmon_middleware.workers import Worker
 
 _JSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 LOCK_TIMEOUT = 5.0  # seconds a reader or a fold waits for the states lock
+STOPPED = 2**63 - 1  # the answer of a stopped worker: no request waits for it
 MAX_FOLDED = 10_000  # exited workers remembered as folded (their files are gone long before)
 
 
@@ -116,9 +117,23 @@ class Exchange:
     # ---------------------------------------------------------------------------------- states
     def publish_state(self, state: Mapping[str, Any], token: int = 0) -> None:
         """Write this worker's counters (replacing its previous state), answering request
-        ``token`` (:meth:`ask` ``("states")``) if any."""
+        ``token`` (:meth:`ask` ``("states")``) if any: the token also goes into a file of its
+        own, written after the state, which a waiting reader polls (not the whole state)."""
         self._write(f"state-{self.me.key}.json", orjson.dumps({**state, "time": time.time(), "token": token},
                                                              option=_JSON))
+        self.answer(token)
+
+    def answer(self, token: int) -> None:
+        """Say that this worker's state answers every request up to ``token`` (:data:`STOPPED`:
+        every request from now on: a stopping worker has no fresher counts to give)."""
+        self._write(f"answered-{self.me.key}", str(token).encode())
+
+    def _answered(self, key: str) -> int:
+        try:
+            with open(self._path(f"answered-{key}"), "rb") as f:
+                return int(f.read() or 0)
+        except (OSError, ValueError):
+            return 0
 
     def states(self, token: int = 0, timeout: float = 0.0) -> SharedStates:
         """Every running worker's last state, and the exited workers' folded counts. Exited
@@ -129,7 +144,7 @@ class Exchange:
         deadline = time.monotonic() + timeout
         while token and time.monotonic() < deadline:
             keys = [k for k in self._state_keys() if k != self.me.key and Worker.from_key(k).alive()]
-            if all((self._read_json(f"state-{k}.json") or {}).get("token", 0) >= token for k in keys):
+            if all(self._answered(k) >= token for k in keys):
                 break
             time.sleep(0.01)
         keys = self._state_keys()
@@ -166,7 +181,7 @@ class Exchange:
                     exited = {**fold_counters(exited, state), "folded": folded}
             self._write(f"{EXITED}.json", orjson.dumps(exited, option=_JSON))
             for key in gone:
-                for name in (f"state-{key}.json", f"windows-{key}.npz", f"windows-{key}.json"):
+                for name in (f"state-{key}.json", f"answered-{key}", f"windows-{key}.npz", f"windows-{key}.json"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self._path(name))
 

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from mlmon_middleware.analyzer import Counts
 from mlmon_middleware.errors import ErrorLog
-from mlmon_middleware.exchange import Exchange
+from mlmon_middleware.exchange import STOPPED, Exchange
 from mlmon_middleware.merge import families, merged_counts, merged_families
 from mlmon_middleware.reports import WorkersHealth
 from mlmon_middleware.reservoir import WindowSnapshot, rows_since
@@ -73,6 +73,7 @@ class HostShare:
         self._answered = 0  # the last request for windows answered
         self._answered_states = 0  # the last request for counters answered
         self._last_state: dict[str, Any] | None = None
+        self._health_asked = -share_interval
         self._published = 0.0
         self._generation = generation  # grows when something worth publishing changed
         self._flush = flush  # ingests what the worker's pipeline holds
@@ -126,6 +127,7 @@ class HostShare:
             self._thread.join(timeout=5)
         try:
             self.publish_state()
+            self.exchange.answer(STOPPED)  # a scrape through another worker does not wait for this one
             self.exchange.withdraw_windows()
         except Exception as exc:
             self.errors.report("share", exc)
@@ -159,6 +161,16 @@ class HostShare:
             self._answered_states, self._last_state = token, state
         return state
 
+    def _health_token(self) -> int:
+        """Health asks the other workers for fresh counts at most once per ``share_interval``
+        (a load balancer probing every worker every second must not make each flush and publish
+        for every probe); between asks it reads what they last published (0: no wait)."""
+        now = time.monotonic()
+        if now - self._health_asked < self.share_interval:
+            return 0
+        self._health_asked = now
+        return self.exchange.ask("states")
+
     def collect(self) -> list[Any]:
         """The server's metric families: this worker's, fresh, with every other worker's last.
         When the folder fails, this worker's own (counted: ``stage="share"``)."""
@@ -179,7 +191,7 @@ class HostShare:
         from one read of the folder; this worker's own when the folder fails (counted)."""
         mine = {"models": {m.name: counts_of(m) for m in self._models()}}
         try:
-            shared = self.exchange.states(self.exchange.ask("states"), HEALTH_WAIT)
+            shared = self.exchange.states(self._health_token(), HEALTH_WAIT)
         except Exception as exc:
             self.errors.report("share", exc, "health counted this worker alone")
             return {name: merged_counts({self.me.key: mine}, {}, name) for name in mine["models"]}

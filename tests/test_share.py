@@ -62,7 +62,8 @@ def test_an_exited_workers_counts_are_folded_and_totals_never_fall(tmp_path):
     shared = ex.states()  # the child has exited: its state is folded
     assert list(shared.live) == [Worker.current().key]
     assert shared.exited["models"]["m"]["predictions"] == {"ok": 4}
-    assert sorted(os.listdir(tmp_path)) == ["exited.json", f"state-{Worker.current().key}.json", "states.lock"]
+    me = Worker.current().key  # the exited worker's files are gone; this one's remain
+    assert sorted(os.listdir(tmp_path)) == [f"answered-{me}", "exited.json", f"state-{me}.json", "states.lock"]
     total = samples(merged_families(shared.live, shared.exited, leader=None, per_worker=False))
     assert total[("c_total", (("route", "/p"),))] == 5
 
@@ -282,3 +283,36 @@ def test_a_worker_is_folded_once_even_if_its_file_survives_the_fold(tmp_path):
     Exchange(str(tmp_path), gone).publish_state(state(4, gauge=0))  # as if a crash had left the file
     assert ex.states().exited["models"]["m"]["predictions"] == {"ok": 4}
     assert not (tmp_path / f"state-{gone.key}.json").exists()
+
+
+def _stay_alive(folder: str, token_seen, stop, stopped: bool) -> None:
+    """A worker (this child process) that published once and then answers no request: stopped
+    (its monitor shut down while the process lives on), or stuck."""
+    ex = Exchange(folder, Worker.current())
+    ex.publish_state(state(1, gauge=0))
+    if stopped:
+        from mlmon_middleware.exchange import STOPPED
+
+        ex.answer(STOPPED)
+    token_seen.set()
+    stop.wait(30)
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_scrape_waits_for_a_stuck_worker_only_up_to_its_limit_and_never_for_a_stopped_one(tmp_path, stopped):
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_stay_alive, args=(str(tmp_path), ready, stop, stopped))
+    child.start()
+    try:
+        assert ready.wait(30)
+        ex = Exchange(str(tmp_path), Worker.current())
+        token = ex.ask("states")
+        started = time.monotonic()
+        shared = ex.states(token, timeout=1.0)
+        waited = time.monotonic() - started
+        assert len(shared.live) == 1  # the other worker's last state counts either way
+        assert (waited < 0.5) if stopped else (waited >= 1.0)
+    finally:
+        stop.set()
+        child.join(30)
