@@ -5,6 +5,7 @@ import hashlib
 import pathlib
 import time
 
+import governance_fixtures
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from mlmon_middleware.options import ModelOptions
 
 from demo import free_port, kill_service, start_service  # examples/fastapi_sklearn, on sys.path via conftest
 
+location, postgres_database = governance_fixtures.location, governance_fixtures.postgres_database  # both backends
 ARTIFACT = b"the fraud model's bytes"
 METRICS = {"accuracy": 0.9}
 
@@ -105,10 +107,21 @@ def test_a_deployed_version_serves_and_its_first_serve_is_audited_once(tmp_path,
         assert gauge(client) == [('mlmon_model_name="fraud",mlmon_model_version="1"', 1.0)]
     assert health["serving_gate"]["models"]["fraud"]["approved"] is True
     assert not [i for i in health["issues"] if "approved" in i]
-    second = mon_for(enforce_approval=True)  # another process of the same service: no second event
-    second.model("fraud", "1").record({"x": 1.0}, {"prediction": 2.0})
-    second.flush()
-    second.gate.refresh()
+    events = registry.audit.query(model="fraud", event_type="first_served")
+    assert [(e.version, e.details["approved"]) for e in events] == [("1", True)]
+    registry.close()
+
+
+def test_first_served_is_one_event_for_every_process_sharing_the_database(location, tmp_path, mon_for):
+    """Replicas (here two monitors) that serve the same version write one first_served between them."""
+    registry = registry_with(location, "deployed")
+    where = {"store_url": location, "store_dir": None} if location.startswith("postgresql://") else \
+        {"store_dir": str(tmp_path)}
+    replicas = [mon_for(**where), mon_for(**where)]
+    for replica in replicas:
+        replica.model("fraud", "1").record({"x": 1.0}, {"prediction": 2.0})
+        replica.flush()
+        replica.gate.refresh()
     events = registry.audit.query(model="fraud", event_type="first_served")
     assert [(e.version, e.details["approved"]) for e in events] == [("1", True)]
     assert registry.audit.verify().ok
