@@ -245,8 +245,7 @@ class ModelMonitor:
         return pid
 
     def submit(self, record: Record) -> bool:
-        """Queue a ready record for the pipeline (the capture layers call this); False when it
-        was dropped (counted)."""
+        """Queue a ready record for the pipeline (the capture layers call this); False: dropped."""
         if not self.admitted:
             self.registry.limits.hit("models", "a record of a model beyond max_models dropped")
             return False

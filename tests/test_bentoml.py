@@ -113,8 +113,10 @@ def test_bentomls_tracer_provider_is_read_where_this_bentoml_keeps_it(monkeypatc
     worker.lend_tracer_provider(mon)  # outside a worker (in-process, tests): nothing changes
     assert mon.config.tracer_provider is None
     monkeypatch.setattr(bentoml.server_context, "worker_index", 1)
+    monkeypatch.setattr(bentoml.server_context, "service_name", "IrisClassifier")
     worker.lend_tracer_provider(mon)  # BentoML's tracing is off (sample_rate 0 by default): nothing lent
     assert not worker.samples(provider) and mon.config.tracer_provider is None
+    assert mon.config.service_name == "IrisClassifier"  # but the metrics carry the service's name
     tracing, read = TracerProvider(), worker.bentoml_tracer_provider  # as with a sample_rate above 0
     monkeypatch.setattr(worker, "bentoml_tracer_provider", lambda: tracing)
     worker.lend_tracer_provider(mon)

@@ -93,3 +93,6 @@ def lend_tracer_provider(registry: Monitor) -> None:
     provider = bentoml_tracer_provider()
     if provider is not None and samples(provider):
         registry.config = dataclasses.replace(registry.config, tracer_provider=provider)
+    elif registry.config.service_name is None and getattr(bentoml.server_context, "service_name", None):
+        # not tracing: mlmon's metrics still carry the service's name (BentoML's public context)
+        registry.config = dataclasses.replace(registry.config, service_name=bentoml.server_context.service_name)
