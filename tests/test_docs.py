@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import textwrap
 
 import pytest
 import yaml
@@ -24,7 +25,7 @@ from mlmon_middleware.rules import RuleConfig, alerts, recording
 from conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```\s*$", re.M | re.S)
+FENCE = re.compile(r"^( *)```([\w-]*)[^\n]*\n(.*?)^ *```\s*$", re.M | re.S)  # also in list items
 LANGUAGES = {"python", "sh", "bash", "yaml", "json", "prometheus", "text", ""}
 # names that look like metrics but are not: the packages, the labels (attribute keys with their
 # dots as underscores), the alert log record's key; a name ending in "_" is a wildcard's stem
@@ -41,7 +42,8 @@ def blocks() -> list[tuple[str, int, str, str]]:
         text = path.read_text()
         for match in FENCE.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
-            found.append((path.relative_to(ROOT).as_posix(), line, match.group(1), match.group(2)))
+            code = textwrap.dedent(match.group(3)) if match.group(1) else match.group(3)
+            found.append((path.relative_to(ROOT).as_posix(), line, match.group(2), code))
     return found
 
 
@@ -126,6 +128,7 @@ def test_every_rule_and_alert_the_docs_name_exists_and_every_alert_is_documented
     assert sorted(named_alerts - alert_names) == []
     documented = text["alerting.md"] + text["runbooks.md"]
     assert sorted(a for a in alert_names if a not in documented) == []
+    assert sorted(r for r in records if r not in text["alerting.md"]) == []
 
 
 def test_every_curl_that_posts_json_says_so():
