@@ -13,6 +13,9 @@ or ``store_url``), opened at the first call (one connection per process, like th
   ``POST /mlmon/registry/{model}/rollback`` take ``{"actor", "reason"}``. Writes need what the
   other writing routes need (:class:`~mlmon_middleware.routes_access.Access`). The actor is a
   claim: whoever holds the token may give any name.
+* ``GET /mlmon/card?model=&version=&format=html|md``: the model card
+  (:func:`~mlmon_middleware.governance.card.render_card`: the registry's facts and this
+  service's live monitoring); a read (the token when ``api_token`` is set).
 * ``POST /mlmon/alerts/{id}/ack`` with an optional ``{"actor", "note"}``: acknowledges a firing
   (or recent) alert of this process's alert state and appends ``alert_acknowledged`` to the audit
   log when there is a prediction log.
@@ -58,6 +61,7 @@ from mlmon_middleware.governance import (
     VersionExists,
 )
 from mlmon_middleware.governance.audit import check_text
+from mlmon_middleware.governance.card import render_card
 from mlmon_middleware.governance.registry import MAX_REASON
 from mlmon_middleware.limits import MAX_GOVERNANCE_BYTES
 from mlmon_middleware.monitor import Monitor
@@ -188,6 +192,15 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
         raise UnknownAlert(f"no alert {short(alert_id)} is firing or among the recent alert events"
                           + (f" of model {short(only)}" if only else ""))
 
+    def card(request: Request, _: Body) -> Response:
+        """The model card (``?model=&version=&format=html|md``; version: the deployed one)."""
+        query = request.query_params
+        fmt, name = query.get("format", "html"), query.get("model")
+        if fmt not in ("html", "md") or not name:
+            raise BadBody("GET the card with ?model=NAME (and &version=V, &format=html or md)")
+        text = render_card(name, query.get("version"), fmt=fmt, registry=gov.registry(), monitor=mon)
+        return Response(text, media_type="text/html; charset=utf-8" if fmt == "html" else "text/markdown; charset=utf-8")
+
     def step_route(path: str, answer: Callable[[Request, Body], Response], what: str) -> Route:
         return Route(path, endpoint(what, answer, STEP_FIELDS), methods=["POST"], include_in_schema=False)
 
@@ -198,7 +211,9 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
         Route(registry + "/{model}", endpoint(None, model), methods=["GET"], include_in_schema=False),
         step_route(registry + "/{model}/rollback", rollback, "rolling a model back"),
         Route(registry + "/{model}/{version}", endpoint(None, version), methods=["GET"], include_in_schema=False),
-        step_route(registry + "/{model}/{version}/{step:str}", step, "a registry step")]
+        step_route(registry + "/{model}/{version}/{step:str}", step, "a registry step"),
+        # beside the registry: /mlmon/card (or /card where the routes are mounted at /mlmon)
+        Route(registry.rsplit("/", 1)[0] + "/card", endpoint(None, card), methods=["GET"], include_in_schema=False)]
     if alerts:
         out.append(Route(alerts + "/{alert_id}/ack", endpoint("acknowledging an alert", acknowledge, ACK_FIELDS,
                                                               registry_only=False),

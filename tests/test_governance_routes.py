@@ -143,3 +143,18 @@ def test_without_a_token_writes_are_off_and_without_a_log_the_registry_is_503(tm
     finally:
         open_reads.shutdown()
         no_log.shutdown()
+
+
+def test_the_model_card_over_http(served):
+    client, store, _ = served
+    with ModelRegistry(store) as registry:
+        registry.register_model("fraud", "v1", None, METRICS, "ds@example.com", artifact_sha256=SHA,
+                                facts={"owner": "risk-team", "intended_use": "flag <b>card</b> fraud"})
+    html = client.get("/mlmon/card", params={"model": "fraud", "version": "v1"}, headers=TOKEN)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html"), html.text
+    assert "risk-team" in html.text and "flag &lt;b&gt;card&lt;/b&gt; fraud" in html.text
+    md = client.get("/mlmon/card", params={"model": "fraud", "version": "v1", "format": "md"}, headers=TOKEN)
+    assert md.headers["content-type"].startswith("text/markdown") and "risk-team" in md.text
+    assert client.get("/mlmon/card", params={"model": "fraud", "version": "v1"}).status_code == 401
+    assert client.get("/mlmon/card", params={"model": "fraud", "version": "v9"}, headers=TOKEN).status_code == 404
+    assert client.get("/mlmon/card", params={"model": "fraud", "format": "pdf"}, headers=TOKEN).status_code == 400
