@@ -300,10 +300,12 @@ def _label_coverage(labels: LabelReader | None, model: str, now: float) -> Label
 
 
 class Analyzer:
-    """One thread running every model's drift check every ``interval`` seconds."""
+    """One thread running every model's drift check every ``interval`` seconds, and ``final``
+    (if given) once when stopped, in the same thread (the last audit events)."""
 
-    def __init__(self, run: Callable[[], None], interval: float) -> None:
+    def __init__(self, run: Callable[[], None], interval: float, final: Callable[[], None] | None = None) -> None:
         self._run_checks = run
+        self._final = final
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlmon-analyzer", daemon=True)
@@ -314,6 +316,8 @@ class Analyzer:
         while not self._stop.wait(self._interval):
             with paced(pacer):  # the checks let go of the GIL between features (see pacing)
                 self._run_checks()
+        if self._final is not None:
+            self._final()
 
     def stop(self) -> None:
         self._stop.set()

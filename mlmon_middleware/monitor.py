@@ -32,6 +32,7 @@ from mlmon_middleware import gauges
 from mlmon_middleware.analyzer import Analyzer
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.governance.events import MonitoringEvents
 from mlmon_middleware.governance.gate import ServingGate
 from mlmon_middleware.health import monitor_issues
 from mlmon_middleware.host import HostShare
@@ -72,6 +73,8 @@ class Monitor:
         self.gate = ServingGate(self.store_location, enforce=self.config.enforce_approval,
                                 interval=self.config.check_interval or 60.0, errors=self.errors,
                                 models=lambda: list(self._models.values()))
+        #: alert, baseline and label events for the audit log, written by the analyzer thread
+        self.audit_events = MonitoringEvents(self.store_location, self.errors)
         #: added to ``prometheus_port`` in this process (the BentoML adapter: one port per worker)
         self.port_offset: Callable[[], int] = lambda: 0
         #: the name of this worker's server among its process manager's workers, when the caller
@@ -133,6 +136,7 @@ class Monitor:
                         self._beyond = ModelMonitor(self, "__beyond_max_models__", "unknown", admitted=False)
                     return self._beyond
                 self._models[name] = ModelMonitor(self, name, "unknown" if version is None else version, settings)
+                self.audit_events.watch(self._models[name])
         if self._started:
             self._models[name].start_explainer()
         return self._models[name]
@@ -208,7 +212,8 @@ class Monitor:
                         on_error=lambda exc: self.errors.report("store", exc))
                 self.pipeline.start(self._telemetry, self._store_writer)
                 if self.config.check_interval > 0:
-                    self._analyzer = Analyzer(self.check_all, self.config.check_interval)
+                    self._analyzer = Analyzer(self.check_all, self.config.check_interval, final=lambda: self.audit_events.write(
+                        list(self._models.values()), final=True))
                 for model in self._models.values():
                     model.start_explainer()
                 if self._host is not None:
@@ -256,11 +261,15 @@ class Monitor:
         self.pipeline.flush()
 
     def check_all(self) -> None:
-        """Run every model's check (the analyzer thread calls this); failures are counted. Of
-        the workers of one server only the leader checks, over all of their rows."""
+        """Run every model's check (the analyzer thread calls this), then append the monitoring
+        events to the audit log (:mod:`~mlmon_middleware.governance.events`); failures are
+        counted. Of the workers of one server only the leader checks, over all of their rows."""
         host = self._host
-        if host is not None and not host.leader:
-            return
+        if host is None or host.leader:
+            self._check_models(host)
+        self.audit_events.write(list(self._models.values()))
+
+    def _check_models(self, host: HostShare | None) -> None:
         with host.one_round() if host is not None else contextlib.nullcontext():  # one window request for all models
             for model in list(self._models.values()):
                 try:
@@ -336,6 +345,7 @@ class Monitor:
         if self._analyzer is not None:
             self._analyzer.stop()
         self.gate.stop()
+        self.audit_events.close()
         self.pipeline.stop()
         for model in self._models.values():
             model.stop_explainer()
@@ -354,6 +364,7 @@ class Monitor:
             self._host.lock.forget()  # the parent leads, not this child
         self._reset_process()  # the parent's SQLite connection and exporters must not be used here
         self.gate.after_fork()
+        self.audit_events.after_fork()
         self.pipeline.forget()
         self.errors.after_fork()
         self.limits.after_fork()
