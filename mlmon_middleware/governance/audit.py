@@ -46,8 +46,8 @@ __all__ = ["EVENT_TYPES", "GENESIS", "AuditEvent", "AuditLog", "VerifyResult", "
 
 #: the event types mlmon writes; others may be appended (lower case, digits and ``_``)
 EVENT_TYPES = ("registered", "submitted", "approved", "rejected", "deployed", "rolled_back", "retired", "policy_changed",
-               "baseline_set", "alert_fired", "alert_resolved", "alert_acknowledged", "labels_ingested", "first_served",
-               "report_exported")
+               "baseline_set", "alert_fired", "alert_severity_changed", "alert_resolved", "alert_acknowledged",
+               "labels_ingested", "first_served", "report_exported")
 MAX_TEXT = 200  # characters of an actor, model, version or event type
 MAX_DETAILS = 65_536  # bytes of one event's details, as JSON
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*\Z")
