@@ -145,3 +145,16 @@ def test_a_failing_audit_log_is_counted_and_retried_never_raised(tmp_path):
     with AuditLog(events.location) as log:
         assert [e.event_type for e in log.query()] == ["alert_fired"]
     events.close()
+
+
+def test_the_analyzer_writes_what_is_left_when_the_monitor_shuts_down(tmp_path):
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=3600, store_dir=str(tmp_path)))
+    model = mon.model("m", version="1", drift_policy=DriftPolicy(fire_after=1))
+    pid = model.record({"x": 1.0}, {"prediction": 1.0})
+    model.record_outcome(pid, 1)
+    model.checker.alerts.update({("DatasetDrift", ""): "critical"})  # as a scheduled check would
+    mon.shutdown()  # no round ran: the analyzer's last act writes the queue and the hour in progress
+    with AuditLog(mon.store_path) as log:
+        events = {e.event_type: e.details for e in log.query(model="m")}
+    assert events["alert_fired"]["alertname"] == "DatasetDrift"
+    assert (events["labels_ingested"]["labelled"], events["labels_ingested"]["partial"]) == (1, True)
