@@ -412,3 +412,45 @@ def test_the_apps_metrics_route_answers_openmetrics_with_exemplars(harness):
         assert exemplars(answer.content)["mlmon_inference_duration_seconds"]
         plain = client.get("/mlmon/metrics")
         assert plain.headers["content-type"].startswith("text/plain") and b"trace_id" not in plain.content
+
+
+def test_a_tracer_provider_the_app_installs_in_its_lifespan_is_the_one_mlmon_traces_into():
+    script = textwrap.dedent("""
+        import contextlib, json
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from mlmon_fastapi import instrument_app
+        from mlmon_middleware import Monitor, MonitorConfig, monitor
+
+        spans = InMemorySpanExporter()
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+            provider.add_span_processor(SimpleSpanProcessor(spans))
+            trace.set_tracer_provider(provider)  # as apps do at their start-up
+            yield
+
+        app = FastAPI(lifespan=lifespan)
+        mon = Monitor(MonitorConfig())
+
+        @app.post("/predict")
+        @monitor(model="m", registry=mon)
+        def predict(row: dict) -> dict:
+            return {"prediction": 0.5}
+
+        instrument_app(app, registry=mon)
+        with TestClient(app) as client:
+            client.post("/predict", json={"x": 1.0})
+            mon.flush()
+        ours = [s for s in spans.get_finished_spans() if s.name == "mlmon.inference m"]
+        print(json.dumps([s.resource.attributes["service.name"] for s in ours]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["shop"]

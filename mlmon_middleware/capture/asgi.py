@@ -135,21 +135,25 @@ class MLMonitorMiddleware:
         return found
 
     def _lifespan_send(self, send: Send) -> Send:
-        """``send`` for the app's lifespan: before the server hears that the app has shut down,
-        shut monitoring down. Servers (uvicorn on SIGTERM) exit then without running atexit, so
+        """``send`` for the app's lifespan. Before the server hears that the app has started,
+        start this worker's monitoring (threads, exporters, metrics port): before any traffic,
+        and after the app's own start-up, so that a tracer provider the app installs there is
+        the one mlmon's spans go through. Before the server hears that the app has shut down,
+        shut monitoring down: servers (uvicorn on SIGTERM) exit then without running atexit, so
         the queue and the log are written and the explanation workers stopped now, or they are
         lost and orphaned. In a thread: a log write being retried may take seconds, and the event
         loop still serves the other shutdowns meanwhile."""
         async def lifespan_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if message["type"] == "lifespan.startup.complete":
+                self.registry.start()
+            elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await asyncio.to_thread(self.registry.shutdown)
             await send(message)
 
         return lifespan_send
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            self.registry.start()  # this worker's threads, exporters and metrics port, before traffic
+        if scope["type"] == "lifespan":  # monitoring starts with the app (an app without lifespan: at its first record)
             await self.app(scope, receive, self._lifespan_send(send))
             return
         if scope["type"] != "http":
