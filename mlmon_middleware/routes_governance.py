@@ -6,7 +6,8 @@ or ``store_url``), opened at the first call (one connection per process, like th
 
 * ``GET /mlmon/registry[?model=]``: the versions; ``GET /mlmon/registry/{model}``: a model's
   versions, policy and deployed version; ``GET /mlmon/registry/{model}/{version}``: one version.
-  Reads need the token when ``api_token`` is set (they reveal model metadata).
+  Every registry route, reads included, needs the API token, and is off (403) on a service that
+  has none: they reveal model metadata and change what may be served.
 * ``POST /mlmon/registry`` registers a version (``name``, ``version``, ``actor``, ``metrics``,
   ``artifact_sha256``, optional ``group_metrics``, ``baseline_sha256``, ``facts``);
   ``POST /mlmon/registry/{model}/{version}/{submit|approve|reject|deploy|retire}`` and
@@ -15,7 +16,7 @@ or ``store_url``), opened at the first call (one connection per process, like th
   claim: whoever holds the token may give any name.
 * ``GET /mlmon/card?model=&version=&format=html|md``: the model card
   (:func:`~mlmon_middleware.governance.card.render_card`: the registry's facts and this
-  service's live monitoring); a read (the token when ``api_token`` is set).
+  service's live monitoring); like the registry's, only with the API token.
 * ``POST /mlmon/alerts/{id}/ack`` with an optional ``{"actor", "note"}``: acknowledges a firing
   (or recent) alert of this process's alert state and appends ``alert_acknowledged`` to the audit
   log when there is a prediction log.
@@ -31,10 +32,11 @@ Database work runs in a worker thread (the audit log's append takes an exclusive
 >>> from starlette.testclient import TestClient
 >>> from mlmon_middleware import Monitor, MonitorConfig
 >>> from mlmon_middleware.routes_access import Access
->>> mon = Monitor(MonitorConfig(tracing=False, allow_anonymous_writes=True))
+>>> mon = Monitor(MonitorConfig(tracing=False, api_token="s3cret"))
+>>> token = {"Authorization": "Bearer s3cret"}
 >>> with TestClient(Starlette(routes=governance_routes(mon, Access(mon)))) as client:
-...     client.get("/mlmon/registry").status_code
-...     client.post("/mlmon/alerts/0123456789abcdef/ack", json={"actor": "ana"}).status_code
+...     client.get("/mlmon/registry", headers=token).status_code  # no prediction log, so no registry
+...     client.post("/mlmon/alerts/0123456789abcdef/ack", json={"actor": "ana"}, headers=token).status_code
 503
 404
 >>> mon.shutdown()
@@ -110,6 +112,10 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
         bounded body (writes), the registry's presence (``registry_only``), then ``answer`` in a
         worker thread, its errors mapped to statuses."""
         async def handler(request: Request) -> Response:
+            if registry_only and access.expected is None:  # the registry and the card: never without a token
+                return json_response({"detail": "the model registry and the model card need an API token: set "
+                                                "MLMON_API_TOKEN (or MonitorConfig(api_token=...)) and send "
+                                                "'Authorization: Bearer <token>'"}, status_code=403)
             denied = access.read(request) if write is None else access.write(request, write)
             if denied is not None:
                 return denied
@@ -196,7 +202,7 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
         """The model card (``?model=&version=&format=html|md``; version: the deployed one)."""
         query = request.query_params
         fmt, name = query.get("format", "html"), query.get("model")
-        if fmt not in ("html", "md") or not name:
+        if fmt not in ("html", "md") or not name or len(name) > MAX_REASON:
             raise BadBody("GET the card with ?model=NAME (and &version=V, &format=html or md)")
         text = render_card(name, query.get("version"), fmt=fmt, registry=gov.registry(), monitor=mon)
         return Response(text, media_type="text/html; charset=utf-8" if fmt == "html" else "text/markdown; charset=utf-8")

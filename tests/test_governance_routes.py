@@ -126,12 +126,14 @@ def test_the_token_guards_reads_and_writes(served):
     assert client.get("/mlmon/registry", headers=TOKEN).json() == {"versions": []}
 
 
-def test_without_a_token_writes_are_off_and_without_a_log_the_registry_is_503(tmp_path):
+def test_without_a_token_the_registry_is_off_and_without_a_log_it_is_503(tmp_path):
     open_reads = Monitor(MonitorConfig(tracing=False, store_dir=str(tmp_path)))
     no_log = Monitor(MonitorConfig(tracing=False, api_token="s3cret"))
     try:
         with TestClient(Starlette(routes=routes(open_reads))) as client:
-            assert client.get("/mlmon/registry").status_code == 200
+            for path in ("/mlmon/registry", "/mlmon/registry/m", "/mlmon/registry/m/1", "/mlmon/card?model=m"):
+                closed = client.get(path)  # no token on this service: the registry is off, reads included
+                assert closed.status_code == 403 and "MLMON_API_TOKEN" in closed.json()["detail"], path
             off = client.post("/mlmon/registry/m/1/submit", json={"actor": "ds"})
             assert off.status_code == 403 and "MLMON_API_TOKEN" in off.json()["detail"]
         with TestClient(Starlette(routes=routes(no_log))) as client:

@@ -145,7 +145,8 @@ class MLMonitorMiddleware:
         loop still serves the other shutdowns meanwhile."""
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
-                self.registry.start()
+                # in a thread: starting opens the log and the registry, and may hash a model file
+                await asyncio.to_thread(self.registry.start)
             elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await asyncio.to_thread(self.registry.shutdown)
             await send(message)
