@@ -20,8 +20,10 @@ import pytest
 from governance_fixtures import sql
 
 from mlmon_middleware.cli import main
-from mlmon_middleware.governance import AuditLog, GovernanceError, ModelRegistry, verify_jsonl
+from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.governance import AuditLog, ChainBroken, GovernanceError, ModelRegistry, verify_jsonl
 from mlmon_middleware.governance.chain import make_event
+from mlmon_middleware.governance.events import MonitoringEvents
 
 location, postgres_database = governance_fixtures.location, governance_fixtures.postgres_database  # both backends
 
@@ -151,17 +153,110 @@ def test_with_a_key_a_truncation_that_moves_the_head_back_is_found(location):
     log.close()
 
 
-def test_a_writer_without_the_key_breaks_a_signed_chain_and_an_older_unsigned_start_is_reported(location):
+TRUNCATIONS = {  # name: how the head is hidden after the last events are deleted
+    "move the head back": lambda loc, ev: sql(loc, "UPDATE audit_head SET seq = 3, hash = ?, mac = NULL", (ev[2].hash,)),
+    "delete the head": lambda loc, ev: sql(loc, "DELETE FROM audit_head"),
+}
+
+
+@pytest.mark.parametrize("name", TRUNCATIONS)
+def test_an_append_after_a_cut_off_end_is_refused_and_the_break_stays_visible(location, name):
+    log, events = filled(location, key=b"k")
+    sql(location, "DELETE FROM audit_events WHERE seq > 3")
+    TRUNCATIONS[name](location, events)
+    with pytest.raises(ChainBroken, match="head does not match its last event|no valid HMAC"):
+        log.append("approved", "bo", "fraud", "2")
+    with pytest.raises(ChainBroken):  # a registry change is refused with its event
+        ModelRegistry(location, audit_key=b"k").set_policy("fraud", "ana", required_metrics=["auc"])
+    assert [e.seq for e in log.query()] == [1, 2, 3]  # nothing appended, the head not repaired
+    assert not log.verify().ok
+    log.close()
+
+
+def test_monitoring_counts_a_refused_append_and_never_raises(tmp_path):
+    location = str(tmp_path / "predictions.sqlite")
+    log, events = filled(location, key=b"k")
+    sql(location, "DELETE FROM audit_head")
+    errors = ErrorLog()
+    monitoring = MonitoringEvents(location, errors)
+    monitoring.queue({"alertname": "DatasetDrift", "subject": "", "state": "firing", "severity": "critical",
+                      "time": 0.0, "id": "cd" * 8, "model": "fraud", "version": "1"})
+    with mock.patch.dict(os.environ, {"MLMON_AUDIT_KEY": "k"}):
+        monitoring.write([])
+    monitoring.close()
+    assert errors.counts()["audit"] == 1 and len(log.query()) == 6
+    log.close()
+
+
+def test_an_append_after_a_head_that_names_another_event_is_refused_even_without_a_key(location):
+    log, events = filled(location)
+    sql(location, "DELETE FROM audit_events WHERE seq > 4")
+    with pytest.raises(ChainBroken, match=r"the head record names event 6, the log ends at event 4"):
+        log.append("approved", "bo", "fraud", "2")
+    assert log.verify().broken.kind == "truncated"
+    log.close()
+
+
+def strip_and_rehash(location, events, rewrite_seq=None):
+    """Remove every HMAC, rewrite one event (if given), re-link and re-hash the chain and set the
+    head to its end without an HMAC: all that someone without the key can do."""
+    sql(location, "UPDATE audit_events SET mac = NULL")
+    prev = events[0].prev_hash
+    for e in events:
+        f = make_event(e.seq, e.time, e.event_type, "mallory" if e.seq == rewrite_seq else e.actor, e.model,
+                       e.version, e.details, prev)
+        sql(location, "UPDATE audit_events SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (f.actor, f.prev_hash, f.hash, f.seq))
+        prev = f.hash
+    sql(location, "UPDATE audit_head SET seq = ?, hash = ?, mac = NULL", (events[-1].seq, prev))
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_stripping_every_hmac_does_not_turn_the_key_off(location, truncate):
+    log, events = filled(location, key=b"k")
+    if truncate:
+        sql(location, "DELETE FROM audit_events WHERE seq > 4")
+        strip_and_rehash(location, events[:4])
+    else:
+        strip_and_rehash(location, events, rewrite_seq=2)
+    assert AuditLog(location, key=b"").verify().ok  # consistent without the key
+    result = log.verify()
+    assert (result.broken.kind, result.broken.seq) == ("unsigned", 1), str(result)
+    assert str(result).startswith("BROKEN at event 1 (unsigned): it has no HMAC")
+    assert log.verify(allow_unsigned_before=7).broken.kind == "bad_mac"  # a stated unsigned start: the head is unsigned
+    out = io.StringIO()
+    log.export_jsonl(out)
+    assert verify_jsonl(out.getvalue().splitlines(), key=b"k").broken.kind == "unsigned"
+    log.close()
+
+
+def test_an_unsigned_start_passes_only_as_stated_and_a_writer_without_the_key_breaks_the_chain(location):
     plain = AuditLog(location, key=b"")
     plain.append("registered", "ana", "fraud", "1")
     signed = AuditLog(location, key=b"k")
-    signed.append("submitted", "ana", "fraud", "1")
-    result = signed.verify()
+    signed.append("submitted", "ana", "fraud", "1")  # the key set from event 2 on: record that outside the database
+    assert signed.verify().broken.kind == "unsigned"  # not taken from the database
+    result = signed.verify(allow_unsigned_before=2)
     assert result.ok and (result.signed, result.unsigned) == (1, 1)
     assert "1 before the first signed one unsigned" in str(result)
+    assert signed.verify(allow_unsigned_before=3).broken.kind == "boundary"
     plain.append("approved", "bo", "fraud", "1")  # a replica started without MLMON_AUDIT_KEY
-    assert signed.verify().broken.kind == "unsigned"
-    assert AuditLog(location, key=b"other").verify().broken.kind == "bad_mac"
+    assert signed.verify(allow_unsigned_before=2).broken.kind == "unsigned"
+    assert AuditLog(location, key=b"other").verify(allow_unsigned_before=2).broken.kind == "bad_mac"
+    plain.close()
+    signed.close()
+
+
+def test_a_cut_into_the_unsigned_start_is_found_after_the_next_append(location):
+    plain = AuditLog(location, key=b"")
+    for step in range(3):
+        plain.append("registered", "ana", "fraud", str(step))
+    signed = AuditLog(location, key=b"k")
+    last = signed.append("submitted", "ana", "fraud", "1")
+    sql(location, "DELETE FROM audit_events WHERE seq > 2")
+    sql(location, "UPDATE audit_head SET seq = 2, hash = (SELECT hash FROM audit_events WHERE seq = 2), mac = NULL")
+    signed.append("approved", "bo", "fraud", "1")  # an unsigned end: taken as the start of a log the key is new to
+    assert signed.verify(allow_unsigned_before=last.seq).broken.kind == "boundary"
     plain.close()
     signed.close()
 
@@ -227,6 +322,8 @@ def test_mlmon_audit_verify_query_and_export(tmp_path):
     status, _, err = mlmon("audit", "export", "--store", location, "--out", str(export))
     assert status == 0 and err == f"{export}: 6 events\n"
     assert mlmon("audit", "verify", "--jsonl", str(export), "--anchor", f"6:{events[-1].hash}", key="k")[0] == 0
+    status, out, _ = mlmon("audit", "verify", "--jsonl", str(export), "--allow-unsigned-before", "7", key="k")
+    assert status == 1 and out.startswith("BROKEN at event 1 (boundary)")
     lines = export.read_text().splitlines()
     lines[2] = lines[2].replace('"actor": "bo"', '"actor": "eve"')
     export.write_text("\n".join(lines) + "\n")

@@ -20,6 +20,7 @@ from mlmon_middleware.governance.chain import AuditEvent, BrokenLink, VerifyResu
 from mlmon_middleware.governance.db import GovernanceDB, default_location
 from mlmon_middleware.governance.errors import (
     ApprovalRequired,
+    ChainBroken,
     FourEyesViolation,
     GovernanceError,
     InvalidTransition,
@@ -31,8 +32,8 @@ from mlmon_middleware.governance.facts import STATES, ModelFacts, ModelPolicy, M
 from mlmon_middleware.governance.registry import ModelRegistry
 
 __all__ = [
-    "EVENT_TYPES", "STATES", "ApprovalRequired", "AuditEvent", "AuditLog", "BrokenLink", "FourEyesViolation",
-    "GovernanceDB", "GovernanceError", "InvalidTransition", "MissingMetrics", "ModelFacts", "ModelPolicy",
-    "ModelRegistry", "ModelVersion", "UnknownVersion", "VerifyResult", "VersionExists", "audit_key_from_env",
-    "default_location", "parse_time", "sha256_file", "verify_jsonl",
+    "EVENT_TYPES", "STATES", "ApprovalRequired", "AuditEvent", "AuditLog", "BrokenLink", "ChainBroken",
+    "FourEyesViolation", "GovernanceDB", "GovernanceError", "InvalidTransition", "MissingMetrics", "ModelFacts",
+    "ModelPolicy", "ModelRegistry", "ModelVersion", "UnknownVersion", "VerifyResult", "VersionExists",
+    "audit_key_from_env", "default_location", "parse_time", "sha256_file", "verify_jsonl",
 ]

@@ -24,6 +24,7 @@ ok: 2 events, head 2:...
 from __future__ import annotations
 
 import datetime
+import hmac
 import json
 import os
 import re
@@ -40,7 +41,7 @@ from mlmon_middleware.governance.chain import (
     verify_chain,
 )
 from mlmon_middleware.governance.db import GovernanceDB, Tx
-from mlmon_middleware.governance.errors import GovernanceError
+from mlmon_middleware.governance.errors import ChainBroken, GovernanceError
 
 __all__ = ["EVENT_TYPES", "GENESIS", "AuditEvent", "AuditLog", "VerifyResult", "audit_key_from_env", "parse_time"]
 
@@ -145,10 +146,8 @@ class AuditLog:
             raise GovernanceError(str(exc)) from None
         if len(json.dumps(body)) > MAX_DETAILS:
             raise GovernanceError(f"details of a {event_type!r} event are larger than {MAX_DETAILS} bytes as JSON")
-        head = tx.one("SELECT seq, hash FROM audit_head WHERE chain = ?", (CHAIN,))
-        if head is None:  # a new log (or one whose head record was removed: verify reports that)
-            head = tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1") or (0, GENESIS)
-        event = make_event(int(head[0]) + 1, now_iso(), event_type, actor, model, version, body, str(head[1]), self.key)
+        head = self._head(tx)
+        event = make_event(head[0] + 1, now_iso(), event_type, actor, model, version, body, head[1], self.key)
         tx.execute(f"INSERT INTO audit_events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (event.seq, event.time, event.event_type, event.actor, event.model, event.version,
                     json.dumps(body), event.prev_hash, event.hash, event.mac))
@@ -156,6 +155,27 @@ class AuditLog:
         tx.execute("INSERT INTO audit_head (chain, seq, hash, mac) VALUES (?, ?, ?, ?) ON CONFLICT (chain) DO UPDATE "
                    "SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac", (CHAIN, event.seq, event.hash, signature))
         return event
+
+    def _head(self, tx: Tx) -> tuple[int, str]:
+        """The ``(seq, hash)`` to append after: the head record, once it is checked against the
+        log's real last event and (with a key) its HMAC. Raises :class:`ChainBroken` instead of
+        appending after a cut-off end or a moved or removed head: the next event would hide it.
+        A head without an HMAC is taken under a key only after an unsigned last event (a log
+        written before the key was set); ``verify`` decides whether that unsigned start is allowed."""
+        head = tx.one("SELECT seq, hash, mac FROM audit_head WHERE chain = ?", (CHAIN,))
+        last = tx.one("SELECT seq, hash, mac FROM audit_events ORDER BY seq DESC LIMIT 1")
+        if head is None and last is None:
+            return 0, GENESIS
+        if head is None or last is None or (int(head[0]), str(head[1])) != (int(last[0]), str(last[1])):
+            found = "is missing" if head is None else f"names event {head[0]}"
+            raise ChainBroken(f"the audit chain's head does not match its last event (the head record {found}, the log "
+                              f"ends at event {0 if last is None else last[0]}): nothing is appended; run `mlmon audit verify`")
+        seq, hash_ = int(head[0]), str(head[1])
+        if self.key is not None and (head[2] is not None or last[2] is not None) \
+                and not hmac.compare_digest(str(head[2] or ""), head_mac(self.key, seq, hash_)):
+            raise ChainBroken(f"the audit chain's head record (event {seq}) has no valid HMAC under this key: it was moved "
+                              "or written without the key; nothing is appended; run `mlmon audit verify`")
+        return seq, hash_
 
     # ------------------------------------------------------------------------------- reading
     def query(self, *, model: str | None = None, event_type: str | Sequence[str] | None = None,
@@ -186,12 +206,14 @@ class AuditLog:
         return written
 
     # ---------------------------------------------------------------------------- verifying
-    def verify(self, *, anchor: tuple[int, str] | None = None) -> VerifyResult:
+    def verify(self, *, anchor: tuple[int, str] | None = None, allow_unsigned_before: int | None = None) -> VerifyResult:
         """Verify the whole chain and its head record in one snapshot (with this log's key, if
         any); the result names the first broken link. ``anchor``: ``(seq, hash)`` of a head
         recorded earlier outside the database (a verify's ``last_seq``/``last_hash``), which
         must still be in the log: the only defence against a rewrite by someone who can also
-        recompute the hashes (see docs/governance.md)."""
+        recompute the hashes (see docs/governance.md). ``allow_unsigned_before``: with a key,
+        the first event written with it when the log started without one (recorded outside
+        the database when the key was set); without it every event must be signed."""
         with self.db.read() as tx:
             head = tx.one("SELECT seq, hash, mac FROM audit_head WHERE chain = ?", (CHAIN,))
 
@@ -201,7 +223,8 @@ class AuditLog:
 
             events = (_event(row) for row in tx.rows(f"SELECT {COLUMNS} FROM audit_events ORDER BY seq"))
             return verify_chain(events, key=self.key, head=None if head is None else (int(head[0]), str(head[1])),
-                                head_signature=None if head is None else head[2], locate=locate, anchor=anchor)
+                                head_signature=None if head is None else head[2], locate=locate, anchor=anchor,
+                                allow_unsigned_before=allow_unsigned_before)
 
     def close(self) -> None:
         self.db.close()
@@ -213,10 +236,11 @@ class AuditLog:
         self.close()
 
 
-def verify_jsonl(lines: Sequence[str] | IO[str], *, key: bytes | None = None,
-                 anchor: tuple[int, str] | None = None) -> VerifyResult:
-    """Verify a complete JSON Lines export (:meth:`AuditLog.export_jsonl` without filters).
-    A line that is not an event raises ``GovernanceError`` naming its number."""
+def verify_jsonl(lines: Sequence[str] | IO[str], *, key: bytes | None = None, anchor: tuple[int, str] | None = None,
+                 allow_unsigned_before: int | None = None) -> VerifyResult:
+    """Verify a complete JSON Lines export (:meth:`AuditLog.export_jsonl` without filters;
+    ``anchor`` and ``allow_unsigned_before`` as for :meth:`AuditLog.verify`). A line that is
+    not an event raises ``GovernanceError`` naming its number."""
     events = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -226,7 +250,8 @@ def verify_jsonl(lines: Sequence[str] | IO[str], *, key: bytes | None = None,
         except (ValueError, KeyError, TypeError) as exc:
             raise GovernanceError(f"line {number} is not an audit event: {exc}") from None
     by_hash = {e.hash: e.seq for e in events}
-    return verify_chain(events, key=key, check_head=False, locate=by_hash.get, anchor=anchor)
+    return verify_chain(events, key=key, check_head=False, locate=by_hash.get, anchor=anchor,
+                        allow_unsigned_before=allow_unsigned_before)
 
 
 def _where(*, model: str | None = None, event_type: str | Sequence[str] | None = None, since: Any = None,

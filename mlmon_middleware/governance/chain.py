@@ -10,11 +10,19 @@ event's position (``seq``) is not hashed: the order is the chain of ``prev_hash`
 
 Verification (:func:`verify_chain`) walks the events in ``seq`` order and stops at the first
 broken link, naming it: an event whose content no longer matches its hash (*edited*), whose
-HMAC does not match (*bad_mac*) or is missing after signed events (*unsigned*), whose link
+HMAC does not match (*bad_mac*) or is missing (*unsigned*; see below), whose link
 points at an event that is not in the log (*deleted*; *replaced* when no ``seq`` is missing, as
 when an event is rewritten with a recomputed hash) or at another event of the log (*reordered*);
 and, against the head record that every append updates, an end that was cut off (*truncated*)
 or events added behind the log's back (*inserted*).
+
+With a key, every event must carry a valid HMAC and so must the head record: stripping the MACs
+turns nothing off. The one exception is a log's unsigned start, the events written before the key
+was set, and only as the verifier states it (``allow_unsigned_before=SEQ``, from a record kept
+outside the database like an anchor): events before ``SEQ`` must then be unsigned (a signed one
+there is *boundary*: the stated start is not this log's), events from ``SEQ`` on signed. Which
+events were unsigned cannot be taken from the database itself: whoever strips every MAC would
+move that boundary too.
 
 >>> first = make_event(1, "2024-05-01T12:00:00.000000+00:00", "registered", "ana", "fraud", "1", {}, GENESIS)
 >>> second = make_event(2, "2024-05-01T12:01:00.000000+00:00", "submitted", "ana", "fraud", "1", {}, first.hash)
@@ -23,6 +31,8 @@ True
 >>> edited = first.replace(actor="mallory")
 >>> print(verify_chain([edited, second], head=(2, second.hash)).broken)
 event 1 (edited): its content no longer matches its hash
+>>> print(verify_chain([first, second], head=(2, second.hash), key=b"k").broken)  # doctest: +ELLIPSIS
+event 1 (unsigned): it has no HMAC: written without MLMON_AUDIT_KEY, or its HMAC removed (...)
 """
 
 from __future__ import annotations
@@ -108,8 +118,8 @@ def head_mac(key: bytes, seq: int, hash_: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class BrokenLink:
     """Where a chain first breaks: the event's ``seq`` (for the end of the log: the head's), the
-    kind (``edited``, ``bad_mac``, ``unsigned``, ``deleted``, ``replaced``, ``reordered``,
-    ``truncated``, ``inserted``, ``anchor``) and what was found."""
+    kind (``edited``, ``bad_mac``, ``unsigned``, ``boundary``, ``deleted``, ``replaced``,
+    ``reordered``, ``truncated``, ``inserted``, ``anchor``) and what was found."""
 
     seq: int
     kind: str
@@ -124,7 +134,7 @@ class VerifyResult:
     """What :func:`verify_chain` found: ``ok`` when nothing is broken; ``events`` checked; the
     last event's ``seq`` and ``hash`` (record them elsewhere to detect a later rewrite: see
     ``anchor``); with a key, ``signed`` events and ``unsigned`` ones before the first signed
-    (written before the key was set: their content is chained, not authenticated)."""
+    (allowed by ``allow_unsigned_before``: their content is chained, not authenticated)."""
 
     ok: bool
     events: int
@@ -145,22 +155,26 @@ class VerifyResult:
 
 def verify_chain(events: Iterable[AuditEvent], *, key: bytes | None = None, head: tuple[int, str] | None = None,
                  head_signature: str | None = None, locate: Callable[[str], int | None] | None = None,
-                 check_head: bool = True, anchor: tuple[int, str] | None = None) -> VerifyResult:
+                 check_head: bool = True, anchor: tuple[int, str] | None = None,
+                 allow_unsigned_before: int | None = None) -> VerifyResult:
     """Verify ``events`` (in ``seq`` order) as one chain from :data:`GENESIS`.
 
     ``head`` is the head record ``(seq, hash)`` the log keeps (None: no record) and
     ``head_signature`` its HMAC; with ``check_head`` (the default) the chain must end exactly
     there (a JSON Lines export has no head: pass ``check_head=False``). ``key`` checks every
-    event's HMAC. ``locate(hash)`` gives the ``seq`` of the event with that hash anywhere in the
-    log, or None: it tells a deleted event from a reordered one (without it, every stray link
-    is reported as deleted or replaced). ``anchor`` ``(seq, hash)``: a head recorded earlier,
+    event's HMAC and the head's; ``allow_unsigned_before``: the ``seq`` of the first event
+    written with the key, when the log started without one (see the module docstring).
+    ``locate(hash)`` gives the ``seq`` of the event with that hash anywhere in the log, or None:
+    it tells a deleted event from a reordered one (without it, every stray link is reported as
+    deleted or replaced). ``anchor`` ``(seq, hash)``: a head recorded earlier,
     outside the database; the event at ``seq`` must still have that hash.
     """
     previous: AuditEvent | None = None
     count = signed = unsigned = 0
     anchored = anchor is None
+    first_signed = 1 if allow_unsigned_before is None else allow_unsigned_before
     for event in events:
-        broken = _check(event, previous, key, signed, locate)
+        broken = _check(event, previous, key, first_signed, locate)
         if broken is not None:
             return _result(count, previous, broken)
         if event.mac is not None:
@@ -174,22 +188,27 @@ def verify_chain(events: Iterable[AuditEvent], *, key: bytes | None = None, head
             anchored = True
         count += 1
         previous = event
-    broken = _check_end(previous, key if signed else None, head, head_signature) if check_head else None
+    broken = _check_end(previous, key, head, head_signature) if check_head else None
     if broken is None and not anchored:
         assert anchor is not None
         broken = BrokenLink(anchor[0], "anchor", "the anchor's event is not in the log: it was truncated or rewritten since")
     return _result(count, previous, broken, signed, unsigned)
 
 
-def _check(event: AuditEvent, previous: AuditEvent | None, key: bytes | None, signed: int,
+def _check(event: AuditEvent, previous: AuditEvent | None, key: bytes | None, first_signed: int,
            locate: Callable[[str], int | None] | None) -> BrokenLink | None:
     content = content_of(event)
     if hashlib.sha256(content).hexdigest() != event.hash:
         return BrokenLink(event.seq, "edited", "its content no longer matches its hash")
     if key is not None:
-        if event.mac is None and signed:
-            return BrokenLink(event.seq, "unsigned", "it has no HMAC though earlier events do (written without "
-                                                     "MLMON_AUDIT_KEY, or its HMAC removed)")
+        if event.mac is None and event.seq >= first_signed:
+            return BrokenLink(event.seq, "unsigned", "it has no HMAC: written without MLMON_AUDIT_KEY, or its HMAC "
+                                                     "removed (events written before the key was set pass only before "
+                                                     "the first signed seq stated as allow_unsigned_before)")
+        if event.mac is not None and event.seq < first_signed:
+            return BrokenLink(event.seq, "boundary", f"it is signed, but events before {first_signed} were stated "
+                                                     "unsigned: the log's start is not the one stated (or its end was "
+                                                     "cut into that start and appended to)")
         if event.mac is not None and not hmac.compare_digest(event.mac, sign(key, content)):
             return BrokenLink(event.seq, "bad_mac", "its HMAC does not match: changed by someone without the key "
                                                     "(or written with another key)")
@@ -211,8 +230,8 @@ def _check(event: AuditEvent, previous: AuditEvent | None, key: bytes | None, si
 
 def _check_end(last: AuditEvent | None, key: bytes | None, head: tuple[int, str] | None,
                head_signature: str | None) -> BrokenLink | None:
-    """The end of the chain against the head record (its HMAC checked under ``key``: given
-    when the log has signed events)."""
+    """The end of the chain against the head record (its HMAC checked under ``key``: always,
+    whatever the events carry, so stripping their MACs cannot turn the check off)."""
     if head is None:
         return None if last is None else BrokenLink(last.seq, "truncated", "the log's head record is missing")
     seq, hash_ = head

@@ -9,7 +9,7 @@
     mlmon registry policy MODEL [--require-metrics NAME ...] [--no-approval] [--actor WHO]
     mlmon registry show MODEL [VERSION]          (JSON)
     mlmon registry list [MODEL]
-    mlmon audit verify [--jsonl FILE] [--anchor SEQ:HASH]
+    mlmon audit verify [--jsonl FILE] [--anchor SEQ:HASH] [--allow-unsigned-before SEQ]
     mlmon audit query [--model M] [--version V] [--type T ...] [--since T] [--until T] [--limit N]
     mlmon audit export [--out FILE] [the same filters]       (JSON Lines)
 
@@ -89,6 +89,8 @@ def add_commands(commands: Any) -> None:
     verify = audit.add_parser("verify", parents=[store], help="verify the hash chain (exit 1 when broken)")
     verify.add_argument("--jsonl", help="verify a complete JSON Lines export instead of the database")
     verify.add_argument("--anchor", metavar="SEQ:HASH", help="a head recorded earlier: it must still be in the log")
+    verify.add_argument("--allow-unsigned-before", metavar="SEQ", type=int,
+                        help="with MLMON_AUDIT_KEY: the first event written with the key (events before it unsigned)")
     filters = argparse.ArgumentParser(add_help=False, parents=[store])
     filters.add_argument("--model")
     filters.add_argument("--version")
@@ -185,14 +187,15 @@ def _audit(args: argparse.Namespace) -> int:
     if args.action == "verify" and args.jsonl:
         try:
             with open(args.jsonl, encoding="utf-8") as handle:
-                result = verify_jsonl(handle, key=audit_key_from_env(), anchor=_anchor(args.anchor))
+                result = verify_jsonl(handle, key=audit_key_from_env(), anchor=_anchor(args.anchor),
+                                      allow_unsigned_before=args.allow_unsigned_before)
         except OSError as exc:
             raise GovernanceError(f"--jsonl {args.jsonl!r} cannot be read: {exc.strerror or exc}") from None
         print(result)
         return 0 if result.ok else 1
     with AuditLog(args.store) as log:
         if args.action == "verify":
-            result = log.verify(anchor=_anchor(args.anchor))
+            result = log.verify(anchor=_anchor(args.anchor), allow_unsigned_before=args.allow_unsigned_before)
             print(result)
             return 0 if result.ok else 1
         filters = {"model": args.model, "version": args.version, "event_type": args.event_type,

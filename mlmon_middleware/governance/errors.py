@@ -16,6 +16,12 @@ class GovernanceError(ValueError):
     """A registry or audit-log call refused; the message says what and why."""
 
 
+class ChainBroken(GovernanceError):
+    """The audit log refuses to append: its head record is missing, does not name the log's last
+    event, or (with a key) its HMAC does not match. Appending would hide the break (a cut-off
+    end, a moved head), so nothing is written or repaired until someone looks."""
+
+
 class UnknownVersion(GovernanceError):
     """No such model version in the registry."""
 
