@@ -170,6 +170,8 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
     def step(request: Request, body: Body) -> Response:
         reg, name, ver = gov.registry(), request.path_params["model"], request.path_params["version"]
         actor, reason = _actor(body), _reason(body.get("reason"))
+        if request.path_params["step"] == "approve" and not reason.strip():  # over HTTP, an approval says why
+            raise BadBody("a reason is required to approve: say why, in the body's \"reason\"")
         done = {"submit": lambda: reg.submit_for_review(name, ver, actor),
                 "approve": lambda: reg.approve_model(name, ver, actor, reason),
                 "reject": lambda: reg.reject_model(name, ver, actor, reason),

@@ -75,7 +75,8 @@ def test_a_second_deployment_rolls_back_and_a_version_retires(served):
     for version in ("v1", "v2"):
         post(client, "/mlmon/registry", {"name": "m", "version": version, "actor": "ds", "artifact_sha256": SHA})
         post(client, f"/mlmon/registry/m/{version}/submit", {"actor": "ds"})
-        post(client, f"/mlmon/registry/m/{version}/approve", {"actor": "lead"})
+        assert post(client, f"/mlmon/registry/m/{version}/approve", {"actor": "lead"}).status_code == 400  # why?
+        post(client, f"/mlmon/registry/m/{version}/approve", {"actor": "lead", "reason": "reviewed"})
         assert post(client, f"/mlmon/registry/m/{version}/deploy", {"actor": "ops"}).status_code == 200
     back = post(client, "/mlmon/registry/m/rollback", {"actor": "ops", "reason": "latency doubled"})
     assert back.status_code == 200 and back.json()["version"] == "v1" and back.json()["state"] == "deployed"
