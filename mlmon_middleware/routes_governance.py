@@ -56,6 +56,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlmon_middleware.governance import (
+    ChainBroken,
     GovernanceError,
     InvalidTransition,
     ModelRegistry,
@@ -240,6 +241,9 @@ def _answered(mon: Monitor, answer: Callable[[Request, Body], Response], request
         return json_response({"detail": str(exc)}, status_code=404)
     except (InvalidTransition, VersionExists) as exc:
         return json_response({"detail": str(exc), "error": type(exc).__name__}, status_code=409)
+    except ChainBroken as exc:  # not the caller's fault: the log's end was cut or its head moved
+        mon.errors.report("audit", exc)
+        return json_response({"detail": str(exc), "error": "ChainBroken"}, status_code=503)
     except (GovernanceError, BadBody) as exc:
         return json_response({"detail": str(exc), "error": type(exc).__name__, **_missing(exc)}, status_code=400)
     except (StoreError, sqlite3.Error, OSError) as exc:

@@ -161,3 +161,17 @@ def test_the_model_card_over_http(served):
     assert client.get("/mlmon/card", params={"model": "fraud", "version": "v1"}).status_code == 401
     assert client.get("/mlmon/card", params={"model": "fraud", "version": "v9"}, headers=TOKEN).status_code == 404
     assert client.get("/mlmon/card", params={"model": "fraud", "format": "pdf"}, headers=TOKEN).status_code == 400
+
+
+def test_a_broken_audit_chain_refuses_registry_changes_with_a_503(served):
+    import sqlite3
+
+    client, store, mon = served
+    created = post(client, "/mlmon/registry", {"name": "m", "version": "v1", "actor": "ds", "artifact_sha256": SHA})
+    assert created.status_code == 201
+    with sqlite3.connect(f"{store}/predictions.sqlite") as db:  # the head removed: the end may have been cut
+        db.execute("DELETE FROM audit_head")
+    refused = post(client, "/mlmon/registry/m/v1/submit", {"actor": "ds"})
+    assert refused.status_code == 503 and refused.json()["error"] == "ChainBroken", refused.text
+    assert "mlmon audit verify" in refused.json()["detail"] and mon.errors.counts().get("audit")
+    assert client.get("/mlmon/registry/m/v1", headers=TOKEN).json()["state"] == "draft"  # nothing changed
