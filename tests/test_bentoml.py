@@ -79,7 +79,7 @@ def test_in_process(harness_factory):
     assert alerts == {"iris": {"active": [], "recent": [], "acknowledged": {}}}
     assert bare.status_code in (307, 308) and bare.headers["location"].endswith("/mlmon/")
     assert no_log.status_code == 409 and "MLMON_STORE_DIR" in no_log.json()["detail"]
-    assert no_registry.status_code == 503 and "MLMON_STORE_DIR" in no_registry.json()["detail"]
+    assert no_registry.status_code == 403 and "MLMON_API_TOKEN" in no_registry.json()["detail"]  # no token: off
     snap = h.monitor.model("iris").window_snapshot()
     assert snap["features"]["numeric"][:, 0].tolist()[:3] == [5.1, 6.0, 5.1]
     explanation = explained.json()["explanation"]  # an API answering a JSON object: explained
