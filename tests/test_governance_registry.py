@@ -311,3 +311,47 @@ def test_cli_state_changes_need_an_actor_and_bad_input_is_one_line(tmp_path):
     done = mlmon("registry", "register", "fraud", "v1", "--artifact-sha256", "0" * 64, "--metric", "auc=high",
                  "--actor", "ds", env=env)
     assert done.returncode == 2 and "--metric" in done.stderr and done.stderr.count("\n") == 1
+
+
+EXERCISE = '''
+registry = ModelRegistry(
+    required_metrics=['accuracy', 'precision', 'recall'],
+    approval_required=True
+)
+version = registry.register_model(
+    name="fraud_detector",
+    version="v1.0.0",
+    model_artifact=model,
+    metrics={'accuracy': 0.95, 'precision': 0.92, 'recall': 0.88},
+    created_by="data_scientist@company.com"
+)
+try:
+    registry.deploy_model("fraud_detector", "v1.0.0")
+except ValueError as e:
+    print(f"Expected error: {e}")
+registry.submit_for_review("fraud_detector", "v1.0.0")
+registry.approve_model("fraud_detector", "v1.0.0", "ml_lead@company.com", comments="reviewed")
+registry.deploy_model("fraud_detector", "v1.0.0")
+for event in registry.get_audit_log("fraud_detector"):
+    print(event)
+'''
+
+
+def test_the_exercise_as_written_with_no_location(tmp_path, monkeypatch, capsys):
+    """The domain text's exercise verbatim (its ``comments=`` included): no location, so the
+    registry is ``./predictions.sqlite``, which persists (a second run finds the version)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLMON_STORE_DIR", "MLMON_STORE_URL", "MLMON_AUDIT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    namespace = {"ModelRegistry": ModelRegistry, "model": {"weights": [0.1, 0.9]}}
+    exec(EXERCISE, namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("Expected error: ") and "not approved" in printed[0]
+    assert len(printed) == 5  # the error, then registered, submitted, approved, deployed
+    registry = namespace["registry"]
+    deployed = registry.deployed_version("fraud_detector")
+    assert deployed.status == "deployed" and deployed.approval_reason == "reviewed"
+    assert (tmp_path / "predictions.sqlite").exists() and registry.audit.verify().ok
+    registry.close()
+    with pytest.raises(VersionExists):  # versions are immutable: a second run in the same folder is refused
+        exec(EXERCISE, {"ModelRegistry": ModelRegistry, "model": {"weights": [0.1, 0.9]}})

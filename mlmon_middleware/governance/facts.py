@@ -219,6 +219,12 @@ class ModelVersion:
     def deployed(self) -> bool:
         return self.state == "deployed"
 
+    @property
+    def status(self) -> str:
+        """The state, by the name the domain text's exercise gives it (its ``pending_review`` is
+        our ``in_review``, its ``deprecated`` our ``retired``)."""
+        return self.state
+
     def to_json(self) -> dict[str, Any]:
         """Every field, JSON-ready (the CLI's ``show`` and the routes answer this)."""
         out = dataclasses.asdict(self)

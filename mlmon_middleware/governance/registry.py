@@ -172,12 +172,14 @@ class ModelRegistry:
             who = _actor(actor)
             return self._move(tx, current, "in_review", "submitted", who, {}, submitted_by=who, submitted_at=now_iso())
 
-    def approve_model(self, name: str, version: str, approved_by: str, reason: str = "") -> ModelVersion:
+    def approve_model(self, name: str, version: str, approved_by: str, reason: str = "", *,
+                      comments: str = "") -> ModelVersion:
         """``in_review`` → ``approved``, by someone other than the registrant
         (:class:`FourEyesViolation`), while the version still has every metric the model's
-        policy requires (:class:`MissingMetrics`)."""
+        policy requires (:class:`MissingMetrics`). ``comments``: the reason, by the name the
+        domain text's exercise gives it."""
         who = check_text(approved_by, "approved_by (the reviewer)") or ""
-        text = _reason(reason, required=False)
+        text = _reason(reason or comments, required=False)
         with self.db.write() as tx:
             current = self._get(tx, name, version)
             _require(current, ("in_review",), "approved", hint=" (submit it for review first)" if current.state == "draft"
