@@ -355,3 +355,22 @@ def test_the_exercise_as_written_with_no_location(tmp_path, monkeypatch, capsys)
     registry.close()
     with pytest.raises(VersionExists):  # versions are immutable: a second run in the same folder is refused
         exec(EXERCISE, {"ModelRegistry": ModelRegistry, "model": {"weights": [0.1, 0.9]}})
+
+
+def test_a_failing_database_is_a_store_error_on_both_backends(location):
+    """What the routes answer 503 for: the database failing (here: a table gone), never a raw
+    sqlite3 or psycopg error."""
+    import psycopg
+
+    from mlmon_middleware.store import StoreError
+
+    registry = ModelRegistry(location)
+    try:
+        registry.list_versions()
+        governance_fixtures.sql(location, "DROP TABLE registry_versions")
+        with pytest.raises((StoreError, sqlite3.Error)) as failed:
+            registry.list_versions()
+        if location.startswith("postgresql://"):
+            assert type(failed.value) is StoreError and isinstance(failed.value.__cause__, psycopg.Error)
+    finally:
+        registry.close()

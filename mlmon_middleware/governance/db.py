@@ -237,16 +237,20 @@ class GovernanceDB:
 
     @contextmanager
     def _postgres_errors(self) -> Iterator[None]:
-        """A connection that met a lost server is dropped: the next transaction connects again."""
+        """A connection that met a lost server is dropped: the next transaction connects again.
+        A database failure leaves as :class:`StoreError` (the routes answer 503 for it), with
+        psycopg's error as its cause; refusals of ours (``GovernanceError``) pass unchanged."""
         import psycopg
 
         try:
             yield
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             if self._db is not None:
                 self._db.close()
             self._db = None
-            raise
+            raise StoreError(f"registry and audit log {self.where}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"registry and audit log {self.where}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
