@@ -148,7 +148,8 @@ def test_a_different_artifact_is_not_approved(tmp_path, mon_for):
 def test_an_unregistered_version_then_an_unreachable_registry_keeps_the_last_verdict(tmp_path, mon_for):
     mon = mon_for(enforce_approval=True)
     app = make_app(mon)
-    assert mon.gate.refusal("fraud") is None  # no verdict yet: served (fail-open until known)
+    refused = mon.gate.refusal("fraud")  # no verdict yet: refused (enforcing fails closed until judged)
+    assert refused is not None and refused.verdict.reason.startswith("not judged yet")
     with TestClient(app) as client:
         mon.gate.refresh()
         assert client.post("/predict", json={"x": 1.0}).json()["reason"] == "not registered"

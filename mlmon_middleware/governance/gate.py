@@ -15,8 +15,9 @@ unless ``enforce_approval`` is on and some model is refused). They show in healt
 model not approved, and ``serving_gate``), in the gauge ``mlmon_model_approved`` (1 or 0) and,
 with ``enforce_approval``, as a 503 answered instead of the endpoint (:class:`ModelNotApproved`).
 
-Fail-open until known, then the last verdict: a model without a verdict yet (the registry
-could not be read at start, or the model was added since the last round) is served; while the registry is unreachable the
+Enforcing fails closed until known, then keeps the last verdict: with ``enforce_approval``, a
+model without a verdict yet (the registry could not be read at start, or the model was added
+since the last round) is refused (:class:`Refusals`); while the registry is unreachable the
 last known verdict stays (a refused version stays refused, an approved one stays served), and
 the failure is counted as a monitoring error (stage ``governance``). Without a prediction log
 (no ``store_dir``/``store_url``) there is no registry: the gate is inactive and says so.
@@ -119,6 +120,31 @@ def judge(model: str, version: str, registered: ModelVersion | None, served_sha2
     return Verdict(model, version, not reason, reason, served_sha256, now)
 
 
+class Refusals(dict[str, Verdict]):
+    """With ``enforce_approval``, the models refused: those judged not approved, and every model
+    not judged yet (the registry not read since it appeared, or unreadable since start): the gate
+    fails closed. Always true, so the request path's test ``gate.refused and ...`` looks it up.
+
+    >>> refusals = Refusals({}, judged={"fraud"})
+    >>> refusals.get("fraud") is None, refusals.get("churn").reason
+    (True, 'not judged yet: the registry has not been read since this model appeared')
+    """
+
+    def __init__(self, refused: dict[str, Verdict], judged: set[str]) -> None:
+        super().__init__(refused)
+        self.judged = judged
+
+    def __bool__(self) -> bool:
+        return True
+
+    def get(self, model: str, default: Any = None) -> Any:
+        found = super().get(model)
+        if found is None and model not in self.judged:
+            return Verdict(model, "unknown", False, "not judged yet: the registry has not been read since this model "
+                           "appeared", None, time.time())
+        return found if found is not None else default
+
+
 class ServingGate:
     """The verdicts of this process's models (see the module docstring). ``location``: the
     registry's database (a monitor's ``store_location``; None: inactive); ``models`` lists the
@@ -134,7 +160,7 @@ class ServingGate:
         self.verdicts: dict[str, Verdict] = {}  # model name -> its last verdict (replaced whole)
         self.ungoverned: tuple[str, ...] = ()  # models the registry has no version of (not judged)
         #: model name -> its verdict when refused (only with ``enforce``): the request path's one lookup
-        self.refused: dict[str, Verdict] = {}
+        self.refused: dict[str, Verdict] = Refusals({}, set()) if enforce and location is not None else {}
         self._hashes: dict[str, str | Exception] = {}  # artifact path -> its SHA-256, hashed once
         self._announced: set[tuple[str, str]] = set()  # first_served written (or found) for these
         self._registry: ModelRegistry | None = None
@@ -194,7 +220,8 @@ class ServingGate:
             return
         self.verdicts = {name: v for name, v in judged.items() if v is not None}
         self.ungoverned = tuple(name for name, v in judged.items() if v is None)
-        self.refused = {name: v for name, v in self.verdicts.items() if self.enforce and not v.approved}
+        refused = {name: v for name, v in self.verdicts.items() if not v.approved}
+        self.refused = Refusals(refused, set(judged)) if self.enforce else {}
         for model in served:
             try:
                 self._announce(self._registry, model, judged[model.name])
