@@ -128,9 +128,10 @@ class Exchange:
         every request from now on: a stopping worker has no fresher counts to give)."""
         self._write(f"answered-{self.me.key}", str(token).encode())
 
-    def _answered(self, key: str) -> int:
+    def _read_int(self, name: str) -> int:
+        """The integer a small file of the folder holds (0 when it is missing or unreadable)."""
         try:
-            with open(self._path(f"answered-{key}"), "rb") as f:
+            with open(self._path(name), "rb") as f:
                 return int(f.read() or 0)
         except (OSError, ValueError):
             return 0
@@ -144,7 +145,7 @@ class Exchange:
         deadline = time.monotonic() + timeout
         while token and time.monotonic() < deadline:
             keys = [k for k in self._state_keys() if k != self.me.key and Worker.from_key(k).alive()]
-            if all(self._answered(k) >= token for k in keys):
+            if all(self._read_int(f"answered-{k}") >= token for k in keys):
                 break
             time.sleep(0.01)
         keys = self._state_keys()
@@ -197,11 +198,7 @@ class Exchange:
 
     def asked(self, what: str) -> int:
         """The token of the latest request for ``what`` (0 when none)."""
-        try:
-            with open(self._path(f"{what}-wanted"), "rb") as f:
-                return int(f.read() or 0)
-        except (OSError, ValueError):
-            return 0
+        return self._read_int(f"{what}-wanted")
 
     # --------------------------------------------------------------------------------- windows
     def publish_windows(self, token: int, models: Mapping[str, Mapping[str, Any]]) -> None:

@@ -244,13 +244,14 @@ class GovernanceDB:
 
         try:
             yield
-        except psycopg.OperationalError as exc:
-            if self._db is not None:
-                self._db.close()
-            self._db = None
-            raise StoreError(f"registry and audit log {self.where}: {exc}") from exc
         except psycopg.Error as exc:
-            raise StoreError(f"registry and audit log {self.where}: {exc}") from exc
+            if isinstance(exc, psycopg.OperationalError):
+                if self._db is not None:
+                    self._db.close()
+                self._db = None
+            from mlmon_middleware.store_postgres import redact
+
+            raise StoreError(f"registry and audit log {self.where}: {redact(str(exc), self.location)}") from exc
 
     def close(self) -> None:
         with self._lock:
