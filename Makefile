@@ -9,11 +9,11 @@ DEMO_ARGS ?=
 
 .PHONY: demo test bench tools clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@echo "building $(VENV): the package and every extra (FastAPI, BentoML, OTLP, CLI, SHAP, PostgreSQL, tests); a few minutes the first time"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar on -e '.[fastapi,bentoml,otlp,cli,concept,explain,postgres,dev,bench]'
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e '.[fastapi,bentoml,otlp,cli,concept,explain,postgres,dev,bench]'
 	touch $(STAMP)
 
 # What the suite uses beyond .venv: Debian's prometheus (promtool and a real server for the rules
