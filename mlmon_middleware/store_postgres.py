@@ -146,6 +146,35 @@ def redact(text: str, url: str) -> str:
     return text
 
 
+def connect(url: str, *, connect_timeout: int, statement_timeout: float) -> Connection:
+    """An autocommit connection to ``url`` that gives up on a silent peer: ``connect_timeout``
+    seconds to connect (libpq's smallest is 2), ``statement_timeout`` seconds per statement, and
+    TCP keepalives both ways so that a server (or client) that vanished is noticed in ~25 s."""
+    db: Connection = psycopg.connect(
+        url, autocommit=True, connect_timeout=connect_timeout, fallback_application_name="mlmon",
+        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3, tcp_user_timeout=25_000)
+    try:
+        for name, value in (("statement_timeout", str(int(statement_timeout * 1000))), ("tcp_keepalives_idle", "10"),
+                            ("tcp_keepalives_interval", "5"), ("tcp_keepalives_count", "3"),
+                            ("tcp_user_timeout", "25000")):
+            db.execute("SELECT set_config(%s, %s, false)", (name, value))
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def create_missing(db: Connection, schema: Sequence[tuple[str, str]]) -> None:
+    """Run each ``(name, statement)`` of ``schema`` whose table or index ``name`` is missing, in
+    one transaction under the advisory lock ``mlmon:schema`` (replicas opening at once take
+    turns). Only what is missing: a user allowed to use the tables, not to create them, opens them."""
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("mlmon:schema"),))
+        for name, statement in schema:
+            if _one(db.execute("SELECT to_regclass(%s)", (name,)))[0] is None:
+                db.execute(statement)
+
+
 class PostgresStore:
     """A ``PredictionStore`` in a PostgreSQL database that many processes share; thread-safe.
 
@@ -169,12 +198,8 @@ class PostgresStore:
         self._leading: set[str] = set()
         self._closed = False
         try:
-            with self._session() as db, db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("mlmon:schema"),))  # replicas opening at once
-                # only what is missing: a user allowed to use the tables, not to create them, opens them
-                for name, statement in SCHEMA:
-                    if _one(db.execute("SELECT to_regclass(%s)", (name,)))[0] is None:
-                        db.execute(statement)
+            with self._session() as db:
+                create_missing(db, SCHEMA)
         except (psycopg.Error, OSError) as exc:
             self.close()  # a session that connected, then failed, is not kept
             raise StoreError(f"prediction log {self.where} cannot be used: {redact(' '.join(str(exc).split()), url)} "
@@ -182,20 +207,13 @@ class PostgresStore:
 
     # ------------------------------------------------------------------------------- connections
     def _connect(self, writes: bool = True) -> Connection:
-        ms = str(int(self._statement_timeout * 1000))
-        db: Connection = psycopg.connect(
-            self.url, autocommit=True, connect_timeout=self._connect_timeout, fallback_application_name="mlmon",
-            # a peer that vanished is given up after ~25 s of silence, here and (below) on the server
-            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3, tcp_user_timeout=25_000)
-        try:
-            for name, value in (("statement_timeout", ms), ("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"),
-                                ("tcp_keepalives_count", "3"), ("tcp_user_timeout", "25000")):
-                db.execute("SELECT set_config(%s, %s, false)", (name, value))
-            if writes:
+        db = connect(self.url, connect_timeout=self._connect_timeout, statement_timeout=self._statement_timeout)
+        if writes:
+            try:
                 db.execute(INCOMING)
-        except BaseException:
-            db.close()
-            raise
+            except BaseException:
+                db.close()
+                raise
         return db
 
     @contextmanager

@@ -302,6 +302,19 @@ def test_the_exercise_flow_through_the_cli(tmp_path):
             "policy_changed", "registered", "submitted", "approved", "deployed"]
 
 
+def test_cli_policy_changes_only_the_settings_given(tmp_path):
+    env = {"MLMON_STORE_DIR": str(tmp_path)}
+    done = mlmon("registry", "policy", "fraud", "--require-metrics", "auc", "recall", "--actor", "risk", env=env)
+    assert json.loads(done.stdout) == {"required_metrics": ["auc", "recall"], "approval_required": True}
+    done = mlmon("registry", "policy", "fraud", "--no-approval", "--actor", "risk", env=env)  # the metrics stay
+    assert json.loads(done.stdout) == {"required_metrics": ["auc", "recall"], "approval_required": False}
+    done = mlmon("registry", "policy", "fraud", "--require-metrics", "--actor", "risk", env=env)  # none; approval stays off
+    assert json.loads(done.stdout) == {"required_metrics": [], "approval_required": False}
+    done = mlmon("registry", "policy", "fraud", "--approval", "--actor", "risk", env=env)
+    assert json.loads(done.stdout) == {"required_metrics": [], "approval_required": True}
+    assert mlmon("registry", "policy", "fraud", "--approval", "--no-approval", "--actor", "risk", env=env).returncode == 2
+
+
 def test_cli_state_changes_need_an_actor_and_bad_input_is_one_line(tmp_path):
     env = {"MLMON_STORE_DIR": str(tmp_path)}
     done = mlmon("registry", "submit", "fraud", "v1", env=env)
@@ -368,9 +381,44 @@ def test_a_failing_database_is_a_store_error_on_both_backends(location):
     try:
         registry.list_versions()
         governance_fixtures.sql(location, "DROP TABLE registry_versions")
-        with pytest.raises((StoreError, sqlite3.Error)) as failed:
+        with pytest.raises(StoreError) as failed:
             registry.list_versions()
-        if location.startswith("postgresql://"):
-            assert type(failed.value) is StoreError and isinstance(failed.value.__cause__, psycopg.Error)
+        assert type(failed.value) is StoreError
+        assert isinstance(failed.value.__cause__, psycopg.Error if location.startswith("postgresql://") else sqlite3.Error)
+    finally:
+        registry.close()
+
+
+class FailingCommit:
+    """An SQLite connection whose COMMIT fails once, as on a full disk."""
+
+    def __init__(self, db):
+        self.db, self.failed = db, False
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+
+def test_a_failed_commit_rolls_back_and_leaves_no_transaction_open(tmp_path):
+    from mlmon_middleware.store import StoreError
+
+    registry = ModelRegistry(str(tmp_path / "predictions.sqlite"))
+    try:
+        registry.db._db = FailingCommit(registry.db._connection())
+        with pytest.raises(StoreError, match="disk is full"):
+            registry.register_model("fraud", "1", {"weights": [1]}, metrics=METRICS, created_by="ana")
+        assert not registry.db._db.in_transaction
+        with pytest.raises(UnknownVersion):  # neither the version nor its audit event was kept
+            registry.get_version("fraud", "1")
+        assert registry.audit.query() == []
+        registry.register_model("fraud", "1", {"weights": [1]}, metrics=METRICS, created_by="ana")  # the next one works
+        assert [e.event_type for e in registry.audit.query()] == ["registered"]
+        assert registry.audit.verify().ok
     finally:
         registry.close()

@@ -110,6 +110,9 @@ def test_cli_renders_and_refuses_in_one_line(store, tmp_path, capsys):
     assert main(["card", "render", "fraud", "v9", "--store", store]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == "mlmon: error: model 'fraud' version 'v9' is not registered"
+    assert main(["card", "render", "x" * 100_000, "--store", store]) == 2  # a bounded message for any name
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("mlmon: error: model must be at most 200 characters") and len(err) < 400
     with ModelRegistry(store, audit_key=b"") as registry:
         registry.retire_model("fraud", "v1", "ops@company.com")
     with pytest.raises(UnknownVersion, match="no deployed version"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from mlmon_middleware.governance.audit import check_text
 from mlmon_middleware.governance.document import FORMATS, Block, Bullets, Document, Notice, Para, Section, Table, render
 from mlmon_middleware.governance.errors import UnknownVersion
 from mlmon_middleware.governance.evidence import summarize_log
@@ -70,6 +71,8 @@ def render_card(model: str, version: str | None = None, *, fmt: str = "html", re
     for another format, ``StoreError`` when the database cannot be used."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_text(model, "model")  # a name as the registry stores them: no message repeats an unbounded one
+    check_text(version, "version", optional=True)
     if registry is None:
         with ModelRegistry(location or (None if monitor is None else monitor.store_location)) as opened:
             return render_card(model, version, fmt=fmt, registry=opened, monitor=monitor, now=now)

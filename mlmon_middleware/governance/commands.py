@@ -6,7 +6,7 @@
     mlmon registry submit|deploy|retire MODEL VERSION --actor WHO [--reason TEXT]
     mlmon registry approve|reject MODEL VERSION --actor WHO --reason TEXT
     mlmon registry rollback MODEL --actor WHO [--reason TEXT]
-    mlmon registry policy MODEL [--require-metrics NAME ...] [--no-approval] [--actor WHO]
+    mlmon registry policy MODEL [--require-metrics NAME ...] [--no-approval | --approval] [--actor WHO]
     mlmon registry show MODEL [VERSION]          (JSON)
     mlmon registry list [MODEL]
     mlmon audit verify [--jsonl FILE] [--anchor SEQ:HASH] [--allow-unsigned-before SEQ]
@@ -77,7 +77,11 @@ def add_commands(commands: Any) -> None:
     policy = registry.add_parser("policy", parents=[store], help="show or set a model's policy")
     policy.add_argument("model")
     policy.add_argument("--require-metrics", nargs="*", metavar="NAME", help="the metrics a registration must report")
-    policy.add_argument("--no-approval", action="store_true", help="deployments need no approval")
+    approval = policy.add_mutually_exclusive_group()
+    approval.add_argument("--no-approval", dest="approval", action="store_false", default=None,
+                          help="deployments need no approval")
+    approval.add_argument("--approval", dest="approval", action="store_true", default=None,
+                          help="deployments need an approval (the default policy)")
     policy.add_argument("--actor", help="who sets the policy (required to change it)")
     show = registry.add_parser("show", parents=[store], help="a version, or a model's versions and policy, as JSON")
     show.add_argument("model")
@@ -169,11 +173,14 @@ def _register(registry: ModelRegistry, args: argparse.Namespace) -> Any:
 
 
 def _policy(registry: ModelRegistry, args: argparse.Namespace) -> int:
-    if args.require_metrics is not None or args.no_approval:
+    if args.require_metrics is not None or args.approval is not None:
         if not args.actor:
             raise GovernanceError("changing a policy needs --actor (who changes it)")
-        registry.set_policy(args.model, args.actor, required_metrics=args.require_metrics or (),
-                            approval_required=not args.no_approval)
+        current = registry.policy(args.model)  # a setting not given keeps its value
+        registry.set_policy(args.model, args.actor,
+                            required_metrics=current.required_metrics if args.require_metrics is None
+                            else args.require_metrics,
+                            approval_required=current.approval_required if args.approval is None else args.approval)
     print(json.dumps(_policy_json(registry, args.model)))
     return 0
 

@@ -182,19 +182,12 @@ class GovernanceDB:
         return db
 
     def _open_postgres(self) -> Any:
-        import psycopg
+        from mlmon_middleware.store_postgres import connect, create_missing
 
-        from mlmon_middleware.store_postgres import lock_key
-
-        db = psycopg.connect(self.location, autocommit=True, connect_timeout=5, fallback_application_name="mlmon")
+        # the prediction log's connection settings: timeouts, and keepalives that notice a lost peer
+        db = connect(self.location, connect_timeout=5, statement_timeout=self._busy_timeout)
         try:
-            db.execute("SELECT set_config('statement_timeout', %s, false)", (str(int(self._busy_timeout * 1000)),))
-            with db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("mlmon:schema"),))  # replicas opening at once
-                for name, statement in SCHEMA:  # only what is missing (a user allowed only to use the tables opens them)
-                    row = db.execute("SELECT to_regclass(%s)", (name,)).fetchone()
-                    if row is None or row[0] is None:
-                        db.execute(statement)
+            create_missing(db, SCHEMA)
         except BaseException:
             db.close()
             raise
@@ -227,13 +220,25 @@ class GovernanceDB:
                         db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     yield Tx(db, "%s")
                 return
-            db.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
-            try:
-                yield Tx(db, "?")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            with self._sqlite_errors():
+                db.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
+                try:
+                    yield Tx(db, "?")
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # the block raised, or COMMIT failed (a full disk): nothing stays open
+                        db.execute("ROLLBACK")
+                    raise
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """SQLite's failures (locked past ``busy_timeout``, a full disk, a read-only file, a
+        table gone) leave as :class:`StoreError` with sqlite3's error as its cause, as
+        PostgreSQL's do; refusals of ours (``GovernanceError``) pass unchanged."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"registry and audit log {self.where}: {exc}") from exc
 
     @contextmanager
     def _postgres_errors(self) -> Iterator[None]:
