@@ -147,6 +147,34 @@ def test_a_failing_audit_log_is_counted_and_retried_never_raised(tmp_path):
     events.close()
 
 
+def test_a_broken_chain_holds_the_events_until_it_is_repaired(tmp_path):
+    """A cut-off chain refuses every append (ChainBroken): the events wait, counted, and are
+    written once the chain takes appends again; none is dropped."""
+    import sqlite3
+
+    errors = ErrorLog()
+    path = str(tmp_path / "predictions.sqlite")
+    with AuditLog(path, key=b"") as log:
+        log.append("registered", "ds", "m", "1", {})
+    with sqlite3.connect(path) as db:
+        head = db.execute("SELECT chain, seq, hash, mac FROM audit_head").fetchone()
+        db.execute("DELETE FROM audit_head")  # the head record gone: nothing may be appended after it
+    events = MonitoringEvents(path, errors)
+    for n in range(3):
+        events.queue({"alertname": "DatasetDrift", "subject": "", "state": "firing", "severity": "critical",
+                      "time": float(n), "id": f"{n:016x}", "model": "m", "version": "1"})
+        events.write([])
+    assert errors.counts()["audit"] == 3 and len(events._pending) == 3 and "ChainBroken" in errors.last_kinds()["audit"]
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO audit_head VALUES (?, ?, ?, ?)", head)  # repaired
+    events.write([])
+    assert not events._pending
+    with AuditLog(path, key=b"") as log:
+        assert [e.details.get("id") for e in log.query(event_type="alert_fired")] == [f"{n:016x}" for n in range(3)]
+        assert log.verify().ok
+    events.close()
+
+
 def test_the_analyzer_writes_what_is_left_when_the_monitor_shuts_down(tmp_path):
     mon = Monitor(MonitorConfig(tracing=False, check_interval=3600, store_dir=str(tmp_path)))
     model = mon.model("m", version="1", drift_policy=DriftPolicy(fire_after=1))

@@ -108,6 +108,23 @@ def test_a_broken_chain_is_reported(tmp_path):
     assert "The chain is broken at event 3 (edited)" in report
 
 
+def test_a_cut_off_log_still_gets_its_report_which_says_it_is_not_recorded(tmp_path, capsys, caplog):
+    db_path = str(tmp_path / "predictions.sqlite")
+    now = time.time()
+    fill(db_path, now)
+    governance_fixtures.sql(db_path, "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)")
+    out = tmp_path / "report.md"
+    assert main(["report", "compliance", "fraud", "--since", "1d", "--store", db_path, "--out", str(out),
+                 "--format", "md", "--actor", "auditor"]) == 0
+    report = out.read_text()
+    assert "| audit chain | BROKEN |" in report
+    assert "this report's export is not recorded in the audit log" in report
+    assert r"(no report\_exported event)" in report  # Markdown-escaped
+    assert "not recorded in the audit log" in caplog.text
+    with ModelRegistry(db_path, audit_key=b"") as registry:
+        assert registry.audit.query(event_type="report_exported") == []
+
+
 def test_cli_writes_the_report_and_refuses_in_one_line(tmp_path, capsys):
     db_path = str(tmp_path / "predictions.sqlite")
     fill(db_path, time.time())

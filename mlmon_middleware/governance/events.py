@@ -53,7 +53,7 @@ from typing import Any, Protocol
 
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.governance.audit import AuditLog
-from mlmon_middleware.governance.errors import GovernanceError
+from mlmon_middleware.governance.errors import ChainBroken, GovernanceError
 from mlmon_middleware.reports import AlertEvent
 
 ACTOR = "mlmon"
@@ -182,9 +182,13 @@ class MonitoringEvents:
     @contextlib.contextmanager
     def _unless_invalid(self) -> Iterator[None]:
         """An event the log refuses (a version name too long to record) is counted and dropped:
-        trying it again would refuse it again, and hold up the events after it."""
+        trying it again would refuse it again, and hold up the events after it. A broken chain
+        refuses every event until someone repairs it: those stay queued (counted at each round)
+        and are written once the log takes appends again."""
         try:
             yield
+        except ChainBroken:
+            raise
         except GovernanceError as exc:
             self.errors.report("audit", exc, "a monitoring event the audit log refuses was dropped")
 

@@ -20,19 +20,24 @@ Sections, each saying where its numbers come from (table, columns, time range, c
 
 Exporting the report is itself an audit event, ``report_exported``, whose details hold the
 period, the format, the chain's head and the SHA-256 of the document written (so a copy can be
-matched to the log later).
+matched to the log later). When the log refuses the append (its end cut off or its head moved:
+:class:`~mlmon_middleware.governance.errors.ChainBroken`), the report is still produced — that is
+when an auditor needs it — with a notice in its summary and its audit-chain section that its
+export is not recorded, and a warning is logged.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from mlmon_middleware.governance.chain import AuditEvent, VerifyResult
 from mlmon_middleware.governance.document import FORMATS, Block, Bullets, Document, Notice, Para, Section, Table, render
+from mlmon_middleware.governance.errors import ChainBroken
 from mlmon_middleware.governance.evidence import LogSummary, summarize_log
 from mlmon_middleware.governance.registry import ModelRegistry, _actor
 from mlmon_middleware.governance.sections import (
@@ -47,6 +52,8 @@ from mlmon_middleware.governance.sections import (
 REGISTRY_EVENTS = ("registered", "submitted", "approved", "rejected", "deployed", "rolled_back", "retired",
                    "policy_changed", "baseline_set")
 ALERT_EVENTS = ("alert_fired", "alert_resolved", "alert_acknowledged")
+
+logger = logging.getLogger("mlmon_middleware.governance")
 
 
 def render_compliance_report(model: str, since: float, until: float | None = None, *, fmt: str = "html",
@@ -72,17 +79,22 @@ def render_compliance_report(model: str, since: float, until: float | None = Non
                             threshold=threshold)
     verified = registry.audit.verify()
     text = render(build_report(registry, model, summary, verified, now=now), fmt)
-    registry.audit.append("report_exported", _actor(actor), model, None, {
-        "report": "compliance", "format": fmt, "since": when(since), "until": when(until),
-        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "chain_ok": verified.ok,
-        "chain_head": f"{verified.last_seq}:{verified.last_hash}"})
+    try:
+        registry.audit.append("report_exported", _actor(actor), model, None, {
+            "report": "compliance", "format": fmt, "since": when(since), "until": when(until),
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "chain_ok": verified.ok,
+            "chain_head": f"{verified.last_seq}:{verified.last_hash}"})
+    except ChainBroken as exc:  # a cut-off log: the report is what the auditor needs now, and it says so
+        logger.warning("the compliance report is not recorded in the audit log: %s", exc)
+        text = render(build_report(registry, model, summary, verified, now=now, unrecorded=str(exc)), fmt)
     return text
 
 
 def build_report(registry: ModelRegistry, model: str, summary: LogSummary, verified: VerifyResult, *,
-                 now: float) -> Document:
+                 now: float, unrecorded: str | None = None) -> Document:
     """The report's document from the registry, the audit log's events of the period, the
-    chain's verification and the prediction log's ``summary``."""
+    chain's verification and the prediction log's ``summary``; ``unrecorded``: why its export
+    could not be appended to the audit log (the log refuses appends while its end is cut off)."""
     where = registry.db.where
     events = registry.audit.query(model=model, since=summary.since, until=summary.until)
     registry_events = [e for e in events if e.event_type in REGISTRY_EVENTS]
@@ -92,6 +104,7 @@ def build_report(registry: ModelRegistry, model: str, summary: LogSummary, verif
     fairness_flags = [r for rates in summary.fairness().values() for r in rates if r.flagged]
     span = f"[{when(summary.since)}, {when(summary.until)})"
     attention = ([f"the audit chain is broken: {verified.broken}"] if not verified.ok else []) + (
+        [f"this report's export is not recorded in the audit log: {unrecorded}"] if unrecorded else []) + (
         [f"{len(fairness_flags)} group(s) below four-fifths"] if fairness_flags else []) + (
         [f"{len(unacknowledged)} fired alert(s) without an acknowledgement"] if unacknowledged else []) + (
         [f"{len(drift_events)} drift alert event(s)"] if drift_events else []) + (
@@ -105,7 +118,7 @@ def build_report(registry: ModelRegistry, model: str, summary: LogSummary, verif
             ["audit events of the model in the period", str(len(events))]]),
             Bullets(attention, empty="nothing needs attention")]),
         _registry_history(registry, model, registry_events, where, span),
-        _chain(verified, where),
+        _chain(verified, where, unrecorded),
         _coverage(summary, [e for e in events if e.event_type == "first_served"], where),
         Section("Drift", f"table audit_events of {where}: alert events of model {model!r} in {span} whose alertname "
                 f"names drift (details.alertname): {len(drift_events)} events", [
@@ -132,8 +145,11 @@ def _registry_history(registry: ModelRegistry, model: str, events: Sequence[Audi
                        events_table(events, empty="no registry change in the period")])
 
 
-def _chain(verified: VerifyResult, where: str) -> Section:
+def _chain(verified: VerifyResult, where: str, unrecorded: str | None = None) -> Section:
     blocks: list[Block] = [Para(f"Result: {verified}")]
+    if unrecorded:
+        blocks.append(Notice(f"This report's export is not recorded in the audit log (no report_exported event): "
+                             f"{unrecorded}"))
     if verified.ok:
         blocks.append(Para(f"Keep this anchor outside the database: {verified.last_seq}:{verified.last_hash}. "
                            "mlmon audit verify --anchor SEQ:HASH later fails if that event was changed or removed."))
