@@ -108,6 +108,9 @@ class CheckInputs:
     #: one log, taken instead of computing it here (None: this process computes it)
     fleet_performance: PerformanceReport | None = None
     workers: MergedWorkers | None = None  # with workers sharing: whose windows were merged
+    #: why the registry does not approve the served version (the serving gate's verdict; "" when
+    #: it does or the model is not governed): the ``ModelNotApproved`` condition
+    unapproved: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +172,8 @@ class DriftChecker:
             report["attributions"] = self._attributions(inputs.attributions)
             conditions.update(drift_conditions)
             conditions.update({("AttributionDrift", f): "warning" for f in report["attributions"].get("drifted", ())})
+            if inputs.unapproved:
+                conditions[("ModelNotApproved", inputs.version)] = "critical"
             if inputs.scheduled:
                 self.alerts.update(conditions)
             report["alerts"] = [{"alertname": a, "subject": s, "severity": sev} for a, s, sev in self.alerts.active()]

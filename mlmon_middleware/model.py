@@ -258,11 +258,10 @@ class ModelMonitor:
         :class:`~mlmon_middleware.analyzer.CheckInputs`)."""
         self.registry.flush()  # the window includes everything captured so far
         with self._check_lock, paced():  # in any thread, the check lets go of the GIL between features
-            now = time.time()
-            window_seconds = self.registry.config.window_seconds
+            now, window_seconds = time.time(), self.registry.config.window_seconds
             since = None if window_seconds is None else now - window_seconds
-            labels = self._label_reader()
-            result = self.checker.check(check_inputs(self, self.registry.host, now, since, labels, scheduled))
+            labels, unapproved = self._label_reader(), self.registry.gate.unapproved(self.name, self.version)
+            result = self.checker.check(check_inputs(self, self.registry.host, now, since, labels, scheduled, unapproved))
             if scheduled:
                 store_performance(self, labels)
             if result.warmup_baseline is not None:

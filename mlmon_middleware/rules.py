@@ -203,10 +203,6 @@ def alerts(c: RuleConfig) -> list[dict[str, Any]]:
                f'min by ({BY}) (mlmon_label_coverage{{window="24h"}}) < {c.label_coverage_min}', "1h", "warning",
                f"{MODEL}: few predictions get ground truth",
                "Only {{ $value | humanizePercentage }} of the last day's predictions have a label.", c),
-        _alert("MLModelNotApproved", f"min by ({BY}) (mlmon_model_approved) == 0", "5m", "critical",
-               f"{MODEL}: serving a version the registry has not approved and deployed",
-               "The registry does not mark this version deployed, or the served artifact's hash differs from "
-               "the registered one; /mlmon/health says which.", c),
         _alert("MLMonitorStale", f"time() - max by ({BY}) (mlmon_analysis_last_run_seconds) > {c.stale_seconds}",
                "5m", "critical", f"{MODEL}: the monitor stopped checking",
                "The last drift check ran {{ $value | humanizeDuration }} ago.", c),

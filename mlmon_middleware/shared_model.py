@@ -80,9 +80,10 @@ class Share(Protocol):
 
 
 def check_inputs(m: Model, host: Share | None, now: float, since: float | None,
-                 labels: PredictionStore | None, scheduled: bool) -> CheckInputs:
+                 labels: PredictionStore | None, scheduled: bool, unapproved: str = "") -> CheckInputs:
     """The inputs of a check of ``m``: its own windows and counts, or with workers sharing
-    (``host``), every worker's (a schema only another worker has seen yet is taken)."""
+    (``host``), every worker's (a schema only another worker has seen yet is taken);
+    ``unapproved``: the serving gate's reason when the registry does not approve its version."""
     workers: MergedWorkers | None = None
     if host is None:
         window = m.window_snapshot(since)
@@ -98,7 +99,7 @@ def check_inputs(m: Model, host: Share | None, now: float, since: float | None,
     if m.explainer is not None:
         attributions = Attributions(m.explainer.names, samples, m.explainer.baseline_attributions)
     return CheckInputs(m.name, m.version, now, features, outputs, m.schema, m.output_schema, m.baseline, counts,
-                       labels, attributions, scheduled, fleet_performance(m, labels, scheduled), workers)
+                       labels, attributions, scheduled, fleet_performance(m, labels, scheduled), workers, unapproved)
 
 
 #: the role whose holder, among every process sharing one prediction log, runs the label-based checks

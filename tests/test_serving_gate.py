@@ -112,6 +112,46 @@ def test_a_deployed_version_serves_and_its_first_serve_is_audited_once(tmp_path,
     registry.close()
 
 
+def test_the_model_not_approved_alert_fires_in_mlmon_and_resolves_once_deployed(tmp_path, mon_for):
+    """The gate's verdict is a condition of the scheduled checks: ModelNotApproved fires (events,
+    webhook callback, audit log, mlmon_alert_active) and resolves like every policy alert."""
+    from mlmon_middleware.drift.policy import DriftPolicy
+
+    registry = registry_with(tmp_path, "draft")
+    mon, seen = mon_for(), []
+    model = mon.model("fraud", "1", drift_policy=DriftPolicy(fire_after=2, resolve_after=1), on_alert=seen.append)
+    mon.gate.refresh()
+    model.record({"x": 1.0}, {"prediction": 2.0})
+    mon.check_all()
+    assert seen == []  # sustained over fire_after checks, like every alert
+    mon.check_all()
+    assert [(e["alertname"], e["subject"], e["state"], e["severity"]) for e in seen] == [
+        ("ModelNotApproved", "1", "firing", "critical")]
+    assert ("ModelNotApproved", "1", "critical") in model.checker.alerts.active()
+    deploy(registry)
+    mon.gate.refresh()
+    mon.check_all()
+    assert [e["state"] for e in seen] == ["firing", "resolved"]
+    assert [e.event_type for e in registry.audit.query(model="fraud") if e.event_type.startswith("alert_")] == [
+        "alert_fired", "alert_resolved"]
+    registry.close()
+
+
+def test_a_version_deployed_without_approval_is_not_approved_once_the_policy_requires_one(tmp_path, mon_for):
+    registry = ModelRegistry(str(tmp_path), audit_key=b"")
+    registry.set_policy("fraud", "owner", approval_required=False)
+    registry.register_model("fraud", "1", ARTIFACT, METRICS, "ds@example.com")
+    registry.deploy_model("fraud", "1", actor="ops@example.com")  # allowed: no approval required
+    mon = mon_for()
+    mon.model("fraud", "1")
+    mon.gate.refresh()
+    assert mon.gate.verdicts["fraud"].approved
+    registry.set_policy("fraud", "risk-officer", approval_required=True)
+    mon.gate.refresh()
+    assert mon.gate.verdicts["fraud"].reason == "deployed without an approval, which the model's policy now requires"
+    registry.close()
+
+
 def test_first_served_is_one_event_for_every_process_sharing_the_database(location, tmp_path, mon_for):
     """Replicas (here two monitors) that serve the same version write one first_served between them."""
     registry = registry_with(location, "deployed")

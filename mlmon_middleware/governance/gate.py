@@ -2,9 +2,11 @@
 
 Each monitored model (``@monitor(model, version)``, ``Endpoint``, ``Monitor.model``) is judged
 against the registry in the prediction log's database: approved when its version is
-**deployed** there and, when the served artifact's SHA-256 is known (the model options
-``artifact=`` or ``artifact_sha256=``), that hash is the registered one. Otherwise the verdict
-says why: ``not registered``, ``not deployed (state …)``, or ``artifact hash differs``. A model
+**deployed** there, carries an approval unless the model's policy (as it is now) requires none,
+and, when the served artifact's SHA-256 is known (the model options ``artifact=`` or
+``artifact_sha256=``), that hash is the registered one. Otherwise the verdict says why: ``not
+registered``, ``not deployed (state …)``, ``deployed without an approval …`` (deployed while the
+policy required none, which it now does), or ``artifact hash differs``. A model
 the registry has no version of at all is not governed and not judged (a service with a
 prediction log need not use the registry) — unless ``enforce_approval`` is on: then every model
 must be registered and deployed to serve.
@@ -38,6 +40,8 @@ the database write one.
 'artifact hash differs (serving cdcdcdcdcdcd…, registered abababababab…)'
 >>> judge("fraud", "2", dataclasses.replace(registered, state="deployed"), "ab" * 32).approved
 True
+>>> judge("fraud", "2", dataclasses.replace(registered, state="deployed"), None, approval_required=True).reason
+"deployed without an approval, which the model's policy now requires"
 """
 
 from __future__ import annotations
@@ -106,13 +110,16 @@ class ModelNotApproved(Exception):
 
 
 def judge(model: str, version: str, registered: ModelVersion | None, served_sha256: str | None,
-          now: float = 0.0) -> Verdict:
+          now: float = 0.0, *, approval_required: bool = False) -> Verdict:
     """The verdict on serving ``model`` ``version`` (artifact ``served_sha256`` when known)
-    given what the registry holds for it (None: not registered)."""
+    given what the registry holds for it (None: not registered) and whether the model's policy
+    requires approval now (a version deployed while it did not has no approval to show)."""
     if registered is None:
         reason = "not registered"
     elif registered.state != "deployed":
         reason = f"not deployed (state {registered.state})"
+    elif approval_required and registered.approved_by is None:
+        reason = "deployed without an approval, which the model's policy now requires"
     elif served_sha256 is not None and served_sha256 != registered.artifact_sha256:
         reason = f"artifact hash differs (serving {served_sha256[:12]}…, registered {registered.artifact_sha256[:12]}…)"
     else:
@@ -251,7 +258,8 @@ class ServingGate:
                 return Verdict(model.name, model.version, False, f"the artifact {os.fspath(path)} cannot be hashed: "
                                f"{known}", None, now)
             served = known
-        return judge(model.name, model.version, registered, served, now)
+        return judge(model.name, model.version, registered, served, now,
+                     approval_required=registry.policy(model.name).approval_required)
 
     def _announce(self, registry: ModelRegistry, model: Served, verdict: Verdict | None) -> None:
         """Append ``first_served`` for the model's version, unless one exists in the database."""
@@ -270,6 +278,12 @@ class ServingGate:
         self._announced.add(key)
 
     # ------------------------------------------------------------------------------- reading
+    def unapproved(self, model: str, version: str) -> str:
+        """Why ``model`` ``version`` is not approved for serving ("" when it is, or is not
+        judged): what a scheduled check turns into the ``ModelNotApproved`` alert."""
+        verdict = self.verdicts.get(model)
+        return verdict.reason if verdict is not None and verdict.version == version and not verdict.approved else ""
+
     def issues(self) -> list[str]:
         """One line per model version not approved for serving (health's ``issues``)."""
         action = "requests are refused with 503" if self.enforce else "served anyway (enforce_approval is off)"
