@@ -116,6 +116,8 @@ class Registry(Protocol):
 
     def current_context(self) -> object | None: ...
 
+    def unapproved(self, model: str, version: str) -> str: ...
+
 
 class ModelMonitor:
     """Monitoring state of one model; see the module docstring.
@@ -260,7 +262,7 @@ class ModelMonitor:
         with self._check_lock, paced():  # in any thread, the check lets go of the GIL between features
             now, window_seconds = time.time(), self.registry.config.window_seconds
             since = None if window_seconds is None else now - window_seconds
-            labels, unapproved = self._label_reader(), self.registry.gate.unapproved(self.name, self.version)
+            labels, unapproved = self._label_reader(), self.registry.unapproved(self.name, self.version)
             result = self.checker.check(check_inputs(self, self.registry.host, now, since, labels, scheduled, unapproved))
             if scheduled:
                 store_performance(self, labels)
@@ -366,10 +368,7 @@ class ModelMonitor:
         predictions, capture = self.counts()
         report = self.checker.report
         health: ModelHealth = {
-            "model": self.name,
-            "version": self.version,
-            "predictions": predictions,
-            "capture_errors": capture,
+            "model": self.name, "version": self.version, "predictions": predictions, "capture_errors": capture,
             "features": self.schema.to_dict() if self.schema else None,
             "outputs": self.output_schema.to_dict() if self.output_schema else None,
             "rows_in_window": 0 if self.window is None else len(self.window),

@@ -282,6 +282,11 @@ class Monitor:
             except Exception as exc:
                 self.errors.report("share", exc)
 
+    def unapproved(self, model: str, version: str) -> str:
+        """Why the registry does not approve ``model`` ``version`` for serving ("" when it does
+        or does not govern it): the serving gate's last verdict, for the checks' alert."""
+        return self.gate.unapproved(model, version)
+
     def observe(self, name: str) -> gauges.Observations:
         """Values of the observable instrument ``name`` across models (read at collection)."""
         if name == MODEL_APPROVED:
