@@ -144,7 +144,7 @@ class GovernanceDB:
         self._busy_timeout = busy_timeout
         self._db: Any = None
         if self.postgres:
-            from mlmon_middleware.store_postgres import describe
+            from mlmon_middleware.postgres import describe
             self.where = describe(location)
         else:
             self.where = repr(location)
@@ -162,7 +162,7 @@ class GovernanceDB:
         except Exception as exc:  # sqlite3.Error, OSError, psycopg.Error: each says why
             message = " ".join(str(exc).split())
             if self.postgres:
-                from mlmon_middleware.store_postgres import redact
+                from mlmon_middleware.postgres import redact
                 message = redact(message, self.location)
             raise StoreError(f"registry and audit log {self.where} cannot be used: {message}") from None
         return self._db
@@ -182,7 +182,7 @@ class GovernanceDB:
         return db
 
     def _open_postgres(self) -> Any:
-        from mlmon_middleware.store_postgres import connect, create_missing
+        from mlmon_middleware.postgres import connect, create_missing
 
         # the prediction log's connection settings: timeouts, and keepalives that notice a lost peer
         db = connect(self.location, connect_timeout=5, statement_timeout=self._busy_timeout)
@@ -214,7 +214,7 @@ class GovernanceDB:
             if self.postgres:
                 with self._postgres_errors(), db.transaction():
                     if exclusive:
-                        from mlmon_middleware.store_postgres import lock_key
+                        from mlmon_middleware.postgres import lock_key
                         db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("mlmon:governance"),))
                     else:
                         db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -254,7 +254,7 @@ class GovernanceDB:
                 if self._db is not None:
                     self._db.close()
                 self._db = None
-            from mlmon_middleware.store_postgres import redact
+            from mlmon_middleware.postgres import redact
 
             raise StoreError(f"registry and audit log {self.where}: {redact(str(exc), self.location)}") from exc
 
