@@ -10,8 +10,9 @@ go to the log as structured records, to an optional callback and to ``recent`` (
 Each firing episode has an ``id`` (from the model, the alert, its subject and the time it fired:
 the same in every worker that adopts it), carried by its events until it resolves. Someone
 acknowledges it by that id (:meth:`Alerts.acknowledge`: who, when, a note); :meth:`ack_issues`
-says when alerts are being ignored (fired in the last 30 days, none acknowledged) or a critical
-one has fired unacknowledged for longer than the policy age.
+says when alerts are being ignored (fired in the last 30 days, none acknowledged or acted on:
+with a database, the audit log's record counts too) or a critical one has fired unacknowledged
+for longer than the policy age.
 
 >>> alerts = Alerts(fire_after=2, resolve_after=1)
 >>> alerts.update({("FeatureDrift", "income"): "warning"})
@@ -25,7 +26,7 @@ one has fired unacknowledged for longer than the policy age.
 >>> [e["state"] for e in alerts.recent]
 ['firing', 'resolved']
 >>> alerts.ack_issues(now=time.time(), max_age=3600.0)
-['1 alert(s) fired in the last 30 days and none was acknowledged: alerts are being ignored']
+['1 alert(s) fired in the last 30 days and none was acknowledged or acted on: alerts are being ignored']
 >>> alerts.acknowledge(alerts.recent[0]["id"], "ana", "retraining")["actor"]
 'ana'
 >>> alerts.ack_issues(now=time.time(), max_age=3600.0)
@@ -81,6 +82,17 @@ KINDS: tuple[AlertKind, ...] = (
     AlertKind("ModelNotApproved", "MLModelNotApproved", "version",
               "version {subject} is served but the registry has not approved and deployed it"),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    """What the audit log records of one model's alerts over the last :data:`IGNORED_DAYS` days
+    (:mod:`~mlmon_middleware.governance.attention` reads it): the ids of the alerts fired and of
+    those acknowledged, and the changes that acted on the model after an alert fired."""
+
+    fired: frozenset[str] = frozenset()
+    acknowledged: frozenset[str] = frozenset()
+    acted_on: tuple[str, ...] = ()  # e.g. ("baseline_set", "deployed")
 
 
 @dataclasses.dataclass
@@ -202,19 +214,25 @@ class Alerts:
             self.acks = {a["id"]: a for a in kept}
         return ack
 
-    def ack_issues(self, now: float, max_age: float) -> list[str]:
+    def ack_issues(self, now: float, max_age: float, recorded: Attention | None = None) -> list[str]:
         """Health's words on acknowledgement: alerts fired in the last 30 days and none
-        acknowledged; critical alerts firing unacknowledged for longer than ``max_age`` seconds."""
+        acknowledged or acted on; critical alerts firing unacknowledged for longer than
+        ``max_age`` seconds. ``recorded``: what the audit log holds of the model's alerts (every
+        worker's and replica's acknowledgements, and changes that act on the model), added to
+        what this process saw."""
         cutoff = now - IGNORED_DAYS * 86400
+        recorded = recorded or Attention()
         with self._lock:
-            fired = sum(1 for e in self.recent if e["state"] == "firing" and e["time"] >= cutoff)
-            acked = any(a["time"] >= cutoff for a in self.acks.values())
+            fired = {e.get("id") or f"{e['alertname']}\x1f{e['subject']}\x1f{e['time']}" for e in self.recent
+                     if e["state"] == "firing" and e["time"] >= cutoff} | recorded.fired
+            acked = {a["id"] for a in self.acks.values() if a["time"] >= cutoff} | recorded.acknowledged
             overdue = sorted(f"{k[0]} {k[1]}".strip() for k, s in self._states.items()
-                             if s.severity == "critical" and s.id not in self.acks and now - s.since > max_age)
+                             if s.severity == "critical" and s.id not in self.acks and s.id not in recorded.acknowledged
+                             and now - s.since > max_age)
         issues = []
-        if fired and not acked:
-            issues.append(f"{fired} alert(s) fired in the last {IGNORED_DAYS} days and none was acknowledged: "
-                          "alerts are being ignored")
+        if fired and not acked and not recorded.acted_on:
+            issues.append(f"{len(fired)} alert(s) fired in the last {IGNORED_DAYS} days and none was acknowledged or "
+                          "acted on: alerts are being ignored")
         if overdue:
             issues.append(f"critical alert(s) unacknowledged for over {_duration(max_age)}: {', '.join(overdue)}")
         return issues

@@ -2,7 +2,7 @@
 
 A monitor that silently stopped watching is worse than none, so these checks look at the
 monitoring itself: checks that stopped running, an old baseline, input fields nobody monitors,
-alerts left firing or ignored (none acknowledged), captures dropped because a queue was full,
+alerts left firing or ignored (none acknowledged or acted on), captures dropped because a queue was full,
 internal errors.
 
 >>> monitor_issues({}, {"queue_full": 3, "ingest": 1}, check_interval=60.0, now=0.0, last={"ingest": "KeyError"})
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mlmon_middleware.alerts import Attention
 from mlmon_middleware.model import ModelMonitor
 
 BASELINE_MAX_AGE_DAYS = 90
@@ -21,10 +22,11 @@ DROPS = {"queue_full": "captured inference(s) dropped: the pipeline queue was fu
 
 
 def monitor_issues(models: Mapping[str, ModelMonitor], errors: Mapping[str, int], *, check_interval: float,
-                   now: float, last: Mapping[str, str] | None = None, ack_max_age: float = 86_400.0) -> list[str]:
+                   now: float, last: Mapping[str, str] | None = None, ack_max_age: float = 86_400.0,
+                   recorded: Mapping[str, Attention] | None = None) -> list[str]:
     """What is wrong with the monitoring of ``models`` at ``now``, given the error counts and
     (``last``) the kind of each stage's last failure; ``ack_max_age``: seconds a critical alert
-    may fire unacknowledged."""
+    may fire unacknowledged; ``recorded``: per model, what the audit log records of its alerts."""
     issues = []
     for name, model in models.items():
         checker = model.checker
@@ -44,7 +46,7 @@ def monitor_issues(models: Mapping[str, ModelMonitor], errors: Mapping[str, int]
                            for s in ("firing", "resolved"))
         if fired > resolved:
             issues.append(f"{name}: {fired - resolved} alert(s) firing ({fired} fired, {resolved} resolved so far)")
-        issues += [f"{name}: {issue}" for issue in checker.alerts.ack_issues(now, ack_max_age)]
+        issues += [f"{name}: {issue}" for issue in checker.alerts.ack_issues(now, ack_max_age, (recorded or {}).get(name))]
     for stage, words in DROPS.items():
         if errors.get(stage):
             issues.append(f"{errors[stage]} {words}")

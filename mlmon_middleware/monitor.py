@@ -296,7 +296,8 @@ class Monitor:
     def issues(self) -> list[str]:
         """What is wrong with the monitoring, in words (health's ``issues``)."""
         issues = monitor_issues(self._models, self.errors.counts(), check_interval=self.config.check_interval,
-                                now=time.time(), last=self.errors.last_kinds(), ack_max_age=self.config.ack_max_age)
+                                now=time.time(), last=self.errors.last_kinds(), ack_max_age=self.config.ack_max_age,
+                                recorded=self.audit_events.attention)
         return issues + self.gate.issues() + (self._telemetry.problems if self._telemetry is not None else [])
 
     def status(self) -> str:

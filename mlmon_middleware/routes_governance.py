@@ -19,7 +19,9 @@ or ``store_url``), opened at the first call (one connection per process, like th
   service's live monitoring); like the registry's, only with the API token.
 * ``POST /mlmon/alerts/{id}/ack`` with an optional ``{"actor", "note"}``: acknowledges a firing
   (or recent) alert of this process's alert state and appends ``alert_acknowledged`` to the audit
-  log when there is a prediction log.
+  log when there is a prediction log; an alert this process never saw (another replica raised
+  it) is found among the log's ``alert_fired`` events of the last 30 days and acknowledged there
+  (every process reads it back at its next round).
 
 Answers: 400 for a malformed body or a refusal (``FourEyesViolation``, ``MissingMetrics``,
 ...), 404 for an unknown version or alert, 409 for a step the state does not allow
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +66,7 @@ from mlmon_middleware.governance import (
     UnknownVersion,
     VersionExists,
 )
+from mlmon_middleware.governance.attention import find_fired
 from mlmon_middleware.governance.audit import check_text
 from mlmon_middleware.governance.card import render_card
 from mlmon_middleware.governance.registry import MAX_REASON
@@ -198,6 +202,14 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
                 seq = gov.registry().audit.append("alert_acknowledged", actor, name, alert_state.version,
                                                   {k: v for k, v in ack.items() if k not in ("actor", "time")}).seq
             return json_response({"model": name, "acknowledged": ack, "audit_seq": seq})
+        fired = None if gov.location is None else find_fired(gov.registry().audit, alert_id,
+                                                              [n for n in mon.models if only in (None, n)])
+        if fired is not None:  # another replica raised it: the log takes the acknowledgement, every process reads it
+            details = {"id": alert_id, **{k: fired.details.get(k) for k in ("alertname", "subject", "severity")},
+                       "note": note}
+            seq = gov.registry().audit.append("alert_acknowledged", actor, fired.model, fired.version, details).seq
+            return json_response({"model": fired.model, "acknowledged": {**details, "actor": actor, "time": time.time()},
+                                  "audit_seq": seq})
         raise UnknownAlert(f"no alert {short(alert_id)} is firing or among the recent alert events"
                           + (f" of model {short(only)}" if only else ""))
 

@@ -89,7 +89,7 @@ def test_acknowledging_through_the_route_records_who_and_appends_to_the_audit_lo
                         headers=TOKEN)
     summary = client.get("/mlmon/alerts", headers=TOKEN).json()["fraud"]
 
-    assert before == ["fraud: 1 alert(s) fired in the last 30 days and none was acknowledged: alerts are being ignored",
+    assert before == ["fraud: 1 alert(s) fired in the last 30 days and none was acknowledged or acted on: alerts are being ignored",
                       "fraud: critical alert(s) unacknowledged for over 0.05 s: FeatureDrift income"]
     assert denied.status_code == 401
     assert unknown.status_code == other_model.status_code == 404 and "0123456789abcdef" in unknown.json()["detail"]
@@ -106,6 +106,43 @@ def test_acknowledging_through_the_route_records_who_and_appends_to_the_audit_lo
     assert (event.seq, event.actor, event.model) == (acked.json()["audit_seq"], "ana@example.com", "fraud")
     assert event.details == {"id": alert_id, "alertname": "FeatureDrift", "subject": "income", "severity": "critical",
                              "note": "retraining"}
+
+
+def ignored(mon):
+    return [i.split(": ", 1)[1] for i in mon.issues() if "acted on" in i or "unacknowledged" in i]
+
+
+def test_health_reads_acknowledgements_and_actions_of_every_process_from_the_audit_log(tmp_path):
+    """Two processes sharing the log (workers of a server, replicas): an acknowledgement the
+    other one took, or a change that acts on the model after the alert fired, reaches health
+    through the audit log at the next round; the alert's own process never saw either."""
+    config = MonitorConfig(tracing=False, check_interval=0, store_dir=str(tmp_path), ack_max_age=0.05,
+                           api_token="s3cret")
+    here, there = Monitor(config), Monitor(config)
+    try:
+        alerts = here.model("fraud", "1").checker.alerts
+        there.model("fraud", "1")
+        alert_id = fire(alerts)
+        here.audit_events.write([here.model("fraud")])  # a round: alert_fired appended, the log read back
+        time.sleep(0.06)
+        assert ignored(here) == ["1 alert(s) fired in the last 30 days and none was acknowledged or acted on: "
+                                 "alerts are being ignored",
+                                 "critical alert(s) unacknowledged for over 0.05 s: FeatureDrift income"]
+        with AuditLog(here.store_path, key=b"") as log:  # an action after the alert: a new version deployed
+            log.append("deployed", "ops", "fraud", "2", {})
+        here.audit_events.write([here.model("fraud")])
+        assert ignored(here) == ["critical alert(s) unacknowledged for over 0.05 s: FeatureDrift income"]
+        with TestClient(Starlette(routes=routes(there))) as client:  # the other process never saw the alert
+            acked = client.post(f"/mlmon/alerts/{alert_id}/ack", json={"actor": "ana"}, headers=TOKEN)
+            unknown = client.post("/mlmon/alerts/0123456789abcdef/ack", json={"actor": "ana"}, headers=TOKEN)
+        assert acked.status_code == 200, acked.text
+        assert acked.json()["acknowledged"]["alertname"] == "FeatureDrift" and unknown.status_code == 404
+        assert ignored(here)  # not read yet: the next round reads it
+        here.audit_events.write([here.model("fraud")])
+        assert ignored(here) == []
+    finally:
+        here.shutdown()
+        there.shutdown()
 
 
 def test_without_a_log_an_acknowledgement_is_kept_in_the_process_only():

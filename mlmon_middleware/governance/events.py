@@ -24,6 +24,10 @@ labels counted per model and hour:
   most one check interval late), written once the hour is over (``partial`` when written at
   shutdown before that). Every worker counts its own labels: sum the events for a total.
 
+After writing, it reads back what the log records of each model's alerts
+(:mod:`~mlmon_middleware.governance.attention`: fired, acknowledged, acted on) into
+``attention``, which health's "alerts are being ignored" reads.
+
 A failing write is counted (``monitor_errors{stage="audit"}``) and tried again at the next
 round; it never reaches a check or a request.
 
@@ -51,7 +55,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
+from mlmon_middleware.alerts import Attention
 from mlmon_middleware.errors import ErrorLog
+from mlmon_middleware.governance.attention import read_attention
 from mlmon_middleware.governance.audit import AuditLog
 from mlmon_middleware.governance.errors import ChainBroken, GovernanceError
 from mlmon_middleware.reports import AlertEvent
@@ -85,6 +91,8 @@ class MonitoringEvents:
         self._labels_seen: dict[str, collections.Counter[str]] = {}  # model -> its label counters at the last round
         self._hours: dict[tuple[str, str, int], collections.Counter[str]] = {}  # (model, version, hour) -> labels
         self._lock = threading.Lock()  # one write at a time (the analyzer's round, its final one)
+        #: model -> what the audit log records of its alerts (read after each round; health reads it)
+        self.attention: dict[str, Attention] = {}
 
     def watch(self, model: Watched) -> None:
         """Queue the model's alert events for :meth:`write`, before its own ``on_alert`` callback
@@ -124,7 +132,7 @@ class MonitoringEvents:
         models = list(models)
         with self._lock:
             for step in (self._write_alerts, lambda: self._write_baselines(models),
-                         lambda: self._write_labels(models, now, final)):
+                         lambda: self._write_labels(models, now, final), lambda: self._read_attention(models, now)):
                 try:
                     step()
                 except Exception as exc:  # an unreachable database, a full disk: counted, retried next round
@@ -178,6 +186,9 @@ class MonitoringEvents:
                     "unknown": counts["unknown"], "host": socket.gethostname(), "pid": os.getpid(),
                     "partial": start + HOUR > now})
             del self._hours[key]
+
+    def _read_attention(self, models: list[Watched], now: float) -> None:
+        self.attention = read_attention(self.log(), [m.name for m in models], now)
 
     @contextlib.contextmanager
     def _unless_invalid(self) -> Iterator[None]:
