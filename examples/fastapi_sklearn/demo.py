@@ -127,10 +127,14 @@ def main() -> None:
             print(f"performance over the last {int(overall['count'])} labelled predictions: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "count" and v is not None))
         if not args.exit_when_done:
+            # Ctrl-C sets a flag rather than raising: a KeyboardInterrupt landing inside
+            # Popen.poll() can leave its internal lock held, and the wait below would then hang
+            stop: list[int] = []
+            signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
             print(f"\nthe traffic is done; the service keeps serving until Ctrl-C:\n{urls}\n", flush=True)
-            while proc.poll() is None:
-                time.sleep(1.0)
-            print(f"the service exited with {proc.returncode}; see {args.dir / 'service.log'}")
+            while not stop and proc.poll() is None:
+                time.sleep(0.2)
+            print("\nstopped" if stop else f"the service exited with {proc.returncode}; see {args.dir / 'service.log'}")
     except KeyboardInterrupt:
         print("\nstopped")
     finally:
