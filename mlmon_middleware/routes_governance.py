@@ -46,9 +46,8 @@ Database work runs in a worker thread (the audit log's append takes an exclusive
 
 from __future__ import annotations
 
-import sqlite3
+import datetime
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -207,9 +206,9 @@ def governance_routes(mon: Monitor, access: Access, registry: str | None = "/mlm
         if fired is not None:  # another replica raised it: the log takes the acknowledgement, every process reads it
             details = {"id": alert_id, **{k: fired.details.get(k) for k in ("alertname", "subject", "severity")},
                        "note": note}
-            seq = gov.registry().audit.append("alert_acknowledged", actor, fired.model, fired.version, details).seq
-            return json_response({"model": fired.model, "acknowledged": {**details, "actor": actor, "time": time.time()},
-                                  "audit_seq": seq})
+            event = gov.registry().audit.append("alert_acknowledged", actor, fired.model, fired.version, details)
+            return json_response({"model": fired.model, "audit_seq": event.seq, "acknowledged": {
+                **details, "actor": actor, "time": datetime.datetime.fromisoformat(event.time).timestamp()}})
         raise UnknownAlert(f"no alert {short(alert_id)} is firing or among the recent alert events"
                           + (f" of model {short(only)}" if only else ""))
 
@@ -258,7 +257,7 @@ def _answered(mon: Monitor, answer: Callable[[Request, Body], Response], request
         return json_response({"detail": str(exc), "error": "ChainBroken"}, status_code=503)
     except (GovernanceError, BadBody) as exc:
         return json_response({"detail": str(exc), "error": type(exc).__name__, **_missing(exc)}, status_code=400)
-    except (StoreError, sqlite3.Error, OSError) as exc:
+    except (StoreError, OSError) as exc:
         mon.errors.report("store", exc)
         return json_response({"detail": f"the registry's database is unavailable ({exc}); retry later"},
                              status_code=503, headers={"Retry-After": "1"})

@@ -137,12 +137,36 @@ def test_health_reads_acknowledgements_and_actions_of_every_process_from_the_aud
             unknown = client.post("/mlmon/alerts/0123456789abcdef/ack", json={"actor": "ana"}, headers=TOKEN)
         assert acked.status_code == 200, acked.text
         assert acked.json()["acknowledged"]["alertname"] == "FeatureDrift" and unknown.status_code == 404
+        with TestClient(Starlette(routes=routes(there))) as client:  # ?model= names another model: not found
+            assert client.post(f"/mlmon/alerts/{alert_id}/ack?model=churn", headers=TOKEN).status_code == 404
         assert ignored(here)  # not read yet: the next round reads it
         here.audit_events.write([here.model("fraud")])
         assert ignored(here) == []
     finally:
         here.shutdown()
         there.shutdown()
+
+
+def test_only_people_acting_after_the_alert_fired_count_as_acting_on_it(tmp_path):
+    """By time, not by place in the log: alert_fired lands a round late, so an action between
+    the alert and its event counts, one before it does not; a warm-up baseline the monitor
+    built itself is no one acting."""
+    from mlmon_middleware.governance.attention import read_attention
+
+    with AuditLog(str(tmp_path / "predictions.sqlite"), key=b"") as log:
+        log.append("baseline_set", "mlmon", "fraud", "1", {"warmup": True})  # after the alert, but automatic
+        fired_at = time.time()
+        log.append("alert_fired", "mlmon", "fraud", "1", {"id": "a1", "alert_time": fired_at - 30})
+        assert read_attention(log, ["fraud"])["fraud"].acted_on == ()
+        log.append("retired", "ops", "fraud", "0", {})
+        log.append("alert_fired", "mlmon", "fraud", "1", {"id": "a2", "alert_time": fired_at + 3600})  # not yet
+        found = read_attention(log, ["fraud"])["fraud"]
+        assert (found.fired, found.acted_on) == (frozenset({"a1", "a2"}), ("retired",))
+        assert read_attention(log, ["fraud"], now=fired_at + 31 * 86400)["fraud"].fired == frozenset()
+    with AuditLog(str(tmp_path / "other.sqlite"), key=b"") as log:
+        log.append("deployed", "ops", "fraud", "2", {})  # acted on before the alert's event landed, after it fired
+        log.append("alert_fired", "mlmon", "fraud", "1", {"id": "a1", "alert_time": time.time() - 30})
+        assert read_attention(log, ["fraud"])["fraud"].acted_on == ("deployed",)
 
 
 def test_without_a_log_an_acknowledgement_is_kept_in_the_process_only():

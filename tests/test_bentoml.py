@@ -141,12 +141,22 @@ def free_port() -> int:
 
 
 def serve(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """``bentoml serve`` of the service in ``working_dir``, once it is ready."""
+    return ready(*start(working_dir, env))
+
+
+def start(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """Start ``bentoml serve`` on a free port (not waiting: see :func:`ready`)."""
     port = free_port()
     bentoml_bin = shutil.which("bentoml", path=os.path.dirname(sys.executable))
     proc = subprocess.Popen([bentoml_bin, "serve", "service:IrisClassifier", "--working-dir", str(working_dir),
                              "--host", "127.0.0.1", "--port", str(port)], env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def ready(proc: subprocess.Popen, base: str) -> tuple[subprocess.Popen, str]:
+    """Wait until the server answers ``/readyz`` (killed after 90 s)."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -155,12 +165,15 @@ def serve(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    proc.kill()
+    os.killpg(proc.pid, 9)
     raise RuntimeError("bentoml serve did not become ready")
 
 
 def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, 15)
+    try:
+        os.killpg(proc.pid, 15)
+    except ProcessLookupError:  # gone already (ready() killed it)
+        pass
     proc.wait(timeout=30)
 
 
@@ -194,9 +207,12 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
     source = (EXAMPLE / "service.py").read_text()
     (bare / "service.py").write_text(source.replace("@monitored(", "@(lambda **kw: (lambda svc: svc))("))
     metrics_port = free_port()
-    monitored_proc, monitored_url = serve(EXAMPLE, {"MLMON_PROMETHEUS_PORT": str(metrics_port), "MLMON_CHECK_INTERVAL": "0"})
-    bare_proc, bare_url = serve(bare, {})
+    monitored = start(EXAMPLE, {"MLMON_PROMETHEUS_PORT": str(metrics_port), "MLMON_CHECK_INTERVAL": "0"})
+    bare_proc, bare_url = start(bare, {})  # both start at once: their imports overlap
+    monitored_proc, monitored_url = monitored
     try:
+        ready(*monitored)
+        ready(bare_proc, bare_url)
         answers = {}
         for url in (monitored_url, bare_url):
             with httpx.Client(base_url=url, timeout=30) as client:

@@ -188,6 +188,35 @@ def test_a_policy_without_approval_deploys_a_draft_and_says_so(registry):
     assert registry.audit.query(event_type="deployed")[0].details["approval"] == "not required by the model's policy"
 
 
+def test_versions_deployed_without_approval_need_one_once_the_policy_requires_it(registry):
+    """Deployed while the policy required no approval: replaced, such a version goes back to
+    draft (not approved); once the policy requires approval it is neither deployed nor rolled
+    back to without a review, and the deployed one is approved in place."""
+    registry.set_policy("fraud_detector", "owner", required_metrics=[], approval_required=False)
+    for version in ("1", "2"):
+        register(registry, version, metrics={})
+        registry.deploy_model("fraud_detector", version, actor="ops")
+    assert registry.get_version("fraud_detector", "1").state == "draft"  # replaced, and never approved
+    assert registry.rollback_model("fraud_detector", "ops").version == "1"  # allowed while no approval is required
+    register(registry, "3", metrics={})
+    registry.deploy_model("fraud_detector", "3", actor="ops")  # 1 back to draft, 2 rolled back
+    registry.set_policy("fraud_detector", "risk-officer", approval_required=None)  # None keeps a setting
+    assert registry.policy("fraud_detector").approval_required is False
+    registry.set_policy("fraud_detector", "risk-officer", required_metrics=None, approval_required=True)
+    with pytest.raises(InvalidTransition, match="no earlier deployed version that is still approved"):
+        registry.rollback_model("fraud_detector", "ops")
+    with pytest.raises(ApprovalRequired):
+        registry.deploy_model("fraud_detector", "1", actor="ops")
+    with pytest.raises(FourEyesViolation):
+        registry.approve_model("fraud_detector", "3", "ds@company.com", "mine")
+    approved = registry.approve_model("fraud_detector", "3", "lead@company.com", "reviewed after the policy changed")
+    assert (approved.state, approved.approved_by) == ("deployed", "lead@company.com")
+    assert registry.audit.query(event_type="approved")[-1].details == {
+        "reason": "reviewed after the policy changed", "in_place": True, "from": "deployed", "to": "deployed"}
+    with pytest.raises(InvalidTransition):  # approved in place once; an approved deployed version is not again
+        registry.approve_model("fraud_detector", "3", "lead@company.com", "again")
+
+
 def test_the_artifact_and_baseline_are_identified_by_their_sha256_and_facts_are_kept(registry, tmp_path):
     artifact, baseline = tmp_path / "model.pkl", tmp_path / "baseline.json"
     artifact.write_bytes(b"\x80\x05 model")

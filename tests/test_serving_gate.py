@@ -149,6 +149,9 @@ def test_a_version_deployed_without_approval_is_not_approved_once_the_policy_req
     registry.set_policy("fraud", "risk-officer", approval_required=True)
     mon.gate.refresh()
     assert mon.gate.verdicts["fraud"].reason == "deployed without an approval, which the model's policy now requires"
+    registry.approve_model("fraud", "1", "lead@example.com", "reviewed in place")
+    mon.gate.refresh()
+    assert mon.gate.verdicts["fraud"].approved
     registry.close()
 
 

@@ -8,7 +8,9 @@ a rollback, a retirement. :func:`read_attention` reads, per model, the last
 :data:`~mlmon_middleware.alerts.IGNORED_DAYS` days of those events into an
 :class:`~mlmon_middleware.alerts.Attention`, which :meth:`Alerts.ack_issues
 <mlmon_middleware.alerts.Alerts.ack_issues>` adds to its own. A change counts as acting on the
-alerts only when it came after an alert fired (a baseline set at the first start acts on nothing).
+alerts only when it happened after an alert fired (by the alert's ``alert_time``: its event is
+appended a round later), and a baseline the monitor built itself from the first rows
+(``warmup``) is no one acting: a baseline set at the first start, or a warm-up one, acts on nothing.
 
 The monitor's analyzer thread reads it after each round of checks (one indexed query per model),
 so health answers from memory and alike in every worker.
@@ -16,7 +18,8 @@ so health answers from memory and alike in every worker.
 >>> import os, tempfile
 >>> from mlmon_middleware.governance.audit import AuditLog
 >>> log = AuditLog(os.path.join(tempfile.mkdtemp(), "predictions.sqlite"), key=b"")
->>> _ = log.append("alert_fired", "mlmon", "fraud", "1", {"id": "a1", "alertname": "FeatureDrift"})
+>>> _ = log.append("alert_fired", "mlmon", "fraud", "1", {"id": "a1", "alertname": "FeatureDrift",
+...                                                          "alert_time": time.time() - 60})
 >>> read_attention(log, ["fraud"], now=time.time())["fraud"]
 Attention(fired=frozenset({'a1'}), acknowledged=frozenset(), acted_on=())
 >>> _ = log.append("deployed", "ops", "fraud", "2", {})
@@ -27,6 +30,7 @@ Attention(fired=frozenset({'a1'}), acknowledged=frozenset(), acted_on=())
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterable
 
@@ -46,25 +50,34 @@ def read_attention(log: AuditLog, models: Iterable[str], now: float | None = Non
     since = now - IGNORED_DAYS * 86400
     found = {}
     for model in models:
-        fired: set[str] = set()
-        acknowledged: set[str] = set()
+        events = log.query(model=model, since=since, event_type=("alert_fired", "alert_acknowledged", *ACTIONS))
+        fired = {str(e.details.get("id") or f"seq {e.seq}"): _alert_time(e) for e in events
+                 if e.event_type == "alert_fired"}
+        acknowledged = {str(e.details.get("id") or f"seq {e.seq}") for e in events if e.event_type == "alert_acknowledged"}
+        first = min(fired.values(), default=None)
         acted_on: list[str] = []
-        for event in log.query(model=model, since=since, event_type=("alert_fired", "alert_acknowledged", *ACTIONS)):
-            alert = str(event.details.get("id", ""))
-            if event.event_type == "alert_fired":
-                fired.add(alert or f"seq {event.seq}")
-            elif event.event_type == "alert_acknowledged":
-                acknowledged.add(alert or f"seq {event.seq}")
-            elif fired and event.event_type not in acted_on:
-                acted_on.append(event.event_type)
+        for e in events:  # by when it happened, not where it landed in the log (alert_fired is appended a round late)
+            if e.event_type in ACTIONS and first is not None and _time(e) > first and not e.details.get("warmup") \
+                    and e.event_type not in acted_on:
+                acted_on.append(e.event_type)
         found[model] = Attention(frozenset(fired), frozenset(acknowledged), tuple(acted_on))
     return found
 
 
+def _time(event: AuditEvent) -> float:
+    return datetime.datetime.fromisoformat(event.time).timestamp()
+
+
+def _alert_time(event: AuditEvent) -> float:
+    """When the alert fired (``details.alert_time``, Unix seconds), else when it was recorded."""
+    when = event.details.get("alert_time")
+    return float(when) if isinstance(when, (int, float)) and not isinstance(when, bool) else _time(event)
+
+
 def find_fired(log: AuditLog, alert_id: str, models: Iterable[str], now: float | None = None) -> AuditEvent | None:
-    """The ``alert_fired`` event of the alert ``alert_id`` among ``models``' last
-    ``IGNORED_DAYS`` days, or None: how a process that never saw an alert (another replica
-    raised it) still takes its acknowledgement.
+    """The latest ``alert_fired`` or ``alert_severity_changed`` event (its severity now) of the
+    alert ``alert_id`` among ``models``' last ``IGNORED_DAYS`` days, or None: how a process
+    that never saw an alert (another replica raised it) still takes its acknowledgement.
 
     >>> import os, tempfile
     >>> log = AuditLog(os.path.join(tempfile.mkdtemp(), "predictions.sqlite"), key=b"")
@@ -75,7 +88,7 @@ def find_fired(log: AuditLog, alert_id: str, models: Iterable[str], now: float |
     """
     since = (time.time() if now is None else now) - IGNORED_DAYS * 86400
     for model in models:
-        for event in reversed(log.query(model=model, since=since, event_type="alert_fired")):
+        for event in reversed(log.query(model=model, since=since, event_type=("alert_fired", "alert_severity_changed"))):
             if event.details.get("id") == alert_id:
                 return event
     return None

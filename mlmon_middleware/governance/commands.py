@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +37,6 @@ from mlmon_middleware.governance.audit import AuditLog, audit_key_from_env, pars
 from mlmon_middleware.governance.errors import GovernanceError
 from mlmon_middleware.governance.facts import ModelFacts
 from mlmon_middleware.governance.registry import ModelRegistry
-from mlmon_middleware.store_types import StoreError
 
 
 def add_commands(commands: Any) -> None:
@@ -114,15 +112,9 @@ def _model_version(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a ``registry`` or ``audit`` command; its exit status. A database that fails is a
-    :class:`StoreError` (the CLI's one-line error)."""
-    try:
-        return (_registry if args.command == "registry" else _audit)(args)
-    except sqlite3.Error as exc:
-        raise StoreError(f"the registry's database failed: {exc}") from None
-    except Exception as exc:
-        if type(exc).__module__.startswith("psycopg"):  # the server went away mid-command, a timeout
-            raise StoreError(f"the registry's database failed: {' '.join(str(exc).split())}") from None
-        raise
+    :class:`StoreError` (the CLI's one-line error; :class:`GovernanceDB` raises it for both
+    backends)."""
+    return (_registry if args.command == "registry" else _audit)(args)
 
 
 def _registry(args: argparse.Namespace) -> int:
@@ -176,11 +168,8 @@ def _policy(registry: ModelRegistry, args: argparse.Namespace) -> int:
     if args.require_metrics is not None or args.approval is not None:
         if not args.actor:
             raise GovernanceError("changing a policy needs --actor (who changes it)")
-        current = registry.policy(args.model)  # a setting not given keeps its value
-        registry.set_policy(args.model, args.actor,
-                            required_metrics=current.required_metrics if args.require_metrics is None
-                            else args.require_metrics,
-                            approval_required=current.approval_required if args.approval is None else args.approval)
+        registry.set_policy(args.model, args.actor, required_metrics=args.require_metrics,  # None: kept as it is
+                            approval_required=args.approval)
     print(json.dumps(_policy_json(registry, args.model)))
     return 0
 

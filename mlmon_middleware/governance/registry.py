@@ -90,15 +90,19 @@ class ModelRegistry:
         with self.db.read() as tx:
             return self._policy(tx, name)
 
-    def set_policy(self, name: str, actor: str, *, required_metrics: Iterable[str] = (),
-                   approval_required: bool = True) -> ModelPolicy:
+    def set_policy(self, name: str, actor: str, *, required_metrics: Iterable[str] | None = (),
+                   approval_required: bool | None = True) -> ModelPolicy:
         """Store model ``name``'s policy (audited as ``policy_changed``); later registrations
-        and approvals are checked against it."""
+        and approvals are checked against it. A setting given as None keeps its value (read in
+        the same transaction: two people changing different settings at once both count)."""
         check_text(name, "model name")
-        policy = ModelPolicy(_metric_names(required_metrics), bool(approval_required))
-        body = json.dumps({"required_metrics": list(policy.required_metrics), "approval_required": policy.approval_required})
+        metrics = None if required_metrics is None else _metric_names(required_metrics)
         with self.db.write() as tx:
             before = self._policy(tx, name)
+            policy = ModelPolicy(before.required_metrics if metrics is None else metrics,
+                                 before.approval_required if approval_required is None else bool(approval_required))
+            body = json.dumps({"required_metrics": list(policy.required_metrics),
+                               "approval_required": policy.approval_required})
             tx.execute("INSERT INTO registry_policies (model, body) VALUES (?, ?) ON CONFLICT (model) DO UPDATE "
                        "SET body = excluded.body", (name, body))
             self.audit.append_in(tx, "policy_changed", actor, name, None, {
@@ -177,20 +181,24 @@ class ModelRegistry:
         """``in_review`` → ``approved``, by someone other than the registrant
         (:class:`FourEyesViolation`), while the version still has every metric the model's
         policy requires (:class:`MissingMetrics`). ``comments``: the reason, by the name the
-        domain text's exercise gives it."""
+        domain text's exercise gives it. A version deployed without an approval (while its
+        model's policy required none) is approved in place: it stays deployed, and the
+        ``approved`` event says ``in_place``."""
         who = check_text(approved_by, "approved_by (the reviewer)") or ""
         text = _reason(reason or comments, required=False)
         with self.db.write() as tx:
             current = self._get(tx, name, version)
-            _require(current, ("in_review",), "approved", hint=" (submit it for review first)" if current.state == "draft"
-                     else "")
+            in_place = current.state == "deployed" and current.approved_by is None
+            _require(current, ("in_review", "deployed") if in_place else ("in_review",), "approved",
+                     hint=" (submit it for review first)" if current.state == "draft" else "")
             if _same_person(who, current.created_by):
                 raise FourEyesViolation(f"{who!r} registered model {current.name!r} version {current.version!r} and may "
                                         "not approve it: approval needs a second person (four-eyes)")
             missing = self._policy(tx, current.name).missing(current.metrics)
             if missing:
                 raise MissingMetrics(current.name, current.version, missing)
-            return self._move(tx, current, "approved", "approved", who, {"reason": text}, approved_by=who,
+            return self._move(tx, current, current.state if in_place else "approved", "approved", who,
+                              {"reason": text, **({"in_place": True} if in_place else {})}, approved_by=who,
                               approval_reason=text, approved_at=now_iso())
 
     def reject_model(self, name: str, version: str, rejected_by: str, reason: str) -> ModelVersion:
@@ -204,8 +212,9 @@ class ModelRegistry:
 
     def deploy_model(self, name: str, version: str, actor: str | None = None) -> ModelVersion:
         """``approved`` → ``deployed`` (with a policy that does not require approval, a draft or
-        a version in review too); the version deployed before goes back to ``approved``.
-        Raises :class:`ApprovalRequired` for a version not approved."""
+        a version in review too); the version deployed before goes back to ``approved`` (to
+        ``draft`` if it never was: it needs a review before it may serve again under a policy
+        that requires one). Raises :class:`ApprovalRequired` for a version not approved."""
         with self.db.write() as tx:
             current = self._get(tx, name, version)
             policy = self._policy(tx, current.name)
@@ -221,19 +230,21 @@ class ModelRegistry:
             if current.state != "approved":
                 details["approval"] = "not required by the model's policy"
             if previous is not None:
-                self._update(tx, previous, "approved")
+                self._update(tx, previous, "approved" if previous.approved_by is not None else "draft")
             return self._move(tx, current, "deployed", "deployed", _actor(actor), details, deployed_at=now_iso())
 
     def rollback_model(self, name: str, actor: str | None = None, reason: str = "") -> ModelVersion:
         """Deploy again the version deployed before the current one (the approved version most
-        recently deployed); the current one becomes ``rolled_back``. Returns the version now
+        recently deployed; with a policy that requires no approval, a draft deployed before
+        counts too); the current one becomes ``rolled_back``. Returns the version now
         deployed; :class:`InvalidTransition` when there is nothing to go back to."""
         text = _reason(reason, required=False)
         with self.db.write() as tx:
             current = self._deployed(tx, name)
             if current is None:
                 raise InvalidTransition(f"model {name!r} has no deployed version to roll back")
-            row = tx.one(f"SELECT {COLUMNS} FROM registry_versions WHERE model = ? AND state = 'approved' "
+            states = "'approved'" if self._policy(tx, name).approval_required else "'approved', 'draft'"
+            row = tx.one(f"SELECT {COLUMNS} FROM registry_versions WHERE model = ? AND state IN ({states}) "
                          "AND deployed_at IS NOT NULL ORDER BY deployed_at DESC LIMIT 1", (name,))
             if row is None:
                 raise InvalidTransition(f"model {name!r}: no earlier deployed version that is still approved to roll back to")
