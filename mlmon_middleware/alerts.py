@@ -79,6 +79,8 @@ KINDS: tuple[AlertKind, ...] = (
     AlertKind("ConceptDrift", "MLModelConceptDrift", "stream", "the error stream changed (concept drift)"),
     AlertKind("DisparateImpact", "MLModelDisparateImpact", "attribute@window", "{subject} fails the four-fifths rule"),
     AlertKind("AttributionDrift", "MLModelAttributionDrift", "feature", "feature {subject}'s share of the explanations moved"),
+    AlertKind("DriftForecast", "MLModelDriftForecast", "feature",
+              "feature {subject}'s drift is trending toward its warning level within the forecast horizon"),
     AlertKind("ModelNotApproved", "MLModelNotApproved", "version",
               "version {subject} is served but the registry has not approved and deployed it"),
 )

@@ -34,6 +34,7 @@ import numpy as np
 from mlmon_middleware.alerts import Alerts, Conditions
 from mlmon_middleware.baseline import Baseline
 from mlmon_middleware.drift.engine import compare
+from mlmon_middleware.drift.forecast import DriftTrend, Forecast
 from mlmon_middleware.drift.policy import RANK, DriftPolicy
 from mlmon_middleware.pacing import Pacer, pace_point, paced
 from mlmon_middleware.performance import PerformanceTracker
@@ -41,6 +42,7 @@ from mlmon_middleware.reports import (
     AlertEvent,
     AttributionFeature,
     AttributionReport,
+    BaselineSummary,
     DriftReport,
     FeatureDrift,
     LabelCoverage,
@@ -147,6 +149,7 @@ class DriftChecker:
         # per feature, (effect, PSI) of the last checks: the adaptive thresholds' history
         self._history: dict[str, collections.deque[tuple[float, float]]] = collections.defaultdict(
             lambda: collections.deque(maxlen=500))
+        self._trend = DriftTrend(self.policy.forecast_points, self.policy.forecast_min_points)
         self._seen_errors: collections.Counter[str] = collections.Counter()
         self._seen_feature_errors: dict[str, collections.Counter[str]] = {}
         self._seen_predictions = 0
@@ -216,6 +219,7 @@ class DriftChecker:
                 self._history[name].append((judged[name]["effect"], judged[name].get("psi", 0.0)))
         tested = [n for n, s in judged.items() if s.get("rows", 0) > 0]
         drifted = sorted(n for n in tested if RANK[judged[n].get("severity", "none")] >= RANK["warning"])
+        forecasts = self._forecasts(inputs, report["baseline"], policy, {n: judged[n] for n in tested})
         share = len(drifted) / len(tested) if tested else 0.0
         predictions: dict[str, FeatureDrift] = {}
         out_rows = len(outputs["time"]) if outputs else 0
@@ -232,11 +236,31 @@ class DriftChecker:
         report["dataset_drift"] = bool(tested) and share >= policy.share
         report["predictions"] = predictions
         report["prediction_drift"] = any(RANK[p.get("severity", "none")] >= RANK["warning"] for p in predictions.values())
+        report["forecast"] = {n: f.to_json() for n, f in forecasts.items()}
         conditions: Conditions = {("FeatureDrift", n): judged[n].get("severity", "none") for n in drifted}
+        conditions.update({("DriftForecast", n): "warning" for n, f in forecasts.items()
+                           if f.earliest < policy.forecast_horizon and n not in drifted})
         conditions.update({("PredictionDrift", n): p.get("severity", "none") for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
         return report, warmup, conditions
+
+    def _forecasts(self, inputs: CheckInputs, reference: BaselineSummary, policy: DriftPolicy,
+                   tested: Mapping[str, FeatureDrift]) -> dict[str, Forecast]:
+        """The drift forecasts of the tested features (:mod:`~mlmon_middleware.drift.forecast`):
+        a scheduled check adds its effects to the trend first when its window shares no row with
+        the last one recorded. Each trend's interval is at confidence 1 − 2·alpha/features (one
+        sided, Bonferroni over the features: a check of no-drift data raises a forecast at most
+        ``alpha`` of the time)."""
+        if not tested:
+            return {}
+        if inputs.scheduled:
+            times = inputs.features["time"]
+            key = (reference.get("created_at"), reference.get("schema_hash"), reference.get("rows"))
+            self._trend.add(key, inputs.now, float(np.min(times)), float(np.max(times)),
+                            {n: float(s["effect"]) for n, s in tested.items() if "effect" in s})
+        return self._trend.forecasts({n: policy.thresholds_for(n).effect for n in tested},
+                                     1.0 - 2.0 * policy.alpha / len(tested))
 
     def _quality_counts(self, counts: Counts, advance: bool) -> QualityCounts:
         """Capture problems and volume since the previous scheduled check."""

@@ -16,6 +16,7 @@ instrument across all models, from one table (:data:`READERS`) keyed by the name
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from mlmon_middleware.instruments import (
     BASELINE_BIN_RATIO,
     BASELINE_ROWS,
     DATASET_DRIFT_SHARE,
+    DRIFT_FORECAST,
     FEATURE_ATTRIBUTION,
     FEATURE_BIN,
     FEATURE_COVERAGE,
@@ -180,6 +182,17 @@ def _drift_share(m: ModelMonitor) -> Observations:
     return [] if report is None else [(report.get("share", 0.0), dict(m.attrs))]
 
 
+def _forecasts(m: ModelMonitor) -> Observations:
+    """Per feature with a forecast, its seconds (``+Inf`` where the report says None), and the
+    soonest as feature ``__all__``."""
+    report = _checked(m)
+    seconds = {f: math.inf if v["seconds"] is None else v["seconds"] for f, v in (report or {}).get("forecast", {}).items()}
+    if not seconds:
+        return []
+    return [(v, {**m.attrs, "feature": f}) for f, v in seconds.items()] + [(min(seconds.values()),
+                                                                            {**m.attrs, "feature": "__all__"})]
+
+
 def _quality(key: str) -> Callable[[ModelMonitor], Observations]:
     def read(m: ModelMonitor) -> Observations:
         report = _checked(m)
@@ -201,6 +214,7 @@ READERS: dict[str, Callable[[ModelMonitor], Observations]] = {
     BASELINE_ROWS: _baseline_rows,
     ANALYSIS_DURATION: _analysis_duration,
     ANALYSIS_LAST_RUN: _analysis_last_run,
+    DRIFT_FORECAST: _forecasts,
     LABEL_COVERAGE: _label_coverage,
     ALERT_EVENTS: _alert_events,
     ALERT_ACTIVE: _alerts_active,

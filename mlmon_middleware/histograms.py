@@ -138,12 +138,12 @@ class PreaggregatedHistogram:
         points = self.points()
         if not points:
             return None
-        keys = sorted({_label_name(k) for p in points for k in p.attributes})
+        keys = sorted({label_name(k) for p in points for k in p.attributes})
         base = self.spec.name.replace(".", "_")
         family = HistogramMetricFamily(base, self.spec.description, labels=keys, unit=self.spec.prometheus[len(base) + 1:])
         bounds = [*(f"{b}" for b in self._bounds), "+Inf"]
         for p in points:
-            labels = {_label_name(k): _label_value(v) for k, v in p.attributes.items()}
+            labels = {label_name(k): label_value(v) for k, v in p.attributes.items()}
             buckets: list[Any] = []
             for i, cumulative in enumerate(np.cumsum(p.bucket_counts).tolist()):
                 found = p.exemplars[i] if p.exemplars else None
@@ -168,16 +168,16 @@ class HistogramCollector:
                 yield family
 
 
-def _label_name(key: str) -> str:
+def label_name(key: str) -> str:
     """A Prometheus label name for an attribute key, as the OpenTelemetry exporter makes it.
 
-    >>> _label_name("http.response.status_code"), _label_name("9lives")
+    >>> label_name("http.response.status_code"), label_name("9lives")
     ('http_response_status_code', '_lives')
     """
     return re.sub(r"[^a-zA-Z0-9_]", "_", f"_{key[1:]}" if key[:1].isdigit() else key)
 
 
-def _label_value(value: Any) -> str:
+def label_value(value: Any) -> str:
     """Label text: strings as they are, anything else as JSON (``200``, ``true``), as the exporter does."""
     return value if isinstance(value, str) else json.dumps(value, default=str)
 

@@ -49,7 +49,12 @@ LABELS = "mlmon.labels"
 LABEL_DELAY = "mlmon.label.delay"
 LABEL_COVERAGE = "mlmon.label.coverage"
 BASELINE_AGE = "mlmon.baseline.age"
+DRIFT_FORECAST = "mlmon.drift.forecast"
 MODEL_APPROVED = "mlmon.model.approved"
+
+#: observable gauges whose values may be infinite (a forecast of "never" is +Inf): the OpenTelemetry
+#: SDK drops non-finite measurements, so the Prometheus exposition adds them (OTLP carries none)
+NON_FINITE = (DRIFT_FORECAST,)
 
 # Semantic-conventions buckets for HTTP server durations (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -185,6 +190,10 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
     InstrumentSpec(LABEL_COVERAGE, "observable_gauge", "1",
                    "Share of the logged predictions of a time window that have a label, at the last check.",
                    "mlmon_label_coverage"),
+    InstrumentSpec(DRIFT_FORECAST, "observable_gauge", "s",
+                   "Seconds until a feature's drift trend reaches its warning level (+Inf: not trending upward; "
+                   "0: there); feature __all__: the first feature's.",
+                   "mlmon_drift_forecast_seconds"),
     InstrumentSpec(BASELINE_AGE, "observable_gauge", "s",
                    "Seconds since the model's baseline was created.",
                    "mlmon_baseline_age_seconds"),

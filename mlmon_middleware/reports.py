@@ -108,6 +108,21 @@ class MergedWorkers(TypedDict):
     stale: int
 
 
+class FeatureForecast(TypedDict):
+    """When a feature's drift may reach its warning level (``mlmon_middleware.drift.forecast``):
+    seconds from the last check (None: not trending upward; 0: there already), the earliest,
+    the trend's slope per second with its interval, the fitted level and the residuals' lag-1
+    autocorrelation."""
+
+    slope: float
+    low: float
+    high: float
+    level: float
+    seconds: float | None
+    earliest: float | None
+    autocorrelation: float
+
+
 class DriftReport(TypedDict, total=False):
     """One check of one model (``ModelMonitor.drift_report()``, ``GET /mlmon/drift``)."""
 
@@ -130,6 +145,7 @@ class DriftReport(TypedDict, total=False):
     prediction_drift: bool
     performance_status: str
     attributions: AttributionReport
+    forecast: dict[str, FeatureForecast]  # per feature with enough disjoint checks
     alerts: list[ActiveAlert]
     duration_seconds: float
     workers: MergedWorkers  # with workers sharing: whose windows the check merged

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import time
 import uuid
@@ -51,6 +52,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 if TYPE_CHECKING:
@@ -59,7 +61,14 @@ if TYPE_CHECKING:
 from mlmon_middleware import instruments as names
 from mlmon_middleware._version import __version__
 from mlmon_middleware.config import MonitorConfig
-from mlmon_middleware.histograms import Exemplar, HistogramCollector, HistogramSink, PreaggregatedHistogram
+from mlmon_middleware.histograms import (
+    Exemplar,
+    HistogramCollector,
+    HistogramSink,
+    PreaggregatedHistogram,
+    label_name,
+    label_value,
+)
 from mlmon_middleware.instruments import INSTRUMENTS
 from mlmon_middleware.merge import MergedCollector
 from mlmon_middleware.otel_env import exemplars_allowed, temporality_preference
@@ -122,6 +131,34 @@ class _FlushBeforeCollect:
         return []
 
 
+class _WithInfinities:
+    """The OpenTelemetry exporter's families (read from its own registry ``sdk``), with the
+    infinite values of :data:`~mlmon_middleware.instruments.NON_FINITE` gauges that the SDK
+    drops (its API takes finite measurements only) added back, labelled as the exporter labels."""
+
+    def __init__(self, sdk: CollectorRegistry, observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]]) -> None:
+        self._sdk = sdk
+        self._observe = observe
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        families = list(self._sdk.collect())
+        for name in names.NON_FINITE:
+            spec = INSTRUMENTS[name]
+            infinite = [(value, attrs) for value, attrs in self._observe(name) if not math.isfinite(value)]
+            if not infinite:
+                continue
+            family = next((f for f in families if f.name == spec.prometheus), None)
+            if family is None:
+                family = GaugeMetricFamily(spec.prometheus, spec.description)
+                families.append(family)
+            for value, attrs in infinite:
+                family.add_sample(spec.prometheus, {label_name(k): label_value(v) for k, v in attrs.items()}, value)
+        return families
+
+
 def _resource(config: MonitorConfig, instance_id: str, app: TracerProvider | None) -> Resource:
     """The resource of the SDK tracer provider mlmon's spans go through (``tracer_provider``, or the
     app's global one), plus our ``service.instance.id`` if it has none (each process's cumulative
@@ -160,6 +197,8 @@ class Telemetry:
         self.registry.register(_FlushBeforeCollect(flush))
         self._histograms: list[PreaggregatedHistogram] = []
         self.registry.register(HistogramCollector(self._histograms))
+        self._sdk_registry = CollectorRegistry(auto_describe=False)  # the OTel exporter's, read through:
+        self.registry.register(_WithInfinities(self._sdk_registry, observe))
         self.scraped = self.registry  # what /metrics and the metrics port answer with
         if merged is not None:
             self.scraped = CollectorRegistry(auto_describe=False)
@@ -205,7 +244,7 @@ class Telemetry:
         return ours if len(meters) == 1 else _Tee(ours, SdkHistogram(_create(meters[1], name)))
 
     def _meter_provider(self, config: MonitorConfig, environ: Mapping[str, str]) -> MeterProvider:
-        readers: list[Any] = [PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)]
+        readers: list[Any] = [PrometheusMetricReader(registry=self._sdk_registry, scope_info_enabled=False)]
         # with a meter provider of the user's, that one exports: no OTLP of ours beside it
         exporter = build_exporter("metrics", config, environ, self.problems) if config.meter_provider is None else None
         if exporter is not None:
@@ -321,7 +360,7 @@ def _create(meter: otel_metrics.Meter, name: str,
 
 def _observer(observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]], name: str
               ) -> Callable[[CallbackOptions], list[Observation]]:
-    def callback(_: CallbackOptions) -> list[Observation]:
-        return [Observation(value, dict(attrs)) for value, attrs in observe(name)]
+    def callback(_: CallbackOptions) -> list[Observation]:  # the SDK takes finite values only (see _WithInfinities)
+        return [Observation(value, dict(attrs)) for value, attrs in observe(name) if math.isfinite(value)]
 
     return callback

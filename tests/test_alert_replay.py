@@ -35,6 +35,10 @@ SCENARIOS = {
         ("DisparateImpact", "group@last_1000"): [N, N, W, W, W, W, N, W, N, N, N, N],
         ("AttributionDrift", "debt_ratio"): [W, W, N, N, W, W, W, N, N, N, N, N],
     },
+    "a feature trending toward its warning level, which it then reaches": {
+        ("DriftForecast", "income"): [N, W, W, W, W, N, N, N, N, N],
+        ("FeatureDrift", "income"): [N, N, N, N, W, W, W, N, N, N],
+    },
     "a version served before it is approved, then approved and deployed": {
         ("ModelNotApproved", "2"): [C, C, C, C, N, N, N, N],
     },

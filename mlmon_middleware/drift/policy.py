@@ -24,7 +24,10 @@ Severity: not significant is *none*; significant with ``effect`` below ``thresho
 level). Thresholds can be overridden per feature; ``adaptive_k`` raises a feature's effect and PSI
 levels to the mean + k·std of its own history. The dataset drifts when the share of drifting
 features reaches ``share``. Alerts fire after ``fire_after`` consecutive drifting checks and
-resolve after ``resolve_after`` clean ones.
+resolve after ``resolve_after`` clean ones. ``forecast_*`` set the drift forecasts
+(:mod:`~mlmon_middleware.drift.forecast`): the trend of each feature's effect over the last
+``forecast_points`` checks whose windows share no row, and the ``DriftForecast`` alert when its
+warning level may be reached within ``forecast_horizon`` seconds.
 
 >>> policy = DriftPolicy(overrides={"income": {"effect": 0.2}})
 >>> policy.thresholds_for("income").effect, policy.thresholds_for("age").effect
@@ -74,6 +77,11 @@ class DriftPolicy:
     resolve_after: int = 2
     adaptive_k: float | None = None
     adaptive_min_history: int = 30
+    #: the DriftForecast alert: a feature whose drift trend may reach its warning level within
+    #: this many seconds (0: no forecast alert; the forecasts are still reported and exported)
+    forecast_horizon: float = 7 * 86400.0
+    forecast_points: int = 20  # the latest checks with disjoint windows a trend is fitted to
+    forecast_min_points: int = 8  # fewer: no forecast
 
     def __post_init__(self) -> None:
         if self.correction not in CORRECTIONS:
@@ -84,6 +92,11 @@ class DriftPolicy:
             raise ConfigError(f"share must be in (0, 1], got {self.share!r}")
         if self.fire_after < 1 or self.resolve_after < 1:
             raise ConfigError("fire_after and resolve_after must be >= 1 checks")
+        if not self.forecast_horizon >= 0:
+            raise ConfigError(f"forecast_horizon must be >= 0 seconds, got {self.forecast_horizon!r}")
+        if not 3 <= self.forecast_min_points <= self.forecast_points:
+            raise ConfigError("forecast_min_points must be >= 3 and at most forecast_points, got "
+                              f"{self.forecast_min_points!r} and {self.forecast_points!r}")
         if self.adaptive_k is not None and not self.adaptive_k > 0:
             raise ConfigError(f"adaptive_k must be > 0 or None, got {self.adaptive_k!r}")
         fields = {f.name for f in dataclasses.fields(Thresholds)}
