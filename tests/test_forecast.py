@@ -11,7 +11,7 @@ from scipy import stats
 from mlmon_middleware import Baseline, Monitor, MonitorConfig
 from mlmon_middleware.analyzer import CheckInputs
 from mlmon_middleware.config import ConfigError
-from mlmon_middleware.drift.forecast import DriftTrend, forecast, lag1_autocorrelation, sen_slope
+from mlmon_middleware.drift.forecast import DriftTrend, forecast, lag1_autocorrelations, sen_slope, sen_slopes
 from mlmon_middleware.drift.policy import DriftPolicy
 from mlmon_middleware.gauges import observe
 from mlmon_middleware.instruments import DRIFT_FORECAST
@@ -37,12 +37,24 @@ def test_sen_slope_and_its_interval_are_scipys():
                                      rel=1e-9, abs=1e-12)
 
 
+def test_many_series_at_once_are_each_scipys():
+    rng = np.random.default_rng(2)
+    x = np.sort(rng.uniform(0, 1e4, 25))
+    Y = rng.normal(size=(40, 25)) + np.linspace(-1e-3, 1e-3, 40)[:, None] * x
+    Y[::7] = np.round(Y[::7], 1)  # some rows with ties
+    ours = sen_slopes(x, Y, 0.99)
+    for i, y in enumerate(Y):
+        theirs = stats.theilslopes(y, x, 0.99)
+        assert [v[i] for v in ours] == pytest.approx([theirs.slope, theirs.intercept, theirs.low_slope,
+                                                      theirs.high_slope], rel=1e-9, abs=1e-12)
+
+
 def test_the_autocorrelation_is_the_published_lag_1_estimator_and_widens_the_interval():
     rng = np.random.default_rng(1)
     for _ in range(50):
         e = rng.normal(size=int(rng.integers(5, 50)))
         c = e - e.mean()
-        assert lag1_autocorrelation(e) == pytest.approx(np.sum(c[1:] * c[:-1]) / np.sum(c * c), rel=1e-9)
+        assert lag1_autocorrelations(e[None, :])[0] == pytest.approx(np.sum(c[1:] * c[:-1]) / np.sum(c * c), rel=1e-9)
     x = np.arange(30.0)
     assert sen_slope(x, x, 0.95, 4.0)[2] <= sen_slope(x, x, 0.95, 1.0)[2]  # inflated: wider
     walk = np.cumsum(rng.normal(size=30))  # a random walk wanders like a trend: its r is high
