@@ -74,7 +74,8 @@ def test_a_trend_is_fitted_only_to_checks_of_disjoint_windows_and_restarts_with_
 
 def test_forecast_of_a_level_already_there_and_of_no_trend():
     t = np.arange(10) * HOUR
-    assert forecast(t, np.full(10, 0.2), threshold=0.1).seconds == 0.0
+    assert forecast(t, 0.2 + 0.01 * np.arange(10), threshold=0.1).seconds == 0.0  # rising, and there already
+    assert math.isinf(forecast(t, np.full(10, 0.2), threshold=0.1).seconds)  # above it but flat: not a forecast
     assert math.isinf(forecast(t, 0.2 - 0.01 * np.arange(10), threshold=0.5).seconds)  # falling
     with pytest.raises(ValueError, match="3 or more"):
         forecast(t[:2], np.zeros(2), 0.1)

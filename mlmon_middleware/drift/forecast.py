@@ -15,7 +15,9 @@ factor (1 + r)/(1 − r) of the residuals' lag-1 autocorrelation r (the AR(1) co
 effective sample size, as in the modified Mann–Kendall tests; r ≤ 0 leaves it as it is, and r
 is capped at 0.9). A forecast is finite only when the interval's lower end is above zero; the
 time is ``(threshold − level) / slope`` from the fitted level at the last check, and the
-earliest time uses the interval's upper slope.
+earliest time uses the interval's upper slope. A level above the threshold without a
+significant upward trend is not a forecast (infinite): small windows read effects above a low
+threshold by noise alone, and the drift verdict, not the forecast, judges what is there.
 
 >>> import numpy as np
 >>> t = np.arange(20) * 3600.0  # hourly checks, the effect rising 0.002 an hour from 0.01
@@ -47,7 +49,8 @@ class Forecast:
     """One feature's trend: ``slope`` (per second) within ``[low, high]``, the fitted ``level``
     at the last point, and the seconds from the last point until the line reaches the
     threshold (``seconds``; at the interval's upper slope: ``earliest``). ``inf`` when the
-    trend is not significantly upward; 0 when the level is there already."""
+    trend is not significantly upward (whatever the level: a small window's effect sits above
+    a low threshold by noise alone); 0 when it is and the level is there already."""
 
     slope: float
     low: float
@@ -144,12 +147,12 @@ def forecasts(times: np.ndarray, values: np.ndarray, thresholds: np.ndarray, con
     level = intercept + slope * float(x[-1])
     out = []
     for i, threshold in enumerate(np.broadcast_to(np.asarray(thresholds, dtype=float), len(Y))):
-        if level[i] >= threshold:
-            seconds = earliest = 0.0
-        elif low[i] > 0:
-            seconds, earliest = (threshold - level[i]) / slope[i], (threshold - level[i]) / high[i]
-        else:
+        if not low[i] > 0:  # not significantly upward: a level above the threshold is noise, or drift already judged
             seconds = earliest = math.inf
+        elif level[i] >= threshold:
+            seconds = earliest = 0.0
+        else:
+            seconds, earliest = (threshold - level[i]) / slope[i], (threshold - level[i]) / high[i]
         out.append(Forecast(float(slope[i]), float(low[i]), float(high[i]), float(level[i]), float(seconds),
                             float(earliest), float(r[i])))
     return out
