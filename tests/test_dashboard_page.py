@@ -180,12 +180,13 @@ CHART_LABELS = """() => {
   return out;
 }"""
 
-# the drift table's cells per feature, and the drift report the page reads (traffic has stopped:
-# every check since gives the same numbers)
+# the drift table's cells per feature, drawn by the page's own function from the report it reads
+# (drawn again here: a scheduled check may land between the page's refresh and this fetch)
 DRIFT_ROWS = """async () => {
+  const report = Object.values(await (await fetch("drift")).json())[0];
+  renderDrift(report);
   const rows = [...document.querySelectorAll("#drift-table tbody tr")];
   const cells = Object.fromEntries(rows.map((r) => [r.dataset.feature, [...r.cells].map((c) => c.textContent)]));
-  const report = Object.values(await (await fetch("drift")).json())[0];
   return [cells, report];
 }"""
 
@@ -226,6 +227,8 @@ def test_layout_ticks_statistics_and_states(service, browser):
           return [[...card.querySelectorAll("text.tick")].map((t) => t.textContent), card.querySelector(".key").textContent];
         }""")
         headers = page.eval_on_selector_all("#drift-table thead th", "cells => cells.map(c => c.textContent)")
+        forecasts = page.evaluate("""() => [undefined, {seconds: null}, {seconds: 0}, {seconds: 7200}, {seconds: 90},
+                                            {seconds: 3 * 86400}, {seconds: 12}].map(forecastText)""")
         rows, shown = page.evaluate(DRIFT_ROWS)
         states = {name: page.inner_text(f"#{name}") for name in ("monitor-state", "model-state", "model-alerts")}
         issues, model_issues = page.inner_text("#issues"), page.inner_text("#model-issues")
@@ -251,6 +254,10 @@ def test_layout_ticks_statistics_and_states(service, browser):
             assert (rows[name][ks], rows[name][chi2]) == (f"{stats['ks']:.3f}", "–"), (name, rows[name])
         else:
             assert (rows[name][ks], rows[name][chi2]) == ("–", f"{stats['chi2']:.2f}"), (name, rows[name])
+    forecast = headers.index("forecast")  # the drift forecast (docs/insight.md): "–" until a trend has its points
+    assert forecasts == ["–", "none", "now", "in 2 h", "in 1.5 min", "in 3 d", "in 12 s"]
+    assert all(cells[forecast] == ("–" if name not in shown.get("forecast", {}) else cells[forecast])
+               for name, cells in rows.items()), rows
     psi = headers.index("PSI")
     assert all(len(cells[psi].split(".")[1]) == 3 for cells in rows.values()), rows
 
