@@ -79,6 +79,8 @@ KINDS: tuple[AlertKind, ...] = (
     AlertKind("ConceptDrift", "MLModelConceptDrift", "stream", "the error stream changed (concept drift)"),
     AlertKind("DisparateImpact", "MLModelDisparateImpact", "attribute@window", "{subject} fails the four-fifths rule"),
     AlertKind("AttributionDrift", "MLModelAttributionDrift", "feature", "feature {subject}'s share of the explanations moved"),
+    AlertKind("MultivariateDrift", "MLModelMultivariateDrift", "method",
+              "the features' joint distribution moved ({subject}: their correlations no longer hold)"),
     AlertKind("DriftForecast", "MLModelDriftForecast", "feature",
               "feature {subject}'s drift is trending toward its warning level within the forecast horizon"),
     AlertKind("ModelNotApproved", "MLModelNotApproved", "version",

@@ -28,13 +28,16 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from mlmon_middleware.alerts import Alerts, Conditions
 from mlmon_middleware.baseline import Baseline
+from mlmon_middleware.drift import multivariate
 from mlmon_middleware.drift.engine import compare
 from mlmon_middleware.drift.forecast import DriftTrend, Forecast
+from mlmon_middleware.drift.multivariate import PCAModel
 from mlmon_middleware.drift.policy import RANK, DriftPolicy
 from mlmon_middleware.pacing import Pacer, pace_point, paced
 from mlmon_middleware.performance import PerformanceTracker
@@ -48,6 +51,7 @@ from mlmon_middleware.reports import (
     LabelCoverage,
     LabelCoverageWindow,
     MergedWorkers,
+    MultivariateDrift,
     PerformanceReport,
     QualityCounts,
     WindowSpan,
@@ -237,12 +241,16 @@ class DriftChecker:
         report["predictions"] = predictions
         report["prediction_drift"] = any(RANK[p.get("severity", "none")] >= RANK["warning"] for p in predictions.values())
         report["forecast"] = {n: f.to_json() for n, f in forecasts.items()}
+        if baseline.pca is not None and rows:
+            report["multivariate"] = _multivariate(baseline.pca, schema, features, policy)
         conditions: Conditions = {("FeatureDrift", n): judged[n].get("severity", "none") for n in drifted}
         conditions.update({("DriftForecast", n): "warning" for n, f in forecasts.items()
                            if f.earliest < policy.forecast_horizon and n not in drifted})
         conditions.update({("PredictionDrift", n): p.get("severity", "none") for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
+        if report.get("multivariate", {}).get("severity") == "warning":
+            conditions[("MultivariateDrift", "pca")] = "warning"
         return report, warmup, conditions
 
     def _forecasts(self, inputs: CheckInputs, reference: BaselineSummary, policy: DriftPolicy,
@@ -304,6 +312,21 @@ class DriftChecker:
         if advance:
             self._seen_feature_errors = now
         return {f: c for f, c in since.items() if c}
+
+
+def _multivariate(pca: PCAModel, schema: FeatureSchema, features: WindowSnapshot, policy: DriftPolicy) -> MultivariateDrift:
+    """The window's numeric rows against the baseline's PCA reconstruction, and the verdict:
+    warning when its test rejects at ``alpha`` and its errors are ``multivariate_ratio`` times the reference's."""
+    columns = [schema.numeric_names.index(f) if f in schema.numeric_names else -1 for f in pca.features]
+    if -1 in columns:  # the schema lost a feature the reconstruction reads
+        found: dict[str, Any] = {"method": "pca", "rows": 0, "p_value": None, "error_ratio": None,
+                                 "components": len(pca.components)}
+    else:
+        numeric = np.asarray(features["numeric"])
+        found = multivariate.check(pca, numeric if columns == list(range(numeric.shape[1])) else numeric[:, columns])
+    drifted = found["p_value"] is not None and found["p_value"] < policy.alpha and (found["error_ratio"] or 0) >= \
+        policy.multivariate_ratio
+    return {**found, "severity": "warning" if drifted else "none"}  # type: ignore[typeddict-item]
 
 
 def _encoded(window: WindowSnapshot) -> Encoded:

@@ -35,6 +35,7 @@ import numpy as np
 import orjson
 
 from mlmon_middleware._version import __version__
+from mlmon_middleware.drift import multivariate
 from mlmon_middleware.payload import CaptureError, extract_rows
 from mlmon_middleware.profile import Profiler
 from mlmon_middleware.reports import BaselineSummary
@@ -75,6 +76,10 @@ class Baseline:
         self.row_count: int = self.payload["row_count"]
         self.created_at: str = self.payload["created_at"]
         self.warmup: bool = bool(self.payload.get("warmup", False))
+        found = self.payload.get("multivariate")
+        #: the PCA reconstruction of the numeric features (:mod:`~mlmon_middleware.drift.multivariate`);
+        #: None for a baseline without one (fewer than 2 numeric features, or built before it existed)
+        self.pca = multivariate.PCAModel.from_dict(found) if found else None
         #: up to 200 whole rows of the numeric features (schema order), for explainers
         background = self.payload.get("background")
         self.background = np.asarray(background if background is not None else [], dtype=float)
@@ -173,12 +178,13 @@ class Baseline:
         profiles = features.profiles(bins, sample_size)
         pred_profiles = predictions.profiles(bins, sample_size) if predictions and predictions.rows else {}
         background = features.background(200, rng)
+        pca = multivariate.fit(features.complete_rows(), features.schema.numeric_names, seed=seed)
         return cls({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "mlmon_version": __version__, "row_count": features.rows, "schema_hash": schema_hash(features.schema),
             "warmup": warmup, "features": profiles, "predictions": pred_profiles,
-            "background": background,
+            "background": background, "multivariate": None if pca is None else pca.to_dict(),
         })
 
     def to_json(self, indent: bool = False) -> bytes:

@@ -41,6 +41,7 @@ from mlmon_middleware.instruments import (
     LABEL_COVERAGE,
     LIMIT_HITS,
     MONITOR_ERRORS,
+    MULTIVARIATE_DRIFT,
     PERFORMANCE,
     PREDICTION_DRIFT_SCORE,
     QUALITY_RATIOS,
@@ -193,6 +194,12 @@ def _forecasts(m: ModelMonitor) -> Observations:
                                                                             {**m.attrs, "feature": "__all__"})]
 
 
+def _multivariate(m: ModelMonitor) -> Observations:
+    found = (_checked(m) or {}).get("multivariate")
+    ratio = None if found is None else found.get("error_ratio")
+    return [] if ratio is None else [(ratio, {**m.attrs, "method": found["method"]})]  # type: ignore[index]
+
+
 def _quality(key: str) -> Callable[[ModelMonitor], Observations]:
     def read(m: ModelMonitor) -> Observations:
         report = _checked(m)
@@ -215,6 +222,7 @@ READERS: dict[str, Callable[[ModelMonitor], Observations]] = {
     ANALYSIS_DURATION: _analysis_duration,
     ANALYSIS_LAST_RUN: _analysis_last_run,
     DRIFT_FORECAST: _forecasts,
+    MULTIVARIATE_DRIFT: _multivariate,
     LABEL_COVERAGE: _label_coverage,
     ALERT_EVENTS: _alert_events,
     ALERT_ACTIVE: _alerts_active,

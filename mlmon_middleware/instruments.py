@@ -50,6 +50,7 @@ LABEL_DELAY = "mlmon.label.delay"
 LABEL_COVERAGE = "mlmon.label.coverage"
 BASELINE_AGE = "mlmon.baseline.age"
 DRIFT_FORECAST = "mlmon.drift.forecast"
+MULTIVARIATE_DRIFT = "mlmon.multivariate.drift.score"
 MODEL_APPROVED = "mlmon.model.approved"
 
 #: observable gauges whose values may be infinite (a forecast of "never" is +Inf): the OpenTelemetry
@@ -190,6 +191,10 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
     InstrumentSpec(LABEL_COVERAGE, "observable_gauge", "1",
                    "Share of the logged predictions of a time window that have a label, at the last check.",
                    "mlmon_label_coverage"),
+    InstrumentSpec(MULTIVARIATE_DRIFT, "observable_gauge", "1",
+                   "The window's mean PCA reconstruction error over the reference's, at the last check (1: alike; "
+                   "the features' joint distribution moved when larger), by method.",
+                   "mlmon_multivariate_drift_score"),
     InstrumentSpec(DRIFT_FORECAST, "observable_gauge", "s",
                    "Seconds until a feature's drift trend reaches its warning level (+Inf: not trending upward; "
                    "0: there); feature __all__: the first feature's.",

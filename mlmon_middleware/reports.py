@@ -123,6 +123,19 @@ class FeatureForecast(TypedDict):
     autocorrelation: float
 
 
+class MultivariateDrift(TypedDict):
+    """The window against the baseline's PCA reconstruction (``mlmon_middleware.drift.multivariate``):
+    complete rows tested, the one-sided Mann–Whitney p-value, the ratio of mean reconstruction
+    errors, the components kept, and the verdict."""
+
+    method: str
+    rows: int
+    p_value: float | None
+    error_ratio: float | None
+    components: int
+    severity: Severity
+
+
 class DriftReport(TypedDict, total=False):
     """One check of one model (``ModelMonitor.drift_report()``, ``GET /mlmon/drift``)."""
 
@@ -146,6 +159,7 @@ class DriftReport(TypedDict, total=False):
     performance_status: str
     attributions: AttributionReport
     forecast: dict[str, FeatureForecast]  # per feature with enough disjoint checks
+    multivariate: MultivariateDrift  # with a baseline that has a PCA reconstruction
     alerts: list[ActiveAlert]
     duration_seconds: float
     workers: MergedWorkers  # with workers sharing: whose windows the check merged

@@ -39,6 +39,9 @@ SCENARIOS = {
         ("DriftForecast", "income"): [N, W, W, W, W, N, N, N, N, N],
         ("FeatureDrift", "income"): [N, N, N, N, W, W, W, N, N, N],
     },
+    "the features' correlations break, then hold again": {
+        ("MultivariateDrift", "pca"): [N, W, W, W, N, N, N, N],
+    },
     "a version served before it is approved, then approved and deployed": {
         ("ModelNotApproved", "2"): [C, C, C, C, N, N, N, N],
     },

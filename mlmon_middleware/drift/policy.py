@@ -82,6 +82,9 @@ class DriftPolicy:
     forecast_horizon: float = 7 * 86400.0
     forecast_points: int = 20  # the latest checks with disjoint windows a trend is fitted to
     forecast_min_points: int = 8  # fewer: no forecast
+    #: multivariate drift needs its test (p < alpha) and the window's mean reconstruction error at
+    #: least this many times the reference's (a practical floor, as ``effect`` is for a feature)
+    multivariate_ratio: float = 1.1
 
     def __post_init__(self) -> None:
         if self.correction not in CORRECTIONS:
