@@ -223,7 +223,8 @@ class DriftChecker:
                 self._history[name].append((judged[name]["effect"], judged[name].get("psi", 0.0)))
         tested = [n for n, s in judged.items() if s.get("rows", 0) > 0]
         drifted = sorted(n for n in tested if RANK[judged[n].get("severity", "none")] >= RANK["warning"])
-        forecasts = self._forecasts(inputs, report["baseline"], policy, {n: judged[n] for n in tested})
+        forecasts = self._forecasts(inputs, baseline, report["baseline"], warmup is not None, policy,
+                                    {n: judged[n] for n in tested})
         share = len(drifted) / len(tested) if tested else 0.0
         predictions: dict[str, FeatureDrift] = {}
         out_rows = len(outputs["time"]) if outputs else 0
@@ -244,8 +245,9 @@ class DriftChecker:
         if baseline.pca is not None and rows:
             report["multivariate"] = _multivariate(baseline.pca, schema, features, policy)
         conditions: Conditions = {("FeatureDrift", n): judged[n].get("severity", "none") for n in drifted}
-        conditions.update({("DriftForecast", n): "warning" for n, f in forecasts.items()
-                           if f.earliest < policy.forecast_horizon and n not in drifted})
+        conditions.update({("DriftForecast", n): "warning" for n, f in forecasts.items()  # sustained over points
+                           if f.earliest < policy.forecast_horizon and n not in drifted
+                           and self._trend.streaks.get(n, 0) >= policy.fire_after})
         conditions.update({("PredictionDrift", n): p.get("severity", "none") for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
@@ -253,22 +255,23 @@ class DriftChecker:
             conditions[("MultivariateDrift", "pca")] = "warning"
         return report, warmup, conditions
 
-    def _forecasts(self, inputs: CheckInputs, reference: BaselineSummary, policy: DriftPolicy,
-                   tested: Mapping[str, FeatureDrift]) -> dict[str, Forecast]:
+    def _forecasts(self, inputs: CheckInputs, baseline: Baseline, reference: BaselineSummary, warmup: bool,
+                   policy: DriftPolicy, tested: Mapping[str, FeatureDrift]) -> dict[str, Forecast]:
         """The drift forecasts of the tested features (:mod:`~mlmon_middleware.drift.forecast`):
         a scheduled check adds its effects to the trend first when its window shares no row with
         the last one recorded. Each trend's interval is at confidence 1 − 2·alpha/features (one
         sided, Bonferroni over the features: a check of no-drift data raises a forecast at most
         ``alpha`` of the time)."""
-        if not tested:
-            return {}
+        key = (id(baseline), reference.get("created_at"), reference.get("schema_hash"), reference.get("rows"))
+        if not tested or (not inputs.scheduled and key != self._trend.reference):
+            return {}  # an on-demand check against a baseline the trend has not met yet: no forecast of the old one
         if inputs.scheduled:
             times = inputs.features["time"]
-            key = (reference.get("created_at"), reference.get("schema_hash"), reference.get("rows"))
-            self._trend.add(key, inputs.now, float(np.min(times)), float(np.max(times)),
-                            {n: float(s["effect"]) for n, s in tested.items() if "effect" in s})
+            self._trend.add(key, inputs.now, float(np.min(times)), float(np.max(times)), len(times),
+                            {n: float(s["effect"]) for n, s in tested.items() if "effect" in s},
+                            record=not warmup)  # a warm-up baseline built from this window: its effects are 0
         return self._trend.forecasts({n: policy.thresholds_for(n).effect for n in tested},
-                                     1.0 - 2.0 * policy.alpha / len(tested))
+                                     1.0 - 2.0 * policy.alpha / len(tested), inputs.now)
 
     def _quality_counts(self, counts: Counts, advance: bool) -> QualityCounts:
         """Capture problems and volume since the previous scheduled check."""

@@ -24,6 +24,7 @@ Model counts (predictions, capture errors, labels) are summed the same way (:fun
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,9 +52,26 @@ class MergedCollector:
 
 
 def families(registry: CollectorRegistry) -> list[Family]:
-    """The families a registry collects, as plain lists (JSON-ready)."""
-    return [[m.name, m.documentation, m.type, m.unit, [[s.name, s.labels, s.value] for s in m.samples]]
+    """The families a registry collects, as plain lists (JSON-ready: a value that is not finite,
+    such as a forecast's +Inf, as its text ``"inf"``, which JSON has no number for).
+
+    >>> from prometheus_client.core import GaugeMetricFamily
+    >>> class One:
+    ...     def collect(self):
+    ...         yield GaugeMetricFamily("x_seconds", "x", value=float("inf"))
+    >>> registry = CollectorRegistry()
+    >>> registry.register(One())
+    >>> families(registry)[0][4], value_of("inf")
+    ([['x_seconds', {}, 'inf']], inf)
+    """
+    return [[m.name, m.documentation, m.type, m.unit,
+             [[s.name, s.labels, s.value if math.isfinite(s.value) else repr(float(s.value))] for s in m.samples]]
             for m in registry.collect()]
+
+
+def value_of(value: float | str) -> float:
+    """A sample's value as :func:`families` wrote it."""
+    return float(value)
 
 
 def fold_counters(exited: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,7 +86,7 @@ def fold_counters(exited: Mapping[str, Any], state: Mapping[str, Any]) -> dict[s
             series = totals.setdefault(name, collections.defaultdict(float))
             for sample, labels, value in samples:
                 if not sample.endswith("_created"):
-                    series[(sample, tuple(sorted(labels.items())))] += value
+                    series[(sample, tuple(sorted(labels.items())))] += value_of(value)
     metrics = [[name, *meta[name], [[s, dict(labels), v] for (s, labels), v in series.items()]]
                for name, series in totals.items()]
     models: dict[str, dict[str, Any]] = {}
@@ -96,9 +114,10 @@ def merged_families(live: Mapping[str, Mapping[str, Any]], exited: Mapping[str, 
                 out[name] = Metric(name, doc, kind, unit)
                 values[name] = {}
             series = values[name]
-            for sample, labels, value in samples:
+            for sample, labels, written in samples:
                 if sample.endswith("_created"):
                     continue
+                value = value_of(written)
                 if summed and per_worker:
                     labels = {**labels, "worker": worker}
                 ident = (sample, tuple(sorted(labels.items())))

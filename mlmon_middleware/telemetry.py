@@ -132,30 +132,31 @@ class _FlushBeforeCollect:
 
 
 class _WithInfinities:
-    """The OpenTelemetry exporter's families (read from its own registry ``sdk``), with the
-    infinite values of :data:`~mlmon_middleware.instruments.NON_FINITE` gauges that the SDK
-    drops (its API takes finite measurements only) added back, labelled as the exporter labels."""
+    """The OpenTelemetry exporter's families (read from its own registry ``sdk``), except those
+    of :data:`~mlmon_middleware.instruments.NON_FINITE` gauges, which are built here from one
+    read of their values, infinite ones included: the SDK drops non-finite measurements (its
+    API takes finite ones only), and one read keeps a series from showing twice or not at all
+    when a check lands between two reads."""
 
     def __init__(self, sdk: CollectorRegistry, observe: Callable[[str], Iterable[tuple[float, Mapping[str, Any]]]]) -> None:
         self._sdk = sdk
         self._observe = observe
+        self._names = {INSTRUMENTS[name].prometheus: name for name in names.NON_FINITE}
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> list[Any]:
-        families = list(self._sdk.collect())
-        for name in names.NON_FINITE:
+        families = [f for f in self._sdk.collect() if f.name not in self._names]
+        for prometheus, name in self._names.items():
             spec = INSTRUMENTS[name]
-            infinite = [(value, attrs) for value, attrs in self._observe(name) if not math.isfinite(value)]
-            if not infinite:
+            values = list(self._observe(name))
+            if not values:
                 continue
-            family = next((f for f in families if f.name == spec.prometheus), None)
-            if family is None:
-                family = GaugeMetricFamily(spec.prometheus, spec.description)
-                families.append(family)
-            for value, attrs in infinite:
-                family.add_sample(spec.prometheus, {label_name(k): label_value(v) for k, v in attrs.items()}, value)
+            family = GaugeMetricFamily(prometheus, spec.description, unit="seconds" if spec.unit == "s" else "")
+            for value, attrs in values:
+                family.add_sample(prometheus, {label_name(k): label_value(v) for k, v in attrs.items()}, value)
+            families.append(family)
         return families
 
 

@@ -56,20 +56,42 @@ def test_the_autocorrelation_is_the_published_lag_1_estimator_and_widens_the_int
         c = e - e.mean()
         assert lag1_autocorrelations(e[None, :])[0] == pytest.approx(np.sum(c[1:] * c[:-1]) / np.sum(c * c), rel=1e-9)
     x = np.arange(30.0)
-    assert sen_slope(x, x, 0.95, 4.0)[2] <= sen_slope(x, x, 0.95, 1.0)[2]  # inflated: wider
+    noisy = 0.1 * x + rng.normal(size=30)
+    (_, _, low4, high4), (_, _, low1, high1) = sen_slope(x, noisy, 0.95, 4.0), sen_slope(x, noisy, 0.95, 1.0)
+    assert low4 < low1 and high4 > high1  # inflated: strictly wider
     walk = np.cumsum(rng.normal(size=30))  # a random walk wanders like a trend: its r is high
     assert forecast(x * HOUR, walk, threshold=1e9).autocorrelation > 0.5
 
 
 def test_a_trend_is_fitted_only_to_checks_of_disjoint_windows_and_restarts_with_a_new_baseline():
     trend = DriftTrend(points=5, min_points=3)
-    assert trend.add("b1", 10.0, 0.0, 10.0, {"x": 0.1})
-    assert not trend.add("b1", 15.0, 5.0, 15.0, {"x": 0.9})  # half of its rows were in the last window
-    assert trend.add("b1", 25.0, 11.0, 25.0, {"x": 0.2})
+    assert trend.add("b1", 10.0, 0.0, 10.0, 100, {"x": 0.1})
+    assert not trend.add("b1", 15.0, 5.0, 15.0, 100, {"x": 0.9})  # half of its rows were in the last window
+    assert trend.add("b1", 25.0, 11.0, 25.0, 100, {"x": 0.2})
+    assert not trend.add("b1", 35.0, 26.0, 35.0, 100, {"x": 0.0}, record=False)  # a warm-up built from it
+    assert not trend.add("b1", 40.0, 30.0, 40.0, 100, {"x": 0.3})  # overlaps the skipped window
     for i in range(3, 8):
-        trend.add("b1", i * 10.0 + 100, i * 10.0 + 91, i * 10.0 + 100, {"x": 0.1 * i})
+        trend.add("b1", i * 10.0 + 100, i * 10.0 + 91, i * 10.0 + 100, 100, {"x": 0.1 * i})
     assert len(trend.points) == 5  # the newest
-    assert trend.add("b2", 300.0, 299.0, 300.0, {"x": 0.0}) and len(trend.points) == 1
+    assert trend.add("b2", 300.0, 299.0, 300.0, 100, {"x": 0.0}) and len(trend.points) == 1
+
+
+def test_windows_that_shrink_are_no_trend_and_a_forecast_counts_from_now_and_streaks_by_point():
+    """Under a time window with falling traffic the effect's noise floor (1/√rows) rises: the
+    points of windows much smaller than the newest are left out, so no trend is read into it."""
+    trend = DriftTrend(points=20, min_points=3)
+    for i, rows in enumerate([5000, 4000, 3000, 2000, 1000, 500, 300, 300, 300]):
+        trend.add("b", i * HOUR, i * HOUR - HOUR + 1, i * HOUR, rows, {"x": 0.8 / np.sqrt(rows)})
+    flat = trend.forecasts({"x": 0.1}, 0.99, 8 * HOUR)["x"]  # fitted to the three windows of 300 rows only
+    assert math.isinf(flat.seconds) and flat.slope == 0.0
+    rising = DriftTrend(points=20, min_points=3)
+    for i in range(10):
+        rising.add("b", i * HOUR, i * HOUR - HOUR + 1, i * HOUR, 1000, {"x": 0.01 + 0.002 * i})
+        found = rising.forecasts({"x": 0.05}, 0.99, i * HOUR)
+    assert found["x"].seconds == pytest.approx(11 * HOUR) and rising.streaks == {"x": 8}  # points 3 to 10
+    later = rising.forecasts({"x": 0.05}, 0.99, 10 * HOUR)["x"]  # an hour on, no new point: counts down
+    assert later.seconds == pytest.approx(10 * HOUR) and rising.streaks == {"x": 8}
+
 
 
 def test_forecast_of_a_level_already_there_and_of_no_trend():
@@ -149,3 +171,49 @@ def test_a_flat_stream_is_not_trending_and_exports_plus_infinity():
     scraped = generate_latest(model.registry.telemetry.registry).decode()
     assert 'mlmon_drift_forecast_seconds{feature="x",mlmon_model_name="m",mlmon_model_version="unknown"} +Inf' in scraped
     assert not [e for e in events if e["alertname"] == "DriftForecast"]
+
+
+def test_workers_sharing_a_server_scrape_the_infinite_forecast_through_their_state():
+    """A worker's families go to the others as JSON, which has no infinity: +Inf must survive."""
+    import orjson
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mlmon_middleware.merge import families, merged_families
+
+    *_, (_, _, _, model) = drifting(4, 12, rate=0.0, with_model=True)
+    state = orjson.loads(orjson.dumps({"metrics": families(model.registry.telemetry.registry), "models": {}}))
+    merged = merged_families({"w1": state}, {}, leader="w1", per_worker=False)
+
+    class Merged:
+        def collect(self):
+            return merged
+
+    registry = CollectorRegistry()
+    registry.register(Merged())
+    assert 'mlmon_drift_forecast_seconds{feature="x",mlmon_model_name="m",mlmon_model_version="unknown"} +Inf' \
+        in generate_latest(registry).decode()
+
+
+def test_the_warm_up_check_adds_no_point_and_an_on_demand_check_after_a_new_baseline_forecasts_nothing():
+    rng = np.random.default_rng(6)
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
+    model = mon.model("m", drift_policy=DriftPolicy(forecast_min_points=3), warmup_rows=500)
+    try:
+        schema = None
+        for i in range(5):
+            rows = {"x": rng.normal(size=1000)}
+            now = 1e9 + i * HOUR
+            window = {"time": np.linspace(now - HOUR + 1, now, 1000), "numeric": rows["x"][:, None],
+                      "categorical": np.empty((1000, 0), dtype=object)}
+            schema = schema or Baseline.from_data(rows["x"][:, None], features=["x"]).schema
+            result = model.checker.check(CheckInputs("m", "1", now, window, schema=schema, baseline=model.baseline))
+            if result.warmup_baseline is not None:
+                model.set_baseline(result.warmup_baseline)
+                assert len(model.checker._trend.points) == 0  # compared with itself: no point
+        assert len(model.checker._trend.points) == 4
+        other = Baseline.from_data(rng.normal(size=(2000, 1)), features=["x"])
+        report = model.checker.check(CheckInputs("m", "1", 1e9 + 5 * HOUR, window, schema=other.schema, baseline=other,
+                                                 scheduled=False)).report
+        assert report["forecast"] == {}
+    finally:
+        mon.shutdown()

@@ -35,7 +35,7 @@ import dataclasses
 import math
 import statistics
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -132,10 +132,10 @@ def lag1_autocorrelations(residuals: np.ndarray) -> np.ndarray:
     return out
 
 
-def forecasts(times: np.ndarray, values: np.ndarray, thresholds: np.ndarray, confidence: float = 0.95) -> list[Forecast]:
-    """The trend of each row of ``values`` over ``times`` (seconds) and when it reaches its
-    ``thresholds`` entry (see the module docstring); ``confidence``: of the slopes' intervals.
-    Needs 3 points or more."""
+def fit_trends(times: np.ndarray, values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, ...]:
+    """``(slope, intercept, low, high, r)`` of each row of ``values`` over ``times`` (seconds):
+    Sen's slope, its intercept, the slope's interval widened for the residuals' lag-1
+    autocorrelation ``r`` (see the module docstring). Needs 3 points or more."""
     x = np.asarray(times, dtype=float)
     Y = np.atleast_2d(np.asarray(values, dtype=float))
     if len(x) < 3 or Y.shape[1] != len(x):
@@ -144,18 +144,46 @@ def forecasts(times: np.ndarray, values: np.ndarray, thresholds: np.ndarray, con
     r = np.minimum(lag1_autocorrelations(Y - (intercept[:, None] + slope[:, None] * x)), MAX_AUTOCORRELATION)
     inflation = np.where(r > 0, (1 + r) / (1 - np.maximum(r, 0)), 1.0)
     _, _, low, high = sen_slopes(x, Y, confidence, inflation)
-    level = intercept + slope * float(x[-1])
-    out = []
-    for i, threshold in enumerate(np.broadcast_to(np.asarray(thresholds, dtype=float), len(Y))):
-        if not low[i] > 0:  # not significantly upward: a level above the threshold is noise, or drift already judged
-            seconds = earliest = math.inf
-        elif level[i] >= threshold:
-            seconds = earliest = 0.0
-        else:
-            seconds, earliest = (threshold - level[i]) / slope[i], (threshold - level[i]) / high[i]
-        out.append(Forecast(float(slope[i]), float(low[i]), float(high[i]), float(level[i]), float(seconds),
-                            float(earliest), float(r[i])))
-    return out
+    return slope, intercept, low, high, r
+
+
+class Fit(NamedTuple):
+    """One feature's fitted trend (per second) and the threshold it is forecast toward."""
+
+    slope: float
+    intercept: float
+    low: float
+    high: float
+    r: float
+    threshold: float
+
+
+def _fit_of(fitted: tuple[np.ndarray, ...], i: int, threshold: float) -> Fit:
+    """Row ``i`` of :func:`fit_trends`' arrays as a :class:`Fit` toward ``threshold``."""
+    slope, intercept, low, high, r = (float(v[i]) for v in fitted)
+    return Fit(slope, intercept, low, high, r, threshold)
+
+
+def at(fit: Fit, now: float) -> Forecast:
+    """The forecast of a fitted trend, counted from ``now`` (the line's level there)."""
+    level = fit.intercept + fit.slope * now
+    if not fit.low > 0:  # not significantly upward: a level above the threshold is noise, or drift already judged
+        seconds = earliest = math.inf
+    elif level >= fit.threshold:
+        seconds = earliest = 0.0
+    else:
+        seconds, earliest = (fit.threshold - level) / fit.slope, (fit.threshold - level) / fit.high
+    return Forecast(fit.slope, fit.low, fit.high, level, seconds, earliest, fit.r)
+
+
+def forecasts(times: np.ndarray, values: np.ndarray, thresholds: np.ndarray, confidence: float = 0.95,
+              now: float | None = None) -> list[Forecast]:
+    """The trend of each row of ``values`` over ``times`` and when it reaches its ``thresholds``
+    entry, counted from ``now`` (default: the last time). Needs 3 points or more."""
+    fitted = fit_trends(times, values, confidence)
+    when = float(np.asarray(times, dtype=float)[-1] if now is None else now)
+    limits = np.broadcast_to(np.asarray(thresholds, dtype=float), len(fitted[0]))
+    return [at(_fit_of(fitted, i, float(limits[i])), when) for i in range(len(fitted[0]))]
 
 
 def forecast(times: np.ndarray, values: np.ndarray, threshold: float, confidence: float = 0.95) -> Forecast:
@@ -163,60 +191,85 @@ def forecast(times: np.ndarray, values: np.ndarray, threshold: float, confidence
     return forecasts(times, np.asarray(values, dtype=float)[None, :], np.array([threshold]), confidence)[0]
 
 
+SIMILAR_ROWS = 0.7  # points fitted together have window sizes within this ratio of the newest's
+
+
 class DriftTrend:
     """The points the forecasts of one model are fitted to: at each scheduled check whose window
     shares no row with the last recorded one (so that the points are independent under no
-    drift), each feature's effect; at most ``points`` of them, the newest. A new reference (a
-    baseline replaced) starts afresh.
+    drift), its window's rows and each feature's effect; at most ``points`` of them, the newest.
+    A new reference (a baseline replaced) starts afresh. A forecast fits only the points whose
+    windows are about as large as the newest one's (within :data:`SIMILAR_ROWS`): an effect's
+    noise floor falls as 1/√rows, so windows that shrink (traffic falling under a time window)
+    would read as a rising trend. ``streaks`` counts, per feature, the consecutive points at
+    which its trend was significantly upward.
 
     >>> trend = DriftTrend(points=20, min_points=3)
     >>> for i in range(4):  # hourly checks of windows an hour long, the effect rising
-    ...     _ = trend.add("baseline", i * 3600.0, i * 3600.0 - 3599, i * 3600.0, {"x": 0.01 + 0.01 * i})
-    >>> trend.add("baseline", 3 * 3600.0 + 60, 3 * 3600.0 - 3539, 3 * 3600.0 + 60, {"x": 0.05})  # overlaps: skipped
+    ...     _ = trend.add("baseline", i * 3600.0, i * 3600.0 - 3599, i * 3600.0, 1000, {"x": 0.01 + 0.01 * i})
+    >>> trend.add("baseline", 3 * 3600.0 + 60, 3 * 3600.0 - 3539, 3 * 3600.0 + 60, 1000, {"x": 0.05})  # overlaps
     False
-    >>> round(trend.forecasts({"x": 0.05}, confidence=0.9)["x"].seconds)
+    >>> round(trend.forecasts({"x": 0.05}, confidence=0.9, now=3 * 3600.0)["x"].seconds)
     3600
     """
 
     def __init__(self, points: int, min_points: int) -> None:
-        self.points: collections.deque[tuple[float, dict[str, float]]] = collections.deque(maxlen=points)
+        self.points: collections.deque[tuple[float, int, dict[str, float]]] = collections.deque(maxlen=points)
         self.min_points = min_points
         self.reference: object = None
-        self.until = -math.inf  # the last recorded window's newest row time
-        self._cached: tuple[tuple[Any, ...], dict[str, Forecast]] | None = None
+        self.until = -math.inf  # the newest row time of the last window recorded (or skipped)
+        self.streaks: dict[str, int] = {}
+        self._fitted: tuple[tuple[Any, ...], dict[str, Fit]] | None = None  # per feature: its fit
+        self._new = False  # a point was added since the last forecasts
 
-    def add(self, reference: object, now: float, window_from: float, window_to: float,
-            effects: Mapping[str, float]) -> bool:
-        """Record a check (``now``) of the rows from ``window_from`` to ``window_to`` judged
+    def add(self, reference: object, now: float, window_from: float, window_to: float, rows: int,
+            effects: Mapping[str, float], record: bool = True) -> bool:
+        """Record a check (``now``) of ``rows`` rows from ``window_from`` to ``window_to`` judged
         against ``reference`` (any value that changes when the baseline does); whether it was
-        recorded (not when its window overlaps the last recorded one's)."""
+        recorded: not when its window overlaps the last recorded one's, nor with ``record``
+        False (a check that built its baseline from this very window: its effects are 0), whose
+        window still counts as seen."""
         if reference != self.reference:
             self.points.clear()
-            self.reference, self.until, self._cached = reference, -math.inf, None
+            self.reference, self.until, self._fitted, self.streaks = reference, -math.inf, None, {}
         if window_from <= self.until:
             return False
-        self.points.append((now, dict(effects)))
         self.until = window_to
-        self._cached = None
+        if not record:
+            return False
+        self.points.append((now, rows, dict(effects)))
+        self._fitted, self._new = None, True
         return True
 
-    def forecasts(self, thresholds: Mapping[str, float], confidence: float) -> dict[str, Forecast]:
-        """Per feature with ``min_points`` points or more, its :func:`forecast` toward its
-        threshold (computed again only when a point or a threshold changed)."""
+    def forecasts(self, thresholds: Mapping[str, float], confidence: float, now: float) -> dict[str, Forecast]:
+        """Per feature with ``min_points`` similar points or more, its :func:`forecast` toward its
+        threshold, counted from ``now``."""
         key = (tuple(sorted(thresholds.items())), confidence)
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]
+        if self._fitted is None or self._fitted[0] != key:
+            self._fitted = (key, self._fit(thresholds, confidence))
+        found = {name: at(fit, now) for name, fit in self._fitted[1].items()}
+        if self._new:  # one step of each streak per point, not per check
+            self._new = False
+            self.streaks = {n: self.streaks.get(n, 0) + 1 if f.low > 0 else 0 for n, f in found.items()}
+        return found
+
+    def _fit(self, thresholds: Mapping[str, float], confidence: float) -> dict[str, Fit]:
+        """Per feature with enough similar points: its :class:`Fit`.
+        Features with the same points (the usual case: all) are fitted in one call."""
+        if not self.points:
+            return {}
+        newest = self.points[-1][1]
+        similar = [p for p in self.points if SIMILAR_ROWS * newest <= p[1] <= newest / SIMILAR_ROWS]
         groups: dict[tuple[bool, ...], list[str]] = collections.defaultdict(list)  # features by the points they have
         for name in thresholds:
-            groups[tuple(name in effects for _, effects in self.points)].append(name)
-        found: dict[str, Forecast] = {}
+            groups[tuple(name in effects for _, _, effects in similar)].append(name)
+        out: dict[str, Fit] = {}
         for present, group in groups.items():
             if sum(present) < self.min_points:
                 continue
-            points = [p for p, keep in zip(self.points, present) if keep]
-            values = np.array([[effects[name] for _, effects in points] for name in group])
-            fitted = forecasts(np.array([t for t, _ in points]), values, np.array([thresholds[n] for n in group]),
-                               confidence)
-            found.update(zip(group, fitted))
-        self._cached = (key, found)
-        return found
+            points = [p for p, keep in zip(similar, present) if keep]
+            fitted = fit_trends(np.array([t for t, _, _ in points]),
+                                np.array([[effects[name] for _, _, effects in points] for name in group]), confidence)
+            for i, name in enumerate(group):
+                out[name] = _fit_of(fitted, i, float(thresholds[name]))
+        return out
