@@ -137,7 +137,8 @@ def cost(rng: np.random.Generator) -> None:
     window = {"numeric": numeric, "categorical": categorical}
     trend = DriftTrend(20, 8)
     for i in range(20):
-        trend.add("b", i * HOUR, i * HOUR - HOUR + 1, i * HOUR, {f"n{j}": float(rng.random() * 0.05) for j in range(100)})
+        trend.add("b", i * HOUR, i * HOUR - HOUR + 1, i * HOUR, 10_000,
+                  {f"n{j}": float(rng.random() * 0.05) for j in range(100)})
     thresholds = {f"n{j}": 0.05 for j in range(100)}
     policy = DriftPolicy()
     ratios, checks, fits = [], [], []
@@ -146,8 +147,8 @@ def cost(rng: np.random.Generator) -> None:
         policy.judge(compare(setup.baseline.features, setup.schema, window))
         check = time.perf_counter() - start
         start = time.perf_counter()
-        trend._cached = None  # as when a point was just added
-        trend.forecasts(thresholds, 1 - 2 * policy.alpha / 100)
+        trend._fitted = None  # as when a point was just added
+        trend.forecasts(thresholds, 1 - 2 * policy.alpha / 100, 20 * HOUR)
         fit = time.perf_counter() - start
         checks.append(check)
         fits.append(fit)

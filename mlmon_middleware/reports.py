@@ -110,7 +110,7 @@ class MergedWorkers(TypedDict):
 
 class FeatureForecast(TypedDict):
     """When a feature's drift may reach its warning level (``mlmon_middleware.drift.forecast``):
-    seconds from the last check (None: not trending upward; 0: there already), the earliest,
+    seconds from the check (None: not trending upward; 0: there already), the earliest,
     the trend's slope per second with its interval, the fitted level and the residuals' lag-1
     autocorrelation."""
 

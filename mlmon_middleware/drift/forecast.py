@@ -9,13 +9,14 @@ line reaches the warning level, and how soon it could at the earliest.
 
 **Only a trend that is there.** The slope's confidence interval is Sen's (1968, eq. 2.6, from
 the variance of Kendall's S), exactly as ``scipy.stats.theilslopes`` computes it, with one
-change: consecutive checks of a sliding window share most of their rows, so their effects are
-correlated and a stationary series wanders like a trend. The variance of S is inflated by the
-factor (1 + r)/(1 − r) of the residuals' lag-1 autocorrelation r (the AR(1) correction of the
-effective sample size, as in the modified Mann–Kendall tests; r ≤ 0 leaves it as it is, and r
-is capped at 0.9). A forecast is finite only when the interval's lower end is above zero; the
-time is ``(threshold − level) / slope`` from the fitted level at the last check, and the
-earliest time uses the interval's upper slope. A level above the threshold without a
+change: the variance of S is inflated by the factor (1 + r)/(1 − r) of the residuals' lag-1
+autocorrelation r (the AR(1) correction of the effective sample size, as in the modified
+Mann–Kendall tests; r ≤ 0 leaves it as it is, and r is capped at 0.9). The points come from
+disjoint windows (:class:`DriftTrend`), so shared rows do not correlate them; the correction
+guards against what else may (a daily cycle, a population wandering slowly). A forecast is
+finite only when the interval's lower end is above zero; the time is ``(threshold − level) /
+slope`` from the fitted line's level at the check, and the earliest time uses the interval's
+upper slope. A level above the threshold without a
 significant upward trend is not a forecast (infinite): small windows read effects above a low
 threshold by noise alone, and the drift verdict, not the forecast, judges what is there.
 
@@ -47,7 +48,7 @@ MAX_AUTOCORRELATION = 0.9  # the inflation (1 + r)/(1 − r) stops at 19
 @dataclasses.dataclass(frozen=True)
 class Forecast:
     """One feature's trend: ``slope`` (per second) within ``[low, high]``, the fitted ``level``
-    at the last point, and the seconds from the last point until the line reaches the
+    at the time it is counted from (a check's), and the seconds from then until the line reaches the
     threshold (``seconds``; at the interval's upper slope: ``earliest``). ``inf`` when the
     trend is not significantly upward (whatever the level: a small window's effect sits above
     a low threshold by noise alone); 0 when it is and the level is there already."""
