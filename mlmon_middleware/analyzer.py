@@ -251,7 +251,7 @@ class DriftChecker:
         conditions.update({("PredictionDrift", n): p.get("severity", "none") for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
-        if report.get("multivariate", {}).get("severity") == "warning":
+        if report.get("multivariate", {}).get("severity") == "warning" and not drifted:  # else the features say more
             conditions[("MultivariateDrift", "pca")] = "warning"
         return report, warmup, conditions
 
