@@ -28,7 +28,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -318,15 +317,11 @@ class DriftChecker:
 
 
 def _multivariate(pca: PCAModel, schema: FeatureSchema, features: WindowSnapshot, policy: DriftPolicy) -> MultivariateDrift:
-    """The window's numeric rows against the baseline's PCA reconstruction, and the verdict:
-    warning when its test rejects at ``alpha`` and its errors are ``multivariate_ratio`` times the reference's."""
-    columns = [schema.numeric_names.index(f) if f in schema.numeric_names else -1 for f in pca.features]
-    if -1 in columns:  # the schema lost a feature the reconstruction reads
-        found: dict[str, Any] = {"method": "pca", "rows": 0, "p_value": None, "error_ratio": None,
-                                 "components": len(pca.components)}
-    else:
-        numeric = np.asarray(features["numeric"])
-        found = multivariate.check(pca, numeric if columns == list(range(numeric.shape[1])) else numeric[:, columns])
+    """The window's numeric rows against the baseline's PCA reconstruction (the baseline's schema:
+    it has every feature the reconstruction reads), and the verdict: warning when its test
+    rejects at ``alpha`` and its errors are ``multivariate_ratio`` times the reference's."""
+    columns = [schema.numeric_names.index(f) for f in pca.features]
+    found = multivariate.check(pca, features["numeric"], columns)
     drifted = found["p_value"] is not None and found["p_value"] < policy.alpha and (found["error_ratio"] or 0) >= \
         policy.multivariate_ratio
     return {**found, "severity": "warning" if drifted else "none"}  # type: ignore[typeddict-item]

@@ -178,7 +178,7 @@ class Baseline:
         profiles = features.profiles(bins, sample_size)
         pred_profiles = predictions.profiles(bins, sample_size) if predictions and predictions.rows else {}
         background = features.background(200, rng)
-        pca = multivariate.fit(features.complete_rows(), features.schema.numeric_names, seed=seed)
+        pca = multivariate.fit(features.numeric_rows(), features.schema.numeric_names, seed=seed)
         return cls({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -118,15 +118,15 @@ class Profiler:
         keep = slots < self.sample_rows
         self._reservoir[slots[keep]] = numeric[keep]  # later rows overwrite earlier ones, as in sequence
 
-    def complete_rows(self) -> np.ndarray:
-        """The reservoir's numeric rows with no value missing (what a multivariate model fits)."""
-        reservoir = self._reservoir
-        return reservoir[~np.isnan(reservoir).any(axis=1)] if len(reservoir) else reservoir
+    def numeric_rows(self) -> np.ndarray:
+        """The reservoir's numeric rows, missing values as NaN (what a multivariate model fits)."""
+        return self._reservoir
 
     def background(self, rows: int, rng: np.random.Generator) -> list[list[float]]:
         """Up to ``rows`` whole numeric rows drawn from the reservoir (complete rows only): the
         background sample of explainers that need one."""
-        complete = self.complete_rows()
+        reservoir = self._reservoir
+        complete = reservoir[~np.isnan(reservoir).any(axis=1)] if len(reservoir) else reservoir
         if len(complete) > rows:
             complete = complete[rng.choice(len(complete), rows, replace=False)]
         rows_out: list[list[float]] = complete.tolist()

@@ -35,7 +35,7 @@ def test_the_reconstruction_error_is_scikit_learns_and_the_test_is_scipys():
     fitted = rows[order[:2000]]
     z = (fitted - fitted.mean(axis=0)) / fitted.std(axis=0)
     pca = PCA(n_components=len(model.components)).fit(z)
-    window = correlated(rng, 500, sign=-1.0)
+    window = correlated(rng, 300, sign=-1.0)  # fewer than a check tests: all of them
     zw = (window - fitted.mean(axis=0)) / fitted.std(axis=0)
     expected = np.sum((zw - pca.inverse_transform(pca.transform(zw))) ** 2, axis=1)
     assert model.errors(window) == pytest.approx(expected, rel=1e-9, abs=1e-12)
@@ -88,3 +88,32 @@ def test_no_drift_windows_rarely_raise_it():
     raised = sum(report["multivariate"]["severity"] == "warning"
                  for report, _ in checks([correlated(rng, n) for n in [100, 1000, 5000] * 60]))
     assert raised <= 4  # of 180 checks: the design rate is alpha = 0.005 (binomial margin)
+
+
+def test_a_large_reference_keeps_its_held_out_errors_and_a_partial_feature_is_left_out():
+    """Found by review: a reference of 40,000 rows or more once kept no held-out errors at all,
+    and a feature present in part of the rows made the reference a subgroup of the traffic."""
+    rng = np.random.default_rng(7)
+    rows = correlated(rng, 50_000)
+    model = multivariate.fit(rows, NAMES)
+    assert len(model.reference_errors) == multivariate.MAX_REFERENCE
+    flag = np.where(rows[:, 0] > 0.5, 1.0, np.nan)  # 1 where present, present in 31 % of the rows
+    model = multivariate.fit(np.column_stack([rows, flag]), [*NAMES, "flag"])
+    assert model.features == tuple(NAMES)
+    window = correlated(rng, 2000)
+    assert multivariate.check(model, np.column_stack([window, np.full(2000, np.nan)]), columns=[0, 1, 2, 3])[
+        "p_value"] > 0.005  # the whole traffic, not the rows where the flag is present
+    holes = window.copy()
+    holes[::3, 1] = np.nan
+    assert multivariate.check(model, holes)["rows"] == pytest.approx(multivariate.rows_tested(model) * 2 / 3, abs=40)
+
+
+def test_a_baseline_saved_before_the_reconstruction_existed_loads_without_it(tmp_path):
+    import json
+
+    rng = np.random.default_rng(8)
+    baseline = Baseline.from_data(correlated(rng, 3000), features=NAMES)
+    payload = json.loads(baseline.to_json())
+    del payload["multivariate"]
+    (tmp_path / "old.json").write_text(json.dumps(payload))
+    assert Baseline.load(tmp_path / "old.json").pca is None

@@ -95,6 +95,8 @@ class DriftPolicy:
             raise ConfigError(f"share must be in (0, 1], got {self.share!r}")
         if self.fire_after < 1 or self.resolve_after < 1:
             raise ConfigError("fire_after and resolve_after must be >= 1 checks")
+        if not self.multivariate_ratio >= 1:
+            raise ConfigError(f"multivariate_ratio must be >= 1, got {self.multivariate_ratio!r}")
         if not self.forecast_horizon >= 0:
             raise ConfigError(f"forecast_horizon must be >= 0 seconds, got {self.forecast_horizon!r}")
         if not 3 <= self.forecast_min_points <= self.forecast_points:
