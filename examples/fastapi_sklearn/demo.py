@@ -38,6 +38,23 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+def with_parent(command: list[str]) -> list[str]:
+    """``command`` run so that it gets SIGTERM when this process exits, however it exits (Linux:
+    prctl PR_SET_PDEATHSIG, which exec keeps; it exits at once if this process is gone already).
+    Set in the child before exec: no ``preexec_fn``, which is unsafe in a parent with threads.
+    Strictly, the kernel watches the *thread* that started it: start servers from a thread that
+    lives as long as they should (the main one, here and in the tests)."""
+    if sys.platform != "linux":
+        return command
+    return [sys.executable, "-c",
+            "import ctypes, os, signal, sys\n"
+            "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+            "if os.getppid() != int(sys.argv[1]):\n"
+            "    sys.exit('the process that started this server is gone')\n"
+            "os.execv(sys.argv[2], sys.argv[2:])\n",
+            str(os.getpid()), *command]
+
+
 def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path, env: dict[str, str] | None = None,
                   app: str = "service:app", app_dir: pathlib.Path = HERE, server: str = "uvicorn",
                   workers: int = 1) -> subprocess.Popen:
@@ -52,8 +69,10 @@ def start_service(demo_dir: pathlib.Path, port: int, log_path: pathlib.Path, env
     else:
         command = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), "--host", "127.0.0.1",
                    "--port", str(port), "--log-level", "warning"] + (["--workers", str(workers)] if workers > 1 else [])
-    # a session of its own: kill_service() can end the server with its workers, even by SIGKILL
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # a session of its own: kill_service() can end the server with its workers, even by SIGKILL;
+    # and on Linux the server is told to stop (SIGTERM) when the process that started it dies,
+    # however it dies: a demo or a test killed with -9 leaves no server behind, owned by init
+    proc = subprocess.Popen(with_parent(command), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
