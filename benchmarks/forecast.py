@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from calibration import Setup, upper_bound  # noqa: E402  (the same data families and bound)
+from calibration import Setup, rate_and_bound, upper_bound  # noqa: E402  (the same data families and bounds)
 
 from mlmon_middleware import Monitor, MonitorConfig  # noqa: E402
 from mlmon_middleware.analyzer import CheckInputs  # noqa: E402
@@ -91,8 +91,8 @@ def false_alarms(streams: int, rng: np.random.Generator, quick: bool) -> None:
                 total[1] += streams_any
                 print(f"| {family} | {n:,} | {features} | {streams} | {streams_any} | {upper_bound(streams_any, streams):.3f} | "
                       f"{alarms / checks:.4f} |", flush=True)
-    print(f"\nall cells: an alarm in {total[1]} of {total[0]:,} streams = {total[1] / total[0]:.4f} "
-          f"(95 % upper bound {upper_bound(total[1], total[0]):.4f}), each stream 33 checks after its 8th point\n")
+    print(f"\nall cells: an alarm in {total[1]} of {total[0]:,} streams = {rate_and_bound(total[1], total[0])}, "
+          "each stream 33 checks after its 8th point\n")
 
 
 def lead_and_accuracy(streams: int, rng: np.random.Generator, quick: bool) -> None:

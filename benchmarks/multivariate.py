@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from calibration import upper_bound  # noqa: E402
+from calibration import rate_and_bound, upper_bound  # noqa: E402
 
 from mlmon_middleware import Baseline, Monitor, MonitorConfig  # noqa: E402
 from mlmon_middleware.analyzer import CheckInputs  # noqa: E402
@@ -95,8 +95,7 @@ def false_alarms(reps: int, rng: np.random.Generator) -> None:
                     total[1] += alarms
                     print(f"| {kind} | {d} | {reference:,} | {n:,} | {reps} | {alarms} | {alarms / reps:.3f} | "
                           f"{upper_bound(alarms, reps):.3f} |", flush=True)
-    print(f"\nall cells: {total[1]} alarms in {total[0]:,} checks = {total[1] / total[0]:.4f} "
-          f"(95 % upper bound {upper_bound(total[1], total[0]):.4f})\n")
+    print(f"\nall cells: {total[1]} alarms in {total[0]:,} checks = {rate_and_bound(total[1], total[0])}\n")
 
 
 def power(reps: int, rng: np.random.Generator) -> None:
