@@ -61,17 +61,12 @@ def families(registry: CollectorRegistry) -> list[Family]:
     ...         yield GaugeMetricFamily("x_seconds", "x", value=float("inf"))
     >>> registry = CollectorRegistry()
     >>> registry.register(One())
-    >>> families(registry)[0][4], value_of("inf")
-    ([['x_seconds', {}, 'inf']], inf)
+    >>> families(registry)[0][4]  # float() reads it back
+    [['x_seconds', {}, 'inf']]
     """
     return [[m.name, m.documentation, m.type, m.unit,
              [[s.name, s.labels, s.value if math.isfinite(s.value) else repr(float(s.value))] for s in m.samples]]
             for m in registry.collect()]
-
-
-def value_of(value: float | str) -> float:
-    """A sample's value as :func:`families` wrote it."""
-    return float(value)
 
 
 def fold_counters(exited: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,7 +81,7 @@ def fold_counters(exited: Mapping[str, Any], state: Mapping[str, Any]) -> dict[s
             series = totals.setdefault(name, collections.defaultdict(float))
             for sample, labels, value in samples:
                 if not sample.endswith("_created"):
-                    series[(sample, tuple(sorted(labels.items())))] += value_of(value)
+                    series[(sample, tuple(sorted(labels.items())))] += float(value)
     metrics = [[name, *meta[name], [[s, dict(labels), v] for (s, labels), v in series.items()]]
                for name, series in totals.items()]
     models: dict[str, dict[str, Any]] = {}
@@ -117,7 +112,7 @@ def merged_families(live: Mapping[str, Mapping[str, Any]], exited: Mapping[str, 
             for sample, labels, written in samples:
                 if sample.endswith("_created"):
                     continue
-                value = value_of(written)
+                value = float(written)  # as families() wrote it: a number, or the text of a non-finite one
                 if summed and per_worker:
                     labels = {**labels, "worker": worker}
                 ident = (sample, tuple(sorted(labels.items())))
