@@ -132,7 +132,8 @@ def test_native_contributions_run_in_threads_of_the_serving_process(harness_fact
     app = app_with(h, Explain(model=model, top=3))
     service = wait_warm(h)
     response = asyncio.run(post(app, ROW, headers={"X-MLMon-Explain": "true"}))
-    assert service.in_threads and set(multiprocessing.active_children()) == before  # no worker process
+    # no worker process started (an earlier test's finished one may be reaped meanwhile: only new ones count)
+    assert service.in_threads and set(multiprocessing.active_children()) - before == set()
     assert response.json()["explanation"]["method"] == library
     assert response.json()["explanation"]["prediction"] == pytest.approx(margin, abs=1e-5)
     forest, _ = models()["random forest"]
