@@ -16,6 +16,7 @@ or spanned is counted (``mlmon_capture_errors_total{reason}``) and skipped; the 
 >>> mm = mon.model("toy")
 >>> records = [Record(mm, f"id{i}", 0, 1000, {"x": float(i)}, {"prediction": i % 2}) for i in range(3)]
 >>> ingest(mm, records, mon.telemetry, None)
+False
 >>> mm.window.snapshot()["numeric"][:, 0].tolist(), mm.health()["predictions"]
 ([0.0, 1.0, 2.0], {'ok': 3, 'error': 0})
 >>> mon.shutdown()
@@ -45,7 +46,7 @@ from mlmon_middleware.instruments import (
     PREDICTION_ID,
     SPAN_NAME,
 )
-from mlmon_middleware.limits import MAX_NAME_CHARS, bounded_category
+from mlmon_middleware.limits import MAX_NAME_CHARS, OVERSIZED, bounded_category
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.pacing import no_pace
 from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, resolve_payload
@@ -67,9 +68,10 @@ STORE_CELLS = 16_384  # encoded values written into the windows at a time
 
 
 def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, writer: StoreWriter | None,
-           pace: Callable[[], None] = no_pace) -> None:
+           pace: Callable[[], None] = no_pace) -> bool:
     """Turn a batch of one model's records into counts, timings, rows, log rows and spans,
-    calling ``pace`` between small pieces of the work (see the module docstring)."""
+    calling ``pace`` between small pieces of the work (see the module docstring). True when the
+    batch held input over a capture bound (:data:`~mlmon_middleware.limits.OVERSIZED`)."""
     counts: collections.Counter[tuple[str, bool]] = collections.Counter()
     capture: collections.Counter[str] = collections.Counter()
     feature_rows: list[Any] = []
@@ -158,6 +160,7 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
     for (_, ok), n in counts.items():
         outcomes["ok" if ok else "error"] += n
     model.counters.add_batch(outcomes, capture, messages)
+    return not OVERSIZED.isdisjoint(capture)
 
 
 def _failed(capture: collections.Counter[str], messages: dict[str, str], reason: str, exc: BaseException) -> None:

@@ -31,6 +31,9 @@ logger = logging.getLogger("mlmon_middleware")
 MAX_NAME_CHARS = 128
 #: longest category value kept as it is; longer ones keep this many characters and a hash
 MAX_CATEGORY_CHARS = 256
+#: capture-error reasons of input over a bound: after a batch with any, the pipeline gives the
+#: memory the originals held back to the system (:func:`~mlmon_middleware.memory.give_back`)
+OVERSIZED = frozenset({"too_wide", "name_too_long", "value_truncated"})
 #: largest ``actual`` of one feedback item, as JSON
 MAX_LABEL_BYTES = 4096
 #: most items in one feedback body

@@ -9,7 +9,8 @@ the model's windows, per-bin counts, prediction-log rows for the log writer, and
 thread paces itself (:mod:`~mlmon_middleware.pacing`): it lets go of the GIL every few tens of
 µs, so requests never wait long behind it; ``longest_hold`` is the longest stretch it kept it.
 Behind, its stretches grow with the backlog (up to :data:`MAX_BUDGET`): dropping records would
-be worse than a slower tail.
+be worse than a slower tail. After a batch that held input over a capture bound (megabyte
+values, say), it hands the memory they held back to the system (:mod:`~mlmon_middleware.memory`).
 
 >>> from mlmon_middleware import Monitor, MonitorConfig
 >>> mon = Monitor(MonitorConfig(tracing=False))
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from mlmon_middleware.config import MonitorConfig
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.ingest import ingest
+from mlmon_middleware.memory import give_back
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.pacing import BUDGET, Pacer, no_pace
 from mlmon_middleware.store_writer import StoreWriter
@@ -124,11 +126,15 @@ class Pipeline:
                 if i & 255 == 255:
                     pace()
             self.ingested += n
+            oversized = False
             for model, records in batch.items():
                 try:
-                    ingest(model, records, telemetry, self._writer, pace)
+                    oversized |= ingest(model, records, telemetry, self._writer, pace)
                 except Exception as exc:
                     self.errors.report("ingest", exc)
+            if oversized:  # these held the last references to the originals: drop them, hand the pages back
+                del batch, records, record
+                give_back()
 
     def stop(self) -> None:
         """Stop the thread and ingest what is queued."""

@@ -255,3 +255,26 @@ def test_the_anonymous_writes_warning_names_the_real_path_and_needs_a_log(tmp_pa
         Starlette(routes=routes(logged.monitor, feedback="/feedback", mounted_at="/mlmon"))  # as under BentoML
     assert "anyone" not in quiet
     assert caplog.text.count("can post ground-truth labels to /mlmon/feedback and run checks") == 1
+
+
+def test_memory_of_oversized_input_goes_back_to_the_system_after_its_batch(harness_factory, monkeypatch):
+    """After a batch with a value over its bound the pipeline trims the C heap (what freed
+    megabyte values held would otherwise stay resident); ordinary batches never pay for it."""
+    import mlmon_middleware.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "give_back", lambda: calls.append(1) or True)
+    h = harness_factory(tracing=False, check_interval=0)
+    model = h.monitor.model("cats", features={"city": "categorical"})
+    model.record({"city": "short"}, 1)
+    h.monitor.flush()
+    assert calls == []
+    model.record({"city": "v" * 1_000_000}, 1)
+    h.monitor.flush()
+    assert calls == [1]
+
+
+def test_give_back_returns_free_heap_pages_where_glibc_can():
+    from mlmon_middleware.memory import give_back
+
+    assert give_back() is True  # Debian: glibc's malloc_trim
