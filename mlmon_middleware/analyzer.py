@@ -33,10 +33,9 @@ import numpy as np
 
 from mlmon_middleware.alerts import Alerts, Conditions
 from mlmon_middleware.baseline import Baseline
-from mlmon_middleware.drift import multivariate
+from mlmon_middleware.drift import classifier, multivariate
 from mlmon_middleware.drift.engine import compare
 from mlmon_middleware.drift.forecast import DriftTrend, Forecast
-from mlmon_middleware.drift.multivariate import PCAModel
 from mlmon_middleware.drift.policy import RANK, DriftPolicy
 from mlmon_middleware.pacing import Pacer, pace_point, paced
 from mlmon_middleware.performance import PerformanceTracker
@@ -53,6 +52,7 @@ from mlmon_middleware.reports import (
     MultivariateDrift,
     PerformanceReport,
     QualityCounts,
+    Severity,
     WindowSpan,
 )
 from mlmon_middleware.reservoir import WindowSnapshot
@@ -241,8 +241,8 @@ class DriftChecker:
         report["predictions"] = predictions
         report["prediction_drift"] = any(RANK[p.get("severity", "none")] >= RANK["warning"] for p in predictions.values())
         report["forecast"] = {n: f.to_json() for n, f in forecasts.items()}
-        if baseline.pca is not None and rows:
-            report["multivariate"] = _multivariate(baseline.pca, schema, features, policy)
+        if rows and (baseline.pca is not None or baseline.classifier is not None):
+            report["multivariate"] = _multivariate(baseline, features, policy)
         conditions: Conditions = {("FeatureDrift", n): judged[n].get("severity", "none") for n in drifted}
         conditions.update({("DriftForecast", n): "warning" for n, f in forecasts.items()  # sustained over points
                            if f.earliest < policy.forecast_horizon and n not in drifted
@@ -250,8 +250,9 @@ class DriftChecker:
         conditions.update({("PredictionDrift", n): p.get("severity", "none") for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
-        if report.get("multivariate", {}).get("severity") == "warning" and not drifted:  # else the features say more
-            conditions[("MultivariateDrift", "pca")] = "warning"
+        if not drifted:  # else the features say more
+            conditions.update({("MultivariateDrift", method): "warning" for method, found in report.get("multivariate", {}).items()
+                               if found["severity"] == "warning"})
         return report, warmup, conditions
 
     def _forecasts(self, inputs: CheckInputs, baseline: Baseline, reference: BaselineSummary, warmup: bool,
@@ -316,15 +317,27 @@ class DriftChecker:
         return {f: c for f, c in since.items() if c}
 
 
-def _multivariate(pca: PCAModel, schema: FeatureSchema, features: WindowSnapshot, policy: DriftPolicy) -> MultivariateDrift:
-    """The window's numeric rows against the baseline's PCA reconstruction (the baseline's schema:
-    it has every feature the reconstruction reads), and the verdict: warning when its test
-    rejects at ``alpha`` and its errors are ``multivariate_ratio`` times the reference's."""
-    columns = [schema.numeric_names.index(f) for f in pca.features]
-    found = multivariate.check(pca, features["numeric"], columns)
-    drifted = found["p_value"] is not None and found["p_value"] < policy.alpha and (found["error_ratio"] or 0) >= \
-        policy.multivariate_ratio
-    return {**found, "severity": "warning" if drifted else "none"}  # type: ignore[typeddict-item]
+def _multivariate(baseline: Baseline, features: WindowSnapshot, policy: DriftPolicy) -> dict[str, MultivariateDrift]:
+    """The window's numeric rows as a whole against the baseline's models (its schema has every
+    feature they read), each with its verdict: warning when its test rejects at ``alpha`` and its
+    effect reaches the policy's floor (``multivariate_ratio`` times the reference's
+    reconstruction error; a held-out AUC of ``classifier_auc``)."""
+    numeric = baseline.schema.numeric_names
+    out: dict[str, MultivariateDrift] = {}
+    if baseline.pca is not None:
+        found = multivariate.check(baseline.pca, features["numeric"], [numeric.index(f) for f in baseline.pca.features])
+        effect = (found["error_ratio"] or 0) >= policy.multivariate_ratio
+        out["pca"] = {**found, "severity": _verdict(found["p_value"], effect, policy)}  # type: ignore[typeddict-item]
+    if baseline.classifier is not None and policy.classifier:
+        found = classifier.check(baseline.classifier, features["numeric"],
+                                 [numeric.index(f) for f in baseline.classifier.features])
+        effect = (found["auc"] or 0) >= policy.classifier_auc
+        out["classifier"] = {**found, "severity": _verdict(found["p_value"], effect, policy)}  # type: ignore[typeddict-item]
+    return out
+
+
+def _verdict(p_value: float | None, effect: bool, policy: DriftPolicy) -> Severity:
+    return "warning" if p_value is not None and p_value < policy.alpha and effect else "none"
 
 
 def _encoded(window: WindowSnapshot) -> Encoded:

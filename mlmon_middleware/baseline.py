@@ -35,7 +35,7 @@ import numpy as np
 import orjson
 
 from mlmon_middleware._version import __version__
-from mlmon_middleware.drift import multivariate
+from mlmon_middleware.drift import classifier, multivariate
 from mlmon_middleware.payload import CaptureError, extract_rows
 from mlmon_middleware.profile import Profiler
 from mlmon_middleware.reports import BaselineSummary
@@ -80,6 +80,12 @@ class Baseline:
         #: the PCA reconstruction of the numeric features (:mod:`~mlmon_middleware.drift.multivariate`);
         #: None for a baseline without one (fewer than 2 numeric features, or built before it existed)
         self.pca = multivariate.PCAModel.from_dict(found) if found else None
+        found = self.payload.get("domain_classifier")
+        #: the reference rows of the domain classifier (:mod:`~mlmon_middleware.drift.classifier`);
+        #: None for a baseline without them (fewer than 2 numeric features, or built before it existed)
+        self.classifier = classifier.ClassifierReference.from_dict(found) if found else None
+        if self.classifier is not None:  # the rows as an array, as the samples: 8 bytes a value
+            self.payload["domain_classifier"] = self.classifier.to_dict()
         #: up to 200 whole rows of the numeric features (schema order), for explainers
         background = self.payload.get("background")
         self.background = np.asarray(background if background is not None else [], dtype=float)
@@ -179,12 +185,14 @@ class Baseline:
         pred_profiles = predictions.profiles(bins, sample_size) if predictions and predictions.rows else {}
         background = features.background(200, rng)
         pca = multivariate.fit(features.numeric_rows(), features.schema.numeric_names, seed=seed)
+        reference = classifier.fit(features.numeric_rows(), features.schema.numeric_names, seed=seed)
         return cls({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "mlmon_version": __version__, "row_count": features.rows, "schema_hash": schema_hash(features.schema),
             "warmup": warmup, "features": profiles, "predictions": pred_profiles,
             "background": background, "multivariate": None if pca is None else pca.to_dict(),
+            "domain_classifier": None if reference is None else reference.to_dict(),
         })
 
     def to_json(self, indent: bool = False) -> bytes:

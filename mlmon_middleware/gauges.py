@@ -195,9 +195,10 @@ def _forecasts(m: ModelMonitor) -> Observations:
 
 
 def _multivariate(m: ModelMonitor) -> Observations:
-    found = (_checked(m) or {}).get("multivariate")
-    ratio = None if found is None else found.get("error_ratio")
-    return [] if ratio is None else [(ratio, {**m.attrs, "method": found["method"]})]  # type: ignore[index]
+    """Per method: the PCA's error ratio, the classifier's held-out AUC."""
+    found = (_checked(m) or {}).get("multivariate") or {}
+    scores = {method: drift.get("error_ratio") if method == "pca" else drift.get("auc") for method, drift in found.items()}
+    return [(score, {**m.attrs, "method": method}) for method, score in scores.items() if score is not None]
 
 
 def _quality(key: str) -> Callable[[ModelMonitor], Observations]:

@@ -123,16 +123,20 @@ class FeatureForecast(TypedDict):
     autocorrelation: float
 
 
-class MultivariateDrift(TypedDict):
-    """The window against the baseline's PCA reconstruction (``mlmon_middleware.drift.multivariate``):
-    complete rows tested, the one-sided Mann–Whitney p-value, the ratio of mean reconstruction
-    errors, the components kept, and the verdict."""
+class MultivariateDrift(TypedDict, total=False):
+    """The window's rows as a whole against the baseline, by one method: ``pca`` (its
+    reconstruction, ``mlmon_middleware.drift.multivariate``: the ratio of mean reconstruction
+    errors and the components kept) or ``classifier`` (a domain classifier,
+    ``mlmon_middleware.drift.classifier``: its held-out AUC). Both: the rows tested, the
+    one-sided Mann–Whitney p-value, the verdict, and a ``note`` when the method could not run."""
 
     method: str
     rows: int
     p_value: float | None
     error_ratio: float | None
     components: int
+    auc: float | None
+    note: str
     severity: Severity
 
 
@@ -159,7 +163,7 @@ class DriftReport(TypedDict, total=False):
     performance_status: str
     attributions: AttributionReport
     forecast: dict[str, FeatureForecast]  # per feature with enough disjoint checks
-    multivariate: MultivariateDrift  # with a baseline that has a PCA reconstruction
+    multivariate: dict[str, MultivariateDrift]  # per method the baseline has a model for
     alerts: list[ActiveAlert]
     duration_seconds: float
     workers: MergedWorkers  # with workers sharing: whose windows the check merged

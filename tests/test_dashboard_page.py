@@ -229,9 +229,11 @@ def test_layout_ticks_statistics_and_states(service, browser):
         headers = page.eval_on_selector_all("#drift-table thead th", "cells => cells.map(c => c.textContent)")
         forecasts = page.evaluate("""() => [undefined, {seconds: null}, {seconds: 0}, {seconds: 7200}, {seconds: 90},
                                             {seconds: 3 * 86400}, {seconds: 12}].map(forecastText)""")
-        wholes = page.evaluate("""() => [undefined, {p_value: null}, {p_value: 1e-12, error_ratio: 3.1416, rows: 1000,
-                                         severity: "warning"}, {p_value: 0.42, error_ratio: 1.01, rows: 800,
-                                         severity: "none"}].map(multivariateText)""")
+        wholes = page.evaluate("""() => [undefined, {}, {pca: {p_value: null}, classifier: {rows: 0, p_value: null}},
+                                         {pca: {p_value: 1e-12, error_ratio: 3.1416, rows: 1000, severity: "warning"}},
+                                         {pca: {p_value: 0.42, error_ratio: 1.01, rows: 800, severity: "none"},
+                                          classifier: {p_value: 1e-7, auc: 0.712, rows: 1000, severity: "warning"}},
+                                        ].map(multivariateText)""")
         rows, shown = page.evaluate(DRIFT_ROWS)
         states = {name: page.inner_text(f"#{name}") for name in ("monitor-state", "model-state", "model-alerts")}
         issues, model_issues = page.inner_text("#issues"), page.inner_text("#model-issues")
@@ -259,8 +261,9 @@ def test_layout_ticks_statistics_and_states(service, browser):
             assert (rows[name][ks], rows[name][chi2]) == ("–", f"{stats['chi2']:.2f}"), (name, rows[name])
     forecast = headers.index("forecast")  # the drift forecast (docs/insight.md): "–" until a trend has its points
     assert forecasts == ["–", "none", "now", "in 2 h", "in 1.5 min", "in 3 d", "in 12 s"]
-    assert wholes[:2] == ["", ""] and "moved (the features' relations changed)" in wholes[2] and "×3.14" in wholes[2]
-    assert wholes[3] == "; the rows as a whole: alike, reconstruction error ×1.01 (p 0.420, 800 rows)"
+    assert wholes[:3] == ["", "", ""] and "moved by reconstruction error ×3.14" in wholes[3], wholes
+    assert wholes[4] == ("; the rows as a whole: alike by reconstruction error ×1.01 (p 0.420, 800 rows), "
+                         "moved by classifier AUC 0.712 (p 1.00e-7, 1000 rows)"), wholes
     assert all(cells[forecast] == ("–" if name not in shown.get("forecast", {}) else cells[forecast])
                for name, cells in rows.items()), rows
     psi = headers.index("PSI")

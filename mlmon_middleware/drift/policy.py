@@ -85,6 +85,10 @@ class DriftPolicy:
     #: multivariate drift needs its test (p < alpha) and the window's mean reconstruction error at
     #: least this many times the reference's (a practical floor, as ``effect`` is for a feature)
     multivariate_ratio: float = 1.1
+    #: the domain classifier needs its test (p < alpha) and a held-out AUC at least this (0.5 is
+    #: chance); ``classifier=False`` skips it (it costs a small model's training per check)
+    classifier_auc: float = 0.55
+    classifier: bool = True
 
     def __post_init__(self) -> None:
         if self.correction not in CORRECTIONS:
@@ -97,6 +101,8 @@ class DriftPolicy:
             raise ConfigError("fire_after and resolve_after must be >= 1 checks")
         if not self.multivariate_ratio >= 1:
             raise ConfigError(f"multivariate_ratio must be >= 1, got {self.multivariate_ratio!r}")
+        if not 0.5 <= self.classifier_auc < 1:
+            raise ConfigError(f"classifier_auc must be in [0.5, 1), got {self.classifier_auc!r}")
         if not self.forecast_horizon >= 0:
             raise ConfigError(f"forecast_horizon must be >= 0 seconds, got {self.forecast_horizon!r}")
         if not 3 <= self.forecast_min_points <= self.forecast_points:
