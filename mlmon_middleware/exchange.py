@@ -263,6 +263,15 @@ class Exchange:
         found = self._read_json(f"result-{model_key(model)}.json")
         return found if isinstance(found, dict) else None
 
+    def publish_baseline(self, model: str, baseline: bytes) -> None:
+        """Write the leader's warm-up baseline of ``model`` (its JSON), once per baseline: the
+        results that follow name it rather than carry it."""
+        self._write(f"baseline-{model_key(model)}.json", baseline)
+
+    def baseline(self, model: str) -> dict[str, Any] | None:
+        found = self._read_json(f"baseline-{model_key(model)}.json")
+        return found if isinstance(found, dict) else None
+
 
 def _encode(arrays: dict[str, np.ndarray], key: str, values: np.ndarray) -> None:
     """Store ``values``; an object (categorical) matrix as integer codes into its distinct values

@@ -25,6 +25,7 @@ worker goes on on its own data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -79,6 +80,7 @@ class HostShare:
         self._flush = flush  # ingests what the worker's pipeline holds
         self._published_generation: object = None
         self._adopted: dict[str, int] = {}
+        self._baselines: dict[str, str] = {}  # the warm-up baseline published per model (its mark)
         self._publishing = threading.Lock()
         self._round: dict[str, dict[str, Any]] | None = None  # the windows of a round of scheduled checks
         self._stop = threading.Event()
@@ -266,8 +268,13 @@ class HostShare:
         """The leader: publish each model's last check for the other workers."""
         for m in self._models():
             result = result_of(m)
-            if result is not None:
-                self.exchange.publish_result(m.name, result)
+            if result is None:
+                continue
+            mark = result["warmup_baseline"]
+            if mark is not None and m.baseline is not None and self._baselines.get(m.name) != mark:
+                self.exchange.publish_baseline(m.name, m.baseline.to_json())  # before the result that names it
+                self._baselines[m.name] = mark
+            self.exchange.publish_result(m.name, result)
 
     def adopt(self) -> None:
         """A worker that does not lead: take the leader's newer results."""
@@ -276,7 +283,7 @@ class HostShare:
             if stamp and stamp != self._adopted.get(m.name):
                 result = self.exchange.result(m.name)
                 if result is not None:
-                    adopt(m, result)
+                    adopt(m, result, functools.partial(self.exchange.baseline, m.name))
                     self._adopted[m.name] = stamp
 
 

@@ -4,7 +4,8 @@ The functions :class:`~mlmon_middleware.host.HostShare` calls on a
 :class:`~mlmon_middleware.model.Model`: its counts (:func:`counts_of`), its windows
 (:func:`windows_of`, explained predictions included), its last check as the leader publishes it
 (:func:`result_of`), and the adoption of the leader's check by a worker that does not lead
-(:func:`adopt`): reports, performance, attributions, alert states and a warm-up baseline, so
+(:func:`adopt`): reports, performance, attributions, alert states and a warm-up baseline (named
+in the result, published once beside it: :func:`warmup_mark`), so
 that every worker answers alike and a worker taking over the lead continues the same alerts
 against the same reference.
 
@@ -24,7 +25,7 @@ against the same reference.
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -160,14 +161,22 @@ def result_of(m: Model) -> dict[str, Any] | None:
     checker = m.checker
     if checker.report is None:
         return None
-    warmup = m.baseline.payload if m.baseline is not None and m.baseline.warmup else None
     return {"report": checker.report, "performance": checker.performance.report, "attributions": checker.attributions,
             "alerts": checker.alerts.summary(), "last_run": checker.last_run, "duration": checker.duration,
-            "warmup_baseline": warmup}
+            "warmup_baseline": warmup_mark(m)}
 
 
-def adopt(m: Model, result: Mapping[str, Any]) -> None:
-    """Take the leader's check of ``m`` as this worker's own (a worker that does not lead)."""
+def warmup_mark(m: Model) -> str | None:
+    """What names ``m``'s warm-up baseline in its results (None without one): the baseline itself
+    is published once beside them (``HostShare.publish_results``), not with every result."""
+    baseline = m.baseline
+    return f"{baseline.created_at} {baseline.schema_hash} {baseline.row_count}" if baseline is not None and baseline.warmup \
+        else None
+
+
+def adopt(m: Model, result: Mapping[str, Any], warmup: Callable[[], Mapping[str, Any] | None] = lambda: None) -> None:
+    """Take the leader's check of ``m`` as this worker's own (a worker that does not lead);
+    ``warmup`` reads the leader's warm-up baseline when the result names one and ``m`` has none."""
     checker = m.checker
     checker.report = result["report"]
     checker.performance.report = result.get("performance")
@@ -175,7 +184,9 @@ def adopt(m: Model, result: Mapping[str, Any]) -> None:
     checker.last_run, checker.duration = result.get("last_run", 0.0), result.get("duration", 0.0)
     checker.alerts.adopt(result.get("alerts") or {})
     if result.get("warmup_baseline") and m.baseline is None:  # a later leader goes on from the same reference
-        m.set_baseline(Baseline(result["warmup_baseline"]))
+        payload = warmup()
+        if payload is not None:
+            m.set_baseline(Baseline(payload))
 
 
 def with_counts_of(health: ModelHealth, counts: Mapping[str, Any], capacity: int) -> None:

@@ -223,19 +223,35 @@ def test_a_scrape_and_the_share_thread_publishing_at_once_never_hide_a_worker(tm
     assert errors == [] and seen and all(keys == [Worker.current().key] for keys in seen)
 
 
-def test_a_warmup_baseline_and_alert_states_pass_from_the_leader_to_the_others():
-    from mlmon_middleware.shared_model import adopt, result_of
+def test_a_warmup_baseline_and_alert_states_pass_from_the_leader_to_the_others(tmp_path):
+    """Through the exchange folder, as the workers of a server: the baseline is published once,
+    beside the results, which only name it (it holds the reference rows of the multivariate
+    detectors: resending it with every check would cost more than the check's report)."""
+    from mlmon_middleware.host import HostShare
 
-    leader = Monitor(MonitorConfig(tracing=False, check_interval=0)).model("m", warmup_rows=50)
+    def host(model):
+        return HostShare(str(tmp_path), models=lambda: [model], errors=model.registry.errors, generation=lambda: 0,
+                         flush=lambda: None, share_interval=1.0, capacity=1000, per_worker=False)
+
+    leader = Monitor(MonitorConfig(tracing=False, check_interval=0)).model("m", warmup_rows=1200)
     rng = np.random.default_rng(5)
-    for x in rng.normal(size=60):
-        leader.record({"x": float(x)}, {"prediction": 1.0})
+    for x, y in rng.normal(size=(1300, 2)):
+        leader.record({"x": float(x), "y": float(y)}, {"prediction": 1.0})
     leader.check_now()  # a scheduled check adopts a warm-up baseline from the first rows
-    assert leader.baseline is not None and leader.baseline.warmup
+    assert leader.baseline is not None and leader.baseline.warmup and leader.baseline.classifier is not None
+    leading = host(leader)
+    leading.publish_results()
+    [result] = tmp_path.glob("result-*.json")
+    [baseline] = tmp_path.glob("baseline-*.json")
+    assert result.stat().st_size < baseline.stat().st_size / 5
+    published = baseline.stat().st_mtime_ns
     follower = Monitor(MonitorConfig(tracing=False, check_interval=0)).model("m")
-    adopt(follower, result_of(leader))
+    host(follower).adopt()
     assert follower.baseline is not None and follower.baseline.to_json() == leader.baseline.to_json()
     assert follower.drift_report() == leader.checker.report
+    leader.check_now()
+    leading.publish_results()
+    assert baseline.stat().st_mtime_ns == published  # the same baseline is not written again
 
 
 def test_fleet_bin_counters_cover_categorical_features_with_the_in_process_shares_and_dof():
