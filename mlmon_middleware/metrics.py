@@ -29,7 +29,7 @@ EPS = float(np.finfo(np.float64).eps)
 HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "r2"}
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
+def average_ranks(values: np.ndarray) -> np.ndarray:
     """Ranks from 1, ties given their average rank."""
     order = np.argsort(values, kind="mergesort")
     ordered = values[order]
@@ -48,7 +48,7 @@ def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = _ranks(scores.astype(float))
+    ranks = average_ranks(scores.astype(float))
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -1,0 +1,269 @@
+"""Performance before the labels arrive: confidence-based estimation (CBPE) for classifiers.
+
+Labels arrive late; the model's predicted probabilities arrive with every prediction. If the
+probabilities are calibrated (a row scored 0.8 is positive 80 % of the time), the confusion
+matrix of a window can be *expected* without a single label: a row predicted positive with
+calibrated probability c adds c to the true positives and 1 − c to the false positives. This is
+NannyML's CBPE; the steps:
+
+1. **Calibration, at baseline build**: on the labelled reference, an isotonic regression per class
+   of the label on the model's probability (scikit-learn's ``IsotonicRegression``: monotone, so
+   the model's ranking is kept). The baseline keeps each map as its breakpoints; a check applies
+   it with ``np.interp`` (no scikit-learn at check time).
+2. **The estimate, per window**: calibrated probabilities ``c``; the model's predicted class as it
+   decides it (binary: score ≥ ``threshold``; multiclass: the most probable class); expected
+   counts TP = Σ c over predicted positives, FP = Σ (1 − c) over them, FN = Σ c over predicted
+   negatives; accuracy, precision, recall and F1 from them (macro averages over the classes for
+   multiclass), and ROC AUC as the AUC of the scores with each row counted c as a positive and
+   1 − c as a negative (one-vs-rest macro for multiclass).
+3. **The band**: if the calibration holds, each label is a draw from its calibrated
+   probability, so the window's *realized* metric is a random variable: :data:`DRAWS` sets of
+   labels are drawn and the band is the central :data:`BAND` of the realized metrics they give.
+   It says how far the realized value may be from the estimate by chance alone; it does not cover
+   a calibration that stopped holding (concept drift: p(y | x) changed), which no label-free
+   method can see.
+
+>>> rng = np.random.default_rng(0)
+>>> scores = rng.random(4000)
+>>> labels = (rng.random(4000) < scores).astype(int)  # calibrated by construction
+>>> model = fit(labels, scores[:, None], classes=["0", "1"], positive="1")
+>>> found = model.estimate(rng.random((1000, 1)))
+>>> round(found["accuracy"]["value"], 2), found["accuracy"]["low"] < found["accuracy"]["value"] < found["accuracy"]["high"]
+(0.75, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+import numpy as np
+
+from mlmon_middleware.metrics import as_label, average_ranks, classification_metrics
+
+DRAWS = 200  # label draws for the band
+BAND = 0.95  # its central share
+CHUNK = 2_000_000  # label draws × rows drawn at a time (memory: 16 MB)
+MAX_CLASSES = 50  # more classes: no estimate
+METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+
+
+class Estimate(TypedDict):
+    """One estimated metric of a window: the estimate and its band."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """An isotonic map from a probability to a calibrated one, as its breakpoints."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.interp(p, self.x, self.y)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CBPE:
+    """A fitted estimator: the ``task`` (``binary`` or ``multiclass``), the ``outputs`` it reads
+    (binary: the positive class's score; multiclass: one probability per class, named as the
+    classes), the ``classes`` (binary: negative then positive), the binary ``threshold``, a
+    calibration per output, and the realized metrics on the reference (``reference``)."""
+
+    task: str
+    outputs: tuple[str, ...]
+    classes: tuple[str, ...]
+    threshold: float
+    maps: tuple[Calibration, ...]
+    reference: Mapping[str, float]
+
+    def calibrated(self, proba: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: binary, the positive class's (n,); multiclass, (n, k) rows
+        summing to 1 (a row whose calibrated values are all 0 keeps the model's own)."""
+        proba = np.asarray(proba, dtype=float).reshape(len(proba), len(self.outputs))
+        if self.task == "binary":
+            return self.maps[0](proba[:, 0])
+        calibrated = np.column_stack([m(proba[:, k]) for k, m in enumerate(self.maps)])
+        total = calibrated.sum(axis=1, keepdims=True)
+        return np.where(total > 0, calibrated / np.where(total > 0, total, 1), proba)
+
+    def estimate(self, proba: np.ndarray, seed: int = 0) -> dict[str, Estimate]:
+        """Each metric of :data:`METRICS` estimated for rows with the model's probabilities
+        ``proba`` (n × len(outputs)), with its band; None where undefined (no rows)."""
+        proba = np.asarray(proba, dtype=float).reshape(len(proba), len(self.outputs))
+        if not len(proba):
+            return {m: {"value": None, "low": None, "high": None} for m in METRICS}
+        c = self.calibrated(proba)
+        if self.task == "binary":
+            predicted = proba[:, 0] >= self.threshold
+            values = _binary_expected(c, predicted, proba[:, 0])
+            draws = _binary_draws(c, predicted, proba[:, 0], seed)
+        else:
+            predicted = proba.argmax(axis=1)
+            values = _multiclass_expected(c, predicted, proba)
+            draws = _multiclass_draws(c, predicted, proba, seed)
+        tail = (1 - BAND) / 2
+        out: dict[str, Estimate] = {}
+        for metric in METRICS:
+            realized = draws[metric][np.isfinite(draws[metric])]
+            low, high = (float(v) for v in np.quantile(realized, [tail, 1 - tail])) if len(realized) else (None, None)
+            value = values[metric]
+            out[metric] = {"value": None if value is None or not np.isfinite(value) else float(value), "low": low, "high": high}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the baseline file keeps it."""
+        return {"method": "cbpe", "task": self.task, "outputs": list(self.outputs), "classes": list(self.classes),
+                "threshold": self.threshold, "calibration": [{"x": m.x, "y": m.y} for m in self.maps],
+                "reference": dict(self.reference)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CBPE:
+        maps = tuple(Calibration(np.asarray(m["x"], dtype=float), np.asarray(m["y"], dtype=float))
+                     for m in data["calibration"])
+        return cls(data["task"], tuple(data["outputs"]), tuple(data["classes"]), float(data["threshold"]), maps,
+                   dict(data.get("reference") or {}))
+
+
+def fit(labels: Sequence[Any], proba: np.ndarray, *, classes: Sequence[str], positive: str | None = None,
+        outputs: Sequence[str] | None = None, threshold: float = 0.5) -> CBPE:
+    """Calibrate on a labelled reference: ``labels`` (as text, see
+    :func:`~mlmon_middleware.metrics.as_label`), the model's ``proba`` (n × 1: the ``positive``
+    class's score, binary; n × k: one column per class of ``classes``, multiclass). ``outputs``
+    names the columns as the service's outputs (default: ``prediction``, or the classes).
+    Needs scikit-learn (``pip install 'mlmon-middleware[sklearn]'``)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    y = np.array([as_label(v) for v in labels], dtype=object)
+    proba = np.asarray(proba, dtype=float).reshape(len(y), -1)
+    binary = proba.shape[1] == 1
+    if binary and (positive is None or len(classes) != 2):
+        raise ValueError("a binary estimate needs the two classes and the positive one")
+    if not binary and (proba.shape[1] != len(classes) or len(classes) > MAX_CLASSES):
+        raise ValueError(f"{proba.shape[1]} probability columns for {len(classes)} classes (at most {MAX_CLASSES})")
+    targets = [y == positive] if binary else [y == c for c in classes]
+    maps = []
+    for k, target in enumerate(targets):
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(proba[:, k], target.astype(float))
+        maps.append(Calibration(np.asarray(iso.X_thresholds_, dtype=float), np.asarray(iso.y_thresholds_, dtype=float)))
+    ordered: tuple[str, ...]
+    if binary:
+        negative = next(c for c in classes if c != positive)
+        ordered = (str(negative), str(positive))
+        predicted = np.where(proba[:, 0] >= threshold, ordered[1], ordered[0]).astype(object)
+        reference = classification_metrics(y, predicted, scores=proba[:, 0], positive=ordered[1])
+    else:
+        ordered = tuple(str(c) for c in classes)
+        predicted = np.array(ordered, dtype=object)[proba.argmax(axis=1)]
+        reference = classification_metrics(y, predicted, proba=proba, classes=list(ordered))
+    names = tuple(outputs) if outputs is not None else (("prediction",) if binary else ordered)
+    return CBPE("binary" if binary else "multiclass", names, ordered, float(threshold), tuple(maps),
+                {m: float(v) for m, v in reference.items() if m in METRICS and v is not None})
+
+
+# ------------------------------------------------------------------------------ expected values
+def weighted_auc(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC of ``scores`` with each row counted ``positive`` times as a positive and
+    ``negative`` times as a negative (ties count one half), as scikit-learn's ``roc_auc_score``
+    with those sample weights."""
+    order = np.argsort(scores, kind="mergesort")
+    s, pos, neg = scores[order], positive[order], negative[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    pos_group, neg_group = np.add.reduceat(pos, starts), np.add.reduceat(neg, starts)
+    below = np.cumsum(neg_group) - neg_group  # negative weight strictly below each group of ties
+    total = pos.sum() * neg.sum()
+    return float(np.sum(pos_group * (below + neg_group / 2)) / total) if total > 0 else np.nan
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else 0.0
+
+
+def _binary_expected(c: np.ndarray, predicted: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    tp, fp = c[predicted].sum(), (1 - c[predicted]).sum()
+    fn, tn = c[~predicted].sum(), (1 - c[~predicted]).sum()
+    return {"accuracy": (tp + tn) / len(c), "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "roc_auc": weighted_auc(scores, c, 1 - c)}
+
+
+def _multiclass_expected(c: np.ndarray, predicted: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    n, k = c.shape
+    chosen = np.eye(k, dtype=bool)[predicted]  # (n, k): the predicted class of each row
+    tp, predicted_count, actual = (c * chosen).sum(axis=0), chosen.sum(axis=0), c.sum(axis=0)
+    precision = np.where(predicted_count > 0, tp / np.maximum(predicted_count, 1), 0.0)
+    recall = np.where(actual > 0, tp / np.where(actual > 0, actual, 1), 0.0)
+    f1 = np.where(predicted_count + actual > 0, 2 * tp / np.maximum(predicted_count + actual, 1e-300), 0.0)
+    aucs = [weighted_auc(proba[:, j], c[:, j], 1 - c[:, j]) for j in range(k)]
+    return {"accuracy": float(tp.sum() / n), "precision": float(precision.mean()), "recall": float(recall.mean()),
+            "f1": float(f1.mean()), "roc_auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else np.nan}
+
+
+# ------------------------------------------------------------------------------ the band
+def _draw_chunks(n: int) -> list[int]:
+    per = max(1, CHUNK // max(n, 1))
+    return [min(per, DRAWS - start) for start in range(0, DRAWS, per)]
+
+
+def _binary_draws(c: np.ndarray, predicted: np.ndarray, scores: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The realized metrics of :data:`DRAWS` label sets drawn from ``c``."""
+    rng = np.random.default_rng(seed)
+    ranks, n = average_ranks(scores), len(c)
+    out: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
+    for draws in _draw_chunks(n):
+        y = rng.random((draws, n)) < c
+        positives = y.sum(axis=1).astype(float)
+        tp = y[:, predicted].sum(axis=1).astype(float)
+        fp = predicted.sum() - tp
+        fn = positives - tp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["accuracy"].append((n - fp - fn) / n)
+            out["precision"].append(np.where(tp + fp > 0, tp / (tp + fp), 0.0))
+            out["recall"].append(np.where(positives > 0, tp / positives, 0.0))
+            out["f1"].append(np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0))
+            u = y.astype(float) @ ranks - positives * (positives + 1) / 2
+            out["roc_auc"].append(np.where((positives > 0) & (positives < n), u / (positives * (n - positives)), np.nan))
+    return {m: np.concatenate(v) for m, v in out.items()}
+
+
+def _multiclass_draws(c: np.ndarray, predicted: np.ndarray, proba: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n, k = c.shape
+    cumulative = np.cumsum(c, axis=1)
+    cumulative[:, -1] = 1.0
+    ranks = [average_ranks(proba[:, j]) for j in range(k)]
+    predicted_count = np.bincount(predicted, minlength=k).astype(float)
+    out: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
+    for draws in _draw_chunks(n * k):
+        u = rng.random((draws, n, 1))
+        y = (u > cumulative[None, :, :]).sum(axis=2)  # (draws, n): the drawn class of each row
+        out["accuracy"].append((y == predicted).mean(axis=1))
+        precision, recall, f1, auc = (np.zeros((draws, k)) for _ in range(4))
+        for j in range(k):
+            actual = y == j
+            positives = actual.sum(axis=1).astype(float)
+            tp = actual[:, predicted == j].sum(axis=1).astype(float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                precision[:, j] = tp / predicted_count[j] if predicted_count[j] else 0.0
+                recall[:, j] = np.where(positives > 0, tp / positives, 0.0)
+                f1[:, j] = np.where(predicted_count[j] + positives > 0, 2 * tp / (predicted_count[j] + positives), 0.0)
+                rank_sum = actual.astype(float) @ ranks[j] - positives * (positives + 1) / 2
+                auc[:, j] = np.where((positives > 0) & (positives < n), rank_sum / (positives * (n - positives)), np.nan)
+        out["precision"].append(precision.mean(axis=1))
+        out["recall"].append(recall.mean(axis=1))
+        out["f1"].append(f1.mean(axis=1))
+        out["roc_auc"].append(_nanmean_rows(auc))
+    return {m: np.concatenate(v) for m, v in out.items()}
+
+
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """The mean of each row over its finite values (NaN for a row with none)."""
+    finite = np.isfinite(values)
+    count = finite.sum(axis=1)
+    total = np.where(finite, values, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)

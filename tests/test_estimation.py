@@ -1,0 +1,129 @@
+"""Label-free performance estimation (mlmon_middleware.estimation): the expected metrics against
+scikit-learn where they must agree exactly, the band's coverage when the calibration holds, a
+covariate shift followed without labels, and the estimator's round trip."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from mlmon_middleware import estimation
+from mlmon_middleware.metrics import classification_metrics
+
+
+def binary_data(rng, n, shift=0.0):
+    """A score that is the true probability of the positive class (calibrated), its mass moved
+    towards confident rows by ``shift`` (a covariate shift: p(y | score) unchanged)."""
+    scores = rng.beta(2 + shift, 2 + shift, n) if shift >= 0 else rng.beta(2, 2, n)
+    if shift > 0:
+        scores = np.where(rng.random(n) < 0.5, scores ** (1 + shift), 1 - (1 - scores) ** (1 + shift))
+    labels = np.where(rng.random(n) < scores, "1", "0")
+    return scores, labels
+
+
+def test_weighted_auc_is_scikit_learns_with_sample_weights():
+    rng = np.random.default_rng(0)
+    for n in (2, 17, 500):
+        scores = np.round(rng.random(n), 2)  # ties
+        weights = rng.random(n)
+        expected = roc_auc_score(np.r_[np.ones(n), np.zeros(n)], np.r_[scores, scores], sample_weight=np.r_[weights, 1 - weights])
+        assert estimation.weighted_auc(scores, weights, 1 - weights) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_known_labels_give_exactly_the_realized_metrics():
+    """With calibrated probabilities of exactly 0 or 1 (the labels), the expected confusion matrix
+    is the realized one: every estimate equals scikit-learn's metric, and the band is a point."""
+    rng = np.random.default_rng(1)
+    scores, labels = binary_data(rng, 3000)
+    model = estimation.fit(labels, scores[:, None], classes=["0", "1"], positive="1")
+    exact = estimation.CBPE(model.task, model.outputs, model.classes, 0.5, (estimation.Calibration(np.array([0.0, 1.0]),
+                                                                                                    np.array([0.0, 1.0])),),
+                            model.reference)
+    window = rng.random(400)
+    y = (window >= 0.5).astype(int)
+    window_scores = np.where(rng.random(400) < 0.3, 1.0 - window, window)  # the model is wrong on 30 %
+    known = y.astype(float)  # "calibrated" probabilities that are the labels themselves
+    expected = estimation._binary_expected(known, window_scores >= 0.5, window_scores)
+    predicted = (window_scores >= 0.5).astype(int)
+    assert expected["accuracy"] == pytest.approx(accuracy_score(y, predicted), rel=1e-12)
+    assert expected["precision"] == pytest.approx(precision_score(y, predicted), rel=1e-12)
+    assert expected["recall"] == pytest.approx(recall_score(y, predicted), rel=1e-12)
+    assert expected["f1"] == pytest.approx(f1_score(y, predicted), rel=1e-12)
+    assert expected["roc_auc"] == pytest.approx(roc_auc_score(y, window_scores), rel=1e-9)
+    draws = estimation._binary_draws(known, window_scores >= 0.5, window_scores, seed=0)
+    assert np.ptp(draws["accuracy"]) == 0 and draws["roc_auc"][0] == pytest.approx(roc_auc_score(y, window_scores), rel=1e-9)
+    assert exact.reference == model.reference
+
+
+def test_the_reference_metrics_are_the_realized_ones():
+    rng = np.random.default_rng(2)
+    scores, labels = binary_data(rng, 2000)
+    model = estimation.fit(labels, scores[:, None], classes=["0", "1"], positive="1", threshold=0.4)
+    predicted = np.where(scores >= 0.4, "1", "0").astype(object)
+    realized = classification_metrics(labels.astype(object), predicted, scores=scores, positive="1")
+    assert model.reference == {m: pytest.approx(realized[m], rel=1e-12) for m in estimation.METRICS}
+
+
+def test_the_band_covers_the_realized_metric_when_the_calibration_holds():
+    rng = np.random.default_rng(3)
+    scores, labels = binary_data(rng, 20_000)
+    model = estimation.fit(labels, scores[:, None], classes=["0", "1"], positive="1")
+    covered = {m: 0 for m in estimation.METRICS}
+    errors = {m: [] for m in estimation.METRICS}
+    windows = 60
+    for i in range(windows):
+        s, y = binary_data(rng, 500)
+        found = model.estimate(s[:, None], seed=i)
+        realized = classification_metrics(y.astype(object), np.where(s >= 0.5, "1", "0").astype(object), scores=s,
+                                          positive="1")
+        for m in estimation.METRICS:
+            covered[m] += found[m]["low"] <= realized[m] <= found[m]["high"]
+            errors[m].append(abs(found[m]["value"] - realized[m]))
+    assert all(covered[m] >= 0.85 * windows for m in estimation.METRICS), covered  # nominal 95 %
+    assert np.mean(errors["accuracy"]) < 0.03, np.mean(errors["accuracy"])
+
+
+def test_a_covariate_shift_is_followed_without_labels():
+    """The issue's case: realized accuracy moves from about 0.65 to about 0.85 while p(y | score)
+    stays; the estimate follows it within its band."""
+    rng = np.random.default_rng(4)
+    scores, labels = binary_data(rng, 20_000)
+    model = estimation.fit(labels, scores[:, None], classes=["0", "1"], positive="1")
+    for shift, expected in ((0.0, 0.69), (2.0, 0.84)):
+        s, y = binary_data(rng, 2000, shift)
+        realized = float(np.mean(np.where(s >= 0.5, "1", "0") == y))
+        assert realized == pytest.approx(expected, abs=0.04)
+        found = model.estimate(s[:, None])["accuracy"]
+        assert found["low"] <= realized <= found["high"] and found["value"] == pytest.approx(realized, abs=0.03)
+
+
+def test_multiclass_estimates_with_macro_averages():
+    rng = np.random.default_rng(5)
+    k, n = 3, 9000
+    logits = rng.normal(size=(n, k)) * 1.5
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([str(rng.choice(k, p=p)) for p in proba])
+    classes = [str(j) for j in range(k)]
+    model = estimation.fit(labels, proba, classes=classes)
+    assert model.task == "multiclass" and model.outputs == tuple(classes)
+    window = proba[:1000]
+    found = model.estimate(window)
+    realized = classification_metrics(labels[:1000].astype(object), np.array(classes, dtype=object)[window.argmax(axis=1)],
+                                      proba=window, classes=classes)
+    for m in estimation.METRICS:
+        assert found[m]["low"] - 0.02 <= realized[m] <= found[m]["high"] + 0.02, (m, found[m], realized[m])
+    assert found["roc_auc"]["value"] == pytest.approx(np.mean([roc_auc_score(labels[:1000] == c, window[:, j])
+                                                                for j, c in enumerate(classes)]), abs=0.03)
+
+
+def test_round_trip_and_bad_input():
+    rng = np.random.default_rng(6)
+    scores, labels = binary_data(rng, 1000)
+    model = estimation.fit(labels, scores[:, None], classes=["0", "1"], positive="1", outputs=["probability"])
+    again = estimation.CBPE.from_dict(model.to_dict())
+    probe = rng.random((50, 1))
+    assert again.estimate(probe) == model.estimate(probe) and again.outputs == ("probability",)
+    assert model.estimate(np.empty((0, 1)))["accuracy"] == {"value": None, "low": None, "high": None}
+    with pytest.raises(ValueError, match="positive"):
+        estimation.fit(labels, scores[:, None], classes=["0", "1"])
+    with pytest.raises(ValueError, match="columns"):
+        estimation.fit(labels, np.column_stack([scores, 1 - scores]), classes=["0", "1", "2"])
