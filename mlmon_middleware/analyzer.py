@@ -37,6 +37,7 @@ from mlmon_middleware.drift import classifier, multivariate
 from mlmon_middleware.drift.engine import compare
 from mlmon_middleware.drift.forecast import DriftTrend, Forecast
 from mlmon_middleware.drift.policy import RANK, DriftPolicy
+from mlmon_middleware.estimated import estimated_performance
 from mlmon_middleware.pacing import Pacer, pace_point, paced
 from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.reports import (
@@ -250,6 +251,10 @@ class DriftChecker:
         conditions.update({("PredictionDrift", n): p.get("severity", "none") for n, p in predictions.items()})
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
+        if baseline.estimator is not None and out_rows and inputs.output_schema is not None:
+            report["performance_estimated"], dropped = estimated_performance(
+                baseline.estimator, outputs, inputs.output_schema, self.performance.options.degradation)
+            conditions.update({("EstimatedPerformanceDrop", metric): severity for metric, severity in dropped.items()})
         if not drifted:  # else the features say more
             conditions.update({("MultivariateDrift", method): "warning" for method, found in report.get("multivariate", {}).items()
                                if found["severity"] == "warning"})

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlmon_middleware import estimation
 from mlmon_middleware._version import __version__
 from mlmon_middleware.drift import classifier, multivariate
 from mlmon_middleware.payload import CaptureError, extract_rows
@@ -80,6 +81,9 @@ class Baseline:
         #: the PCA reconstruction of the numeric features (:mod:`~mlmon_middleware.drift.multivariate`);
         #: None for a baseline without one (fewer than 2 numeric features, or built before it existed)
         self.pca = multivariate.PCAModel.from_dict(found) if found else None
+        found = self.payload.get("estimation")
+        #: the label-free performance estimator (:mod:`~mlmon_middleware.estimation`); None without one
+        self.estimator = estimation.CBPE.from_dict(found) if found else None
         found = self.payload.get("domain_classifier")
         #: the reference rows of the domain classifier (:mod:`~mlmon_middleware.drift.classifier`);
         #: None for a baseline without them (fewer than 2 numeric features, or built before it existed)
@@ -96,7 +100,7 @@ class Baseline:
     def from_data(cls, data: Any, *, features: Sequence[str] | None = None, predictions: Any = None,
                   categorical: Sequence[str] = (), model: str | None = None, bins: int = 10,
                   sample_size: int = 2000, seed: int = 0, labels: Any = None, task: str | None = None,
-                  positive: Any = 1, threshold: float = 0.5) -> Baseline:
+                  positive: Any = 1, threshold: float = 0.5, proba: Sequence[str] | None = None) -> Baseline:
         """Profile ``data`` (a pandas DataFrame, a 2-D array or a list of dicts).
 
         ``features`` picks and orders the columns (default: all but a prediction column);
@@ -104,7 +108,12 @@ class Baseline:
         or an (n × k) array of class probabilities); ``categorical`` forces kinds. With
         ``labels`` (validation data's ground truth) the baseline also keeps the model's
         performance on it, the reference for degradation alerts (``task``, ``positive`` and
-        ``threshold`` as in :class:`~mlmon_middleware.performance.PerformanceTracker`). Data without
+        ``threshold`` as in :class:`~mlmon_middleware.performance.PerformanceTracker`), and a
+        classifier's label-free estimator (:mod:`~mlmon_middleware.estimation`, with scikit-learn
+        installed). ``proba`` names the columns of ``data`` holding the model's probabilities: a
+        binary model's positive-class score (one column, captured from the service as
+        ``prediction``), or one column per class, named as the class (multiclass: the service's
+        ``class_names``, or the keys of the dict it answers); they are the predictions. Data without
         rows is refused (:class:`BaselineError`), as by :meth:`from_profilers`.
         """
         try:
@@ -114,7 +123,14 @@ class Baseline:
                 raise BaselineError(NO_ROWS) from None
             raise
         pred_values = None
-        if isinstance(predictions, str):
+        if proba:
+            if predictions is not None:
+                raise BaselineError("give predictions or proba columns, not both")
+            missing = [c for c in proba if not isinstance(rows[0], Mapping) or c not in rows[0]]
+            if missing:
+                raise BaselineError(f"probability column(s) {', '.join(map(repr, missing))} not in the data")
+            pred_values = [[r[c] for c in proba] for r in rows]
+        elif isinstance(predictions, str):
             if not isinstance(rows[0], Mapping) or predictions not in rows[0]:
                 raise BaselineError(f"prediction column {predictions!r} is not in the data")
             pred_values = [r[predictions] for r in rows]
@@ -123,13 +139,17 @@ class Baseline:
             if len(pred_values) != len(rows):
                 raise BaselineError(f"{len(pred_values)} predictions for {len(rows)} rows")
         if features is None and isinstance(rows[0], Mapping):
-            features = [k for k in rows[0] if not (isinstance(predictions, str) and k == predictions)]
+            outputs_in_data = {predictions} if isinstance(predictions, str) else set(proba or ())
+            features = [k for k in rows[0] if k not in outputs_in_data]
         kinds = {name: CATEGORICAL for name in categorical}
         schema = FeatureSchema.infer(rows, names=features, kinds=kinds)
         outputs = None
         if pred_values is not None:
             pred_rows = [v if isinstance(v, list) else [v] for v in pred_values]
-            names = ["prediction"] if len(pred_rows[0]) == 1 else [f"class_{i}" for i in range(len(pred_rows[0]))]
+            # named as the service's outputs are captured: a score is "prediction", class probabilities
+            # are named by their classes (the proba columns)
+            names = ["prediction"] if len(pred_rows[0]) == 1 else list(proba) if proba else \
+                [f"class_{i}" for i in range(len(pred_rows[0]))]
             pred_schema = FeatureSchema.infer(pred_rows, names=names)
             outputs = (pred_schema, pred_schema.encode(pred_rows))
         baseline = cls.from_encoded(schema, schema.encode(rows), outputs, model=model, bins=bins,
@@ -146,6 +166,11 @@ class Baseline:
             preds = [dict(zip(output_names, v if isinstance(v, list) else [v])) for v in pred_values]
             metrics = compute_metrics(task, preds, labels, positive=positive, threshold=threshold)
             baseline.payload["performance"] = {k: v for k, v in metrics.items() if k != "count" and v is not None}
+            estimator = estimation.estimator_for(task, labels, pred_values, list(output_names), positive=positive,
+                                                 threshold=threshold)
+            if estimator is not None:
+                baseline.payload["estimation"] = estimator.to_dict()
+                baseline.estimator = estimator
         return baseline
 
     @classmethod

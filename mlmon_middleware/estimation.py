@@ -35,12 +35,15 @@ NannyML's CBPE; the steps:
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 import numpy as np
 
-from mlmon_middleware.metrics import as_label, average_ranks, classification_metrics
+from mlmon_middleware.metrics import as_label, average_ranks, classification_metrics, infer_task
+
+logger = logging.getLogger("mlmon_middleware")
 
 DRAWS = 200  # label draws for the band
 BAND = 0.95  # its central share
@@ -165,6 +168,38 @@ def fit(labels: Sequence[Any], proba: np.ndarray, *, classes: Sequence[str], pos
     names = tuple(outputs) if outputs is not None else (("prediction",) if binary else ordered)
     return CBPE("binary" if binary else "multiclass", names, ordered, float(threshold), tuple(maps),
                 {m: float(v) for m, v in reference.items() if m in METRICS and v is not None})
+
+
+def estimator_for(task: str | None, labels: Sequence[Any], predictions: Sequence[Any], outputs: Sequence[str], *,
+                  positive: Any = 1, threshold: float = 0.5) -> CBPE | None:
+    """The estimator a labelled reference allows (:meth:`Baseline.from_data
+    <mlmon_middleware.Baseline.from_data>` calls it): predictions as rows of the ``outputs``
+    (one score per row, binary; one probability per class, named as the classes, multiclass).
+    None for a regressor, for predictions that are labels rather than probabilities, for outputs
+    that do not name the classes, and without scikit-learn (a warning says so)."""
+    task = task or infer_task(list(labels))
+    rows = [p if isinstance(p, (list, tuple)) else [p] for p in predictions]
+    if task == "regression" or not rows or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for row in rows for v in row):
+        return None
+    proba = np.array(rows, dtype=float)
+    if not (np.isfinite(proba).all() and proba.min() >= 0 and proba.max() <= 1) or np.all(proba == np.round(proba)):
+        return None  # not probabilities, or labels (0 and 1 only): no scores to calibrate
+    seen = sorted({as_label(v) for v in labels})
+    try:
+        if task == "binary":
+            positive = as_label(positive)
+            classes = sorted(set(seen) | {positive})
+            if proba.shape[1] != 1 or len(classes) != 2:
+                return None
+            return fit(labels, proba, classes=classes, positive=positive, outputs=outputs, threshold=threshold)
+        if proba.shape[1] != len(outputs) or not set(seen) <= set(outputs) or len(outputs) > MAX_CLASSES:
+            return None
+        return fit(labels, proba, classes=list(outputs))
+    except ImportError:
+        logger.warning("mlmon: no label-free performance estimator in this baseline: scikit-learn is not installed "
+                       "(pip install 'mlmon-middleware[sklearn]')")
+        return None
 
 
 # ------------------------------------------------------------------------------ expected values

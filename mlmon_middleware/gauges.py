@@ -43,6 +43,7 @@ from mlmon_middleware.instruments import (
     MONITOR_ERRORS,
     MULTIVARIATE_DRIFT,
     PERFORMANCE,
+    PERFORMANCE_ESTIMATED,
     PREDICTION_DRIFT_SCORE,
     QUALITY_RATIOS,
     RESERVOIR_SIZE,
@@ -201,6 +202,17 @@ def _multivariate(m: ModelMonitor) -> Observations:
     return [(score, {**m.attrs, "method": method}) for method, score in scores.items() if score is not None]
 
 
+def _estimated(m: ModelMonitor) -> Observations:
+    """Per metric: the estimate and its band's bounds."""
+    metrics = ((_checked(m) or {}).get("performance_estimated") or {}).get("metrics", {})
+    out: Observations = []
+    for metric, found in metrics.items():
+        for bound, value in (("estimate", found["value"]), ("low", found["low"]), ("high", found["high"])):
+            if value is not None:
+                out.append((value, {**m.attrs, "metric": metric, "bound": bound}))
+    return out
+
+
 def _quality(key: str) -> Callable[[ModelMonitor], Observations]:
     def read(m: ModelMonitor) -> Observations:
         report = _checked(m)
@@ -224,6 +236,7 @@ READERS: dict[str, Callable[[ModelMonitor], Observations]] = {
     ANALYSIS_LAST_RUN: _analysis_last_run,
     DRIFT_FORECAST: _forecasts,
     MULTIVARIATE_DRIFT: _multivariate,
+    PERFORMANCE_ESTIMATED: _estimated,
     LABEL_COVERAGE: _label_coverage,
     ALERT_EVENTS: _alert_events,
     ALERT_ACTIVE: _alerts_active,

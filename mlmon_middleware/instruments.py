@@ -51,6 +51,7 @@ LABEL_COVERAGE = "mlmon.label.coverage"
 BASELINE_AGE = "mlmon.baseline.age"
 DRIFT_FORECAST = "mlmon.drift.forecast"
 MULTIVARIATE_DRIFT = "mlmon.multivariate.drift.score"
+PERFORMANCE_ESTIMATED = "mlmon.performance.estimated"
 MODEL_APPROVED = "mlmon.model.approved"
 
 #: observable gauges whose values may be infinite (a forecast of "never" is +Inf): the OpenTelemetry
@@ -192,9 +193,13 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
                    "Share of the logged predictions of a time window that have a label, at the last check.",
                    "mlmon_label_coverage"),
     InstrumentSpec(MULTIVARIATE_DRIFT, "observable_gauge", "1",
-                   "The window's mean PCA reconstruction error over the reference's, at the last check (1: alike; "
-                   "the features' joint distribution moved when larger), by method.",
+                   "The rows as a whole against the reference at the last check, by method: pca, the mean "
+                   "reconstruction error over the reference's (1: alike); classifier, the held-out AUC (0.5: alike).",
                    "mlmon_multivariate_drift_score"),
+    InstrumentSpec(PERFORMANCE_ESTIMATED, "observable_gauge", "1",
+                   "A metric estimated without labels from the window's predicted probabilities (CBPE), at the last "
+                   "check; bound: estimate, or low and high of its 95 % band.",
+                   "mlmon_performance_estimated"),
     InstrumentSpec(DRIFT_FORECAST, "observable_gauge", "s",
                    "Seconds until a feature's drift trend reaches its warning level (+Inf: not trending upward; "
                    "0: there); feature __all__: the first feature's.",

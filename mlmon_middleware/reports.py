@@ -140,6 +140,29 @@ class MultivariateDrift(TypedDict, total=False):
     severity: Severity
 
 
+class EstimatedMetric(TypedDict):
+    """One metric estimated without labels (``mlmon_middleware.estimated``): the estimate, its
+    band, the reference's realized value, the relative change, and the verdict."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    reference: float | None
+    relative_change: float | None
+    severity: Severity
+
+
+class EstimatedPerformance(TypedDict, total=False):
+    """A window's label-free performance estimate: ``method`` (``cbpe``), the ``task``, the rows
+    with usable outputs, each metric, and a ``note`` when the outputs cannot be read."""
+
+    method: str
+    task: str
+    rows: int
+    metrics: dict[str, EstimatedMetric]
+    note: str
+
+
 class DriftReport(TypedDict, total=False):
     """One check of one model (``ModelMonitor.drift_report()``, ``GET /mlmon/drift``)."""
 
@@ -164,6 +187,7 @@ class DriftReport(TypedDict, total=False):
     attributions: AttributionReport
     forecast: dict[str, FeatureForecast]  # per feature with enough disjoint checks
     multivariate: dict[str, MultivariateDrift]  # per method the baseline has a model for
+    performance_estimated: EstimatedPerformance  # with a baseline that has an estimator
     alerts: list[ActiveAlert]
     duration_seconds: float
     workers: MergedWorkers  # with workers sharing: whose windows the check merged

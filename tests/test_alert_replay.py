@@ -41,6 +41,10 @@ SCENARIOS = {
     },
     "the features' correlations break, then hold again": {
         ("MultivariateDrift", "pca"): [N, W, W, W, N, N, N, N],
+        ("MultivariateDrift", "classifier"): [N, N, W, W, W, N, N, N],
+    },
+    "the estimate of a metric falls before any label, then recovers": {
+        ("EstimatedPerformanceDrop", "accuracy"): [N, W, C, C, W, N, N, N],
     },
     "a version served before it is approved, then approved and deployed": {
         ("ModelNotApproved", "2"): [C, C, C, C, N, N, N, N],

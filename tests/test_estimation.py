@@ -127,3 +127,61 @@ def test_round_trip_and_bad_input():
         estimation.fit(labels, scores[:, None], classes=["0", "1"])
     with pytest.raises(ValueError, match="columns"):
         estimation.fit(labels, np.column_stack([scores, 1 - scores]), classes=["0", "1", "2"])
+
+
+def monitored(baseline):
+    from mlmon_middleware import DriftPolicy, Monitor, MonitorConfig
+
+    mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
+    return mon, mon.model("m", baseline=baseline, performance={"degradation": (0.05, 0.10)},
+                          drift_policy=DriftPolicy(fire_after=1))
+
+
+def test_a_check_estimates_alerts_and_exports_from_the_service_outputs():
+    """Through a served model: a baseline built from a labelled reference with its probability
+    column named as the service's output; windows whose rows move towards the threshold lower
+    the estimate, raise EstimatedPerformanceDrop and export the estimate with its band."""
+    from mlmon_middleware import Baseline
+    from mlmon_middleware.gauges import observe
+    from mlmon_middleware.instruments import PERFORMANCE_ESTIMATED
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=5000)
+    score = 1 / (1 + np.exp(-2 * x))
+    labels = (rng.random(5000) < score).astype(int)
+    rows = [{"x": float(a), "probability": float(p)} for a, p in zip(x, score)]
+    baseline = Baseline.from_data(rows, labels=labels, proba=["probability"])
+    assert baseline.estimator.outputs == ("prediction",) and list(baseline.features) == ["x"]  # as captured
+    mon, model = monitored(baseline)
+    try:
+        for a in rng.normal(scale=0.25, size=1000):  # most rows near the threshold: a worse model
+            model.record({"x": float(a)}, {"probability": float(1 / (1 + np.exp(-2 * a)))})
+        report = model.check_now()
+        found = report["performance_estimated"]
+        accuracy = found["metrics"]["accuracy"]
+        assert found["rows"] == 1000 and accuracy["reference"] == pytest.approx(baseline.payload["performance"]["accuracy"])
+        assert accuracy["high"] < accuracy["reference"] and accuracy["severity"] == "critical"
+        assert ("EstimatedPerformanceDrop", "accuracy", "critical") in model.checker.alerts.active()
+        exported = {(a["metric"], a["bound"]): v for v, a in observe(PERFORMANCE_ESTIMATED, [model], mon.errors)}
+        assert exported[("accuracy", "estimate")] == accuracy["value"] and exported[("accuracy", "low")] == accuracy["low"]
+    finally:
+        mon.shutdown()
+
+
+def test_a_baseline_without_probabilities_or_with_unnamed_outputs_has_no_estimator_or_says_why():
+    from mlmon_middleware import Baseline
+    from mlmon_middleware.schema import FeatureSchema
+    from mlmon_middleware.estimated import estimated_performance
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=500)
+    labels = (x > 0).astype(int)
+    assert Baseline.from_data(rng.normal(size=(500, 1)), predictions=labels, labels=labels).estimator is None  # labels
+    rows = [{"x": float(a), "p": float(1 / (1 + np.exp(-a)))} for a in x]
+    baseline = Baseline.from_data(rows, labels=labels, proba=["p"])
+    window = {"time": np.zeros(5), "numeric": np.ones((5, 1)), "categorical": np.empty((5, 0), dtype=object)}
+    report, conditions = estimated_performance(baseline.estimator, window, FeatureSchema(["label"], ["numeric"]),
+                                               (0.05, 0.1))
+    assert conditions == {} and "'prediction'" in report["note"] and report["rows"] == 0
+    with pytest.raises(ValueError, match="not in the data"):
+        Baseline.from_data(rows, labels=labels, proba=["q"])

@@ -23,7 +23,7 @@ def test_promtool_checks_and_unit_tests_the_rules(tmp_path):
     (tmp_path / "mlmon-rules.yml").write_text(render(RuleConfig(runbook_base="https://wiki.example.com/ml/runbooks")))
     shutil.copy(HERE / "alerts_test.yml", tmp_path / "alerts_test.yml")
     check = subprocess.run([promtool(), "check", "rules", "mlmon-rules.yml"], cwd=tmp_path, capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 31 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 32 rules found" in check.stdout, check.stdout + check.stderr
     test = subprocess.run([promtool(), "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert test.returncode == 0, test.stdout + test.stderr
 
@@ -49,7 +49,7 @@ def test_every_alert_has_severity_summary_description_and_runbook():
 
     groups = yaml.safe_load(render(RuleConfig()))["groups"]
     alerts = [r for g in groups for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 22
+    assert len(alerts) == 23
     for rule in alerts:
         if "labels" in rule:
             assert rule["labels"]["severity"] in ("warning", "critical")
