@@ -170,8 +170,8 @@ def test_a_check_estimates_alerts_and_exports_from_the_service_outputs():
 
 def test_a_baseline_without_probabilities_or_with_unnamed_outputs_has_no_estimator_or_says_why():
     from mlmon_middleware import Baseline
-    from mlmon_middleware.schema import FeatureSchema
     from mlmon_middleware.estimated import estimated_performance
+    from mlmon_middleware.schema import FeatureSchema
 
     rng = np.random.default_rng(8)
     x = rng.normal(size=500)
