@@ -72,8 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("path", help="a .csv or .parquet (.pq) file; any other name is read as CSV")
     build.add_argument("--model", required=True)
     build.add_argument("--out", required=True)
-    build.add_argument("--target")
-    build.add_argument("--prediction")
+    build.add_argument("--labels", "--target", dest="target", metavar="COLUMN",
+                       help="the labels' column: the model's performance on the file, and with --proba its estimator")
+    build.add_argument("--prediction", metavar="COLUMN", help="the model's prediction column")
+    build.add_argument("--proba", nargs="+", default=[], metavar="COLUMN",
+                       help="the model's probability columns (a binary model's positive-class score, or one per class "
+                            "named as the class): with --labels, the label-free performance estimator")
+    build.add_argument("--positive", default="1", help="the positive class of a binary model (default 1)")
+    build.add_argument("--threshold", type=float, default=0.5, help="a binary score at or above it predicts the positive")
     build.add_argument("--categorical", nargs="*", default=[])
     build.add_argument("--bins", type=_at_least(2), default=10)
     build.add_argument("--sample-rows", type=_at_least(1), default=200_000)
@@ -104,13 +110,17 @@ def _build(args: argparse.Namespace) -> None:
     _check_out(args.out)
     result = build_baseline(args.path, args.model, target=args.target, prediction=args.prediction,
                             categorical=args.categorical, bins=args.bins, sample_rows=args.sample_rows,
-                            chunk_rows=args.chunk_rows, progress=not args.quiet)
+                            chunk_rows=args.chunk_rows, progress=not args.quiet, proba=args.proba,
+                            positive=args.positive, threshold=args.threshold)
     try:
         result.save(args.out)
     except OSError as exc:
         raise BaselineError(f"--out {args.out!r} cannot be written: {exc.strerror or exc}") from None
     print(f"{args.out}: {result.row_count} rows, {len(result.features)} features "
           f"({', '.join(f'{n}:{k}' for n, k in zip(result.schema.names, result.schema.kinds))})")
+    if result.estimator is not None:
+        reference = ", ".join(f"{m} {v:.3f}" for m, v in result.estimator.reference.items())
+        print(f"label-free estimator ({result.estimator.task}, CBPE): reference {reference}")
 
 
 def _read_config(path: str) -> str:

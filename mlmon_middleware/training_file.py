@@ -34,7 +34,7 @@ class MissingExtra(ImportError):
     how to install it."""
 
 
-def _require(module: str, purpose: str) -> None:
+def _require(module: str, purpose: str, extra: str = EXTRA) -> None:
     """Import ``module`` now, before any work is done, or raise :class:`MissingExtra`.
 
     >>> _require("no_such_module_here", "testing")
@@ -45,7 +45,7 @@ def _require(module: str, purpose: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(f"{purpose} needs {module.partition('.')[0]}: {EXTRA}", name=module) from None
+        raise MissingExtra(f"{purpose} needs {module.partition('.')[0]}: {extra}", name=module) from None
 
 
 def cannot_open(what: str, path: str, exc: OSError) -> str:
@@ -163,10 +163,44 @@ def _progress_bar(path: str, enabled: bool) -> Any:
                 bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]")
 
 
+class LabelledSample:
+    """A uniform random sample of at most ``size`` (label, probabilities) rows of a file read in
+    chunks: each chunk's rows join the sample in the number a uniform sample of everything read
+    so far would hold (a hypergeometric draw), so the sample never depends on the file's order."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seen = size, 0
+        self.labels: np.ndarray = np.empty(0, dtype=object)
+        self.proba: np.ndarray = np.empty((0, 0))
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, labels: np.ndarray, proba: np.ndarray) -> None:
+        keep = labels != None  # noqa: E711 (elementwise): a row without its label says nothing
+        labels, proba = labels[keep], proba[keep]
+        if not self.seen:
+            self.proba = np.empty((0, proba.shape[1]))
+        total = self.seen + len(labels)
+        room = min(self.size, total)
+        new = room - len(self.labels) if total <= self.size else int(self._rng.hypergeometric(len(labels), self.seen, room))
+        old = room - new
+        kept_old = np.sort(self._rng.choice(len(self.labels), old, replace=False))
+        kept_new = np.sort(self._rng.choice(len(labels), new, replace=False))
+        self.labels = np.concatenate([self.labels[kept_old], labels[kept_new]])
+        self.proba = np.vstack([self.proba[kept_old], proba[kept_new]])
+        self.seen = total
+
+
 def build_baseline(path: str, model: str, *, target: str | None = None, prediction: str | None = None,
                    categorical: Sequence[str] = (), bins: int = 10, sample_rows: int = 200_000,
-                   chunk_rows: int = 100_000, progress: bool = True) -> Baseline:
+                   chunk_rows: int = 100_000, progress: bool = True, proba: Sequence[str] = (),
+                   positive: str = "1", threshold: float = 0.5) -> Baseline:
     """Stream ``path`` into a :class:`Baseline` (see the module docstring).
+
+    With ``target`` (the labels) and ``proba`` (the model's probability columns: a binary
+    model's positive-class score, or one column per class named as the class) the baseline
+    also keeps the model's performance on the file and its label-free estimator
+    (:mod:`~mlmon_middleware.estimation`, fitted on a uniform sample of ``sample_rows`` labelled
+    rows; needs scikit-learn), and the probabilities are its predictions.
 
     A file that cannot be used is a :class:`BaselineError` naming it and saying why (missing, a
     directory, unreadable, empty, no rows under its header, not parsable as CSV or Parquet,
@@ -183,22 +217,31 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
         first, share = next(chunks)
     except StopIteration:
         raise BaselineError(no_rows) from None
-    named = [c for c in (target, prediction) if c is not None]
+    if proba and prediction is not None:
+        raise BaselineError("give --prediction or --proba, not both (the probabilities are the predictions)")
+    if proba and target is None:
+        raise BaselineError("--proba needs --labels: the estimator is calibrated on the labelled rows")
+    if proba:  # before the file is read, which may take long
+        _require("sklearn", "the label-free performance estimator (--proba)", extra="pip install 'mlmon-middleware[sklearn]'")
+    named = [c for c in (target, prediction, *proba) if c is not None]
     missing = [c for c in [*named, *categorical] if c not in first.columns]
     if missing:
         raise BaselineError(f"training file {path!r} has no column {missing[0]!r}; columns: {list(first.columns)}")
     columns = [str(c) for c in first.columns if c not in named]
     if not columns:
-        raise BaselineError(f"training file {path!r} has no feature column: its only columns are --target and --prediction")
+        raise BaselineError(f"training file {path!r} has no feature column: its only columns are the labels and predictions")
     first.columns = [str(c) for c in first.columns]
     # what to read from each chunk (a schema of the file's columns) -> what accumulates it
     sources = [(_schema(first, columns, categorical), Profiler(_schema(first, columns, categorical), sample_rows))]
     outputs: dict[str, Profiler] = {}
-    for key, column, name in (("predictions", prediction, "prediction"), ("target", target, target)):
-        if column is not None:
-            read = _schema(first, [column], categorical)
-            outputs[key] = Profiler(FeatureSchema([name or key], read.kinds), sample_rows, seed=len(sources))
+    predicted = [prediction] if prediction else list(proba)
+    for key, columns_read, names in (("predictions", predicted, ["prediction"] if len(predicted) == 1 else predicted),
+                                     ("target", [target] if target else [], [target] if target else [])):
+        if columns_read:  # the predictions named as the service's are captured
+            read = _schema(first, columns_read, categorical)
+            outputs[key] = Profiler(FeatureSchema(names, read.kinds), sample_rows, seed=len(sources))
             sources.append((read, outputs[key]))
+    labelled = LabelledSample(sample_rows) if proba else None
     bar = _progress_bar(path, progress)
     chunk: Any = first
     try:
@@ -206,6 +249,10 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
             chunk.columns = [str(c) for c in chunk.columns]
             for read, profiler in sources:
                 profiler.add(*_matrices(chunk, read))
+            if labelled is not None:
+                probabilities = np.column_stack([_matrices(chunk, FeatureSchema([c], [NUMERIC]))[0][:, 0] for c in proba])
+                labelled.add(np.array([None if v != v else _category(v) for v in chunk[target].tolist()], dtype=object),
+                             probabilities)
             if bar is not None:
                 bar.update(share * 100 - bar.n)
             try:
@@ -220,4 +267,28 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
     baseline = Baseline.from_profilers(sources[0][1], outputs.get("predictions"), model=model, bins=bins)
     if "target" in outputs:  # the label's distribution, for label drift once labels arrive
         baseline.payload["target"] = outputs["target"].profiles(bins, 2000)
+    if labelled is not None:
+        _add_estimator(baseline, labelled, proba, positive, threshold)
     return baseline
+
+
+def _add_estimator(baseline: Baseline, labelled: LabelledSample, proba: Sequence[str], positive: str,
+                   threshold: float) -> None:
+    """Fit the label-free estimator on the labelled sample (its reference metrics become the
+    baseline's performance), or say why there can be none."""
+    from mlmon_middleware import estimation
+
+    usable = np.isfinite(labelled.proba).all(axis=1)
+    if not usable.any():
+        raise BaselineError(f"no row has both a label and every --proba column ({', '.join(proba)}) as numbers")
+    outputs = ["prediction"] if len(proba) == 1 else list(proba)
+    rows = labelled.proba[usable].tolist()
+    estimator = estimation.estimator_for(None, labelled.labels[usable].tolist(), rows, outputs, positive=positive,
+                                         threshold=threshold)
+    if estimator is None:
+        raise BaselineError("no label-free estimator: --proba must hold probabilities in [0, 1] (not 0/1 labels), one "
+                            "column for a binary model or one per class named as the class; the labels must be those "
+                            "classes")
+    baseline.payload["estimation"] = estimator.to_dict()
+    baseline.payload["performance"] = dict(estimator.reference)
+    baseline.estimator = estimator

@@ -185,3 +185,57 @@ def test_a_baseline_without_probabilities_or_with_unnamed_outputs_has_no_estimat
     assert conditions == {} and "'prediction'" in report["note"] and report["rows"] == 0
     with pytest.raises(ValueError, match="not in the data"):
         Baseline.from_data(rows, labels=labels, proba=["q"])
+
+
+def test_the_labelled_sample_of_a_file_read_in_chunks_is_uniform():
+    from mlmon_middleware.training_file import LabelledSample
+
+    counts = np.zeros(10)
+    for seed in range(20):
+        sample = LabelledSample(1000, seed=seed)
+        for chunk in range(10):  # chunks of different sizes, in order
+            n = 500 + 100 * chunk
+            sample.add(np.full(n, str(chunk), dtype=object), np.full((n, 1), 0.5))
+        assert len(sample.labels) == 1000 and sample.seen == sum(500 + 100 * c for c in range(10))
+        counts += np.bincount(sample.labels.astype(int), minlength=10)
+    expected = 20 * 1000 * np.array([500 + 100 * c for c in range(10)]) / 9500
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected)), (counts, expected)
+    sample = LabelledSample(10)
+    sample.add(np.array([None, "1", "0"], dtype=object), np.array([[0.1], [0.9], [0.2]]))
+    assert sample.labels.tolist() == ["1", "0"]  # a row without its label is left out
+
+
+@pytest.mark.parametrize("classes", [None, ["cat", "dog", "fish"]])
+def test_the_cli_builds_the_estimator_from_labels_and_probability_columns(tmp_path, capsys, classes):
+    import pandas as pd
+
+    from mlmon_middleware import Baseline
+    from mlmon_middleware.cli import main
+
+    rng = np.random.default_rng(9)
+    n = 3000
+    frame = pd.DataFrame({"x": rng.normal(size=n)})
+    if classes is None:
+        frame["score"] = 1 / (1 + np.exp(-2 * frame["x"]))
+        frame["label"] = (rng.random(n) < frame["score"]).astype(int)
+        proba = ["score"]
+    else:
+        logits = np.column_stack([frame["x"], -frame["x"], np.zeros(n)])
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        for j, c in enumerate(classes):
+            frame[c] = p[:, j]
+        frame["label"] = [classes[rng.choice(3, p=row)] for row in p]
+        proba = classes
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "b.json"
+    assert main(["baseline", "build", str(tmp_path / "train.csv"), "--model", "m", "--out", str(out), "--quiet",
+                 "--labels", "label", "--proba", *proba, "--chunk-rows", "700"]) == 0
+    assert "label-free estimator" in capsys.readouterr().out
+    baseline = Baseline.load(out)
+    assert list(baseline.features) == ["x"] and baseline.estimator is not None
+    assert baseline.estimator.outputs == (("prediction",) if classes is None else tuple(classes))
+    assert list(baseline.predictions) == list(baseline.estimator.outputs)  # profiled under the captured names
+    assert baseline.payload["performance"]["accuracy"] == baseline.estimator.reference["accuracy"]
+    assert main(["baseline", "build", str(tmp_path / "train.csv"), "--model", "m", "--out", str(out), "--quiet",
+                 "--proba", *proba]) == 2
+    assert "--proba needs --labels" in capsys.readouterr().err
