@@ -234,6 +234,11 @@ def test_layout_ticks_statistics_and_states(service, browser):
                                          {pca: {p_value: 0.42, error_ratio: 1.01, rows: 800, severity: "none"},
                                           classifier: {p_value: 1e-7, auc: 0.712, rows: 1000, severity: "warning"}},
                                         ].map(multivariateText)""")
+        estimates = page.evaluate("""() => [undefined, {note: "no numeric 'prediction'"},
+            {method: "cbpe", rows: 800, metrics: {accuracy: {value: 0.7123, low: 0.69, high: 0.735, reference: 0.81,
+                                                             relative_change: -0.1206, severity: "critical"},
+                                                  f1: {value: 0.7, low: 0.68, high: 0.72, reference: 0.7, severity: "none"},
+                                                  roc_auc: {value: null}}}].map(estimatedText)""")
         rows, shown = page.evaluate(DRIFT_ROWS)
         states = {name: page.inner_text(f"#{name}") for name in ("monitor-state", "model-state", "model-alerts")}
         issues, model_issues = page.inner_text("#issues"), page.inner_text("#model-issues")
@@ -261,6 +266,9 @@ def test_layout_ticks_statistics_and_states(service, browser):
             assert (rows[name][ks], rows[name][chi2]) == ("–", f"{stats['chi2']:.2f}"), (name, rows[name])
     forecast = headers.index("forecast")  # the drift forecast (docs/insight.md): "–" until a trend has its points
     assert forecasts == ["–", "none", "now", "in 2 h", "in 1.5 min", "in 3 d", "in 12 s"]
+    assert estimates[:2] == ["", "Estimated without labels: no numeric 'prediction'"], estimates
+    assert estimates[2] == ("Estimated without labels (CBPE, 800 rows): accuracy 0.712 (0.690–0.735; -12.1 % against "
+                            "0.810, critical), f1 0.700 (0.680–0.720)"), estimates
     assert wholes[:3] == ["", "", ""] and "moved by reconstruction error ×3.14" in wholes[3], wholes
     assert wholes[4] == ("; the rows as a whole: alike by reconstruction error ×1.01 (p 0.420, 800 rows), "
                          "moved by classifier AUC 0.712 (p 1.00e-7, 1000 rows)"), wholes
