@@ -253,7 +253,7 @@ class DriftChecker:
             conditions[("DatasetDrift", "")] = "critical"
         if baseline.estimator is not None and out_rows and inputs.output_schema is not None:
             report["performance_estimated"], dropped = estimated_performance(
-                baseline.estimator, outputs, inputs.output_schema, self.performance.options.degradation)
+                baseline.estimator, features, schema, outputs, inputs.output_schema, self.performance.options.degradation)
             conditions.update({("EstimatedPerformanceDrop", metric): severity for metric, severity in dropped.items()})
         if not drifted:  # else the features say more
             conditions.update({("MultivariateDrift", method): "warning" for method, found in report.get("multivariate", {}).items()

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlmon_middleware import estimation
+from mlmon_middleware import direct_loss, estimation
 from mlmon_middleware._version import __version__
 from mlmon_middleware.drift import classifier, multivariate
 from mlmon_middleware.payload import CaptureError, extract_rows
@@ -83,7 +83,9 @@ class Baseline:
         self.pca = multivariate.PCAModel.from_dict(found) if found else None
         found = self.payload.get("estimation")
         #: the label-free performance estimator (:mod:`~mlmon_middleware.estimation`); None without one
-        self.estimator = estimation.CBPE.from_dict(found) if found else None
+        self.estimator: estimation.CBPE | direct_loss.DLE | None = None
+        if found:
+            self.estimator = (direct_loss.DLE if found.get("method") == "dle" else estimation.CBPE).from_dict(found)
         found = self.payload.get("domain_classifier")
         #: the reference rows of the domain classifier (:mod:`~mlmon_middleware.drift.classifier`);
         #: None for a baseline without them (fewer than 2 numeric features, or built before it existed)
@@ -155,7 +157,7 @@ class Baseline:
         baseline = cls.from_encoded(schema, schema.encode(rows), outputs, model=model, bins=bins,
                                     sample_size=sample_size, seed=seed)
         if labels is not None:
-            from mlmon_middleware.metrics import compute_metrics
+            from mlmon_middleware.metrics import compute_metrics, first_number, infer_task
 
             if pred_values is None:
                 raise BaselineError("labels need predictions to measure the model's performance")
@@ -166,8 +168,11 @@ class Baseline:
             preds = [dict(zip(output_names, v if isinstance(v, list) else [v])) for v in pred_values]
             metrics = compute_metrics(task, preds, labels, positive=positive, threshold=threshold)
             baseline.payload["performance"] = {k: v for k, v in metrics.items() if k != "count" and v is not None}
-            estimator = estimation.estimator_for(task, labels, pred_values, list(output_names), positive=positive,
-                                                 threshold=threshold)
+            estimator: estimation.CBPE | direct_loss.DLE | None = estimation.estimator_for(
+                task, labels, pred_values, list(output_names), positive=positive, threshold=threshold)
+            if (task or infer_task(labels)) == "regression":
+                estimator = direct_loss.fit(schema.encode(rows).numeric, schema.numeric_names,
+                                            [first_number(p) for p in preds], labels)
             if estimator is not None:
                 baseline.payload["estimation"] = estimator.to_dict()
                 baseline.estimator = estimator

@@ -1,7 +1,9 @@
 """A check's label-free performance estimate and its verdict (``EstimatedPerformanceDrop``).
 
-The analyzer hands the window's model outputs to :func:`estimated_performance`: the baseline's
-estimator (:mod:`~mlmon_middleware.estimation`) estimates each metric with its band, and a
+The analyzer hands the window to :func:`estimated_performance`: the baseline's estimator (a
+classifier's CBPE, :mod:`~mlmon_middleware.estimation`, from the model's probabilities; a
+regressor's DLE, :mod:`~mlmon_middleware.direct_loss`, from its features and predictions)
+estimates each metric with its band, and a
 metric is judged dropped when its estimate fell by the model's ``degradation`` levels (relative
 to the reference's realized value, as for realized performance) *and* the whole band lies below
 the reference: a drop the label draws alone could explain never pages anyone.
@@ -13,7 +15,8 @@ the reference: a drop the label draws alone could explain never pages anyone.
 >>> scores = rng.random(4000)
 >>> model = estimation.fit((rng.random(4000) < scores).astype(int), scores[:, None], classes=["0", "1"], positive="1")
 >>> window = {"time": np.zeros(500), "numeric": np.full((500, 1), 0.5), "categorical": np.empty((500, 0), dtype=object)}
->>> report, conditions = estimated_performance(model, window, FeatureSchema(["prediction"], ["numeric"]), (0.05, 0.1))
+>>> schema = FeatureSchema(["prediction"], ["numeric"])
+>>> report, conditions = estimated_performance(model, {}, schema, window, schema, (0.05, 0.1))
 >>> round(report["metrics"]["accuracy"]["value"], 1), report["metrics"]["accuracy"]["severity"], conditions["accuracy"]
 (0.5, 'critical', 'critical')
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlmon_middleware.direct_loss import DLE
 from mlmon_middleware.estimation import CBPE
 from mlmon_middleware.metrics import HIGHER_IS_BETTER
 from mlmon_middleware.reports import EstimatedMetric, EstimatedPerformance, Severity
@@ -31,24 +35,46 @@ from mlmon_middleware.schema import FeatureSchema
 MIN_ROWS = 30  # rows a window needs before its estimate can be judged (as for realized performance)
 
 
-def estimated_performance(estimator: CBPE, outputs: WindowSnapshot, schema: FeatureSchema,
-                          degradation: tuple[float, float]) -> tuple[EstimatedPerformance, dict[str, Severity]]:
-    """The window's estimated metrics (``outputs``: its model outputs, under ``schema``) and, per
-    metric, the severity of its drop (the conditions of ``EstimatedPerformanceDrop``)."""
-    report: EstimatedPerformance = {"method": "cbpe", "task": estimator.task, "rows": 0, "metrics": {}}
-    missing = [o for o in estimator.outputs if o not in schema.numeric_names]
+def estimated_performance(estimator: CBPE | DLE, features: WindowSnapshot, schema: FeatureSchema, outputs: WindowSnapshot,
+                          output_schema: FeatureSchema, degradation: tuple[float, float],
+                          ) -> tuple[EstimatedPerformance, dict[str, Severity]]:
+    """The window's estimated metrics and, per metric, the severity of its drop (the conditions
+    of ``EstimatedPerformanceDrop``). ``outputs`` (the model's outputs, under ``output_schema``)
+    give a classifier's probabilities; a regressor's estimator also reads ``features`` (under
+    ``schema``), row by row beside its predictions."""
+    method = "dle" if isinstance(estimator, DLE) else "cbpe"
+    report: EstimatedPerformance = {"method": method, "task": estimator.task, "rows": 0, "metrics": {}}
+    missing = [o for o in estimator.outputs if o not in output_schema.numeric_names]
     if missing:
         report["note"] = (f"the service's outputs have no numeric {', '.join(map(repr, missing))}: the estimator reads "
-                          f"{', '.join(map(repr, estimator.outputs))}, as the baseline's probability columns were named")
+                          f"{', '.join(map(repr, estimator.outputs))}, as the baseline's predictions were named")
         return report, {}
-    columns = [schema.numeric_names.index(o) for o in estimator.outputs]
-    proba = np.asarray(outputs["numeric"], dtype=float)[:, columns]
-    proba = proba[np.isfinite(proba).all(axis=1)]
-    report["rows"] = int(len(proba))
+    columns = [output_schema.numeric_names.index(o) for o in estimator.outputs]
+    values = np.asarray(outputs["numeric"], dtype=float)[:, columns]
+    try:
+        if isinstance(estimator, DLE):
+            if not np.array_equal(features.get("time", ()), outputs.get("time", ())):
+                report["note"] = ("the window's features and predictions are not row for row (some requests had no "
+                                  "prediction): the loss estimate needs both")
+                return report, {}
+            known = [schema.numeric_names.index(f) if f in schema.numeric_names else -1 for f in estimator.features]
+            numeric = np.asarray(features["numeric"], dtype=float)
+            x = np.column_stack([numeric[:, j] if j >= 0 else np.full(len(numeric), np.nan) for j in known] or
+                                [np.empty((len(numeric), 0))])
+            usable = np.isfinite(values[:, 0])
+            report["rows"] = int(usable.sum())
+            found = estimator.estimate(x[usable], values[usable, 0])
+        else:
+            values = values[np.isfinite(values).all(axis=1)]
+            report["rows"] = int(len(values))
+            found = estimator.estimate(values)
+    except ImportError:
+        report["note"] = "scikit-learn is not installed: pip install 'mlmon-middleware[sklearn]' for the loss estimate"
+        return report, {}
     conditions: dict[str, Severity] = {}
-    for metric, found in estimator.estimate(proba).items():
-        judged = _judged(found["value"], found["low"], found["high"], estimator.reference.get(metric), metric,
-                         degradation, len(proba))
+    for metric, estimate in found.items():
+        judged = _judged(estimate["value"], estimate["low"], estimate["high"], estimator.reference.get(metric), metric,
+                         degradation, report["rows"])
         report["metrics"][metric] = judged
         if judged["severity"] != "none":
             conditions[metric] = judged["severity"]

@@ -180,8 +180,8 @@ def test_a_baseline_without_probabilities_or_with_unnamed_outputs_has_no_estimat
     rows = [{"x": float(a), "p": float(1 / (1 + np.exp(-a)))} for a in x]
     baseline = Baseline.from_data(rows, labels=labels, proba=["p"])
     window = {"time": np.zeros(5), "numeric": np.ones((5, 1)), "categorical": np.empty((5, 0), dtype=object)}
-    report, conditions = estimated_performance(baseline.estimator, window, FeatureSchema(["label"], ["numeric"]),
-                                               (0.05, 0.1))
+    report, conditions = estimated_performance(baseline.estimator, {}, baseline.schema, window,
+                                               FeatureSchema(["label"], ["numeric"]), (0.05, 0.1))
     assert conditions == {} and "'prediction'" in report["note"] and report["rows"] == 0
     with pytest.raises(ValueError, match="not in the data"):
         Baseline.from_data(rows, labels=labels, proba=["q"])
@@ -239,3 +239,55 @@ def test_the_cli_builds_the_estimator_from_labels_and_probability_columns(tmp_pa
     assert main(["baseline", "build", str(tmp_path / "train.csv"), "--model", "m", "--out", str(out), "--quiet",
                  "--proba", *proba]) == 2
     assert "--proba needs --labels" in capsys.readouterr().err
+
+
+def heteroscedastic(rng, n, centre=0.0):
+    """y = x + noise whose σ grows with |x|; the model predicts x: its errors are larger away from 0."""
+    x = rng.normal(loc=centre, size=n)
+    return x, x + rng.normal(scale=0.3 + np.abs(x), size=n)
+
+
+def test_direct_loss_estimation_covers_the_realized_loss_and_follows_a_covariate_shift():
+    """Its band covers the rows' own noise (windows like the reference: about 95 %); moved where
+    the errors are larger, the estimate rises with the realized loss, a little short of it (the
+    loss model learnt the edges of the reference from few rows)."""
+    from mlmon_middleware import direct_loss
+
+    rng = np.random.default_rng(10)
+    x, y = heteroscedastic(rng, 5000)
+    model = direct_loss.fit(x[:, None], ["x"], x, y)
+    assert model.reference["mae"] == pytest.approx(np.mean(np.abs(y - x)), rel=1e-12)
+    covered, windows = 0, 40
+    for _ in range(windows):
+        xs, ys = heteroscedastic(rng, 1000)
+        found = model.estimate(xs[:, None], xs)
+        covered += found["mae"]["low"] <= float(np.mean(np.abs(ys - xs))) <= found["mae"]["high"]
+        assert found["rmse"]["low"] <= found["rmse"]["value"] <= found["rmse"]["high"]
+    assert covered >= 0.8 * windows, covered
+    for _ in range(10):
+        xs, ys = heteroscedastic(rng, 1000, centre=0.8)  # moved where the errors are larger
+        found, realized = model.estimate(xs[:, None], xs)["mae"], float(np.mean(np.abs(ys - xs)))
+        assert found["low"] > model.reference["mae"] and found["value"] == pytest.approx(realized, rel=0.15)
+    again = direct_loss.DLE.from_dict(model.to_dict())
+    assert again.estimate(x[:50, None], x[:50]) == model.estimate(x[:50, None], x[:50])
+    assert direct_loss.fit(x[:100, None], ["x"], x[:100], y[:100]) is None  # too few labelled rows
+
+
+def test_a_regressors_check_estimates_its_loss_and_alerts_when_it_grows():
+    from mlmon_middleware import Baseline
+
+    rng = np.random.default_rng(11)
+    x, y = heteroscedastic(rng, 4000)
+    baseline = Baseline.from_data([{"x": float(v)} for v in x], predictions=x, labels=y)
+    assert baseline.estimator.task == "regression"
+    mon, model = monitored(baseline)
+    try:
+        for v in rng.normal(loc=2.0, size=800):
+            model.record({"x": float(v)}, {"prediction": float(v)})
+        report = model.check_now()["performance_estimated"]
+        assert report["method"] == "dle" and report["rows"] == 800
+        mae = report["metrics"]["mae"]
+        assert mae["low"] > mae["reference"] and mae["relative_change"] > 0.5 and mae["severity"] == "critical"
+        assert ("EstimatedPerformanceDrop", "mae", "critical") in model.checker.alerts.active()
+    finally:
+        mon.shutdown()
