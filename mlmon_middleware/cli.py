@@ -120,7 +120,8 @@ def _build(args: argparse.Namespace) -> None:
           f"({', '.join(f'{n}:{k}' for n, k in zip(result.schema.names, result.schema.kinds))})")
     if result.estimator is not None:
         reference = ", ".join(f"{m} {v:.3f}" for m, v in result.estimator.reference.items())
-        print(f"label-free estimator ({result.estimator.task}, CBPE): reference {reference}")
+        method = "DLE" if result.estimator.task == "regression" else "CBPE"
+        print(f"label-free estimator ({result.estimator.task}, {method}): reference {reference}")
 
 
 def _read_config(path: str) -> str:

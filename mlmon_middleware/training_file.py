@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from mlmon_middleware import direct_loss
 from mlmon_middleware.baseline import Baseline, BaselineError
+from mlmon_middleware.metrics import infer_task
 from mlmon_middleware.profile import Profiler
 from mlmon_middleware.schema import CATEGORICAL, NUMERIC, FeatureSchema
 from mlmon_middleware.values import category_key
@@ -200,7 +202,9 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
     model's positive-class score, or one column per class named as the class) the baseline
     also keeps the model's performance on the file and its label-free estimator
     (:mod:`~mlmon_middleware.estimation`, fitted on a uniform sample of ``sample_rows`` labelled
-    rows; needs scikit-learn), and the probabilities are its predictions.
+    rows; needs scikit-learn), and the probabilities are its predictions. With ``target`` and a
+    ``prediction`` column of numbers (a regressor), it keeps the direct loss estimator's labelled
+    rows instead (:mod:`~mlmon_middleware.direct_loss`).
 
     A file that cannot be used is a :class:`BaselineError` naming it and saying why (missing, a
     directory, unreadable, empty, no rows under its header, not parsable as CSV or Parquet,
@@ -241,7 +245,10 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
             read = _schema(first, columns_read, categorical)
             outputs[key] = Profiler(FeatureSchema(names, read.kinds), sample_rows, seed=len(sources))
             sources.append((read, outputs[key]))
-    labelled = LabelledSample(sample_rows) if proba else None
+    # what the label-free estimator learns from: the labels with the probabilities (CBPE), or with
+    # the numeric features and the prediction (a regressor's DLE, if the labels are numbers)
+    learnt = list(proba) if proba else [*sources[0][0].numeric_names, prediction] if target and prediction else []
+    labelled = LabelledSample(sample_rows if proba else min(sample_rows, 4 * direct_loss.MAX_ROWS)) if learnt else None
     bar = _progress_bar(path, progress)
     chunk: Any = first
     try:
@@ -250,9 +257,8 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
             for read, profiler in sources:
                 profiler.add(*_matrices(chunk, read))
             if labelled is not None:
-                probabilities = np.column_stack([_matrices(chunk, FeatureSchema([c], [NUMERIC]))[0][:, 0] for c in proba])
-                labelled.add(np.array([None if v != v else _category(v) for v in chunk[target].tolist()], dtype=object),
-                             probabilities)
+                values = _matrices(chunk, FeatureSchema(learnt, [NUMERIC] * len(learnt)))[0]
+                labelled.add(np.array([None if v != v else v for v in chunk[target].tolist()], dtype=object), values)
             if bar is not None:
                 bar.update(share * 100 - bar.n)
             try:
@@ -267,8 +273,15 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
     baseline = Baseline.from_profilers(sources[0][1], outputs.get("predictions"), model=model, bins=bins)
     if "target" in outputs:  # the label's distribution, for label drift once labels arrive
         baseline.payload["target"] = outputs["target"].profiles(bins, 2000)
-    if labelled is not None:
+    if labelled is not None and proba:
         _add_estimator(baseline, labelled, proba, positive, threshold)
+    elif labelled is not None and len(labelled.labels) and infer_task(labelled.labels.tolist()) == "regression":
+        estimator = direct_loss.fit(labelled.proba[:, :-1], learnt[:-1], labelled.proba[:, -1],
+                                    labelled.labels.astype(float))
+        if estimator is not None:
+            baseline.payload["estimation"] = estimator.to_dict()
+            baseline.payload["performance"] = dict(estimator.reference)
+            baseline.estimator = estimator
     return baseline
 
 

@@ -291,3 +291,21 @@ def test_a_regressors_check_estimates_its_loss_and_alerts_when_it_grows():
         assert ("EstimatedPerformanceDrop", "mae", "critical") in model.checker.alerts.active()
     finally:
         mon.shutdown()
+
+
+def test_the_cli_keeps_a_regressors_loss_estimator(tmp_path, capsys):
+    import pandas as pd
+
+    from mlmon_middleware import Baseline
+    from mlmon_middleware.cli import main
+
+    rng = np.random.default_rng(12)
+    x, y = heteroscedastic(rng, 3000)
+    pd.DataFrame({"x": x, "noise": rng.normal(size=3000), "price": y, "predicted": x}).to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "b.json"
+    assert main(["baseline", "build", str(tmp_path / "t.csv"), "--model", "m", "--out", str(out), "--quiet",
+                 "--labels", "price", "--prediction", "predicted", "--chunk-rows", "800"]) == 0
+    assert "(regression, DLE)" in capsys.readouterr().out
+    estimator = Baseline.load(out).estimator
+    assert estimator.task == "regression" and estimator.features == ("x", "noise") and len(estimator.rows) == 3000
+    assert estimator.reference["mae"] == pytest.approx(np.mean(np.abs(y - x)), rel=1e-9)
