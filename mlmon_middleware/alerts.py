@@ -134,9 +134,10 @@ class Alerts:
         """In a forked child: a fresh lock (the parent's may have been held by one of its threads)."""
         self._lock = threading.Lock()
 
-    def update(self, conditions: Mapping[tuple[str, str], Severity]) -> list[AlertEvent]:
+    def update(self, conditions: Mapping[tuple[str, str], Severity], notes: Mapping[str, str] | None = None,
+               ) -> list[AlertEvent]:
         """Feed one check's severities; return the events it caused. Conditions not mentioned
-        count as clean."""
+        count as clean. ``notes``: per alert name, words its firing events carry as ``cause``."""
         events: list[AlertEvent] = []
         now = time.time()
         with self._lock:
@@ -153,6 +154,8 @@ class Alerts:
                             state.id = alert_id(self.model, key, now)
                         state.severity, state.since = severity, now
                         events.append(self._event(key, change, severity, now))
+                        if notes and notes.get(key[0]):
+                            events[-1]["cause"] = notes[key[0]]
                 else:
                     state.clean_streak += 1
                     state.bad_streak = 0

@@ -33,9 +33,10 @@ import numpy as np
 
 from mlmon_middleware.alerts import Alerts, Conditions
 from mlmon_middleware.baseline import Baseline
-from mlmon_middleware.drift import classifier, multivariate
+from mlmon_middleware.causes import EXPLAINED, importance_on_window, rank_causes, sentence
 from mlmon_middleware.drift.engine import compare
 from mlmon_middleware.drift.forecast import DriftTrend, Forecast
+from mlmon_middleware.drift.joint import rows_as_a_whole
 from mlmon_middleware.drift.policy import RANK, DriftPolicy
 from mlmon_middleware.estimated import estimated_performance
 from mlmon_middleware.pacing import Pacer, pace_point, paced
@@ -45,15 +46,14 @@ from mlmon_middleware.reports import (
     AttributionFeature,
     AttributionReport,
     BaselineSummary,
+    Cause,
     DriftReport,
     FeatureDrift,
     LabelCoverage,
     LabelCoverageWindow,
     MergedWorkers,
-    MultivariateDrift,
     PerformanceReport,
     QualityCounts,
-    Severity,
     WindowSpan,
 )
 from mlmon_middleware.reservoir import WindowSnapshot
@@ -181,8 +181,11 @@ class DriftChecker:
             conditions.update({("AttributionDrift", f): "warning" for f in report["attributions"].get("drifted", ())})
             if inputs.unapproved:
                 conditions[("ModelNotApproved", inputs.version)] = "critical"
+            if any(name in EXPLAINED for name, _ in conditions):
+                report["causes"] = self._causes(report, performance, inputs)
             if inputs.scheduled:
-                self.alerts.update(conditions)
+                said = sentence(report.get("causes", []))
+                self.alerts.update(conditions, dict.fromkeys(EXPLAINED, said))
             report["alerts"] = [{"alertname": a, "subject": s, "severity": sev} for a, s, sev in self.alerts.active()]
             self.duration = time.perf_counter() - start
             if inputs.scheduled:  # what staleness alerts read: on-demand checks must not hide a dead analyzer
@@ -243,7 +246,7 @@ class DriftChecker:
         report["prediction_drift"] = any(RANK[p.get("severity", "none")] >= RANK["warning"] for p in predictions.values())
         report["forecast"] = {n: f.to_json() for n, f in forecasts.items()}
         if rows and (baseline.pca is not None or baseline.classifier is not None):
-            report["multivariate"] = _multivariate(baseline, features, policy)
+            report["multivariate"] = rows_as_a_whole(baseline, features, policy)
         conditions: Conditions = {("FeatureDrift", n): judged[n].get("severity", "none") for n in drifted}
         conditions.update({("DriftForecast", n): "warning" for n, f in forecasts.items()  # sustained over points
                            if f.earliest < policy.forecast_horizon and n not in drifted
@@ -259,6 +262,15 @@ class DriftChecker:
             conditions.update({("MultivariateDrift", method): "warning" for method, found in report.get("multivariate", {}).items()
                                if found["severity"] == "warning"})
         return report, warmup, conditions
+
+    def _causes(self, report: DriftReport, performance: PerformanceReport, inputs: CheckInputs) -> list[Cause]:
+        """The likely causes (:mod:`~mlmon_middleware.causes`): importance from the explanations'
+        shares when they run, else a permutation importance on the window."""
+        shares = {f: a["current_share"] for f, a in (report["attributions"].get("features") or {}).items()}
+        importance = shares or importance_on_window(inputs.features, inputs.schema or FeatureSchema([], []),
+                                                     inputs.outputs, inputs.output_schema)
+        missing = {f: p.get("missing_rate", 0.0) for f, p in inputs.baseline.features.items()} if inputs.baseline else {}
+        return rank_causes(report, importance, performance, self.policy.thresholds.effect_critical, missing)
 
     def _forecasts(self, inputs: CheckInputs, baseline: Baseline, reference: BaselineSummary, warmup: bool,
                    policy: DriftPolicy, tested: Mapping[str, FeatureDrift]) -> dict[str, Forecast]:
@@ -320,29 +332,6 @@ class DriftChecker:
         if advance:
             self._seen_feature_errors = now
         return {f: c for f, c in since.items() if c}
-
-
-def _multivariate(baseline: Baseline, features: WindowSnapshot, policy: DriftPolicy) -> dict[str, MultivariateDrift]:
-    """The window's numeric rows as a whole against the baseline's models (its schema has every
-    feature they read), each with its verdict: warning when its test rejects at ``alpha`` and its
-    effect reaches the policy's floor (``multivariate_ratio`` times the reference's
-    reconstruction error; a held-out AUC of ``classifier_auc``)."""
-    numeric = baseline.schema.numeric_names
-    out: dict[str, MultivariateDrift] = {}
-    if baseline.pca is not None:
-        found = multivariate.check(baseline.pca, features["numeric"], [numeric.index(f) for f in baseline.pca.features])
-        effect = (found["error_ratio"] or 0) >= policy.multivariate_ratio
-        out["pca"] = {**found, "severity": _verdict(found["p_value"], effect, policy)}  # type: ignore[typeddict-item]
-    if baseline.classifier is not None and policy.classifier:
-        found = classifier.check(baseline.classifier, features["numeric"],
-                                 [numeric.index(f) for f in baseline.classifier.features])
-        effect = (found["auc"] or 0) >= policy.classifier_auc
-        out["classifier"] = {**found, "severity": _verdict(found["p_value"], effect, policy)}  # type: ignore[typeddict-item]
-    return out
-
-
-def _verdict(p_value: float | None, effect: bool, policy: DriftPolicy) -> Severity:
-    return "warning" if p_value is not None and p_value < policy.alpha and effect else "none"
 
 
 def _encoded(window: WindowSnapshot) -> Encoded:

@@ -163,6 +163,17 @@ class EstimatedPerformance(TypedDict, total=False):
     note: str
 
 
+class Cause(TypedDict):
+    """One likely cause (``mlmon_middleware.causes``): its ``kind``, ``name`` (a feature, or ``feature=value``), ``score`` in
+    [0, 1], the sentence that says it, and the numbers behind it."""
+
+    kind: Literal["feature", "segment", "quality"]
+    name: str
+    score: float
+    text: str
+    evidence: dict[str, Any]
+
+
 class DriftReport(TypedDict, total=False):
     """One check of one model (``ModelMonitor.drift_report()``, ``GET /mlmon/drift``)."""
 
@@ -188,6 +199,7 @@ class DriftReport(TypedDict, total=False):
     forecast: dict[str, FeatureForecast]  # per feature with enough disjoint checks
     multivariate: dict[str, MultivariateDrift]  # per method the baseline has a model for
     performance_estimated: EstimatedPerformance  # with a baseline that has an estimator
+    causes: list[Cause]  # when the dataset drifted or performance dropped: the likely causes, best first
     alerts: list[ActiveAlert]
     duration_seconds: float
     workers: MergedWorkers  # with workers sharing: whose windows the check merged
@@ -265,6 +277,7 @@ class AlertEvent(TypedDict, total=False):
     severity: Severity
     time: float
     id: str  # the firing episode's, the same on its firing, severity_changed and resolved events
+    cause: str  # dataset drift and performance drops: "most likely: …" (the check's first causes)
     model: str
     version: str
 
