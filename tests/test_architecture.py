@@ -87,7 +87,8 @@ def test_no_import_cycle_anywhere_in_the_package():
     ("starlette", {"mlmon_middleware.routes", "mlmon_middleware.routes_access", "mlmon_middleware.routes_governance"}),
     ("fastapi", set()),
     ("bentoml", set()),
-    ("sklearn", {"mlmon_middleware.drift.classifier", "mlmon_middleware.estimation", "mlmon_middleware.direct_loss"}),
+    ("sklearn", {"mlmon_middleware.drift.classifier", "mlmon_middleware.estimation", "mlmon_middleware.direct_loss",
+                 "mlmon_middleware.causes"}),  # lazily: at a baseline build or a check
 ])
 def test_third_party_libraries_are_imported_by_their_one_module(library, allowed):
     importers = {name for name in MODULES if any(m == library or m.startswith(library + ".") for m in imports_of(name))}

@@ -239,6 +239,8 @@ def test_layout_ticks_statistics_and_states(service, browser):
                                                              relative_change: -0.1206, severity: "critical"},
                                                   f1: {value: 0.7, low: 0.68, high: 0.72, reference: 0.7, severity: "none"},
                                                   roc_auc: {value: null}}}].map(estimatedText)""")
+        causes = page.evaluate("""() => [undefined, [], [{text: "income drifted (PSI 0.22, 26 % of attribution)"},
+                                                          {text: "segment region=west accuracy -12 points"}]].map(causesText)""")
         rows, shown = page.evaluate(DRIFT_ROWS)
         states = {name: page.inner_text(f"#{name}") for name in ("monitor-state", "model-state", "model-alerts")}
         issues, model_issues = page.inner_text("#issues"), page.inner_text("#model-issues")
@@ -266,6 +268,8 @@ def test_layout_ticks_statistics_and_states(service, browser):
             assert (rows[name][ks], rows[name][chi2]) == ("–", f"{stats['chi2']:.2f}"), (name, rows[name])
     forecast = headers.index("forecast")  # the drift forecast (docs/insight.md): "–" until a trend has its points
     assert forecasts == ["–", "none", "now", "in 2 h", "in 1.5 min", "in 3 d", "in 12 s"]
+    assert causes == ["", "", "Likely causes: 1. income drifted (PSI 0.22, 26 % of attribution); "
+                              "2. segment region=west accuracy -12 points"], causes
     assert estimates[:2] == ["", "Estimated without labels: no numeric 'prediction'"], estimates
     assert estimates[2] == ("Estimated without labels (CBPE, 800 rows): accuracy 0.712 (0.690–0.735; -12.1 % against "
                             "0.810, critical), f1 0.700 (0.680–0.720)"), estimates
