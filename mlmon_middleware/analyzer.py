@@ -270,7 +270,8 @@ class DriftChecker:
         importance = shares or importance_on_window(inputs.features, inputs.schema or FeatureSchema([], []),
                                                      inputs.outputs, inputs.output_schema)
         missing = {f: p.get("missing_rate", 0.0) for f, p in inputs.baseline.features.items()} if inputs.baseline else {}
-        return rank_causes(report, importance, performance, self.policy.thresholds.effect_critical, missing)
+        return rank_causes(report, importance, performance, self.policy.thresholds.effect_critical, missing,
+                           "attribution" if shares else "importance")
 
     def _forecasts(self, inputs: CheckInputs, baseline: Baseline, reference: BaselineSummary, warmup: bool,
                    policy: DriftPolicy, tested: Mapping[str, FeatureDrift]) -> dict[str, Forecast]:

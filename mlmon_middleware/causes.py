@@ -49,12 +49,15 @@ EXPLAINED = ("DatasetDrift", "PerformanceDegradation", "EstimatedPerformanceDrop
 
 
 def rank_causes(report: DriftReport, importance: Mapping[str, float] | None, performance: PerformanceReport | None,
-                effect_critical: float, reference_missing: Mapping[str, float] | None = None) -> list[Cause]:
+                effect_critical: float, reference_missing: Mapping[str, float] | None = None,
+                source: str = "attribution") -> list[Cause]:
     """The likely causes of this check's findings, best first (at most :data:`TOP`);
-    ``reference_missing``: each feature's share of missing values in the baseline."""
+    ``reference_missing``: each feature's share of missing values in the baseline; ``source``:
+    what the importance shares are, in the words of the causes ("attribution": mean |SHAP|;
+    "importance": permutation importance)."""
     features = report.get("features", {})
     shares = dict(importance) if importance else {name: 1.0 / max(len(features), 1) for name in features}
-    source = "attribution" if importance else "equal shares"
+    source = source if importance else "equal shares"
     causes: list[Cause] = []
     for name, found in features.items():
         share = shares.get(name, 0.0)
