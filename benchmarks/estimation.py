@@ -14,6 +14,12 @@ Per data set and metric: the mean absolute error of each estimate against the re
 over the windows, and the share of windows whose realized value lies in the estimate's band
 (ours: the 95 % band of the realized value; NannyML's: its confidence boundaries, ± 3 sampling
 errors). Then the windows of two sets one by one.
+
+Last, the verdict that pages (``EstimatedPerformanceDrop``, judged by the checks' own code): the
+share of windows with any metric's drop raised, on a calibrated binary scorer (scores
+Beta(2, 2), each label drawn from its score; reference 20,000 rows), with no shift (false
+alarms, 95 % Clopper–Pearson upper bound) and with a share of the rows moved next to the
+threshold (Beta(8, 8) scores: accuracy falls from about 0.69), per window size.
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(__file__))
+from calibration import rate_and_bound  # noqa: E402
 from peers import NO_TELEMETRY, peer_python  # noqa: E402
 
 from mlmon_middleware import direct_loss, estimation  # noqa: E402
+from mlmon_middleware.estimated import estimated_performance  # noqa: E402
 from mlmon_middleware.metrics import as_label, classification_metrics, regression_metrics  # noqa: E402
+from mlmon_middleware.schema import FeatureSchema  # noqa: E402
 
 WINDOWS = 10
 SETS = {  # name: (reference, analysis, labels, target, task, probability columns or features, classes)
@@ -139,6 +148,36 @@ def theirs(folder: str, spec: tuple, chunk: int, metrics: list[str], analysis_ro
     return {m: {k: v[:WINDOWS] for k, v in values.items()} for m, values in found.items()}
 
 
+def scored(rng: np.random.Generator, n: int, moved: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A calibrated scorer's rows: scores Beta(2, 2), a share ``moved`` of them Beta(8, 8) (next
+    to the threshold: a worse model), each label drawn from its score."""
+    scores = rng.beta(2, 2, n)
+    scores = np.where(rng.random(n) < moved, rng.beta(8, 8, n), scores)
+    return scores, np.where(rng.random(n) < scores, "1", "0")
+
+
+def verdicts() -> None:
+    print("\n## EstimatedPerformanceDrop: windows raising it (any metric)\n")
+    print("| rows moved next to the threshold | realized accuracy | n | windows | raised | rate (95 % upper bound) |")
+    print("|---:|---:|---:|---:|---:|---|")
+    rng = np.random.default_rng(20261206)
+    scores, labels = scored(rng, 20_000)
+    model = estimation.fit(labels, scores[:, None], classes=["0", "1"], positive="1")
+    schema = FeatureSchema(["prediction"], ["numeric"])
+    for moved in (0.0, 0.25, 0.5):
+        for n in (50, 100, 1000, 10_000):
+            reps = 100 if n == 10_000 else 300
+            raised, accuracy = 0, []
+            for _ in range(reps):
+                s, y = scored(rng, n, moved)
+                accuracy.append(np.mean(np.where(s >= 0.5, "1", "0") == y))
+                window = {"time": np.zeros(n), "numeric": s[:, None], "categorical": np.empty((n, 0), dtype=object)}
+                _, dropped = estimated_performance(model, {}, schema, window, schema, (0.05, 0.10))
+                raised += bool(dropped)
+            print(f"| {moved:.0%} | {np.mean(accuracy):.3f} | {n:,} | {reps} | {raised} | {rate_and_bound(raised, reps)} |",
+                  flush=True)
+
+
 def main() -> int:
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}\n")
@@ -180,6 +219,7 @@ def main() -> int:
             their = (f"{peer[m]['value'][i]:.3f} ({peer[m]['lower_confidence_boundary'][i]:.3f}–"
                      f"{peer[m]['upper_confidence_boundary'][i]:.3f})") if peer else "–"
             print(f"| {i + 1} | {r[m]:.3f} | {e[m]['value']:.3f} ({e[m]['low']:.3f}–{e[m]['high']:.3f}) | {their} |")
+    verdicts()
     print()
     return 0
 

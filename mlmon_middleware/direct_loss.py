@@ -15,7 +15,9 @@ expects over a window:
 3. **Per window**: the estimated MAE is the mean estimated |y − ŷ| of its rows, the RMSE the root
    of the mean estimated (y − ŷ)²; the band is ± 1.96 σ / √n around the mean (for RMSE, its root's
    bounds): how far the window's realized loss may be from the estimate by the rows' own noise.
-   Like CBPE it assumes that p(y | x) did not change.
+   The standard error a verdict needs adds the spread of the rows' estimated losses (a window
+   drawn like this one may hold harder rows by chance): √((σ² + var) / n), through the root's
+   derivative for RMSE. Like CBPE it assumes that p(y | x) did not change.
 
 >>> rng = np.random.default_rng(0)
 >>> x = rng.normal(size=(3000, 1))
@@ -89,12 +91,18 @@ class DLE:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):
-            mae = float(np.mean(np.maximum(absolute.predict(x), 0.0)))
-            mse = float(np.mean(np.maximum(squared.predict(x), 0.0)))
-        half_abs, half_sq = Z * spread_abs / np.sqrt(len(x)), Z * spread_sq / np.sqrt(len(x))
-        return {"mae": {"value": mae, "low": max(mae - half_abs, 0.0), "high": mae + half_abs},
-                "rmse": {"value": float(np.sqrt(mse)), "low": float(np.sqrt(max(mse - half_sq, 0.0))),
-                         "high": float(np.sqrt(mse + half_sq))}}
+            losses = np.maximum(absolute.predict(x), 0.0)
+            squares = np.maximum(squared.predict(x), 0.0)
+        n = len(x)
+        mae, mse = float(losses.mean()), float(squares.mean())
+        half_abs, half_sq = Z * spread_abs / np.sqrt(n), Z * spread_sq / np.sqrt(n)
+        # a window drawn like this one: the rows' own spread of expected losses as well
+        error_abs = float(np.sqrt((spread_abs ** 2 + losses.var()) / n))
+        error_sq = float(np.sqrt((spread_sq ** 2 + squares.var()) / n))
+        rmse = float(np.sqrt(mse))
+        return {"mae": {"value": mae, "low": max(mae - half_abs, 0.0), "high": mae + half_abs, "standard_error": error_abs},
+                "rmse": {"value": rmse, "low": float(np.sqrt(max(mse - half_sq, 0.0))), "high": float(np.sqrt(mse + half_sq)),
+                         "standard_error": error_sq / (2 * rmse) if rmse > 0 else 0.0}}
 
     def to_dict(self) -> dict[str, Any]:
         """As the baseline keeps it: the rows as an array (a missing value written as null)."""

@@ -5,8 +5,10 @@ classifier's CBPE, :mod:`~mlmon_middleware.estimation`, from the model's probabi
 regressor's DLE, :mod:`~mlmon_middleware.direct_loss`, from its features and predictions)
 estimates each metric with its band, and a
 metric is judged dropped when its estimate fell by the model's ``degradation`` levels (relative
-to the reference's realized value, as for realized performance) *and* the whole band lies below
-the reference: a drop the label draws alone could explain never pages anyone.
+to the reference's realized value, as for realized performance) *and* by more than chance: the
+drop is at least ``z`` standard errors of a window drawn like this one (the labels' chance and
+the rows' own, :class:`~mlmon_middleware.estimation.Estimate`), ``z`` the normal quantile of
+``PERFORMANCE_ALPHA`` (0.005) Bonferroni-divided over the metrics, as realized drops are judged.
 
 >>> import numpy as np
 >>> from mlmon_middleware.schema import FeatureSchema
@@ -26,8 +28,9 @@ from __future__ import annotations
 import numpy as np
 
 from mlmon_middleware.direct_loss import DLE
-from mlmon_middleware.estimation import CBPE
+from mlmon_middleware.estimation import CBPE, Estimate
 from mlmon_middleware.metrics import HIGHER_IS_BETTER
+from mlmon_middleware.performance import PERFORMANCE_ALPHA
 from mlmon_middleware.reports import EstimatedMetric, EstimatedPerformance, Severity
 from mlmon_middleware.reservoir import WindowSnapshot
 from mlmon_middleware.schema import FeatureSchema
@@ -71,28 +74,32 @@ def estimated_performance(estimator: CBPE | DLE, features: WindowSnapshot, schem
     except ImportError:
         report["note"] = "scikit-learn is not installed: pip install 'mlmon-middleware[sklearn]' for the loss estimate"
         return report, {}
+    from scipy.stats import norm  # scipy loads on the first check, not at import
+
     conditions: dict[str, Severity] = {}
+    z_critical = float(norm.isf(PERFORMANCE_ALPHA / max(len(found), 1)))
     for metric, estimate in found.items():
-        judged = _judged(estimate["value"], estimate["low"], estimate["high"], estimator.reference.get(metric), metric,
-                         degradation, report["rows"])
+        judged = _judged(estimate, estimator.reference.get(metric), metric, degradation, report["rows"], z_critical)
         report["metrics"][metric] = judged
         if judged["severity"] != "none":
             conditions[metric] = judged["severity"]
     return report, conditions
 
 
-def _judged(value: float | None, low: float | None, high: float | None, reference: float | None, metric: str,
-            degradation: tuple[float, float], rows: int) -> EstimatedMetric:
-    """The estimate against the reference: its relative change and the drop's severity."""
+def _judged(found: Estimate, reference: float | None, metric: str, degradation: tuple[float, float], rows: int,
+            z_critical: float) -> EstimatedMetric:
+    """The estimate against the reference: its relative change, the drop in standard errors, and
+    the drop's severity."""
+    value, low, high = found["value"], found["low"], found["high"]
     out: EstimatedMetric = {"value": value, "low": low, "high": high, "reference": reference, "relative_change": None,
                             "severity": "none"}
-    if value is None or low is None or high is None or not reference:
+    error = found.get("standard_error")
+    if value is None or not reference or error is None:
         return out
     change = (value - reference) / abs(reference)
-    higher = metric in HIGHER_IS_BETTER
-    drop = -change if higher else change
-    beyond = high < reference if higher else low > reference  # the whole band on the wrong side
+    drop = -change if metric in HIGHER_IS_BETTER else change
+    z = drop * abs(reference) / max(error, abs(reference) / max(rows, 1))  # at least one row's worth
     severity: Severity = "none"
-    if beyond and rows >= MIN_ROWS:
+    if z >= z_critical and rows >= MIN_ROWS:
         severity = "critical" if drop >= degradation[1] else "warning" if drop >= degradation[0] else "none"
-    return {**out, "relative_change": change, "severity": severity}
+    return {**out, "relative_change": change, "standard_error": error, "z": float(min(z, 1e9)), "severity": severity}

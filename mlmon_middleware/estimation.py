@@ -22,6 +22,10 @@ NannyML's CBPE; the steps:
    It says how far the realized value may be from the estimate by chance alone; it does not cover
    a calibration that stopped holding (concept drift: p(y | x) changed), which no label-free
    method can see.
+4. **The standard error** a verdict needs: a window's estimate also moves with the rows it
+   happens to hold (a small window may hold fewer easy rows than the reference by chance). The
+   standard error combines the label draws' spread and a bootstrap over the window's rows; a
+   drop is judged against it (:mod:`~mlmon_middleware.estimated`).
 
 >>> rng = np.random.default_rng(0)
 >>> scores = rng.random(4000)
@@ -35,8 +39,9 @@ NannyML's CBPE; the steps:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
 import numpy as np
@@ -46,18 +51,22 @@ from mlmon_middleware.metrics import as_label, average_ranks, classification_met
 logger = logging.getLogger("mlmon_middleware")
 
 DRAWS = 200  # label draws for the band
+ROW_RESAMPLES = 50  # bootstrap resamples of the window's rows for the standard error
+MAX_RESAMPLED = 5000
 BAND = 0.95  # its central share
 CHUNK = 2_000_000  # label draws × rows drawn at a time (memory: 16 MB)
 MAX_CLASSES = 50  # more classes: no estimate
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
-class Estimate(TypedDict):
-    """One estimated metric of a window: the estimate and its band."""
+class Estimate(TypedDict, total=False):
+    """One estimated metric of a window: the estimate, its band, and the standard error of the
+    realized value of a window drawn like this one (the labels' chance and the rows' own)."""
 
     value: float | None
     low: float | None
     high: float | None
+    standard_error: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +114,14 @@ class CBPE:
         c = self.calibrated(proba)
         if self.task == "binary":
             predicted = proba[:, 0] >= self.threshold
-            values = _binary_expected(c, predicted, proba[:, 0])
+            expected = functools.partial(_on_rows, _binary_expected, c, predicted, proba[:, 0])
             draws = _binary_draws(c, predicted, proba[:, 0], seed)
         else:
             predicted = proba.argmax(axis=1)
-            values = _multiclass_expected(c, predicted, proba)
+            expected = functools.partial(_on_rows, _multiclass_expected, c, predicted, proba)
             draws = _multiclass_draws(c, predicted, proba, seed)
+        values = expected(np.arange(len(c)))
+        rows_error = _rows_errors(expected, len(c), seed)
         tail = (1 - BAND) / 2
         out: dict[str, Estimate] = {}
         for metric in METRICS:
@@ -118,6 +129,8 @@ class CBPE:
             low, high = (float(v) for v in np.quantile(realized, [tail, 1 - tail])) if len(realized) else (None, None)
             value = values[metric]
             out[metric] = {"value": None if value is None or not np.isfinite(value) else float(value), "low": low, "high": high}
+            if len(realized) > 1:
+                out[metric]["standard_error"] = float(np.hypot(np.std(realized, ddof=1), rows_error.get(metric, 0.0)))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +253,28 @@ def _multiclass_expected(c: np.ndarray, predicted: np.ndarray, proba: np.ndarray
 
 
 # ------------------------------------------------------------------------------ the band
+def _on_rows(metrics: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, float]], c: np.ndarray,
+             predicted: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    """``metrics`` of the window's ``rows`` (indices, repeats allowed)."""
+    return metrics(c[rows], predicted[rows], scores[rows])
+
+
+def _rows_errors(expected: Callable[[np.ndarray], dict[str, float]], n: int, seed: int) -> dict[str, float]:
+    """Bootstrap standard errors of the estimates over the window's rows (:data:`ROW_RESAMPLES`
+    resamples of at most :data:`MAX_RESAMPLED` rows, scaled by the square root of their share as
+    :func:`~mlmon_middleware.metrics.standard_errors` does): how much the estimate itself moves
+    with the rows a window happens to hold."""
+    rng = np.random.default_rng(seed + 1)
+    base = rng.choice(n, MAX_RESAMPLED, replace=False) if n > MAX_RESAMPLED else np.arange(n)
+    samples: dict[str, list[float]] = {m: [] for m in METRICS}
+    for _ in range(ROW_RESAMPLES):
+        for metric, value in expected(base[rng.integers(0, len(base), len(base))]).items():
+            if np.isfinite(value):
+                samples[metric].append(value)
+    scale = np.sqrt(len(base) / n)
+    return {m: float(np.std(v, ddof=1) * scale) for m, v in samples.items() if len(v) > 1}
+
+
 def _draw_chunks(n: int) -> list[int]:
     per = max(1, CHUNK // max(n, 1))
     return [min(per, DRAWS - start) for start in range(0, DRAWS, per)]

@@ -151,6 +151,8 @@ class EstimatedMetric(TypedDict):
     high: float | None
     reference: float | None
     relative_change: float | None
+    standard_error: NotRequired[float]  # of a window drawn like this one
+    z: NotRequired[float]  # the drop in standard errors (positive: worse)
     severity: Severity
 
 
