@@ -28,6 +28,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from mlmon_middleware.drift.engine import compare
 from mlmon_middleware.drift.forecast import DriftTrend, Forecast
 from mlmon_middleware.drift.joint import rows_as_a_whole
 from mlmon_middleware.drift.policy import RANK, DriftPolicy
+from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.estimated import estimated_performance
 from mlmon_middleware.pacing import Pacer, pace_point, paced
 from mlmon_middleware.performance import PerformanceTracker
@@ -48,21 +50,23 @@ from mlmon_middleware.reports import (
     BaselineSummary,
     Cause,
     DriftReport,
+    EstimatedPerformance,
     FeatureDrift,
     LabelCoverage,
     LabelCoverageWindow,
     MergedWorkers,
     PerformanceReport,
     QualityCounts,
-    WindowSpan,
+    Severity,
 )
-from mlmon_middleware.reservoir import WindowSnapshot
+from mlmon_middleware.reservoir import WindowSnapshot, span_of
 from mlmon_middleware.schema import Encoded, FeatureSchema
 from mlmon_middleware.store import LabelReader
 
 ATTRIBUTION_MIN_SAMPLES = 30  # explained predictions in the window before attribution drift is judged
 COVERAGE_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 QUALITY_ERRORS = ("type_mismatch", "missing_feature", "unexpected_feature", "non_finite", "shape_mismatch")
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +140,15 @@ class DriftChecker:
         policy: how statistics become verdicts (default ``DriftPolicy()``).
         warmup_rows: rows needed to build a warm-up baseline when there is none.
         on_alert: called with each alert event (firing, severity changed, resolved).
+        errors: where a failed optional step of a check is counted (stage ``check_<step>``).
         performance: the model's performance tracker, run at each check.
     """
 
     def __init__(self, model: str, version: str, *, performance: PerformanceTracker, policy: DriftPolicy | None = None,
-                 warmup_rows: int = 1000, on_alert: Callable[[AlertEvent], None] | None = None) -> None:
+                 warmup_rows: int = 1000, on_alert: Callable[[AlertEvent], None] | None = None,
+                 errors: ErrorLog | None = None) -> None:
         self.policy = policy or DriftPolicy()
+        self.errors = errors or ErrorLog()
         self.warmup_rows = warmup_rows
         self.performance = performance
         self.alerts = Alerts(self.policy.fire_after, self.policy.resolve_after, on_alert, model=model, version=version)
@@ -157,6 +164,15 @@ class DriftChecker:
         self._seen_errors: collections.Counter[str] = collections.Counter()
         self._seen_feature_errors: dict[str, collections.Counter[str]] = {}
         self._seen_predictions = 0
+
+    def _step(self, name: str, run: Callable[[], T], failed: T) -> T:
+        """An optional part of a check (multivariate tests, estimate, causes): a failure is
+        counted and leaves ``failed`` in its place; the drift verdicts and alerts go on."""
+        try:
+            return run()
+        except Exception as exc:
+            self.errors.report(f"check_{name}", exc)
+            return failed
 
     def after_fork(self) -> None:
         """In a forked child: fresh locks (the parent's analyzer thread may have held them)."""
@@ -182,7 +198,7 @@ class DriftChecker:
             if inputs.unapproved:
                 conditions[("ModelNotApproved", inputs.version)] = "critical"
             if any(name in EXPLAINED for name, _ in conditions):
-                report["causes"] = self._causes(report, performance, inputs)
+                report["causes"] = self._step("causes", lambda: self._causes(report, performance, inputs), [])
             if inputs.scheduled:
                 said = sentence(report.get("causes", []))
                 self.alerts.update(conditions, dict.fromkeys(EXPLAINED, said))
@@ -201,7 +217,7 @@ class DriftChecker:
         features, outputs = inputs.features, inputs.outputs
         rows = len(features["time"]) if features else 0
         report: DriftReport = {"model": inputs.model, "version": inputs.version, "checked_at": inputs.now, "rows": rows,
-                               "window": _span_of(features),
+                               "window": span_of(features),
                                "quality": self._quality_counts(inputs.counts, advance=inputs.scheduled),
                                "labels": _label_coverage(inputs.labels, inputs.model, inputs.now)}
         baseline, warmup = inputs.baseline, None
@@ -246,7 +262,7 @@ class DriftChecker:
         report["prediction_drift"] = any(RANK[p.get("severity", "none")] >= RANK["warning"] for p in predictions.values())
         report["forecast"] = {n: f.to_json() for n, f in forecasts.items()}
         if rows and (baseline.pca is not None or baseline.classifier is not None):
-            report["multivariate"] = rows_as_a_whole(baseline, features, policy)
+            report["multivariate"] = self._step("multivariate", lambda: rows_as_a_whole(baseline, features, policy), {})
         conditions: Conditions = {("FeatureDrift", n): judged[n].get("severity", "none") for n in drifted}
         conditions.update({("DriftForecast", n): "warning" for n, f in forecasts.items()  # sustained over points
                            if f.earliest < policy.forecast_horizon and n not in drifted
@@ -255,8 +271,10 @@ class DriftChecker:
         if report["dataset_drift"]:
             conditions[("DatasetDrift", "")] = "critical"
         if baseline.estimator is not None and out_rows and inputs.output_schema is not None:
-            report["performance_estimated"], dropped = estimated_performance(
-                baseline.estimator, features, schema, outputs, inputs.output_schema, self.performance.options.degradation)
+            estimator, output_schema, degradation = baseline.estimator, inputs.output_schema, self.performance.options.degradation
+            failed: tuple[EstimatedPerformance, dict[str, Severity]] = ({"note": "the estimate failed"}, {})
+            report["performance_estimated"], dropped = self._step("estimate", lambda: estimated_performance(
+                estimator, features, schema, outputs, output_schema, degradation), failed)
             conditions.update({("EstimatedPerformanceDrop", metric): severity for metric, severity in dropped.items()})
         if not drifted:  # else the features say more
             conditions.update({("MultivariateDrift", method): "warning" for method, found in report.get("multivariate", {}).items()
@@ -337,13 +355,6 @@ class DriftChecker:
 
 def _encoded(window: WindowSnapshot) -> Encoded:
     return Encoded(window["numeric"], window["categorical"], collections.Counter())
-
-
-def _span_of(window: WindowSnapshot) -> WindowSpan:
-    times = window.get("time") if window else None
-    if times is None or not len(times):
-        return {"from": None, "to": None}
-    return {"from": float(times[0]), "to": float(times[-1])}
 
 
 def _label_coverage(labels: LabelReader | None, model: str, now: float) -> LabelCoverage:

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mlmon_middleware.reports import Cause, DriftReport, PerformanceReport
-from mlmon_middleware.reservoir import WindowSnapshot
+from mlmon_middleware.reservoir import WindowSnapshot, row_for_row
 from mlmon_middleware.schema import FeatureSchema
 
 TOP = 5
@@ -122,8 +122,7 @@ def importance_on_window(features: WindowSnapshot, schema: FeatureSchema, output
     """Each feature's share of a permutation importance on the window (see the module
     docstring), or None when it cannot be had (no numeric output, features and predictions not
     row for row, too few rows, no scikit-learn)."""
-    if output_schema is None or not output_schema.numeric_names or not features or not outputs \
-            or not np.array_equal(features.get("time", ()), outputs.get("time", ())):
+    if output_schema is None or not output_schema.numeric_names or not row_for_row(features, outputs):
         return None
     target = np.asarray(outputs["numeric"], dtype=float)[:, 0]
     columns = [np.asarray(features["numeric"], dtype=float)]
@@ -144,7 +143,7 @@ def importance_on_window(features: WindowSnapshot, schema: FeatureSchema, output
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
-    with threadpool_limits(1):
+    with threadpool_limits(1, user_api="openmp"):
         model = HistGradientBoostingRegressor(max_iter=50, max_leaf_nodes=15, random_state=seed)
         model.fit(x[picked[:half]], target[picked[:half]])
         found = permutation_importance(model, x[picked[half:]], target[picked[half:]], n_repeats=3, random_state=seed)

@@ -31,6 +31,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,9 +61,12 @@ class DLE:
     task: str = "regression"
     _fitted: tuple[Any, Any, float, float] | None = dataclasses.field(default=None, repr=False, compare=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+    _pid: int = dataclasses.field(default_factory=os.getpid, repr=False, compare=False)
 
     def _models(self) -> tuple[Any, Any, float, float]:
         """The two loss models and the spread of their misses on the held-out half."""
+        if self._pid != os.getpid():  # a forked child: the parent's lock may have been held at the fork
+            self._lock, self._pid = threading.Lock(), os.getpid()
         with self._lock:
             if self._fitted is None:
                 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -71,7 +75,7 @@ class DLE:
                 order = np.random.default_rng(0).permutation(len(self.rows))
                 learn, held = self.rows[order[: len(order) // 2]], self.rows[order[len(order) // 2:]]
                 fitted = []
-                with threadpool_limits(1):
+                with threadpool_limits(1, user_api="openmp"):
                     for power in (1, 2):
                         model = HistGradientBoostingRegressor(max_iter=100, max_leaf_nodes=15, random_state=0)
                         model.fit(learn[:, :-1], np.abs(learn[:, -1] - learn[:, -2]) ** power)
@@ -84,13 +88,13 @@ class DLE:
         """MAE and RMSE estimated for rows of ``features`` (columns in ``self.features`` order)
         with the model's ``predictions``, each with its band. Raises ImportError without
         scikit-learn."""
-        x = np.column_stack([np.asarray(features, dtype=float).reshape(len(predictions), -1), predictions])
+        x = np.column_stack([np.asarray(features, dtype=float).reshape(len(predictions), len(self.features)), predictions])
         if not len(x):
             return {m: {"value": None, "low": None, "high": None} for m in METRICS}
         absolute, squared, spread_abs, spread_sq = self._models()
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1):
+        with threadpool_limits(1, user_api="openmp"):
             losses = np.maximum(absolute.predict(x), 0.0)
             squares = np.maximum(squared.predict(x), 0.0)
         n = len(x)

@@ -32,7 +32,7 @@ from mlmon_middleware.estimation import CBPE, Estimate
 from mlmon_middleware.metrics import HIGHER_IS_BETTER
 from mlmon_middleware.performance import PERFORMANCE_ALPHA
 from mlmon_middleware.reports import EstimatedMetric, EstimatedPerformance, Severity
-from mlmon_middleware.reservoir import WindowSnapshot
+from mlmon_middleware.reservoir import WindowSnapshot, row_for_row
 from mlmon_middleware.schema import FeatureSchema
 
 MIN_ROWS = 30  # rows a window needs before its estimate can be judged (as for realized performance)
@@ -56,7 +56,7 @@ def estimated_performance(estimator: CBPE | DLE, features: WindowSnapshot, schem
     values = np.asarray(outputs["numeric"], dtype=float)[:, columns]
     try:
         if isinstance(estimator, DLE):
-            if not np.array_equal(features.get("time", ()), outputs.get("time", ())):
+            if not row_for_row(features, outputs):
                 report["note"] = ("the window's features and predictions are not row for row (some requests had no "
                                   "prediction): the loss estimate needs both")
                 return report, {}

@@ -13,9 +13,12 @@ NannyML's CBPE; the steps:
 2. **The estimate, per window**: calibrated probabilities ``c``; the model's predicted class as it
    decides it (binary: score ≥ ``threshold``; multiclass: the most probable class); expected
    counts TP = Σ c over predicted positives, FP = Σ (1 − c) over them, FN = Σ c over predicted
-   negatives; accuracy, precision, recall and F1 from them (macro averages over the classes for
-   multiclass), and ROC AUC as the AUC of the scores with each row counted c as a positive and
-   1 − c as a negative (one-vs-rest macro for multiclass).
+   negatives; accuracy, precision, recall and F1 from them, and ROC AUC as the AUC of the scores
+   with each row counted c as a positive and 1 − c as a negative (one-vs-rest macro for
+   multiclass). Multiclass precision, recall and F1
+   are macro averages over the classes the window's labels or predictions hold (scikit-learn's,
+   as the realized metrics are computed); which classes those are depends on the labels, so
+   their estimate is the mean of the realized values of the label draws below.
 3. **The band**: if the calibration holds, each label is a draw from its calibrated
    probability, so the window's *realized* metric is a random variable: :data:`DRAWS` sets of
    labels are drawn and the band is the central :data:`BAND` of the realized metrics they give.
@@ -57,6 +60,7 @@ BAND = 0.95  # its central share
 CHUNK = 2_000_000  # label draws × rows drawn at a time (memory: 16 MB)
 MAX_CLASSES = 50  # more classes: no estimate
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+MACRO = ("precision", "recall", "f1")  # multiclass: averaged over the classes seen, as the realized ones
 
 
 class Estimate(TypedDict, total=False):
@@ -121,6 +125,8 @@ class CBPE:
             expected = functools.partial(_on_rows, _multiclass_expected, c, predicted, proba)
             draws = _multiclass_draws(c, predicted, proba, seed)
         values = expected(np.arange(len(c)))
+        if self.task == "multiclass":  # macro averages over the classes a window's labels or predictions hold:
+            values.update({m: float(np.nanmean(draws[m])) for m in MACRO})  # their mean over the label draws
         rows_error = _rows_errors(expected, len(c), seed)
         tail = (1 - BAND) / 2
         out: dict[str, Estimate] = {}
@@ -318,15 +324,16 @@ def _multiclass_draws(c: np.ndarray, predicted: np.ndarray, proba: np.ndarray, s
             actual = y == j
             positives = actual.sum(axis=1).astype(float)
             tp = actual[:, predicted == j].sum(axis=1).astype(float)
+            seen = (positives > 0) | (predicted_count[j] > 0)  # averaged over, as scikit-learn's macro does
             with np.errstate(divide="ignore", invalid="ignore"):
-                precision[:, j] = tp / predicted_count[j] if predicted_count[j] else 0.0
-                recall[:, j] = np.where(positives > 0, tp / positives, 0.0)
-                f1[:, j] = np.where(predicted_count[j] + positives > 0, 2 * tp / (predicted_count[j] + positives), 0.0)
+                precision[:, j] = np.where(seen, tp / predicted_count[j] if predicted_count[j] else 0.0, np.nan)
+                recall[:, j] = np.where(seen, np.where(positives > 0, tp / positives, 0.0), np.nan)
+                f1[:, j] = np.where(seen, 2 * tp / np.maximum(predicted_count[j] + positives, 1), np.nan)
                 rank_sum = actual.astype(float) @ ranks[j] - positives * (positives + 1) / 2
                 auc[:, j] = np.where((positives > 0) & (positives < n), rank_sum / (positives * (n - positives)), np.nan)
-        out["precision"].append(precision.mean(axis=1))
-        out["recall"].append(recall.mean(axis=1))
-        out["f1"].append(f1.mean(axis=1))
+        out["precision"].append(_nanmean_rows(precision))
+        out["recall"].append(_nanmean_rows(recall))
+        out["f1"].append(_nanmean_rows(f1))
         out["roc_auc"].append(_nanmean_rows(auc))
     return {m: np.concatenate(v) for m, v in out.items()}
 

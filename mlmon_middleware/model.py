@@ -159,7 +159,8 @@ class ModelMonitor:
                                          self.baseline.payload.get("performance") if self.baseline is not None else None,
                                          latch_checks=max(policy.fire_after, policy.resolve_after))
         self.checker = DriftChecker(name, self.version, performance=performance, policy=policy,
-                                    warmup_rows=options.warmup_rows, on_alert=options.on_alert)
+                                    warmup_rows=options.warmup_rows, on_alert=options.on_alert,
+                                    errors=registry.errors)
         self.output_schema: FeatureSchema | None = None
         self.counters = Counters()
         self._check_lock = threading.Lock()  # a check builds its inputs and applies its result as one step

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmon_middleware.reports import WindowSpan
+
 _F32_MAX = float(np.finfo(np.float32).max)
 
 #: a window's rows in arrival order: ``"time"`` (n,) plus one (n × width) matrix per column
@@ -123,3 +125,17 @@ def rows_since(snapshot: WindowSnapshot, since: float | None) -> WindowSnapshot:
         return snapshot
     keep = snapshot["time"] >= since
     return {name: values[keep] for name, values in snapshot.items()}
+
+
+def span_of(window: WindowSnapshot) -> WindowSpan:
+    """The first and last timestamps of a window (None for both when it is empty)."""
+    times = window.get("time") if window else None
+    if times is None or not len(times):
+        return {"from": None, "to": None}
+    return {"from": float(times[0]), "to": float(times[-1])}
+
+
+def row_for_row(features: WindowSnapshot, outputs: WindowSnapshot) -> bool:
+    """Whether a model's feature and output windows hold the same rows in the same order (every
+    request had an answer), so that a row's features and its prediction can be read together."""
+    return bool(features) and bool(outputs) and np.array_equal(features.get("time", ()), outputs.get("time", ()))

@@ -145,6 +145,6 @@ def held_out_scores(reference: ClassifierReference, window: np.ndarray, seed: in
     ref = reference.rows[np.random.default_rng(seed + 2).permutation(len(reference.rows))]
     half = len(window) // 2
     model = HistGradientBoostingClassifier(max_iter=TREES, max_leaf_nodes=LEAVES, early_stopping=False, random_state=seed)
-    with threadpool_limits(1):  # one core: the service keeps the others
+    with threadpool_limits(1, user_api="openmp"):  # one core: the service keeps the others
         model.fit(np.vstack([ref[:half], window[:half]]), np.r_[np.zeros(half), np.ones(half)])
         return model.predict_proba(window[half:])[:, 1], model.predict_proba(ref[half:])[:, 1]
