@@ -10,12 +10,12 @@ Three kinds of cause, each scored in [0, 1] so that they rank together:
   features on half the window's rows; each feature's importance is how much shuffling it spoils
   the surrogate on the other half: scikit-learn's ``permutation_importance``); else, without
   scikit-learn or with features and predictions not row for row, an equal share each.
-* **a segment** (a value of a segment feature) whose labelled performance fell, scored by its
-  contribution to the overall drop: the overall drop of a metric against the reference is the
-  sum over segments of (rows share) × (reference − the segment's value), so each segment's term
-  over the drop is its share of it. Only segments whose own drop is significant count (one-sided
-  z of a proportion, Bonferroni over the segments at :data:`ALPHA`); a metric that is not a
-  proportion (AUC, F1, errors) is read through the window's accuracy when it has one.
+* **a segment** (a value of a segment feature) whose labelled accuracy fell below the rest of
+  its window's rows (a two-proportion z test against the rest, one-sided, Bonferroni over the
+  segments at :data:`ALPHA`), scored by its part of the window's drop against the reference:
+  the predictions it got wrong beyond the rest's rate, over the drop's (rows × the accuracy
+  lost). A segment that only shares the window's drop (a feature unrelated to it) does not
+  count. Accuracy, whichever metric degraded: a proportion of rows, the test needs it.
 * **a data-quality change**: a feature whose share of missing values rose by at least
   :data:`QUALITY_RISE` against the reference, scored by that rise times its importance share.
 
@@ -43,7 +43,6 @@ TOP = 5
 ALPHA = 0.05  # a segment's drop must be significant at this level (Bonferroni over the segments)
 QUALITY_RISE = 0.05  # a rise of the missing share (absolute) that counts as a data-quality cause
 MAX_ROWS = 2000  # window rows the surrogate learns from and is scored on
-PROPORTIONS = ("accuracy", "precision", "recall")  # metrics whose standard error a rows count gives
 #: the alerts whose events name the likely causes
 EXPLAINED = ("DatasetDrift", "PerformanceDegradation", "EstimatedPerformanceDrop")
 
@@ -78,38 +77,42 @@ def rank_causes(report: DriftReport, importance: Mapping[str, float] | None, per
 
 
 def _segments(performance: PerformanceReport | None) -> list[Cause]:
-    """Segments whose significant drop makes up a share of a degraded window's drop."""
+    """Segments whose accuracy fell significantly below the rest of their window's rows, scored
+    by their part of the window's drop against the reference (one cause per segment: its best
+    window)."""
     from scipy.stats import norm
 
-    out: list[Cause] = []
+    best: dict[str, Cause] = {}
     if not performance:
-        return out
+        return []
     found_reference = performance.get("reference")
-    reference: Mapping[str, float] = (found_reference["metrics"] if found_reference else None) or {}
+    reference = ((found_reference["metrics"] if found_reference else None) or {}).get("accuracy")
     for window, found in (performance.get("windows") or {}).items():
-        degraded = [m for m, d in (found.get("degradation") or {}).items() if d["severity"] != "none"]
-        if not degraded:
+        overall = (found.get("overall") or {}).get("accuracy")
+        degraded = any(d["severity"] != "none" for d in (found.get("degradation") or {}).values())
+        if not degraded or reference is None or overall is None or reference <= overall:
             continue
-        metric = next((m for m in degraded if m in PROPORTIONS), "accuracy")
-        overall_metrics: Mapping[str, float | None] = found.get("overall") or {}
-        ref, overall = reference.get(metric), overall_metrics.get(metric)
-        if ref is None or overall is None or ref <= overall:
-            continue
-        segments = [(f, v, m) for f, values in (found.get("segments") or {}).items() for v, m in values.items()
-                    if m.get(metric) is not None and m.get("count")]
-        total = sum(m["count"] or 0.0 for _, _, m in segments) or 1.0
-        z_critical = float(norm.isf(ALPHA / max(len(segments), 1)))
-        for feature, value, m in segments:
-            rows, current = float(m["count"] or 0.0), float(m[metric] or 0.0)
-            error = np.sqrt(max(ref * (1 - ref), 1e-12) / rows)
-            if (ref - current) / error < z_critical:
-                continue
-            share = rows / total * (ref - current) / (ref - overall)
-            out.append({"kind": "segment", "name": f"{feature}={value}", "score": float(min(1.0, share)),
-                        "text": f"segment {feature}={value} {metric} {100 * (current - ref):+.0f} points",
-                        "evidence": {"metric": metric, "window": window, "rows": int(rows), "value": current,
-                                     "reference": ref, "share_of_drop": share}})
-    return out
+        segments = found.get("segments") or {}
+        z_critical = float(norm.isf(ALPHA / max(sum(len(v) for v in segments.values()), 1)))
+        for feature, values in segments.items():
+            rows = {value: float(m.get("count") or 0.0) for value, m in values.items() if m.get("accuracy") is not None}
+            total = sum(rows.values())
+            for value, n in rows.items():
+                accuracy, rest = float(values[value]["accuracy"] or 0.0), total - n
+                if n <= 0 or rest <= 0:
+                    continue
+                rest_accuracy = (overall * total - accuracy * n) / rest  # the feature's values cover the window
+                error = np.sqrt(max(overall * (1 - overall), 1e-12) * (1 / n + 1 / rest))
+                if (rest_accuracy - accuracy) / error < z_critical:
+                    continue
+                share = n * (rest_accuracy - accuracy) / (total * (reference - overall))  # its part of the drop
+                name = f"{feature}={value}"
+                if name not in best or share > best[name]["score"]:
+                    best[name] = {"kind": "segment", "name": name, "score": float(min(1.0, share)),
+                                  "text": f"segment {name} accuracy {100 * (accuracy - reference):+.0f} points",
+                                  "evidence": {"metric": "accuracy", "window": window, "rows": int(n), "value": accuracy,
+                                               "rest": rest_accuracy, "reference": reference, "share_of_drop": share}}
+    return list(best.values())
 
 
 def sentence(causes: list[Cause]) -> str:

@@ -47,10 +47,11 @@ def test_a_planted_feature_ranks_first_by_the_models_reliance_in_nine_of_ten_see
 
 
 def segment_scenario(harness_factory, store_dir, seed):
-    """Labels agree with the score everywhere but in region=west, where 45 % of them are wrong."""
+    """Labels agree with the score everywhere but in region=west, where 45 % of them are wrong;
+    the device, a second segment feature, has nothing to do with it."""
     rng = np.random.default_rng(seed)
     h = harness_factory(tracing=False, check_interval=0, store_dir=store_dir)
-    model = h.monitor.model("m", segments=["region"], drift_policy=DriftPolicy(fire_after=1),
+    model = h.monitor.model("m", segments=["region", "device"], drift_policy=DriftPolicy(fire_after=1),
                             performance={"task": "binary", "count_window": 2000,
                                          "reference": {"accuracy": 0.9, "roc_auc": 0.95}})
     regions = np.array(["north", "south", "east", "west"])
@@ -58,7 +59,7 @@ def segment_scenario(harness_factory, store_dir, seed):
         x = float(rng.normal())
         region = str(rng.choice(regions))
         p = 1 / (1 + np.exp(-4 * x))
-        pid = model.record({"x": x, "region": region}, {"prediction": p})
+        pid = model.record({"x": x, "region": region, "device": str(rng.choice(["ios", "android"]))}, {"prediction": p})
         truth = int(rng.random() < p)
         if region == "west" and rng.random() < 0.45:
             truth = 1 - truth
@@ -72,8 +73,11 @@ def test_a_planted_segment_ranks_first_in_nine_of_ten_seeds(harness_factory, tmp
         report = segment_scenario(harness_factory, str(tmp_path / f"s{seed}"), seed)
         causes = report.get("causes", [])
         first.append(bool(causes) and causes[0]["name"] == "region=west")
+        names = [c["name"] for c in causes]
+        assert len(names) == len(set(names)) and not any(n.startswith("device=") for n in names), names
         if causes and causes[0]["name"] == "region=west":
             assert causes[0]["kind"] == "segment" and causes[0]["text"].startswith("segment region=west accuracy -")
+            assert 0.5 < causes[0]["evidence"]["share_of_drop"] <= 1.0  # most of the drop is west's
     assert sum(first) >= 9, first
 
 
