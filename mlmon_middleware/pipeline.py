@@ -10,7 +10,9 @@ thread paces itself (:mod:`~mlmon_middleware.pacing`): it lets go of the GIL eve
 µs, so requests never wait long behind it; ``longest_hold`` is the longest stretch it kept it.
 Behind, its stretches grow with the backlog (up to :data:`MAX_BUDGET`): dropping records would
 be worse than a slower tail. After a batch that held input over a capture bound (megabyte
-values, say), it hands the memory they held back to the system (:mod:`~mlmon_middleware.memory`).
+values, say), it hands the memory they held back to the system (:mod:`~mlmon_middleware.memory`),
+at most once per :data:`TRIM_INTERVAL`: a client sending long values all the time costs one
+trim a second, not one per batch.
 
 >>> from mlmon_middleware import Monitor, MonitorConfig
 >>> mon = Monitor(MonitorConfig(tracing=False))
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 
 from mlmon_middleware.config import MonitorConfig
@@ -36,6 +39,18 @@ from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
 MAX_BUDGET = 2e-3  # seconds of work between two pauses when far behind
+TRIM_INTERVAL = 1.0  # seconds between two heap trims at most (a trim owed waits for the next flush)
+
+
+def _drained(queue: collections.deque[Record], n: int, pace: Callable[[], None]) -> dict[ModelMonitor, list[Record]]:
+    """The first ``n`` queued records, taken off the queue and grouped by model."""
+    batch: dict[ModelMonitor, list[Record]] = {}
+    for i in range(n):
+        record = queue.popleft()
+        batch.setdefault(record.model, []).append(record)
+        if i & 255 == 255:
+            pace()
+    return batch
 
 
 class Pipeline:
@@ -61,6 +76,7 @@ class Pipeline:
         self._telemetry: Telemetry | None = None
         self._writer: StoreWriter | None = None
         self._pacer = Pacer()
+        self._trim_due, self._trimmed = False, 0.0  # a heap trim owed after oversized input, the last one
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -118,23 +134,23 @@ class Pipeline:
                 backlog = len(queue) / self.config.flush_batch
                 self._pacer.budget = min(MAX_BUDGET, BUDGET * max(1.0, backlog))
                 pace = self._pacer
-            batch: dict[ModelMonitor, list[Record]] = {}
             n = len(queue)
-            for i in range(n):
-                record = queue.popleft()
-                batch.setdefault(record.model, []).append(record)
-                if i & 255 == 255:
-                    pace()
             self.ingested += n
-            oversized = False
-            for model, records in batch.items():
-                try:
-                    oversized |= ingest(model, records, telemetry, self._writer, pace)
-                except Exception as exc:
-                    self.errors.report("ingest", exc)
-            if oversized:  # these held the last references to the originals: drop them, hand the pages back
-                del batch, records, record
+            self._trim_due |= self._ingest(_drained(queue, n, pace), telemetry, pace)
+            now = time.monotonic()
+            if self._trim_due and now - self._trimmed >= TRIM_INTERVAL:  # the batch is gone: hand its pages back
                 give_back()
+                self._trim_due, self._trimmed = False, now
+
+    def _ingest(self, batch: dict[ModelMonitor, list[Record]], telemetry: Telemetry, pace: Callable[[], None]) -> bool:
+        """Ingest each model's records; True when any held input over a capture bound."""
+        oversized = False
+        for model, records in batch.items():
+            try:
+                oversized |= ingest(model, records, telemetry, self._writer, pace)
+            except Exception as exc:
+                self.errors.report("ingest", exc)
+        return oversized
 
     def stop(self) -> None:
         """Stop the thread and ingest what is queued."""
