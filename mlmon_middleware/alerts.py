@@ -82,7 +82,7 @@ KINDS: tuple[AlertKind, ...] = (
     AlertKind("MultivariateDrift", "MLModelMultivariateDrift", "method",
               "the features' joint distribution moved ({subject}: their relations no longer hold)"),
     AlertKind("EstimatedPerformanceDrop", "MLModelEstimatedPerformanceDrop", "metric",
-              "{subject} is estimated, before any label, to have dropped against its reference"),
+              "{subject} is estimated, before any label, to have worsened against its reference"),
     AlertKind("DriftForecast", "MLModelDriftForecast", "feature",
               "feature {subject}'s drift is trending toward its warning level within the forecast horizon"),
     AlertKind("ModelNotApproved", "MLModelNotApproved", "version",

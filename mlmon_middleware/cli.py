@@ -118,6 +118,9 @@ def _build(args: argparse.Namespace) -> None:
         raise BaselineError(f"--out {args.out!r} cannot be written: {exc.strerror or exc}") from None
     print(f"{args.out}: {result.row_count} rows, {len(result.features)} features "
           f"({', '.join(f'{n}:{k}' for n, k in zip(result.schema.names, result.schema.kinds))})")
+    if result.estimator is None and args.target and args.prediction:
+        print("mlmon: note: no label-free estimator: a regressor's needs labels that are not all whole numbers "
+              "(whole numbers read as classes); a classifier's needs --proba", file=sys.stderr)
     if result.estimator is not None:
         reference = ", ".join(f"{m} {v:.3f}" for m, v in result.estimator.reference.items())
         method = "DLE" if result.estimator.task == "regression" else "CBPE"

@@ -197,8 +197,9 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {spec.name: spec for spec in (
                    "reconstruction error over the reference's (1: alike); classifier, the held-out AUC (0.5: alike).",
                    "mlmon_multivariate_drift_score"),
     InstrumentSpec(PERFORMANCE_ESTIMATED, "observable_gauge", "1",
-                   "A metric estimated without labels from the window's predicted probabilities (CBPE), at the last "
-                   "check; bound: estimate, or low and high of its 95 % band.",
+                   "A metric estimated without labels at the last check: a classifier's from its predicted "
+                   "probabilities (CBPE), a regressor's MAE and RMSE from its features (DLE); bound: estimate, or "
+                   "low and high of its 95 % band.",
                    "mlmon_performance_estimated"),
     InstrumentSpec(DRIFT_FORECAST, "observable_gauge", "s",
                    "Seconds until a feature's drift trend reaches its warning level (+Inf: not trending upward; "
