@@ -98,3 +98,17 @@ def columns_of(obj: Any) -> Columns | None:
         matrix = obj.to_numpy()  # one block of one number type: one call for every column
         return Columns(names, [matrix[:, j] for j in range(matrix.shape[1])], n, matrix)
     return Columns(names, [np.asarray(series.to_numpy()) for _, series in obj.items()], n)
+
+
+def varying(rows: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+    """Which columns of a float matrix hold at least two distinct finite values (a column that
+    is constant, or missing everywhere, tells a multivariate model nothing); ``among``: a mask
+    of the columns to look at (the others are False).
+
+    >>> varying(np.array([[1.0, 5.0, np.nan], [2.0, 5.0, np.nan]])).tolist()
+    [True, False, False]
+    """
+    finite = np.isfinite(rows)
+    looked = np.ones(rows.shape[1], dtype=bool) if among is None else among
+    return np.array([bool(ok) and bool(finite[:, j].any()) and np.ptp(rows[finite[:, j], j]) > 0
+                     for j, ok in enumerate(looked)], dtype=bool)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from mlmon_middleware.columns import varying
 from mlmon_middleware.estimation import Estimate
 from mlmon_middleware.metrics import regression_metrics
 
@@ -128,9 +129,7 @@ def fit(features: Any, names: Sequence[str], predictions: Any, labels: Any, seed
     predictions, labels = np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float)
     usable = np.isfinite(predictions) & np.isfinite(labels)
     features, predictions, labels = features[usable], predictions[usable], labels[usable]
-    finite = np.isfinite(features)
-    varies = np.array([bool(finite[:, j].any()) and np.ptp(features[finite[:, j], j]) > 0
-                       for j in range(features.shape[1])], dtype=bool)
+    varies = varying(features)
     kept = min(MAX_ROWS, MAX_CELLS // (int(varies.sum()) + 2), len(labels))
     if kept < MIN_ROWS:
         return None

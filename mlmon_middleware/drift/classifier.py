@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmon_middleware.columns import varying
+
 MAX_REFERENCE = 2000  # reference rows the baseline keeps at most
 MAX_CELLS = 100_000  # and values (rows × features): about 2 MB of JSON
 MIN_REFERENCE = 400  # fewer (or too wide a table for that many): no classifier
@@ -82,8 +84,7 @@ def fit(rows: np.ndarray, features: Sequence[str], seed: int = 0) -> ClassifierR
     rows = np.asarray(rows, dtype=float)
     if rows.ndim != 2 or rows.shape[1] < 2:
         return None
-    finite = np.isfinite(rows)
-    varies = np.array([bool(finite[:, j].any()) and np.ptp(rows[finite[:, j], j]) > 0 for j in range(rows.shape[1])])
+    varies = varying(rows)
     if varies.sum() < 2:
         return None
     kept = min(MAX_REFERENCE, MAX_CELLS // int(varies.sum()), len(rows))

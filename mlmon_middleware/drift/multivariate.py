@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmon_middleware.columns import varying
+
 VARIANCE = 0.9  # the share of the reference's variance the kept components explain
 MAX_REFERENCE = 5000  # held-out reference errors kept in the baseline
 MIN_ROWS = 1000  # complete reference rows needed to fit (half of them fit, half are held out)
@@ -101,7 +103,7 @@ def fit(rows: np.ndarray, features: Sequence[str], seed: int = 0, variance: floa
         rows = rows[np.sort(rng.choice(len(rows), MAX_FIT, replace=False))]
     finite = np.isfinite(rows)
     present = finite.mean(axis=0) >= MIN_PRESENT
-    spread = np.array([bool(ok) and np.ptp(rows[finite[:, j], j]) > 0 for j, ok in enumerate(present)])
+    spread = varying(rows, among=present)
     if spread.sum() < 2:
         return None
     rows = rows[finite[:, spread].all(axis=1)][:, spread]
