@@ -71,7 +71,7 @@ def draw(kind: str, rng: np.random.Generator, n: int, d: int, first: float = 0.9
 
 def verdicts(baseline: Baseline, windows: list[np.ndarray]) -> list[dict]:
     mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
-    model = mon.model("m", baseline=baseline, drift_policy=DriftPolicy())
+    model = mon.model("m", baseline=baseline, drift_policy=DriftPolicy(classifier=True))
     out = []
     try:
         for i, rows in enumerate(windows):

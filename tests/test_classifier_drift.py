@@ -55,9 +55,12 @@ def test_the_baseline_keeps_the_reference_rows_with_their_gaps(tmp_path):
     assert classifier.fit(rng.normal(size=(3000, 300)), [f"f{j}" for j in range(300)]) is None  # 333 rows: too few
 
 
+ON = DriftPolicy(fire_after=1, classifier=True)
+
+
 def test_a_correlation_flip_is_caught_at_1000_rows_and_exported():
     rng = np.random.default_rng(4)
-    for report, model in checks([correlated(rng, 1000, sign=-1.0)]):
+    for report, model in checks([correlated(rng, 1000, sign=-1.0)], ON):
         found = report["multivariate"]["classifier"]
         assert found["severity"] == "warning" and found["p_value"] < 1e-10 and found["auc"] > 0.8
         assert ("MultivariateDrift", "classifier", "warning") in model.checker.alerts.active()
@@ -82,13 +85,13 @@ def test_a_dependence_without_correlation_is_caught():
 def test_no_drift_windows_rarely_raise_it():
     rng = np.random.default_rng(5)
     raised = sum(report["multivariate"]["classifier"]["severity"] == "warning"
-                 for report, _ in checks([correlated(rng, n) for n in [100, 1000, 5000] * 60]))
+                 for report, _ in checks([correlated(rng, n) for n in [100, 1000, 5000] * 60], ON))
     assert raised <= 4  # of 180 checks: the design rate is alpha = 0.005 (binomial margin)
 
 
-def test_the_policy_can_leave_it_out_and_bounds_its_floor():
+def test_it_runs_only_when_the_policy_asks_and_its_floor_is_bounded():
     rng = np.random.default_rng(8)
-    for report, _ in checks([correlated(rng, 500, sign=-1.0)], DriftPolicy(classifier=False)):
+    for report, _ in checks([correlated(rng, 500, sign=-1.0)]):  # the default policy: PCA only
         assert set(report["multivariate"]) == {"pca"}
     with pytest.raises(ConfigError, match="classifier_auc"):
         DriftPolicy(classifier_auc=0.4)

@@ -86,9 +86,10 @@ class DriftPolicy:
     #: least this many times the reference's (a practical floor, as ``effect`` is for a feature)
     multivariate_ratio: float = 1.1
     #: the domain classifier needs its test (p < alpha) and a held-out AUC at least this (0.5 is
-    #: chance); ``classifier=False`` skips it (it costs a small model's training per check)
+    #: chance). Off by default: it trains a small model at every check, about ten times the drift
+    #: check's own time (docs/insight.md); ``classifier=True`` runs it
     classifier_auc: float = 0.55
-    classifier: bool = True
+    classifier: bool = False
 
     def __post_init__(self) -> None:
         if self.correction not in CORRECTIONS:
