@@ -55,6 +55,7 @@ def segment_scenario(harness_factory, store_dir, seed):
                             performance={"task": "binary", "count_window": 2000,
                                          "reference": {"accuracy": 0.9, "roc_auc": 0.95}})
     regions = np.array(["north", "south", "east", "west"])
+    labels = []
     for _ in range(2000):
         x = float(rng.normal())
         region = str(rng.choice(regions))
@@ -63,7 +64,8 @@ def segment_scenario(harness_factory, store_dir, seed):
         truth = int(rng.random() < p)
         if region == "west" and rng.random() < 0.45:
             truth = 1 - truth
-        model.record_outcome(pid, truth)
+        labels.append((pid, truth, None))
+    model.record_outcomes(labels)
     return model.check_now()
 
 

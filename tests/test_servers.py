@@ -162,7 +162,7 @@ def test_memory_under_hostile_input_stays_near_the_unmonitored_twin(tmp_path):
                 httpx.get(f"{url}/openapi.json", timeout=30)
             before = rss_bytes(proc.pid)
             fuzz(url)
-            time.sleep(2.0)  # a heap trim owed after the last oversized batch runs within TRIM_INTERVAL
+            time.sleep(1.2)  # a heap trim owed after the last oversized batch runs within TRIM_INTERVAL
             if name == "monitored":
                 health = httpx.get(f"{url}/mlmon/health", headers={"Authorization": "Bearer t"}, timeout=60).json()
             growth[name] = rss_bytes(proc.pid) - before
