@@ -34,7 +34,7 @@ import numpy as np
 
 from mlmon_middleware.alerts import Alerts, Conditions
 from mlmon_middleware.baseline import Baseline
-from mlmon_middleware.causes import EXPLAINED, importance_on_window, rank_causes, sentence
+from mlmon_middleware.causes import EXPLAINED, QUALITY_RISE, importance_on_window, rank_causes, sentence
 from mlmon_middleware.drift.engine import compare
 from mlmon_middleware.drift.forecast import DriftTrend, Forecast
 from mlmon_middleware.drift.joint import rows_as_a_whole
@@ -285,8 +285,10 @@ class DriftChecker:
         """The likely causes (:mod:`~mlmon_middleware.causes`): importance from the explanations'
         shares when they run, else a permutation importance on the window."""
         shares = {f: a["current_share"] for f, a in (report["attributions"].get("features") or {}).items()}
+        candidates = [f for f, found in report.get("features", {}).items() if found.get("severity") not in ("none", "info")
+                      or found.get("missing_ratio", 0.0) >= QUALITY_RISE]
         importance = shares or importance_on_window(inputs.features, inputs.schema or FeatureSchema([], []),
-                                                     inputs.outputs, inputs.output_schema)
+                                                     inputs.outputs, inputs.output_schema, candidates)
         missing = {f: p.get("missing_rate", 0.0) for f, p in inputs.baseline.features.items()} if inputs.baseline else {}
         return rank_causes(report, importance, performance, self.policy.thresholds.effect_critical, missing,
                            "attribution" if shares else "importance")

@@ -7,9 +7,10 @@ Three kinds of cause, each scored in [0, 1] so that they rank together:
   ``min(1, effect / effect_critical) × importance share``. The importance is the feature's
   share of the mean |SHAP| in the window when explanations run; else a permutation importance
   on the window (a small gradient-boosting surrogate learns the model's first output from the
-  features on half the window's rows; each feature's importance is how much shuffling it spoils
-  the surrogate on the other half: scikit-learn's ``permutation_importance``); else, without
-  scikit-learn or with features and predictions not row for row, an equal share each.
+  features on half the window's rows; a feature's importance is the share of the surrogate's fit,
+  its R² on the other half, lost when the feature's column is shuffled there; computed for the
+  candidate causes only); else, without scikit-learn or with features and predictions not row
+  for row, an equal share each.
 * **a segment** (a value of a segment feature) whose labelled accuracy fell below the rest of
   its window's rows (a two-proportion z test against the rest, one-sided, Bonferroni over the
   segments at :data:`ALPHA`), scored by its part of the window's drop against the reference:
@@ -31,7 +32,7 @@ performance drops) carry the first two as a sentence ("most likely: …").
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -121,10 +122,13 @@ def sentence(causes: list[Cause]) -> str:
 
 
 def importance_on_window(features: WindowSnapshot, schema: FeatureSchema, outputs: WindowSnapshot,
-                         output_schema: FeatureSchema | None, seed: int = 0) -> dict[str, float] | None:
-    """Each feature's share of a permutation importance on the window (see the module
-    docstring), or None when it cannot be had (no numeric output, features and predictions not
-    row for row, too few rows, no scikit-learn)."""
+                         output_schema: FeatureSchema | None, candidates: Sequence[str] | None = None,
+                         seed: int = 0) -> dict[str, float] | None:
+    """Each of the ``candidates``' permutation importance on the window (default: every
+    feature): the share of the surrogate's fit (its R² on the held-out half) lost when the
+    feature's column is shuffled, in [0, 1] (see the module docstring); None when it cannot be
+    had (no numeric output, features and predictions not row for row, too few rows, a surrogate
+    that explains nothing, no scikit-learn)."""
     if output_schema is None or not output_schema.numeric_names or not row_for_row(features, outputs):
         return None
     target = np.asarray(outputs["numeric"], dtype=float)[:, 0]
@@ -139,18 +143,30 @@ def importance_on_window(features: WindowSnapshot, schema: FeatureSchema, output
         return None
     rng = np.random.default_rng(seed)
     picked = rng.permutation(len(target))[:MAX_ROWS]
-    half = len(picked) // 2
+    learn, held = picked[: len(picked) // 2], picked[len(picked) // 2:]
     try:
         from sklearn.ensemble import HistGradientBoostingRegressor
-        from sklearn.inspection import permutation_importance
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
+    names = [*schema.numeric_names, *schema.categorical_names]
+    out: dict[str, float] = {}
     with threadpool_limits(1, user_api="openmp"):
         model = HistGradientBoostingRegressor(max_iter=50, max_leaf_nodes=15, random_state=seed)
-        model.fit(x[picked[:half]], target[picked[:half]])
-        found = permutation_importance(model, x[picked[half:]], target[picked[half:]], n_repeats=3, random_state=seed)
-    raw = np.maximum(found.importances_mean, 0.0)
-    names = [*schema.numeric_names, *schema.categorical_names]
-    total = raw.sum()
-    return {n: float(v / total) for n, v in zip(names, raw)} if total > 0 else None
+        model.fit(x[learn], target[learn])
+        fit = _r2(target[held], model.predict(x[held]))
+        if fit <= 0:
+            return None
+        for name in candidates if candidates is not None else names:
+            if name not in names:
+                continue
+            shuffled = x[held].copy()
+            j = names.index(name)
+            shuffled[:, j] = rng.permutation(shuffled[:, j])
+            out[name] = float(np.clip((fit - _r2(target[held], model.predict(shuffled))) / fit, 0.0, 1.0))
+    return out
+
+
+def _r2(truth: np.ndarray, predicted: np.ndarray) -> float:
+    total = float(np.sum((truth - truth.mean()) ** 2))
+    return 1.0 - float(np.sum((truth - predicted) ** 2)) / total if total > 0 else 0.0

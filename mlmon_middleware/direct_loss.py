@@ -13,8 +13,10 @@ expects over a window:
    (y − ŷ)² from the features and ŷ; the other half, which they never saw, gives the spread of
    their misses (σ of the loss minus its estimate).
 3. **Per window**: the estimated MAE is the mean estimated |y − ŷ| of its rows, the RMSE the root
-   of the mean estimated (y − ŷ)²; the band is ± 1.96 σ / √n around the mean (for RMSE, its root's
-   bounds): how far the window's realized loss may be from the estimate by the rows' own noise.
+   of the mean estimated (y − ŷ)² (over at most :data:`MAX_PREDICTED` random rows of a larger
+   window, whose sampling error joins the band); the band is ± 1.96 σ / √n around the mean (for
+   RMSE, its root's bounds): how far the window's realized loss may be from the estimate by the
+   rows' own noise.
    The standard error a verdict needs adds the spread of the rows' estimated losses (a window
    drawn like this one may hold harder rows by chance): √((σ² + var) / n), through the root's
    derivative for RMSE. Like CBPE it assumes that p(y | x) did not change.
@@ -44,6 +46,7 @@ from mlmon_middleware.metrics import regression_metrics
 
 MAX_ROWS = 5000
 MAX_CELLS = 200_000
+MAX_PREDICTED = 2000  # window rows the loss models score at most (a random subset of larger windows)
 MIN_ROWS = 200  # labelled rows needed (half to learn, half to measure the misses)
 METRICS = ("mae", "rmse")
 Z = 1.959963984540054  # the normal's 97.5 % quantile: a 95 % band
@@ -95,15 +98,20 @@ class DLE:
         absolute, squared, spread_abs, spread_sq = self._models()
         from threadpoolctl import threadpool_limits
 
+        n = len(x)
+        if n > MAX_PREDICTED:  # the mean of a random subset: its own sampling error joins the band
+            x = x[np.sort(np.random.default_rng(0).choice(n, MAX_PREDICTED, replace=False))]
+        m = len(x)
         with threadpool_limits(1, user_api="openmp"):
             losses = np.maximum(absolute.predict(x), 0.0)
             squares = np.maximum(squared.predict(x), 0.0)
-        n = len(x)
         mae, mse = float(losses.mean()), float(squares.mean())
-        half_abs, half_sq = Z * spread_abs / np.sqrt(n), Z * spread_sq / np.sqrt(n)
+        subset_abs, subset_sq = losses.var() * (1 / m - 1 / n), squares.var() * (1 / m - 1 / n)
+        half_abs = Z * np.sqrt(spread_abs ** 2 / n + subset_abs)
+        half_sq = Z * np.sqrt(spread_sq ** 2 / n + subset_sq)
         # a window drawn like this one: the rows' own spread of expected losses as well
-        error_abs = float(np.sqrt((spread_abs ** 2 + losses.var()) / n))
-        error_sq = float(np.sqrt((spread_sq ** 2 + squares.var()) / n))
+        error_abs = float(np.sqrt(spread_abs ** 2 / n + losses.var() / m))
+        error_sq = float(np.sqrt(spread_sq ** 2 / n + squares.var() / m))
         rmse = float(np.sqrt(mse))
         return {"mae": {"value": mae, "low": max(mae - half_abs, 0.0), "high": mae + half_abs, "standard_error": error_abs},
                 "rmse": {"value": rmse, "low": float(np.sqrt(max(mse - half_sq, 0.0))), "high": float(np.sqrt(mse + half_sq)),

@@ -55,7 +55,8 @@ logger = logging.getLogger("mlmon_middleware")
 
 DRAWS = 200  # label draws for the band
 ROW_RESAMPLES = 50  # bootstrap resamples of the window's rows for the standard error
-MAX_RESAMPLED = 5000
+MAX_RESAMPLED = 2000
+MAX_DRAWN = 2000  # window rows the label draws run on (a larger window's spread is scaled from theirs)
 BAND = 0.95  # its central share
 CHUNK = 2_000_000  # label draws × rows drawn at a time (memory: 16 MB)
 MAX_CLASSES = 50  # more classes: no estimate
@@ -116,14 +117,19 @@ class CBPE:
         if not len(proba):
             return {m: {"value": None, "low": None, "high": None} for m in METRICS}
         c = self.calibrated(proba)
+        n = len(c)
+        # the label draws run on at most MAX_DRAWN rows; their spread is scaled to the window's
+        drawn = np.sort(np.random.default_rng(seed + 2).choice(n, MAX_DRAWN, replace=False)) if n > MAX_DRAWN \
+            else np.arange(n)
+        scale = np.sqrt(len(drawn) / n)
         if self.task == "binary":
             predicted = proba[:, 0] >= self.threshold
             expected = functools.partial(_on_rows, _binary_expected, c, predicted, proba[:, 0])
-            draws = _binary_draws(c, predicted, proba[:, 0], seed)
+            draws = _binary_draws(c[drawn], predicted[drawn], proba[drawn, 0], seed)
         else:
             predicted = proba.argmax(axis=1)
             expected = functools.partial(_on_rows, _multiclass_expected, c, predicted, proba)
-            draws = _multiclass_draws(c, predicted, proba, seed)
+            draws = _multiclass_draws(c[drawn], predicted[drawn], proba[drawn], seed)
         values = expected(np.arange(len(c)))
         if self.task == "multiclass":  # macro averages over the classes a window's labels or predictions hold:
             values.update({m: float(np.nanmean(draws[m])) for m in MACRO})  # their mean over the label draws
@@ -132,11 +138,18 @@ class CBPE:
         out: dict[str, Estimate] = {}
         for metric in METRICS:
             realized = draws[metric][np.isfinite(draws[metric])]
-            low, high = (float(v) for v in np.quantile(realized, [tail, 1 - tail])) if len(realized) else (None, None)
-            value = values[metric]
-            out[metric] = {"value": None if value is None or not np.isfinite(value) else float(value), "low": low, "high": high}
+            found = values[metric]
+            value = None if found is None or not np.isfinite(found) else float(found)
+            low: float | None = None
+            high: float | None = None
+            if len(realized) and value is not None:
+                quantiles = np.quantile(realized, [tail, 1 - tail])
+                if scale < 1:  # the subsample's spread, shrunk to the window's and centred on its estimate
+                    quantiles = value + (quantiles - realized.mean()) * scale
+                low, high = float(quantiles[0]), float(quantiles[1])
+            out[metric] = {"value": value, "low": low, "high": high}
             if len(realized) > 1:
-                out[metric]["standard_error"] = float(np.hypot(np.std(realized, ddof=1), rows_error.get(metric, 0.0)))
+                out[metric]["standard_error"] = float(np.hypot(np.std(realized, ddof=1) * scale, rows_error.get(metric, 0.0)))
         return out
 
     def to_dict(self) -> dict[str, Any]:
