@@ -67,6 +67,8 @@ class WebhookNotifier:
     def payload(event: dict[str, Any]) -> dict[str, Any]:
         text = (f"{ICON.get(event['state'], '')} {event['alertname']} {event['subject']} {event['state']} "
                 f"({event['severity']}), model {event.get('model', '?')} {event.get('version', '?')}").strip()
+        if event.get("cause"):  # dataset drift and performance drops: the check's likely causes
+            text += f" — {event['cause']}"
         return {"text": text, "mlmon": event}
 
     def _run(self) -> None:

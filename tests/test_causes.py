@@ -6,6 +6,7 @@ import numpy as np
 
 from mlmon_middleware import Baseline, DriftPolicy
 from mlmon_middleware.causes import rank_causes, sentence
+from mlmon_middleware.notify import WebhookNotifier
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4", "f5"]
 WEIGHTS = np.array([2.0, 1.0, 0.3, 0.2, 0.1, 0.0])  # the model leans on f0, never on f5
@@ -43,6 +44,7 @@ def test_a_planted_feature_ranks_first_by_the_models_reliance_in_nine_of_ten_see
         assert causes[0]["kind"] == "feature" and causes[0]["evidence"]["importance"] > 0.3
         drifted = [e for e in events if e["alertname"] == "DatasetDrift" and e["state"] == "firing"]
         assert drifted and drifted[0]["cause"].startswith(f"most likely: {causes[0]['name']} drifted (PSI ")
+        assert WebhookNotifier.payload(drifted[0])["text"].endswith(f" — {drifted[0]['cause']}")  # the webhook's words
     assert sum(first) >= 9, first
 
 
