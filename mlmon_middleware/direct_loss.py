@@ -49,6 +49,7 @@ MAX_CELLS = 200_000
 MAX_PREDICTED = 2000  # window rows the loss models score at most (a random subset of larger windows)
 MIN_ROWS = 200  # labelled rows needed (half to learn, half to measure the misses)
 METRICS = ("mae", "rmse")
+_SWAP = threading.Lock()  # guards the swap of an estimator's lock in a forked child
 Z = 1.959963984540054  # the normal's 97.5 % quantile: a 95 % band
 
 
@@ -69,8 +70,9 @@ class DLE:
 
     def _models(self) -> tuple[Any, Any, float, float]:
         """The two loss models and the spread of their misses on the held-out half."""
-        if self._pid != os.getpid():  # a forked child: the parent's lock may have been held at the fork
-            self._lock, self._pid = threading.Lock(), os.getpid()
+        with _SWAP:  # a forked child: the parent's lock may have been held at the fork
+            if self._pid != os.getpid():
+                self._lock, self._pid = threading.Lock(), os.getpid()
         with self._lock:
             if self._fitted is None:
                 from sklearn.ensemble import HistGradientBoostingRegressor

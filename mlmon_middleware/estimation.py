@@ -17,8 +17,8 @@ NannyML's CBPE; the steps:
    with each row counted c as a positive and 1 − c as a negative (one-vs-rest macro for
    multiclass). Multiclass precision, recall and F1
    are macro averages over the classes the window's labels or predictions hold (scikit-learn's,
-   as the realized metrics are computed); which classes those are depends on the labels, so
-   their estimate is the mean of the realized values of the label draws below.
+   as the realized metrics are computed); which classes those are depends on the labels, so each
+   class is weighted by the chance that it is seen: 1 when predicted, else 1 − Π(1 − c).
 3. **The band**: if the calibration holds, each label is a draw from its calibrated
    probability, so the window's *realized* metric is a random variable: :data:`DRAWS` sets of
    labels are drawn and the band is the central :data:`BAND` of the realized metrics they give.
@@ -61,7 +61,6 @@ BAND = 0.95  # its central share
 CHUNK = 2_000_000  # label draws × rows drawn at a time (memory: 16 MB)
 MAX_CLASSES = 50  # more classes: no estimate
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
-MACRO = ("precision", "recall", "f1")  # multiclass: averaged over the classes seen, as the realized ones
 
 
 class Estimate(TypedDict, total=False):
@@ -131,8 +130,6 @@ class CBPE:
             expected = functools.partial(_on_rows, _multiclass_expected, c, predicted, proba)
             draws = _multiclass_draws(c[drawn], predicted[drawn], proba[drawn], seed)
         values = expected(np.arange(len(c)))
-        if self.task == "multiclass":  # macro averages over the classes a window's labels or predictions hold:
-            values.update({m: float(np.nanmean(draws[m])) for m in MACRO})  # their mean over the label draws
         rows_error = _rows_errors(expected, len(c), seed)
         tail = (1 - BAND) / 2
         out: dict[str, Estimate] = {}
@@ -145,7 +142,7 @@ class CBPE:
             if len(realized) and value is not None:
                 quantiles = np.quantile(realized, [tail, 1 - tail])
                 if scale < 1:  # the subsample's spread, shrunk to the window's and centred on its estimate
-                    quantiles = value + (quantiles - realized.mean()) * scale
+                    quantiles = np.clip(value + (quantiles - realized.mean()) * scale, 0.0, 1.0)
                 low, high = float(quantiles[0]), float(quantiles[1])
             out[metric] = {"value": value, "low": low, "high": high}
             if len(realized) > 1:
@@ -267,8 +264,12 @@ def _multiclass_expected(c: np.ndarray, predicted: np.ndarray, proba: np.ndarray
     recall = np.where(actual > 0, tp / np.where(actual > 0, actual, 1), 0.0)
     f1 = np.where(predicted_count + actual > 0, 2 * tp / np.maximum(predicted_count + actual, 1e-300), 0.0)
     aucs = [weighted_auc(proba[:, j], c[:, j], 1 - c[:, j]) for j in range(k)]
-    return {"accuracy": float(tp.sum() / n), "precision": float(precision.mean()), "recall": float(recall.mean()),
-            "f1": float(f1.mean()), "roc_auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else np.nan}
+    # the macro averages count a class when the labels or the predictions hold it (scikit-learn's):
+    # weight each class by the chance that it is seen, 1 if predicted, else 1 − Π(1 − c)
+    seen = np.where(predicted_count > 0, 1.0, -np.expm1(np.log1p(-np.clip(c, 0.0, 1 - 1e-12)).sum(axis=0)))
+    weight = seen / seen.sum()
+    return {"accuracy": float(tp.sum() / n), "precision": float(precision @ weight), "recall": float(recall @ weight),
+            "f1": float(f1 @ weight), "roc_auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else np.nan}
 
 
 # ------------------------------------------------------------------------------ the band

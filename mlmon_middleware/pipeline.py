@@ -25,6 +25,7 @@ trim a second, not one per batch.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -76,7 +77,7 @@ class Pipeline:
         self._telemetry: Telemetry | None = None
         self._writer: StoreWriter | None = None
         self._pacer = Pacer()
-        self._trim_due, self._trimmed = False, 0.0  # a heap trim owed after oversized input, the last one
+        self._trim_due, self._trimmed = False, -math.inf  # a heap trim owed after oversized input, the last one
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -325,3 +325,6 @@ def test_multiclass_with_known_labels_gives_scikit_learns_macro_averages_even_fo
     for metric, value in zip(("precision", "recall", "f1"), expected[:3]):
         assert np.nanmean(draws[metric]) == pytest.approx(value, rel=1e-12) and np.ptp(draws[metric]) == 0
     assert draws["accuracy"][0] == pytest.approx(np.mean(truth == predicted), rel=1e-12)
+    expected_values = estimation._multiclass_expected(known, predicted, proba)  # the full-window value
+    for metric, value in zip(("precision", "recall", "f1"), expected[:3]):
+        assert expected_values[metric] == pytest.approx(value, rel=1e-12)
