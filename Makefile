@@ -9,13 +9,11 @@ DEMO_ARGS ?=
 
 .PHONY: demo test bench tools clean
 
-# --no-compile: bytecode is written on first import instead, for the modules that are imported
-# (a fraction of BentoML's, scikit-learn's and SciPy's); it keeps `make test` under 10 minutes.
 $(STAMP): pyproject.toml constraints.txt
 	@echo "building $(VENV): the package and every extra (FastAPI, BentoML, OTLP, CLI, SHAP, PostgreSQL, tests); a few minutes the first time"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar on --no-compile -c constraints.txt -e '.[fastapi,bentoml,otlp,cli,concept,explain,sklearn,postgres,dev,bench]'
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e '.[fastapi,bentoml,otlp,cli,concept,explain,sklearn,postgres,dev,bench]'
 	touch $(STAMP)
 
 # What the suite uses beyond .venv: Debian's prometheus (promtool and a real server for the rules
