@@ -49,7 +49,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from mlmon_middleware.metrics import as_label, average_ranks, classification_metrics, infer_task
+from mlmon_middleware.metrics import as_label, average_ranks, classification_metrics, infer_task, standard_errors
 
 logger = logging.getLogger("mlmon_middleware")
 
@@ -130,7 +130,7 @@ class CBPE:
             expected = functools.partial(_on_rows, _multiclass_expected, c, predicted, proba)
             draws = _multiclass_draws(c[drawn], predicted[drawn], proba[drawn], seed)
         values = expected(np.arange(len(c)))
-        rows_error = _rows_errors(expected, len(c), seed)
+        rows_error = standard_errors(expected, n, reps=ROW_RESAMPLES, max_rows=MAX_RESAMPLED, seed=seed + 1)
         tail = (1 - BAND) / 2
         out: dict[str, Estimate] = {}
         for metric in METRICS:
@@ -277,22 +277,6 @@ def _on_rows(metrics: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, f
              predicted: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> dict[str, float]:
     """``metrics`` of the window's ``rows`` (indices, repeats allowed)."""
     return metrics(c[rows], predicted[rows], scores[rows])
-
-
-def _rows_errors(expected: Callable[[np.ndarray], dict[str, float]], n: int, seed: int) -> dict[str, float]:
-    """Bootstrap standard errors of the estimates over the window's rows (:data:`ROW_RESAMPLES`
-    resamples of at most :data:`MAX_RESAMPLED` rows, scaled by the square root of their share as
-    :func:`~mlmon_middleware.metrics.standard_errors` does): how much the estimate itself moves
-    with the rows a window happens to hold."""
-    rng = np.random.default_rng(seed + 1)
-    base = rng.choice(n, MAX_RESAMPLED, replace=False) if n > MAX_RESAMPLED else np.arange(n)
-    samples: dict[str, list[float]] = {m: [] for m in METRICS}
-    for _ in range(ROW_RESAMPLES):
-        for metric, value in expected(base[rng.integers(0, len(base), len(base))]).items():
-            if np.isfinite(value):
-                samples[metric].append(value)
-    scale = np.sqrt(len(base) / n)
-    return {m: float(np.std(v, ddof=1) * scale) for m, v in samples.items() if len(v) > 1}
 
 
 def _draw_chunks(n: int) -> list[int]:

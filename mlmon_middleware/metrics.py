@@ -138,9 +138,10 @@ def evaluator(task: str | None, predictions: Sequence[Any], labels: Sequence[Any
                                             classes=classes)
 
 
-def standard_errors(evaluate: Evaluate, rows: int, *, reps: int = 100, max_rows: int = 2000,
-                    seed: int = 0) -> dict[str, float]:
-    """Bootstrap standard errors of the metrics of ``rows`` rows: ``reps`` resamples of at most
+def standard_errors(evaluate: Callable[[np.ndarray], Mapping[str, float | None]], rows: int, *, reps: int = 100,
+                    max_rows: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Bootstrap standard errors of the metrics of ``rows`` rows (an undefined metric, None or
+    NaN, is left out of its resample): ``reps`` resamples of at most
     ``max_rows`` of them, scaled by ``sqrt(m / rows)`` when ``m < rows`` rows were resampled (a
     metric's error shrinks as one over the square root of the rows; this keeps the cost of a
     check bounded however large the window).
@@ -163,7 +164,7 @@ def standard_errors(evaluate: Evaluate, rows: int, *, reps: int = 100, max_rows:
     samples: dict[str, list[float]] = {}
     for _ in range(reps):
         for metric, value in evaluate(base[rng.integers(0, m, m)]).items():
-            if value is not None and metric != "count":
+            if value is not None and metric != "count" and np.isfinite(value):
                 samples.setdefault(metric, []).append(value)
     scale = np.sqrt(m / rows)
     return {metric: float(np.std(values, ddof=1) * scale) for metric, values in samples.items() if len(values) > 1}
