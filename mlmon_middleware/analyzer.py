@@ -34,7 +34,7 @@ import numpy as np
 
 from mlmon_middleware.alerts import Alerts, Conditions
 from mlmon_middleware.baseline import Baseline
-from mlmon_middleware.causes import EXPLAINED, QUALITY_RISE, importance_on_window, rank_causes, sentence
+from mlmon_middleware.causes import EXPLAINED, candidates, importance_on_window, rank_causes, sentence
 from mlmon_middleware.drift.engine import compare
 from mlmon_middleware.drift.forecast import DriftTrend, Forecast
 from mlmon_middleware.drift.joint import rows_as_a_whole
@@ -197,7 +197,7 @@ class DriftChecker:
             conditions.update({("AttributionDrift", f): "warning" for f in report["attributions"].get("drifted", ())})
             if inputs.unapproved:
                 conditions[("ModelNotApproved", inputs.version)] = "critical"
-            if any(name in EXPLAINED for name, _ in conditions):
+            if any(name in EXPLAINED and severity != "none" for (name, _), severity in conditions.items()):
                 report["causes"] = self._step("causes", lambda: self._causes(report, performance, inputs), [])
             if inputs.scheduled:
                 said = sentence(report.get("causes", []))
@@ -285,11 +285,9 @@ class DriftChecker:
         """The likely causes (:mod:`~mlmon_middleware.causes`): importance from the explanations'
         shares when they run, else a permutation importance on the window."""
         shares = {f: a["current_share"] for f, a in (report["attributions"].get("features") or {}).items()}
-        candidates = [f for f, found in report.get("features", {}).items() if found.get("severity") not in ("none", "info")
-                      or found.get("missing_ratio", 0.0) >= QUALITY_RISE]
-        importance = shares or importance_on_window(inputs.features, inputs.schema or FeatureSchema([], []),
-                                                     inputs.outputs, inputs.output_schema, candidates)
         missing = {f: p.get("missing_rate", 0.0) for f, p in inputs.baseline.features.items()} if inputs.baseline else {}
+        importance = shares or importance_on_window(inputs.features, inputs.schema or FeatureSchema([], []),
+                                                     inputs.outputs, inputs.output_schema, candidates(report, missing))
         return rank_causes(report, importance, performance, self.policy.thresholds.effect_critical, missing,
                            "attribution" if shares else "importance")
 

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mlmon_middleware.reports import Cause, DriftReport, PerformanceReport
+from mlmon_middleware.reports import Cause, DriftReport, FeatureDrift, PerformanceReport
 from mlmon_middleware.reservoir import WindowSnapshot, row_for_row
 from mlmon_middleware.schema import FeatureSchema
 
@@ -61,13 +61,13 @@ def rank_causes(report: DriftReport, importance: Mapping[str, float] | None, per
     causes: list[Cause] = []
     for name, found in features.items():
         share = shares.get(name, 0.0)
-        if found.get("severity", "none") not in ("none", "info"):
+        if _drifted(found):
             moved = min(1.0, found.get("effect", 0.0) / effect_critical)
             psi = f"PSI {found['psi']:.2f}, " if "psi" in found else ""
             causes.append({"kind": "feature", "name": name, "score": moved * share,
                            "text": f"{name} drifted ({psi}{share * 100:.0f} % of {source})",
                            "evidence": {"effect": found.get("effect"), "psi": found.get("psi"), "importance": share}})
-        rise = found.get("missing_ratio", 0.0) - (reference_missing or {}).get(name, 0.0)
+        rise = _missing_rise(name, found, reference_missing)
         if rise >= QUALITY_RISE:
             causes.append({"kind": "quality", "name": name, "score": rise * max(share, 1e-3),
                            "text": f"{name}: {found.get('missing_ratio', 0.0) * 100:.0f} % of its values missing",
@@ -75,6 +75,21 @@ def rank_causes(report: DriftReport, importance: Mapping[str, float] | None, per
     causes += _segments(performance)
     causes.sort(key=lambda c: -c["score"])
     return causes[:TOP]
+
+
+def candidates(report: DriftReport, reference_missing: Mapping[str, float] | None = None) -> list[str]:
+    """The features that may be causes (drifted, or missing values risen): those whose
+    importance :func:`importance_on_window` needs."""
+    return [name for name, found in report.get("features", {}).items()
+            if _drifted(found) or _missing_rise(name, found, reference_missing) >= QUALITY_RISE]
+
+
+def _drifted(found: FeatureDrift) -> bool:
+    return found.get("severity", "none") not in ("none", "info")
+
+
+def _missing_rise(name: str, found: FeatureDrift, reference_missing: Mapping[str, float] | None) -> float:
+    return found.get("missing_ratio", 0.0) - (reference_missing or {}).get(name, 0.0)
 
 
 def _segments(performance: PerformanceReport | None) -> list[Cause]:
