@@ -33,8 +33,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import os
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,7 +47,6 @@ MAX_CELLS = 200_000
 MAX_PREDICTED = 2000  # window rows the loss models score at most (a random subset of larger windows)
 MIN_ROWS = 200  # labelled rows needed (half to learn, half to measure the misses)
 METRICS = ("mae", "rmse")
-_SWAP = threading.Lock()  # guards the swap of an estimator's lock in a forked child
 Z = 1.959963984540054  # the normal's 97.5 % quantile: a 95 % band
 
 
@@ -65,30 +62,26 @@ class DLE:
     outputs: tuple[str, ...] = ("prediction",)
     task: str = "regression"
     _fitted: tuple[Any, Any, float, float] | None = dataclasses.field(default=None, repr=False, compare=False)
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
-    _pid: int = dataclasses.field(default_factory=os.getpid, repr=False, compare=False)
 
     def _models(self) -> tuple[Any, Any, float, float]:
-        """The two loss models and the spread of their misses on the held-out half."""
-        with _SWAP:  # a forked child: the parent's lock may have been held at the fork
-            if self._pid != os.getpid():
-                self._lock, self._pid = threading.Lock(), os.getpid()
-        with self._lock:
-            if self._fitted is None:
-                from sklearn.ensemble import HistGradientBoostingRegressor
-                from threadpoolctl import threadpool_limits
+        """The two loss models and the spread of their misses on the held-out half, fitted at the
+        first call. Without a lock: a model's checks run one at a time (the checker's lock), and
+        two threads that did fit at once would fit the same models, the last one kept."""
+        if self._fitted is None:
+            from sklearn.ensemble import HistGradientBoostingRegressor
+            from threadpoolctl import threadpool_limits
 
-                order = np.random.default_rng(0).permutation(len(self.rows))
-                learn, held = self.rows[order[: len(order) // 2]], self.rows[order[len(order) // 2:]]
-                fitted = []
-                with threadpool_limits(1, user_api="openmp"):
-                    for power in (1, 2):
-                        model = HistGradientBoostingRegressor(max_iter=100, max_leaf_nodes=15, random_state=0)
-                        model.fit(learn[:, :-1], np.abs(learn[:, -1] - learn[:, -2]) ** power)
-                        miss = np.abs(held[:, -1] - held[:, -2]) ** power - model.predict(held[:, :-1])
-                        fitted.append((model, float(np.std(miss))))
-                self._fitted = (fitted[0][0], fitted[1][0], fitted[0][1], fitted[1][1])
-            return self._fitted
+            order = np.random.default_rng(0).permutation(len(self.rows))
+            learn, held = self.rows[order[: len(order) // 2]], self.rows[order[len(order) // 2:]]
+            fitted = []
+            with threadpool_limits(1, user_api="openmp"):
+                for power in (1, 2):
+                    model = HistGradientBoostingRegressor(max_iter=100, max_leaf_nodes=15, random_state=0)
+                    model.fit(learn[:, :-1], np.abs(learn[:, -1] - learn[:, -2]) ** power)
+                    miss = np.abs(held[:, -1] - held[:, -2]) ** power - model.predict(held[:, :-1])
+                    fitted.append((model, float(np.std(miss))))
+            self._fitted = (fitted[0][0], fitted[1][0], fitted[0][1], fitted[1][1])
+        return self._fitted
 
     def estimate(self, features: np.ndarray, predictions: np.ndarray) -> dict[str, Estimate]:
         """MAE and RMSE estimated for rows of ``features`` (columns in ``self.features`` order)
