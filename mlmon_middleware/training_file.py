@@ -166,21 +166,21 @@ def _progress_bar(path: str, enabled: bool) -> Any:
 
 
 class LabelledSample:
-    """A uniform random sample of at most ``size`` (label, probabilities) rows of a file read in
+    """A uniform random sample of at most ``size`` (label, values) rows of a file read in
     chunks: each chunk's rows join the sample in the number a uniform sample of everything read
     so far would hold (a hypergeometric draw), so the sample never depends on the file's order."""
 
     def __init__(self, size: int, seed: int = 0) -> None:
         self.size, self.seen = size, 0
         self.labels: np.ndarray = np.empty(0, dtype=object)
-        self.proba: np.ndarray = np.empty((0, 0))
+        self.values: np.ndarray = np.empty((0, 0))
         self._rng = np.random.default_rng(seed)
 
-    def add(self, labels: np.ndarray, proba: np.ndarray) -> None:
+    def add(self, labels: np.ndarray, values: np.ndarray) -> None:
         keep = labels != None  # noqa: E711 (elementwise): a row without its label says nothing
-        labels, proba = labels[keep], proba[keep]
+        labels, values = labels[keep], values[keep]
         if not self.seen:
-            self.proba = np.empty((0, proba.shape[1]))
+            self.values = np.empty((0, values.shape[1]))
         total = self.seen + len(labels)
         room = min(self.size, total)
         new = room - len(self.labels) if total <= self.size else int(self._rng.hypergeometric(len(labels), self.seen, room))
@@ -188,7 +188,7 @@ class LabelledSample:
         kept_old = np.sort(self._rng.choice(len(self.labels), old, replace=False))
         kept_new = np.sort(self._rng.choice(len(labels), new, replace=False))
         self.labels = np.concatenate([self.labels[kept_old], labels[kept_new]])
-        self.proba = np.vstack([self.proba[kept_old], proba[kept_new]])
+        self.values = np.vstack([self.values[kept_old], values[kept_new]])
         self.seen = total
 
 
@@ -276,7 +276,7 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
     if labelled is not None and proba:
         _add_estimator(baseline, labelled, proba, positive, threshold)
     elif labelled is not None and len(labelled.labels) and infer_task(labelled.labels.tolist()) == "regression":
-        estimator = direct_loss.fit(labelled.proba[:, :-1], learnt[:-1], labelled.proba[:, -1],
+        estimator = direct_loss.fit(labelled.values[:, :-1], learnt[:-1], labelled.values[:, -1],
                                     labelled.labels.astype(float))
         if estimator is not None:
             baseline.payload["estimation"] = estimator.to_dict()
@@ -291,11 +291,11 @@ def _add_estimator(baseline: Baseline, labelled: LabelledSample, proba: Sequence
     baseline's performance), or say why there can be none."""
     from mlmon_middleware import estimation
 
-    usable = np.isfinite(labelled.proba).all(axis=1)
+    usable = np.isfinite(labelled.values).all(axis=1)
     if not usable.any():
         raise BaselineError(f"no row has both a label and every --proba column ({', '.join(proba)}) as numbers")
     outputs = ["prediction"] if len(proba) == 1 else list(proba)
-    rows = labelled.proba[usable].tolist()
+    rows = labelled.values[usable].tolist()
     estimator = estimation.estimator_for(None, labelled.labels[usable].tolist(), rows, outputs, positive=positive,
                                          threshold=threshold)
     if estimator is None:
