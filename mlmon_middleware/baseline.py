@@ -168,15 +168,19 @@ class Baseline:
             preds = [dict(zip(output_names, v if isinstance(v, list) else [v])) for v in pred_values]
             metrics = compute_metrics(task, preds, labels, positive=positive, threshold=threshold)
             baseline.payload["performance"] = {k: v for k, v in metrics.items() if k != "count" and v is not None}
-            estimator: estimation.CBPE | direct_loss.DLE | None = estimation.estimator_for(
-                task, labels, pred_values, list(output_names), positive=positive, threshold=threshold)
-            if (task or infer_task(labels)) == "regression":
-                estimator = direct_loss.fit(schema.encode(rows).numeric, schema.numeric_names,
-                                            [first_number(p) for p in preds], labels)
+            estimator = direct_loss.fit(schema.encode(rows).numeric, schema.numeric_names, [first_number(p) for p in preds],
+                                        labels) if (task or infer_task(labels)) == "regression" else \
+                estimation.estimator_for(task, labels, pred_values, list(output_names), positive=positive, threshold=threshold)
             if estimator is not None:
-                baseline.payload["estimation"] = estimator.to_dict()
-                baseline.estimator = estimator
+                baseline.keep_estimator(estimator)
         return baseline
+
+    def keep_estimator(self, estimator: estimation.CBPE | direct_loss.DLE) -> None:
+        """Keep a label-free performance estimator (in the file and as :attr:`estimator`); its
+        reference metrics become the baseline's performance when it has none."""
+        self.payload["estimation"] = estimator.to_dict()
+        self.payload.setdefault("performance", dict(estimator.reference))
+        self.estimator = estimator
 
     @classmethod
     def from_encoded(cls, schema: FeatureSchema, encoded: Any, outputs: tuple[FeatureSchema, Any] | None = None, *,

@@ -279,9 +279,7 @@ def build_baseline(path: str, model: str, *, target: str | None = None, predicti
         estimator = direct_loss.fit(labelled.values[:, :-1], learnt[:-1], labelled.values[:, -1],
                                     labelled.labels.astype(float))
         if estimator is not None:
-            baseline.payload["estimation"] = estimator.to_dict()
-            baseline.payload["performance"] = dict(estimator.reference)
-            baseline.estimator = estimator
+            baseline.keep_estimator(estimator)
     return baseline
 
 
@@ -302,6 +300,4 @@ def _add_estimator(baseline: Baseline, labelled: LabelledSample, proba: Sequence
         raise BaselineError("no label-free estimator: --proba must hold probabilities in [0, 1] (not 0/1 labels), one "
                             "column for a binary model or one per class named as the class; the labels must be those "
                             "classes")
-    baseline.payload["estimation"] = estimator.to_dict()
-    baseline.payload["performance"] = dict(estimator.reference)
-    baseline.estimator = estimator
+    baseline.keep_estimator(estimator)
