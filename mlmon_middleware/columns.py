@@ -112,3 +112,14 @@ def varying(rows: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
     looked = np.ones(rows.shape[1], dtype=bool) if among is None else among
     return np.array([bool(ok) and bool(finite[:, j].any()) and np.ptp(rows[finite[:, j], j]) > 0
                      for j, ok in enumerate(looked)], dtype=bool)
+
+
+def positions(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """The positions of a random subset of at most ``limit`` of ``n`` rows, in their order (all
+    of them when there are no more): chosen by position, never by value, so a test on the subset
+    keeps its level.
+
+    >>> positions(5, 10, np.random.default_rng(0)).tolist(), len(positions(10, 3, np.random.default_rng(0)))
+    ([0, 1, 2, 3, 4], 3)
+    """
+    return np.sort(rng.choice(n, limit, replace=False)) if n > limit else np.arange(n)

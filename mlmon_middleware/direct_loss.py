@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from mlmon_middleware.columns import varying
+from mlmon_middleware.columns import positions, varying
 from mlmon_middleware.estimation import Estimate
 from mlmon_middleware.metrics import regression_metrics
 
@@ -95,7 +95,7 @@ class DLE:
 
         n = len(x)
         if n > MAX_PREDICTED:  # the mean of a random subset: its own sampling error joins the band
-            x = x[np.sort(np.random.default_rng(0).choice(n, MAX_PREDICTED, replace=False))]
+            x = x[positions(n, MAX_PREDICTED, np.random.default_rng(0))]
         m = len(x)
         with threadpool_limits(1, user_api="openmp"):
             losses = np.maximum(absolute.predict(x), 0.0)
@@ -137,7 +137,7 @@ def fit(features: Any, names: Sequence[str], predictions: Any, labels: Any, seed
     if kept < MIN_ROWS:
         return None
     reference = {m: float(v) for m, v in regression_metrics(labels, predictions).items() if m in METRICS and v is not None}
-    picked = np.sort(np.random.default_rng(seed).choice(len(labels), kept, replace=False))
+    picked = positions(len(labels), kept, np.random.default_rng(seed))
     rows = np.column_stack([features[picked][:, varies], predictions[picked], labels[picked]])
     rows[~np.isfinite(rows)] = np.nan
     return DLE(tuple(n for n, keep in zip(names, varies) if keep), np.ascontiguousarray(rows), reference)

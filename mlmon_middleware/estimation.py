@@ -49,6 +49,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from mlmon_middleware.columns import positions
 from mlmon_middleware.metrics import as_label, average_ranks, classification_metrics, infer_task, standard_errors
 
 logger = logging.getLogger("mlmon_middleware")
@@ -118,8 +119,7 @@ class CBPE:
         c = self.calibrated(proba)
         n = len(c)
         # the label draws run on at most MAX_DRAWN rows; their spread is scaled to the window's
-        drawn = np.sort(np.random.default_rng(seed + 2).choice(n, MAX_DRAWN, replace=False)) if n > MAX_DRAWN \
-            else np.arange(n)
+        drawn = positions(n, MAX_DRAWN, np.random.default_rng(seed + 2))
         scale = np.sqrt(len(drawn) / n)
         if self.task == "binary":
             predicted = proba[:, 0] >= self.threshold

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from mlmon_middleware.columns import varying
+from mlmon_middleware.columns import positions, varying
 
 MAX_REFERENCE = 2000  # reference rows the baseline keeps at most
 MAX_CELLS = 100_000  # and values (rows × features): about 2 MB of JSON
@@ -90,7 +90,7 @@ def fit(rows: np.ndarray, features: Sequence[str], seed: int = 0) -> ClassifierR
     kept = min(MAX_REFERENCE, MAX_CELLS // int(varies.sum()), len(rows))
     if kept < MIN_REFERENCE:
         return None
-    picked = np.sort(np.random.default_rng(seed).choice(len(rows), kept, replace=False))
+    picked = positions(len(rows), kept, np.random.default_rng(seed))
     sample = np.ascontiguousarray(rows[picked][:, varies])
     sample[~np.isfinite(sample)] = np.nan
     return ClassifierReference(tuple(n for n, keep in zip(features, varies) if keep), sample)
@@ -129,7 +129,7 @@ def window_rows(reference: ClassifierReference, rows: np.ndarray, columns: Seque
     rows = np.asarray(rows)
     limit = rows_tested(reference)
     if len(rows) > limit:  # chosen by position, not value: the test's level is unchanged
-        rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))]
+        rows = rows[positions(len(rows), limit, np.random.default_rng(seed))]
     rows = np.array(rows if columns is None else rows[:, list(columns)], dtype=float).reshape(-1, len(reference.features))
     rows[~np.isfinite(rows)] = np.nan
     return rows

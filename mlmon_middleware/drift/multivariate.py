@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from mlmon_middleware.columns import varying
+from mlmon_middleware.columns import positions, varying
 
 VARIANCE = 0.9  # the share of the reference's variance the kept components explain
 MAX_REFERENCE = 5000  # held-out reference errors kept in the baseline
@@ -100,7 +100,7 @@ def fit(rows: np.ndarray, features: Sequence[str], seed: int = 0, variance: floa
         return None
     rng = np.random.default_rng(seed)
     if len(rows) > MAX_FIT:  # pick the rows first: no copy of a large sample is made
-        rows = rows[np.sort(rng.choice(len(rows), MAX_FIT, replace=False))]
+        rows = rows[positions(len(rows), MAX_FIT, rng)]
     finite = np.isfinite(rows)
     present = finite.mean(axis=0) >= MIN_PRESENT
     spread = varying(rows, among=present)
@@ -138,7 +138,7 @@ def check(model: PCAModel, rows: np.ndarray, columns: Sequence[int] | None = Non
     rows = np.asarray(rows)
     limit = rows_tested(model)
     if len(rows) > limit:  # chosen by position, not value: the test's level is unchanged
-        rows = rows[np.sort(np.random.default_rng(0).choice(len(rows), limit, replace=False))]
+        rows = rows[positions(len(rows), limit, np.random.default_rng(0))]
     rows = np.asarray(rows if columns is None else rows[:, list(columns)], dtype=float).reshape(-1, len(model.features))
     rows = rows[np.isfinite(rows).all(axis=1)]
     if not len(rows):
