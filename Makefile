@@ -42,10 +42,12 @@ tools:
 demo: $(STAMP)
 	$(BIN)/python examples/fastapi_sklearn/demo.py $(DEMO_ARGS)
 
+# The suite runs on as many processes as the machine has cores (pytest-xdist; each test starts its
+# own servers on free ports, so they do not meet); `pytest tests/test_x.py` runs one file serially.
 test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 # The benchmarks (not tests): request overhead (in-process ASGI, real uvicorn under wrk, memory),
 # drift checks (against scipy and Evidently, which gets its own venv: its pandas pin clashes), the
