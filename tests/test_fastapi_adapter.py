@@ -191,3 +191,31 @@ def test_instrument_app_twice_is_a_no_op_and_uninstrument_app_takes_it_back(harn
         assert client.get("/mlmon/health").status_code == 404
     uninstrument_app(app)  # again: nothing to take back
     other.shutdown()
+
+
+def test_the_apps_requests_pass_mlmons_routes_without_trying_them(harness, monkeypatch):
+    """Starlette tries every route in front of the one that matches; mlmon's sixteen routes sit
+    first. A request to the app's own endpoint must not pay one regular expression per route of
+    ours, and every route of ours must still answer, also under a root_path."""
+    from starlette.routing import Route
+
+    tried = []
+    original = Route.matches
+
+    def counting(self, scope):
+        if self.path.startswith("/mlmon/"):
+            tried.append(self.path)
+        return original(self, scope)
+
+    app = make_app(harness.monitor)
+    monkeypatch.setattr(Route, "matches", counting)
+    with TestClient(app) as client:
+        assert client.post("/models/a/predict", json={"petal_length": 1.0}).status_code == 200
+        assert client.get("/plain").status_code == 200
+        assert tried == []  # neither request tried a route of ours
+        assert client.get("/mlmon/health").status_code == 200 and tried
+        assert client.post("/mlmon/health").status_code == 405  # our path, another method
+        assert client.get("/mlmon/predictions/abc").status_code not in (404, 405)  # a path parameter: ours answers
+    behind_a_proxy = TestClient(app, root_path="/api")  # no lifespan: the monitor started once above
+    assert orjson.loads(behind_a_proxy.get("/api/mlmon/health").content)["status"]
+    assert behind_a_proxy.get("/api/mlmon/").headers["content-type"].startswith("text/html")

@@ -34,13 +34,15 @@ True
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from types import EllipsisType
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.routing import BaseRoute, Match, Route, Router
-from starlette.types import Scope
+from starlette.datastructures import URLPath
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route, Router
+from starlette.types import Receive, Scope, Send
 
 from mlmon_middleware import Endpoint, MLMonitorMiddleware, Monitor
 from mlmon_middleware.routes import metrics_endpoint, routes
@@ -90,9 +92,9 @@ def instrument_app(app: FastAPI, *, registry: Monitor | None = None, endpoints: 
     app.add_middleware(MLMonitorMiddleware, registry=mon, endpoints=tuple(endpoints), max_body_bytes=max_body_bytes)
     path = mon.config.metrics_path if isinstance(metrics_path, EllipsisType) else metrics_path
     added: list[BaseRoute] = [*_metrics_routes(mon, app.router, path),
-                              *routes(mon, metrics=None, health=health_path, drift=drift_path, feedback=feedback_path,
-                                      performance=performance_path, alerts=alerts_path, predictions=predictions_path,
-                                      dashboard=dashboard_path)]
+                              _Grouped(routes(mon, metrics=None, health=health_path, drift=drift_path,
+                                              feedback=feedback_path, performance=performance_path, alerts=alerts_path,
+                                              predictions=predictions_path, dashboard=dashboard_path))]
     # First in the table: an app's catch-all (a single-page app's /{path:path} fallback) must not
     # hide /mlmon/*; the metrics routes still give way to a route of the app at their exact path.
     app.router.routes[0:0] = added
@@ -155,7 +157,7 @@ class _GivingWay(Route):
             path = scope["path"]
             scopes.append({**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"})
         for route in self.router.routes:
-            if not isinstance(route, _GivingWay) and any(_takes(route, s, self.path) for s in scopes):
+            if not isinstance(route, (_GivingWay, _Grouped)) and any(_takes(route, s, self.path) for s in scopes):
                 if not self.warned:
                     self.warned = True
                     logger.warning("mlmon: %s answers GET %s, so mlmon leaves that path to it: %s", _describe(route),
@@ -164,6 +166,58 @@ class _GivingWay(Route):
                                    "port of their own)")
                 return True
         return False
+
+
+class _Grouped(BaseRoute):
+    """mlmon's routes as one entry at the head of the app's route table. Starlette tries every
+    route before the one that matches, one regular expression each: sixteen of ours in front of
+    the app's endpoint cost its every request 10–20 µs (measured on the project's VM, in
+    process). A request whose path holds none of our routes' fixed prefixes (``/mlmon/``; a path
+    up to its first parameter) passes this entry with one substring test per prefix; the others
+    go to our routes in their order, as if they stood in the table themselves. (A substring, not
+    a prefix test: under a ``root_path`` the path a route sees is a suffix of ``scope["path"]``.)
+
+    >>> from starlette.applications import Starlette
+    >>> from starlette.responses import PlainTextResponse
+    >>> from starlette.testclient import TestClient
+    >>> ours = _Grouped([Route("/mlmon/a/{x}", lambda r: PlainTextResponse(r.path_params["x"]), methods=["GET"])])
+    >>> ours.path, ours.matches({"type": "http", "path": "/predict", "method": "GET"})[0]
+    ('/mlmon/a/', <Match.NONE: 0>)
+    >>> client = TestClient(Starlette(routes=[ours]))
+    >>> client.get("/mlmon/a/1").text, client.post("/mlmon/a/1").status_code, client.get("/mlmon/b").status_code
+    ('1', 405, 404)
+    """
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+        self.prefixes = tuple(dict.fromkeys(r.path.partition("{")[0] for r in routes))
+        self.path = os.path.commonprefix(self.prefixes)  # for tools that list the table's paths
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or not any(p in scope["path"] for p in self.prefixes):
+            return Match.NONE, {}
+        partial: Scope | None = None
+        for route in self.routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return Match.FULL, {**child_scope, _CHOSEN: route}
+            if match is Match.PARTIAL and partial is None:  # the right path, another method
+                partial = {**child_scope, _CHOSEN: route}
+        return (Match.NONE, {}) if partial is None else (Match.PARTIAL, partial)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope[_CHOSEN].handle(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        for route in self.routes:
+            try:
+                return route.url_path_for(name, **path_params)
+            except NoMatchFound:
+                continue
+        raise NoMatchFound(name, path_params)
+
+
+_CHOSEN = "mlmon.route"  # the scope key by which _Grouped.matches tells handle which route matched
 
 
 def _takes(route: BaseRoute, scope: Scope, path: str) -> bool:
