@@ -44,6 +44,41 @@ def test_wasserstein_matches_scipy(seed, n_ref, n_cur, ties):
     assert stats.wasserstein(ref, cur) == pytest.approx(wasserstein_distance(ref, cur), rel=1e-9, abs=1e-12)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 3000), st.integers(1, 30_000), st.sampled_from(["normal", "far", "integers", "float32"]))
+def test_ks_and_wasserstein_at_the_checks_sizes(seed, n_ref, n_cur, kind):
+    """The check's shapes: a reference grid of up to a few thousand values against windows up to
+    tens of thousands, values far from zero (1e4 + noise), few distinct values, float32 grids."""
+    rng = np.random.default_rng(seed)
+    ref, cur = rng.normal(0, 1, n_ref), rng.normal(rng.uniform(-0.2, 0.2), rng.uniform(0.8, 1.2), n_cur)
+    if kind == "far":
+        ref, cur = ref + 1e4, cur + 1e4
+    elif kind == "integers":
+        ref, cur = np.round(ref * 2), np.round(cur * 2)
+    elif kind == "float32":
+        ref = ref.astype(np.float32).astype(float)
+    ref, cur = np.sort(ref), np.sort(cur)
+    expected_ks, expected_w = ks_2samp(ref, cur).statistic, wasserstein_distance(ref, cur)
+    for ks, w in (stats.ks_wasserstein(ref, cur), stats._ks_wasserstein_lookup(ref, cur)):  # the merge, the lookup
+        assert ks == pytest.approx(expected_ks, abs=1e-12)
+        assert w == pytest.approx(expected_w, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_a_big_window_is_looked_up_and_agrees_with_scipy(offset, monkeypatch):
+    rng = np.random.default_rng(3)
+    ref = np.sort(np.round(rng.normal(0, 1, 2000), 2)) + offset
+    cur = np.sort(np.round(rng.normal(0.05, 1.1, stats.LOOKUP_FROM + 1), 2)) + offset
+    calls = []
+    monkeypatch.setattr(stats, "_ks_wasserstein_lookup", lambda *samples: calls.append(samples) or (0.0, 0.0))
+    stats.ks_wasserstein(ref, cur)
+    assert len(calls) == 1  # the dispatch: this window is looked up, not merged
+    monkeypatch.undo()
+    ks, w = stats.ks_wasserstein(ref, cur)
+    assert ks == pytest.approx(ks_2samp(ref, cur).statistic, abs=1e-12)
+    assert w == pytest.approx(wasserstein_distance(ref, cur), rel=1e-9, abs=1e-12)
+
+
 @settings(max_examples=200, deadline=None)
 @given(seeds, st.integers(2, 20), st.integers(1, 8))
 def test_psi_and_js_match_the_formula_and_scipy(seed, bins, features):

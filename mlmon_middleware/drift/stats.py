@@ -72,11 +72,32 @@ def js_distance(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
     return np.asarray(np.sqrt(np.clip((kl_p + kl_q) / 2, 0.0, None)))
 
 
+#: window sizes from which :func:`ks_wasserstein` looks the reference up in the window rather than
+#: merging the two (measured on the project's VM against a 2,000-value grid: the merge costs
+#: 0.25 ms at 10,000 rows and the lookup 0.47; at 100,000 rows 3.3 ms and 1.25 ms, the merge's
+#: arrays no longer fitting in the cache; they cross near 50,000)
+LOOKUP_FROM = 50_000
+
+
 def ks_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:
-    """The two-sided KS statistic and the Wasserstein-1 distance of two sorted samples, in one
-    pass: a stable argsort of the two runs is a linear merge, and the running count of reference
-    values gives both empirical CDFs at every pooled point (as ``scipy.stats.ks_2samp`` and
-    ``wasserstein_distance`` evaluate them)."""
+    """The two-sided KS statistic and the Wasserstein-1 distance of two sorted samples (as
+    ``scipy.stats.ks_2samp`` and ``wasserstein_distance``), in one pass over the window: a
+    merge of the two runs up to :data:`LOOKUP_FROM` window values, a lookup beyond
+    (:func:`_ks_wasserstein_lookup`).
+
+    >>> import scipy.stats
+    >>> rng = np.random.default_rng(0)
+    >>> ref, cur = np.sort(rng.normal(size=300)), np.sort(np.round(rng.normal(0.2, 1, 1000), 1))
+    >>> ks, w = ks_wasserstein(ref, cur)
+    >>> bool(abs(ks - scipy.stats.ks_2samp(ref, cur).statistic) < 1e-12)
+    True
+    >>> bool(abs(w - scipy.stats.wasserstein_distance(ref, cur)) < 1e-12)
+    True
+    """
+    if len(cur_sorted) >= LOOKUP_FROM:
+        return _ks_wasserstein_lookup(ref_sorted, cur_sorted)
+    # A stable argsort of the two runs is a linear merge, and the running count of reference
+    # values gives both empirical CDFs at every pooled point.
     m, n = len(ref_sorted), len(cur_sorted)
     pooled = np.concatenate([ref_sorted, cur_sorted])
     order = np.argsort(pooled, kind="stable")
@@ -87,6 +108,57 @@ def ks_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[floa
     # area (zero width) and must not count for the maximum.
     last = np.append(values[1:] != values[:-1], True)
     return float(gap[last].max()), float(np.sum(gap[:-1] * np.diff(values)))
+
+
+def _ks_wasserstein_lookup(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:
+    """:func:`ks_wasserstein` without merging: the reference (a grid of a few thousand
+    quantiles) is looked up in the window, which is read once, by one cumulative sum.
+
+    Between two consecutive distinct reference values ``u_k < u_k+1`` the reference's CDF is a
+    constant ``a``; the window's CDF ``G`` climbs from ``G(u_k)`` to ``G(u_k+1 −)``. So the KS
+    statistic is the largest of ``|a − G(u_k)|`` and ``|a − G(u_k+1 −)|``, and the area
+    ``∫ |a − G|`` over the interval splits where ``G`` reaches ``a`` (at the window's
+    ``⌈a·n⌉``-th value) into two integrals of ``G``, each read from ``H(x) = ∫ G``: with ``r``
+    window values at or below ``x``, ``n·H(x) = r·x − (their sum)``, exact for any ``r`` that
+    counts all values below ``x`` and only values equal to it besides. The sums are taken from
+    the window's smallest value up, so that values far from zero lose no precision.
+
+    >>> import scipy.stats
+    >>> rng = np.random.default_rng(0)
+    >>> ref, cur = np.sort(rng.normal(size=300)), np.sort(np.round(rng.normal(0.2, 1, 1000), 1))
+    >>> ks, w = _ks_wasserstein_lookup(ref, cur)
+    >>> bool(abs(ks - scipy.stats.ks_2samp(ref, cur).statistic) < 1e-12)
+    True
+    >>> bool(abs(w - scipy.stats.wasserstein_distance(ref, cur)) < 1e-12)
+    True
+    """
+    m, n = len(ref_sorted), len(cur_sorted)
+    last = np.empty(m, dtype=bool)  # the last of each run of equal reference values
+    np.not_equal(ref_sorted[1:], ref_sorted[:-1], out=last[:-1])
+    last[-1] = True
+    u = ref_sorted[last]
+    at_or_below = np.flatnonzero(last) + 1  # reference values <= each u
+    a = at_or_below / m
+    right = np.searchsorted(cur_sorted, u, side="right")  # window values <= each u
+    left = np.searchsorted(cur_sorted, u, side="left")  # window values < each u
+    ks = max(float(np.max(np.abs(a - right / n))), float(np.max(np.abs(np.append(0.0, a[:-1]) - left / n))))
+
+    shift = cur_sorted[0]
+    sums = np.append(0.0, np.cumsum(cur_sorted - shift))  # sums[r]: of the r smallest, less r·shift
+    # the intervals [lo, hi) and the reference's CDF level on each: before u_0 (0), between the
+    # u (a), after the last (1, up to the window's largest value); r_ counts window values <= x
+    lo, r_lo = np.append(min(shift, u[0]), u), np.append(0, right)
+    hi, r_hi = np.append(u, max(cur_sorted[-1], u[-1])), np.append(right, n)
+    counts = np.append(0, at_or_below)
+    level = counts / m
+    reach = -(-(counts * n) // m)  # G >= level from the window's reach-th value on (1-based)
+    crossing = np.where(reach > 0, cur_sorted[np.maximum(reach, 1) - 1], -np.inf)
+    cross = np.clip(crossing, lo, hi)
+    r_cross = np.where(crossing < lo, r_lo, np.where(crossing > hi, r_hi, reach))
+    h_lo, h_cross, h_hi = (r * (x - shift) - sums[r] for x, r in ((lo, r_lo), (cross, r_cross), (hi, r_hi)))
+    below_level = level * (cross - lo) * n - (h_cross - h_lo)  # n·∫ (level − G) where G < level
+    above_level = (h_hi - h_cross) - level * (hi - cross) * n  # n·∫ (G − level) where G >= level
+    return ks, float(np.sum(below_level + above_level)) / n
 
 
 def ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
