@@ -45,14 +45,19 @@ def test_wasserstein_matches_scipy(seed, n_ref, n_cur, ties):
 
 
 @settings(max_examples=60, deadline=None)
-@given(seeds, st.integers(1, 3000), st.integers(1, 30_000), st.sampled_from(["normal", "far", "integers", "float32"]))
+@given(seeds, st.integers(1, 3000), st.integers(1, 30_000),
+       st.sampled_from(["normal", "far", "outlier", "integers", "float32"]))
 def test_ks_and_wasserstein_at_the_checks_sizes(seed, n_ref, n_cur, kind):
     """The check's shapes: a reference grid of up to a few thousand values against windows up to
-    tens of thousands, values far from zero (1e4 + noise), few distinct values, float32 grids."""
+    tens of thousands, values far from zero (1e8 + noise), one window value far below the rest,
+    few distinct values, float32 grids."""
     rng = np.random.default_rng(seed)
     ref, cur = rng.normal(0, 1, n_ref), rng.normal(rng.uniform(-0.2, 0.2), rng.uniform(0.8, 1.2), n_cur)
     if kind == "far":
-        ref, cur = ref + 1e4, cur + 1e4
+        ref, cur = ref + 1e8, cur + 1e8
+    elif kind == "outlier":
+        ref, cur = ref + 1e8, cur + 1e8
+        cur[0] = -1e11
     elif kind == "integers":
         ref, cur = np.round(ref * 2), np.round(cur * 2)
     elif kind == "float32":
@@ -64,11 +69,14 @@ def test_ks_and_wasserstein_at_the_checks_sizes(seed, n_ref, n_cur, kind):
         assert w == pytest.approx(expected_w, rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("offset", [0.0, 1e4])
-def test_a_big_window_is_looked_up_and_agrees_with_scipy(offset, monkeypatch):
+@pytest.mark.parametrize("offset, outlier", [(0.0, None), (1e8, None), (1e8, -1e11)])
+def test_a_big_window_is_looked_up_and_agrees_with_scipy(offset, outlier, monkeypatch):
     rng = np.random.default_rng(3)
     ref = np.sort(np.round(rng.normal(0, 1, 2000), 2)) + offset
-    cur = np.sort(np.round(rng.normal(0.05, 1.1, stats.LOOKUP_FROM + 1), 2)) + offset
+    cur = np.round(rng.normal(0.05, 1.1, stats.LOOKUP_FROM + 1), 2) + offset
+    if outlier is not None:  # one value far below the rest (a sentinel, a unit error)
+        cur[0] = outlier
+    cur = np.sort(cur)
     calls = []
     monkeypatch.setattr(stats, "_ks_wasserstein_lookup", lambda *samples: calls.append(samples) or (0.0, 0.0))
     stats.ks_wasserstein(ref, cur)

@@ -79,10 +79,16 @@ def test_prometheus_fastapi_instrumentator_keeps_metrics_and_mlmon_moves_to_its_
         with TestClient(app) as client:
             for _ in range(3):
                 assert client.post("/predict", json={"x": 1.0}).headers["x-prediction-id"]
+            client.get("/mlmon/health")
+            client.post("/mlmon/health")  # 405: our path, another method
             scrapes = [client.get("/metrics").text for _ in range(3)]
             ours = client.get("/mlmon/metrics").text
     assert "http_requests" in families(scrapes[-1]) and not any("mlmon" in f for f in families(scrapes[-1]))
     assert 'handler="/predict"' in scrapes[-1]  # its middleware still sees every request
+    # mlmon's routes share one entry of the route table; each still has its own name
+    assert 'handler="/mlmon/health",method="GET",status="2xx"' in scrapes[-1]
+    assert 'handler="/mlmon/health",method="POST",status="4xx"' in scrapes[-1]
+    assert 'handler="/mlmon/"' not in scrapes[-1]
     assert "mlmon_predictions" in families(ours) and "http_requests" not in families(ours)
     assert predictions(ours) == 3
     (warning,) = warnings_of(caplog)  # once, however often /metrics is scraped
@@ -106,6 +112,7 @@ def test_opentelemetry_fastapi_instrumentor_and_prometheus_reader_beside_mlmon(h
             with TestClient(app) as client:
                 for _ in range(2):
                     client.post("/predict", json={"x": 1.0})
+                client.get("/mlmon/health")
                 scraped = client.get("/metrics")
                 ours = client.get("/mlmon/metrics").text
         finally:
@@ -113,6 +120,7 @@ def test_opentelemetry_fastapi_instrumentor_and_prometheus_reader_beside_mlmon(h
             provider.shutdown()  # takes the reader off REGISTRY
     assert scraped.history[0].status_code == 307 and scraped.url.path == "/metrics/"
     otel = families(scraped.text)
+    assert 'http_target="/mlmon/health"' in scraped.text  # its own route name, though it shares a table entry
     assert any(f.startswith("http_server_") for f in otel) and not any(f.startswith("mlmon_") for f in otel)
     mine = families(ours)
     assert "mlmon_predictions" in mine and not any(f.startswith("http_server_") for f in mine)

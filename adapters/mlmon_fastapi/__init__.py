@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from types import EllipsisType
 from typing import Any
@@ -179,36 +180,56 @@ class _Grouped(BaseRoute):
     ``scope["path"]``. Routes configured at paths with nothing in common but ``/`` are tried one
     by one, as Starlette would.)
 
+    The matched route becomes the request's ``scope["route"]`` (Starlette applies the child scope
+    after setting its own), and ``path`` is that route's path in the thread that just matched:
+    tools that name a request by the route table (OpenTelemetry's FastAPIInstrumentor,
+    prometheus-fastapi-instrumentator) call ``matches`` and read ``path`` right after it, so
+    ``/mlmon/health`` keeps its own ``http.route``. Otherwise ``path`` is the common prefix.
+
     >>> from starlette.applications import Starlette
     >>> from starlette.responses import PlainTextResponse
     >>> from starlette.testclient import TestClient
     >>> ours = _Grouped([Route("/mlmon/a/{x}", lambda r: PlainTextResponse(r.path_params["x"]), methods=["GET"])])
-    >>> ours.path, ours.matches({"type": "http", "path": "/predict", "method": "GET"})[0]
-    ('/mlmon/a/', <Match.NONE: 0>)
+    >>> ours.matches({"type": "http", "path": "/predict", "method": "GET"})[0], ours.path
+    (<Match.NONE: 0>, '/mlmon/a/')
+    >>> ours.matches({"type": "http", "path": "/mlmon/a/1", "method": "GET"})[0], ours.path
+    (<Match.FULL: 2>, '/mlmon/a/{x}')
     >>> client = TestClient(Starlette(routes=[ours]))
     >>> client.get("/mlmon/a/1").text, client.post("/mlmon/a/1").status_code, client.get("/mlmon/b").status_code
     ('1', 405, 404)
     """
 
+    name = "mlmon"
+
     def __init__(self, routes: list[Route]) -> None:
         self.routes = routes
-        # every path one of them matches holds this (for tools that list the table's paths, too)
-        self.path = os.path.commonprefix([r.path.partition("{")[0] for r in routes])
+        # every path one of them matches holds this
+        self.prefix = os.path.commonprefix([r.path.partition("{")[0] for r in routes])
+        self._matched = threading.local()  # .path: the path of the route this thread matched last
+
+    @property
+    def path(self) -> str:
+        return getattr(self._matched, "path", self.prefix)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or self.path not in scope["path"]:
+        self._matched.path = self.prefix
+        if scope["type"] != "http" or self.prefix not in scope["path"]:
             return Match.NONE, {}
-        partial: Scope | None = None
+        partial: tuple[Route, Scope] | None = None
         for route in self.routes:
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
-                return Match.FULL, {**child_scope, _CHOSEN: route}
+                self._matched.path = route.path
+                return Match.FULL, {**child_scope, "route": route}
             if match is Match.PARTIAL and partial is None:  # the right path, another method
-                partial = {**child_scope, _CHOSEN: route}
-        return (Match.NONE, {}) if partial is None else (Match.PARTIAL, partial)
+                partial = route, child_scope
+        if partial is None:
+            return Match.NONE, {}
+        self._matched.path = partial[0].path
+        return Match.PARTIAL, {**partial[1], "route": partial[0]}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await scope[_CHOSEN].handle(scope, receive, send)
+        await scope["route"].handle(scope, receive, send)
 
     def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
         for route in self.routes:
@@ -217,9 +238,6 @@ class _Grouped(BaseRoute):
             except NoMatchFound:
                 continue
         raise NoMatchFound(name, path_params)
-
-
-_CHOSEN = "mlmon.route"  # the scope key by which _Grouped.matches tells handle which route matched
 
 
 def _takes(route: BaseRoute, scope: Scope, path: str) -> bool:

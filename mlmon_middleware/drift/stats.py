@@ -120,8 +120,9 @@ def _ks_wasserstein_lookup(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tu
     ``∫ |a − G|`` over the interval splits where ``G`` reaches ``a`` (at the window's
     ``⌈a·n⌉``-th value) into two integrals of ``G``, each read from ``H(x) = ∫ G``: with ``r``
     window values at or below ``x``, ``n·H(x) = r·x − (their sum)``, exact for any ``r`` that
-    counts all values below ``x`` and only values equal to it besides. The sums are taken from
-    the window's smallest value up, so that values far from zero lose no precision.
+    counts all values below ``x`` and only values equal to it besides. The sums are of the
+    values less the window's median, so that values far from zero lose no precision (nor do the
+    others beside one far outlier).
 
     >>> import scipy.stats
     >>> rng = np.random.default_rng(0)
@@ -143,7 +144,7 @@ def _ks_wasserstein_lookup(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tu
     left = np.searchsorted(cur_sorted, u, side="left")  # window values < each u
     ks = max(float(np.max(np.abs(a - right / n))), float(np.max(np.abs(np.append(0.0, a[:-1]) - left / n))))
 
-    shift = cur_sorted[0]
+    shift = cur_sorted[n // 2]  # the median: one outlier far from the rest must not set the scale
     sums = np.append(0.0, np.cumsum(cur_sorted - shift))  # sums[r]: of the r smallest, less r·shift
     # the intervals [lo, hi) and the reference's CDF level on each: before u_0 (0), between the
     # u (a), after the last (1, up to the window's largest value); r_ counts window values <= x
