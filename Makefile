@@ -42,12 +42,14 @@ tools:
 demo: $(STAMP)
 	$(BIN)/python examples/fastapi_sklearn/demo.py $(DEMO_ARGS)
 
-# The suite runs on as many processes as the machine has cores (pytest-xdist; each test starts its
-# own servers on free ports, so they do not meet); `pytest tests/test_x.py` runs one file serially.
+# The suite runs on as many processes as the machine has cores (pytest-xdist), a test file's tests
+# in one process (--dist loadscope: a file's servers and browser start once); each server a test
+# starts takes ports the system hands out free (tests/http_helpers.py). `pytest tests/test_x.py`
+# runs one file in one process.
 test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n auto --dist worksteal
+	$(BIN)/python -m pytest -n auto --dist loadscope
 
 # The benchmarks (not tests): request overhead (in-process ASGI, real uvicorn under wrk, memory),
 # drift checks (against scipy and Evidently, which gets its own venv: its pandas pin clashes), the

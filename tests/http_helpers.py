@@ -1,8 +1,37 @@
-"""A small HTTP server on 127.0.0.1 that records what is posted to it (OTLP collector, webhook)."""
+"""A small HTTP server on 127.0.0.1 that records what is posted to it (OTLP collector, webhook),
+and free ports for the servers the tests start."""
 
 import http.server
+import socket
 import threading
 import time
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free right now (the system's choice: two test processes running side
+    by side get different ones)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports of 127.0.0.1, all free right now (a server whose
+    worker ``i`` listens on ``first + i``)."""
+    while True:
+        first = free_port()
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 class RecordingServer(http.server.ThreadingHTTPServer):

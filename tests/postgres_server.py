@@ -17,12 +17,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from typing import Any
 
 import psycopg
+
+from http_helpers import free_port
 
 USER = "postgres"  # the superuser initdb creates, and the OS user the server runs as under root
 
@@ -34,12 +35,6 @@ def find_binary(name: str) -> str:
     if found is None:
         raise RuntimeError(f"{name} not found in /usr/lib/postgresql/*/bin or PATH: `make tools` installs Debian's postgresql")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:

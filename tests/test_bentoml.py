@@ -5,7 +5,6 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from mlmon_middleware import Monitor, MonitorConfig
+
+from http_helpers import free_port, free_ports
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bentoml_iris"
 
@@ -134,12 +135,6 @@ def test_bentomls_tracer_provider_is_read_where_this_bentoml_keeps_it(monkeypatc
     assert worker.bentoml_tracer_provider() is None and "cannot be read (AttributeError" in caplog.text
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
     """``bentoml serve`` of the service in ``working_dir``, once it is ready."""
     return ready(*start(working_dir, env))
@@ -206,7 +201,7 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
     bare.mkdir()
     source = (EXAMPLE / "service.py").read_text()
     (bare / "service.py").write_text(source.replace("@monitored(", "@(lambda **kw: (lambda svc: svc))("))
-    metrics_port = free_port()
+    metrics_port = free_ports(2)  # worker i serves metrics_port + i - 1
     monitored = start(EXAMPLE, {"MLMON_PROMETHEUS_PORT": str(metrics_port), "MLMON_CHECK_INTERVAL": "0"})
     bare_proc, bare_url = start(bare, {})  # both start at once: their imports overlap
     monitored_proc, monitored_url = monitored

@@ -13,13 +13,13 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT
+from http_helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +33,6 @@ def quickstart_blocks() -> tuple[str, str, str]:
     [install, run] = [code for lang, code in found if lang == "sh"][:2]
     [app] = [code for lang, code in found if lang == "python"]
     return install.strip(), app, run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_readme_quick_start_runs_as_written(tmp_path):

@@ -17,6 +17,7 @@ from test_integration_uvicorn import samples, value
 
 from data import make_rows  # examples/fastapi_sklearn, on sys.path via conftest
 from demo import free_port, kill_service, start_service
+from http_helpers import free_ports
 from train import train
 
 pytestmark = pytest.mark.integration
@@ -83,9 +84,7 @@ def test_each_worker_serves_its_own_metrics_port(trained, tmp_path, server, per_
     """Each worker serves a port, and each port answers for the whole server (the workers share
     their counts); with ``MLMON_METRICS_PER_WORKER`` the counts keep a ``worker`` label."""
     port = free_port(0)
-    metrics = free_port(0)
-    while not all(free_port(p) == p for p in (metrics, metrics + 1)):
-        metrics = free_port(0)
+    metrics = free_ports(2)  # worker i serves metrics + i - 1
     proc = start_service(trained, port, tmp_path / "service.log", server=server, workers=2,
                          env={"MLMON_PROMETHEUS_PORT": str(metrics), "MLMON_CHECK_INTERVAL": "0",
                               "MLMON_METRICS_PER_WORKER": str(per_worker).lower()})
