@@ -173,15 +173,11 @@ def _rows_of(model: ModelMonitor, rec: Record, capture: collections.Counter[str]
              messages: dict[str, str]) -> tuple[Batch, Outputs]:
     """The feature rows and prediction rows of one record (capture problems counted)."""
     options = model.options
-    rows: Batch
-    if type(rec.inputs) is dict and len(rec.inputs) > 1:  # the common case, one plain row: nothing to unwrap
-        rows = [rec.inputs]
-    else:
-        try:
-            rows = extract_batch(resolve_payload(rec.inputs, options.input))
-        except CaptureError as exc:
-            _failed(capture, messages, exc.reason, exc)
-            return [], []
+    try:
+        rows = extract_batch(resolve_payload(rec.inputs, options.input))
+    except CaptureError as exc:
+        _failed(capture, messages, exc.reason, exc)
+        return [], []
     outputs: Outputs
     try:
         found = extract_predictions(resolve_payload(rec.outputs), len(rows), options.prediction_key, options.class_names)

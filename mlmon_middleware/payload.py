@@ -114,6 +114,8 @@ def extract_batch(obj: Any) -> list[Any] | Columns:
     >>> type(extract_batch({"instances": np.zeros((40, 3))})).__name__, extract_batch([1.0, 2.0])
     ('Columns', [[1.0, 2.0]])
     """
+    if type(obj) is dict and len(obj) > 1:  # the common case, one plain row: no batch key, no table
+        return [obj]
     if isinstance(obj, Mapping) and len(obj) == 1:
         (key, value), = obj.items()
         table = columns_of(value) if key in BATCH_KEYS else None
