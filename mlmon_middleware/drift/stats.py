@@ -73,9 +73,10 @@ def js_distance(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
 
 
 #: window sizes from which :func:`ks_wasserstein` looks the reference up in the window rather than
-#: merging the two (measured on the project's VM against a 2,000-value grid: the merge costs
-#: 0.25 ms at 10,000 rows and the lookup 0.47; at 100,000 rows 3.3 ms and 1.25 ms, the merge's
-#: arrays no longer fitting in the cache; they cross near 50,000)
+#: merging the two: timing the two alone against a 2,000-value grid on the project's VM, they
+#: cross near 50,000 rows (the merge twice as fast at 10,000, the lookup 2.6× at 100,000, where
+#: the merge's arrays no longer fit in the cache); the whole check's gain, measured by
+#: ``benchmarks/check_versions.py``, is in docs/benchmarks.md
 LOOKUP_FROM = 50_000
 
 
