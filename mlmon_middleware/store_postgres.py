@@ -279,8 +279,16 @@ class PostgresStore:
             return False
 
     def _drop_leader(self) -> None:
-        """Close the leader's session: every lock it held is released (or already was)."""
+        """Close the leader's session: every lock it held is released (or already was).
+
+        The locks are released before the session closes: the server ends a closed session
+        asynchronously, and until it does, another replica's ``try_lead`` would still fail."""
         if self._leader is not None:
+            if not self._leader.closed:
+                try:
+                    self._leader.execute("SELECT pg_advisory_unlock_all()")
+                except psycopg.Error:
+                    pass  # the session is lost: the server releases its locks as it ends it
             self._leader.close()
         self._leader = None
         self._leading.clear()

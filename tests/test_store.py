@@ -592,7 +592,7 @@ def test_one_replica_leads_and_another_takes_over(postgres_server, postgres_url)
         assert [a.try_lead("labels"), b.try_lead("labels"), a.try_lead("labels"), b.try_lead("labels")] == [
             True, False, True, False]
         assert b.try_lead("drift") and not a.try_lead("drift")  # each role its own lock
-        a.close()  # the leader stops: its session ends and the lock with it
+        a.close()  # the leader stops: it unlocks before its session closes, so the lead passes at once
         assert b.try_lead("labels") and b.try_lead("labels")
         c = PostgresStore(postgres_url)
         assert not c.try_lead("labels")
