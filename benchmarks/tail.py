@@ -5,7 +5,10 @@
 Two endpoints: the realistic one (22 features: 18 numbers and 4 categories, ``WIDE_FIELDS`` of
 ``overhead.py``) and ``overhead.py``'s trivial 4-field one. Three variants of each: bare
 FastAPI, mlmon (tracing off), and mlmon with the prediction log on (SQLite in a temporary folder);
-under real HTTP also mlmon flushing every 32 records instead of 256 (``MLMON_FLUSH_BATCH=32``).
+under real HTTP also mlmon flushing every 32 records instead of 256 (``MLMON_FLUSH_BATCH=32``),
+and the floor (``BENCH_FLOOR=1``): a pass-through middleware that sees the status and a
+decorator that times the call and keeps its input and result, with no work after it. No Python
+monitor inside the process does less; its ratio to bare is how close to bare one can get.
 
 inprocess  requests one after another by direct ASGI calls into each app, each one timed; the
            pipeline runs as in service (its own thread, default flush interval and batch), so a
@@ -141,6 +144,8 @@ def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str 
         env = {"BENCH_FEATURES": features}
         bare = f"{endpoint}, bare"
         variants[bare] = (1, False, env, None)
+        # the floor: a pass-through middleware and a timing decorator, no pipeline (overhead.py's SERVICE)
+        variants[f"{endpoint}, floor"] = (1, False, {**env, "BENCH_FLOOR": "1"}, bare)
         variants[f"{endpoint}, mlmon"] = (1, True, env, bare)
         # fewer records waiting in the queue: fewer garbage collections, more flushes
         variants[f"{endpoint}, mlmon, flush_batch 32"] = (1, True, {**env, "MLMON_FLUSH_BATCH": "32"}, bare)

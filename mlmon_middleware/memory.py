@@ -1,4 +1,5 @@
-"""Giving freed memory back to the operating system after oversized input.
+"""The process's memory: freed memory given back after oversized input; the start-up's objects
+kept out of the garbage collector's way.
 
 A hostile or broken client can send category values of megabytes or field names of hundreds of
 kilobytes. The bounds (:mod:`~mlmon_middleware.limits`) keep only a short, hashed form of them,
@@ -13,6 +14,16 @@ run that met a value, a name or a row over its bound, so ordinary traffic never 
 ``ctypes`` releases the GIL during the call: requests keep being served meanwhile. Where the C
 library has no ``malloc_trim`` (musl, macOS), it does nothing and says so.
 
+Records waiting for the pipeline hold their call's input and result, so the request path
+allocates more than it frees until the next run: the collector's young generation fills and it
+runs, and what it finds alive (the waiting records, the requests in flight) is promoted. Every
+so many promotions CPython runs a full collection, which walks every object of the process:
+modules, the app, a loaded model. Under uvicorn that took 46–62 ms, with the GIL held, where
+bare FastAPI never ran one. :func:`freeze_startup` (at the server's start, once per process)
+collects once and moves what is alive then out of the collector's reach (``gc.freeze``): a full
+collection then walks only what was made since (2 ms). Frozen objects are still freed when
+nothing refers to them; only a reference cycle among them would never be reclaimed.
+
 >>> freed = give_back()  # True where glibc's malloc_trim ran
 """
 
@@ -21,6 +32,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
+import os
 from collections.abc import Callable
 
 
@@ -41,4 +54,22 @@ def give_back() -> bool:
     if trim is None:
         return False
     trim(0)
+    return True
+
+
+_frozen_in: int | None = None  # the process that froze its start-up's objects
+
+
+def freeze_startup() -> bool:
+    """Collect once, then freeze every object alive (``gc.freeze``); once per process (a forked
+    child freezes its own). False when this process already did.
+
+    Run it where the objects of the start-up are made and no traffic is served yet.
+    """
+    global _frozen_in
+    if _frozen_in == os.getpid():
+        return False
+    _frozen_in = os.getpid()
+    gc.collect()
+    gc.freeze()
     return True

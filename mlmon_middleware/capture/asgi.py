@@ -53,6 +53,7 @@ from typing import Any
 from mlmon_middleware.capture.context import RequestState, enter, leave
 from mlmon_middleware.governance.gate import ModelNotApproved
 from mlmon_middleware.ids import new_prediction_id
+from mlmon_middleware.memory import freeze_startup
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.monitor import Monitor
 from mlmon_middleware.options import ModelOptions
@@ -138,7 +139,9 @@ class MLMonitorMiddleware:
         """``send`` for the app's lifespan. Before the server hears that the app has started,
         start this worker's monitoring (threads, exporters, metrics port): before any traffic,
         and after the app's own start-up, so that a tracer provider the app installs there is
-        the one mlmon's spans go through. Before the server hears that the app has shut down,
+        the one mlmon's spans go through; then, unless ``freeze_startup`` is off, freeze the
+        objects of the start-up (:func:`~mlmon_middleware.memory.freeze_startup`: the garbage
+        collector's full collections stop walking them). Before the server hears that the app has shut down,
         shut monitoring down: servers (uvicorn on SIGTERM) exit then without running atexit, so
         the queue and the log are written and the explanation workers stopped now, or they are
         lost and orphaned. In a thread: a log write being retried may take seconds, and the event
@@ -146,12 +149,17 @@ class MLMonitorMiddleware:
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 # in a thread: starting opens the log and the registry, and may hash a model file
-                await asyncio.to_thread(self.registry.start)
+                await asyncio.to_thread(self._start_serving)
             elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await asyncio.to_thread(self.registry.shutdown)
             await send(message)
 
         return lifespan_send
+
+    def _start_serving(self) -> None:
+        self.registry.start()
+        if self.registry.config.freeze_startup:
+            freeze_startup()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # monitoring starts with the app (an app without lifespan: at its first record)
