@@ -1,6 +1,6 @@
 """What sharing between workers costs: bare vs monitored under real uvicorn with 1 and 3 workers.
 
-    python benchmarks/fleet.py [http|scrape|postgres|all] [--rounds 10] [--seconds 3]
+    python benchmarks/fleet.py [http|scrape|postgres|all] [--rounds 10] [--seconds 3] [--copies 2]
 
 http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           ``benchmarks/overhead.py`` in real uvicorn processes on 127.0.0.1 (server on core 0, wrk
@@ -9,9 +9,11 @@ http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           workers; the same with an endpoint that computes for 1 ms first (a small model). The
           servers compared with one bare server stay up side by side and take ``--seconds``-long
           bursts of wrk in turn, in a new order each round; each round's ratios are taken against
-          the same round's bare burst. Beside requests/s and the tail, the server's CPU time per
-          request (all threads and workers, from /proc). The shared/unshared pair gives the extra
-          cost of sharing per request.
+          the same round's bare bursts. Each variant runs as ``--copies`` servers, its figure of
+          a round the mean over them, and a control ("bare, again", identical to bare) shows
+          what the method cannot tell from 1. Beside requests/s and the tail, the server's CPU
+          time per request (all threads and workers, from /proc). The shared/unshared pair
+          gives the extra cost of sharing per request.
 scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
 postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
           (``benchmarks/store.py postgres``, which starts its own PostgreSQL).
@@ -45,6 +47,7 @@ end
 MODEL_1MS = {"BENCH_MODEL_US": "1000"}  # the endpoint spends 1 ms computing, as a small model would
 VARIANTS = {  # name -> (workers, monitored, extra environment, the bare variant it is compared with)
     "1 worker, bare": (1, False, {}, None),
+    "1 worker, bare, again (the control: identical to bare)": (1, False, {}, "1 worker, bare"),
     "1 worker, monitored": (1, True, {}, "1 worker, bare"),
     "3 workers, bare": (3, False, {}, None),
     "3 workers, monitored (shared)": (3, True, {}, "3 workers, bare"),
@@ -81,9 +84,14 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
-               body: bytes = BODY) -> dict[str, list[dict[str, float]]]:
+               body: bytes = BODY, copies: int = 2) -> dict[str, list[dict[str, float]]]:
     """Each variant's requests/s, p99 and p99.9 (ms) and server CPU per request (µs) per round
     under wrk; monitored variants also report the pipeline's longest GIL hold (``hold_ms``).
+
+    Each variant runs as ``copies`` server processes, and a round's figure of a variant is the
+    mean over its processes: two processes of the same code differ by several per cent (memory
+    layout, hash seeds: see the control variant "bare, again", identical to bare), and with one
+    process per variant that difference would pass for the cost of monitoring.
 
     The variants compared with one bare variant (a group) run side by side: their servers all
     start first, each is warmed up, then every round sends one ``seconds``-long burst to each,
@@ -108,38 +116,48 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
         groups.setdefault(bare or name, []).append(name)
     try:
         for group in groups.values():
-            servers: dict[str, tuple[subprocess.Popen, int]] = {}
+            servers: dict[tuple[str, int], tuple[subprocess.Popen, int]] = {}
             try:
                 for name in group:
                     workers, monitored, extra, _ = variants[name]
-                    servers[name] = start(workdir, workers, monitored, extra)
+                    for copy in range(copies):
+                        servers[(name, copy)] = start(workdir, workers, monitored, extra)
                 for _, port in servers.values():  # warm up: imports, first-use paths, full windows
                     _wrk(wrk, script, port, 3)
-                order = list(group)
+                order = list(servers)
                 for r in range(rounds):
-                    random.Random(r).shuffle(order)  # a new order each round: no variant always follows the same one
-                    for name in order:
-                        proc, port = servers[name]
-                        before = server_cpu(proc.pid)
-                        out = _wrk(wrk, script, port, seconds)
-                        used = server_cpu(proc.pid) - before
-                        requests = int(re.search(r"(\d+) requests in", out).group(1))
-                        results[name].append({"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-                                              "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
-                                              "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
-                                              "cpu_us": used / requests * 1e6})
+                    random.Random(r).shuffle(order)  # a new order each round: no server always follows the same one
+                    bursts: dict[str, list[dict[str, float]]] = {name: [] for name in group}
+                    for name, copy in order:
+                        bursts[name].append(_burst(wrk, script, servers[(name, copy)], seconds))
+                    for name in group:  # the round's figure: the mean over the variant's processes
+                        results[name].append({key: statistics.fmean(b[key] for b in bursts[name]) for key in bursts[name][0]})
                         print(f"round {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
-                for name, (_, port) in servers.items():
-                    hold = longest_hold(port) if variants[name][1] else None
-                    if hold is not None:
+                for name in group:
+                    holds = [longest_hold(port) for (each, _), (_, port) in servers.items() if each == name]
+                    if variants[name][1] and None not in holds:
                         for run in results[name]:
-                            run["hold_ms"] = hold * 1000  # the longest over all of the server's rounds
+                            run["hold_ms"] = max(holds) * 1000  # the longest over all of its servers' rounds
             finally:
                 for proc, _ in servers.values():
                     stop(proc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def _burst(wrk: str, script: str, server: tuple[subprocess.Popen, int], seconds: int) -> dict[str, float]:
+    """One ``seconds``-long burst of wrk at ``server``: requests/s, p99 and p99.9 (ms), and the
+    server's CPU time per request (µs)."""
+    proc, port = server
+    before = server_cpu(proc.pid)
+    out = _wrk(wrk, script, port, seconds)
+    used = server_cpu(proc.pid) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
+            "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
+            "cpu_us": used / requests * 1e6}
 
 
 def _wrk(wrk: str, script: str, port: int, seconds: int) -> str:
@@ -247,11 +265,12 @@ def main() -> None:
     parser.add_argument("what", nargs="?", default="all", choices=["http", "scrape", "postgres", "all"])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=3, help="wrk duration per burst")
+    parser.add_argument("--copies", type=int, default=2, help="server processes per variant (http)")
     args = parser.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores · "
           f"Python {platform.python_version()} · {' '.join(sys.argv)}")
     if args.what in ("http", "all"):
-        print_http(bench_http(args.seconds, args.rounds))
+        print_http(bench_http(args.seconds, args.rounds, copies=args.copies))
     if args.what in ("scrape", "all"):
         scrape = bench_scrape(args.rounds)
         print("\n| /metrics scrape through one worker | ms (median of 50, per round) |\n|---|---|")

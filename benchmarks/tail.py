@@ -1,6 +1,6 @@
 """Tail latency: p50, p99 and p99.9 of monitored requests against bare ones, in one run.
 
-    python benchmarks/tail.py [inprocess|http|all] [--rounds 10] [--requests 20000] [--seconds 3]
+    python benchmarks/tail.py [inprocess|http|all] [--rounds 10] [--requests 20000] [--seconds 3] [--copies 2]
 
 Two endpoints: the realistic one (22 features: 18 numbers and 4 categories, ``WIDE_FIELDS`` of
 ``overhead.py``) and ``overhead.py``'s trivial 4-field one. Three variants of each: bare
@@ -14,10 +14,12 @@ inprocess  requests one after another by direct ASGI calls into each app, each o
            pipeline runs as in service (its own thread, default flush interval and batch), so a
            request that waits for the GIL behind it shows in the tail. Variants are interleaved
            round by round; the ratios to bare are per round (median; min–max over rounds).
-http       each variant in its own uvicorn process (one worker) on 127.0.0.1, server on core 0
-           and ``wrk -t1 -c32`` on core 1 (``fleet.py``'s harness: the three servers of an
-           endpoint stay up and take ``--seconds``-long bursts in turn, in a new order each
-           round): requests/s, p99, p99.9 and the server's CPU time per request.
+http       each variant in ``--copies`` uvicorn processes (one worker each) on 127.0.0.1,
+           servers on core 0 and ``wrk -t1 -c32`` on core 1 (``fleet.py``'s harness: the servers
+           of an endpoint stay up and take ``--seconds``-long bursts in turn, in a new order each
+           round; a variant's figure of a round is the mean over its processes): requests/s,
+           p99, p99.9 and the server's CPU time per request. The control, "bare, again", is
+           bare once more: its ratios to bare are what the method cannot tell from 1.
 
 Both report the pipeline's longest GIL hold (``pipeline_longest_hold``): the longest stretch of
 work the pipeline thread did without letting go of the GIL.
@@ -144,6 +146,7 @@ def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str 
         env = {"BENCH_FEATURES": features}
         bare = f"{endpoint}, bare"
         variants[bare] = (1, False, env, None)
+        variants[f"{endpoint}, bare, again (the control: identical to bare)"] = (1, False, env, bare)
         # the floor: a pass-through middleware and a timing decorator, no pipeline (overhead.py's SERVICE)
         variants[f"{endpoint}, floor"] = (1, False, {**env, "BENCH_FLOOR": "1"}, bare)
         variants[f"{endpoint}, mlmon"] = (1, True, env, bare)
@@ -159,10 +162,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=20_000, help="per variant and round (inprocess)")
     parser.add_argument("--seconds", type=int, default=3, help="wrk duration per burst (http)")
+    parser.add_argument("--copies", type=int, default=2, help="server processes per variant (http)")
     args = parser.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"`python benchmarks/tail.py {args.what} --rounds {args.rounds}`\n")
+          f"`python benchmarks/tail.py {' '.join(sys.argv[1:])}`\n")
     if args.what in ("inprocess", "all"):
         print_inprocess(bench_inprocess(args.rounds, args.requests))
     if args.what in ("http", "all"):
@@ -172,7 +176,7 @@ def main() -> None:
             for endpoint, (_, body) in ENDPOINTS.items():
                 chosen = {name: v for name, v in variants.items() if name.startswith(endpoint)}
                 print(f"\n{endpoint}: uvicorn, one worker{' on core 0, wrk on core 1' if pin(0) else ''}")
-                print_http(bench_http(args.seconds, args.rounds, chosen, body), chosen)
+                print_http(bench_http(args.seconds, args.rounds, chosen, body, args.copies), chosen)
         finally:
             shutil.rmtree(store, ignore_errors=True)
 
