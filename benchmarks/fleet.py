@@ -123,7 +123,7 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
                     for copy in range(copies):
                         servers[(name, copy)] = start(workdir, workers, monitored, extra)
                 for _, port in servers.values():  # warm up: imports, first-use paths, full windows
-                    _wrk(wrk, script, port, 3)
+                    run_wrk(wrk, script, port, 3)
                 order = list(servers)
                 for r in range(rounds):
                     random.Random(r).shuffle(order)  # a new order each round: no server always follows the same one
@@ -151,7 +151,7 @@ def _burst(wrk: str, script: str, server: tuple[subprocess.Popen, int], seconds:
     server's CPU time per request (µs)."""
     proc, port = server
     before = server_cpu(proc.pid)
-    out = _wrk(wrk, script, port, seconds)
+    out = run_wrk(wrk, script, port, seconds)
     used = server_cpu(proc.pid) - before
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -160,7 +160,7 @@ def _burst(wrk: str, script: str, server: tuple[subprocess.Popen, int], seconds:
             "cpu_us": used / requests * 1e6}
 
 
-def _wrk(wrk: str, script: str, port: int, seconds: int) -> str:
+def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
     """wrk's report of ``seconds`` of 32 connections posting to the server on ``port`` (on core 1)."""
     out = subprocess.run([*pin(1), wrk, "-t1", "-c32", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}/predict"],
                          capture_output=True, text=True, check=True).stdout

@@ -270,6 +270,30 @@ SERVICE = textwrap.dedent('''
 
     if monitored:
         instrument_app(app)
+
+    if os.environ.get("BENCH_GC_STATS") == "1":
+        # tail.py gc: each collection's thread, generation and duration, read (and reset) at /bench/gc
+        import gc
+        import threading
+        seen = {}
+        began = [0.0]
+
+        def timed(phase, info):
+            if phase == "start":
+                began[0] = time.perf_counter()
+                return
+            spent = time.perf_counter() - began[0]
+            key = f"{threading.current_thread().name}:{info['generation']}"
+            n, total, longest = seen.get(key, (0, 0.0, 0.0))
+            seen[key] = (n + 1, total + spent, max(longest, spent))
+
+        gc.callbacks.append(timed)
+
+        @app.get("/bench/gc")
+        def collections_seen() -> dict:
+            got = {key: list(value) for key, value in seen.items()}
+            seen.clear()
+            return got
 ''')
 
 def wrk_script(body: bytes) -> str:

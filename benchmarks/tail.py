@@ -1,6 +1,6 @@
 """Tail latency: p50, p99 and p99.9 of monitored requests against bare ones, in one run.
 
-    python benchmarks/tail.py [inprocess|http|all] [--rounds 10] [--requests 20000] [--seconds 3] [--copies 2]
+    python benchmarks/tail.py [inprocess|http|gc|all] [--rounds 10] [--requests 20000] [--seconds 3] [--copies 2]
 
 Two endpoints: the realistic one (22 features: 18 numbers and 4 categories, ``WIDE_FIELDS`` of
 ``overhead.py``) and ``overhead.py``'s trivial 4-field one. Three variants of each: bare
@@ -21,8 +21,13 @@ http       each variant in ``--copies`` uvicorn processes (one worker each) on 1
            p99, p99.9 and the server's CPU time per request. The control, "bare, again", is
            bare once more: its ratios to bare are what the method cannot tell from 1.
 
-Both report the pipeline's longest GIL hold (``pipeline_longest_hold``): the longest stretch of
-work the pipeline thread did without letting go of the GIL.
+gc         the garbage collector in the served 22-feature endpoint: bare, mlmon, and mlmon with
+           ``freeze_startup`` off, one server each, bursts of wrk in turn; per generation the
+           collections and their time per 10,000 requests, and the longest one (a full
+           collection holds the GIL: every request waits for it).
+
+inprocess and http report the pipeline's longest GIL hold (``pipeline_longest_hold``): the
+longest stretch of work the pipeline thread did without letting go of the GIL.
 """
 
 
@@ -32,14 +37,17 @@ import gc
 import json
 import os
 import platform
+import random
+import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 
-from fleet import bench_http, print_http
-from overhead import BODY, WIDE_FIELDS, drive, pin
+from fleet import LATENCY, bench_http, print_http, run_wrk, start, stop
+from overhead import BODY, SERVICE, WIDE_FIELDS, drive, pin, wrk_script
 
 WIDE_BODY = json.dumps(WIDE_FIELDS).encode()
 ENDPOINTS = {"22 features": ("22", WIDE_BODY), "4 fields": ("4", BODY)}
@@ -156,9 +164,79 @@ def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str 
     return variants
 
 
+GC_VARIANTS = {  # name -> (monitored, extra environment)
+    "bare": (False, {}),
+    "mlmon, freeze_startup off": (True, {"MLMON_FREEZE_STARTUP": "off"}),
+    "mlmon": (True, {}),
+}
+
+
+def bench_gc(seconds: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """The garbage collector under wrk, per variant of the 22-feature endpoint: per generation,
+    the collections and their time per 10,000 requests and the longest one (ms), per round.
+    The servers start, are warmed up, and their counts reset; then each round sends a burst
+    to each, in a new order, and reads (and resets) what the server's ``gc.callbacks`` saw."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("the gc benchmark needs wrk: apt-get install wrk")
+    workdir = tempfile.mkdtemp(prefix="mlmon-gc-")
+    with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
+        fh.write(SERVICE)
+    script = os.path.join(workdir, "post.lua")
+    with open(script, "w") as fh:
+        fh.write(wrk_script(WIDE_BODY) + LATENCY)
+
+    def seen(port: int) -> dict[str, list[float]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/gc", timeout=10) as answer:
+            return json.load(answer)
+
+    servers = {}
+    results: dict[str, dict[str, list[float]]] = {name: {} for name in GC_VARIANTS}
+    try:
+        for name, (monitored, extra) in GC_VARIANTS.items():
+            servers[name] = start(workdir, 1, monitored, {"BENCH_FEATURES": "22", "BENCH_GC_STATS": "1", **extra})
+        for _, port in servers.values():
+            run_wrk(wrk, script, port, 3)  # warm up (and the start-up's own collections)
+            seen(port)
+        order = list(servers)
+        for r in range(rounds):
+            random.Random(r).shuffle(order)
+            for name in order:
+                port = servers[name][1]
+                requests = int(re.search(r"(\d+) requests in", run_wrk(wrk, script, port, seconds)).group(1))
+                per_generation: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
+                for key, (n, total, longest) in seen(port).items():
+                    got = per_generation[int(key.rsplit(":", 1)[1])]
+                    got[0], got[1], got[2] = got[0] + n, got[1] + total, max(got[2], longest)
+                for generation, (n, total, longest) in per_generation.items():
+                    row = results[name]
+                    row.setdefault(f"gen{generation} per 10k", []).append(n / requests * 1e4)
+                    row.setdefault(f"gen{generation} ms per 10k", []).append(total * 1e3 / requests * 1e4)
+                    row.setdefault(f"gen{generation} longest ms", []).append(longest * 1e3)
+            print(f"gc round {r + 1} done", file=sys.stderr)
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def print_gc(results: dict[str, dict[str, list[float]]]) -> None:
+    print("| variant (22 features) | generation | collections per 10,000 requests (median; min–max) "
+          "| ms of collection per 10,000 requests (median; min–max) | longest collection, ms (max) |")
+    print("|---|---:|---|---|---:|")
+    for name, row in results.items():
+        for generation in range(3):
+            cells = []
+            for key in (f"gen{generation} per 10k", f"gen{generation} ms per 10k"):
+                values = row[key]
+                cells.append(f"{statistics.median(values):.1f}; {min(values):.1f}–{max(values):.1f}")
+            print(f"| {name} | {generation} | {' | '.join(cells)} | {max(row[f'gen{generation} longest ms']):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["inprocess", "http", "all"])
+    parser.add_argument("what", nargs="?", default="all", choices=["inprocess", "http", "gc", "all"])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=20_000, help="per variant and round (inprocess)")
     parser.add_argument("--seconds", type=int, default=3, help="wrk duration per burst (http)")
@@ -169,6 +247,10 @@ def main() -> None:
           f"`python benchmarks/tail.py {' '.join(sys.argv[1:])}`\n")
     if args.what in ("inprocess", "all"):
         print_inprocess(bench_inprocess(args.rounds, args.requests))
+    if args.what in ("gc", "all"):
+        print(f"\nThe garbage collector: uvicorn, one worker{' on core 0, wrk on core 1' if pin(0) else ''}, "
+              f"{args.seconds} s bursts\n")
+        print_gc(bench_gc(args.seconds, args.rounds))
     if args.what in ("http", "all"):
         store = tempfile.mkdtemp(prefix="mlmon-tail-")
         try:
