@@ -32,6 +32,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from overhead import BODY, SERVICE, free_port, pin, wrk_script
@@ -103,8 +104,7 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("the http benchmark needs wrk: apt-get install wrk")
-    workdir = os.path.join(HERE, ".fleet-bench")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="mlmon-fleet-")  # a run's own: two runs at once must not share a service file
     with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
         fh.write(SERVICE)
     script = os.path.join(workdir, "post.lua")
@@ -232,8 +232,7 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
 def bench_scrape(rounds: int) -> dict[str, list[float]]:
     import httpx
 
-    workdir = os.path.join(HERE, ".fleet-bench")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="mlmon-fleet-")  # a run's own: two runs at once must not share a service file
     with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
         fh.write(SERVICE)
     body = {"amount": 120.5, "age": 41, "country": "fr", "channel": "web"}

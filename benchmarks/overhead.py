@@ -26,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -319,8 +320,7 @@ def bench_http(seconds: int, rounds: int) -> list[dict]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("the http benchmark needs wrk: apt-get install wrk")
-    workdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".http-bench")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="mlmon-overhead-")  # a run's own: two runs at once must not share a service file
     with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
         fh.write(SERVICE)
     with open(os.path.join(workdir, "post.lua"), "w") as fh:
