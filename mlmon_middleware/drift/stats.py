@@ -139,10 +139,7 @@ def _ks_wasserstein_lookup(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tu
     ks = max(float(np.max(np.abs(a - right / n))), float(np.max(np.abs(np.append(0.0, a[:-1]) - left / n))))
 
     shift = cur_sorted[n // 2]  # the median: one outlier far from the rest must not set the scale
-    sums = np.empty(n + 1)  # sums[r]: of the r smallest, less r·shift (in place: one array, not three)
-    sums[0] = 0.0
-    np.subtract(cur_sorted, shift, out=sums[1:])
-    np.cumsum(sums[1:], out=sums[1:])
+    sums = np.append(0.0, np.cumsum(cur_sorted - shift))  # sums[r]: of the r smallest, less r·shift
     # the intervals [lo, hi) and the reference's CDF level on each: before u_0 (0), between the
     # u (a), after the last (1, up to the window's largest value); r_ counts window values <= x
     lo, r_lo = np.append(min(shift, u[0]), u), np.append(0, right)
