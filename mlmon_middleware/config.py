@@ -120,9 +120,10 @@ class MonitorConfig:
             own start-up), collect garbage once and move every object alive then (modules, the
             app, a loaded model) out of the garbage collector's reach (``gc.freeze``), once per
             process. Records waiting for the pipeline make the collector run more often; its full
-            collections then walk the whole heap, tens of ms with the GIL held under uvicorn,
-            a few ms after the freeze (``benchmarks/tail.py gc``, docs/benchmarks.md). Objects frozen are still freed when nothing
-            refers to them; only a reference cycle among them is never reclaimed.
+            collections then walk the whole heap, tens of ms with the GIL held under uvicorn, a
+            few ms after the freeze (``benchmarks/tail.py gc``, docs/benchmarks.md). Objects
+            frozen are still freed when nothing refers to them; only a reference cycle among
+            them is never reclaimed.
         check_interval: seconds between background drift checks (0 turns them off; checks can
             still be run with ``ModelMonitor.check_now()``).
         window_seconds: when set, a check looks only at the window's rows of the last this many

@@ -19,10 +19,11 @@ allocates more than it frees until the next run: the collector's young generatio
 runs, and what it finds alive (the waiting records, the requests in flight) is promoted. Every
 so many promotions CPython runs a full collection, which walks every object of the process:
 modules, the app, a loaded model. Under uvicorn that took tens of ms, with the GIL held, where
-bare FastAPI never ran one (``benchmarks/tail.py gc``). :func:`freeze_startup` (at the server's start, once per process)
-collects once and moves what is alive then out of the collector's reach (``gc.freeze``): a full
-collection then walks only what was made since (a few ms). Frozen objects are still freed when
-nothing refers to them; only a reference cycle among them would never be reclaimed.
+bare FastAPI never ran one (``benchmarks/tail.py gc``). :func:`freeze_startup` (at the server's
+start, once per process) collects once and moves what is alive then out of the collector's
+reach (``gc.freeze``): a full collection then walks only what was made since (a few ms). Frozen
+objects are still freed when nothing refers to them; only a reference cycle among them would
+never be reclaimed.
 
 >>> freed = give_back()  # True where glibc's malloc_trim ran
 """

@@ -83,14 +83,20 @@ def test_freeze_startup_off_leaves_the_collector_alone(off):
 
 def test_freeze_startup_runs_once_per_process_and_again_in_a_forked_child():
     code = textwrap.dedent('''
-        import gc, os
+        import gc, os, weakref
         from mlmon_middleware.memory import freeze_startup
-        garbage = []
-        garbage.append(garbage)  # a cycle nothing refers to: collected first, never frozen
+
+        class Node:
+            pass
+
+        garbage = Node()
+        garbage.me = garbage  # a cycle nothing refers to: collected first, never frozen
+        gone = weakref.ref(garbage)
         del garbage
         first, again = freeze_startup(), freeze_startup()
+        assert gone() is None
         frozen = gc.get_freeze_count()
-        made_after = [[i] for i in range(1000)]
+        made_after = [[i] for i in range(1000)]  # made after the freeze: not frozen (the count below stays)
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:
