@@ -28,14 +28,12 @@ import platform
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from overhead import BODY, SERVICE, free_port, pin, wrk_script
+from overhead import BODY, pin, service_folder, start, stop, wrk_script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # wrk prints p50..p99 with --latency; p99.9 needs its Lua hook
@@ -59,31 +57,6 @@ VARIANTS = {  # name -> (workers, monitored, extra environment, the bare variant
     "1 ms model, 3 workers, monitored (shared)": (3, True, MODEL_1MS, "1 ms model, 3 workers, bare"),
 }
 Variants = dict[str, tuple[int, bool, dict[str, str], str | None]]
-def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {**os.environ, "BENCH_MONITORED": "1" if monitored else "0", "MLMON_TRACING": "off", **extra}
-    command = [*pin(0), sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir, "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(command + (["--workers", str(workers)] if workers > 1 else []), env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    time.sleep(1.0 if workers > 1 else 0.0)  # every worker listening
-    return proc, port
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
                body: bytes = BODY, copies: int = 2) -> dict[str, list[dict[str, float]]]:
     """Each variant's requests/s, p99 and p99.9 (ms) and server CPU per request (µs) per round
@@ -104,17 +77,11 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("the http benchmark needs wrk: apt-get install wrk")
-    workdir = tempfile.mkdtemp(prefix="mlmon-fleet-")  # a run's own: two runs at once must not share a service file
-    with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
-        fh.write(SERVICE)
-    script = os.path.join(workdir, "post.lua")
-    with open(script, "w") as fh:
-        fh.write(wrk_script(body) + LATENCY)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     groups: dict[str, list[str]] = {}
     for name, (_, _, _, bare) in variants.items():
         groups.setdefault(bare or name, []).append(name)
-    try:
+    with service_folder(wrk_script(body) + LATENCY, "mlmon-fleet-") as (workdir, script):
         for group in groups.values():
             servers: dict[tuple[str, int], tuple[subprocess.Popen, int]] = {}
             try:
@@ -141,8 +108,6 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
             finally:
                 for proc, _ in servers.values():
                     stop(proc)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
@@ -232,12 +197,9 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
 def bench_scrape(rounds: int) -> dict[str, list[float]]:
     import httpx
 
-    workdir = tempfile.mkdtemp(prefix="mlmon-fleet-")  # a run's own: two runs at once must not share a service file
-    with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
-        fh.write(SERVICE)
     body = {"amount": 120.5, "age": 41, "country": "fr", "channel": "web"}
     times: dict[str, list[float]] = {"1 worker": [], "3 workers, summed": []}
-    try:
+    with service_folder(prefix="mlmon-fleet-") as (workdir, _):
         for _ in range(rounds):
             for name, workers in (("1 worker", 1), ("3 workers, summed", 3)):
                 proc, port = start(workdir, workers, True, {})
@@ -254,8 +216,6 @@ def bench_scrape(rounds: int) -> dict[str, list[float]]:
                     times[name].append(statistics.median(samples) * 1000)
                 finally:
                     stop(proc)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return times
 
 

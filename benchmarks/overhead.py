@@ -17,6 +17,7 @@ memory  RSS of a process after 10,000 and after 1,000,000 monitored calls.
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import platform
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 
 BODY = b'{"amount": 120.5, "age": 41, "country": "fr", "channel": "web"}'
 # the realistic endpoint of benchmarks/tail.py (BENCH_FEATURES=22): 18 numbers and 4 categories
@@ -305,6 +307,24 @@ def wrk_script(body: bytes) -> str:
 WRK_SCRIPT = wrk_script(BODY)
 
 
+@contextlib.contextmanager
+def service_folder(script: str = WRK_SCRIPT, prefix: str = "mlmon-bench-") -> Iterator[tuple[str, str]]:
+    """A folder of this run's own holding ``SERVICE`` as ``bench_service.py`` (uvicorn's
+    ``--app-dir``) and wrk's Lua ``script`` as ``post.lua``; yields the folder and the
+    script's path, and removes the folder afterwards. Two runs at once must not share a
+    service file: one run's would replace the other's."""
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    try:
+        with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
+            fh.write(SERVICE)
+        script_path = os.path.join(workdir, "post.lua")
+        with open(script_path, "w") as fh:
+            fh.write(script)
+        yield workdir, script_path
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -316,42 +336,53 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
 
 
+def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """uvicorn serving ``workdir``'s ``bench_service`` (bare or ``monitored``, tracing off, the
+    ``extra`` environment) with ``workers`` workers on core 0; returns once it listens."""
+    port = free_port()
+    env = {**os.environ, "BENCH_MONITORED": "1" if monitored else "0", "MLMON_TRACING": "off", **extra}
+    command = [*pin(0), sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir, "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(command + (["--workers", str(workers)] if workers > 1 else []), env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    time.sleep(1.0 if workers > 1 else 0.0)  # every worker listening
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def bench_http(seconds: int, rounds: int) -> list[dict]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("the http benchmark needs wrk: apt-get install wrk")
-    workdir = tempfile.mkdtemp(prefix="mlmon-overhead-")  # a run's own: two runs at once must not share a service file
-    with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
-        fh.write(SERVICE)
-    with open(os.path.join(workdir, "post.lua"), "w") as fh:
-        fh.write(WRK_SCRIPT)
     results: dict[str, list[float]] = {"bare": [], "monitored": []}
-    for _ in range(rounds):
-        for label in ("bare", "monitored"):
-            port = free_port()
-            env = {**os.environ, "BENCH_MONITORED": "1" if label == "monitored" else "0", "MLMON_TRACING": "off"}
-            proc = subprocess.Popen([*pin(0), sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir,
-                                     "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                                     "--no-access-log"], env=env)
-            try:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    with socket.socket() as s:
-                        if s.connect_ex(("127.0.0.1", port)) == 0:
-                            break
-                    time.sleep(0.1)
-                url = f"http://127.0.0.1:{port}/predict"
-                subprocess.run([*pin(1), wrk, "-t1", "-c16", "-d2s", "-s", os.path.join(workdir, "post.lua"), url],
-                               capture_output=True, check=True)  # warm-up
-                out = subprocess.run([*pin(1), wrk, "-t1", "-c16", f"-d{seconds}s", "-s", os.path.join(workdir, "post.lua"),
-                                      url], capture_output=True, text=True, check=True).stdout
-                if "Non-2xx" in out:
-                    raise RuntimeError(out)
-                results[label].append(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=10)
-    shutil.rmtree(workdir, ignore_errors=True)
+    with service_folder(prefix="mlmon-overhead-") as (workdir, script):
+        for _ in range(rounds):
+            for label in ("bare", "monitored"):
+                proc, port = start(workdir, 1, label == "monitored", {})
+                try:
+                    url = f"http://127.0.0.1:{port}/predict"
+                    subprocess.run([*pin(1), wrk, "-t1", "-c16", "-d2s", "-s", script, url],
+                                   capture_output=True, check=True)  # warm-up
+                    out = subprocess.run([*pin(1), wrk, "-t1", "-c16", f"-d{seconds}s", "-s", script, url],
+                                         capture_output=True, text=True, check=True).stdout
+                    if "Non-2xx" in out:
+                        raise RuntimeError(out)
+                    results[label].append(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))
+                finally:
+                    stop(proc)
     return [{"variant": k, "rps": statistics.median(v), "runs": v} for k, v in results.items()]
 
 

@@ -46,8 +46,8 @@ import tempfile
 import time
 import urllib.request
 
-from fleet import LATENCY, bench_http, print_http, run_wrk, start, stop
-from overhead import BODY, SERVICE, WIDE_FIELDS, drive, pin, wrk_script
+from fleet import LATENCY, bench_http, print_http, run_wrk
+from overhead import BODY, WIDE_FIELDS, drive, pin, service_folder, start, stop, wrk_script
 
 WIDE_BODY = json.dumps(WIDE_FIELDS).encode()
 ENDPOINTS = {"22 features": ("22", WIDE_BODY), "4 fields": ("4", BODY)}
@@ -179,12 +179,6 @@ def bench_gc(seconds: int, rounds: int) -> dict[str, dict[str, list[float]]]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("the gc benchmark needs wrk: apt-get install wrk")
-    workdir = tempfile.mkdtemp(prefix="mlmon-gc-")
-    with open(os.path.join(workdir, "bench_service.py"), "w") as fh:
-        fh.write(SERVICE)
-    script = os.path.join(workdir, "post.lua")
-    with open(script, "w") as fh:
-        fh.write(wrk_script(WIDE_BODY) + LATENCY)
 
     def seen(port: int) -> dict[str, list[float]]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/gc", timeout=10) as answer:
@@ -192,32 +186,32 @@ def bench_gc(seconds: int, rounds: int) -> dict[str, dict[str, list[float]]]:
 
     servers = {}
     results: dict[str, dict[str, list[float]]] = {name: {} for name in GC_VARIANTS}
-    try:
-        for name, (monitored, extra) in GC_VARIANTS.items():
-            servers[name] = start(workdir, 1, monitored, {"BENCH_FEATURES": "22", "BENCH_GC_STATS": "1", **extra})
-        for _, port in servers.values():
-            run_wrk(wrk, script, port, 3)  # warm up (and the start-up's own collections)
-            seen(port)
-        order = list(servers)
-        for r in range(rounds):
-            random.Random(r).shuffle(order)
-            for name in order:
-                port = servers[name][1]
-                requests = int(re.search(r"(\d+) requests in", run_wrk(wrk, script, port, seconds)).group(1))
-                per_generation: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
-                for key, (n, total, longest) in seen(port).items():
-                    got = per_generation[int(key.rsplit(":", 1)[1])]
-                    got[0], got[1], got[2] = got[0] + n, got[1] + total, max(got[2], longest)
-                for generation, (n, total, longest) in per_generation.items():
-                    row = results[name]
-                    row.setdefault(f"gen{generation} per 10k", []).append(n / requests * 1e4)
-                    row.setdefault(f"gen{generation} ms per 10k", []).append(total * 1e3 / requests * 1e4)
-                    row.setdefault(f"gen{generation} longest ms", []).append(longest * 1e3)
-            print(f"gc round {r + 1} done", file=sys.stderr)
-    finally:
-        for proc, _ in servers.values():
-            stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with service_folder(wrk_script(WIDE_BODY) + LATENCY, "mlmon-gc-") as (workdir, script):
+        try:
+            for name, (monitored, extra) in GC_VARIANTS.items():
+                servers[name] = start(workdir, 1, monitored, {"BENCH_FEATURES": "22", "BENCH_GC_STATS": "1", **extra})
+            for _, port in servers.values():
+                run_wrk(wrk, script, port, 3)  # warm up (and the start-up's own collections)
+                seen(port)
+            order = list(servers)
+            for r in range(rounds):
+                random.Random(r).shuffle(order)
+                for name in order:
+                    port = servers[name][1]
+                    requests = int(re.search(r"(\d+) requests in", run_wrk(wrk, script, port, seconds)).group(1))
+                    per_generation: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
+                    for key, (n, total, longest) in seen(port).items():
+                        got = per_generation[int(key.rsplit(":", 1)[1])]
+                        got[0], got[1], got[2] = got[0] + n, got[1] + total, max(got[2], longest)
+                    for generation, (n, total, longest) in per_generation.items():
+                        row = results[name]
+                        row.setdefault(f"gen{generation} per 10k", []).append(n / requests * 1e4)
+                        row.setdefault(f"gen{generation} ms per 10k", []).append(total * 1e3 / requests * 1e4)
+                        row.setdefault(f"gen{generation} longest ms", []).append(longest * 1e3)
+                print(f"gc round {r + 1} done", file=sys.stderr)
+        finally:
+            for proc, _ in servers.values():
+                stop(proc)
     return results
 
 
