@@ -77,6 +77,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store_url": ("MLMON_STORE_URL", str),
     "enforce_approval": ("MLMON_ENFORCE_APPROVAL", _parse_bool),
     "freeze_startup": ("MLMON_FREEZE_STARTUP", _parse_bool),
+    "switch_interval": ("MLMON_SWITCH_INTERVAL", float),
     "multiprocess_dir": ("MLMON_MULTIPROC_DIR", str),
     "metrics_per_worker": ("MLMON_METRICS_PER_WORKER", _parse_bool),
     "share_interval": ("MLMON_SHARE_INTERVAL", float),
@@ -124,6 +125,16 @@ class MonitorConfig:
             few ms after the freeze (``benchmarks/tail.py gc``, docs/benchmarks.md). Objects
             frozen are still freed when nothing refers to them; only a reference cycle among
             them is never reclaimed.
+        switch_interval: seconds; while monitoring runs (from the pipeline thread's start to
+            its stop), the interpreter's switch interval (``sys.setswitchinterval``, 5 ms by
+            default) is at most this, so a thread waiting for the GIL (the serving thread,
+            while the pipeline works) gets it within about this long, and the pipeline works
+            without pausing when no thread waits. This is process-wide: the app's own threads
+            that compete for the GIL switch that often too. The interval before is put back
+            when the last monitor stops (unless something else changed it meanwhile). 0 leaves
+            the interval alone; the pipeline then sleeps ``50 µs`` after every ``50 µs`` of
+            work instead, which costs more CPU under load (:mod:`~mlmon_middleware.pacing`,
+            docs/benchmarks.md).
         check_interval: seconds between background drift checks (0 turns them off; checks can
             still be run with ``ModelMonitor.check_now()``).
         window_seconds: when set, a check looks only at the window's rows of the last this many
@@ -197,6 +208,7 @@ class MonitorConfig:
     flush_interval: float = 0.5
     flush_batch: int = 256
     freeze_startup: bool = True
+    switch_interval: float = 1e-4
     check_interval: float = 60.0
     window_seconds: float | None = None
     store_dir: str | None = None
@@ -232,6 +244,9 @@ class MonitorConfig:
         _check_int(self, "max_body_bytes", minimum=0)
         _check_int(self, "queue_size", minimum=1)
         _check_int(self, "flush_batch", minimum=1)
+        if (not isinstance(self.switch_interval, (int, float)) or isinstance(self.switch_interval, bool)
+                or not 0 <= self.switch_interval <= 1):
+            raise ConfigError(f"switch_interval must be a number of seconds in [0, 1], got {self.switch_interval!r}")
         if not isinstance(self.check_interval, (int, float)) or self.check_interval < 0:
             raise ConfigError(f"check_interval must be a number of seconds >= 0, got {self.check_interval!r}")
         if not isinstance(self.store_interval, (int, float)) or not 0 < self.store_interval <= 60:

@@ -1,19 +1,29 @@
-"""Pacing: background threads hand the GIL back to the serving thread every few tens of µs.
+"""Pacing: background threads hand the GIL back to the serving thread within tens of µs.
 
 CPython's GIL is handed over on request only every ``sys.getswitchinterval()`` (5 ms): a
 background thread that works for 2 ms while the event loop waits delays every request by up
-to 2 ms (measured before pacing: in-process p99.9 12× bare). Our background threads therefore
-call a :class:`Pacer` between small pieces of work; once ``budget`` seconds have passed since
-the thread last let go, it sleeps ``pause`` seconds, which releases the GIL long enough for a
-waiting thread to take it (a zero sleep often does not: the sleeper takes it straight back).
+to 2 ms (measured before pacing: in-process p99.9 12× bare). Two ways to keep that short:
+
+* :class:`SwitchInterval`: while the pipeline thread lives, the interpreter's switch interval
+  is lowered (to ``MonitorConfig.switch_interval``, 100 µs by default), so a thread that waits
+  for the GIL gets it that soon, and the pipeline runs on without a pause when none waits. Its
+  pace points then only measure (:meth:`Pacer.mark`).
+* a :class:`Pacer` that sleeps: once ``budget`` seconds have passed since the thread last let
+  go, it sleeps ``pause`` seconds, which releases the GIL long enough for a waiting thread to
+  take it (a zero sleep often does not: the sleeper takes it straight back). Every pause costs
+  a sleep, two context switches and the caches refilled, whether a thread waited or not:
+  under wrk that was about 50 µs of server CPU per request more than the short interval
+  (docs/benchmarks.md). The analyzer's checks use it, and so does the pipeline with
+  ``switch_interval=0``.
 
 Code that may run in a background thread but also elsewhere (a drift check: in the analyzer's
 thread, or for a caller of ``check_now``) calls :func:`pace_point`, which paces only where a
 thread has set its pacer with :func:`paced`.
 
-The longest stretch of work between two releases is kept (``longest``, in the thread's CPU
-time: wall time would also count the waits for the GIL that other threads' work causes), so
-benchmarks and health can show what the serving thread may have to wait for.
+The longest stretch of work between two pace points is kept (``longest``, in the thread's CPU
+time: wall time would also count the waits for the GIL that other threads' work causes). With
+a sleeping pacer it is the longest the thread held the GIL; under a short switch interval the
+interpreter hands the GIL over inside stretches too, so it is an upper bound.
 
 >>> pace = Pacer(budget=0.001, pause=0.0)
 >>> for _ in range(3):
@@ -26,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -61,6 +73,12 @@ class Pacer:
             self.rest()
             time.sleep(self.pause)
             self.restart()
+
+    def mark(self) -> None:
+        """A pace point that never sleeps (under a short switch interval): the stretch since
+        the last one is measured and a new one starts."""
+        self.rest()
+        self.restart()
 
 
 def no_pace() -> None:
@@ -100,3 +118,60 @@ def pace_point() -> None:
     if pacer is not None:
         pacer()
 
+
+
+
+class SwitchInterval:
+    """The interpreter's switch interval, lowered while monitoring runs: :meth:`lower` by each
+    pipeline that starts (in any :class:`~mlmon_middleware.Monitor` of the process), put back
+    by :meth:`restore` after the last one stops, unless something else changed it meanwhile.
+
+    Lowered for as long as the pipeline thread lives, not only while it works: a thread that
+    starts waiting for the GIL reads the interval then, so an interval lowered once the
+    pipeline holds the GIL would come too late for a thread already waiting (up to 5 ms).
+
+    >>> before = sys.getswitchinterval()
+    >>> switching = SwitchInterval()
+    >>> switching.lower(1e-4); round(sys.getswitchinterval(), 6)
+    0.0001
+    >>> switching.restore(); sys.getswitchinterval() == before
+    True
+    """
+
+    def __init__(self) -> None:
+        self._saved = 0.0  # the interval before the first lower
+        self._lowered: float | None = None  # the interval set, while it is in force
+        self._forget()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        # a forked child has none of the parent's pipelines: its own lower it again when they start
+        if self._lowered is not None and sys.getswitchinterval() == self._lowered:
+            sys.setswitchinterval(self._saved)
+        self._lock = threading.Lock()
+        self._users = 0
+        self._lowered = None
+
+    def lower(self, interval: float) -> None:
+        """At most ``interval`` seconds from now on (0: left alone); each call needs one
+        :meth:`restore`."""
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                self._saved = sys.getswitchinterval()
+            if 0 < interval < sys.getswitchinterval():
+                sys.setswitchinterval(interval)
+                self._lowered = sys.getswitchinterval()  # as the interpreter rounded it
+
+    def restore(self) -> None:
+        """Ends one :meth:`lower`; after the last, the interval is what it was before the first."""
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._lowered is not None:
+                if sys.getswitchinterval() == self._lowered:  # unless someone else changed it meanwhile
+                    sys.setswitchinterval(self._saved)
+                self._lowered = None
+
+
+#: the process's one: every pipeline lowers and restores through it
+switching = SwitchInterval()

@@ -6,10 +6,13 @@ The capture layers hand :class:`~mlmon_middleware.model.Record`\\ s to :meth:`Pi
 fills ``flush_batch`` records, and :func:`~mlmon_middleware.ingest.ingest` turns each model's
 records, in one direction, into: counts and timings (telemetry), feature and prediction rows in
 the model's windows, per-bin counts, prediction-log rows for the log writer, and spans. The
-thread paces itself (:mod:`~mlmon_middleware.pacing`): it lets go of the GIL every few tens of
-µs, so requests never wait long behind it; ``longest_hold`` is the longest stretch it kept it.
-Behind, its stretches grow with the backlog (up to :data:`MAX_BUDGET`): dropping records would
-be worse than a slower tail. After a batch that held input over a capture bound (megabyte
+process runs under a short switch interval while the thread lives (``MonitorConfig.switch_interval``,
+100 µs; :class:`~mlmon_middleware.pacing.SwitchInterval`): a request that waits for the GIL
+gets it within about that long, and the pipeline never pauses when none waits. With
+``switch_interval=0`` it paces itself instead (:class:`~mlmon_middleware.pacing.Pacer`): it
+sleeps after every few tens of µs of work, and behind, its stretches grow with the backlog (up
+to :data:`MAX_BUDGET`): dropping records would be worse than a slower tail. ``longest_hold`` is
+the longest stretch of work between two pace points. After a batch that held input over a capture bound (megabyte
 values, say), it hands the memory they held back to the system (:mod:`~mlmon_middleware.memory`),
 at most once per :data:`TRIM_INTERVAL`: a client sending long values all the time costs one
 trim a second, not one per batch.
@@ -35,11 +38,11 @@ from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.ingest import ingest
 from mlmon_middleware.memory import give_back
 from mlmon_middleware.model import ModelMonitor, Record
-from mlmon_middleware.pacing import BUDGET, Pacer, no_pace
+from mlmon_middleware.pacing import BUDGET, Pacer, no_pace, switching
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
-MAX_BUDGET = 2e-3  # seconds of work between two pauses when far behind
+MAX_BUDGET = 2e-3  # seconds of work between two pauses when far behind (switch_interval=0)
 TRIM_INTERVAL = 1.0  # seconds between two heap trims at most (a trim owed waits for the next flush)
 
 
@@ -78,6 +81,7 @@ class Pipeline:
         self._writer: StoreWriter | None = None
         self._pacer = Pacer()
         self._trim_due, self._trimmed = False, -math.inf  # a heap trim owed after oversized input, the last one
+        self._lowered = False  # this pipeline lowered the switch interval (a forked child's has not)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -97,6 +101,9 @@ class Pipeline:
     def start(self, telemetry: Telemetry, writer: StoreWriter | None) -> None:
         self._telemetry, self._writer = telemetry, writer
         self._stop.clear()
+        if not self._lowered and self.config.switch_interval > 0:
+            switching.lower(self.config.switch_interval)
+            self._lowered = True
         self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
         self._thread.start()
 
@@ -125,16 +132,20 @@ class Pipeline:
             return
         with self._lock:
             queue = self._queue
-            # Only the pipeline's own thread pauses (a flush on demand runs in its caller's
-            # thread). A serving loop that never waits hands the GIL back only when forced (every
-            # 5 ms): 50 µs of work per 5 ms would never catch up. So the budget grows with the
-            # backlog (50 µs per flush_batch records queued, up to MAX_BUDGET): a few batches
-            # behind, stretches of a few hundred µs; far behind, 2 ms, a quarter of the GIL.
+            # Only the pipeline's own thread paces (a flush on demand runs in its caller's
+            # thread). Under a short switch interval its pace points only measure. Otherwise it
+            # sleeps between stretches, and a serving loop that never waits hands the GIL back
+            # only when forced (every 5 ms): 50 µs of work per 5 ms would never catch up. So the
+            # budget grows with the backlog (50 µs per flush_batch records queued, up to
+            # MAX_BUDGET): a few batches behind, stretches of a few hundred µs; far behind, 2 ms.
             pace: Callable[[], None] = no_pace
             if threading.current_thread() is self._thread:
-                backlog = len(queue) / self.config.flush_batch
-                self._pacer.budget = min(MAX_BUDGET, BUDGET * max(1.0, backlog))
-                pace = self._pacer
+                if self.config.switch_interval > 0:
+                    pace = self._pacer.mark
+                else:
+                    backlog = len(queue) / self.config.flush_batch
+                    self._pacer.budget = min(MAX_BUDGET, BUDGET * max(1.0, backlog))
+                    pace = self._pacer
             n = len(queue)
             self.ingested += n
             self._trim_due |= self._ingest(_drained(queue, n, pace), telemetry, pace)
@@ -162,6 +173,9 @@ class Pipeline:
         self.flush()
         self._telemetry = self._writer = None
         self._thread = None
+        if self._lowered:
+            switching.restore()
+            self._lowered = False
 
     def forget(self) -> None:
         """In a forked child: drop the parent's thread, queue and exporters."""

@@ -1,10 +1,15 @@
-"""The pipeline lets go of the GIL between small pieces of work, so the serving thread never
-waits long behind it; behind on its queue, it works in longer stretches rather than drop records."""
+"""The pipeline never keeps the serving thread waiting long for the GIL: while monitoring runs
+the switch interval is short (a waiting thread gets the GIL within it), or, with
+``switch_interval=0``, the pipeline sleeps between small pieces of work; behind on its queue, it
+then works in longer stretches rather than drop records."""
 
+import os
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 
 from mlmon_middleware import Monitor, MonitorConfig
 from mlmon_middleware.model import Record
@@ -29,13 +34,15 @@ def test_a_pacer_sleeps_once_its_budget_is_spent_and_keeps_the_longest_stretch()
     assert 0 < pace.longest <= 0.03  # the stretches' CPU time
 
 
-def lateness_while_flushing(budget: float) -> float:
+def lateness_while_flushing(budget: float, switch_interval: float = 0.0) -> float:
     """The 99th percentile (s) of how late a sleeping serving thread wakes while the pipeline
-    thread ingests a large queue, paced with ``budget``."""
+    thread ingests a large queue, paced with ``budget`` (with ``switch_interval`` 0) or under
+    that switch interval."""
     import mlmon_middleware.pipeline as pipeline_module
 
     saved = pipeline_module.BUDGET, pipeline_module.MAX_BUDGET
-    mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600, flush_batch=100_000, queue_size=1_000_000))
+    mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600, flush_batch=100_000, queue_size=1_000_000,
+                                switch_interval=switch_interval))
     mon.start()
     try:
         pipeline_module.BUDGET = pipeline_module.MAX_BUDGET = budget  # what the flush will set
@@ -69,6 +76,83 @@ def test_the_serving_thread_waits_far_less_behind_a_paced_pipeline():
     assert paced < unpaced / 3, (paced, unpaced)
 
 
+def test_under_a_short_switch_interval_the_serving_thread_waits_far_less_and_the_pipeline_never_sleeps():
+    from mlmon_middleware.pacing import Pacer
+
+    unpaced = lateness_while_flushing(budget=10.0)  # the default 5 ms interval, no pauses
+    sleeps = []
+    real_call = Pacer.__call__
+    Pacer.__call__ = lambda self: sleeps.append(1) or real_call(self)  # type: ignore[method-assign]
+    try:
+        short = lateness_while_flushing(budget=10.0, switch_interval=1e-4)
+    finally:
+        Pacer.__call__ = real_call  # type: ignore[method-assign]
+    assert short < unpaced / 3, (short, unpaced)
+    assert sleeps == []  # its pace points only measured
+
+
+@pytest.fixture
+def switching(monkeypatch):
+    """The interval the process had before, and a fresh record of who lowered it (monitors
+    left running by other tests of this process hold the process's own)."""
+    import mlmon_middleware.pipeline as pipeline_module
+    from mlmon_middleware.pacing import SwitchInterval
+
+    original = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    monkeypatch.setattr(pipeline_module, "switching", SwitchInterval())
+    yield 0.005
+    sys.setswitchinterval(original)
+
+
+def test_monitoring_lowers_the_switch_interval_and_puts_it_back(switching):
+    before = switching
+    first = Monitor(MonitorConfig(tracing=False, switch_interval=4e-4))
+    second = Monitor(MonitorConfig(tracing=False, switch_interval=2e-4))
+    untouched = Monitor(MonitorConfig(tracing=False, switch_interval=0))
+    third = Monitor(MonitorConfig(tracing=False, switch_interval=1e-4))
+    try:
+        untouched.start()
+        assert sys.getswitchinterval() == before
+        first.start()
+        assert abs(sys.getswitchinterval() - 4e-4) < 1e-6
+        second.start()
+        assert abs(sys.getswitchinterval() - 2e-4) < 1e-6
+        first.shutdown()  # another monitor still runs: still short
+        assert abs(sys.getswitchinterval() - 2e-4) < 1e-6
+        second.shutdown()
+        assert sys.getswitchinterval() == before
+        untouched.shutdown()
+        assert sys.getswitchinterval() == before
+
+        third.start()
+        sys.setswitchinterval(0.001)  # the app sets its own meanwhile: it is kept
+        third.shutdown()
+        assert abs(sys.getswitchinterval() - 0.001) < 1e-6
+    finally:
+        for mon in (first, second, untouched, third):
+            mon.shutdown()
+
+
+def test_a_forked_child_starts_from_the_interval_before_monitoring(switching):
+    import mlmon_middleware.pipeline as pipeline_module
+
+    before = switching
+    mon = Monitor(MonitorConfig(tracing=False, switch_interval=1e-4))
+    mon.start()
+    try:
+        assert pipeline_module.switching._users == 1
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's pipeline does not run here
+            os._exit(0 if sys.getswitchinterval() == before else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert abs(sys.getswitchinterval() - 1e-4) < 1e-6  # the parent's is unchanged
+    finally:
+        mon.shutdown()
+    assert sys.getswitchinterval() == before
+
+
 class CountingPacer(Pacer):
     """Pauses at every pace point (no time), counting them."""
 
@@ -98,7 +182,8 @@ def test_behind_on_its_queue_the_pipeline_works_in_longer_stretches():
     the backlog so that the pipeline keeps up instead of dropping records."""
     from mlmon_middleware.pipeline import MAX_BUDGET
 
-    mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600, flush_batch=16, queue_size=100_000))
+    mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600, flush_batch=16, queue_size=100_000,
+                                switch_interval=0))
     mon.start()
     try:
         model = mon.model("behind")
