@@ -119,8 +119,6 @@ def pace_point() -> None:
         pacer()
 
 
-
-
 class SwitchInterval:
     """The interpreter's switch interval, lowered while monitoring runs: :meth:`lower` by each
     pipeline that starts (in any :class:`~mlmon_middleware.Monitor` of the process), put back
