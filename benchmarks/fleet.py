@@ -60,7 +60,8 @@ Variants = dict[str, tuple[int, bool, dict[str, str], str | None]]
 def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
                body: bytes = BODY, copies: int = 2) -> dict[str, list[dict[str, float]]]:
     """Each variant's requests/s, p99 and p99.9 (ms) and server CPU per request (µs) per round
-    under wrk; monitored variants also report the pipeline's longest GIL hold (``hold_ms``).
+    under wrk; monitored variants also report the pipeline's longest stretch of work (``hold_ms``, see
+    ``tail.py``).
 
     Each variant runs as ``copies`` server processes, and a round's figure of a variant is the
     mean over its processes: two processes of the same code differ by several per cent (memory
@@ -173,7 +174,7 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
     print("\n| variant | requests/s (median) | vs bare, per round (median; min–max) | p99 ms (median) "
           "| p99 vs bare (median; min–max) | p99.9 ms (median) | p99.9 vs bare (median; min–max) "
           "| server CPU µs/request (median) | CPU vs bare (median; min–max) "
-          "| pipeline's longest GIL hold, ms (max) |")
+          "| pipeline's longest stretch, ms (max) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         bare = variants[name][3]

@@ -273,6 +273,11 @@ SERVICE = textwrap.dedent('''
 
     if monitored:
         instrument_app(app)
+        if os.environ.get("BENCH_REQUEST_PATH_ONLY") == "1":
+            # the request path alone (tail.py http): records are made and handed to the queue,
+            # which drops them, so no pipeline work follows
+            from mlmon_middleware import Monitor
+            Monitor.get().pipeline.submit = lambda record: True
 
     if os.environ.get("BENCH_GC_STATS") == "1":
         # tail.py gc: each collection's thread, generation and duration, read (and reset) at /bench/gc
