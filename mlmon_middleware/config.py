@@ -133,8 +133,9 @@ class MonitorConfig:
             that compete for the GIL switch that often too. The interval before is put back
             when the last monitor stops (unless something else changed it meanwhile). 0 leaves
             the interval alone; the pipeline then sleeps ``50 µs`` after every ``50 µs`` of
-            work instead, which costs more CPU under load (:mod:`~mlmon_middleware.pacing`,
-            docs/benchmarks.md).
+            work instead, which costs a server more CPU under load, but keeps the tail of a
+            loop of monitored calls that never waits on I/O nearer bare
+            (:mod:`~mlmon_middleware.pacing`, docs/benchmarks.md).
         check_interval: seconds between background drift checks (0 turns them off; checks can
             still be run with ``ModelMonitor.check_now()``).
         window_seconds: when set, a check looks only at the window's rows of the last this many

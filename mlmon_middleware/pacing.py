@@ -12,7 +12,7 @@ to 2 ms (measured before pacing: in-process p99.9 12× bare). Two ways to keep t
   go, it sleeps ``pause`` seconds, which releases the GIL long enough for a waiting thread to
   take it (a zero sleep often does not: the sleeper takes it straight back). Every pause costs
   a sleep, two context switches and the caches refilled, whether a thread waited or not:
-  under wrk that was about 50 µs of server CPU per request more than the short interval
+  under wrk that was 50–75 µs of server CPU per request more than the short interval
   (docs/benchmarks.md). The analyzer's checks use it, and so does the pipeline with
   ``switch_interval=0``.
 
