@@ -60,6 +60,10 @@ def _parse_optional_path(text: str) -> str | None:
     return None if text.strip().lower() in ("", "off", "none") else text.strip()
 
 
+#: the largest switch_interval: the interpreter's default; a longer one would let the pipeline,
+#: which then never pauses, keep the GIL longer than without mlmon
+MAX_SWITCH_INTERVAL = 0.005
+
 # field name -> (environment variable, parser)
 _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "service_name": ("MLMON_SERVICE_NAME", str),
@@ -125,16 +129,18 @@ class MonitorConfig:
             few ms after the freeze (``benchmarks/tail.py gc``, docs/benchmarks.md). Objects
             frozen are still freed when nothing refers to them; only a reference cycle among
             them is never reclaimed.
-        switch_interval: seconds; while monitoring runs (from the pipeline thread's start to
-            its stop), the interpreter's switch interval (``sys.setswitchinterval``, 5 ms by
-            default) is at most this, so a thread waiting for the GIL (the serving thread,
-            while the pipeline works) gets it within about this long, and the pipeline works
-            without pausing when no thread waits. This is process-wide: the app's own threads
-            that compete for the GIL switch that often too. The interval before is put back
-            when the last monitor stops (unless something else changed it meanwhile). 0 leaves
-            the interval alone; the pipeline then sleeps ``50 µs`` after every ``50 µs`` of
-            work instead, which costs a server more CPU under load, but keeps the tail of a
-            loop of monitored calls that never waits on I/O nearer bare
+        switch_interval: seconds, at most 0.005 (the interpreter's default); while monitoring
+            runs (from the pipeline thread's start to its stop), the interpreter's switch
+            interval (``sys.setswitchinterval``) is at most this, so a thread waiting for the
+            GIL (the serving thread, while the pipeline works) usually gets it within about
+            this long (a switch waits for the running bytecode: a long C call or a garbage
+            collection is not cut short), and the pipeline works without pausing when no thread
+            waits. This is process-wide: the app's own threads that compete for the GIL switch
+            that often too. The interval before is put back when the last monitor stops (unless
+            something else changed it meanwhile). 0 leaves the interval alone; the pipeline then
+            sleeps ``50 µs`` after every ``50 µs`` of work instead (longer stretches, up to
+            2 ms, when far behind), which costs a server more CPU under load, but keeps the tail
+            of a loop of monitored calls that never waits on I/O nearer bare
             (:mod:`~mlmon_middleware.pacing`, docs/benchmarks.md).
         check_interval: seconds between background drift checks (0 turns them off; checks can
             still be run with ``ModelMonitor.check_now()``).
@@ -246,8 +252,9 @@ class MonitorConfig:
         _check_int(self, "queue_size", minimum=1)
         _check_int(self, "flush_batch", minimum=1)
         if (not isinstance(self.switch_interval, (int, float)) or isinstance(self.switch_interval, bool)
-                or not 0 <= self.switch_interval <= 1):
-            raise ConfigError(f"switch_interval must be a number of seconds in [0, 1], got {self.switch_interval!r}")
+                or not 0 <= self.switch_interval <= MAX_SWITCH_INTERVAL):
+            raise ConfigError(f"switch_interval must be a number of seconds in [0, {MAX_SWITCH_INTERVAL}], "
+                              f"got {self.switch_interval!r}")
         if not isinstance(self.check_interval, (int, float)) or self.check_interval < 0:
             raise ConfigError(f"check_interval must be a number of seconds >= 0, got {self.check_interval!r}")
         if not isinstance(self.store_interval, (int, float)) or not 0 < self.store_interval <= 60:

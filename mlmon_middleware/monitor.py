@@ -219,7 +219,8 @@ class Monitor:
                 if self._host is not None:
                     self._host.start(self._telemetry.registry)
                 self.gate.start()
-            except BaseException:  # a half start must not keep the lead, nor a metrics port
+            except BaseException:  # a half start must not keep the lead, a metrics port, nor a short switch interval
+                self.pipeline.stop()
                 if self._host is not None:
                     self._host.lock.release()
                 if self._telemetry is not None:

@@ -1,4 +1,4 @@
-"""Pacing: background threads hand the GIL back to the serving thread within tens of µs.
+"""Pacing: background threads hand the GIL back to the serving thread within about 100 µs.
 
 CPython's GIL is handed over on request only every ``sys.getswitchinterval()`` (5 ms): a
 background thread that works for 2 ms while the event loop waits delays every request by up
@@ -12,7 +12,7 @@ to 2 ms (measured before pacing: in-process p99.9 12× bare). Two ways to keep t
   go, it sleeps ``pause`` seconds, which releases the GIL long enough for a waiting thread to
   take it (a zero sleep often does not: the sleeper takes it straight back). Every pause costs
   a sleep, two context switches and the caches refilled, whether a thread waited or not:
-  under wrk that was 50–75 µs of server CPU per request more than the short interval
+  under wrk that was 47–78 µs of server CPU per request more than the short interval
   (docs/benchmarks.md). The analyzer's checks use it, and so does the pipeline with
   ``switch_interval=0``.
 
@@ -128,12 +128,13 @@ class SwitchInterval:
     starts waiting for the GIL reads the interval then, so an interval lowered once the
     pipeline holds the GIL would come too late for a thread already waiting (up to 5 ms).
 
-    >>> before = sys.getswitchinterval()
+    >>> original = sys.getswitchinterval(); sys.setswitchinterval(0.005)
     >>> switching = SwitchInterval()
-    >>> switching.lower(1e-4); round(sys.getswitchinterval(), 6)
-    0.0001
-    >>> switching.restore(); sys.getswitchinterval() == before
-    True
+    >>> switching.lower(1e-4); round(sys.getswitchinterval() * 1e6)
+    100
+    >>> switching.restore(); sys.getswitchinterval()
+    0.005
+    >>> sys.setswitchinterval(original + 1e-7)  # the interpreter truncates to whole µs
     """
 
     def __init__(self) -> None:
@@ -144,10 +145,14 @@ class SwitchInterval:
 
     def _forget(self) -> None:
         # a forked child has none of the parent's pipelines: its own lower it again when they start
-        if self._lowered is not None and sys.getswitchinterval() == self._lowered:
-            sys.setswitchinterval(self._saved)
+        self._put_back()
         self._lock = threading.Lock()
         self._users = 0
+
+    def _put_back(self) -> None:
+        """The interval from before the first lower, unless something else changed it meanwhile."""
+        if self._lowered is not None and sys.getswitchinterval() == self._lowered:
+            _set(self._saved)
         self._lowered = None
 
     def lower(self, interval: float) -> None:
@@ -158,17 +163,23 @@ class SwitchInterval:
             if self._users == 1:
                 self._saved = sys.getswitchinterval()
             if 0 < interval < sys.getswitchinterval():
-                sys.setswitchinterval(interval)
-                self._lowered = sys.getswitchinterval()  # as the interpreter rounded it
+                _set(interval)
+                self._lowered = sys.getswitchinterval()  # as the interpreter keeps it
 
     def restore(self) -> None:
         """Ends one :meth:`lower`; after the last, the interval is what it was before the first."""
         with self._lock:
+            if self._users == 0:  # one restore too many (two shutdowns at once): nothing to end
+                return
             self._users -= 1
-            if self._users == 0 and self._lowered is not None:
-                if sys.getswitchinterval() == self._lowered:  # unless someone else changed it meanwhile
-                    sys.setswitchinterval(self._saved)
-                self._lowered = None
+            if self._users == 0:
+                self._put_back()
+
+
+def _set(seconds: float) -> None:
+    """``sys.setswitchinterval``, rounded to the whole µs the interpreter keeps (it truncates:
+    100 µs set as is would come back as 99)."""
+    sys.setswitchinterval(round(seconds * 1e6) / 1e6 + 1e-7)
 
 
 #: the process's one: every pipeline lowers and restores through it

@@ -101,11 +101,11 @@ class Pipeline:
     def start(self, telemetry: Telemetry, writer: StoreWriter | None) -> None:
         self._telemetry, self._writer = telemetry, writer
         self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
+        self._thread.start()
         if not self._lowered and self.config.switch_interval > 0:
             switching.lower(self.config.switch_interval)
             self._lowered = True
-        self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
-        self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -117,8 +117,10 @@ class Pipeline:
 
     @property
     def longest_hold(self) -> float:
-        """Seconds: the longest stretch of work the pipeline thread did without letting go of
-        the GIL (between two pace points) since it started."""
+        """Seconds of CPU: the longest stretch of work the pipeline thread did between two
+        pace points since it started: the longest it kept the GIL with ``switch_interval=0``,
+        an upper bound under a short switch interval (the interpreter hands the GIL over
+        inside a stretch)."""
         return self._pacer.longest
 
     @property

@@ -363,7 +363,8 @@ class MonitorHealth(TypedDict):
     pid: NotRequired[int]  # private view only: process details
     instance_id: str | None
     queue: int
-    #: seconds: the longest the pipeline thread kept the GIL in one stretch (requests wait that long at worst)
+    #: seconds: the pipeline thread's longest stretch of work between two pace points (its longest
+    #: GIL hold with switch_interval=0; under a short switch interval an upper bound)
     pipeline_longest_hold: float
     log_queue: int | None
     metrics_port: int | None  # this process's own metrics port (prometheus_port), when serving one

@@ -14,9 +14,10 @@ from mlmon_middleware import ConfigError, Endpoint, Monitor, MonitorConfig, Perf
     ("tracing", "yes", "tracing must be True, False or None"),
     ("trace_features", "age", "trace_features must be a sequence of feature names"),
     ("prometheus_port", 70000, "prometheus_port must be an integer in [0, 65535]"),
-    ("switch_interval", -1e-4, "switch_interval must be a number of seconds in [0, 1]"),
-    ("switch_interval", True, "switch_interval must be a number of seconds in [0, 1]"),
-    ("switch_interval", float("nan"), "switch_interval must be a number of seconds in [0, 1]"),
+    ("switch_interval", -1e-4, "switch_interval must be a number of seconds in [0, 0.005]"),
+    ("switch_interval", 0.01, "switch_interval must be a number of seconds in [0, 0.005]"),
+    ("switch_interval", True, "switch_interval must be a number of seconds in [0, 0.005]"),
+    ("switch_interval", float("nan"), "switch_interval must be a number of seconds in [0, 0.005]"),
 ])
 def test_invalid_values_name_the_field(field, value, message):
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
@@ -39,7 +40,7 @@ def test_env_fills_what_code_left_unset_and_code_wins():
     ("MLMON_RESERVOIR_SIZE", "lots", "MLMON_RESERVOIR_SIZE='lots' is not a valid reservoir_size"),
     ("MLMON_TRACING", "maybe", "MLMON_TRACING='maybe' is not a valid tracing"),
     ("MLMON_RESERVOIR_SIZE", "-5", "reservoir_size must be an integer >= 1, got -5"),
-    ("MLMON_SWITCH_INTERVAL", "5", "switch_interval must be a number of seconds in \\[0, 1\\], got 5.0"),
+    ("MLMON_SWITCH_INTERVAL", "5", "switch_interval must be a number of seconds in \\[0, 0.005\\], got 5.0"),
 ])
 def test_invalid_env_is_a_clear_error(var, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -18,6 +18,23 @@ from mlmon_middleware.pacing import Pacer
 ROW = {**{f"x{i}": float(i) for i in range(18)}, "a": "u", "b": "v", "c": "w", "d": "z"}
 
 
+@pytest.fixture
+def switching(monkeypatch):
+    """The interpreter's default interval (5 ms) and a fresh record of who lowered it: monitors
+    that other tests of this process left running lower the process's own (and its interval),
+    and the measurements here need the default to compare with. Ends with no lower left open."""
+    import mlmon_middleware.pipeline as pipeline_module
+    from mlmon_middleware.pacing import SwitchInterval
+
+    original = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    fresh = SwitchInterval()
+    monkeypatch.setattr(pipeline_module, "switching", fresh)
+    yield 0.005
+    sys.setswitchinterval(original + 1e-7)  # the interpreter truncates to whole µs
+    assert (fresh._users, fresh._lowered) == (0, None)
+
+
 def test_a_pacer_sleeps_once_its_budget_is_spent_and_keeps_the_longest_stretch():
     pace = Pacer(budget=0.002, pause=0.0)
     sleeps = []
@@ -34,10 +51,10 @@ def test_a_pacer_sleeps_once_its_budget_is_spent_and_keeps_the_longest_stretch()
     assert 0 < pace.longest <= 0.03  # the stretches' CPU time
 
 
-def lateness_while_flushing(budget: float, switch_interval: float = 0.0) -> float:
+def lateness_while_flushing(budget: float, switch_interval: float = 0.0) -> tuple[float, Pacer]:
     """The 99th percentile (s) of how late a sleeping serving thread wakes while the pipeline
     thread ingests a large queue, paced with ``budget`` (with ``switch_interval`` 0) or under
-    that switch interval."""
+    that switch interval; and the pipeline's pacer."""
     import mlmon_middleware.pipeline as pipeline_module
 
     saved = pipeline_module.BUDGET, pipeline_module.MAX_BUDGET
@@ -64,45 +81,43 @@ def lateness_while_flushing(budget: float, switch_interval: float = 0.0) -> floa
             late.append(time.perf_counter() - start - 0.0002)
             done.set() if mon.pipeline.ingested >= 6001 and not mon.pipeline._lock.locked() else None
         assert model.health()["predictions"]["ok"] == 6001
-        return float(np.percentile(late, 99))
+        return float(np.percentile(late, 99)), mon.pipeline._pacer
     finally:
         pipeline_module.BUDGET, pipeline_module.MAX_BUDGET = saved
         mon.shutdown()
 
 
-def test_the_serving_thread_waits_far_less_behind_a_paced_pipeline():
-    unpaced = lateness_while_flushing(budget=10.0)  # never pauses: as before pacing
-    paced = lateness_while_flushing(budget=50e-6)
+def test_the_serving_thread_waits_far_less_behind_a_paced_pipeline(switching):
+    unpaced, _ = lateness_while_flushing(budget=10.0)  # never pauses: as before pacing
+    paced, _ = lateness_while_flushing(budget=50e-6)
     assert paced < unpaced / 3, (paced, unpaced)
 
 
-def test_under_a_short_switch_interval_the_serving_thread_waits_far_less_and_the_pipeline_never_sleeps():
-    from mlmon_middleware.pacing import Pacer
-
-    unpaced = lateness_while_flushing(budget=10.0)  # the default 5 ms interval, no pauses
-    sleeps = []
+def test_under_a_short_switch_interval_the_serving_thread_waits_far_less_and_the_pipeline_never_sleeps(switching):
+    unpaced, _ = lateness_while_flushing(budget=10.0)  # the default 5 ms interval, no pauses
+    called = []
     real_call = Pacer.__call__
-    Pacer.__call__ = lambda self: sleeps.append(1) or real_call(self)  # type: ignore[method-assign]
+    Pacer.__call__ = lambda self: called.append(self) or real_call(self)  # type: ignore[method-assign]
     try:
-        short = lateness_while_flushing(budget=10.0, switch_interval=1e-4)
+        short, pacer = lateness_while_flushing(budget=10.0, switch_interval=1e-4)
     finally:
         Pacer.__call__ = real_call  # type: ignore[method-assign]
     assert short < unpaced / 3, (short, unpaced)
-    assert sleeps == []  # its pace points only measured
+    assert pacer not in called and pacer.longest > 0  # its pace points only measured
 
 
-@pytest.fixture
-def switching(monkeypatch):
-    """The interval the process had before, and a fresh record of who lowered it (monitors
-    left running by other tests of this process hold the process's own)."""
-    import mlmon_middleware.pipeline as pipeline_module
-    from mlmon_middleware.pacing import SwitchInterval
+def test_a_monitor_whose_start_fails_puts_the_interval_back(switching, monkeypatch):
+    monitor_module = sys.modules["mlmon_middleware.monitor"]  # the package's `monitor` is the decorator
 
-    original = sys.getswitchinterval()
-    sys.setswitchinterval(0.005)
-    monkeypatch.setattr(pipeline_module, "switching", SwitchInterval())
-    yield 0.005
-    sys.setswitchinterval(original)
+    def broken(*args, **kwargs):
+        raise RuntimeError("the analyzer cannot start")
+
+    monkeypatch.setattr(monitor_module, "Analyzer", broken)
+    mon = Monitor(MonitorConfig(tracing=False, switch_interval=1e-4))
+    with pytest.raises(RuntimeError, match="cannot start"):
+        mon.start()
+    assert sys.getswitchinterval() == switching
+    assert not mon.pipeline.running
 
 
 def test_monitoring_lowers_the_switch_interval_and_puts_it_back(switching):
