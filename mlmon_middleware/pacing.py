@@ -6,8 +6,9 @@ to 2 ms (measured before pacing: in-process p99.9 12× bare). Two ways to keep t
 
 * :class:`SwitchInterval`: while the pipeline thread lives, the interpreter's switch interval
   is lowered (to ``MonitorConfig.switch_interval``, 100 µs by default), so a thread that waits
-  for the GIL gets it that soon, and the pipeline runs on without a pause when none waits. Its
-  pace points then only measure (:meth:`Pacer.mark`).
+  for the GIL usually gets it that soon (a switch waits for the running bytecode: a long C call
+  is not cut short), and the pipeline runs on without a pause when none waits. Its pace points
+  then only measure (:meth:`Pacer.mark`).
 * a :class:`Pacer` that sleeps: once ``budget`` seconds have passed since the thread last let
   go, it sleeps ``pause`` seconds, which releases the GIL long enough for a waiting thread to
   take it (a zero sleep often does not: the sleeper takes it straight back). Every pause costs

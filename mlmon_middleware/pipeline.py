@@ -6,13 +6,14 @@ The capture layers hand :class:`~mlmon_middleware.model.Record`\\ s to :meth:`Pi
 fills ``flush_batch`` records, and :func:`~mlmon_middleware.ingest.ingest` turns each model's
 records, in one direction, into: counts and timings (telemetry), feature and prediction rows in
 the model's windows, per-bin counts, prediction-log rows for the log writer, and spans. The
-process runs under a short switch interval while the thread lives (``MonitorConfig.switch_interval``,
-100 µs; :class:`~mlmon_middleware.pacing.SwitchInterval`): a request that waits for the GIL
-gets it within about that long, and the pipeline never pauses when none waits. With
-``switch_interval=0`` it paces itself instead (:class:`~mlmon_middleware.pacing.Pacer`): it
-sleeps after every few tens of µs of work, and behind, its stretches grow with the backlog (up
-to :data:`MAX_BUDGET`): dropping records would be worse than a slower tail. ``longest_hold`` is
-the longest stretch of work between two pace points. After a batch that held input over a capture bound (megabyte
+process runs under a short switch interval while the thread lives
+(``MonitorConfig.switch_interval``, 100 µs; :class:`~mlmon_middleware.pacing.SwitchInterval`):
+a request that waits for the GIL usually gets it within about that long, and the pipeline never
+pauses when none waits. With ``switch_interval=0`` it paces itself instead
+(:class:`~mlmon_middleware.pacing.Pacer`): it sleeps after every few tens of µs of work, and
+behind, its stretches grow with the backlog (up to :data:`MAX_BUDGET`): dropping records would
+be worse than a slower tail. ``longest_hold`` is the longest stretch of work between two pace
+points. After a batch that held input over a capture bound (megabyte
 values, say), it hands the memory they held back to the system (:mod:`~mlmon_middleware.memory`),
 at most once per :data:`TRIM_INTERVAL`: a client sending long values all the time costs one
 trim a second, not one per batch.

@@ -142,10 +142,10 @@ class MLMonitorMiddleware:
         the one mlmon's spans go through; then, unless ``freeze_startup`` is off, freeze the
         objects of the start-up (:func:`~mlmon_middleware.memory.freeze_startup`: the garbage
         collector's full collections stop walking them). Before the server hears that the app
-        has shut down, shut monitoring down: servers (uvicorn on SIGTERM) exit then without running atexit, so
-        the queue and the log are written and the explanation workers stopped now, or they are
-        lost and orphaned. In a thread: a log write being retried may take seconds, and the event
-        loop still serves the other shutdowns meanwhile."""
+        has shut down, shut monitoring down: servers (uvicorn on SIGTERM) exit then without
+        running atexit, so the queue and the log are written and the explanation workers stopped
+        now, or they are lost and orphaned. In a thread: a log write being retried may take
+        seconds, and the event loop still serves the other shutdowns meanwhile."""
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 # in a thread: starting opens the log and the registry, and may hash a model file
