@@ -181,7 +181,7 @@ def test_instrument_app_twice_is_a_no_op_and_uninstrument_app_takes_it_back(harn
         assert instrument_app(app, registry=other) is harness.monitor  # the first call's monitor
     assert "already called" in caplog.text
     assert sum(m.cls.__name__ == "MLMonitorMiddleware" for m in app.user_middleware) == 1
-    assert [r.path for r in app.router.routes].count("/metrics") == 1
+    assert [getattr(r, "name", None) for r in app.router.routes].count("mlmon") == 1  # one entry holds all of ours
     with TestClient(app) as client:
         assert "x-prediction-id" in client.post("/models/a/predict", json={"petal_length": 1.0}).headers
         uninstrument_app(app)  # while serving: the stack is rebuilt without the middleware
@@ -194,29 +194,39 @@ def test_instrument_app_twice_is_a_no_op_and_uninstrument_app_takes_it_back(harn
 
 
 def test_the_apps_requests_pass_mlmons_routes_without_trying_them(harness, monkeypatch):
-    """Starlette tries every route in front of the one that matches; mlmon's sixteen routes sit
-    first. A request to the app's own endpoint must not pay one regular expression per route of
-    ours, and every route of ours must still answer, also under a root_path."""
+    """Starlette tries every route in front of the one that matches; mlmon's routes (sixteen,
+    the two metrics routes among them) sit first, as one entry. A request to the app's own
+    endpoint must not pay a call per route of ours, and every route of ours must still answer,
+    also under a root_path."""
     from starlette.routing import Route
 
-    tried = []
-    original = Route.matches
+    from mlmon_fastapi import _GivingWay
 
-    def counting(self, scope):
-        if self.path.startswith("/mlmon/"):
-            tried.append(self.path)
-        return original(self, scope)
+    tried = []
+
+    def counting(cls):
+        original = cls.matches
+
+        def matches(self, scope):
+            if self.path.startswith("/mlmon/") or self.path == "/metrics":
+                tried.append(self.path)
+            return original(self, scope)
+        monkeypatch.setattr(cls, "matches", matches)
 
     app = make_app(harness.monitor)
-    monkeypatch.setattr(Route, "matches", counting)
+    counting(Route)
+    counting(_GivingWay)
+    assert sum(getattr(r, "name", None) == "mlmon" for r in app.router.routes) == 1
     with TestClient(app) as client:
         assert client.post("/models/a/predict", json={"petal_length": 1.0}).status_code == 200
         assert client.get("/plain").status_code == 200
         assert tried == []  # neither request tried a route of ours
-        assert client.get("/mlmon/health").status_code == 200 and tried
+        assert client.get("/metrics").status_code == 200 and tried == ["/metrics", "/metrics"]  # ours, then its super()
+        assert client.get("/mlmon/health").status_code == 200 and "/mlmon/health" in tried
         assert client.post("/mlmon/health").status_code == 405  # our path, another method
         by_id = client.get("/mlmon/predictions/abc")  # a path parameter: ours answers (no log in this harness)
         assert by_id.status_code == 409 and "log" in by_id.json()["detail"]
-    behind_a_proxy = TestClient(app, root_path="/api")  # no lifespan: the monitor started once above
+        behind_a_proxy = TestClient(app, root_path="/api")  # no lifespan: the monitor started above
+        assert b"mlmon_predictions_total" in behind_a_proxy.get("/api/metrics").content
     assert orjson.loads(behind_a_proxy.get("/api/mlmon/health").content)["status"]
     assert behind_a_proxy.get("/api/mlmon/").headers["content-type"].startswith("text/html")
