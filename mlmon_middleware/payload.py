@@ -43,6 +43,7 @@ class CaptureError(ValueError):
 
 
 _SCALAR_TYPES = {float, int, str, bool, type(None)}
+_PLAIN_SCALARS = {float, int, str, bool}
 _PLAIN_CONTAINERS = {dict, list, tuple}
 
 
@@ -158,6 +159,33 @@ def extract_predictions(obj: Any, n_rows: int, key: str | None = None,
     if len(values) != n_rows:
         raise CaptureError("prediction_mismatch", f"{len(values)} predictions for {n_rows} rows")
     return [_prediction_row(v, key, class_names) for v in values]
+
+
+def plain_answers(answers: Sequence[Any], key: str | None = None) -> list[dict[str, Any]] | None:
+    """The predictions of calls that each answered one row with a plain dict holding a plain
+    scalar under ``key``, or else under the same conventional key, read as
+    :func:`extract_predictions` reads them one by one, in one pass; None when any answer needs
+    that closer look (the pipeline's common batch: :func:`~mlmon_middleware.ingest.ingest`).
+
+    >>> plain_answers([{"prediction": 0.2}, {"prediction": 1, "model": "a"}])
+    [{'prediction': 0.2}, {'prediction': 1}]
+    >>> plain_answers([{"prediction": 0.2}, {"score": 0.3}]) is None  # another key: one by one
+    True
+    """
+    first = answers[0] if answers else None
+    if type(first) is not dict:
+        return None
+    name = key if key is not None else next((k for k in PREDICTION_KEYS if k in first), None)
+    if name is None:
+        return None
+    values = [answer.get(name) if type(answer) is dict else None for answer in answers]
+    if not set(map(type, values)) <= _PLAIN_SCALARS:
+        return None
+    if key is None and name != PREDICTION_KEYS[0]:  # each answer's first conventional key must be this one
+        earlier = PREDICTION_KEYS[:PREDICTION_KEYS.index(name)]
+        if any(k in answer for answer in answers for k in earlier):
+            return None
+    return [{"prediction": value} for value in values]
 
 
 def _prediction_columns(obj: Any, n_rows: int, key: str | None, class_names: Sequence[str] | None) -> Columns | None:

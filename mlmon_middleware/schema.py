@@ -298,12 +298,12 @@ class FeatureSchema:
             return None
         width, first = len(self.names), type(rows[0])
         if first is dict:
-            pickers, same = self._plain[dict], all(type(row) is dict and len(row) == width for row in rows)
+            pickers, kinds = self._plain[dict], _DICT
         elif first is list or first is tuple:
-            pickers, same = self._plain[list], all(type(row) in _SEQUENCES and len(row) == width for row in rows)
+            pickers, kinds = self._plain[list], _SEQUENCES
         else:
             return None
-        if not same:
+        if not set(map(type, rows)) <= kinds or set(map(len, rows)) != {width}:  # in C: no Python call per row
             return None
         (num_pick, num_single), (cat_pick, cat_single) = pickers
         try:
@@ -332,7 +332,8 @@ class FeatureSchema:
         return Encoded(numeric, categorical, collections.Counter())
 
 
-_SEQUENCES = (list, tuple)
+_DICT: frozenset[type] = frozenset((dict,))
+_SEQUENCES: frozenset[type] = frozenset((list, tuple))
 _Picker = tuple[Any, bool]  # (itemgetter or None, whether it returns one value rather than a tuple)
 
 

@@ -1,0 +1,117 @@
+"""The pipeline's one-pass read of the common batch (``ingest._read_plain``) says exactly what
+the record-by-record read says, and leaves every other batch to it."""
+
+import random
+
+import numpy as np
+import pytest
+
+from mlmon_middleware import Monitor, MonitorConfig
+from mlmon_middleware.ingest import _read, _read_plain, ingest
+from mlmon_middleware.model import Record
+from mlmon_middleware.payload import PREDICTION_KEYS, plain_answers
+
+
+class _Writer:
+    """A log writer that keeps what it is given."""
+
+    def __init__(self):
+        self.rows = []
+
+    def put(self, rows):
+        self.rows += rows
+
+
+@pytest.fixture
+def monitor():
+    mon = Monitor(MonitorConfig(tracing=False))
+    mon.start()
+    yield mon
+    mon.shutdown()
+
+
+def _records(mm, n, rng, key="prediction"):
+    routes = ["/a", "/b"] if rng.random() < 0.5 else ["/a"]
+    out = []
+    for i in range(n):
+        row = {"amount": rng.uniform(-1e6, 1e6), "age": rng.randrange(100), "country": rng.choice(["fr", "de", "ü" * 3])}
+        answer = {key: rng.choice([rng.random(), rng.randrange(5), "yes", True]), "model": "m"}
+        out.append(Record(mm, f"id{i}", rng.randrange(10**18), rng.randrange(10**9), row, answer,
+                          rng.choice(routes), rng.choice([None, 200, 201])))
+    return out
+
+
+def _said(read):
+    return (dict(read.counts), read.durations, read.feature_rows, read.output_rows, read.row_times,
+            [tuple(r) for r in read.log_rows], dict(read.capture), read.segments)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_plain_read_says_what_the_record_by_record_read_says(monitor, seed):
+    rng = random.Random(seed)
+    mm = monitor.model(f"m{seed}", segments=["country"], log_features="all", redact=["age"])
+    key = rng.choice(PREDICTION_KEYS)
+    if key != "prediction" and rng.random() < 0.5:
+        mm = monitor.model(f"k{seed}", prediction_key=key)
+    records = _records(mm, rng.randrange(1, 300), rng, key)
+    writer = _Writer()
+    plain = _read_plain(mm, records, writer)
+    assert plain is not None
+    assert _said(plain) == _said(_read(mm, records, monitor.telemetry, writer, lambda: None))
+
+
+def _fallbacks(mm):
+    """Batches the one-pass read must leave to the record-by-record read, each for its reason."""
+    ok = {"amount": 1.0, "age": 3}
+
+    def batch(**change):
+        base = dict(inputs=ok, outputs={"prediction": 0.5}, status=200, error=None)
+        base.update(change)
+        plain = Record(mm, "a", 1, 2, ok, {"prediction": 0.5}, "/p", 200)
+        odd = Record(mm, "b", 1, 2, base["inputs"], base["outputs"], "/p", base["status"], base["error"])
+        return [plain, odd]
+
+    explained = batch()
+    explained[1].explanation = object()  # only its presence matters here
+    earlier = batch(outputs={"prediction": 0.5, "predictions": 0.7})
+    earlier[0].outputs = {"predictions": 0.5}  # the first answers under "predictions", the second's first key is "prediction"
+    return {
+        "an error": batch(error="ValueError"),
+        "an error status": batch(status=503),
+        "one field (maybe a batch key)": batch(inputs={"instances": [[1.0, 2.0]]}),
+        "a list row": batch(inputs=[1.0, 2.0]),
+        "no prediction": batch(outputs={"something": 1}),
+        "an earlier conventional key": earlier,
+        "a vector answer": batch(outputs={"prediction": [0.1, 0.9]}),
+        "a None prediction": batch(outputs={"prediction": None}),
+        "a numpy scalar": batch(outputs={"prediction": np.float32(0.5)}),
+        "an explanation": explained,
+    }
+
+
+def test_other_batches_are_read_record_by_record(monitor):
+    mm = monitor.model("m")
+    for reason, records in _fallbacks(mm).items():
+        assert _read_plain(mm, records, None) is None, reason
+
+
+def test_plain_answers_take_each_answers_first_conventional_key():
+    assert plain_answers([{"score": 0.1}, {"score": 0.2, "label": 1}]) == [{"prediction": 0.1}, {"prediction": 0.2}]
+    assert plain_answers([{"score": 0.1}, {"score": 0.2, "prediction": 1}]) is None  # that one's is "prediction"
+    assert plain_answers([{"label": "a"}], key="label") == [{"prediction": "a"}]
+    assert plain_answers([{"label": "a"}, {"x": 1}], key="label") is None
+    assert plain_answers([]) is None and plain_answers([0.5]) is None
+
+
+def test_a_mixed_batch_lands_as_the_same_rows_in_order(monitor):
+    """End to end through ingest: the plain batch and the same batch with one odd record in
+    the middle give the same window rows, in arrival order (the odd one's rows included)."""
+    rng = random.Random(5)
+    mm = monitor.model("mixed")
+    records = _records(mm, 50, rng)
+    odd = Record(mm, "odd", 10**18, 5, [{"amount": 2.0, "age": 1, "country": "fr"}] * 3, {"prediction": [1, 0, 1]}, "/a", 200)
+    ingest(mm, records[:25] + [odd] + records[25:], monitor.telemetry, None)
+    amounts = mm.window.snapshot()["numeric"][:, mm.schema.numeric_names.index("amount")]
+    expected = [r.inputs["amount"] for r in records[:25]] + [2.0] * 3 + [r.inputs["amount"] for r in records[25:]]
+    np.testing.assert_allclose(amounts, np.array(expected, dtype=amounts.dtype), rtol=1e-6)
+    assert mm.health()["predictions"] == {"ok": 51, "error": 0}
