@@ -64,19 +64,29 @@ Outputs = list[dict[str, Any] | None] | Columns
 #: feature values encoded into the windows at a time (tens of µs of work between two pace points):
 #: of rows (dicts or lists, value by value), and of batches in columns (a few numpy calls per column)
 ROW_CELLS = 512
+#: of rows when the pace points do not pause (a short switch interval hands the GIL over within
+#: any stretch): each encoding has a fixed cost, and four times fewer of them is a seventh less
+#: of the pipeline's work a record (22 features)
+UNPAUSED_ROW_CELLS = 2048
 TABLE_CELLS = 16_384
 MIN_TABLE_ROWS = FEW_ROWS  # a batch in columns with fewer rows joins the rows of the other records
 STORE_CELLS = 16_384  # encoded values written into the windows at a time
+READ_RECORDS = 32  # records read at a time (the common batch's passes go over this many)
 
 
 def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, writer: StoreWriter | None,
-           pace: Callable[[], None] = no_pace) -> bool:
+           pace: Callable[[], None] = no_pace, row_cells: int = UNPAUSED_ROW_CELLS) -> bool:
     """Turn a batch of one model's records into counts, timings, rows, log rows and spans,
-    calling ``pace`` between small pieces of the work (see the module docstring). True when the
+    calling ``pace`` between small pieces of the work (see the module docstring), rows encoded
+    ``row_cells`` values at a time (:data:`ROW_CELLS` when ``pace`` pauses). True when the
     batch held input over a capture bound (:data:`~mlmon_middleware.limits.OVERSIZED`)."""
-    read = _read_plain(model, records, writer) if telemetry.tracer is None else None
-    if read is None:
-        read = _read(model, records, telemetry, writer, pace)
+    read = _Read()
+    plain = telemetry.tracer is None  # a span per record is made record by record
+    for start in range(0, len(records), READ_RECORDS):
+        chunk = records[start:start + READ_RECORDS]
+        if not (plain and _read_plain(model, chunk, writer, read)):
+            _read(model, chunk, telemetry, writer, pace, read)
+        pace()
     capture, counts = read.capture, read.counts
     attrs = model.attrs
     for (route, status, error_type), values in read.durations.items():
@@ -96,7 +106,7 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
     pending = _Pending(model)
     for rows, outputs, times in read.segments:
         width = len(model.schema.names) if model.schema is not None else _width(rows)
-        cells = TABLE_CELLS if isinstance(rows, Columns) else ROW_CELLS
+        cells = TABLE_CELLS if isinstance(rows, Columns) else row_cells
         step = max(1, cells // max(1, width))
         for start in range(0, len(rows), step):
             end = start + step
@@ -140,46 +150,45 @@ class _Read:
             self.feature_rows, self.output_rows, self.row_times = [], [], []
 
 
-def _read_plain(model: ModelMonitor, records: list[Record], writer: StoreWriter | None) -> _Read | None:
-    """The common batch read in a few passes over it: every record a call that succeeded, with
-    one plain dict row (two fields or more: no batch key), a plain answer
-    (:func:`~mlmon_middleware.payload.plain_answers`) and no explanation, and no span to make.
-    None when any record needs :func:`_read`'s record-by-record look."""
+def _read_plain(model: ModelMonitor, records: list[Record], writer: StoreWriter | None, read: _Read) -> bool:
+    """Read the common batch into ``read`` in a few passes over it: every record a call that
+    succeeded, with one plain dict row (two fields or more: no batch key), a plain answer
+    (:func:`~mlmon_middleware.payload.plain_answers`) and no explanation. False, and ``read``
+    untouched, when any record needs :func:`_read`'s record-by-record look."""
     rows = [rec.inputs for rec in records]
     if set(map(type, rows)) != {dict} or min(map(len, rows)) < 2:
-        return None
+        return False
     if any(rec.error_type is not None or rec.explanation is not None for rec in records):
-        return None
+        return False
     groups = {(rec.route, rec.status_code) for rec in records}
     if any(status is not None and status >= 400 for _, status in groups):
-        return None
+        return False
     outputs = plain_answers([rec.outputs for rec in records], model.options.prediction_key)
     if outputs is None:
-        return None
-    read = _Read()
+        return False
     if len(groups) == 1:
         (route, status), = groups
-        read.counts[(route, True)] = len(records)
-        read.durations[(route, status, None)] = [rec.duration_ns for rec in records]
+        read.counts[(route, True)] += len(records)
+        read.durations.setdefault((route, status, None), []).extend(rec.duration_ns for rec in records)
     else:
         for rec in records:
             read.counts[(rec.route, True)] += 1
             read.durations.setdefault((rec.route, rec.status_code, None), []).append(rec.duration_ns)
-    read.feature_rows, read.row_times = rows, [rec.wall_ns for rec in records]
+    read.feature_rows += rows
     read.output_rows += outputs
+    read.row_times += [rec.wall_ns for rec in records]
     if writer is not None:
         for rec, row, output in zip(records, rows, outputs):
             try:
                 read.log_rows += _log_rows(model, rec, [row], [output])
             except Exception as exc:
                 _failed(read.capture, read.messages, "unreadable", exc)
-    return read
+    return True
 
 
 def _read(model: ModelMonitor, records: list[Record], telemetry: Telemetry, writer: StoreWriter | None,
-          pace: Callable[[], None]) -> _Read:
-    """Read the records one by one: payloads resolved, log rows and spans built."""
-    read = _Read()
+          pace: Callable[[], None], read: _Read) -> None:
+    """Read the records into ``read`` one by one: payloads resolved, log rows and spans built."""
     capture, messages = read.capture, read.messages
     tracing = telemetry.tracer is not None
     for rec in records:
@@ -219,7 +228,6 @@ def _read(model: ModelMonitor, records: list[Record], telemetry: Telemetry, writ
         except Exception as exc:
             _failed(capture, messages, "unrecordable", exc)
         pace()
-    return read
 
 
 def _failed(capture: collections.Counter[str], messages: dict[str, str], reason: str, exc: BaseException) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 from mlmon_middleware.config import MonitorConfig
 from mlmon_middleware.errors import ErrorLog
-from mlmon_middleware.ingest import ingest
+from mlmon_middleware.ingest import ROW_CELLS, UNPAUSED_ROW_CELLS, ingest
 from mlmon_middleware.memory import give_back
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.pacing import BUDGET, Pacer, no_pace, switching
@@ -151,18 +151,20 @@ class Pipeline:
                     pace = self._pacer
             n = len(queue)
             self.ingested += n
-            self._trim_due |= self._ingest(_drained(queue, n, pace), telemetry, pace)
+            row_cells = ROW_CELLS if pace is self._pacer else UNPAUSED_ROW_CELLS  # small pieces between pauses
+            self._trim_due |= self._ingest(_drained(queue, n, pace), telemetry, pace, row_cells)
             now = time.monotonic()
             if self._trim_due and now - self._trimmed >= TRIM_INTERVAL:  # the batch is gone: hand its pages back
                 give_back()
                 self._trim_due, self._trimmed = False, now
 
-    def _ingest(self, batch: dict[ModelMonitor, list[Record]], telemetry: Telemetry, pace: Callable[[], None]) -> bool:
+    def _ingest(self, batch: dict[ModelMonitor, list[Record]], telemetry: Telemetry, pace: Callable[[], None],
+                row_cells: int) -> bool:
         """Ingest each model's records; True when any held input over a capture bound."""
         oversized = False
         for model, records in batch.items():
             try:
-                oversized |= ingest(model, records, telemetry, self._writer, pace)
+                oversized |= ingest(model, records, telemetry, self._writer, pace, row_cells)
             except Exception as exc:
                 self.errors.report("ingest", exc)
         return oversized

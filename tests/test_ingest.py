@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlmon_middleware import Monitor, MonitorConfig
-from mlmon_middleware.ingest import _read, _read_plain, ingest
+from mlmon_middleware.ingest import _Read, _read, _read_plain, ingest
 from mlmon_middleware.model import Record
 from mlmon_middleware.payload import PREDICTION_KEYS, plain_answers
 
@@ -54,10 +54,10 @@ def test_the_plain_read_says_what_the_record_by_record_read_says(monitor, seed):
     if key != "prediction" and rng.random() < 0.5:
         mm = monitor.model(f"k{seed}", prediction_key=key)
     records = _records(mm, rng.randrange(1, 300), rng, key)
-    writer = _Writer()
-    plain = _read_plain(mm, records, writer)
-    assert plain is not None
-    assert _said(plain) == _said(_read(mm, records, monitor.telemetry, writer, lambda: None))
+    writer, plain, one_by_one = _Writer(), _Read(), _Read()
+    assert _read_plain(mm, records, writer, plain)
+    _read(mm, records, monitor.telemetry, writer, lambda: None, one_by_one)
+    assert _said(plain) == _said(one_by_one)
 
 
 def _fallbacks(mm):
@@ -92,7 +92,8 @@ def _fallbacks(mm):
 def test_other_batches_are_read_record_by_record(monitor):
     mm = monitor.model("m")
     for reason, records in _fallbacks(mm).items():
-        assert _read_plain(mm, records, None) is None, reason
+        read = _Read()
+        assert not _read_plain(mm, records, None, read) and _said(read) == _said(_Read()), reason  # untouched
 
 
 def test_plain_answers_take_each_answers_first_conventional_key():
