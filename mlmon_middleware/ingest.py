@@ -166,6 +166,13 @@ def _read_plain(model: ModelMonitor, records: list[Record], writer: StoreWriter 
     outputs = plain_answers([rec.outputs for rec in records], model.options.prediction_key)
     if outputs is None:
         return False
+    logged: list[LogRow] = []
+    if writer is not None:
+        try:
+            for rec, row, output in zip(records, rows, outputs):
+                logged += _log_rows(model, rec, [row], [output])
+        except Exception:  # the record by record read counts it, and keeps that record's rows out
+            return False
     if len(groups) == 1:
         (route, status), = groups
         read.counts[(route, True)] += len(records)
@@ -177,12 +184,7 @@ def _read_plain(model: ModelMonitor, records: list[Record], writer: StoreWriter 
     read.feature_rows += rows
     read.output_rows += outputs
     read.row_times += [rec.wall_ns for rec in records]
-    if writer is not None:
-        for rec, row, output in zip(records, rows, outputs):
-            try:
-                read.log_rows += _log_rows(model, rec, [row], [output])
-            except Exception as exc:
-                _failed(read.capture, read.messages, "unreadable", exc)
+    read.log_rows += logged
     return True
 
 

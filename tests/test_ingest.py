@@ -116,3 +116,23 @@ def test_a_mixed_batch_lands_as_the_same_rows_in_order(monitor):
     expected = [r.inputs["amount"] for r in records[:25]] + [2.0] * 3 + [r.inputs["amount"] for r in records[25:]]
     np.testing.assert_allclose(amounts, np.array(expected, dtype=amounts.dtype), rtol=1e-6)
     assert mm.health()["predictions"] == {"ok": 51, "error": 0}
+
+
+def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor, monkeypatch):
+    """There the record is counted (``unreadable``) and its rows kept out of the window."""
+    import mlmon_middleware.ingest as ingest_module
+
+    real = ingest_module._log_rows
+
+    def failing(model, rec, rows, outputs):
+        if rec.prediction_id == "id3":
+            raise ValueError("cannot")
+        return real(model, rec, rows, outputs)
+
+    monkeypatch.setattr(ingest_module, "_log_rows", failing)
+    mm = monitor.model("log")
+    records = _records(mm, 10, random.Random(1))
+    read, writer = _Read(), _Writer()
+    assert not _read_plain(mm, records, writer, read) and _said(read) == _said(_Read())
+    _read(mm, records, monitor.telemetry, writer, lambda: None, read)
+    assert read.capture == {"unreadable": 1} and len(read.feature_rows) == len(read.log_rows) == 9
