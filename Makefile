@@ -54,7 +54,7 @@ test: $(STAMP) tools
 # The benchmarks (not tests): request overhead (in-process ASGI, real uvicorn under wrk, memory),
 # drift checks (against scipy and Evidently, which gets its own venv: its pandas pin clashes), the
 # prediction log, explanations, and workers sharing (wrk, 1 and 3 workers; PostgreSQL's log); tail
-# latency, scaling, and every peer side by side (peers.py: NannyML, alibi-detect and whylogs get
+# latency, instructions a request (valgrind), scaling, and every peer side by side (peers.py: NannyML, alibi-detect and whylogs get
 # venvs of their own too, their pins clashing with ours; docs/dependencies.md says which).
 EVIDENTLY := .bench-evidently/bin/python
 $(EVIDENTLY):
@@ -74,14 +74,15 @@ $(WHYLOGS):
 	.bench-whylogs/bin/python -m pip install --quiet 'whylogs[viz]==1.6.4' 'numpy<2' 'pandas<3' fastapi
 
 bench: $(STAMP) $(EVIDENTLY) $(NANNYML) $(ALIBI) $(WHYLOGS)
-	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	@command -v wrk >/dev/null && command -v valgrind >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk valgrind >/dev/null; }
 	$(BIN)/python benchmarks/overhead.py all
 	$(BIN)/python benchmarks/drift.py --evidently-python $(EVIDENTLY)
 	$(BIN)/python benchmarks/store.py
 	$(BIN)/python benchmarks/explain.py
 	$(BIN)/python benchmarks/fleet.py all
 	$(BIN)/python benchmarks/tail.py
+	$(BIN)/python benchmarks/instructions.py
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/peers.py requests
 	$(BIN)/python benchmarks/peers.py drift

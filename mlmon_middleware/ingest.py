@@ -6,8 +6,9 @@ into feature and prediction rows, its log rows and span built; the common batch,
 rows answered with plain dicts and no span to make, in a few passes over the whole batch
 rather than record by record: a third of the pipeline's work a record), then the batch's counts and
 timings go to telemetry once, its log rows to the log writer, and its rows into the model's
-windows and fleet bins in arrival order: encoded :data:`ROW_CELLS` values at a time (rows) or
-:data:`TABLE_CELLS` (batches in columns), written :data:`STORE_CELLS` at a time. ``pace`` is called between
+windows and fleet bins in arrival order: encoded :data:`UNPAUSED_ROW_CELLS` values at a time
+(rows; :data:`ROW_CELLS` when ``pace`` pauses) or :data:`TABLE_CELLS` (batches in columns),
+written :data:`STORE_CELLS` at a time. ``pace`` is called between
 these small pieces of work (see :mod:`~mlmon_middleware.pacing`), so the serving thread never
 waits long for the GIL however large the batch. A record that cannot be read, encoded, logged
 or spanned is counted (``mlmon_capture_errors_total{reason}``) and skipped; the batch goes on.
