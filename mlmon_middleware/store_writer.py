@@ -44,6 +44,7 @@ class StoreWriter:
                  on_error: Callable[[BaseException], None] = lambda exc: None) -> None:
         self.store = store
         self._queue: collections.deque[LogRow] = collections.deque(maxlen=max_queue)
+        self._max_queue = max_queue
         self._interval = interval
         self._retention = retention
         self._retention_every = retention_every
@@ -56,12 +57,12 @@ class StoreWriter:
         self._thread.start()
 
     def put(self, rows: Iterable[LogRow]) -> None:
+        rows = rows if isinstance(rows, list) else list(rows)
         with self._queue_lock:
-            queue = self._queue
-            for row in rows:
-                if len(queue) == queue.maxlen:
-                    self._on_drop(1)  # the append below evicts the oldest row
-                queue.append(row)
+            evicted = len(self._queue) + len(rows) - self._max_queue
+            if evicted > 0:
+                self._on_drop(evicted)  # the extend below evicts the oldest rows
+            self._queue.extend(rows)
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -100,9 +100,11 @@ def test_writer_drops_the_oldest_when_full_and_counts(location):
     dropped = []
     writer = StoreWriter(open_store(location), interval=60, max_queue=3, on_drop=dropped.append)
     writer.put([LogRow(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(5)])
+    assert sum(dropped) == 2 and len(writer) == 3
+    writer.put(LogRow(f"p{i}", "m", "1", float(i), "{}", "{}", None) for i in range(5, 7))  # any iterable
     writer.close()
-    assert len(dropped) == 2
-    assert ids_in(location) == ["p2", "p3", "p4"]
+    assert sum(dropped) == 4
+    assert ids_in(location) == ["p4", "p5", "p6"]
 
 
 def test_log_rows_segments_redaction_and_batch_ids(tmp_path, harness_factory):
