@@ -1,5 +1,5 @@
-"""The pipeline's one-pass read of the common batch (``ingest._read_plain``) says exactly what
-the record-by-record read says, and leaves every other batch to it."""
+"""The pipeline's read of the common batch in a few passes (``batch_read.read_plain``) says
+exactly what the record-by-record read says, and leaves every other batch to it."""
 
 import random
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mlmon_middleware import Monitor, MonitorConfig
-from mlmon_middleware.ingest import _Read, _read, _read_plain, ingest
+from mlmon_middleware.batch_read import BatchRead, read_plain, read_records
+from mlmon_middleware.ingest import ingest
 from mlmon_middleware.model import Record
 from mlmon_middleware.payload import PREDICTION_KEYS, plain_answers
 
@@ -54,9 +55,9 @@ def test_the_plain_read_says_what_the_record_by_record_read_says(monitor, seed):
     if key != "prediction" and rng.random() < 0.5:
         mm = monitor.model(f"k{seed}", prediction_key=key)
     records = _records(mm, rng.randrange(1, 300), rng, key)
-    writer, plain, one_by_one = _Writer(), _Read(), _Read()
-    assert _read_plain(mm, records, writer, plain)
-    _read(mm, records, monitor.telemetry, writer, lambda: None, one_by_one)
+    writer, plain, one_by_one = _Writer(), BatchRead(), BatchRead()
+    assert read_plain(mm, records, writer, plain)
+    read_records(mm, records, monitor.telemetry, writer, lambda: None, one_by_one)
     assert _said(plain) == _said(one_by_one)
 
 
@@ -92,8 +93,8 @@ def _fallbacks(mm):
 def test_other_batches_are_read_record_by_record(monitor):
     mm = monitor.model("m")
     for reason, records in _fallbacks(mm).items():
-        read = _Read()
-        assert not _read_plain(mm, records, None, read) and _said(read) == _said(_Read()), reason  # untouched
+        read = BatchRead()
+        assert not read_plain(mm, records, None, read) and _said(read) == _said(BatchRead()), reason  # untouched
 
 
 def test_plain_answers_take_each_answers_first_conventional_key():
@@ -120,19 +121,19 @@ def test_a_mixed_batch_lands_as_the_same_rows_in_order(monitor):
 
 def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor, monkeypatch):
     """There the record is counted (``unreadable``) and its rows kept out of the window."""
-    import mlmon_middleware.ingest as ingest_module
+    import mlmon_middleware.batch_read as batch_read
 
-    real = ingest_module._log_rows
+    real = batch_read._log_rows
 
     def failing(model, rec, rows, outputs):
         if rec.prediction_id == "id3":
             raise ValueError("cannot")
         return real(model, rec, rows, outputs)
 
-    monkeypatch.setattr(ingest_module, "_log_rows", failing)
+    monkeypatch.setattr(batch_read, "_log_rows", failing)
     mm = monitor.model("log")
     records = _records(mm, 10, random.Random(1))
-    read, writer = _Read(), _Writer()
-    assert not _read_plain(mm, records, writer, read) and _said(read) == _said(_Read())
-    _read(mm, records, monitor.telemetry, writer, lambda: None, read)
+    read, writer = BatchRead(), _Writer()
+    assert not read_plain(mm, records, writer, read) and _said(read) == _said(BatchRead())
+    read_records(mm, records, monitor.telemetry, writer, lambda: None, read)
     assert read.capture == {"unreadable": 1} and len(read.feature_rows) == len(read.log_rows) == 9
