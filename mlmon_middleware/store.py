@@ -47,6 +47,7 @@ import orjson
 from mlmon_middleware.reports import LoggedPrediction
 from mlmon_middleware.store_types import (
     COLUMNS,
+    LABELLED_INDEX,
     LabelledRow,
     LabelOutcomeRow,
     LabelReader,
@@ -89,7 +90,6 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (model, kind)
 );
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (model, ts);
-CREATE INDEX IF NOT EXISTS predictions_by_label_time ON predictions (model, label_ts);
 """
 
 
@@ -116,7 +116,12 @@ class SQLiteStore:
                     except sqlite3.OperationalError as exc:  # another worker upgraded it first
                         if "duplicate column" not in str(exc):
                             raise
-            self._db.execute("CREATE INDEX IF NOT EXISTS predictions_by_label_seq ON predictions (model, label_seq)")
+            # Every index is a B-tree insert for each row logged. Earlier versions had two on the
+            # label columns: one no query uses (model, label_ts), and one whose every new row, still
+            # unlabelled, paid for an entry. Only labelled rows are looked up by label_seq.
+            self._db.execute("DROP INDEX IF EXISTS predictions_by_label_time")
+            self._db.execute("DROP INDEX IF EXISTS predictions_by_label_seq")
+            self._db.execute(LABELLED_INDEX)
             self._db.execute("SELECT count(*) FROM predictions LIMIT 1").fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"prediction log {self.path!r} cannot be used: {exc} "

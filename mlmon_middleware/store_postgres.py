@@ -48,6 +48,7 @@ from mlmon_middleware.postgres import Connection, connect, create_missing, descr
 from mlmon_middleware.reports import LoggedPrediction
 from mlmon_middleware.store_types import (
     COLUMNS,
+    LABELLED_INDEX,
     LabelledRow,
     LabelOutcomeRow,
     LogRow,
@@ -79,8 +80,9 @@ SCHEMA = (  # (name, statement): each run only when its table or index is missin
         body TEXT NOT NULL,
         PRIMARY KEY (model, kind))"""),
     ("predictions_by_time", "CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (model, ts)"),
-    ("predictions_by_label_time", "CREATE INDEX IF NOT EXISTS predictions_by_label_time ON predictions (model, label_ts)"),
-    ("predictions_by_label_seq", "CREATE INDEX IF NOT EXISTS predictions_by_label_seq ON predictions (model, label_seq)"),
+    # labelled rows only (a logged row, unlabelled, adds no entry): as SQLite's LABELLED_INDEX; a
+    # log of an earlier version keeps its two full label indexes (dropping needs the owner's rights)
+    ("predictions_labelled_by_seq", LABELLED_INDEX),
 )
 
 # rows of one write, before they join the table; emptied at each commit

@@ -108,6 +108,10 @@ class PredictionStore(LabelReader, Protocol):
     def close(self) -> None: ...
 
 
+#: newly labelled rows by label batch (``newly_labelled``), in both stores: labelled rows only,
+#: so that logging a row (unlabelled) adds no entry; ``label_seq > ?`` implies the index's condition
+LABELLED_INDEX = ("CREATE INDEX IF NOT EXISTS predictions_labelled_by_seq ON predictions (model, label_seq) "
+                  "WHERE label_seq IS NOT NULL")
 # the columns of a logged prediction, in the order logged_prediction() reads them
 COLUMNS = "prediction_id, model, version, ts, prediction, segments, features, label, label_ts, explanation"
 

@@ -755,3 +755,42 @@ def test_only_a_scheduled_check_takes_the_fleets_lead_of_the_label_checks(postgr
     finally:
         a.close()
         b.close()
+
+
+def test_a_logged_row_adds_no_label_index_entry_and_labels_are_found_through_it(location):
+    """The label index holds labelled rows only: logging (unlabelled rows) pays for no entry in
+    it, and ``newly_labelled`` (``label_seq > ?``) still finds them, on both backends."""
+    store = open_store(location)
+    try:
+        store.write([LogRow(f"p{i}", "m", "1", 1000.0 + i, '{"prediction": 1}', "{}", None) for i in range(50)])
+        store.set_labels("m", [("p3", 1, 2000.0), ("p7", 0, 2000.0)])
+        assert [(n.timestamp, n.label, n.seq) for n in store.newly_labelled("m", 0)] == [(1003.0, 1, 1), (1007.0, 0, 1)]
+        assert store.newly_labelled("m", 1) == []
+    finally:
+        store.close()
+    if isinstance(location, str) and not location.startswith("postgresql"):
+        with sqlite3.connect(location) as db:
+            indexes = {name: sql for name, sql in db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")}
+            entries = db.execute("SELECT count(*) FROM predictions INDEXED BY predictions_labelled_by_seq "
+                                 "WHERE model = 'm' AND label_seq > 0").fetchone()[0]
+            plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN SELECT prediction FROM predictions "
+                                                       "WHERE model = 'm' AND label_seq > 0 ORDER BY ts"))
+        assert "WHERE label_seq IS NOT NULL" in indexes["predictions_labelled_by_seq"] and entries == 2
+        assert "predictions_labelled_by_seq" in plan
+    else:
+        with psycopg.connect(location) as db:
+            [(definition,)] = db.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'predictions_labelled_by_seq'")
+        assert "WHERE (label_seq IS NOT NULL)" in definition
+
+
+def test_a_log_of_an_earlier_version_loses_its_full_label_indexes(tmp_path):
+    path = str(tmp_path / "old.db")
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:  # the two label indexes of earlier versions
+        db.execute("DROP INDEX predictions_labelled_by_seq")
+        db.execute("CREATE INDEX predictions_by_label_time ON predictions (model, label_ts)")
+        db.execute("CREATE INDEX predictions_by_label_seq ON predictions (model, label_seq)")
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:
+        names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    assert names == {"predictions_by_time", "predictions_labelled_by_seq"}
