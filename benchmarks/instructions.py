@@ -149,7 +149,8 @@ def main() -> None:
         sys.exit(f"unknown variants {unknown} (and bare is needed): choose from {list(VARIANTS)}")
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; `python benchmarks/instructions.py --rounds {args.rounds} "
-          f"--requests {args.requests}{' --before ' + args.before if args.before else ''}`")
+          f"--requests {args.requests}{f' --variants {args.variants!r}' if names != list(VARIANTS) else ''}"
+          f"{' --before ' + args.before if args.before else ''}`")
     variants = {name: VARIANTS[name] for name in names}
     if args.before:
         library = os.path.abspath(args.before)
