@@ -89,20 +89,28 @@ def lateness_while_flushing(budget: float, switch_interval: float = 0.0) -> tupl
 
 def test_the_serving_thread_waits_far_less_behind_a_paced_pipeline_or_a_short_switch_interval(switching):
     """Against one pipeline that never pauses under the default 5 ms interval (as before
-    pacing): the sleeping pacer, and the short switch interval, where the pipeline never sleeps."""
-    unpaced, _ = lateness_while_flushing(budget=10.0)
-    paced, _ = lateness_while_flushing(budget=50e-6)
-    assert paced < unpaced / 3, (paced, unpaced)
+    pacing): the sleeping pacer, and the short switch interval, where the pipeline never sleeps.
 
+    Up to three attempts, each measuring all three side by side: on a machine busy with other
+    tests, the operating system's scheduler also wakes a sleeping thread late, now and then by
+    milliseconds, whoever holds the GIL. A pipeline that holds the GIL as long as the unpaced
+    one fails every attempt; the scheduler's noise does not, three times in a row."""
     called = []
     real_call = Pacer.__call__
-    Pacer.__call__ = lambda self: called.append(self) or real_call(self)  # type: ignore[method-assign]
-    try:
-        short, pacer = lateness_while_flushing(budget=10.0, switch_interval=1e-4)
-    finally:
-        Pacer.__call__ = real_call  # type: ignore[method-assign]
-    assert short < unpaced / 3, (short, unpaced)
-    assert pacer not in called and pacer.longest > 0  # its pace points only measured
+    attempts = []
+    for _ in range(3):
+        unpaced, _ = lateness_while_flushing(budget=10.0)
+        paced, _ = lateness_while_flushing(budget=50e-6)
+        Pacer.__call__ = lambda self: called.append(self) or real_call(self)  # type: ignore[method-assign]
+        try:
+            short, pacer = lateness_while_flushing(budget=10.0, switch_interval=1e-4)
+        finally:
+            Pacer.__call__ = real_call  # type: ignore[method-assign]
+        assert pacer not in called and pacer.longest > 0  # its pace points only measure
+        attempts.append((paced, short, unpaced))
+        if paced < unpaced / 3 and short < unpaced / 3:
+            return
+    raise AssertionError(f"(paced, short interval, unpaced) p99 lateness, s: {attempts}")
 
 
 def test_a_monitor_whose_start_fails_puts_the_interval_back(switching, monkeypatch):
