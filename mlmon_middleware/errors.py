@@ -38,13 +38,14 @@ class ErrorLog:
         self._last_logged: dict[tuple[str, str], float] = {}
         self._last_kind: dict[str, str] = {}  # per stage, the last failure's kind (exception type or our message)
 
-    def report(self, stage: str, exc: BaseException | None = None, message: str = "") -> None:
-        """Count one failure of ``stage``; log it unless the same kind was logged recently."""
+    def report(self, stage: str, exc: BaseException | None = None, message: str = "", count: int = 1) -> None:
+        """Count ``count`` failures of ``stage`` (one each: a record, a row); log it unless the
+        same kind (``stage`` and the exception's type, or ``message``) was logged recently."""
         text = f"{type(exc).__name__}: {exc}" if exc is not None else message
         now = time.time()
         kind = (stage, type(exc).__name__ if exc is not None else message)
         with self._lock:
-            self._counts[stage] += 1
+            self._counts[stage] += count
             self._last_kind[stage] = kind[1]
             self._recent.append({"stage": stage, "error": text, "time": now})
             last = self._last_logged.get(kind)

@@ -208,7 +208,8 @@ class Monitor:
                         open_store(self.store_location), interval=self.config.store_interval,
                         max_queue=self.config.store_queue_size,
                         retention=(self.config.store_max_age, self.config.store_max_rows),
-                        on_drop=lambda n: self.errors.report("store_queue_full", message=f"{n} logged prediction(s) dropped"),
+                        on_drop=lambda n: self.errors.report("store_queue_full", count=n,  # one per row dropped
+                                                             message="logged predictions dropped: the log's queue is full"),
                         on_error=lambda exc: self.errors.report("store", exc))
                 self.pipeline.start(self._telemetry, self._store_writer)
                 if self.config.check_interval > 0:

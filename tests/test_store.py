@@ -794,3 +794,17 @@ def test_a_log_of_an_earlier_version_loses_its_full_label_indexes(tmp_path):
     with sqlite3.connect(path) as db:
         names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
     assert names == {"predictions_by_time", "predictions_labelled_by_seq"}
+
+
+def test_the_monitor_counts_every_dropped_log_row_and_warns_once(tmp_path, harness_factory, caplog):
+    """Past ``store_queue_size``, each row dropped counts once in ``store_queue_full`` however
+    the writer hands them over (one put, a retried batch), and the warning is rate-limited."""
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path), store_interval=60,
+                        store_queue_size=3)
+    h.monitor.start()
+    writer = h.monitor.store_writer
+    with caplog.at_level("WARNING", logger="mlmon_middleware"):
+        for n in (2, 3, 4, 5):
+            writer.put([LogRow(f"p{n}-{i}", "m", "1", float(i), "{}", "{}", None) for i in range(n)])
+    assert h.monitor.errors.counts()["store_queue_full"] == 2 + 3 + 4 + 5 - 3 and len(writer) == 3
+    assert sum("store_queue_full" in r.getMessage() for r in caplog.records) == 1
