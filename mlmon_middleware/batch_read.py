@@ -85,8 +85,9 @@ class BatchRead:
 def read_plain(model: ModelMonitor, records: list[Record], writer: StoreWriter | None, read: BatchRead) -> bool:
     """Read the common batch into ``read`` in a few passes over it: every record a call that
     succeeded, with one plain dict row (two fields or more: no batch key), a plain answer
-    (:func:`~mlmon_middleware.payload.plain_answers`) and no explanation. False, and ``read``
-    untouched, when any record needs :func:`_read`'s record-by-record look."""
+    (:func:`~mlmon_middleware.payload.plain_answers`) and no explanation. It makes no span: the
+    caller uses it only when not tracing. False, and ``read`` untouched, when any record needs
+    :func:`read_records`' record-by-record look."""
     rows = [rec.inputs for rec in records]
     if set(map(type, rows)) != {dict} or min(map(len, rows)) < 2:
         return False
