@@ -44,7 +44,7 @@ def _records(mm, n, rng, key="prediction"):
 
 def _said(read):
     return (dict(read.counts), read.durations, read.feature_rows, read.output_rows, read.row_times,
-            [tuple(r) for r in read.log_rows], dict(read.capture), read.segments)
+            [tuple(r) for r in read.log_rows], dict(read.capture), read.messages, read.segments)
 
 
 @pytest.mark.parametrize("seed", range(8))
