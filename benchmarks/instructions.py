@@ -33,15 +33,13 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from overhead import WIDE_FIELDS, free_port, pin, service_folder
+from overhead import WIDE_FIELDS, service_folder, start
 
 BODY = json.dumps(WIDE_FIELDS).encode()
 WARM_UP = 400
@@ -83,21 +81,13 @@ def send(port: int, n: int) -> None:
 
 def count(workdir: str, env: dict[str, str], requests: int) -> int:
     """Instructions uvicorn executed serving the warm-up and ``requests`` more, start to exit."""
-    port = free_port()
-    environment = {**os.environ, "BENCH_FEATURES": "22", "MLMON_TRACING": "off", "MLMON_FLUSH_INTERVAL": "3600",
-                   "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0", **env}
-    command = [*pin(0), "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-               sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir, "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    environment = {"BENCH_FEATURES": "22", "MLMON_FLUSH_INTERVAL": "3600", "OPENBLAS_NUM_THREADS": "1",
+                   "PYTHONHASHSEED": "0", **env}
+    monitored = environment.pop("BENCH_MONITORED") == "1"
+    valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nothing waits for us to read it
-        proc = subprocess.Popen(command, env=environment, stderr=log, text=True)
+        proc, port = start(workdir, 1, monitored, environment, wrap=valgrind, stderr=log, timeout=600)
         try:
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and proc.poll() is None:
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.5)
             send(port, WARM_UP)
             if requests:
                 send(port, requests)

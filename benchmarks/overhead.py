@@ -30,7 +30,8 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import IO
 
 BODY = b'{"amount": 120.5, "age": 41, "country": "fr", "channel": "web"}'
 # the realistic endpoint of benchmarks/tail.py (BENCH_FEATURES=22): 18 numbers and 4 categories
@@ -341,16 +342,18 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
 
 
-def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str], wrap: Sequence[str] = (),
+          stderr: IO[str] | None = None, timeout: float = 60) -> tuple[subprocess.Popen, int]:
     """uvicorn serving ``workdir``'s ``bench_service`` (bare or ``monitored``, tracing off, the
-    ``extra`` environment) with ``workers`` workers on core 0; returns once it listens."""
+    ``extra`` environment) with ``workers`` workers on core 0, run by ``wrap`` when given (say,
+    valgrind), its stderr to ``stderr``; returns once it listens (or after ``timeout`` s)."""
     port = free_port()
     env = {**os.environ, "BENCH_MONITORED": "1" if monitored else "0", "MLMON_TRACING": "off", **extra}
-    command = [*pin(0), sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir, "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(command + (["--workers", str(workers)] if workers > 1 else []), env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    command = [*pin(0), *wrap, sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir,
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(command + (["--workers", str(workers)] if workers > 1 else []), env=env, stderr=stderr)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 break
