@@ -64,23 +64,32 @@ def service(tmp_path_factory):
                 for _ in range(10):
                     assert client.post("/predict/batch", json=make_rows(50, rng, drift=1.0)).status_code == 200
                 assert client.post("/mlmon/feedback", json=labels).json()["labelled"] == 100
-            # the alert policy fires after two drifted scheduled checks, and a scheduled check
-            # after the labels gives the performance chart its first point (on a busy machine
-            # the alerts may fire before the labels arrive)
-            deadline = time.monotonic() + 60
+            # the alert policy fires after two drifted scheduled checks, and two scheduled checks
+            # after the labels give the performance chart a line (one point is drawn as a dot; on
+            # a busy machine the alerts may fire before the labels arrive)
+            deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 active = {a["alertname"] for a in client.get("/mlmon/alerts").json()["credit-risk"]["active"]}
-                history = client.get("/mlmon/performance").json()["credit-risk"].get("history") or []
-                if {"FeatureDrift", "DatasetDrift"} <= active and any(
-                        any(w.get("overall") for w in point["windows"].values()) for point in history):
+                if {"FeatureDrift", "DatasetDrift"} <= active and charted_points(client) >= 2:
                     break
                 time.sleep(0.5)
+            assert {"FeatureDrift", "DatasetDrift"} <= active, active
+            assert charted_points(client) >= 2
             report = client.get("/mlmon/drift").json()["credit-risk"]
         assert explained is not None, "no request was explained"
         yield url, explained, report
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def charted_points(client) -> int:
+    """How many points the page's performance chart draws: the checks in the history with overall
+    metrics for the window the page shows (the first window of the latest check that has them)."""
+    performance = client.get("/mlmon/performance").json()["credit-risk"]
+    windows = performance.get("windows") or {}
+    shown = next((name for name, window in windows.items() if window.get("overall")), None)
+    return sum(1 for point in performance.get("history") or [] if (point["windows"].get(shown) or {}).get("overall"))
 
 
 @pytest.fixture(scope="module")
