@@ -73,7 +73,7 @@ def test_ks_and_wasserstein_at_the_checks_sizes(seed, n_ref, n_cur, kind):
 def test_a_big_window_is_looked_up_and_agrees_with_scipy(offset, outlier, monkeypatch):
     rng = np.random.default_rng(3)
     ref = np.sort(np.round(rng.normal(0, 1, 2000), 2)) + offset
-    cur = np.round(rng.normal(0.05, 1.1, stats.LOOKUP_FROM + 1), 2) + offset
+    cur = np.round(rng.normal(0.05, 1.1, max(stats.LOOKUP_FROM, stats.LOOKUP_RATIO * 2000) + 1), 2) + offset
     if outlier is not None:  # one value far below the rest (a sentinel, a unit error)
         cur[0] = outlier
     cur = np.sort(cur)
@@ -81,10 +81,24 @@ def test_a_big_window_is_looked_up_and_agrees_with_scipy(offset, outlier, monkey
     monkeypatch.setattr(stats, "_ks_wasserstein_lookup", lambda *samples: calls.append(samples) or (0.0, 0.0))
     stats.ks_wasserstein(ref, cur)
     assert len(calls) == 1  # the dispatch: this window is looked up, not merged
+    stats.ks_wasserstein(ref, cur[:stats.LOOKUP_FROM - 1])
+    stats.ks_wasserstein(np.sort(np.append(ref, ref + 0.001)), cur)  # a grid over an eighth of the window
+    assert len(calls) == 1  # both merged
     monkeypatch.undo()
     ks, w = stats.ks_wasserstein(ref, cur)
     assert ks == pytest.approx(ks_2samp(ref, cur).statistic, abs=1e-12)
     assert w == pytest.approx(wasserstein_distance(ref, cur), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seeds, st.integers(0, 2000), st.integers(1, 300))
+def test_prefix_sums_match_a_cumulative_sum(seed, n, k):
+    """The lookup's sums of the r smallest values, at nondecreasing r with repeats, 0 and n."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(rng.uniform(-1e3, 1e3), rng.uniform(0.1, 100), n)
+    at = np.sort(np.concatenate([rng.integers(0, n + 1, k), rng.choice([0, n], 2)]))
+    expected = np.append(0.0, np.cumsum(values))[at]
+    assert stats.prefix_sums(values, at) == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
 @settings(max_examples=200, deadline=None)

@@ -73,18 +73,20 @@ def js_distance(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
 
 
 #: window sizes from which :func:`ks_wasserstein` looks the reference up in the window rather than
-#: merging the two: timing the two alone against a 2,000-value grid on the project's VM, they
-#: cross near 50,000 rows (the merge twice as fast at 10,000, the lookup 2.6× at 100,000, where
-#: the merge's arrays no longer fit in the cache); the whole check's gain, measured by
-#: ``benchmarks/check_versions.py``, is in docs/benchmarks.md
-LOOKUP_FROM = 50_000
+#: merging the two, if the window is also :data:`LOOKUP_RATIO` times the reference's size or more:
+#: timing the two alone on the project's VM (2026-12-07), the merge's stable argsort costs 4× more
+#: once the pooled values pass about 17,000 (out of the cache), where the lookup costs about
+#: 0.45 ms against a 2,000-value grid and 1.4 ms against 5,000 (it works per reference value);
+#: the whole check's gain, measured by ``benchmarks/check_versions.py``, is in docs/benchmarks.md
+LOOKUP_FROM = 16_000
+LOOKUP_RATIO = 8
 
 
 def ks_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:
     """The two-sided KS statistic and the Wasserstein-1 distance of two sorted samples (as
     ``scipy.stats.ks_2samp`` and ``wasserstein_distance``), in one pass over the window: a
-    merge of the two runs up to :data:`LOOKUP_FROM` window values, a lookup beyond
-    (:func:`_ks_wasserstein_lookup`).
+    merge of the two runs for small windows, a lookup (:func:`_ks_wasserstein_lookup`) for big
+    ones (:data:`LOOKUP_FROM`).
 
     Both ways give scipy's values (the lookup is called directly here, on a small window):
 
@@ -96,7 +98,7 @@ def ks_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[floa
     ...  for way in (ks_wasserstein, _ks_wasserstein_lookup)]
     [True, True]
     """
-    if len(cur_sorted) >= LOOKUP_FROM:
+    if len(cur_sorted) >= max(LOOKUP_FROM, LOOKUP_RATIO * len(ref_sorted)):
         return _ks_wasserstein_lookup(ref_sorted, cur_sorted)
     # A stable argsort of the two runs is a linear merge, and the running count of reference
     # values gives both empirical CDFs at every pooled point.
@@ -139,7 +141,6 @@ def _ks_wasserstein_lookup(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tu
     ks = max(float(np.max(np.abs(a - right / n))), float(np.max(np.abs(np.append(0.0, a[:-1]) - left / n))))
 
     shift = cur_sorted[n // 2]  # the median: one outlier far from the rest must not set the scale
-    sums = np.append(0.0, np.cumsum(cur_sorted - shift))  # sums[r]: of the r smallest, less r·shift
     # the intervals [lo, hi) and the reference's CDF level on each: before u_0 (0), between the
     # u (a), after the last (1, up to the window's largest value); r_ counts window values <= x
     lo, r_lo = np.append(min(shift, u[0]), u), np.append(0, right)
@@ -149,11 +150,30 @@ def _ks_wasserstein_lookup(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tu
     reach = -(-(counts * n) // m)  # G >= level from the window's reach-th value on (1-based)
     crossing = np.where(reach > 0, cur_sorted[np.maximum(reach, 1) - 1], -np.inf)
     cross = np.clip(crossing, lo, hi)
-    r_cross = np.where(crossing < lo, r_lo, np.where(crossing > hi, r_hi, reach))
-    h_lo, h_cross, h_hi = (r * (x - shift) - sums[r] for x, r in ((lo, r_lo), (cross, r_cross), (hi, r_hi)))
+    # reach when the crossing is inside; at a tie with lo or hi any count of the values below it
+    # and some equal to it does, so clipped to [r_lo, r_hi]: the r's then run in order
+    r_cross = np.clip(reach, r_lo, r_hi)
+    # the sums of the r smallest window values, less r·shift, at each r used
+    sums = prefix_sums(cur_sorted - shift, np.stack([r_lo, r_cross, r_hi], axis=1).ravel()).reshape(-1, 3).T
+    h_lo, h_cross, h_hi = (r * (x - shift) - s for x, r, s in zip((lo, cross, hi), (r_lo, r_cross, r_hi), sums))
     below_level = level * (cross - lo) * n - (h_cross - h_lo)  # n·∫ (level − G) where G < level
     above_level = (h_hi - h_cross) - level * (hi - cross) * n  # n·∫ (G − level) where G >= level
     return ks, float(np.sum(below_level + above_level)) / n
+
+
+def prefix_sums(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values[:r].sum()`` for each ``r`` of the nondecreasing ``at`` (integers from 0 to
+    ``len(values)``): one sum per stretch between consecutive ``r`` and a cumulative sum of those,
+    rather than a cumulative sum of every value (which runs one addition after another: several
+    times slower at 100,000 values against a few thousand ``r``).
+
+    >>> prefix_sums(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0, 2, 2, 4]))
+    array([ 0.,  3.,  3., 10.])
+    """
+    padded = np.append(values, 0.0)  # reduceat's indices must be inside: the last r may be len(values)
+    stretches = np.add.reduceat(padded, at)[:-1]
+    stretches[at[:-1] == at[1:]] = 0.0  # reduceat gives an empty stretch's first value
+    return padded[:at[0]].sum() + np.append(0.0, np.cumsum(stretches))
 
 
 def ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
