@@ -9,9 +9,10 @@
    ``wasserstein_distance``, ``jensenshannon`` and PSI on quantile histograms); Evidently's
    ``DataDriftPreset`` on the same data, in its own interpreter (its pandas pin clashes with
    ours: ``make bench`` builds ``.bench-evidently``).
-2. mlmon's check at 10/100/1,000 features × 1k/10k/100k rows: median time and peak memory
-   (tracemalloc) of the check itself (the window's snapshot included), and that peak over the
-   window's payload (rows × features × 8 bytes).
+2. mlmon's check at 10/100/1,000 features × 1k/10k/100k rows, with a float64 window and with
+   a float32 one (what a model keeps when its baseline's values survive the rounding): median
+   time and peak memory (tracemalloc) of the check itself (the window's snapshot included), and
+   that peak over the window's payload (rows × features × 4 or 8 bytes).
 """
 
 import argparse
@@ -78,11 +79,11 @@ def data(features: int, rows: int):
     return rng.normal(size=(rows, features)), rng.normal(0.1, 1, size=(rows, features))
 
 
-def mlmon_check(ref: np.ndarray, cur: np.ndarray):
+def mlmon_check(ref: np.ndarray, cur: np.ndarray, dtype: type = float):
     schema = FeatureSchema([f"f{i}" for i in range(ref.shape[1])])
     empty = np.empty((len(ref), 0), dtype=object)
     baseline = Baseline.from_encoded(schema, Encoded(ref, empty, collections.Counter()))
-    window = SlidingWindow(len(cur), numeric=(cur.shape[1], float), categorical=(0, object))
+    window = SlidingWindow(len(cur), numeric=(cur.shape[1], dtype), categorical=(0, object))
     window.extend(np.zeros(len(cur)), numeric=cur, categorical=np.empty((len(cur), 0), dtype=object))
     policy = DriftPolicy()
 
@@ -143,25 +144,27 @@ def main() -> None:
     for label, seconds in rows:
         print(f"| {label} | {seconds * 1e3:,.1f} ms | {seconds / ours:,.1f} |")
 
-    print("\n| features | rows (baseline = current) | check, median (min–max of 5) | peak memory of the check "
-          "| peak / window payload |")
-    print("|---:|---:|---:|---:|---:|")
+    print("\n| features | rows (baseline = current) | window | check, median (min–max of 5) "
+          "| peak memory of the check | peak / window payload |")
+    print("|---:|---:|---|---:|---:|---:|")
     for features in (10, 100, 1000):
         for n in (1_000, 10_000, 100_000):
             if args.quick and features * n > 1_000_000:
                 continue
             ref, cur = data(features, n)
-            check = mlmon_check(ref, cur)
-            check()
-            times = timed(check, 5)
-            seconds = statistics.median(times)
-            tracemalloc.start()
-            check()
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-            payload = features * n * 8
-            print(f"| {features:,} | {n:,} | {seconds * 1e3:,.1f} ms ({min(times) * 1e3:,.1f}–{max(times) * 1e3:,.1f}) "
-                  f"| {peak / 2**20:,.1f} MB | {peak / payload:.2f} |", flush=True)
+            for dtype in (np.float64, np.float32):
+                check = mlmon_check(ref, cur, dtype)
+                check()
+                times = timed(check, 5)
+                seconds = statistics.median(times)
+                tracemalloc.start()
+                check()
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                payload = features * n * np.dtype(dtype).itemsize
+                print(f"| {features:,} | {n:,} | {np.dtype(dtype).name} | {seconds * 1e3:,.1f} ms "
+                      f"({min(times) * 1e3:,.1f}–{max(times) * 1e3:,.1f}) | {peak / 2**20:,.1f} MB | {peak / payload:.2f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":
