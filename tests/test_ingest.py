@@ -137,3 +137,27 @@ def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor,
     assert not read_plain(mm, records, writer, read) and _said(read) == _said(BatchRead())
     read_records(mm, records, monitor.telemetry, writer, lambda: None, read)
     assert read.capture == {"unreadable": 1} and len(read.feature_rows) == len(read.log_rows) == 9
+
+
+def test_ingest_reads_a_plain_batch_in_passes_and_a_traced_one_record_by_record(monitor, monkeypatch):
+    """The fast read is taken when it can be (a speed matter: the results are the same)."""
+    import mlmon_middleware.ingest as ingest_module
+
+    real, calls = ingest_module.read_records, []
+
+    def counted(model, records, *args):
+        calls.append(len(records))
+        return real(model, records, *args)
+
+    monkeypatch.setattr(ingest_module, "read_records", counted)
+    mm = monitor.model("fast")
+    ingest(mm, _records(mm, 70, random.Random(2)), monitor.telemetry, None)
+    assert calls == [] and mm.health()["predictions"] == {"ok": 70, "error": 0}
+
+    traced = Monitor(MonitorConfig(tracing=True))
+    try:
+        mt = traced.model("traced")
+        ingest(mt, _records(mt, 70, random.Random(2)), traced.telemetry, None)
+        assert calls == [32, 32, 6]  # a span per record is made record by record
+    finally:
+        traced.shutdown()
