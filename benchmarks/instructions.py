@@ -3,13 +3,14 @@
     python benchmarks/instructions.py [--rounds 2] [--requests 1600] [--variants "bare;floor;..."] [--before DIR]
 
 Each variant of ``overhead.py``'s service (the 22-feature endpoint of ``tail.py``: bare FastAPI,
-the floor, mlmon's request path only, mlmon, mlmon with the prediction log) runs in one uvicorn
+the floor, mlmon's request path only, mlmon, mlmon flushing every 256 records (the default
+before 2026-12-07: now 64), mlmon with the prediction log) runs in one uvicorn
 process (one worker, tracing off) under valgrind's cachegrind, which counts every instruction
 the process executes in user space (the kernel's work, socket calls included, is not
 counted). A client sends POST /predict on 8 keep-alive connections: a warm-up of 400 requests,
 then ``--requests`` more; the process runs twice, once without and once with those, so start-up
 and shutdown cancel out and the difference divided by ``--requests`` is the instructions a
-request costs, the pipeline's work included. mlmon flushes every 256 records
+request costs, the pipeline's work included. mlmon flushes every ``flush_batch`` records
 (``MLMON_FLUSH_INTERVAL`` raised so that the timer never fires first): the batches a server under
 load flushes, whatever valgrind's slowness (about 50 times).
 
@@ -49,6 +50,7 @@ VARIANTS = {
     "floor": {"BENCH_MONITORED": "0", "BENCH_FLOOR": "1"},
     "mlmon, request path only": {"BENCH_MONITORED": "1", "BENCH_REQUEST_PATH_ONLY": "1"},
     "mlmon": {"BENCH_MONITORED": "1"},
+    "mlmon, flush_batch 256": {"BENCH_MONITORED": "1", "MLMON_FLUSH_BATCH": "256"},  # the default before 2026-12-07
     "mlmon + log": {"BENCH_MONITORED": "1", "MLMON_STORE_DIR": ""},  # the log in a folder of the run's own (SQLite)
 }
 

@@ -99,7 +99,7 @@ def build_apps() -> dict[str, tuple[object, object]]:
     for label, tracing in (("mlmon, tracing off", False), ("mlmon, tracing on", True)):
         for suffix, deferred in (("", {}), (" (request path only)", {"flush_interval": 3600, "flush_batch": 10**6})):
             # "request path only": the pipeline waits for the untimed flush after each round;
-            # otherwise it runs as in service (every 0.5 s or 256 records) and the round ends
+            # otherwise it runs as in service (every 0.5 s or flush_batch records) and the round ends
             # with a timed flush, so its whole cost is counted.
             mon = Monitor(MonitorConfig(tracing=tracing, tracer_provider=tracer_provider() if tracing else None,
                                         service_name="bench", **deferred))

@@ -1,12 +1,14 @@
 """Tail latency: p50, p99 and p99.9 of monitored requests against bare ones, in one run.
 
     python benchmarks/tail.py [inprocess|http|gc|all] [--rounds 10] [--requests 20000] [--seconds 3] [--copies 2]
+                              [--endpoints "22 features;4 fields"] [--variants "bare;mlmon;..."]
 
 Two endpoints: the realistic one (22 features: 18 numbers and 4 categories, ``WIDE_FIELDS`` of
 ``overhead.py``) and ``overhead.py``'s trivial 4-field one. Three variants of each: bare
 FastAPI, mlmon (tracing off), and mlmon with the prediction log on (SQLite in a temporary folder);
 under real HTTP also mlmon with the interpreter's switch interval left alone, its pipeline
-sleeping between stretches instead (``MLMON_SWITCH_INTERVAL=0``), mlmon's request path alone
+sleeping between stretches instead (``MLMON_SWITCH_INTERVAL=0``), mlmon with the pipeline run
+every 256 queued records (the default before 2026-12-07; now 64), mlmon's request path alone
 (``BENCH_REQUEST_PATH_ONLY=1``: each record made, then dropped at the queue), and the floor
 (``BENCH_FLOOR=1``): a pass-through middleware that sees the status and a decorator that times
 the call and keeps its input and result, with no work after it. No Python monitor inside the
@@ -23,8 +25,8 @@ http       each variant in ``--copies`` uvicorn processes (one worker each) on 1
            p99, p99.9 and the server's CPU time per request. The control, "bare, again", is
            bare once more: its ratios to bare are what the method cannot tell from 1.
 
-gc         the garbage collector in the served 22-feature endpoint: bare, mlmon, and mlmon with
-           ``freeze_startup`` off, one server each, bursts of wrk in turn; per generation the
+gc         the garbage collector in the served 22-feature endpoint: bare, mlmon, mlmon with
+           ``freeze_startup`` off and mlmon with ``flush_batch`` 256, one server each, bursts of wrk in turn; per generation the
            collections and their time per 10,000 requests, and the longest one (a full
            collection holds the GIL: every request waits for it).
 
@@ -163,6 +165,8 @@ def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str 
         # the floor: a pass-through middleware and a timing decorator, no pipeline (overhead.py's SERVICE)
         variants[f"{endpoint}, floor"] = (1, False, {**env, "BENCH_FLOOR": "1"}, bare)
         variants[f"{endpoint}, mlmon"] = (1, True, env, bare)
+        # the default before 2026-12-07: the pipeline ran every 256 records instead of 64
+        variants[f"{endpoint}, mlmon, flush_batch 256"] = (1, True, {**env, "MLMON_FLUSH_BATCH": "256"}, bare)
         # what the request path alone costs: records made, then dropped instead of queued
         variants[f"{endpoint}, mlmon, request path only"] = (1, True, {**env, "BENCH_REQUEST_PATH_ONLY": "1"}, bare)
         # the interpreter's switch interval left alone: the pipeline sleeps 50 µs every 50 µs of work
@@ -175,6 +179,7 @@ GC_VARIANTS = {  # name -> (monitored, extra environment)
     "bare": (False, {}),
     "mlmon, freeze_startup off": (True, {"MLMON_FREEZE_STARTUP": "off"}),
     "mlmon": (True, {}),
+    "mlmon, flush_batch 256": (True, {"MLMON_FLUSH_BATCH": "256"}),  # the default before 2026-12-07
 }
 
 
@@ -242,6 +247,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000, help="per variant and round (inprocess)")
     parser.add_argument("--seconds", type=int, default=3, help="wrk duration per burst (http)")
     parser.add_argument("--copies", type=int, default=2, help="server processes per variant (http)")
+    parser.add_argument("--endpoints", default=";".join(ENDPOINTS), help="separated by ';' (http)")
+    parser.add_argument("--variants", help="separated by ';', without the endpoint: 'bare;mlmon;...' (http; "
+                                           "default: all)")
     args = parser.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}; "
@@ -256,8 +264,13 @@ def main() -> None:
         store = tempfile.mkdtemp(prefix="mlmon-tail-")
         try:
             variants = http_variants(store)
-            for endpoint, (_, body) in ENDPOINTS.items():
-                chosen = {name: v for name, v in variants.items() if name.startswith(endpoint)}
+            wanted = None if args.variants is None else {v.strip() for v in args.variants.split(";")}
+            for endpoint in [e.strip() for e in args.endpoints.split(";")]:
+                _, body = ENDPOINTS[endpoint]
+                chosen = {name: v for name, v in variants.items() if name.startswith(endpoint + ", ")
+                          and (wanted is None or name[len(endpoint) + 2:] in wanted)}
+                if f"{endpoint}, bare" not in chosen:
+                    raise SystemExit(f"the variants of {endpoint} must include bare")
                 print(f"\n{endpoint}: uvicorn, one worker{' on core 0, wrk on core 1' if pin(0) else ''}")
                 print_http(bench_http(args.seconds, args.rounds, chosen, body, args.copies), chosen)
         finally:

@@ -119,8 +119,11 @@ class MonitorConfig:
         flush_interval: seconds between background pipeline runs (turning raw captures into
             feature rows, metrics and spans).
         flush_batch: queued records that make the pipeline run at once, before the interval is
-            up. Small batches keep captured objects young, which keeps the garbage collector's
-            work (the largest cost of holding them) low; 256 measured best of 256/1024/2048.
+            up. Each queued record keeps three objects the garbage collector counts (the record,
+            its input and its answer), so 256 of them passed its young threshold (700) by
+            themselves: 8× more young collections and, through their promotions, full ones in
+            the pipeline thread (stretches of 15–80 ms). 64 keeps the queue under the threshold
+            for about 4,000 more CPU instructions a request (+0.4 %; docs/benchmarks.md).
         freeze_startup: when the server starts the app (ASGI lifespan start-up, after the app's
             own start-up), collect garbage once and move every object alive then (modules, the
             app, a loaded model) out of the garbage collector's reach (``gc.freeze``), once per
@@ -213,7 +216,7 @@ class MonitorConfig:
     max_body_bytes: int = 1 << 20
     queue_size: int = 20_000
     flush_interval: float = 0.5
-    flush_batch: int = 256
+    flush_batch: int = 64
     freeze_startup: bool = True
     switch_interval: float = 1e-4
     check_interval: float = 60.0
