@@ -93,6 +93,38 @@ def test_encode_counts_each_problem_once_per_row():
     assert math.isnan(enc.numeric[7, 1])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_plain_rows_encode_in_one_pass_as_they_do_value_by_value(seed, monkeypatch):
+    """Dict and list rows of every plain number type (big integers too; one numeric feature or
+    several) give what the value-by-value encoding gives; an integer too large for a float sends
+    the batch that way, where it is counted."""
+    rng = np.random.default_rng(seed)
+    makers = [float, int, np.float64, np.float32, np.int64, np.int32]
+
+    def number():
+        value = rng.normal(0, 10.0 ** rng.integers(0, 19))
+        maker = makers[rng.integers(len(makers))]
+        return maker(np.clip(value, -2**31, 2**31 - 1)) if maker is np.int32 else maker(value) if maker is not int \
+            else int(value) + int(rng.choice([0, 2**53 + 1, 2**63 + 7, 2**70]))
+
+    for numeric in (1, 3):
+        names = [f"n{i}" for i in range(numeric)] + ["c"]
+        schema = FeatureSchema(names, ["numeric"] * numeric + ["categorical"])
+        n = int(rng.integers(1, 60))
+        dicts = [{**{name: number() for name in names[:-1]}, "c": str(rng.integers(3))} for _ in range(n)]
+        lists = [list(row.values()) for row in dicts]
+        fast = [schema.encode(rows) for rows in (dicts, lists)]
+        with monkeypatch.context() as patched:
+            patched.setattr(FeatureSchema, "_encode_plain", lambda self, rows: None)
+            general = [schema.encode(rows) for rows in (dicts, lists)]
+        for f, g in zip(fast, general):
+            np.testing.assert_array_equal(f.numeric, g.numeric)
+            assert f.numeric.shape == (n, numeric) and f.categorical.tolist() == g.categorical.tolist()
+            assert not f.errors and not g.errors
+    huge = FeatureSchema(["a", "b"]).encode([{"a": 1.0, "b": 2.0}, {"a": 2**1100, "b": 3.0}])
+    assert dict(huge.errors) == {"non_finite": 1} and np.isnan(huge.numeric[1, 0]) and huge.numeric[1, 1] == 3.0
+
+
 def test_infer_takes_kinds_from_values_and_overrides():
     rows = [{"a": None, "b": "x", "c": 1}, {"a": 2.0, "b": "y", "c": 2}]
     assert FeatureSchema.infer(rows).to_dict() == {"a": "numeric", "b": "categorical", "c": "numeric"}
