@@ -251,6 +251,12 @@ def main() -> None:
     parser.add_argument("--variants", help="separated by ';', without the endpoint: 'bare;mlmon;...' (http; "
                                            "default: all)")
     args = parser.parse_args()
+    endpoints = [e.strip() for e in args.endpoints.split(";")]
+    kinds = list(dict.fromkeys(name.split(", ", 1)[1] for name in http_variants("")))  # the variants, per endpoint
+    wanted = kinds if args.variants is None else [v.strip() for v in args.variants.split(";")]
+    unknown = [e for e in endpoints if e not in ENDPOINTS] + [v for v in wanted if v not in kinds]
+    if unknown or "bare" not in wanted:  # before anything runs
+        parser.error(f"unknown {unknown} (and bare is needed): endpoints {list(ENDPOINTS)}, variants {kinds}")
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}; "
           f"`python benchmarks/tail.py {' '.join(sys.argv[1:])}`\n")
@@ -264,13 +270,9 @@ def main() -> None:
         store = tempfile.mkdtemp(prefix="mlmon-tail-")
         try:
             variants = http_variants(store)
-            wanted = None if args.variants is None else {v.strip() for v in args.variants.split(";")}
-            for endpoint in [e.strip() for e in args.endpoints.split(";")]:
+            for endpoint in endpoints:
                 _, body = ENDPOINTS[endpoint]
-                chosen = {name: v for name, v in variants.items() if name.startswith(endpoint + ", ")
-                          and (wanted is None or name[len(endpoint) + 2:] in wanted)}
-                if f"{endpoint}, bare" not in chosen:
-                    raise SystemExit(f"the variants of {endpoint} must include bare")
+                chosen = {f"{endpoint}, {kind}": variants[f"{endpoint}, {kind}"] for kind in kinds if kind in wanted}
                 print(f"\n{endpoint}: uvicorn, one worker{' on core 0, wrk on core 1' if pin(0) else ''}")
                 print_http(bench_http(args.seconds, args.rounds, chosen, body, args.copies), chosen)
         finally:

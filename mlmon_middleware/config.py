@@ -121,9 +121,10 @@ class MonitorConfig:
         flush_batch: queued records that make the pipeline run at once, before the interval is
             up. Each queued record keeps three objects the garbage collector counts (the record,
             its input and its answer), so 256 of them passed its young threshold (700) by
-            themselves: 8× more young collections and, through their promotions, full ones in
-            the pipeline thread (stretches of 15–80 ms). 64 keeps the queue under the threshold
-            for about 4,000 more CPU instructions a request (+0.4 %; docs/benchmarks.md).
+            themselves: about 10× more young collections and, through their promotions, more
+            collections of the older generations, some of them in the pipeline thread
+            (stretches of 13–16 ms under wrk). 64 keeps the queue under the threshold for about
+            4,800 more CPU instructions a request (+0.4 %; docs/benchmarks.md).
         freeze_startup: when the server starts the app (ASGI lifespan start-up, after the app's
             own start-up), collect garbage once and move every object alive then (modules, the
             app, a loaded model) out of the garbage collector's reach (``gc.freeze``), once per

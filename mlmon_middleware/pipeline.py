@@ -44,6 +44,7 @@ from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
 MAX_BUDGET = 2e-3  # seconds of work between two pauses when far behind (switch_interval=0)
+BACKLOG_RECORDS = 256  # queued records that add BUDGET to a stretch when behind (switch_interval=0)
 TRIM_INTERVAL = 1.0  # seconds between two heap trims at most (a trim owed waits for the next flush)
 
 
@@ -68,7 +69,7 @@ class Pipeline:
     def __init__(self, config: MonitorConfig, errors: ErrorLog) -> None:
         self.config = config
         self.errors = errors
-        self._wake_at = min(config.flush_batch, config.queue_size - 1)
+        self._wake_at = min(config.flush_batch, config.queue_size)
         self.ingested = 0  # records ingested in this process (others read it to see that something changed)
         self._reset()
 
@@ -95,7 +96,7 @@ class Pipeline:
             self.errors.report("queue_full", message="record dropped: the pipeline queue is full")
             return False
         self._queue.append(record)
-        if queued == self._wake_at:  # a burst: run the pipeline now rather than at the next interval
+        if queued + 1 == self._wake_at:  # a burst: run the pipeline now rather than at the next interval
             self._wake.set()
         return True
 
@@ -139,14 +140,15 @@ class Pipeline:
             # thread). Under a short switch interval its pace points only measure. Otherwise it
             # sleeps between stretches, and a serving loop that never waits hands the GIL back
             # only when forced (every 5 ms): 50 µs of work per 5 ms would never catch up. So the
-            # budget grows with the backlog (50 µs per flush_batch records queued, up to
-            # MAX_BUDGET): a few batches behind, stretches of a few hundred µs; far behind, 2 ms.
+            # budget grows with the backlog (50 µs per BACKLOG_RECORDS records queued, up to
+            # MAX_BUDGET): a thousand records behind, stretches of a few hundred µs; far behind,
+            # 2 ms. (A unit of its own, not flush_batch: a smaller batch must not lengthen them.)
             pace: Callable[[], None] = no_pace
             if threading.current_thread() is self._thread:
                 if self.config.switch_interval > 0:
                     pace = self._pacer.mark
                 else:
-                    backlog = len(queue) / self.config.flush_batch
+                    backlog = len(queue) / BACKLOG_RECORDS
                     self._pacer.budget = min(MAX_BUDGET, BUDGET * max(1.0, backlog))
                     pace = self._pacer
             n = len(queue)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlmon_middleware import Monitor, MonitorConfig
-from mlmon_middleware.batch_read import BatchRead, read_plain, read_records
+from mlmon_middleware.batch_read import READ_RECORDS, BatchRead, read_plain, read_records
 from mlmon_middleware.ingest import ingest
 from mlmon_middleware.model import Record
 from mlmon_middleware.payload import PREDICTION_KEYS, plain_answers
@@ -158,6 +158,6 @@ def test_ingest_reads_a_plain_batch_in_passes_and_a_traced_one_record_by_record(
     try:
         mt = traced.model("traced")
         ingest(mt, _records(mt, 70, random.Random(2)), traced.telemetry, None)
-        assert calls == [32, 32, 6]  # a span per record is made record by record
+        assert calls == [READ_RECORDS, READ_RECORDS, 70 - 2 * READ_RECORDS]  # a span per record: one by one
     finally:
         traced.shutdown()

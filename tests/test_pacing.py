@@ -202,7 +202,7 @@ class RecordingPacer(Pacer):
 def test_behind_on_its_queue_the_pipeline_works_in_longer_stretches():
     """A serving loop that never waits gives the GIL back every 5 ms only: the budget grows with
     the backlog so that the pipeline keeps up instead of dropping records."""
-    from mlmon_middleware.pipeline import MAX_BUDGET
+    from mlmon_middleware.pipeline import BACKLOG_RECORDS, MAX_BUDGET
 
     mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600, flush_batch=16, queue_size=100_000,
                                 switch_interval=0))
@@ -211,8 +211,8 @@ def test_behind_on_its_queue_the_pipeline_works_in_longer_stretches():
         model = mon.model("behind")
         recording = mon.pipeline._pacer = RecordingPacer()
         budgets = []
-        for queued in (10, 200, 5000):
-            with mon.pipeline._lock:  # the thread, woken by the 17th record, finds them all queued
+        for queued in (10, 4 * BACKLOG_RECORDS, 80 * BACKLOG_RECORDS):
+            with mon.pipeline._lock:  # the thread, woken by the 16th record, finds them all queued
                 for _ in range(queued):
                     model.record(ROW, {"prediction": 0.5})
             mon.pipeline._wake.set()
@@ -222,8 +222,27 @@ def test_behind_on_its_queue_the_pipeline_works_in_longer_stretches():
             with mon.pipeline._lock:  # its flush is over
                 budgets.append(max(recording.seen))
                 recording.seen.clear()
-        assert budgets == [50e-6, 50e-6 * 200 / 16, MAX_BUDGET]
-        assert model.health()["predictions"]["ok"] == 5210
+        assert budgets == [50e-6, 50e-6 * 4, MAX_BUDGET]  # in units of BACKLOG_RECORDS, not of flush_batch
+        assert model.health()["predictions"]["ok"] == 10 + 84 * BACKLOG_RECORDS
+    finally:
+        mon.shutdown()
+
+
+def test_the_pipeline_runs_once_flush_batch_records_are_queued():
+    """Not before: the queue waits for the interval (here an hour) until the flush_batch-th record."""
+    mon = Monitor(MonitorConfig(tracing=False, flush_interval=3600, flush_batch=5))
+    mon.start()
+    try:
+        model = mon.model("burst")
+        for _ in range(4):
+            model.record(ROW, {"prediction": 0.5})
+        time.sleep(0.3)
+        assert len(mon.pipeline) == 4
+        model.record(ROW, {"prediction": 0.5})
+        deadline = time.monotonic() + 30
+        while len(mon.pipeline) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(mon.pipeline) == 0
     finally:
         mon.shutdown()
 

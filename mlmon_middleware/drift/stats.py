@@ -86,7 +86,7 @@ def ks_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[floa
     """The two-sided KS statistic and the Wasserstein-1 distance of two sorted samples (as
     ``scipy.stats.ks_2samp`` and ``wasserstein_distance``), in one pass over the window: a
     merge of the two runs for small windows, a lookup (:func:`_ks_wasserstein_lookup`) for big
-    ones (:data:`LOOKUP_FROM`).
+    ones (from :data:`LOOKUP_FROM` values and :data:`LOOKUP_RATIO` times the reference's).
 
     Both ways give scipy's values (the lookup is called directly here, on a small window):
 
@@ -116,7 +116,8 @@ def ks_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[floa
 
 def _ks_wasserstein_lookup(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:
     """:func:`ks_wasserstein` without merging: the reference (a grid of a few thousand
-    quantiles) is looked up in the window, which is read once, by one cumulative sum.
+    quantiles) is looked up in the window, which is read once, summed by stretches
+    (:func:`prefix_sums`).
 
     Between two consecutive distinct reference values ``u_k < u_k+1`` the reference's CDF is a
     constant ``a``; the window's CDF ``G`` climbs from ``G(u_k)`` to ``G(u_k+1 −)``. So the KS
@@ -158,7 +159,9 @@ def _ks_wasserstein_lookup(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tu
     h_lo, h_cross, h_hi = (r * (x - shift) - s for x, r, s in zip((lo, cross, hi), (r_lo, r_cross, r_hi), sums))
     below_level = level * (cross - lo) * n - (h_cross - h_lo)  # n·∫ (level − G) where G < level
     above_level = (h_hi - h_cross) - level * (hi - cross) * n  # n·∫ (G − level) where G >= level
-    return ks, float(np.sum(below_level + above_level)) / n
+    # exact up to rounding of the order of 1e-15 × the values' spread: a distance of 0 may come
+    # out as -1e-16, which a distance cannot be
+    return ks, max(0.0, float(np.sum(below_level + above_level)) / n)
 
 
 def prefix_sums(values: np.ndarray, at: np.ndarray) -> np.ndarray:
