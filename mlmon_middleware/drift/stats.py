@@ -176,7 +176,7 @@ def prefix_sums(values: np.ndarray, at: np.ndarray) -> np.ndarray:
     padded = np.append(values, 0.0)  # reduceat's indices must be inside: the last r may be len(values)
     stretches = np.add.reduceat(padded, at)[:-1]
     stretches[at[:-1] == at[1:]] = 0.0  # reduceat gives an empty stretch's first value
-    return padded[:at[0]].sum() + np.append(0.0, np.cumsum(stretches))
+    return np.asarray(padded[:at[0]].sum() + np.append(0.0, np.cumsum(stretches)))
 
 
 def ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
