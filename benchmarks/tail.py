@@ -4,11 +4,11 @@
                               [--endpoints "22 features;4 fields"] [--variants "bare;mlmon;..."]
 
 Two endpoints: the realistic one (22 features: 18 numbers and 4 categories, ``WIDE_FIELDS`` of
-``overhead.py``) and ``overhead.py``'s trivial 4-field one. Three variants of each: bare
-FastAPI, mlmon (tracing off), and mlmon with the prediction log on (SQLite in a temporary folder);
+``overhead.py``) and ``overhead.py``'s trivial 4-field one. Four variants of each: bare
+FastAPI, mlmon (tracing off), mlmon flushing every 256 records (the default before 2026-12-07),
+and mlmon with the prediction log on (SQLite in a temporary folder);
 under real HTTP also mlmon with the interpreter's switch interval left alone, its pipeline
-sleeping between stretches instead (``MLMON_SWITCH_INTERVAL=0``), mlmon with the pipeline run
-every 256 queued records (the default before 2026-12-07; now 64), mlmon's request path alone
+sleeping between stretches instead (``MLMON_SWITCH_INTERVAL=0``), mlmon's request path alone
 (``BENCH_REQUEST_PATH_ONLY=1``: each record made, then dropped at the queue), and the floor
 (``BENCH_FLOOR=1``): a pass-through middleware that sees the status and a decorator that times
 the call and keeps its input and result, with no work after it. No Python monitor inside the
@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Any
 
 from fleet import LATENCY, bench_http, print_http, run_wrk
 from overhead import BODY, WIDE_FIELDS, drive, pin, service_folder, start, stop, wrk_script
@@ -83,14 +84,15 @@ def predict_app(features: str, decorate=lambda f: f):
     return app
 
 
-def build_app(features: str, monitored: bool, store_dir: str | None):
-    """``predict_app`` in this process, with its own Monitor when ``monitored``."""
+def build_app(features: str, monitored: bool, store_dir: str | None, **config: Any):
+    """``predict_app`` in this process, with its own Monitor when ``monitored`` (``config``: more
+    of its MonitorConfig)."""
     from mlmon_fastapi import instrument_app
     from mlmon_middleware import Monitor, MonitorConfig, monitor
 
     if not monitored:
         return predict_app(features), None
-    mon = Monitor(MonitorConfig(tracing=False, service_name="bench", store_dir=store_dir))
+    mon = Monitor(MonitorConfig(tracing=False, service_name="bench", store_dir=store_dir, **config))
     app = predict_app(features, monitor(model="bench", version="1", registry=mon))
     instrument_app(app, registry=mon)
     mon.start()
@@ -106,9 +108,11 @@ def bench_inprocess(rounds: int, requests: int) -> dict[str, list[dict[str, floa
     store = tempfile.mkdtemp(prefix="mlmon-tail-")
     apps = {}
     for endpoint, (features, body) in ENDPOINTS.items():
-        for variant, monitored, log in (("bare", False, False), ("mlmon", True, False), ("mlmon + log", True, True)):
+        for variant, monitored, log, config in (("bare", False, False, {}), ("mlmon", True, False, {}),
+                                                ("mlmon, flush_batch 256", True, False, {"flush_batch": 256}),
+                                                ("mlmon + log", True, True, {})):
             folder = os.path.join(store, features) if log else None  # a log of its own: no lock shared with the other
-            apps[f"{endpoint}, {variant}"] = (*build_app(features, monitored, folder), body)
+            apps[f"{endpoint}, {variant}"] = (*build_app(features, monitored, folder, **config), body)
     loop = asyncio.new_event_loop()
     results: dict[str, list[dict[str, float]]] = {name: [] for name in apps}
     try:
