@@ -44,7 +44,6 @@ class StoreWriter:
                  on_error: Callable[[BaseException], None] = lambda exc: None) -> None:
         self.store = store
         self._queue: collections.deque[LogRow] = collections.deque(maxlen=max_queue)
-        self._max_queue = max_queue
         self._interval = interval
         self._retention = retention
         self._retention_every = retention_every
@@ -59,7 +58,7 @@ class StoreWriter:
     def put(self, rows: Iterable[LogRow]) -> None:
         rows = rows if isinstance(rows, list) else list(rows)
         with self._queue_lock:
-            evicted = len(self._queue) + len(rows) - self._max_queue
+            evicted = len(rows) - ((self._queue.maxlen or len(rows)) - len(self._queue))  # beyond the room left
             if evicted > 0:
                 self._on_drop(evicted)  # the extend below evicts the oldest rows
             self._queue.extend(rows)
