@@ -90,7 +90,8 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
         step = max(1, cells // max(1, width))
         for start in range(0, len(rows), step):
             end = start + step
-            _windows(model, rows[start:end], outputs[start:end], times[start:end], capture, read.messages, pending, pace)
+            _windows(model, (rows, outputs), rows[start:end], outputs[start:end], times[start:end], capture,
+                     read.messages, pending, pace)
             pace()
             pending.write_if_full(pace)
     pending.write()
@@ -106,18 +107,22 @@ def ingest(model: ModelMonitor, records: list[Record], telemetry: Telemetry, wri
     return not OVERSIZED.isdisjoint(capture)
 
 
-def _windows(model: ModelMonitor, rows: Batch, outputs: Outputs, times: np.ndarray,
+def _windows(model: ModelMonitor, segment: tuple[Batch, Outputs], rows: Batch, outputs: Outputs, times: np.ndarray,
              capture: collections.Counter[str], messages: dict[str, str], pending: _Pending,
              pace: Callable[[], None] = no_pace) -> None:
-    """Encode rows for the model's feature and prediction windows (schemas inferred on first use).
-    When the batch cannot be encoded at once, its rows go in one by one and the ones that cannot
-    are counted (``unencodable``): one bad row never costs the others their place."""
+    """Encode rows (a slice of ``segment``'s) for the model's feature and prediction windows.
+    Schemas not known yet are inferred from the whole segment, not from the slice: a feature
+    missing from the first rows of a batch and present later gets the kind of its first value
+    however small the slices (they are smaller when the pipeline pauses). When the rows cannot
+    be encoded at once, they go in one by one (each its own schema source) and the ones that
+    cannot are counted (``unencodable``): one bad row never costs the others their place."""
     try:
-        _encode(model, rows, outputs, times, capture, pending)
+        _encode(model, segment, rows, outputs, times, capture, pending)
     except Exception:
         for i in range(len(rows)):
+            one = rows[i:i + 1], outputs[i:i + 1]
             try:
-                _encode(model, rows[i:i + 1], outputs[i:i + 1], times[i:i + 1], capture, pending)
+                _encode(model, one, *one, times[i:i + 1], capture, pending)
             except Exception as exc:
                 failed(capture, messages, "unencodable", exc)
             pace()
@@ -131,32 +136,29 @@ def _width(rows: Batch) -> int:
     return len(first) if first is not None and hasattr(first, "__len__") else 1
 
 
-def _encode(model: ModelMonitor, rows: Batch, outputs: Outputs, times: np.ndarray,
+def _encode(model: ModelMonitor, source: tuple[Batch, Outputs], rows: Batch, outputs: Outputs, times: np.ndarray,
             capture: collections.Counter[str], pending: _Pending) -> None:
-    """Encode rows and their predictions into ``pending``: all or nothing (a failure adds nothing)."""
+    """Encode rows and their predictions into ``pending``: all or nothing (a failure adds nothing).
+    Schemas not known yet are inferred from ``source`` (rows and outputs that hold these)."""
     config = model.registry.config
     size = config.reservoir_size
-    schema = model.schema or FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds,
+    source_rows, source_outputs = source
+    schema = model.schema or FeatureSchema.infer(source_rows, names=model.declared_names, kinds=model.declared_kinds,
                                                  max_features=config.max_features)
-    if model.schema is None and model.declared_names is None and isinstance(rows[0], Mapping):
+    if model.schema is None and model.declared_names is None and isinstance(source_rows[0], Mapping):
         # the bounds an inferred schema applied to a client's field names, counted once
-        too_long = sum(len(str(k)) > MAX_NAME_CHARS for k in rows[0])
-        too_wide = len(rows[0]) - too_long - len(schema.names)
+        first = source_rows[0]
+        too_long = sum(len(str(k)) > MAX_NAME_CHARS for k in first)
+        too_wide = len(first) - too_long - len(schema.names)
         for reason, n in (("name_too_long", too_long), ("too_wide", too_wide)):
             if n > 0:
                 capture[reason] += n
     encoded = schema.encode(rows)
-    answered: Any  # the rows with a prediction: every one of an array answer
-    answers: Batch
-    if isinstance(outputs, Columns):
-        answered, answers = slice(None), outputs
-    else:
-        answered = [i for i, o in enumerate(outputs) if o is not None]
-        answers = [outputs[i] for i in answered]
+    answered, answers = _answers(outputs)
     output_schema = model.output_schema
     out = None
     if len(answers):
-        output_schema = output_schema or FeatureSchema.infer(answers)
+        output_schema = output_schema or FeatureSchema.infer(_answers(source_outputs)[1])
         out = output_schema.encode(answers)
     if model.schema is None:
         model.schema = schema
@@ -176,6 +178,14 @@ def _encode(model: ModelMonitor, rows: Batch, outputs: Outputs, times: np.ndarra
     for reason, n in out.errors.items():
         capture[f"prediction_{reason}"] += n
     pending.outputs.append((times[answered], out))
+
+
+def _answers(outputs: Outputs) -> tuple[Any, Batch]:
+    """The rows with a prediction (every one of an array answer) and their predictions."""
+    if isinstance(outputs, Columns):
+        return slice(None), outputs
+    answered = [i for i, o in enumerate(outputs) if o is not None]
+    return answered, [outputs[i] for i in answered]
 
 
 class _Pending:

@@ -161,3 +161,17 @@ def test_ingest_reads_a_plain_batch_in_passes_and_a_traced_one_record_by_record(
         assert calls == [READ_RECORDS, READ_RECORDS, 70 - 2 * READ_RECORDS]  # a span per record: one by one
     finally:
         traced.shutdown()
+
+
+@pytest.mark.parametrize("row_cells", [4, 2048])
+def test_kinds_come_from_the_whole_batch_however_small_the_pieces_it_is_encoded_in(monitor, row_cells):
+    """A field missing from a batch's first rows takes the kind of its first value in the batch,
+    and so does a prediction missing from them, whether the rows are encoded 2 at a time (a pipeline
+    that pauses, on wide rows) or all at once."""
+    mm = monitor.model(f"late-{row_cells}")
+    records = [Record(mm, f"id{i}", i, 5, {"amount": float(i), "plan": None if i < 6 else "pro"},
+                      {"prediction": None if i < 6 else "yes"}, "/a", 200) for i in range(10)]
+    ingest(mm, records, monitor.telemetry, None, row_cells=row_cells)
+    assert dict(zip(mm.schema.names, mm.schema.kinds)) == {"amount": "numeric", "plan": "categorical"}
+    assert mm.output_schema.kinds == ("categorical",)
+    assert mm.window.snapshot()["categorical"][:, 0].tolist() == [None] * 6 + ["pro"] * 4
