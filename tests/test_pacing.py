@@ -51,10 +51,10 @@ def test_a_pacer_sleeps_once_its_budget_is_spent_and_keeps_the_longest_stretch()
     assert 0 < pace.longest <= 0.03  # the stretches' CPU time
 
 
-def lateness_while_flushing(budget: float, switch_interval: float = 0.0) -> tuple[float, Pacer]:
-    """The 99th percentile (s) of how late a sleeping serving thread wakes while the pipeline
-    thread ingests a large queue, paced with ``budget`` (with ``switch_interval`` 0) or under
-    that switch interval; and the pipeline's pacer."""
+def lateness_while_flushing(budget: float, switch_interval: float = 0.0) -> tuple[tuple[float, float], Pacer]:
+    """The median and the 99th percentile (s) of how late a sleeping serving thread wakes
+    while the pipeline thread ingests a large queue, paced with ``budget`` (with
+    ``switch_interval`` 0) or under that switch interval; and the pipeline's pacer."""
     import mlmon_middleware.pipeline as pipeline_module
 
     saved = pipeline_module.BUDGET, pipeline_module.MAX_BUDGET
@@ -81,7 +81,8 @@ def lateness_while_flushing(budget: float, switch_interval: float = 0.0) -> tupl
             late.append(time.perf_counter() - start - 0.0002)
             done.set() if mon.pipeline.ingested >= 6001 and not mon.pipeline._lock.locked() else None
         assert model.health()["predictions"]["ok"] == 6001
-        return float(np.percentile(late, 99)), mon.pipeline._pacer
+        median, p99 = np.percentile(late, [50, 99])
+        return (float(median), float(p99)), mon.pipeline._pacer
     finally:
         pipeline_module.BUDGET, pipeline_module.MAX_BUDGET = saved
         mon.shutdown()
@@ -91,10 +92,13 @@ def test_the_serving_thread_waits_far_less_behind_a_paced_pipeline_or_a_short_sw
     """Against one pipeline that never pauses under the default 5 ms interval (as before
     pacing): the sleeping pacer, and the short switch interval, where the pipeline never sleeps.
 
-    Up to three attempts, each measuring all three side by side: on a machine busy with other
-    tests, the operating system's scheduler also wakes a sleeping thread late, now and then by
-    milliseconds, whoever holds the GIL. A pipeline that holds the GIL as long as the unpaced
-    one fails every attempt; the scheduler's noise does not, three times in a row."""
+    The comparison is of the median lateness. Behind the unpaced pipeline nearly every wake
+    waits for the interval (5 ms), so its median is as high as its tail, and a pipeline that
+    held the GIL as long would fail the same way; on a machine busy with other work, the
+    operating system's scheduler also wakes a sleeping thread late by milliseconds, whoever
+    holds the GIL, which moves the 99th percentile of every variant alike (measured under two
+    busy cores: 0.4–5.8 ms for all three) but only a few wakes, not the median. Up to three
+    attempts, each measuring all three side by side; the 99th percentiles are in the message."""
     called = []
     real_call = Pacer.__call__
     attempts = []
@@ -108,9 +112,9 @@ def test_the_serving_thread_waits_far_less_behind_a_paced_pipeline_or_a_short_sw
             Pacer.__call__ = real_call  # type: ignore[method-assign]
         assert pacer not in called and pacer.longest > 0  # its pace points only measure
         attempts.append((paced, short, unpaced))
-        if paced < unpaced / 3 and short < unpaced / 3:
+        if paced[0] < unpaced[0] / 3 and short[0] < unpaced[0] / 3:
             return
-    raise AssertionError(f"(paced, short interval, unpaced) p99 lateness, s: {attempts}")
+    raise AssertionError(f"(paced, short interval, unpaced) (median, p99) lateness, s: {attempts}")
 
 
 def test_a_monitor_whose_start_fails_puts_the_interval_back(switching, monkeypatch):
