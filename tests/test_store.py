@@ -127,6 +127,28 @@ def test_log_rows_segments_redaction_and_batch_ids(tmp_path, harness_factory):
     assert {r[0]: r for r in rows_in(tmp_path / "predictions.sqlite")}[pid][3] is None
 
 
+def test_log_rows_without_segments_or_redaction_write_the_row_as_it_came(tmp_path, harness_factory):
+    """The defaults take a shorter way (no dict built per row): the same text, for a dict row,
+    a mapping that is not a dict, a list row (named by the schema) and keys that are not text."""
+    import types
+
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("plain")
+    first = mm.record({"amount": 5.0, "country": "fr", "n": 2**70}, {"prediction": 0.2})
+    h.monitor.flush()  # the schema is known: list rows are named by it
+    proxy = mm.record(types.MappingProxyType({"amount": 1.0, "country": "de", "n": 3}), {"prediction": 0.1})
+    listed = mm.record([[2.0, "it", 4], [3.0, "es", 5]], [0.3, 0.4])
+    keys = h.monitor.model("keys").record({1: 1.0, "b": "x"}, {"prediction": 1})
+    h.monitor.flush()
+    h.monitor.store_writer.flush()
+    rows = {r[0]: r for r in rows_in(tmp_path / "predictions.sqlite")}
+    assert orjson.loads(rows[first][3]) == {"amount": 5.0, "country": "fr", "n": 2**70}
+    assert orjson.loads(rows[proxy][3]) == {"amount": 1.0, "country": "de", "n": 3}
+    assert orjson.loads(rows[f"{listed}:1"][3]) == {"amount": 3.0, "country": "es", "n": 5}
+    assert orjson.loads(rows[keys][3]) == {"1": 1.0, "b": "x"}
+    assert {rows[pid][2] for pid in (first, proxy, f"{listed}:0", keys)} == {"{}"}
+
+
 def test_record_outcomes_counts_labels_and_delays(tmp_path, harness_factory):
     h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
     mm = h.monitor.model("m")
