@@ -346,12 +346,17 @@ def start(workdir: str, workers: int, monitored: bool, extra: dict[str, str], wr
           stderr: IO[str] | None = None, timeout: float = 60) -> tuple[subprocess.Popen, int]:
     """uvicorn serving ``workdir``'s ``bench_service`` (bare or ``monitored``, tracing off, the
     ``extra`` environment) with ``workers`` workers on core 0, run by ``wrap`` when given (say,
-    valgrind), its stderr to ``stderr``; returns once it listens (or after ``timeout`` s)."""
+    valgrind), its stderr to ``stderr``; returns once it listens (or after ``timeout`` s).
+
+    The server runs in ``workdir``: ``python -m`` puts its working directory first on the
+    path, and run from the project's root it would import the library from there, ahead of a
+    ``PYTHONPATH`` that names another revision's (``instructions.py --before``)."""
     port = free_port()
     env = {**os.environ, "BENCH_MONITORED": "1" if monitored else "0", "MLMON_TRACING": "off", **extra}
     command = [*pin(0), *wrap, sys.executable, "-m", "uvicorn", "bench_service:app", "--app-dir", workdir,
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(command + (["--workers", str(workers)] if workers > 1 else []), env=env, stderr=stderr)
+    proc = subprocess.Popen(command + (["--workers", str(workers)] if workers > 1 else []), env=env, stderr=stderr,
+                            cwd=workdir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         with socket.socket() as s:
