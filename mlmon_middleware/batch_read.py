@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ from mlmon_middleware.instruments import (
 from mlmon_middleware.limits import bounded_category
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, plain_answers, resolve_payload
+from mlmon_middleware.schema import positional_names
 from mlmon_middleware.store import LogRow
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
@@ -210,8 +211,17 @@ def _json(value: object) -> str:
 
 
 def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -> list[LogRow]:
-    """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``."""
-    names = model.schema.names if model.schema is not None else ()
+    """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``.
+    Rows of values by position are named by the schema; in the first batch, read before the
+    schema is inferred, by the names it will have when they are the batch's first rows (the
+    declared names, else ``f0``, ``f1``, ...)."""
+    names: Sequence[str] = ()
+    if model.schema is not None:
+        names = model.schema.names
+    elif rows and not isinstance(rows[0], Mapping):
+        first: Any = rows[0]
+        width = len(first) if hasattr(first, "__len__") else 0
+        names = model.declared_names or positional_names(width)[:model.registry.config.max_features]
     options = model.options
     chosen_features, redact, segment_names = options.log_features, options.redact, options.segments
     when = rec.wall_ns * NS

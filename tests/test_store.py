@@ -149,6 +149,19 @@ def test_log_rows_without_segments_or_redaction_write_the_row_as_it_came(tmp_pat
     assert {rows[pid][2] for pid in (first, proxy, f"{listed}:0", keys)} == {"{}"}
 
 
+@pytest.mark.parametrize("features", [None, ["amount", "country"]])
+def test_list_rows_of_the_first_batch_are_logged_with_the_names_they_will_have(tmp_path, harness_factory, features):
+    """Read before the schema is inferred from them, they are named as it names them: by the
+    declared names, else f0, f1, ... (they used to be logged as ``{}``)."""
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = h.monitor.model("listed", **({} if features is None else {"features": features}))
+    pid = mm.record([[2.0, "it"], [3.0, "es"]], [0.3, 0.4])
+    h.monitor.flush()
+    h.monitor.store_writer.flush()
+    logged = orjson.loads({r[0]: r for r in rows_in(tmp_path / "predictions.sqlite")}[f"{pid}:1"][3])
+    assert logged == dict(zip(mm.schema.names, [3.0, "es"])) and list(logged) == list(features or ["f0", "f1"])
+
+
 def test_record_outcomes_counts_labels_and_delays(tmp_path, harness_factory):
     h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
     mm = h.monitor.model("m")
