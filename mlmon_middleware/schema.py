@@ -326,8 +326,9 @@ class FeatureSchema:
             cells = numeric_table if num_single else itertools.chain.from_iterable(numeric_table)
             if not set(map(type, cells)) <= PLAIN_NUMBERS:
                 return None
-            try:
-                numeric[:] = np.array(numeric_table, dtype=np.float64).reshape(n, -1)
+            try:  # one C loop over the cells in row order (np.array of the tuples would first find their shape)
+                cells = numeric_table if num_single else itertools.chain.from_iterable(numeric_table)
+                numeric = np.fromiter(cells, np.float64, numeric.size).reshape(numeric.shape)
             except OverflowError:
                 return None
             if not np.isfinite(numeric).all():
