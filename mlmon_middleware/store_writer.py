@@ -58,7 +58,7 @@ class StoreWriter:
     def put(self, rows: Iterable[LogRow]) -> None:
         rows = rows if isinstance(rows, list) else list(rows)
         with self._queue_lock:
-            evicted = len(rows) - ((self._queue.maxlen or len(rows)) - len(self._queue))  # beyond the room left
+            evicted = len(self._queue) + len(rows) - (self._queue.maxlen or 0)  # beyond the bound (always set)
             if evicted > 0:
                 self._on_drop(evicted)  # the extend below evicts the oldest rows
             self._queue.extend(rows)

@@ -105,6 +105,10 @@ def test_writer_drops_the_oldest_when_full_and_counts(location):
     writer.close()
     assert sum(dropped) == 4
     assert ids_in(location) == ["p4", "p5", "p6"]
+    keeps_none = StoreWriter(open_store(location), interval=60, max_queue=0, on_drop=dropped.append)
+    keeps_none.put([LogRow("p7", "m", "1", 7.0, "{}", "{}", None)])
+    keeps_none.close()
+    assert sum(dropped) == 5 and ids_in(location) == ["p4", "p5", "p6"]
 
 
 def test_log_rows_segments_redaction_and_batch_ids(tmp_path, harness_factory):
