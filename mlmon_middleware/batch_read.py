@@ -47,7 +47,7 @@ from mlmon_middleware.instruments import (
 from mlmon_middleware.limits import bounded_category
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, plain_answers, resolve_payload
-from mlmon_middleware.schema import positional_names
+from mlmon_middleware.schema import FeatureSchema
 from mlmon_middleware.store import LogRow
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
@@ -211,17 +211,8 @@ def _json(value: object) -> str:
 
 
 def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -> list[LogRow]:
-    """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``.
-    Rows of values by position are named by the schema; in the first batch, read before the
-    schema is inferred, by the names it will have when they are the batch's first rows (the
-    declared names, else ``f0``, ``f1``, ...)."""
-    names: Sequence[str] = ()
-    if model.schema is not None:
-        names = model.schema.names
-    elif rows and not isinstance(rows[0], Mapping):
-        first: Any = rows[0]
-        width = len(first) if hasattr(first, "__len__") else 0
-        names = model.declared_names or positional_names(width)[:model.registry.config.max_features]
+    """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``."""
+    names = _names(model, rows)
     options = model.options
     chosen_features, redact, segment_names = options.log_features, options.redact, options.segments
     when = rec.wall_ns * NS
@@ -242,6 +233,23 @@ def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -
         explanation = None if result is None else _json(shown(result))
         out.append(LogRow(pid, model.name, model.version, when, _json(output or {}), segments, features, explanation))
     return out
+
+
+def _names(model: ModelMonitor, rows: Batch) -> Sequence[str]:
+    """The names that rows of values by position are logged with: the schema's. In the first
+    batch, read before the schema is inferred, the names inference gives these rows (the
+    declared names, else ``f0``, ``f1``, ...): those the schema will have when they are the
+    batch's first rows. None for rows of names, or that inference cannot read (their
+    encoding counts them)."""
+    if model.schema is not None:
+        return model.schema.names
+    if not len(rows) or isinstance(rows[0], Mapping):
+        return ()
+    try:
+        return FeatureSchema.infer(rows, names=model.declared_names, kinds=model.declared_kinds,
+                                   max_features=model.registry.config.max_features).names
+    except Exception:
+        return ()
 
 
 def _bounded(value: object) -> object:

@@ -67,15 +67,6 @@ def infer_kind(values: Iterable[Any]) -> str:
     return NUMERIC
 
 
-def positional_names(width: int) -> list[str]:
-    """The names of a row's values read by position, when no names are declared.
-
-    >>> positional_names(3)
-    ['f0', 'f1', 'f2']
-    """
-    return [f"f{i}" for i in range(width)]
-
-
 class FeatureSchema:
     """Ordered feature names with their kinds (``numeric`` or ``categorical``).
 
@@ -141,7 +132,7 @@ class FeatureSchema:
             if isinstance(first, Mapping):
                 names = [name for name in map(str, first) if len(name) <= MAX_NAME_CHARS]
             else:
-                names = positional_names(len(first))
+                names = [f"f{i}" for i in range(len(first))]
             names = names[:max_features]
         kinds = dict(kinds or {})
         inferred = []
@@ -161,7 +152,7 @@ class FeatureSchema:
         if table.names is not None:
             by_name = dict(zip(table.names, table.arrays))
         else:  # columns by position: the declared names, else f0, f1, ...
-            by_name = dict(zip(names if names is not None else positional_names(table.width), table.arrays))
+            by_name = dict(zip(names if names is not None else [f"f{i}" for i in range(table.width)], table.arrays))
         if names is None:
             names = [name for name in by_name if len(name) <= MAX_NAME_CHARS][:max_features]
         kinds = dict(kinds or {})
