@@ -8,15 +8,23 @@
    100-tree random forest, gradient boosting, XGBoost and logistic regression on 20 features.
    Direct ASGI calls into a FastAPI app; mlmon runs the explanation in a worker process, or in a
    thread of the serving process for XGBoost's native contributions.
-2. Plain requests (another route of the same async app) while predict requests run concurrently,
-   with 0 %, 10 % and 100 % of them explained (random forest): median and p99 of the plain
-   requests, and the ratio to 0 %.
+2. Plain requests (another route of the same async app) while two clients send predict requests,
+   none or all of them explained (random forest, TreeSHAP in worker processes), with 1 and 2
+   workers at ``nice=10`` (the default: below the serving process) and ``nice=0`` (level). Each
+   configuration is its own app, built once; 5 rounds run them in turn, after one round of
+   warm-up, once on an idle host and once beside another process spinning on a core (a busy
+   host, where the workers' priority matters). Per configuration: the plain requests' median
+   and p99, the p99 as a ratio to the unexplained app's in the same round and host (median;
+   min–max over the rounds), and the explained predict requests' median latency.
 """
 
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import httpx
@@ -46,13 +54,14 @@ def trained() -> dict:
             "logistic regression": LogisticRegression().fit(X, y)}
 
 
-def app_for(model, when="request"):
+def app_for(model, when="request", workers=1, nice=10):
     mon = Monitor(MonitorConfig(tracing=False, check_interval=0))
     app = FastAPI()
 
     @app.post("/predict")
     @monitor(model="m", features=FEATURES, registry=mon,
-             explain=Explain(model=model, background=X[:100], when=when, deadline=5.0, max_in_flight=16))
+             explain=Explain(model=model, background=X[:100], when=when, deadline=5.0, max_in_flight=16,
+                             workers=workers, nice=nice))
     async def predict(row: dict) -> dict:
         return {"prediction": float(model.predict_proba(np.array([[row[f] for f in FEATURES]]))[0, 1])}
 
@@ -97,8 +106,10 @@ async def added_latency(app, rounds: int) -> list[tuple[float, float, float]]:
     return out
 
 
-async def plain_under_load(app) -> list[float]:
+async def plain_under_load(app) -> tuple[list[float], list[float]]:
+    """The latencies of plain requests, and of the predict requests sent beside them."""
     latencies: list[float] = []
+    predicts: list[float] = []
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b") as client:
         async def plain_loop():
             for _ in range(300):
@@ -107,10 +118,22 @@ async def plain_under_load(app) -> list[float]:
 
         async def predict_loop():
             for _ in range(150):
-                await client.post("/predict", json=ROW)
+                predicts.append(await timed(client, "POST", "/predict", json=ROW))
 
         await asyncio.gather(plain_loop(), predict_loop(), predict_loop())
-    return latencies
+    return latencies, predicts
+
+
+@contextlib.contextmanager
+def busy(on: bool):
+    """Another process spinning on a core at the serving process's priority (a busy host), or nothing."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if on else None
+    try:
+        yield
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
 
 
 def main() -> None:
@@ -129,14 +152,34 @@ def main() -> None:
               f"| {(direct - plain) * 1e3:+.2f} ms | {statistics.median(ratios):.2f}; {min(ratios):.2f}–{max(ratios):.2f} "
               f"| {where} |")
         mon.shutdown()
-    print("\n| predict traffic explained (random forest) | plain p50 | plain p99 | p99 vs 0 % |\n|---|---:|---:|---:|")
-    base_p99 = None
-    for label, when in (("0 %", "request"), ("10 %", 0.1), ("100 %", "always")):
-        app, mon = app_for(models["random forest (100 trees)"], when=when)
-        latencies = asyncio.run(plain_under_load(app))
-        p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
-        base_p99 = base_p99 or p99
-        print(f"| {label} | {p50 * 1e3:.2f} ms | {p99 * 1e3:.2f} ms | {p99 / base_p99:.2f}× |")
+    forest = models["random forest (100 trees)"]
+    configs = {"none explained": app_for(forest, "request")}
+    for workers in (1, 2):
+        for nice in (10, 0):
+            configs[f"all explained, {workers} worker{'s' * (workers > 1)}, nice={nice}"] = \
+                app_for(forest, "always", workers=workers, nice=nice)
+    hosts = ("idle", "one busy process")
+    results: dict[tuple[str, str], list[tuple[list[float], list[float]]]] = {
+        (host, label): [] for host in hosts for label in configs}
+    for round_ in range(6):  # round 0 warms up: a pool starts its second worker at the first concurrent job
+        for host in hosts:
+            with busy(host != "idle"):
+                for label, (app, _) in configs.items():
+                    run = asyncio.run(plain_under_load(app))
+                    if round_:
+                        results[host, label].append(run)
+    print("\n| host | predict traffic (random forest) | plain p50 | plain p99 | plain p99 / none explained's, per "
+          "round (median; min–max) | predict p50 |\n|---|---|---:|---:|---:|---:|")
+    for (host, label), runs in results.items():
+        base = [statistics.quantiles(plain, n=100)[98] for plain, _ in results[host, "none explained"]]
+        p99s = [statistics.quantiles(plain, n=100)[98] for plain, _ in runs]
+        ratios = [p / b for p, b in zip(p99s, base)]
+        plain_all = [v for plain, _ in runs for v in plain]
+        predict_all = [v for _, predicts in runs for v in predicts]
+        print(f"| {host} | {label} | {statistics.median(plain_all) * 1e3:.2f} ms | {statistics.median(p99s) * 1e3:.2f} ms "
+              f"| {statistics.median(ratios):.2f}×; {min(ratios):.2f}–{max(ratios):.2f} "
+              f"| {statistics.median(predict_all) * 1e3:.2f} ms |")
+    for _, mon in configs.values():
         mon.shutdown()
 
 

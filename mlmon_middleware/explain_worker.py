@@ -30,6 +30,8 @@ WATCH_SECONDS = 1.0  # how often a worker checks that the serving process still 
 
 def worker_init(payload: bytes) -> None:
     spec = pickle.loads(payload)
+    if spec["nice"] and hasattr(os, "nice"):
+        os.nice(spec["nice"])  # below the serving process: under CPU contention, plain requests first
     # the pid the serving process gave, not getppid() now: it may have died while this one started
     threading.Thread(target=_exit_with_parent, args=(spec["parent"],), name="mlmon-parent-watch", daemon=True).start()
     _WORKER["explain"] = build_explainer(spec["method"], spec["model"], spec["background"])
