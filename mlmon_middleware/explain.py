@@ -67,11 +67,13 @@ class Explain:
         deadline: seconds an explanation may take before the response goes without it.
         max_in_flight: explanations running at once; past it, requests go without (``busy``).
         workers: worker processes.
-        nice: how far below the serving process the worker processes run (added to their nice
-            value; POSIX only; 0 keeps them level). Explanations are extra work: when the CPU is
-            short, plain requests go first and explanations wait (and past the deadline answer
-            ``timeout``); on an idle core a niced worker runs as fast as any.
         label: the word that starts the one-line text ("risk raised mostly by ...").
+        nice: how far below the serving process the worker processes run once warm (added to
+            their nice value, every thread's; POSIX only; 0 keeps them level). Explanations are
+            extra work: when the CPU is short, plain requests go first and explanations wait
+            (past the deadline they answer ``timeout``); on an idle core a niced worker runs as
+            fast as any. Threads of the serving process (native XGBoost and LightGBM
+            contributions) keep its priority.
     """
 
     method: Any = "auto"
@@ -83,8 +85,8 @@ class Explain:
     deadline: float = 0.25
     max_in_flight: int = 4
     workers: int = 1
-    nice: int = 10
     label: str = "prediction"
+    nice: int = 10
 
     def __post_init__(self) -> None:
         if self.method == "auto" and self.model is None:
@@ -93,8 +95,9 @@ class Explain:
             raise ConfigError(f"when must be 'request', 'always' or a share in (0, 1], got {self.when!r}")
         if self.deadline <= 0 or self.max_in_flight < 1 or self.workers < 1 or self.top < 1:
             raise ConfigError("deadline must be > 0 and max_in_flight, workers and top >= 1")
-        if not 0 <= self.nice <= 19:
-            raise ConfigError(f"nice must be in 0..19, got {self.nice!r}")
+        if isinstance(self.nice, bool) or not isinstance(self.nice, int) or not 0 <= self.nice <= 19:
+            raise ConfigError(f"nice must be a whole number in 0..19 (how far below the serving process the "
+                              f"explanation workers run), got {self.nice!r}")
 
     def wanted(self, asked: bool | None) -> bool:
         """Whether to explain a request that asked (True), asked not to (False) or said nothing."""

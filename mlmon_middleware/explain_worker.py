@@ -30,8 +30,9 @@ WATCH_SECONDS = 1.0  # how often a worker checks that the serving process still 
 
 def worker_init(payload: bytes) -> None:
     spec = pickle.loads(payload)
-    if spec["nice"] and hasattr(os, "nice"):
-        os.nice(spec["nice"])  # below the serving process: under CPU contention, plain requests first
+    # Lowered once the first job is done: the start-up (shap's import, numba's compile on the
+    # first explanation) runs level, so a busy host cannot stretch it past the warm-up limit.
+    _WORKER["nice"] = spec["nice"]
     # the pid the serving process gave, not getppid() now: it may have died while this one started
     threading.Thread(target=_exit_with_parent, args=(spec["parent"],), name="mlmon-parent-watch", daemon=True).start()
     _WORKER["explain"] = build_explainer(spec["method"], spec["model"], spec["background"])
@@ -47,8 +48,31 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def worker_explain(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    base, contributions, name = _WORKER["explain"](rows)
+    try:
+        base, contributions, name = _WORKER["explain"](rows)
+    finally:
+        if nice := _WORKER.pop("nice", 0):
+            lower_priority(nice)
     return base, contributions, name
+
+
+def lower_priority(increment: int) -> None:
+    """Add ``increment`` to this process's nice value (POSIX), so that under CPU contention the
+    serving process's requests go first. On Linux a nice value belongs to a thread, and threads
+    started earlier (OpenBLAS's, the parent watch) keep theirs: each is lowered too. A system that
+    refuses leaves the worker level: a priority is not worth losing explanations over."""
+    if not hasattr(os, "nice"):
+        return
+    try:
+        value = os.nice(increment)
+    except OSError:
+        return
+    tasks = "/proc/self/task"
+    for tid in os.listdir(tasks) if os.path.isdir(tasks) else ():
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), value)
+        except OSError:  # a thread that ended meanwhile
+            pass
 
 
 def build_explainer(method: Any, model: Any, background: np.ndarray | None
