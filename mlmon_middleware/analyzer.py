@@ -65,7 +65,7 @@ from mlmon_middleware.store import LabelReader
 
 ATTRIBUTION_MIN_SAMPLES = 30  # explained predictions in the window before attribution drift is judged
 COVERAGE_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
-QUALITY_ERRORS = ("type_mismatch", "missing_feature", "unexpected_feature", "non_finite", "shape_mismatch")
+QUALITY_ERRORS = ("type_mismatch", "missing_feature", "unexpected_feature", "non_finite", "shape_mismatch", "invalid_text")
 T = TypeVar("T")
 
 
@@ -183,8 +183,11 @@ class DriftChecker:
         """Run one check on ``inputs``: drift, quality, performance, attributions, alerts."""
         with self._lock:
             start = time.perf_counter()
-            if inputs.fleet_performance is None:
-                performance, conditions = self.performance.compute(inputs.labels, inputs.now, scheduled=inputs.scheduled)
+            if inputs.fleet_performance is None:  # a failure here (counted) leaves drift and its alerts going
+                failed: tuple[PerformanceReport, Conditions] = (
+                    {"checked_at": inputs.now, "windows": {}, "status": "failed: see health's errors"}, {})
+                performance, conditions = self._step("performance", lambda: self.performance.compute(
+                    inputs.labels, inputs.now, scheduled=inputs.scheduled), failed)
             else:  # another replica judges the labels of the shared log: its alerts, not ours
                 performance, conditions = inputs.fleet_performance, {}
                 self.performance.report = performance

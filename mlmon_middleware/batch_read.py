@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -44,13 +45,14 @@ from mlmon_middleware.instruments import (
     PREDICTION_ID,
     SPAN_NAME,
 )
-from mlmon_middleware.limits import bounded_category
+from mlmon_middleware.limits import bounded_category, is_valid_text
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, plain_answers, resolve_payload
 from mlmon_middleware.schema import FeatureSchema
 from mlmon_middleware.store import LogRow
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
+from mlmon_middleware.values import category_key
 
 NS = 1e-9  # seconds per nanosecond
 #: a record's predictions: one dict per row (None where unreadable), or columns for an array answer
@@ -198,16 +200,51 @@ def _json(value: object) -> str:
     them makes every row cost 40 % more (1.18 µs against 0.85 µs on a 22-field row), and rows
     nearly always have text keys.
 
+    Text that is not valid Unicode (a lone surrogate, from JSON's ``"\\ud800"``) is written
+    with the surrogate as its escape's characters (:func:`~mlmon_middleware.limits.valid_text`),
+    so that what is logged can be read back.
+
     >>> _json({"a": 1.5, 2: None}), _json({"big": 2**70, "tags": {1}})
     ('{"a":1.5,"2":null}', '{"big": 1180591620717411303424, "tags": "{1}"}')
+    >>> orjson.loads(_json({"eu\\ud800": "x"})) == {"eu\\\\ud800": "x"}
+    True
     """
     try:
         return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
     except TypeError:
         try:
             return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str).decode()
-        except TypeError:  # orjson stops at 64-bit integers and at deep nesting; the standard library does not
-            return json.dumps(value, default=str)
+        except TypeError:  # orjson stops at 64-bit integers, deep nesting and lone surrogates; the standard library does not
+            try:
+                text = json.dumps(value, default=str, ensure_ascii=False)
+            except ValueError:  # an integer of more digits than Python writes as text (4,300)
+                text = json.dumps(_writable(value), default=str, ensure_ascii=False)
+            return text if text.isascii() or is_valid_text((text,)) else _SURROGATE.sub(_escaped, text)
+
+
+def _writable(value: Any) -> Any:
+    """``value`` with each integer too long for Python to write as text (over 4,300 digits)
+    replaced by a note of its size.
+
+    >>> _writable({"n": [10**5000, 7]})
+    {'n': ['<an integer of 16610 bits>', 7]}
+    """
+    if isinstance(value, int) and value.bit_length() > 14_000:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, Mapping):
+        return {_writable(k): _writable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_writable(v) for v in value]
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    """A lone surrogate in JSON text as the text of its escape (``\\\\ud800``): read back, the
+    six characters :func:`~mlmon_middleware.limits.valid_text` gives."""
+    return f"\\\\u{ord(match.group()):04x}"
 
 
 def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -> list[LogRow]:
@@ -220,7 +257,7 @@ def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -
     for i, (row, output) in enumerate(zip(rows, outputs)):
         values: Mapping[str, Any] = row if isinstance(row, Mapping) else dict(zip(names, row))
         # no segments, no redaction (the defaults): no dict to build, the row's own dict is written
-        segments = _json({name: _bounded(values.get(name)) for name in segment_names}) if segment_names else "{}"
+        segments = _json({name: _segment(values.get(name)) for name in segment_names}) if segment_names else "{}"
         if chosen_features is None:
             features = None
         else:
@@ -252,9 +289,24 @@ def _names(model: ModelMonitor, rows: Batch) -> Sequence[str]:
         return ()
 
 
-def _bounded(value: object) -> object:
-    """A segment value as logged: long text cut (it becomes a label of exported series)."""
-    return bounded_category(value) if isinstance(value, str) else value
+def _segment(value: object) -> object:
+    """A segment value as logged (it becomes a label of exported series): text cut at its bound
+    and made valid; a boolean, a number or None as it is; anything else (a list, an object, a
+    whole number past 64 bits) as its category name (:func:`~mlmon_middleware.values.category_key`),
+    cut, or None when it has none: never a whole client object in a label.
+
+    >>> [_segment(v) for v in ("eu", True, 3, 0.5, None, 2**70, {"ssn": "123"}, ["a"])]
+    ['eu', True, 3, 0.5, None, '1180591620717411303424', None, None]
+    """
+    if isinstance(value, str):
+        return bounded_category(value)
+    if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value < 2**63):
+        return value
+    try:
+        key = category_key(value)
+    except (TypeError, ValueError):
+        return None
+    return None if key is None else bounded_category(key)
 
 
 def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, telemetry: Telemetry) -> None:

@@ -39,7 +39,7 @@ from mlmon_middleware.limits import MAX_NAME_CHARS, OVERSIZED
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.pacing import no_pace
 from mlmon_middleware.reservoir import SlidingWindow
-from mlmon_middleware.schema import Encoded, FeatureSchema
+from mlmon_middleware.schema import Encoded, FeatureSchema, admissible_name
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
@@ -149,8 +149,9 @@ def _encode(model: ModelMonitor, source: tuple[Batch, Outputs], rows: Batch, out
         # the bounds an inferred schema applied to a client's field names, counted once
         first = source_rows[0]
         too_long = sum(len(str(k)) > MAX_NAME_CHARS for k in first)
-        too_wide = len(first) - too_long - len(schema.names)
-        for reason, n in (("name_too_long", too_long), ("too_wide", too_wide)):
+        invalid = sum(not admissible_name(str(k)) for k in first) - too_long
+        too_wide = len(first) - too_long - invalid - len(schema.names)
+        for reason, n in (("name_too_long", too_long), ("invalid_text", invalid), ("too_wide", too_wide)):
             if n > 0:
                 capture[reason] += n
     encoded = schema.encode(rows)

@@ -7,7 +7,8 @@ deployment may want to change are :class:`~mlmon_middleware.MonitorConfig` field
 (``max_features``, ``max_models``, ``max_feedback_bytes``, ``refresh_interval``). Bounds hit on
 the capture path are capture errors (``mlmon_capture_errors_total{reason}``: ``too_wide``,
 ``name_too_long``, ``value_truncated``); the others are counted here and exported as
-``mlmon_limit_hits_total{limit}``.
+``mlmon_limit_hits_total{limit}``. Text a client sends that is not valid Unicode is counted on
+the capture path too (``invalid_text``, :func:`is_valid_text`).
 
 >>> hits = LimitHits()
 >>> hits.hit("feedback_body", "a 3 MB body")
@@ -24,6 +25,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterable
 
 logger = logging.getLogger("mlmon_middleware")
 
@@ -57,10 +59,39 @@ def bounded_name(name: str) -> str:
 
 
 def _bounded(text: str, limit: int) -> str:
+    if not text.isascii():
+        text = valid_text(text)
     if len(text) <= limit:
         return text
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
+    digest = hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
     return f"{text[:limit]}…#{digest}"
+
+
+def is_valid_text(texts: Iterable[str]) -> bool:
+    """Whether every one of ``texts`` is valid Unicode, that UTF-8 can hold. JSON's ``"\\ud800"``
+    escape gives Python a lone surrogate, which no writer downstream (orjson, SQLite, the
+    exposition) accepts: such text is counted (``invalid_text``) and left out, or made valid by
+    :func:`valid_text`. One C pass over the texts joined.
+
+    >>> is_valid_text(["fr", "é", "😀"]), is_valid_text(["fr", "\\ud800"])
+    (True, False)
+    """
+    try:
+        "".join(texts).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def valid_text(text: str) -> str:
+    """``text`` with each lone surrogate written out as its escape (``\\ud800`` becomes the six
+    characters ``\\``, ``u``, ``d``, ``8``, ``0``, ``0``): valid text that keeps distinct values
+    distinct.
+
+    >>> valid_text("fr\\udfff") == "fr\\\\udfff", valid_text("été")
+    (True, 'été')
+    """
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 class LimitHits:

@@ -93,8 +93,21 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, scores: np
     return out
 
 
+def regression_pairs(predictions: Sequence[Any], labels: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels of a regression as numbers: NaN where one is not a number (a label
+    posted as text, a prediction without one), for the caller to leave out.
+
+    >>> regression_pairs([1.5, {"price": 2.0}, "x"], [1.0, "oops", 3])
+    (array([1.5, 2. , nan]), array([ 1., nan,  3.]))
+    """
+    return (np.array([first_number(p) for p in predictions], dtype=float),
+            np.array([first_number(v) for v in labels], dtype=float))
+
+
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | None]:
-    """MAE, RMSE, MAPE and R² (as scikit-learn computes them)."""
+    """MAE, RMSE, MAPE and R² (as scikit-learn computes them); None for each without rows."""
+    if not len(y_true):
+        return {"count": 0.0, "mae": None, "rmse": None, "mape": None, "r2": None}
     error = y_true - y_pred
     ss_res = float(np.sum(error ** 2))
     ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
@@ -119,10 +132,12 @@ def evaluator(task: str | None, predictions: Sequence[Any], labels: Sequence[Any
     predictions are decoded once, so resampling them (:func:`standard_errors`) is cheap."""
     predictions, labels = list(predictions), list(labels)
     task = task or infer_task(labels)
-    if task == "regression":
-        y_pred = np.array([first_number(p) for p in predictions], dtype=float)
-        y_true = np.array(labels, dtype=float)
-        return lambda i: regression_metrics(y_true if i is None else y_true[i], y_pred if i is None else y_pred[i])
+    if task == "regression":  # a label or prediction that is no finite number is left out (count says how many stay)
+        y_pred, y_true = regression_pairs(predictions, labels)
+        usable = np.isfinite(y_true) & np.isfinite(y_pred)
+        every = np.flatnonzero(usable)
+        return lambda i: regression_metrics(y_true[every if i is None else i[usable[i]]],
+                                            y_pred[every if i is None else i[usable[i]]])
     labels_true = np.array([as_label(v) for v in labels], dtype=object)
     if task == "binary":
         label = as_label(positive)

@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from mlmon_middleware.alerts import Conditions
 from mlmon_middleware.config import ConfigError
@@ -38,9 +37,9 @@ from mlmon_middleware.metrics import (
     binary_predictions,
     compute_metrics,
     evaluator,
-    first_number,
     infer_task,
     multiclass_predictions,
+    regression_pairs,
     standard_errors,
 )
 from mlmon_middleware.reports import (
@@ -54,6 +53,7 @@ from mlmon_middleware.reports import (
     WindowPerformance,
 )
 from mlmon_middleware.store import LabelledRow, LabelReader
+from mlmon_middleware.store_types import decode_json
 
 OTHER = "__other__"
 VOTES = 2  # detectors that must agree (within the latch) before concept drift is raised
@@ -213,7 +213,7 @@ class PerformanceTracker:
         rows = labels.newly_labelled(self.model, self._labels_seen)
         if rows:
             self._labels_seen = max(r.seq for r in rows)
-            predictions = [orjson.loads(r.prediction) for r in rows]
+            predictions = [decode_json(r.prediction) for r in rows]
             actual = [r.label for r in rows]
             task = self.options.task or infer_task(actual)
             if self.detectors is None:
@@ -241,9 +241,10 @@ class PerformanceTracker:
                 "agreeing": agreeing, "raised": raised}
 
     def _errors(self, task: str, predictions: list[Any], labels: list[Any]) -> list[float]:
-        if task == "regression":
-            y_pred = np.array([first_number(p) for p in predictions], dtype=float)
-            errors: list[float] = np.abs(np.array(labels, dtype=float) - y_pred).tolist()
+        if task == "regression":  # a label or prediction that is no finite number is left out
+            y_pred, y_true = regression_pairs(predictions, labels)
+            error = np.abs(y_true - y_pred)
+            errors: list[float] = error[np.isfinite(error)].tolist()
             return errors
         y_true = np.array([as_label(v) for v in labels], dtype=object)
         if task == "binary":
@@ -283,14 +284,14 @@ class PerformanceTracker:
         result: WindowPerformance = {"rows": len(rows), "overall": None, "segments": {}}
         if not rows:
             return result
-        predictions = [orjson.loads(r.prediction) for r in rows]
+        predictions = [decode_json(r.prediction) for r in rows]
         labels = [r.label for r in rows]
         task = self.options.task or infer_task(labels)
         result["task"] = task
         evaluate = evaluator(task, predictions, labels, positive=self.options.positive, threshold=self.options.threshold)
         result["overall"] = evaluate(None)
         result["standard_errors"] = standard_errors(evaluate, len(rows), seed=len(rows))
-        segment_values = [orjson.loads(r.segments) for r in rows]
+        segment_values = [decode_json(r.segments) for r in rows]
         segments: dict[str, dict[str, Metrics]] = {}
         for feature in self.segments:
             values = np.array([str(s.get(feature)) for s in segment_values], dtype=object)

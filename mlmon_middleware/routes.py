@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime
 import functools
 import importlib.resources
+import math
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -289,11 +290,20 @@ def _feedback_items(payload: object, default_model: str | None, mon: Monitor) ->
         model = item.get("model") or default_model or (next(iter(models)) if len(models) == 1 else None)
         if not isinstance(model, str) or model not in models:
             raise FeedbackError(f"item {i}: model {short(model)} is not monitored here; models: {sorted(models)}")
+        if models[model].options.performance_options.task == "regression" and not _finite_number(actual):
+            raise FeedbackError(f"item {i}: actual must be a finite number for {model}'s regression task, "
+                                f"got {short(actual)}")
         grouped.setdefault(model, []).append((pid, actual, _timestamp(item.get("timestamp"), i)))
     return grouped
 
 
 _ABSENT = object()
+
+
+def _finite_number(value: object) -> bool:
+    """A label a regression can use: a finite number, not a boolean (orjson reads an integer
+    past 64 bits as a float, and refuses one past a float's range)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _timestamp(value: object, i: int) -> float | None:

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from mlmon_middleware.columns import NUMBER_KINDS, Columns
-from mlmon_middleware.limits import MAX_CATEGORY_CHARS, MAX_NAME_CHARS, bounded_name
-from mlmon_middleware.values import MISSING, PLAIN_NUMBERS, categorical_column, numeric_column
+from mlmon_middleware.limits import MAX_CATEGORY_CHARS, MAX_NAME_CHARS, bounded_name, is_valid_text
+from mlmon_middleware.values import MISSING, PLAIN_NUMBERS, VALUE_REASONS, categorical_column, numeric_column
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -130,7 +130,7 @@ class FeatureSchema:
         first = rows[0]
         if names is None:
             if isinstance(first, Mapping):
-                names = [name for name in map(str, first) if len(name) <= MAX_NAME_CHARS]
+                names = [name for name in map(str, first) if admissible_name(name)]
             else:
                 names = [f"f{i}" for i in range(len(first))]
             names = names[:max_features]
@@ -154,7 +154,7 @@ class FeatureSchema:
         else:  # columns by position: the declared names, else f0, f1, ...
             by_name = dict(zip(names if names is not None else [f"f{i}" for i in range(table.width)], table.arrays))
         if names is None:
-            names = [name for name in by_name if len(name) <= MAX_NAME_CHARS][:max_features]
+            names = [name for name in by_name if admissible_name(name)][:max_features]
         kinds = dict(kinds or {})
         inferred = []
         for name in names:
@@ -261,7 +261,8 @@ class FeatureSchema:
         categorical = np.empty((n, len(self.categorical_names)), dtype=object)
         for i, name in enumerate(self.categorical_names):
             values = by_name[name].tolist()
-            if not set(map(type, values)) <= {str} or max(map(len, values)) > MAX_CATEGORY_CHARS:
+            if not set(map(type, values)) <= {str} or max(map(len, values)) > MAX_CATEGORY_CHARS \
+                    or not is_valid_text(values):
                 return None
             categorical[:, i] = values
         return Encoded(numeric, categorical, collections.Counter())
@@ -275,8 +276,7 @@ class FeatureSchema:
         absent_keys = bool(flags["missing_feature"].any())
         feature_errors: dict[str, dict[str, int]] = {}
         for name, (is_num, col), column in zip(self.names, self._slots, columns):
-            column_flags = {"type_mismatch": np.zeros(n, dtype=bool), "non_finite": np.zeros(n, dtype=bool),
-                            "value_truncated": np.zeros(n, dtype=bool)}
+            column_flags = {reason: np.zeros(n, dtype=bool) for reason in VALUE_REASONS}
             if is_num:
                 numeric[:, col] = numeric_column(column, column_flags)
             else:
@@ -287,7 +287,7 @@ class FeatureSchema:
             counts = {reason: int(mask.sum()) for reason, mask in column_flags.items() if mask.any()}
             if counts:
                 feature_errors[name] = counts
-            for reason in ("type_mismatch", "non_finite", "value_truncated"):
+            for reason in VALUE_REASONS:
                 flags[reason] |= column_flags[reason]
         errors = collections.Counter({reason: int(mask.sum()) for reason, mask in flags.items() if mask.any()})
         return Encoded(numeric, categorical, errors, feature_errors, unexpected)
@@ -327,7 +327,8 @@ class FeatureSchema:
         categorical = np.empty((n, len(self.categorical_names)), dtype=object)
         if categorical_table is not None:
             cells = categorical_table if cat_single else list(itertools.chain.from_iterable(categorical_table))
-            if not set(map(type, cells)) <= {str} or max(map(len, cells)) > MAX_CATEGORY_CHARS:
+            if not set(map(type, cells)) <= {str} or max(map(len, cells)) > MAX_CATEGORY_CHARS \
+                    or not is_valid_text(cells):
                 return None
             categorical.reshape(-1)[:] = cells
         return Encoded(numeric, categorical, collections.Counter())
@@ -342,5 +343,11 @@ def _getter(keys: Sequence[Any]) -> _Picker:
     return (operator.itemgetter(*keys) if keys else None), len(keys) == 1
 
 
-_REASONS = ("missing_feature", "unexpected_feature", "shape_mismatch", "type_mismatch", "non_finite",
-            "value_truncated")
+_REASONS = ("missing_feature", "unexpected_feature", "shape_mismatch", *VALUE_REASONS)
+
+
+def admissible_name(name: str) -> bool:
+    """Whether a field name a client chose can be a feature of an inferred schema: at most
+    :data:`~mlmon_middleware.limits.MAX_NAME_CHARS` characters of valid text (the others stay
+    unmonitored fields, counted as ``name_too_long`` or ``invalid_text``)."""
+    return len(name) <= MAX_NAME_CHARS and (name.isascii() or is_valid_text((name,)))

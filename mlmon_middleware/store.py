@@ -103,7 +103,10 @@ class SQLiteStore:
         self.path = os.fspath(path)
         folder = os.path.dirname(self.path) or "."
         try:
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(folder, mode=0o700, exist_ok=True)  # a folder made here: the owner's only
+            # the log holds the inputs: a new file is the owner's only (SQLite gives its WAL and
+            # shared-memory files the same permissions); an existing one keeps what it has
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

@@ -8,11 +8,13 @@ PostgreSQL one lazily without an import cycle. Import these names from :mod:`mlm
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 import orjson
 
+from mlmon_middleware.limits import valid_text
 from mlmon_middleware.reports import LabelOutcome, LoggedPrediction
 
 
@@ -125,4 +127,31 @@ def logged_prediction(row: Sequence[Any]) -> LoggedPrediction:
 
 
 def _decode(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
+    return None if text is None else decode_json(text)
+
+
+def decode_json(text: str) -> Any:
+    """A JSON column of the log as Python values. A log written before lone surrogates were
+    escaped (``batch_read._json``) may hold a ``\\ud800`` escape, which orjson refuses: such a
+    row is read by the standard library, its text made valid as the writer now makes it.
+
+    >>> decode_json('{"a": [1, "x"]}'), decode_json('{"eu\\\\ud800": "fr\\\\udfff"}') == {"eu\\\\ud800": "fr\\\\udfff"}
+    ({'a': [1, 'x']}, True)
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            return _valid(json.loads(text))
+        except RecursionError:  # deeper than the writer ever nests
+            return None
+
+
+def _valid(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if value.isascii() else valid_text(value)
+    if isinstance(value, list):
+        return [_valid(v) for v in value]
+    if isinstance(value, dict):
+        return {_valid(k): _valid(v) for k, v in value.items()}
+    return value

@@ -1,13 +1,15 @@
 """Values: how one column of a batch becomes numbers (numeric features) or category names.
 
 A column of plain values converts in one numpy call; anything else goes value by value, and
-each value that cannot be read is flagged by reason (``type_mismatch``, ``non_finite``,
-``value_truncated``) in the caller's per-row masks instead of raising. Category names come from
-:func:`category_key`, the same whatever the source (JSON, Python, pandas, CSV, Parquet).
+each value that cannot be read is flagged by reason (:data:`VALUE_REASONS`) in the caller's
+per-row masks instead of raising. Category names come from :func:`category_key`, the same
+whatever the source (JSON, Python, pandas, CSV, Parquet).
 
->>> flags = {r: np.zeros(3, dtype=bool) for r in ("type_mismatch", "non_finite", "value_truncated")}
+>>> flags = {r: np.zeros(3, dtype=bool) for r in VALUE_REASONS}
 >>> numeric_column([1, "x", float("inf")], flags).tolist(), flags["type_mismatch"].tolist()
 ([1.0, nan, nan], [False, True, False])
+>>> categorical_column(["fr", "eu\\ud800", 3], flags).tolist(), flags["invalid_text"].tolist()
+(['fr', None, '3'], [False, True, False])
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mlmon_middleware.columns import NUMBER_KINDS
-from mlmon_middleware.limits import MAX_CATEGORY_CHARS, bounded_category
+from mlmon_middleware.limits import MAX_CATEGORY_CHARS, bounded_category, is_valid_text
 
 
 class Missing:
@@ -31,6 +33,9 @@ class Missing:
 
 
 MISSING = Missing()
+#: why a value was not read: text where a number belongs (or an object), NaN or an infinity,
+#: a category cut to its bound (kept, cut), text that is not valid Unicode (a lone surrogate)
+VALUE_REASONS = ("type_mismatch", "non_finite", "value_truncated", "invalid_text")
 PLAIN_NUMBERS = {float, int, np.float64, np.float32, np.int64, np.int32}
 
 
@@ -108,7 +113,8 @@ def categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> n
     if isinstance(column, np.ndarray):
         column = column.tolist()  # plain values: text as str, numbers as int or float
     out = np.empty(len(column), dtype=object)
-    if set(map(type, column)) <= {str} and max(map(len, column), default=0) <= MAX_CATEGORY_CHARS:
+    if set(map(type, column)) <= {str} and max(map(len, column), default=0) <= MAX_CATEGORY_CHARS \
+            and is_valid_text(column):
         out[:] = column
         return out
     for i, value in enumerate(column):
@@ -121,6 +127,9 @@ def categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> n
         except TypeError:
             flags["type_mismatch"][i] = True
         else:
+            if key is not None and not key.isascii() and not is_valid_text((key,)):  # JSON's "\\ud800"
+                flags["invalid_text"][i] = True
+                continue
             if key is not None and len(key) > MAX_CATEGORY_CHARS:  # held for a window: bounded
                 key = bounded_category(key)
                 flags["value_truncated"][i] = True

@@ -74,6 +74,11 @@ CASES = [
     ("/predict/raw", b'{"amount": 5, "country": ["a"]}', JSON, "type_mismatch"),
     ("/predict/raw", TEN_MB, JSON, "value_truncated"),  # the decorator sees the parsed body: a 10 MB category, cut
     ("/predict/raw", b"{}", JSON, "empty_input"),
+    # a lone surrogate (valid JSON, invalid Unicode): no writer downstream could hold it
+    ("/score", b'{"amount": 1, "country": "fr\\udfff"}', JSON, "invalid_text"),
+    ("/predict/raw", b'{"amount": 5, "country": "eu\\ud800"}', JSON, "invalid_text"),
+    ("/score", b'{"amount": 5, "country": "fr", "x\\ud800": 1}', JSON, "unexpected_feature"),
+    ("/predict", b'{"amount": 1, "country": "eu\\ud800"}', JSON, "invalid_text"),
     ("/predict/batch", b'[{"amount": 1, "country": "fr"}, [1, "fr"]]', JSON, "shape_mismatch"),
     ("/predict/batch", b'[[1, "fr"], [1]]', JSON, "shape_mismatch"),
     ("/predict", b'{"amount": 1, "country":', JSON, None),

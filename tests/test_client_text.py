@@ -1,0 +1,137 @@
+"""What a client sends that no writer downstream can hold, or that must not become a label:
+text that is not valid Unicode, objects as segment values, labels a regression cannot use.
+Each is counted and left out (or made valid), and every route and check goes on."""
+
+import json
+import os
+import stat
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from mlmon_middleware import Baseline
+from mlmon_middleware.metrics import compute_metrics
+from mlmon_middleware.routes import routes
+from mlmon_middleware.store import SQLiteStore
+from mlmon_middleware.store_types import decode_json
+
+TOKEN = "t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def routes_of(h):
+    return TestClient(Starlette(routes=routes(h.monitor)), raise_server_exceptions=False)
+
+
+def test_a_lone_surrogate_in_names_and_values_is_counted_and_every_route_still_answers(harness_factory, tmp_path):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path), api_token=TOKEN)
+    model = h.monitor.model("m", warmup_rows=20, segments=["region"])
+    # json.loads (Starlette's, FastAPI's) reads the escape "\ud800" as a lone surrogate
+    rows = [json.loads('{"amount\\ud800": 1.0, "amount": %d, "country": "fr\\udfff", "region": "eu\\ud800"}' % i)
+            for i in range(40)]
+    ids = [model.record(row, {"prediction": 0.5, "echo\\ud800": row["country"]}) for row in rows]
+    h.monitor.flush()
+    assert model.schema.names == ("amount", "country", "region")  # the invalid name stays unmonitored
+    counted = {a["reason"]: p.value for a, p in h.points("mlmon.capture.errors")}
+    assert counted["invalid_text"] == 1 + 40  # the name once, then each row (its country and region)
+    report = model.check_now()
+    assert report["status"] != "failed" and model.baseline is not None  # the warm-up baseline was built
+    with routes_of(h) as client:
+        for path in ("/mlmon/health", "/mlmon/drift", "/mlmon/metrics", f"/mlmon/predictions/{ids[0]}"):
+            response = client.get(path, headers=AUTH)
+            assert response.status_code == 200, (path, response.text[:200])
+        logged = client.get(f"/mlmon/predictions/{ids[0]}", headers=AUTH).json()
+    # what was logged reads back, each lone surrogate as the six characters of its escape
+    assert logged["features"]["amount\\ud800"] == 1.0 and logged["features"]["country"] == "fr\\udfff"
+    assert logged["segments"] == {"region": "eu\\ud800"}
+    assert any("amount\\ud800" in name for name in model.coverage()["unmonitored_fields"])
+    orjson.dumps(model.coverage())
+
+
+def test_a_category_with_a_lone_surrogate_leaves_a_declared_baseline_report_readable(harness):
+    baseline = Baseline.from_data([{"amount": float(i), "region": "eu" if i % 2 else "us"} for i in range(200)])
+    model = harness.monitor.model("m", baseline=baseline)
+    for i in range(50):
+        model.record({"amount": float(i), "region": "us"}, {"prediction": 0})
+    model.record(json.loads('{"amount": 1.0, "region": "eu\\ud800"}'), {"prediction": 1})
+    harness.monitor.flush()
+    report = model.check_now()
+    orjson.dumps(report)  # no text in it that UTF-8 cannot hold
+    assert {a["reason"]: p.value for a, p in harness.points("mlmon.capture.errors")} == {"invalid_text": 1}
+
+
+def test_segment_values_that_are_objects_never_reach_a_label(harness_factory, tmp_path):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    model = h.monitor.model("clf", segments=["region"])
+    secret = {"ssn": "123-45-6789", "pad": "A" * 20_000}
+    ids = [model.record({"x": 1.0, "region": value}, {"prediction": 1})
+           for value in (secret, ["a", "b"], "B" * 20_000, 2**70, 10**5000, True, 7)]
+    h.monitor.flush()
+    model.record_outcomes([(pid, 1, None) for pid in ids])
+    model.check_now()
+    text, _ = h.monitor.telemetry.prometheus_text()
+    assert b"123-45-6789" not in text
+    assert max(len(line) for line in text.splitlines()) < 1_000
+    segments = [model.lookup(pid)["segments"]["region"] for pid in ids]
+    assert segments[:2] == [None, None]  # an object or a list is no segment
+    assert len(segments[2]) < 300 and segments[3] == str(2**70) and segments[4] is None and segments[5:] == [True, 7]
+    assert model.lookup(ids[4])["features"]["region"] == "<an integer of 16610 bits>"  # logged all the same
+
+
+def test_a_regression_label_that_is_not_a_number_is_refused_at_the_route_and_skipped_in_the_log(harness_factory, tmp_path):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path), api_token=TOKEN)
+    model = h.monitor.model("reg", performance={"task": "regression"})
+    ids = [model.record({"x": float(i), "y": 1.0}, {"prediction": 0.5}) for i in range(60)]
+    h.monitor.flush()
+    with routes_of(h) as client:
+        for bad in ("oops", None, True, [1.0], {"value": 1.0}):
+            refused = client.post("/mlmon/feedback", json=[{"prediction_id": ids[0], "actual": bad}], headers=AUTH)
+            assert refused.status_code == 422 and "finite number" in refused.text, (bad, refused.text)
+        assert client.post("/mlmon/feedback", json=[{"prediction_id": ids[1], "actual": 2.0}], headers=AUTH).status_code == 200
+    # labels recorded in code are not checked: a bad one in the log is left out, and drift goes on
+    model.record_outcomes([(ids[2], "oops", None), (ids[3], 1.5, None)])
+    report = model.check_now()
+    assert report["status"] != "failed"
+    window = model.performance_report()["windows"]["last_1000"]
+    assert window["rows"] == 3 and window["overall"]["count"] == 2.0  # the unusable label is left out
+    assert h.monitor.errors.counts() == {}
+
+
+def test_regression_metrics_leave_out_what_is_no_finite_number():
+    got = compute_metrics("regression", [1.0, 2.0, {"p": 3.0}, "x", 5.0], [1.5, "oops", 2.0, 4.0, float("nan")])
+    expected = compute_metrics("regression", [1.0, 3.0], [1.5, 2.0])
+    assert got == expected and got["count"] == 2.0
+    assert compute_metrics("regression", ["x"], ["y"]) == {"count": 0.0, "mae": None, "rmse": None, "mape": None, "r2": None}
+
+
+def test_a_failing_performance_step_leaves_drift_and_its_report(harness_factory, tmp_path, monkeypatch):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    model = h.monitor.model("m", warmup_rows=20)
+    for i in range(40):
+        model.record({"x": float(i)}, {"prediction": 0.5})
+    h.monitor.flush()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("performance broke")
+
+    monkeypatch.setattr(model.checker.performance, "compute", broken)
+    report = model.check_now()
+    assert report["status"] != "failed" and report["performance_status"].startswith("failed")
+    assert h.monitor.errors.counts().get("check_performance") == 1
+
+
+def test_rows_logged_by_an_earlier_version_with_surrogate_escapes_still_read():
+    assert decode_json('{"k\\ud800": ["fr\\udfff", 1]}') == {"k\\ud800": ["fr\\udfff", 1]}
+    assert decode_json('{"ok": "\\ud83d\\ude00"}') == {"ok": "😀"}  # a valid pair stays itself
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_new_prediction_log_is_readable_by_its_owner_only(tmp_path):
+    store = SQLiteStore(tmp_path / "logs" / "predictions.sqlite")
+    try:
+        for path in (tmp_path / "logs", tmp_path / "logs" / "predictions.sqlite"):
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, oct(path.stat().st_mode)
+    finally:
+        store.close()
