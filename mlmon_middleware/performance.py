@@ -60,6 +60,9 @@ VOTES = 2  # detectors that must agree (within the latch) before concept drift i
 MIN_DEGRADATION_ROWS = 30  # labels a window needs before its metrics can degrade
 PERFORMANCE_ALPHA = 0.005  # per check, across the metrics and windows compared with the reference
 HISTORY_CHECKS = 500  # checks whose overall metrics the report's ``history`` keeps
+#: labelled predictions a time window reads at most, the latest: traffic, not configuration,
+#: decides how many fall in 24 hours, and a check holds them all in memory at once
+MAX_TIME_WINDOW_ROWS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +74,9 @@ class PerformanceOptions:
             (numbers that are not all integers: regression; two classes: binary; else multiclass).
         positive: the positive class of a binary task (default 1, or "1" for text labels).
         threshold: a binary score at or above it predicts the positive class.
-        count_window, time_window: the last N labelled predictions; those made in the last T seconds.
+        count_window, time_window: the last N labelled predictions; those made in the last T
+            seconds (at most the latest ``MAX_TIME_WINDOW_ROWS``, 100,000: the window then says
+            ``"capped": true``).
         max_segments: segment values exported per segment feature; the rest are ``__other__``.
         protected: the segment feature to compute fairness for (one of the model's ``segments``).
         degradation: relative drops (warning, critical) against the reference performance.
@@ -169,8 +174,10 @@ class PerformanceTracker:
         windows: dict[str, WindowPerformance] = {}
         for window, (kind, size) in self.windows.items():
             rows = (labels.labelled(self.model, since=0.0, limit=int(size)) if kind == "count"
-                    else labels.labelled(self.model, since=now - size))
+                    else labels.labelled(self.model, since=now - size, limit=MAX_TIME_WINDOW_ROWS))
             result = windows[window] = self._window(rows)
+            if kind == "time" and len(rows) >= MAX_TIME_WINDOW_ROWS:
+                result["capped"] = True
             overall = result.get("overall")
             if scheduled and kind == "count" and self.reference is None and len(rows) >= size and overall:
                 self.reference = {k: v for k, v in overall.items() if k != "count" and v is not None}

@@ -247,6 +247,7 @@ class WindowPerformance(TypedDict, total=False):
     standard_errors: dict[str, float]  # bootstrap standard error of each overall metric
     fairness: Fairness
     degradation: dict[str, Degradation]
+    capped: bool  # a time window of more labelled predictions than it reads (the latest are read)
 
 
 class ReferencePerformance(TypedDict):

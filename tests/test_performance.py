@@ -108,6 +108,18 @@ def test_delayed_labels_windows_and_coverage(tmp_path, harness_factory):
     assert perf[("accuracy", "86400s", "__all__")] == pytest.approx(recent["overall"]["accuracy"])
 
 
+def test_a_time_window_reads_at_most_its_latest_rows_and_says_it_is_capped(tmp_path, harness_factory, monkeypatch):
+    from mlmon_middleware import performance
+
+    monkeypatch.setattr(performance, "MAX_TIME_WINDOW_ROWS", 150)
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    mm = labelled_model(h, 300, rng=np.random.default_rng(2), performance={"task": "binary", "count_window": 100})
+    mm.check_now()
+    windows = mm.performance_report()["windows"]
+    assert windows["86400s"]["rows"] == 150 and windows["86400s"]["capped"] is True
+    assert windows["last_100"]["rows"] == 100 and "capped" not in windows["last_100"]
+
+
 def test_degradation_alerts_when_the_label_rule_flips(tmp_path, harness_factory):
     h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
     events = []
