@@ -86,16 +86,43 @@ class PendingExplanation:
         if status == "ok" and explanation is not None:
             try:
                 content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
-                payload = orjson.loads(body) if b"json" in content_type else None
-                if not isinstance(payload, dict):
-                    raise ValueError("not a JSON object")
-                body = orjson.dumps({**payload, key: shown(explanation)})
+                body = with_key(body, key, shown(explanation)) if b"json" in content_type else None
             except Exception:
+                body = None
+            if body is None:
+                body = b"".join(m.get("body", b"") for m in bodies)
                 status = self.status = "error"
         if status != "ok":
             headers.append((b"x-mlmon-explain-status", status.encode()))
         headers.append((b"content-length", str(len(body)).encode()))
         return {**start, "headers": headers}, {"type": "http.response.body", "body": body, "more_body": False}
+
+
+MAX_EXPLAINED_BYTES = 1 << 20  # the largest JSON body an explanation is added to (read on the event loop)
+
+
+def with_key(body: bytes, key: str, value: Any) -> bytes | None:
+    """A JSON object ``body`` with ``key: value`` added, or None when it cannot be added as it
+    is: not a JSON object, the key taken already, or over ``MAX_EXPLAINED_BYTES``. The app's own
+    bytes stay as they were: the key is spliced in before the closing brace, so nothing is
+    parsed and written again (integers past 64 bits, duplicate keys and the app's number formats
+    survive).
+
+    >>> with_key(b'{"id": 123456789012345678901234567890}', "why", [1]), with_key(b"{}", "why", 1)
+    (b'{"id": 123456789012345678901234567890,"why":[1]}', b'{"why":1}')
+    >>> with_key(b'[1]', "why", 1), with_key(b'{"why": 0}', "why", 1)
+    (None, None)
+    """
+    if len(body) > MAX_EXPLAINED_BYTES:
+        return None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(payload, dict) or key in payload:
+        return None
+    head = body.rstrip()[:-1]  # a JSON object's text ends with its closing brace
+    return head + (b"," if payload else b"") + orjson.dumps(key) + b":" + orjson.dumps(value) + b"}"
 
 
 def asked(scope: Mapping[str, Any] | None) -> bool | None:

@@ -157,6 +157,37 @@ def test_sampling(harness_factory, monkeypatch):
     assert "explanation" not in opt_out.json()
 
 
+def test_an_explanation_is_spliced_into_the_apps_own_bytes(harness_factory):
+    """The app's body stays byte for byte: an integer past 64 bits, its spacing and its key order
+    survive; a body that already has the key, or is not an object, goes out as it was (``error``)."""
+    from starlette.responses import Response
+
+    h = harness_factory(tracing=False, check_interval=0)
+    app = FastAPI()
+    bodies = {"big": b'{"id": 123456789012345678901234567890, "prediction": 0.5}',
+              "taken": b'{"prediction": 0.5, "explanation": "mine"}', "list": b"[0.5]"}
+
+    @app.post("/predict")
+    @monitor(model="m", features=[f"f{i}" for i in range(6)], registry=h.monitor,
+             explain=Explain(helpers.halves, when="always"))
+    async def predict(row: dict, kind: str = "big") -> Response:
+        return Response(bodies[kind], media_type="application/json")
+
+    instrument_app(app, registry=h.monitor)
+    wait_warm(h)
+
+    async def ask(kind):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.post(f"/predict?kind={kind}", json=ROW)
+
+    big = asyncio.run(ask("big"))
+    assert big.content.startswith(bodies["big"][:-1] + b',"explanation":{')
+    assert int(big.headers["content-length"]) == len(big.content) and big.json()["explanation"]["method"] == "callable"
+    for kind in ("taken", "list"):
+        response = asyncio.run(ask(kind))
+        assert response.content == bodies[kind] and response.headers["x-mlmon-explain-status"] == "error"
+
+
 def test_timeout_busy_and_error(harness_factory):
     h = harness_factory(tracing=False, check_interval=0)
     app = app_with(h, Explain(helpers.slow, when="always", deadline=0.1, max_in_flight=1))
