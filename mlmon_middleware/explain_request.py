@@ -84,14 +84,16 @@ class PendingExplanation:
         headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
         key = self.service.spec.key if self.service is not None else "explanation"
         if status == "ok" and explanation is not None:
+            explained: bytes | None = None
             try:
                 content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
-                body = with_key(body, key, shown(explanation)) if b"json" in content_type else None
+                explained = with_key(body, key, shown(explanation)) if b"json" in content_type else None
             except Exception:
-                body = None
-            if body is None:
-                body = b"".join(m.get("body", b"") for m in bodies)
+                pass  # the answer goes out as the app made it, saying so
+            if explained is None:
                 status = self.status = "error"
+            else:
+                body = explained
         if status != "ok":
             headers.append((b"x-mlmon-explain-status", status.encode()))
         headers.append((b"content-length", str(len(body)).encode()))
