@@ -24,6 +24,7 @@ record (22 features) went in the dozen Python calls of reading records one by on
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +46,7 @@ from mlmon_middleware.instruments import (
     PREDICTION_ID,
     SPAN_NAME,
 )
-from mlmon_middleware.limits import bounded_category, is_valid_text
+from mlmon_middleware.limits import bounded_category, bounded_name, is_valid_text
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, plain_answers, resolve_payload
 from mlmon_middleware.schema import FeatureSchema
@@ -55,6 +56,7 @@ from mlmon_middleware.telemetry import Telemetry
 from mlmon_middleware.values import category_key
 
 NS = 1e-9  # seconds per nanosecond
+MAX_SPAN_OUTPUTS = 32  # outputs of a prediction set on its span (its first row's)
 #: a record's predictions: one dict per row (None where unreadable), or columns for an array answer
 Outputs = list[dict[str, Any] | None] | Columns
 READ_RECORDS = 32  # records read at a time (the common batch's passes go over this many)
@@ -324,10 +326,12 @@ def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: Batch,
     if rec.route:
         attrs[HTTP_ROUTE] = rec.route
     first = outputs[0] if outputs else None
-    if first:
-        for name, value in first.items():
+    if first:  # the app's answer may echo what a client sent: so many names, each and its text bounded
+        for name, value in itertools.islice(first.items(), MAX_SPAN_OUTPUTS):
+            if isinstance(value, str):
+                value = bounded_category(value)
             if isinstance(value, (int, float, str, bool)):
-                attrs[f"{PREDICTION}.{name}" if len(first) > 1 else PREDICTION] = value
+                attrs[f"{PREDICTION}.{bounded_name(str(name))}" if len(first) > 1 else PREDICTION] = value
     allowed = model.registry.config.trace_features
     if allowed and rows and isinstance(rows[0], Mapping):
         for name in allowed:

@@ -159,7 +159,7 @@ def _encode(model: ModelMonitor, source: tuple[Batch, Outputs], rows: Batch, out
     output_schema = model.output_schema
     out = None
     if len(answers):
-        output_schema = output_schema or FeatureSchema.infer(_answers(source_outputs)[1])
+        output_schema = output_schema or FeatureSchema.infer(_answers(source_outputs)[1], max_features=config.max_features)
         out = output_schema.encode(answers)
     if model.schema is None:
         model.schema = schema

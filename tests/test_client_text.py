@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from mlmon_middleware import Baseline
+from mlmon_middleware.instruments import PREDICTION, PREDICTION_ID
 from mlmon_middleware.metrics import compute_metrics
 from mlmon_middleware.routes import routes
 from mlmon_middleware.store import SQLiteStore
@@ -135,3 +136,15 @@ def test_a_new_prediction_log_is_readable_by_its_owner_only(tmp_path):
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, oct(path.stat().st_mode)
     finally:
         store.close()
+
+
+def test_an_answer_that_echoes_many_client_names_stays_bounded_in_spans_and_the_output_schema(harness_factory):
+    h = harness_factory(max_features=16)
+    model = h.monitor.model("m")
+    answer = {f"echo{i}": "x" * 5_000 for i in range(500)}
+    answer[json.loads('"k\\ud800"')] = json.loads('"v\\udfff"')
+    model.record({"x": 1.0}, {"prediction": answer})
+    (span,) = h.finished_spans()
+    outputs = {k: v for k, v in span.attributes.items() if k.startswith(f"{PREDICTION}.") and k != PREDICTION_ID}
+    assert len(outputs) == 32 and max(len(v) for v in outputs.values()) < 300
+    assert len(model.output_schema.names) == 16
