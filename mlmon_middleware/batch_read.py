@@ -46,7 +46,7 @@ from mlmon_middleware.instruments import (
     PREDICTION_ID,
     SPAN_NAME,
 )
-from mlmon_middleware.limits import bounded_category, bounded_name, is_valid_text
+from mlmon_middleware.limits import MAX_LOGGED_CHARS, MAX_LOGGED_FIELDS, bounded_category, bounded_name, is_valid_text
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, plain_answers, resolve_payload
 from mlmon_middleware.schema import FeatureSchema
@@ -267,6 +267,9 @@ def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -
             if redact:
                 chosen = {k: ("[redacted]" if k in redact else v) for k, v in chosen.items()}
             features = _json(chosen if type(chosen) is dict else dict(chosen))
+            if len(features) > MAX_LOGGED_CHARS:  # a client's row, of any size: logged cut, counted
+                model.registry.limits.hit("logged_row", f"a logged row of {len(features)} characters, cut")
+                features = _json(_cut(chosen))
         pid = rec.prediction_id if len(rows) == 1 else f"{rec.prediction_id}:{i}"
         result = rec.explanation.result if rec.explanation is not None and i == 0 else None
         explanation = None if result is None else _json(shown(result))
@@ -289,6 +292,21 @@ def _names(model: ModelMonitor, rows: Batch) -> Sequence[str]:
                                    max_features=model.registry.config.max_features).names
     except Exception:
         return ()
+
+
+def _cut(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row too long to log whole: its first ``MAX_LOGGED_FIELDS`` fields, names cut like field
+    names and values like category values (a list or an object as its JSON text, cut).
+
+    >>> _cut({"text": "x" * 300, "n": 1, "v": list(range(100))})["v"][-12:]
+    '…#ba32f03941'
+    """
+    out: dict[str, Any] = {}
+    for name, value in itertools.islice(row.items(), MAX_LOGGED_FIELDS):
+        if not (value is None or isinstance(value, (bool, int, float))):
+            value = bounded_category(value if isinstance(value, str) else _json(value))
+        out[bounded_name(str(name))] = value
+    return out
 
 
 def _segment(value: object) -> object:

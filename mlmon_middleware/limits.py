@@ -43,7 +43,13 @@ MAX_FEEDBACK_ITEMS = 10_000
 #: largest body of a registry step, a registration or an alert acknowledgement
 MAX_GOVERNANCE_BYTES = 256 * 1024
 
-LIMITS = ("models", "feedback_body", "feedback_items", "label_value", "refresh_rate", "governance_body")
+#: longest features JSON of one logged prediction; a longer one is logged cut (:data:`MAX_LOGGED_FIELDS`
+#: fields, each text value at :data:`MAX_CATEGORY_CHARS` characters)
+MAX_LOGGED_CHARS = 65_536
+#: most fields of one logged prediction whose features were over :data:`MAX_LOGGED_CHARS`
+MAX_LOGGED_FIELDS = 1_000
+
+LIMITS = ("models", "feedback_body", "feedback_items", "label_value", "refresh_rate", "governance_body", "logged_row")
 
 
 def bounded_category(value: str) -> str:

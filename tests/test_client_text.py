@@ -148,3 +148,16 @@ def test_an_answer_that_echoes_many_client_names_stays_bounded_in_spans_and_the_
     outputs = {k: v for k, v in span.attributes.items() if k.startswith(f"{PREDICTION}.") and k != PREDICTION_ID}
     assert len(outputs) == 32 and max(len(v) for v in outputs.values()) < 300
     assert len(model.output_schema.names) == 16
+
+
+def test_a_row_too_long_to_log_whole_is_logged_cut_and_counted(harness_factory, tmp_path):
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    model = h.monitor.model("m")
+    row = {"x": 1.0, "essay": "w" * 200_000, **{f"extra{i}": i for i in range(5_000)}}
+    small, big = model.record({"x": 2.0, "essay": "short"}, {"prediction": 0}), model.record(row, {"prediction": 1})
+    h.monitor.flush()
+    assert model.lookup(small)["features"] == {"x": 2.0, "essay": "short"}  # a row within the bound, whole
+    logged = model.lookup(big)["features"]
+    assert len(logged) == 1_000 and logged["x"] == 1.0 and logged["extra0"] == 0
+    assert logged["essay"].startswith("w" * 256 + "…#") and len(orjson.dumps(logged)) < 100_000
+    assert h.monitor.limits.counts() == {"logged_row": 1}
