@@ -164,6 +164,7 @@ class DriftChecker:
         self._seen_errors: collections.Counter[str] = collections.Counter()
         self._seen_feature_errors: dict[str, collections.Counter[str]] = {}
         self._seen_predictions = 0
+        self._performance_conditions: Conditions = {}  # the last computed, kept through a failed step
 
     def _step(self, name: str, run: Callable[[], T], failed: T) -> T:
         """An optional part of a check (multivariate tests, estimate, causes): a failure is
@@ -183,11 +184,11 @@ class DriftChecker:
         """Run one check on ``inputs``: drift, quality, performance, attributions, alerts."""
         with self._lock:
             start = time.perf_counter()
-            if inputs.fleet_performance is None:  # a failure here (counted) leaves drift and its alerts going
-                failed: tuple[PerformanceReport, Conditions] = (
-                    {"checked_at": inputs.now, "windows": {}, "status": "failed: see health's errors"}, {})
+            if inputs.fleet_performance is None:  # a failure (counted): drift goes on, performance alerts stand
+                failed: PerformanceReport = {"checked_at": inputs.now, "windows": {}, "status": "failed: see health's errors"}
                 performance, conditions = self._step("performance", lambda: self.performance.compute(
-                    inputs.labels, inputs.now, scheduled=inputs.scheduled), failed)
+                    inputs.labels, inputs.now, scheduled=inputs.scheduled), (failed, dict(self._performance_conditions)))
+                self.performance.report, self._performance_conditions = performance, dict(conditions)
             else:  # another replica judges the labels of the shared log: its alerts, not ours
                 performance, conditions = inputs.fleet_performance, {}
                 self.performance.report = performance

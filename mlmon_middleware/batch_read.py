@@ -26,7 +26,9 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import math
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,14 +48,21 @@ from mlmon_middleware.instruments import (
     PREDICTION_ID,
     SPAN_NAME,
 )
-from mlmon_middleware.limits import MAX_LOGGED_CHARS, MAX_LOGGED_FIELDS, bounded_category, bounded_name, is_valid_text
+from mlmon_middleware.limits import (
+    MAX_LOGGED_CHARS,
+    MAX_LOGGED_FIELDS,
+    LimitHits,
+    bounded_category,
+    bounded_name,
+    is_valid_text,
+)
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.payload import CaptureError, extract_batch, extract_predictions, plain_answers, resolve_payload
 from mlmon_middleware.schema import FeatureSchema
 from mlmon_middleware.store import LogRow
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
-from mlmon_middleware.values import category_key
+from mlmon_middleware.values import segment_value
 
 NS = 1e-9  # seconds per nanosecond
 MAX_SPAN_OUTPUTS = 32  # outputs of a prediction set on its span (its first row's)
@@ -225,13 +234,13 @@ def _json(value: object) -> str:
 
 
 def _writable(value: Any) -> Any:
-    """``value`` with each integer too long for Python to write as text (over 4,300 digits)
-    replaced by a note of its size.
+    """``value`` with each integer too long for Python to write as text (more digits than
+    ``sys.get_int_max_str_digits()``, 4,300 by default) replaced by a note of its size.
 
     >>> _writable({"n": [10**5000, 7]})
     {'n': ['<an integer of 16610 bits>', 7]}
     """
-    if isinstance(value, int) and value.bit_length() > 14_000:
+    if isinstance(value, int) and value.bit_length() * 0.30103 + 1 > (sys.get_int_max_str_digits() or math.inf):
         return f"<an integer of {value.bit_length()} bits>"
     if isinstance(value, Mapping):
         return {_writable(k): _writable(v) for k, v in value.items()}
@@ -259,21 +268,19 @@ def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -
     for i, (row, output) in enumerate(zip(rows, outputs)):
         values: Mapping[str, Any] = row if isinstance(row, Mapping) else dict(zip(names, row))
         # no segments, no redaction (the defaults): no dict to build, the row's own dict is written
-        segments = _json({name: _segment(values.get(name)) for name in segment_names}) if segment_names else "{}"
+        segments = _json({name: segment_value(values.get(name)) for name in segment_names}) if segment_names else "{}"
         if chosen_features is None:
             features = None
         else:
             chosen = values if chosen_features == "all" else {n: values.get(n) for n in chosen_features}
             if redact:
                 chosen = {k: ("[redacted]" if k in redact else v) for k, v in chosen.items()}
-            features = _json(chosen if type(chosen) is dict else dict(chosen))
-            if len(features) > MAX_LOGGED_CHARS:  # a client's row, of any size: logged cut, counted
-                model.registry.limits.hit("logged_row", f"a logged row of {len(features)} characters, cut")
-                features = _json(_cut(chosen))
+            features = _bounded_json(chosen if type(chosen) is dict else dict(chosen), model.registry.limits)
         pid = rec.prediction_id if len(rows) == 1 else f"{rec.prediction_id}:{i}"
         result = rec.explanation.result if rec.explanation is not None and i == 0 else None
         explanation = None if result is None else _json(shown(result))
-        out.append(LogRow(pid, model.name, model.version, when, _json(output or {}), segments, features, explanation))
+        prediction = _bounded_json(output or {}, model.registry.limits)
+        out.append(LogRow(pid, model.name, model.version, when, prediction, segments, features, explanation))
     return out
 
 
@@ -294,39 +301,52 @@ def _names(model: ModelMonitor, rows: Batch) -> Sequence[str]:
         return ()
 
 
+def _bounded_json(value: Any, limits: LimitHits) -> str:
+    """``value`` (a logged row's features or prediction) as JSON text; over ``MAX_LOGGED_CHARS``,
+    cut (:func:`_cut`) and counted: a client's row, or an answer echoing one, may be any size."""
+    text = _json(value)
+    if len(text) <= MAX_LOGGED_CHARS:
+        return text
+    limits.hit("logged_row", f"a logged row of {len(text)} characters, cut")
+    return _json(_cut(value) if isinstance(value, Mapping) else {"value": _attribute(value)})
+
+
 def _cut(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """A row too long to log whole: its first ``MAX_LOGGED_FIELDS`` fields, names cut like field
-    names and values like category values (a list or an object as its JSON text, cut).
+    """A row too long to log whole: its first fields (at most ``MAX_LOGGED_FIELDS``, and no more
+    once ``MAX_LOGGED_CHARS`` are taken), names cut like field names, and values like category
+    values (a list or an object as its JSON text, cut; a whole number past 64 bits as its text).
 
     >>> _cut({"text": "x" * 300, "n": 1, "v": list(range(100))})["v"][-12:]
     '…#ba32f03941'
     """
     out: dict[str, Any] = {}
+    size = 0
     for name, value in itertools.islice(row.items(), MAX_LOGGED_FIELDS):
-        if not (value is None or isinstance(value, (bool, int, float))):
+        if value is None or isinstance(value, (bool, int, float)):
+            value = _attribute(value)
+        else:
             value = bounded_category(value if isinstance(value, str) else _json(value))
-        out[bounded_name(str(name))] = value
+        key = bounded_name(str(name))
+        size += len(key) + (len(value) if isinstance(value, str) else 24) + 6
+        if size > MAX_LOGGED_CHARS:
+            break
+        out[key] = value
     return out
 
 
-def _segment(value: object) -> object:
-    """A segment value as logged (it becomes a label of exported series): text cut at its bound
-    and made valid; a boolean, a number or None as it is; anything else (a list, an object, a
-    whole number past 64 bits) as its category name (:func:`~mlmon_middleware.values.category_key`),
-    cut, or None when it has none: never a whole client object in a label.
+def _attribute(value: Any) -> Any:
+    """A value as a span attribute or a cut row holds it: text cut and made valid, a whole number
+    past 64 bits as a note of its size (OTLP and orjson write 64 bits at most); other values as
+    they are.
 
-    >>> [_segment(v) for v in ("eu", True, 3, 0.5, None, 2**70, {"ssn": "123"}, ["a"])]
-    ['eu', True, 3, 0.5, None, '1180591620717411303424', None, None]
+    >>> _attribute("x" * 300)[-12:], _attribute(2**70), _attribute(7)
+    ('…#07791d26ef', '<an integer of 71 bits>', 7)
     """
     if isinstance(value, str):
         return bounded_category(value)
-    if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value < 2**63):
-        return value
-    try:
-        key = category_key(value)
-    except (TypeError, ValueError):
-        return None
-    return None if key is None else bounded_category(key)
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+        return f"<an integer of {value.bit_length()} bits>"
+    return value
 
 
 def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, telemetry: Telemetry) -> None:
@@ -346,14 +366,13 @@ def _span(model: ModelMonitor, telemetry: Telemetry, rec: Record, rows: Batch,
     first = outputs[0] if outputs else None
     if first:  # the app's answer may echo what a client sent: so many names, each and its text bounded
         for name, value in itertools.islice(first.items(), MAX_SPAN_OUTPUTS):
-            if isinstance(value, str):
-                value = bounded_category(value)
+            value = _attribute(value)
             if isinstance(value, (int, float, str, bool)):
                 attrs[f"{PREDICTION}.{bounded_name(str(name))}" if len(first) > 1 else PREDICTION] = value
     allowed = model.registry.config.trace_features
     if allowed and rows and isinstance(rows[0], Mapping):
         for name in allowed:
-            value = rows[0].get(name)
+            value = _attribute(rows[0].get(name))
             if isinstance(value, (int, float, str, bool)):
                 attrs[f"{FEATURE}.{name}"] = value
     if rec.error_type:

@@ -159,7 +159,13 @@ def _encode(model: ModelMonitor, source: tuple[Batch, Outputs], rows: Batch, out
     output_schema = model.output_schema
     out = None
     if len(answers):
-        output_schema = output_schema or FeatureSchema.infer(_answers(source_outputs)[1], max_features=config.max_features)
+        if output_schema is None:
+            source_answers = _answers(source_outputs)[1]
+            output_schema = FeatureSchema.infer(source_answers, max_features=config.max_features)
+            answer = None if isinstance(source_answers, Columns) or not len(source_answers) else source_answers[0]
+            if isinstance(answer, Mapping) and len(answer) > len(output_schema.names):
+                # outputs beyond max_features, counted once (they are logged, not judged)
+                capture["prediction_too_wide"] += len(answer) - len(output_schema.names)
         out = output_schema.encode(answers)
     if model.schema is None:
         model.schema = schema

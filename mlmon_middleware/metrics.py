@@ -95,13 +95,14 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, scores: np
 
 def regression_pairs(predictions: Sequence[Any], labels: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and labels of a regression as numbers: NaN where one is not a number (a label
-    posted as text, a prediction without one), for the caller to leave out.
+    posted as other text, or as a list or an object; a prediction without one), for the caller to
+    leave out.
 
-    >>> regression_pairs([1.5, {"price": 2.0}, "x"], [1.0, "oops", 3])
+    >>> regression_pairs([1.5, {"price": 2.0}, "x"], [1.0, "oops", "3"])
     (array([1.5, 2. , nan]), array([ 1., nan,  3.]))
     """
     return (np.array([first_number(p) for p in predictions], dtype=float),
-            np.array([first_number(v) for v in labels], dtype=float))
+            np.array([number_or_nan(v) for v in labels], dtype=float))
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | None]:
@@ -211,7 +212,22 @@ def _first_value(prediction: Any) -> Any:
 
 def first_number(prediction: Any) -> float:
     value = _first_value(prediction)
-    return float(value) if isinstance(value, (int, float)) else np.nan
+    return number_or_nan(value) if isinstance(value, (int, float)) else np.nan
+
+
+def number_or_nan(value: Any) -> float:
+    """``value`` as a float: a number (numpy's too), a boolean, or text of one (``"2.5"``); NaN
+    for anything else, and for an integer past a float's range.
+
+    >>> [number_or_nan(v) for v in (2, np.float32(0.5), True, " 2.5", "oops", {"a": 1}, [1.0], 10**400)]
+    [2.0, 0.5, 1.0, 2.5, nan, nan, nan, nan]
+    """
+    if isinstance(value, (Mapping, list, tuple)):
+        return np.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return np.nan
 
 
 def multiclass_predictions(predictions: list[Any]) -> tuple[list[str] | None, np.ndarray | None, np.ndarray]:

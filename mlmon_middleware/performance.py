@@ -54,6 +54,7 @@ from mlmon_middleware.reports import (
 )
 from mlmon_middleware.store import LabelledRow, LabelReader
 from mlmon_middleware.store_types import decode_json
+from mlmon_middleware.values import segment_value
 
 OTHER = "__other__"
 VOTES = 2  # detectors that must agree (within the latch) before concept drift is raised
@@ -174,12 +175,14 @@ class PerformanceTracker:
         windows: dict[str, WindowPerformance] = {}
         for window, (kind, size) in self.windows.items():
             rows = (labels.labelled(self.model, since=0.0, limit=int(size)) if kind == "count"
-                    else labels.labelled(self.model, since=now - size, limit=MAX_TIME_WINDOW_ROWS))
-            result = windows[window] = self._window(rows)
-            if kind == "time" and len(rows) >= MAX_TIME_WINDOW_ROWS:
+                    else labels.labelled(self.model, since=now - size, limit=MAX_TIME_WINDOW_ROWS + 1))
+            capped = kind == "time" and len(rows) > MAX_TIME_WINDOW_ROWS
+            result = windows[window] = self._window(rows[-MAX_TIME_WINDOW_ROWS:] if capped else rows)
+            if capped:
                 result["capped"] = True
-            overall = result.get("overall")
-            if scheduled and kind == "count" and self.reference is None and len(rows) >= size and overall:
+            overall = result.get("overall") or {}
+            usable = overall.get("count") or 0.0  # a regression leaves out labels that are no number
+            if scheduled and kind == "count" and self.reference is None and usable >= size:
                 self.reference = {k: v for k, v in overall.items() if k != "count" and v is not None}
                 self.reference_errors = dict(result.get("standard_errors") or {})
                 self.reference_source = "first full window"
@@ -191,8 +194,9 @@ class PerformanceTracker:
             tests = sum(1 for r in windows.values() for m in self.reference if (r.get("overall") or {}).get(m) is not None)
             z_critical = float(norm.isf(PERFORMANCE_ALPHA / max(tests, 1)))
             for window, result in windows.items():
-                result["degradation"] = self._degradation(result.get("overall") or {}, result.get("standard_errors") or {},
-                                                          z_critical, result.get("rows", 0))
+                overall = result.get("overall") or {}
+                result["degradation"] = self._degradation(overall, result.get("standard_errors") or {},
+                                                          z_critical, int(overall.get("count") or 0))
                 for metric, change in result["degradation"].items():
                     severity = change["severity"]
                     if severity != "none":
@@ -301,7 +305,8 @@ class PerformanceTracker:
         segment_values = [decode_json(r.segments) for r in rows]
         segments: dict[str, dict[str, Metrics]] = {}
         for feature in self.segments:
-            values = np.array([str(s.get(feature)) for s in segment_values], dtype=object)
+            # bounded here too: a log written before segment values were bounded, or by an older replica
+            values = np.array([str(segment_value(s.get(feature))) for s in segment_values], dtype=object)
             kept = _top_values(values, self.options.max_segments)
             capped = np.where(np.isin(values, kept), values, OTHER)
             segments[feature] = {

@@ -50,6 +50,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from mlmon_middleware.limits import MAX_FEEDBACK_ITEMS, MAX_LABEL_BYTES, MAX_NAME_CHARS
+from mlmon_middleware.metrics import number_or_nan
 from mlmon_middleware.model import ModelMonitor
 from mlmon_middleware.monitor import Monitor
 from mlmon_middleware.reports import LABEL_OUTCOMES
@@ -301,9 +302,8 @@ _ABSENT = object()
 
 
 def _finite_number(value: object) -> bool:
-    """A label a regression can use: a finite number, not a boolean (orjson reads an integer
-    past 64 bits as a float, and refuses one past a float's range)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A label a regression can use: a finite number or text of one, not a boolean."""
+    return not isinstance(value, bool) and math.isfinite(number_or_nan(value))
 
 
 def _timestamp(value: object, i: int) -> float | None:

@@ -142,9 +142,15 @@ def decode_json(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         try:
-            return _valid(json.loads(text))
+            return _valid(json.loads(text, parse_int=_as_orjson_reads))
         except RecursionError:  # deeper than the writer ever nests
             return None
+
+
+def _as_orjson_reads(digits: str) -> int | float:
+    """An integer as orjson reads one: past 64 bits, a float (so that answers can be written)."""
+    value = int(digits)
+    return value if -2**63 <= value < 2**64 else float(digits)
 
 
 def _valid(value: Any) -> Any:

@@ -135,3 +135,23 @@ def categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> n
                 flags["value_truncated"][i] = True
             out[i] = key
     return out
+
+
+def segment_value(value: object) -> object:
+    """A segment value as logged (it becomes a label of exported series): text cut at its bound
+    and made valid; a boolean, a number or None as it is; anything else (a list, an object, a
+    whole number past 64 bits) as its category name (:func:`category_key`),
+    cut, or None when it has none: never a whole client object in a label.
+
+    >>> [segment_value(v) for v in ("eu", True, 3, 0.5, None, 2**70, {"ssn": "123"}, ["a"])]
+    ['eu', True, 3, 0.5, None, '1180591620717411303424', None, None]
+    """
+    if isinstance(value, str):
+        return bounded_category(value)
+    if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value < 2**63):
+        return value
+    try:
+        key = category_key(value)
+    except (TypeError, ValueError):
+        return None
+    return None if key is None else bounded_category(key)
