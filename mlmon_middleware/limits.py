@@ -46,6 +46,8 @@ MAX_GOVERNANCE_BYTES = 256 * 1024
 #: longest features JSON of one logged prediction; a longer one is logged cut (:data:`MAX_LOGGED_FIELDS`
 #: fields, each text value at :data:`MAX_CATEGORY_CHARS` characters)
 MAX_LOGGED_CHARS = 65_536
+#: bytes of request and response bodies captured by path that the pipeline's queue holds at most
+MAX_QUEUED_BODY_BYTES = 256 << 20
 #: most fields of one logged prediction whose features were over :data:`MAX_LOGGED_CHARS`
 MAX_LOGGED_FIELDS = 1_000
 

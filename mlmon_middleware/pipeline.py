@@ -1,7 +1,8 @@
 """The pipeline: the bounded queue between the request path and everything else.
 
 The capture layers hand :class:`~mlmon_middleware.model.Record`\\ s to :meth:`Pipeline.submit`
-(O(1): an append to a deque, or a count when the queue is full). A thread of the
+(O(1): an append to a deque, or a count when the queue is full: ``queue_size`` records, and
+:data:`~mlmon_middleware.limits.MAX_QUEUED_BODY_BYTES` of bodies captured by path). A thread of the
 :class:`Pipeline` drains the queue every ``flush_interval`` seconds, or at once when a burst
 fills ``flush_batch`` records, and :func:`~mlmon_middleware.ingest.ingest` turns each model's
 records, in one direction, into: counts and timings (telemetry), feature and prediction rows in
@@ -37,9 +38,11 @@ from collections.abc import Callable
 from mlmon_middleware.config import MonitorConfig
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.ingest import ROW_CELLS, UNPAUSED_ROW_CELLS, ingest
+from mlmon_middleware.limits import MAX_QUEUED_BODY_BYTES
 from mlmon_middleware.memory import give_back
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.pacing import BUDGET, Pacer, no_pace, switching
+from mlmon_middleware.payload import RawBody
 from mlmon_middleware.store_writer import StoreWriter
 from mlmon_middleware.telemetry import Telemetry
 
@@ -48,15 +51,24 @@ BACKLOG_RECORDS = 256  # queued records that add BUDGET to a stretch when behind
 TRIM_INTERVAL = 1.0  # seconds between two heap trims at most (a trim owed waits for the next flush)
 
 
-def _drained(queue: collections.deque[Record], n: int, pace: Callable[[], None]) -> dict[ModelMonitor, list[Record]]:
-    """The first ``n`` queued records, taken off the queue and grouped by model."""
+def _drained(queue: collections.deque[Record], n: int, pace: Callable[[], None]) -> tuple[dict[ModelMonitor, list[Record]], int]:
+    """The first ``n`` queued records, taken off the queue and grouped by model, and the bytes
+    of the bodies they hold."""
     batch: dict[ModelMonitor, list[Record]] = {}
+    held = 0
     for i in range(n):
         record = queue.popleft()
         batch.setdefault(record.model, []).append(record)
+        if type(record.inputs) is RawBody:
+            held += _body_bytes(record)
         if i & 255 == 255:
             pace()
-    return batch
+    return batch, held
+
+
+def _body_bytes(record: Record) -> int:
+    """The bytes of the request and response bodies a record captured by path holds."""
+    return sum(len(raw.body) for raw in (record.inputs, record.outputs) if type(raw) is RawBody and raw.body)
 
 
 class Pipeline:
@@ -75,6 +87,8 @@ class Pipeline:
 
     def _reset(self) -> None:
         self._queue: collections.deque[Record] = collections.deque()
+        self._bodies = 0  # bytes of the bodies queued records captured by path hold
+        self._bodies_lock = threading.Lock()
         self._lock = threading.Lock()  # one flush at a time
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -95,10 +109,27 @@ class Pipeline:
         if queued >= self.config.queue_size:
             self.errors.report("queue_full", message="record dropped: the pipeline queue is full")
             return False
+        if type(record.inputs) is RawBody and not self._hold(_body_bytes(record)):
+            return False
         self._queue.append(record)
         if queued + 1 == self._wake_at:  # a burst: run the pipeline now rather than at the next interval
             self._wake.set()
         return True
+
+    def _hold(self, size: int) -> bool:
+        """Count ``size`` bytes of bodies into the queue, or drop the record (``queue_full``) when
+        they would take it past ``MAX_QUEUED_BODY_BYTES``: records are bounded in number, and a
+        record captured by path may hold two bodies of up to ``max_body_bytes`` each."""
+        with self._bodies_lock:
+            if self._bodies + size > MAX_QUEUED_BODY_BYTES:
+                full = True
+            else:
+                self._bodies += size
+                full = False
+        if full:
+            self.errors.report("queue_full", message=f"record dropped: its bodies would take the queue past "
+                                                     f"{MAX_QUEUED_BODY_BYTES >> 20} MiB")
+        return not full
 
     def start(self, telemetry: Telemetry, writer: StoreWriter | None) -> None:
         self._telemetry, self._writer = telemetry, writer
@@ -154,7 +185,11 @@ class Pipeline:
             n = len(queue)
             self.ingested += n
             row_cells = ROW_CELLS if pace is self._pacer else UNPAUSED_ROW_CELLS  # small pieces between pauses
-            self._trim_due |= self._ingest(_drained(queue, n, pace), telemetry, pace, row_cells)
+            batch, held = _drained(queue, n, pace)
+            self._trim_due |= self._ingest(batch, telemetry, pace, row_cells)
+            del batch  # the bodies go with it
+            with self._bodies_lock:
+                self._bodies -= held
             now = time.monotonic()
             if self._trim_due and now - self._trimmed >= TRIM_INTERVAL:  # the batch is gone: hand its pages back
                 give_back()

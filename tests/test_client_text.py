@@ -209,3 +209,44 @@ def test_segment_values_logged_by_an_earlier_version_are_bounded_when_read(harne
     model.check_now()
     text, _ = h.monitor.telemetry.prometheus_text()
     assert b"123-45-6789" not in text and max(len(line) for line in text.splitlines()) < 1_000
+
+
+def test_the_queue_holds_bodies_captured_by_path_up_to_its_byte_bound(harness_factory, monkeypatch):
+    """Records are bounded in number; one captured by path holds its bodies too, so their bytes
+    are bounded as well: past the bound a record is dropped and counted, and once the pipeline
+    has taken the queued ones, records are accepted again. Serving never changes."""
+    import asyncio
+
+    from mlmon_middleware import Endpoint, MLMonitorMiddleware, pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_QUEUED_BODY_BYTES", 10_000)
+    h = harness_factory(tracing=False, check_interval=0, flush_interval=3600)
+    body = orjson.dumps({"x": 1.0, "note": "n" * 2_000})
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"prediction": 0.5}'})
+
+    wrapped = MLMonitorMiddleware(app, registry=h.monitor, endpoints=[Endpoint("/predict", model="m")])
+
+    async def call():
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-type", b"application/json")]}
+        await wrapped(scope, receive, send)
+        return sent[0]["status"]
+
+    h.monitor.current_context()  # started: its pipeline thread waits an hour between flushes
+    assert [asyncio.run(call()) for _ in range(8)] == [200] * 8  # served, every one
+    assert len(h.monitor.pipeline) == 4 and h.monitor.errors.counts() == {"queue_full": 4}  # 4 × 2,042 bytes fit
+    h.monitor.flush()
+    assert asyncio.run(call()) == 200 and len(h.monitor.pipeline) == 1  # room again
+    h.monitor.flush()
+    assert h.monitor.model("m").health()["predictions"]["ok"] == 5
