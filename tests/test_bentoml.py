@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import bentoml
@@ -136,24 +137,47 @@ def test_bentomls_tracer_provider_is_read_where_this_bentoml_keeps_it(monkeypatc
 
 
 def serve(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
-    """``bentoml serve`` of the service in ``working_dir``, once it is ready."""
-    return ready(*start(working_dir, env))
+    """``bentoml serve`` of the service in ``working_dir``, once it is ready; started again on
+    other ports when a port chosen free was taken meanwhile (tests of other files start servers
+    beside it)."""
+    for attempt in range(3):
+        try:
+            return ready(*start(working_dir, env))
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """The server could not listen: a port chosen free was taken before it bound it."""
 
 
 def start(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
-    """Start ``bentoml serve`` on a free port (not waiting: see :func:`ready`)."""
+    """Start ``bentoml serve`` on a free port (not waiting: see :func:`ready`); its output goes to
+    a file that :func:`ready` quotes if the server exits before it is ready."""
     port = free_port()
     bentoml_bin = shutil.which("bentoml", path=os.path.dirname(sys.executable))
+    log = tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen([bentoml_bin, "serve", "service:IrisClassifier", "--working-dir", str(working_dir),
                              "--host", "127.0.0.1", "--port", str(port)], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    proc.log_path = log.name  # type: ignore[attr-defined]
     return proc, f"http://127.0.0.1:{port}"
 
 
 def ready(proc: subprocess.Popen, base: str) -> tuple[subprocess.Popen, str]:
-    """Wait until the server answers ``/readyz`` (killed after 90 s)."""
+    """Wait until the server answers ``/readyz`` (killed after 90 s); a server that exits first
+    fails at once, with the end of its output."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            output = pathlib.Path(proc.log_path).read_text(errors="replace")[-3000:]  # type: ignore[attr-defined]
+            taken = "address already in use" in output.lower()
+            pathlib.Path(proc.log_path).unlink(missing_ok=True)  # type: ignore[attr-defined]
+            raise (PortTaken if taken else RuntimeError)(f"bentoml serve exited ({proc.returncode}) before it was "
+                                                         f"ready:\n{output}")
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                 return proc, base
@@ -161,7 +185,9 @@ def ready(proc: subprocess.Popen, base: str) -> tuple[subprocess.Popen, str]:
             pass
         time.sleep(0.3)
     os.killpg(proc.pid, 9)
-    raise RuntimeError("bentoml serve did not become ready")
+    output = pathlib.Path(proc.log_path).read_text(errors="replace")[-3000:]  # type: ignore[attr-defined]
+    pathlib.Path(proc.log_path).unlink(missing_ok=True)  # type: ignore[attr-defined]
+    raise RuntimeError(f"bentoml serve did not become ready in 90 s:\n{output}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -170,6 +196,7 @@ def stop(proc: subprocess.Popen) -> None:
     except ProcessLookupError:  # gone already (ready() killed it)
         pass
     proc.wait(timeout=30)
+    pathlib.Path(proc.log_path).unlink(missing_ok=True)  # type: ignore[attr-defined]
 
 
 REQUESTS = [
