@@ -137,15 +137,22 @@ def test_bentomls_tracer_provider_is_read_where_this_bentoml_keeps_it(monkeypatc
 
 
 def serve(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
-    """``bentoml serve`` of the service in ``working_dir``, once it is ready; started again on
-    other ports when a port chosen free was taken meanwhile (tests of other files start servers
-    beside it)."""
+    """``bentoml serve`` of the service in ``working_dir``, once it is ready."""
+    return ready_or_again(*start(working_dir, env), working_dir, env)
+
+
+def ready_or_again(proc: subprocess.Popen, base: str, working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """:func:`ready`, with a server that lost a race for a port at start-up started again (twice
+    at most): a port chosen free may be taken before the server binds it, by a server of another
+    test file, or by another ``bentoml serve`` starting at the same time (BentoML picks free ports
+    for its own process manager, the same way)."""
     for attempt in range(3):
         try:
-            return ready(*start(working_dir, env))
+            return ready(proc, base)
         except PortTaken:
             if attempt == 2:
                 raise
+            proc, base = start(working_dir, env)
     raise AssertionError("unreachable")
 
 
@@ -229,12 +236,12 @@ def test_real_bentoml_serve_with_two_workers(tmp_path):
     source = (EXAMPLE / "service.py").read_text()
     (bare / "service.py").write_text(source.replace("@monitored(", "@(lambda **kw: (lambda svc: svc))("))
     metrics_port = free_ports(2)  # worker i serves metrics_port + i - 1
-    monitored = start(EXAMPLE, {"MLMON_PROMETHEUS_PORT": str(metrics_port), "MLMON_CHECK_INTERVAL": "0"})
+    env = {"MLMON_PROMETHEUS_PORT": str(metrics_port), "MLMON_CHECK_INTERVAL": "0"}
+    monitored_proc, monitored_url = start(EXAMPLE, env)
     bare_proc, bare_url = start(bare, {})  # both start at once: their imports overlap
-    monitored_proc, monitored_url = monitored
     try:
-        ready(*monitored)
-        ready(bare_proc, bare_url)
+        monitored_proc, monitored_url = ready_or_again(monitored_proc, monitored_url, EXAMPLE, env)
+        bare_proc, bare_url = ready_or_again(bare_proc, bare_url, bare, {})
         answers = {}
         for url in (monitored_url, bare_url):
             with httpx.Client(base_url=url, timeout=30) as client:
