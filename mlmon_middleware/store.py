@@ -48,6 +48,8 @@ from mlmon_middleware.reports import LoggedPrediction
 from mlmon_middleware.store_types import (
     COLUMNS,
     LABELLED_INDEX,
+    NEW_LABELS,
+    NEWLY_LABELLED,
     LabelledRow,
     LabelOutcomeRow,
     LabelReader,
@@ -183,13 +185,14 @@ class SQLiteStore:
             rows = self._db.execute(query, params).fetchall()
         return [LabelledRow(pid, p, s, orjson.loads(label), ts, lts) for pid, p, s, label, ts, lts in reversed(rows)]
 
-    def newly_labelled(self, model: str, after: int) -> list[NewLabel]:
+    def newly_labelled(self, model: str, after: int, limit: int = NEW_LABELS) -> list[NewLabel]:
         """Predictions whose label arrived after label batch ``after`` (a ``NewLabel.seq``; 0 for
         all), in the order they were made: the error stream for concept-drift detectors. Arrival
-        order, not the labels' own timestamps, so back-dated labels are never skipped."""
+        order, not the labels' own timestamps, so back-dated labels are never skipped. Whole label
+        batches, the first to reach ``limit`` rows (a backfill of millions is read a part at a
+        time: the next call goes on after the last batch returned)."""
         with self._lock:
-            rows = self._db.execute("SELECT prediction, label, ts, label_ts, label_seq FROM predictions "
-                                    "WHERE model = ? AND label_seq > ? ORDER BY ts", (model, after)).fetchall()
+            rows = self._db.execute(NEWLY_LABELLED.replace("%s", "?"), (model, after, model, after, limit)).fetchall()
         return [NewLabel(p, orjson.loads(label), ts, lts, seq) for p, label, ts, lts, seq in rows]
 
     def counts(self, model: str, since: float) -> tuple[int, int]:

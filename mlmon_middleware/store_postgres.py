@@ -49,6 +49,8 @@ from mlmon_middleware.reports import LoggedPrediction
 from mlmon_middleware.store_types import (
     COLUMNS,
     LABELLED_INDEX,
+    NEW_LABELS,
+    NEWLY_LABELLED,
     LabelledRow,
     LabelOutcomeRow,
     LogRow,
@@ -211,10 +213,10 @@ class PostgresStore:
         rows = self._all(query, params)
         return [LabelledRow(pid, p, s, orjson.loads(label), ts, lts) for pid, p, s, label, ts, lts in reversed(rows)]
 
-    def newly_labelled(self, model: str, after: int) -> list[NewLabel]:
-        """Predictions whose label arrived after label batch ``after``, in the order they were made."""
-        rows = self._all("SELECT prediction, label, ts, label_ts, label_seq FROM predictions "
-                         "WHERE model = %s AND label_seq > %s ORDER BY ts", (model, after))
+    def newly_labelled(self, model: str, after: int, limit: int = NEW_LABELS) -> list[NewLabel]:
+        """Predictions whose label arrived after label batch ``after``, in the order they were
+        made: whole label batches, the first to reach ``limit`` rows (as ``SQLiteStore``'s)."""
+        rows = self._all(NEWLY_LABELLED, (model, after, model, after, limit))
         return [NewLabel(p, orjson.loads(label), ts, lts, seq) for p, label, ts, lts, seq in rows]
 
     def counts(self, model: str, since: float) -> tuple[int, int]:

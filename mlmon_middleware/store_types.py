@@ -74,7 +74,7 @@ class LabelReader(Protocol):
 
     def labelled(self, model: str, since: float, limit: int | None = None) -> list[LabelledRow]: ...
 
-    def newly_labelled(self, model: str, after: int) -> list[NewLabel]: ...
+    def newly_labelled(self, model: str, after: int, limit: int = ...) -> list[NewLabel]: ...
 
     def counts(self, model: str, since: float) -> tuple[int, int]: ...
 
@@ -114,6 +114,15 @@ class PredictionStore(LabelReader, Protocol):
 #: so that logging a row (unlabelled) adds no entry; ``label_seq > ?`` implies the index's condition
 LABELLED_INDEX = ("CREATE INDEX IF NOT EXISTS predictions_labelled_by_seq ON predictions (model, label_seq) "
                   "WHERE label_seq IS NOT NULL")
+#: labels ``newly_labelled`` reads at most in one call (whole label batches: a batch may take it past)
+NEW_LABELS = 100_000
+#: the rows of the label batches after a given one, up to the batch that reaches a limit of rows,
+#: in the order the predictions were made (parameters: model, after, model, after, limit; ``%s``
+#: as psycopg writes them, ``?`` for SQLite)
+NEWLY_LABELLED = ("SELECT prediction, label, ts, label_ts, label_seq FROM predictions "
+                  "WHERE model = %s AND label_seq > %s AND label_seq <= (SELECT max(label_seq) FROM "
+                  "(SELECT label_seq FROM predictions WHERE model = %s AND label_seq > %s ORDER BY label_seq LIMIT %s) AS first) "
+                  "ORDER BY ts")
 # the columns of a logged prediction, in the order logged_prediction() reads them
 COLUMNS = "prediction_id, model, version, ts, prediction, segments, features, label, label_ts, explanation"
 

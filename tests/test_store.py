@@ -822,6 +822,25 @@ def test_a_logged_row_adds_no_label_index_entry_and_labels_are_found_through_it(
         assert "WHERE (label_seq IS NOT NULL)" in definition
 
 
+def test_newly_labelled_reads_whole_label_batches_up_to_a_limit_and_the_rest_next_time(location):
+    """A backfill of many labels is read a part at a time: whole label batches (never half of
+    one), until one reaches the limit; going on after the last batch returned reads the rest, on
+    both backends."""
+    store = open_store(location)
+    try:
+        store.write([LogRow(f"p{i}", "m", "1", 1000.0 + i, '{"prediction": 1}', "{}", None) for i in range(30)])
+        for start in (0, 10, 20):  # three label batches of 10, the last one's labels back-dated
+            store.set_labels("m", [(f"p{i}", i % 2, 500.0 if start == 20 else 2000.0) for i in range(start, start + 10)])
+        first = store.newly_labelled("m", 0, limit=15)
+        assert [n.seq for n in first] == [1] * 10 + [2] * 10  # the batch that reaches 15 is read whole
+        assert [n.timestamp for n in first] == sorted(n.timestamp for n in first)  # in prediction order
+        rest = store.newly_labelled("m", max(n.seq for n in first), limit=15)
+        assert [n.seq for n in rest] == [3] * 10 and store.newly_labelled("m", 3, limit=15) == []
+        assert store.newly_labelled("m", 0) == first + rest  # within the default limit: everything
+    finally:
+        store.close()
+
+
 def test_a_log_of_an_earlier_version_loses_its_full_label_indexes(tmp_path):
     path = str(tmp_path / "old.db")
     SQLiteStore(path).close()
