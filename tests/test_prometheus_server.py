@@ -34,6 +34,32 @@ def alerts_named(base: str, name: str, feature: str) -> list[dict]:
     return [a for a in alerts if a["labels"]["alertname"] == name and a["labels"].get("feature") == feature]
 
 
+def start_prometheus(prometheus: str, config, tmp_path) -> tuple[subprocess.Popen, int]:
+    """Prometheus on a free port, once it answers queries; started again (twice at most) when the
+    port chosen free was taken before it bound it; one that exits otherwise fails at once, with
+    its output."""
+    for attempt in range(3):
+        web, log = free_port(0), tmp_path / f"prometheus-{attempt}.log"
+        with open(log, "wb") as out:
+            server = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                       f"--web.listen-address=127.0.0.1:{web}"], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{web}/-/ready", timeout=1).status_code == 200:
+                    return server, web
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=20)
+        output = log.read_text(errors="replace")[-3000:]
+        if "address already in use" not in output.lower() or attempt == 2:
+            raise RuntimeError(f"prometheus did not become ready (exit {server.returncode}):\n{output}")
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def fleet(tmp_path):
     """Two example processes and a Prometheus scraping both, with the rendered rules."""
@@ -52,18 +78,8 @@ def fleet(tmp_path):
         "rule_files": [str(rules)],
         "scrape_configs": [{"job_name": "mlmon", "metrics_path": "/mlmon/metrics",
                             "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}]}))
-    web = free_port(0)
-    server = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, web = start_prometheus(prometheus, config, tmp_path)
     try:
-        deadline = time.monotonic() + 60  # Prometheus answers queries once it is ready
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{web}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
         yield demo, ports, f"http://127.0.0.1:{web}"
     finally:
         server.terminate()
