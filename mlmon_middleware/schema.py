@@ -30,8 +30,15 @@ from typing import Any
 import numpy as np
 
 from mlmon_middleware.columns import NUMBER_KINDS, Columns
-from mlmon_middleware.limits import MAX_CATEGORY_CHARS, MAX_NAME_CHARS, bounded_name, is_valid_text
-from mlmon_middleware.values import MISSING, PLAIN_NUMBERS, VALUE_REASONS, categorical_column, numeric_column
+from mlmon_middleware.limits import MAX_NAME_CHARS, bounded_name, is_valid_text
+from mlmon_middleware.values import (
+    MISSING,
+    PLAIN_NUMBERS,
+    VALUE_REASONS,
+    categorical_column,
+    numeric_column,
+    plain_categories,
+)
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -261,8 +268,7 @@ class FeatureSchema:
         categorical = np.empty((n, len(self.categorical_names)), dtype=object)
         for i, name in enumerate(self.categorical_names):
             values = by_name[name].tolist()
-            if not set(map(type, values)) <= {str} or max(map(len, values)) > MAX_CATEGORY_CHARS \
-                    or not is_valid_text(values):
+            if not plain_categories(values):
                 return None
             categorical[:, i] = values
         return Encoded(numeric, categorical, collections.Counter())
@@ -327,8 +333,7 @@ class FeatureSchema:
         categorical = np.empty((n, len(self.categorical_names)), dtype=object)
         if categorical_table is not None:
             cells = categorical_table if cat_single else list(itertools.chain.from_iterable(categorical_table))
-            if not set(map(type, cells)) <= {str} or max(map(len, cells)) > MAX_CATEGORY_CHARS \
-                    or not is_valid_text(cells):
+            if not plain_categories(cells):
                 return None
             categorical.reshape(-1)[:] = cells
         return Encoded(numeric, categorical, collections.Counter())

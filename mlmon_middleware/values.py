@@ -109,12 +109,22 @@ def category_key(value: object) -> str | None:
     raise TypeError(f"{type(value).__name__} is not a category")
 
 
+def plain_categories(cells: Sequence[Any]) -> bool:
+    """Whether ``cells`` are category names as they are: text only, none over
+    ``MAX_CATEGORY_CHARS``, all valid Unicode (then a column converts in one call).
+
+    >>> plain_categories(["fr", "de"]), plain_categories(["fr", 3]), plain_categories(["x" * 300])
+    (True, False, False)
+    """
+    return set(map(type, cells)) <= {str} and max(map(len, cells), default=0) <= MAX_CATEGORY_CHARS \
+        and is_valid_text(cells)
+
+
 def categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.ndarray:
     if isinstance(column, np.ndarray):
         column = column.tolist()  # plain values: text as str, numbers as int or float
     out = np.empty(len(column), dtype=object)
-    if set(map(type, column)) <= {str} and max(map(len, column), default=0) <= MAX_CATEGORY_CHARS \
-            and is_valid_text(column):
+    if plain_categories(column):
         out[:] = column
         return out
     for i, value in enumerate(column):
