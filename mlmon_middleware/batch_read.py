@@ -241,7 +241,7 @@ def _writable(value: Any) -> Any:
     {'n': ['<an integer of 16610 bits>', 7]}
     """
     if isinstance(value, int) and value.bit_length() * 0.30103 + 1 > (sys.get_int_max_str_digits() or math.inf):
-        return f"<an integer of {value.bit_length()} bits>"
+        return _integer_note(value)
     if isinstance(value, Mapping):
         return {_writable(k): _writable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -345,8 +345,13 @@ def _attribute(value: Any) -> Any:
     if isinstance(value, str):
         return bounded_category(value)
     if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
-        return f"<an integer of {value.bit_length()} bits>"
+        return _integer_note(value)
     return value
+
+
+def _integer_note(value: int) -> str:
+    """What is written in place of an integer too long to write: its size."""
+    return f"<an integer of {value.bit_length()} bits>"
 
 
 def _explained(model: ModelMonitor, pending: PendingExplanation, when: float, telemetry: Telemetry) -> None:

@@ -43,12 +43,13 @@ MAX_FEEDBACK_ITEMS = 10_000
 #: largest body of a registry step, a registration or an alert acknowledgement
 MAX_GOVERNANCE_BYTES = 256 * 1024
 
-#: longest features JSON of one logged prediction; a longer one is logged cut (:data:`MAX_LOGGED_FIELDS`
-#: fields, each text value at :data:`MAX_CATEGORY_CHARS` characters)
+#: longest JSON of a logged prediction's features, or of its prediction; a longer one is logged
+#: cut (at most :data:`MAX_LOGGED_FIELDS` fields and about this many characters, each text value
+#: at :data:`MAX_CATEGORY_CHARS` characters)
 MAX_LOGGED_CHARS = 65_536
 #: bytes of request and response bodies captured by path that the pipeline's queue holds at most
 MAX_QUEUED_BODY_BYTES = 256 << 20
-#: most fields of one logged prediction whose features were over :data:`MAX_LOGGED_CHARS`
+#: most fields of a logged prediction's features (or prediction) that were over :data:`MAX_LOGGED_CHARS`
 MAX_LOGGED_FIELDS = 1_000
 
 LIMITS = ("models", "feedback_body", "feedback_items", "label_value", "refresh_rate", "governance_body", "logged_row")

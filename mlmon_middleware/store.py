@@ -64,6 +64,8 @@ from mlmon_middleware.store_types import (
 __all__ = ["LabelOutcomeRow", "LabelReader", "LabelledRow", "LogRow", "NewLabel", "PredictionStore", "SQLiteStore",
            "StoreBusy", "StoreError", "open_store"]
 
+_NEWLY_LABELLED = NEWLY_LABELLED.replace("%s", "?")  # SQLite's placeholders
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     prediction_id TEXT NOT NULL,
@@ -192,7 +194,7 @@ class SQLiteStore:
         batches, the first to reach ``limit`` rows (a backfill of millions is read a part at a
         time: the next call goes on after the last batch returned)."""
         with self._lock:
-            rows = self._db.execute(NEWLY_LABELLED.replace("%s", "?"), (model, after, model, after, limit)).fetchall()
+            rows = self._db.execute(_NEWLY_LABELLED, (model, after, model, after, limit)).fetchall()
         return [NewLabel(p, orjson.loads(label), ts, lts, seq) for p, label, ts, lts, seq in rows]
 
     def counts(self, model: str, since: float) -> tuple[int, int]:
