@@ -1,10 +1,15 @@
 """A small HTTP server on 127.0.0.1 that records what is posted to it (OTLP collector, webhook),
-and free ports for the servers the tests start."""
+free ports for the servers the tests start, and the wait until one of them is ready."""
 
 import http.server
+import pathlib
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable
+
+import httpx
 
 
 def free_port() -> int:
@@ -32,6 +37,32 @@ def free_ports(count: int) -> int:
         finally:
             for sock in socks:
                 sock.close()
+
+
+class PortTaken(RuntimeError):
+    """A server could not listen: a port chosen free was taken before it bound it (by a server of
+    another test file, or by another server starting at the same moment)."""
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: pathlib.Path, seconds: float,
+               kill: Callable[[], None] | None = None) -> None:
+    """Wait until ``url`` answers 200 while ``proc`` runs. A server that exits first, or is not
+    ready within ``seconds`` (then killed: ``kill``, else ``proc.kill``), fails at once with the
+    end of its output (``log``): :class:`PortTaken` when a port it was to bind was taken."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    if proc.poll() is None:
+        (kill or proc.kill)()
+        proc.wait(timeout=20)
+    output = log.read_text(errors="replace")[-3000:]
+    error = PortTaken if "address already in use" in output.lower() else RuntimeError
+    raise error(f"{pathlib.Path(str(proc.args[0])).name} was not ready at {url} (exit {proc.returncode}):\n{output}")
 
 
 class RecordingServer(http.server.ThreadingHTTPServer):

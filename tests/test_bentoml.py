@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 
 from mlmon_middleware import Monitor, MonitorConfig
 
-from http_helpers import free_port, free_ports
+from http_helpers import PortTaken, free_port, free_ports, wait_ready
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bentoml_iris"
 
@@ -156,10 +156,6 @@ def ready_or_again(proc: subprocess.Popen, base: str, working_dir: pathlib.Path,
     raise AssertionError("unreachable")
 
 
-class PortTaken(RuntimeError):
-    """The server could not listen: a port chosen free was taken before it bound it."""
-
-
 def start(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
     """Start ``bentoml serve`` on a free port (not waiting: see :func:`ready`); its output goes to
     a file that :func:`ready` quotes if the server exits before it is ready."""
@@ -177,24 +173,13 @@ def start(working_dir: pathlib.Path, env: dict) -> tuple[subprocess.Popen, str]:
 def ready(proc: subprocess.Popen, base: str) -> tuple[subprocess.Popen, str]:
     """Wait until the server answers ``/readyz`` (killed after 90 s); a server that exits first
     fails at once, with the end of its output."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            output = pathlib.Path(proc.log_path).read_text(errors="replace")[-3000:]  # type: ignore[attr-defined]
-            taken = "address already in use" in output.lower()
-            pathlib.Path(proc.log_path).unlink(missing_ok=True)  # type: ignore[attr-defined]
-            raise (PortTaken if taken else RuntimeError)(f"bentoml serve exited ({proc.returncode}) before it was "
-                                                         f"ready:\n{output}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    os.killpg(proc.pid, 9)
-    output = pathlib.Path(proc.log_path).read_text(errors="replace")[-3000:]  # type: ignore[attr-defined]
-    pathlib.Path(proc.log_path).unlink(missing_ok=True)  # type: ignore[attr-defined]
-    raise RuntimeError(f"bentoml serve did not become ready in 90 s:\n{output}")
+    log = pathlib.Path(proc.log_path)  # type: ignore[attr-defined]
+    try:
+        wait_ready(proc, f"{base}/readyz", log, 90, kill=lambda: os.killpg(proc.pid, 9))
+    except RuntimeError:
+        log.unlink(missing_ok=True)
+        raise
+    return proc, base
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -18,6 +18,7 @@ from mlmon_middleware.rules import RuleConfig, render
 
 from data import make_rows
 from demo import free_port, start_service
+from http_helpers import PortTaken, wait_ready
 from train import train
 
 pytestmark = pytest.mark.integration
@@ -43,20 +44,12 @@ def start_prometheus(prometheus: str, config, tmp_path) -> tuple[subprocess.Pope
         with open(log, "wb") as out:
             server = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                        f"--web.listen-address=127.0.0.1:{web}"], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{web}/-/ready", timeout=1).status_code == 200:
-                    return server, web
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=20)
-        output = log.read_text(errors="replace")[-3000:]
-        if "address already in use" not in output.lower() or attempt == 2:
-            raise RuntimeError(f"prometheus did not become ready (exit {server.returncode}):\n{output}")
+        try:
+            wait_ready(server, f"http://127.0.0.1:{web}/-/ready", log, 60)
+            return server, web
+        except PortTaken:
+            if attempt == 2:
+                raise
     raise AssertionError("unreachable")
 
 
