@@ -149,13 +149,18 @@ def categorical_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> n
 
 def segment_value(value: object) -> object:
     """A segment value as logged (it becomes a label of exported series): text cut at its bound
-    and made valid; a boolean, a number or None as it is; anything else (a list, an object, a
+    and made valid; a boolean, a number or None as it is (a numpy scalar as the Python value it
+    holds, so ``np.True_`` is the segment ``True`` is); anything else (a list, an object, a
     whole number past 64 bits) as its category name (:func:`category_key`),
     cut, or None when it has none: never a whole client object in a label.
 
     >>> [segment_value(v) for v in ("eu", True, 3, 0.5, None, 2**70, {"ssn": "123"}, ["a"])]
     ['eu', True, 3, 0.5, None, '1180591620717411303424', None, None]
+    >>> [segment_value(v) for v in (np.True_, np.int64(3), np.float32(0.5), np.str_("eu"))]
+    [True, 3, 0.5, 'eu']
     """
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, str):
         return bounded_category(value)
     if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value < 2**63):

@@ -84,6 +84,22 @@ def test_segment_values_that_are_objects_never_reach_a_label(harness_factory, tm
     assert model.lookup(ids[4])["features"]["region"] == "<an integer of 16610 bits>"  # logged all the same
 
 
+def test_numpy_segment_values_are_the_segments_their_python_values_are(harness_factory, tmp_path):
+    # a row built from a DataFrame or an array holds numpy scalars where JSON gives Python values
+    h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path))
+    model = h.monitor.model("clf", segments=["flag", "tier"], performance={"task": "binary", "count_window": 1000})
+    rows = [{"x": 1.0, "flag": flag, "tier": tier} for flag, tier in
+            [(True, 3), (np.True_, np.int64(3)), (False, 4), (np.False_, np.int32(4))] * 10]
+    ids = [model.record(row, {"prediction": 1}) for row in rows]
+    h.monitor.flush()
+    model.record_outcomes([(pid, 1, None) for pid in ids])
+    assert [model.lookup(pid)["segments"] for pid in ids[:4]] == [
+        {"flag": True, "tier": 3}, {"flag": True, "tier": 3}, {"flag": False, "tier": 4}, {"flag": False, "tier": 4}]
+    segments = model.performance_report()["windows"]["last_1000"]["segments"]
+    assert {value: m["count"] for value, m in segments["flag"].items()} == {"True": 20.0, "False": 20.0}
+    assert {value: m["count"] for value, m in segments["tier"].items()} == {"3": 20.0, "4": 20.0}
+
+
 def test_a_regression_label_that_is_not_a_number_is_refused_at_the_route_and_skipped_in_the_log(harness_factory, tmp_path):
     h = harness_factory(tracing=False, check_interval=0, store_dir=str(tmp_path), api_token=TOKEN)
     model = h.monitor.model("reg", performance={"task": "regression"})
