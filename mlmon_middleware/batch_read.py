@@ -51,7 +51,6 @@ from mlmon_middleware.instruments import (
 from mlmon_middleware.limits import (
     MAX_LOGGED_CHARS,
     MAX_LOGGED_FIELDS,
-    LimitHits,
     bounded_category,
     bounded_name,
     is_valid_text,
@@ -115,11 +114,13 @@ def read_plain(model: ModelMonitor, records: list[Record], writer: StoreWriter |
         return False
     logged: list[LogRow] = []
     if writer is not None:
+        cuts: list[str] = []
         try:
             for rec, row, output in zip(records, rows, outputs):
-                logged += _log_rows(model, rec, [row], [output])
-        except Exception:  # the record by record read counts it, and keeps that record's rows out
+                logged += _log_rows(model, rec, [row], [output], cuts)
+        except Exception:  # the record by record read counts it (and the cuts), and keeps that record's rows out
             return False
+        _count_cuts(model, cuts)
     if len(groups) == 1:
         (route, status), = groups
         read.counts[(route, True)] += len(records)
@@ -150,7 +151,9 @@ def read_records(model: ModelMonitor, records: list[Record], telemetry: Telemetr
         group.append(rec.duration_ns)
         try:  # one record nothing can be read from is counted and skipped; the batch goes on
             rows, outputs = _rows_of(model, rec, capture, messages) if ok else ([], [])
-            logged = _log_rows(model, rec, rows, outputs) if rows and writer is not None else []
+            cuts: list[str] = []
+            logged = _log_rows(model, rec, rows, outputs, cuts) if rows and writer is not None else []
+            _count_cuts(model, cuts)
         except Exception as exc:
             failed(capture, messages, "unreadable", exc)
             rows, outputs, logged = [], [], []
@@ -258,8 +261,10 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\\\u{ord(match.group()):04x}"
 
 
-def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -> list[LogRow]:
-    """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``."""
+def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs, cuts: list[str]) -> list[LogRow]:
+    """Prediction-log rows of one record: batch row ``i`` gets the id ``"{prediction id}:{i}"``.
+    A value logged cut adds its note to ``cuts``: the caller counts them once the rows are
+    kept (a batch read again record by record after a failure must not count them twice)."""
     names = _names(model, rows)
     options = model.options
     chosen_features, redact, segment_names = options.log_features, options.redact, options.segments
@@ -275,11 +280,11 @@ def _log_rows(model: ModelMonitor, rec: Record, rows: Batch, outputs: Outputs) -
             chosen = values if chosen_features == "all" else {n: values.get(n) for n in chosen_features}
             if redact:
                 chosen = {k: ("[redacted]" if k in redact else v) for k, v in chosen.items()}
-            features = _bounded_json(chosen if type(chosen) is dict else dict(chosen), model.registry.limits)
+            features = _bounded_json(chosen if type(chosen) is dict else dict(chosen), cuts)
         pid = rec.prediction_id if len(rows) == 1 else f"{rec.prediction_id}:{i}"
         result = rec.explanation.result if rec.explanation is not None and i == 0 else None
         explanation = None if result is None else _json(shown(result))
-        prediction = _bounded_json(output or {}, model.registry.limits)
+        prediction = _bounded_json(output or {}, cuts)
         out.append(LogRow(pid, model.name, model.version, when, prediction, segments, features, explanation))
     return out
 
@@ -301,14 +306,21 @@ def _names(model: ModelMonitor, rows: Batch) -> Sequence[str]:
         return ()
 
 
-def _bounded_json(value: Any, limits: LimitHits) -> str:
+def _bounded_json(value: Any, cuts: list[str]) -> str:
     """``value`` (a logged row's features or prediction) as JSON text; over ``MAX_LOGGED_CHARS``,
-    cut (:func:`_cut`) and counted: a client's row, or an answer echoing one, may be any size."""
+    cut (:func:`_cut`), with a note in ``cuts``: a client's row, or an answer echoing one, may be
+    any size."""
     text = _json(value)
     if len(text) <= MAX_LOGGED_CHARS:
         return text
-    limits.hit("logged_row", f"a logged row of {len(text)} characters, cut")
+    cuts.append(f"a logged row of {len(text)} characters, cut")
     return _json(_cut(value) if isinstance(value, Mapping) else {"value": _attribute(value)})
+
+
+def _count_cuts(model: ModelMonitor, cuts: list[str]) -> None:
+    """Count the logged values that were cut (``mlmon_limit_hits_total{limit="logged_row"}``)."""
+    for note in cuts:
+        model.registry.limits.hit("logged_row", note)
 
 
 def _cut(row: Mapping[Any, Any]) -> dict[str, Any]:

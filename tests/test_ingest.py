@@ -125,10 +125,10 @@ def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor,
 
     real = batch_read._log_rows
 
-    def failing(model, rec, rows, outputs):
+    def failing(model, rec, rows, outputs, cuts):
         if rec.prediction_id == "id3":
             raise ValueError("cannot")
-        return real(model, rec, rows, outputs)
+        return real(model, rec, rows, outputs, cuts)
 
     monkeypatch.setattr(batch_read, "_log_rows", failing)
     mm = monitor.model("log")
@@ -137,6 +137,28 @@ def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor,
     assert not read_plain(mm, records, writer, read) and _said(read) == _said(BatchRead())
     read_records(mm, records, monitor.telemetry, writer, lambda: None, read)
     assert read.capture == {"unreadable": 1} and len(read.feature_rows) == len(read.log_rows) == 9
+
+
+def test_a_row_logged_cut_is_counted_once_when_the_batch_is_read_again_record_by_record(monitor, monkeypatch):
+    import mlmon_middleware.batch_read as batch_read
+
+    real = batch_read._log_rows
+
+    def failing(model, rec, rows, outputs, cuts):
+        if rec.prediction_id == "id3":
+            raise ValueError("cannot")
+        return real(model, rec, rows, outputs, cuts)
+
+    monkeypatch.setattr(batch_read, "_log_rows", failing)
+    mm = monitor.model("cut", log_features="all")
+    records = _records(mm, 6, random.Random(2))
+    for rec in records:
+        rec.inputs["note"] = "x" * 70_000  # over the 64 KiB a logged row keeps
+    read, writer = BatchRead(), _Writer()
+    assert not read_plain(mm, records, writer, read)  # id3's log row fails: the batch goes record by record
+    read_records(mm, records, monitor.telemetry, writer, lambda: None, read)
+    assert len(read.log_rows) == 5 and all(len(row.features) < 70_000 for row in read.log_rows)
+    assert monitor.limits.counts()["logged_row"] == 5  # each kept row once; none for the failed record
 
 
 def test_ingest_reads_a_plain_batch_in_passes_and_a_traced_one_record_by_record(monitor, monkeypatch):
