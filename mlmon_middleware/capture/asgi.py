@@ -173,7 +173,26 @@ class MLMonitorMiddleware:
         if endpoint is not None and gate.refused and (refusal := gate.refusal(endpoint[1].name)) is not None:
             await _refuse(send, refusal)  # enforce_approval: the endpoint is not called
             return
-        await _Responder(self, scope, endpoint)(receive, send)
+        # The request runs here rather than in a coroutine of the responder's: one coroutine
+        # per request instead of two (each is a frame to build, start and tear down).
+        responder = _Responder(self, scope, endpoint, send)
+        if responder.request_tee is not None:
+            receive = responder.wrap_receive(receive)
+        token = enter(responder)
+        try:
+            await self.app(scope, receive, responder.monitored_send)
+        except ModelNotApproved as refusal:  # a decorated endpoint refused (enforce_approval)
+            if responder.status is not None:  # the app answered already: not ours to answer
+                raise
+            responder.finished = True  # nothing was served: no record
+            await _refuse(send, refusal)
+            return
+        except BaseException as exc:
+            responder.finish(exc)
+            raise
+        finally:
+            leave(token)
+        responder.finish(None)  # a response that never sent its last chunk still counts
 
 
 async def _refuse(send: Send, refusal: ModelNotApproved) -> None:
@@ -182,6 +201,10 @@ async def _refuse(send: Send, refusal: ModelNotApproved) -> None:
     await send({"type": "http.response.start", "status": refusal.status_code,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _nothing() -> None:
+    """What ``send`` returns for a message held back: nothing to wait for."""
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -225,13 +248,21 @@ class _Tee:
 
 class _Responder(RequestState):
     """State of one HTTP request: the decorated records (it is the request's :class:`RequestState`,
-    one object less per request), the tees, the status and timing."""
+    one object less per request), the tees, the status and timing; ``monitored_send`` is the
+    app's ``send``."""
 
     __slots__ = ("mw", "endpoint", "start_ns", "wall_ns", "status", "request_tee",
                  "response_tee", "response_type", "endpoint_id", "held", "streamed", "send")
 
-    def __init__(self, mw: MLMonitorMiddleware, scope: Scope, endpoint: tuple[Endpoint, ModelMonitor] | None):
-        super().__init__(scope)
+    def __init__(self, mw: MLMonitorMiddleware, scope: Scope, endpoint: tuple[Endpoint, ModelMonitor] | None,
+                 send: Send) -> None:
+        # RequestState's fields set here, not by a call of its __init__: one call less per request
+        self.records: list[Record] = []
+        self.prediction_id: str | None = None
+        self.finished = False
+        self.scope = scope
+        self.explanation: Any = None
+        self.send = send
         self.mw = mw
         self.endpoint = endpoint
         self.status: int | None = None
@@ -247,27 +278,7 @@ class _Responder(RequestState):
             self.request_tee = _Tee(mw.max_body_bytes, scope.get("headers") or ())
             self.endpoint_id = new_prediction_id()
 
-    async def __call__(self, receive: Receive, send: Send) -> None:
-        if self.request_tee is not None:
-            receive = self._wrap_receive(receive)
-        self.send = send
-        token = enter(self)
-        try:
-            await self.mw.app(self.scope, receive, self.monitored_send)
-        except ModelNotApproved as refusal:  # a decorated endpoint refused (enforce_approval)
-            if self.status is not None:  # the app answered already: not ours to answer
-                raise
-            self.finished = True  # nothing was served: no record
-            await _refuse(send, refusal)
-            return
-        except BaseException as exc:
-            self._finish(exc)
-            raise
-        finally:
-            leave(token)
-        self._finish(None)  # a response that never sent its last chunk still counts
-
-    def _wrap_receive(self, receive: Receive) -> Receive:
+    def wrap_receive(self, receive: Receive) -> Receive:
         tee = self.request_tee
         assert tee is not None  # only called when the endpoint's body is teed
 
@@ -282,13 +293,31 @@ class _Responder(RequestState):
 
         return tee_receive
 
-    async def monitored_send(self, message: Message) -> None:
+    def monitored_send(self, message: Message) -> Awaitable[None]:
         """The app's ``send``: passes every message on in order (a bound method: no closure to
-        build per request)."""
-        send = self.send
+        build per request). A plain function that returns what to await: the server's own
+        ``send`` for a message that needs nothing after it is sent (no coroutine of ours to
+        build and run per message), else a coroutine of ours. A body chunk not held for an
+        explanation, the most frequent message, is tested for first."""
         kind = message["type"]
+        if kind == "http.response.body" and self.held is None:
+            if self.response_tee is not None:
+                self.response_tee.add(message.get("body", b""))
+            if not message.get("more_body", False):
+                return self._send_last(message)
+            return self.send(message)
         if kind == "http.response.start":
-            message = self._on_start(message)
+            try:
+                self.status = status = message["status"]
+                pid = self.prediction_id or self.endpoint_id
+                if pid is not None and status < 400:
+                    message = {**message, "headers": [*message.get("headers", ()), (PREDICTION_HEADER, pid.encode())]}
+                if self.endpoint is not None:
+                    headers = message.get("headers") or ()
+                    self.response_type = (_header(headers, b"content-type") or b"").decode("latin-1")
+                    self.response_tee = _Tee(self.mw.max_body_bytes, headers)
+            except Exception as exc:
+                self.mw.registry.errors.report("capture", exc)
             # no Content-Length: a stream (chunked, server-sent events); its latency runs to the last chunk
             self.streamed = _header(message.get("headers") or (), b"content-length") is None
             if self.explanation is not None:
@@ -296,56 +325,42 @@ class _Responder(RequestState):
                     message = self._unexplained_stream(message)
                 else:
                     self.held = [message]  # the body may change: hold it all until explained
-                    return
-        elif kind == "http.response.body" and self.held is not None:
+                    return _nothing()
+        elif kind == "http.response.body":  # held: the response waits for its explanation
+            assert self.held is not None
             self.held.append(message)
             if not message.get("more_body", False):
-                await self._send_explained(send)
-                self._finish(None)
-            return
-        if kind == "http.response.body":
-            if self.response_tee is not None:
-                self.response_tee.add(message.get("body", b""))
-            if not message.get("more_body", False):
-                await send(message)
-                self._finish(None)  # latency ends when the last chunk is sent
-                return
+                return self._send_explained()
+            return _nothing()
         elif kind == "http.response.pathsend":
-            await send(message)
-            self._finish(None)
-            return
-        await send(message)
+            return self._send_last(message)
+        return self.send(message)
+
+    async def _send_last(self, message: Message) -> None:
+        """Send the response's last message, then complete the records: latency ends when it is sent."""
+        await self.send(message)
+        self.finish(None)
 
     def _unexplained_stream(self, start: Message) -> Message:
         """The start of a streaming response, saying it goes unexplained."""
         self.explanation.abandon("streaming")
         return {**start, "headers": [*start.get("headers", ()), (b"x-mlmon-explain-status", b"streaming")]}
 
-    async def _send_explained(self, send: Send) -> None:
-        """Send the held response, explained (see ``PendingExplanation.respond``)."""
+    async def _send_explained(self) -> None:
+        """Send the held response, explained (see ``PendingExplanation.respond``), then complete
+        the records."""
         start, *bodies = self.held or [{}]
         for message in await self.explanation.respond(start, bodies):
-            await send(message)
+            await self.send(message)
+        self.finish(None)
 
-    def _on_start(self, message: Message) -> Message:
-        try:
-            self.status = message["status"]
-            pid = self.prediction_id or self.endpoint_id
-            if pid is not None and self.status < 400:
-                message = {**message, "headers": [*message.get("headers", ()), (PREDICTION_HEADER, pid.encode())]}
-            if self.endpoint is not None:
-                headers = message.get("headers") or ()
-                self.response_type = (_header(headers, b"content-type") or b"").decode("latin-1")
-                self.response_tee = _Tee(self.mw.max_body_bytes, headers)
-        except Exception as exc:
-            self.mw.registry.errors.report("capture", exc)
-        return message
-
-    def _finish(self, exc: BaseException | None) -> None:
+    def finish(self, exc: BaseException | None) -> None:
         """Complete and submit this request's records once (never raises)."""
         if self.finished:
             return
         self.finished = True
+        if not self.records and self.endpoint is None:
+            return  # no monitored call served this request: nothing to complete
         try:
             status = self.status if self.status is not None else 500
             error_type = None if exc is None else type(exc).__qualname__
