@@ -47,4 +47,5 @@ class _PredictionIds:
                     self._ids = [text[i:i + 32] for i in range(0, len(text), 32)]
 
 
-new_prediction_id = _PredictionIds()
+#: a bound method, not the instance: calling an object's ``__call__`` costs a lookup more
+new_prediction_id = _PredictionIds().__call__

@@ -93,6 +93,10 @@ class Monitor:
 
     def _reset_process(self) -> None:
         self._started = False
+        #: whether records need the OTel context to parent their span on: False once this
+        #: process's monitoring started without a tracer, and the request path then skips
+        #: :meth:`current_context` (two calls); True before (the call starts monitoring)
+        self.traced = True
         self._telemetry: Telemetry | None = None
         self._analyzer: Analyzer | None = None
         self._store_writer: StoreWriter | None = None
@@ -229,6 +233,7 @@ class Monitor:
                 self._host = self._telemetry = None
                 raise
             self._started = True
+            self.traced = self._telemetry.tracer is not None
             atexit.register(self.shutdown)
 
     def _share(self) -> HostShare | None:

@@ -133,8 +133,8 @@ def _capture(mon: Monitor, mm: ModelMonitor, pick: _InputPicker, route: str, arg
     try:
         duration = time.perf_counter_ns() - start_ns
         pid = new_prediction_id()
-        record = Record(mm, pid, wall_ns, duration, pick(args, kwargs), result, route,
-                        None, None if exc is None else type(exc).__qualname__, mon.current_context())
+        record = Record(mm, pid, wall_ns, duration, pick(args, kwargs), result, route, None,
+                        None if exc is None else type(exc).__qualname__, mon.current_context() if mon.traced else None)
         state = request_state()
         if state is not None and not state.finished:
             state.records.append(record)  # the middleware adds route and status, then submits
