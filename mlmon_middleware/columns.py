@@ -75,6 +75,8 @@ class Columns:
 
 #: a batch as the pipeline reads it: rows (dicts or sequences), or columns
 Batch = list[Any] | Columns
+#: a record's predictions: one dict per row (None where unreadable), or columns for an array answer
+Outputs = list[dict[str, Any] | None] | Columns
 
 
 def columns_of(obj: Any) -> Columns | None:

@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from mlmon_middleware.batch_read import NS, READ_RECORDS, BatchRead, Outputs, failed, read_plain, read_records
-from mlmon_middleware.columns import Batch, Columns
+from mlmon_middleware.batch_read import READ_RECORDS, BatchRead, failed, read_plain, read_records
+from mlmon_middleware.columns import Batch, Columns, Outputs
 from mlmon_middleware.histograms import Exemplar
 from mlmon_middleware.instruments import ERROR_TYPE, HTTP_ROUTE, HTTP_STATUS
 from mlmon_middleware.limits import MAX_NAME_CHARS, OVERSIZED
+from mlmon_middleware.log_rows import NS
 from mlmon_middleware.model import ModelMonitor, Record
 from mlmon_middleware.pacing import no_pace
 from mlmon_middleware.reservoir import SlidingWindow

@@ -141,7 +141,7 @@ def _decode(text: str | None) -> Any:
 
 def decode_json(text: str) -> Any:
     """A JSON column of the log as Python values. A log written before lone surrogates were
-    escaped (``batch_read._json``) may hold a ``\\ud800`` escape, which orjson refuses: such a
+    escaped (``log_rows._json``) may hold a ``\\ud800`` escape, which orjson refuses: such a
     row is read by the standard library, its text made valid as the writer now makes it.
 
     >>> decode_json('{"a": [1, "x"]}'), decode_json('{"eu\\\\ud800": "fr\\\\udfff"}') == {"eu\\\\ud800": "fr\\\\udfff"}

@@ -123,14 +123,14 @@ def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor,
     """There the record is counted (``unreadable``) and its rows kept out of the window."""
     import mlmon_middleware.batch_read as batch_read
 
-    real = batch_read._log_rows
+    real = batch_read.log_rows
 
     def failing(model, rec, rows, outputs, cuts):
         if rec.prediction_id == "id3":
             raise ValueError("cannot")
         return real(model, rec, rows, outputs, cuts)
 
-    monkeypatch.setattr(batch_read, "_log_rows", failing)
+    monkeypatch.setattr(batch_read, "log_rows", failing)
     mm = monitor.model("log")
     records = _records(mm, 10, random.Random(1))
     read, writer = BatchRead(), _Writer()
@@ -142,14 +142,14 @@ def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor,
 def test_a_row_logged_cut_is_counted_once_when_the_batch_is_read_again_record_by_record(monitor, monkeypatch):
     import mlmon_middleware.batch_read as batch_read
 
-    real = batch_read._log_rows
+    real = batch_read.log_rows
 
     def failing(model, rec, rows, outputs, cuts):
         if rec.prediction_id == "id3":
             raise ValueError("cannot")
         return real(model, rec, rows, outputs, cuts)
 
-    monkeypatch.setattr(batch_read, "_log_rows", failing)
+    monkeypatch.setattr(batch_read, "log_rows", failing)
     mm = monitor.model("cut", log_features="all")
     records = _records(mm, 6, random.Random(2))
     for rec in records:
