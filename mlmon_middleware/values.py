@@ -156,11 +156,13 @@ def segment_value(value: object) -> object:
 
     >>> [segment_value(v) for v in ("eu", True, 3, 0.5, None, 2**70, {"ssn": "123"}, ["a"])]
     ['eu', True, 3, 0.5, None, '1180591620717411303424', None, None]
-    >>> [segment_value(v) for v in (np.True_, np.int64(3), np.float32(0.5), np.str_("eu"))]
-    [True, 3, 0.5, 'eu']
+    >>> [segment_value(v) for v in (np.True_, np.int64(3), np.float32(0.5), np.longdouble(1.5), np.str_("eu"))]
+    [True, 3, 0.5, 1.5, 'eu']
     """
     if isinstance(value, np.generic):
         value = value.item()
+        if isinstance(value, np.floating):  # a longdouble's item() is a longdouble
+            value = float(value)
     if isinstance(value, str):
         return bounded_category(value)
     if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value < 2**63):
