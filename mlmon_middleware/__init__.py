@@ -8,9 +8,10 @@ See README.md for the quick start and docs/ for the guide, the architecture and 
 
 from mlmon_middleware._version import __version__
 from mlmon_middleware.baseline import Baseline, BaselineError
-from mlmon_middleware.capture.asgi import Endpoint, MLMonitorMiddleware
+from mlmon_middleware.capture.asgi import MLMonitorMiddleware
 from mlmon_middleware.capture.context import current_prediction_id
 from mlmon_middleware.capture.decorator import monitor
+from mlmon_middleware.capture.endpoint import Endpoint
 from mlmon_middleware.config import ConfigError, MonitorConfig
 from mlmon_middleware.drift.policy import DriftPolicy, Thresholds
 from mlmon_middleware.explain import Explain

@@ -168,6 +168,82 @@ def test_error_statuses_get_no_prediction_id(harness):
     assert harness.monitor.model("m").health()["rows_in_window"] == 0
 
 
+def test_the_send_the_app_gets_is_a_coroutine_function_for_code_that_asks(harness):
+    """It is a plain function returning what to await (no coroutine of ours per message), marked
+    so that code asking ``asyncio.iscoroutinefunction(send)`` (asgiref's AsyncToSync) gets yes."""
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(asyncio.iscoroutinefunction(send))
+        await echo_app()(scope, receive, send)
+
+    run(MLMonitorMiddleware(app, registry=harness.monitor, endpoints=[Endpoint("/predict", "m")]), http_scope(), [b'{"x": 1}'])
+    assert seen == [True]
+
+
+def test_a_wsgi_app_under_asgiref_sends_without_a_warning(harness, recwarn):
+    wsgi = pytest.importorskip("asgiref.wsgi")
+
+    def application(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"prediction": 0.5}']
+
+    mw = MLMonitorMiddleware(wsgi.WsgiToAsgi(application), registry=harness.monitor, endpoints=[Endpoint("/predict", "w")])
+    scope = {**http_scope(), "query_string": b"", "root_path": "", "scheme": "http", "server": ("t", 80), "http_version": "1.1"}
+    sent = run(mw, scope, [b'{"x": 1}'])
+    assert sent[0]["status"] == 200 and b"x-prediction-id" in dict(sent[0]["headers"])
+    assert not [w for w in recwarn if "non-async-marked" in str(w.message)]
+    harness.monitor.flush()
+    assert harness.total("mlmon.predictions", outcome="ok") == 1
+
+
+def test_a_file_sent_by_path_completes_the_record(harness, tmp_path):
+    """``http.response.pathsend`` (a server's extension: the file goes out by its path) is the
+    response's last message: the record is completed after it, with the header on its start."""
+    path = tmp_path / "answer.json"
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"19")]})
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    mw = MLMonitorMiddleware(app, registry=harness.monitor, endpoints=[Endpoint("/predict", "f")])
+    sent = run(mw, http_scope(), [b'{"x": 1}'])
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.pathsend"]
+    assert len(dict(sent[0]["headers"])[b"x-prediction-id"]) == 32
+    [(attrs, point)] = harness.points("mlmon.inference.duration")
+    assert attrs["http.response.status_code"] == 200 and point.sum >= 0.05  # it ended at the pathsend
+
+
+def test_a_server_send_that_fails_on_the_last_chunk_makes_the_record_an_error(harness):
+    async def failing_send(message):
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            raise OSError("the client went away")
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"x": 1}', "more_body": False}
+
+    mw = MLMonitorMiddleware(echo_app((b'{"prediction":', b" 1}")), registry=harness.monitor,
+                             endpoints=[Endpoint("/predict", "m")])
+    with pytest.raises(OSError):
+        asyncio.run(mw(http_scope(), receive, failing_send))
+    [(attrs, _)] = harness.points("mlmon.inference.duration")
+    assert attrs["error.type"] == "OSError" and harness.total("mlmon.predictions", outcome="error") == 1
+
+
+def test_the_responder_sets_every_field_of_the_request_state(harness):
+    """It sets them itself (one call less per request): a field added to RequestState must be set there too."""
+    from mlmon_middleware.capture.context import RequestState
+    from mlmon_middleware.capture.responder import Responder
+
+    mw = MLMonitorMiddleware(echo_app(), registry=harness.monitor)
+    responder, plain = Responder(mw, http_scope(), None, None), RequestState(http_scope())
+    for name in RequestState.__slots__:
+        assert getattr(responder, name) == getattr(plain, name), name
+
+
 def test_no_per_request_state_on_the_middleware(harness):
     mw = MLMonitorMiddleware(echo_app(), registry=harness.monitor, endpoints=[Endpoint("/predict", "m")])
     def state():

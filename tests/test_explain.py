@@ -539,6 +539,46 @@ def test_streams_are_never_held_and_their_latency_runs_to_the_last_chunk(harness
     assert histogram and histogram[0].sum >= 0.4  # five chunks 0.1 s apart: not the µs of the call
 
 
+def test_a_file_sent_by_path_goes_out_unexplained_with_its_start(harness_factory, tmp_path):
+    """A server that sends files by path (the ``http.response.pathsend`` extension, Starlette's
+    FileResponse): the held start goes out first, saying why the response is not explained."""
+    from starlette.responses import FileResponse
+
+    h = harness_factory(tracing=False, check_interval=0)
+    report = tmp_path / "report.json"
+    report.write_bytes(b'{"prediction": 0.5}')
+    app = FastAPI()
+
+    @app.post("/report")
+    @monitor(model="m", features=[f"f{i}" for i in range(6)], explain=Explain(helpers.halves, when="always"),
+             registry=h.monitor)
+    async def file(row: dict):
+        return FileResponse(report, media_type="application/json")
+
+    instrument_app(app, registry=h.monitor)
+    wait_warm(h)
+    body = orjson.dumps(ROW)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "path": "/report",
+             "raw_path": b"/report", "query_string": b"", "root_path": "", "scheme": "http", "server": ("t", 80),
+             "client": ("c", 1), "extensions": {"http.response.pathsend": {}},
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.pathsend"], sent
+    headers = dict(sent[0]["headers"])
+    assert headers[b"x-mlmon-explain-status"] == b"file" and len(headers[b"x-prediction-id"]) == 32
+    assert sent[1]["path"] == str(report)
+    h.monitor.flush()
+    assert h.total("mlmon.explanations", status="file") == 1 and h.total("mlmon.predictions", outcome="ok") == 1
+
+
 def test_a_hung_explanation_thread_turns_explanations_off_and_never_holds_exit():
     import concurrent.futures
     import threading
