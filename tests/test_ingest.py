@@ -119,18 +119,23 @@ def test_a_mixed_batch_lands_as_the_same_rows_in_order(monitor):
     assert mm.health()["predictions"] == {"ok": 51, "error": 0}
 
 
-def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor, monkeypatch):
-    """There the record is counted (``unreadable``) and its rows kept out of the window."""
+def _fail_log_rows_of(prediction_id, monkeypatch):
+    """Make the prediction-log rows of the record ``prediction_id`` fail to be made."""
     import mlmon_middleware.batch_read as batch_read
 
     real = batch_read.log_rows
 
     def failing(model, rec, rows, outputs, cuts):
-        if rec.prediction_id == "id3":
+        if rec.prediction_id == prediction_id:
             raise ValueError("cannot")
         return real(model, rec, rows, outputs, cuts)
 
     monkeypatch.setattr(batch_read, "log_rows", failing)
+
+
+def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor, monkeypatch):
+    """There the record is counted (``unreadable``) and its rows kept out of the window."""
+    _fail_log_rows_of("id3", monkeypatch)
     mm = monitor.model("log")
     records = _records(mm, 10, random.Random(1))
     read, writer = BatchRead(), _Writer()
@@ -140,16 +145,7 @@ def test_a_log_row_that_cannot_be_made_sends_the_batch_record_by_record(monitor,
 
 
 def test_a_row_logged_cut_is_counted_once_when_the_batch_is_read_again_record_by_record(monitor, monkeypatch):
-    import mlmon_middleware.batch_read as batch_read
-
-    real = batch_read.log_rows
-
-    def failing(model, rec, rows, outputs, cuts):
-        if rec.prediction_id == "id3":
-            raise ValueError("cannot")
-        return real(model, rec, rows, outputs, cuts)
-
-    monkeypatch.setattr(batch_read, "log_rows", failing)
+    _fail_log_rows_of("id3", monkeypatch)
     mm = monitor.model("cut", log_features="all")
     records = _records(mm, 6, random.Random(2))
     for rec in records:
