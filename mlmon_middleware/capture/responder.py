@@ -64,6 +64,7 @@ def _marked_async(method: _SendMethod) -> _SendMethod:
 
 
 def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the ASGI header ``name`` (lower case), or None."""
     for key, value in headers:
         if key.lower() == name:
             return value
@@ -161,7 +162,7 @@ class Responder(RequestState):
             if self.response_tee is not None:
                 self.response_tee.add(message.get("body", b""))
             if not message.get("more_body", False):
-                return self._send_last(message)
+                return self._send_then_finish((message,))
             return self.send(message)
         if kind == "http.response.start":
             try:
@@ -191,13 +192,16 @@ class Responder(RequestState):
             return _nothing()
         elif kind == "http.response.pathsend":
             if self.held is not None:  # a file sent by its path: no body to put the explanation in
-                return self._send_file_unexplained(message)
-            return self._send_last(message)
+                start, *bodies = self.held
+                self.held = None
+                return self._send_then_finish((self._unexplained(start, "file"), *bodies, message))
+            return self._send_then_finish((message,))
         return self.send(message)
 
-    async def _send_last(self, message: Message) -> None:
-        """Send the response's last message, then complete the records: latency ends when it is sent."""
-        await self.send(message)
+    async def _send_then_finish(self, messages: Iterable[Message]) -> None:
+        """Send the response's last messages, then complete the records: latency ends when they are sent."""
+        for message in messages:
+            await self.send(message)
         self.finish(None)
 
     def _unexplained(self, start: Message, why: str) -> Message:
@@ -205,22 +209,11 @@ class Responder(RequestState):
         self.explanation.abandon(why)
         return {**start, "headers": [*start.get("headers", ()), (b"x-mlmon-explain-status", why.encode())]}
 
-    async def _send_file_unexplained(self, pathsend: Message) -> None:
-        """Send the held start, saying the response goes unexplained, then the file, then
-        complete the records (a server that sends files by path: Starlette's FileResponse)."""
-        start, *bodies = self.held or [{}]
-        self.held = None
-        for message in (self._unexplained(start, "file"), *bodies, pathsend):
-            await self.send(message)
-        self.finish(None)
-
     async def _send_explained(self) -> None:
         """Send the held response, explained (see ``PendingExplanation.respond``), then complete
         the records."""
         start, *bodies = self.held or [{}]
-        for message in await self.explanation.respond(start, bodies):
-            await self.send(message)
-        self.finish(None)
+        await self._send_then_finish(await self.explanation.respond(start, bodies))
 
     def finish(self, exc: BaseException | None) -> None:
         """Complete and submit this request's records once (never raises)."""
@@ -254,4 +247,5 @@ class Responder(RequestState):
         response = self.response_tee.raw(self.response_type) if self.response_tee else RawBody(None)
         duration = time.perf_counter_ns() - self.start_ns
         mm.submit(Record(mm, self.endpoint_id, self.wall_ns, duration, self.request_tee.raw(request_type),
-                         response, endpoint.path, status, error_type, self.mw.registry.current_context()))
+                         response, endpoint.path, status, error_type,
+                         self.mw.registry.current_context() if self.mw.registry.traced else None))
