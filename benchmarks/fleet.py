@@ -12,7 +12,8 @@ http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           the same round's bare bursts. Each variant runs as ``--copies`` servers, its figure of
           a round the mean over them, and a control ("bare, again", identical to bare) shows
           what the method cannot tell from 1. Beside requests/s and the tail, the server's CPU
-          time per request (all threads and workers, from /proc). The shared/unshared pair
+          time per request (all threads and workers, from /proc), and the part of it spent in
+          user space (the rest is the kernel's: sockets, scheduling). The shared/unshared pair
           gives the extra cost of sharing per request.
 scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
 postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
@@ -114,16 +115,17 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
 
 def _burst(wrk: str, script: str, server: tuple[subprocess.Popen, int], seconds: int) -> dict[str, float]:
     """One ``seconds``-long burst of wrk at ``server``: requests/s, p99 and p99.9 (ms), and the
-    server's CPU time per request (µs)."""
+    server's CPU time per request (µs), all of it and in user space."""
     proc, port = server
-    before = server_cpu(proc.pid)
+    user_before, system_before = server_cpu(proc.pid)
     out = run_wrk(wrk, script, port, seconds)
-    used = server_cpu(proc.pid) - before
+    user_after, system_after = server_cpu(proc.pid)
+    user, used = user_after - user_before, user_after + system_after - user_before - system_before
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
             "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
-            "cpu_us": used / requests * 1e6}
+            "cpu_us": used / requests * 1e6, "user_us": user / requests * 1e6}
 
 
 def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
@@ -135,10 +137,10 @@ def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
     return out
 
 
-def server_cpu(pid: int) -> float:
-    """Seconds of CPU (user + system) used so far by the server process ``pid`` and its children
-    (uvicorn's workers): every thread, read from /proc."""
-    total = 0.0
+def server_cpu(pid: int) -> tuple[float, float]:
+    """Seconds of CPU (in user space, in the kernel) used so far by the server process ``pid``
+    and its children (uvicorn's workers): every thread, read from /proc."""
+    user = system = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     with contextlib.suppress(OSError):
@@ -148,8 +150,9 @@ def server_cpu(pid: int) -> float:
         with contextlib.suppress(OSError):
             with open(f"/proc/{each}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime: every thread of the process
-    return total
+            user += int(fields[11]) / tick  # utime, stime: every thread of the process
+            system += int(fields[12]) / tick
+    return user, system
 
 
 def longest_hold(port: int) -> float | None:
@@ -174,8 +177,8 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
     print("\n| variant | requests/s (median) | vs bare, per round (median; min–max) | p99 ms (median) "
           "| p99 vs bare (median; min–max) | p99.9 ms (median) | p99.9 vs bare (median; min–max) "
           "| server CPU µs/request (median) | CPU vs bare (median; min–max) "
-          "| pipeline's longest stretch, ms (max) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| of which user space, µs (median) | pipeline's longest stretch, ms (max) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         bare = variants[name][3]
         cells = []
@@ -186,13 +189,26 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
                       f"{statistics.median(got):.3f}; {min(got):.3f}–{max(got):.3f}" if got else "—"]
         holds = [r["hold_ms"] for r in runs if "hold_ms" in r]
         hold = f"{max(holds):.3f}" if holds else "—"
-        print(f"| {name} | {' | '.join(cells)} | {hold} |")
+        user = statistics.median(r["user_us"] for r in runs)
+        print(f"| {name} | {' | '.join(cells)} | {user:.1f} | {hold} |")
+    _against_floor(results)
     if "3 workers, monitored (shared)" in results and "3 workers, monitored (sharing off)" in results:
         shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
         alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
         extra = [(1 / s - 1 / a) * 1e6 for s, a in zip(shared, alone)]
         print(f"\nsharing between 3 workers costs {statistics.median(extra):+.1f} µs per request at saturation "
               f"(per round {min(extra):+.1f} to {max(extra):+.1f}; one core serving)")
+
+
+def _against_floor(results: dict[str, list[dict[str, float]]]) -> None:
+    """Each monitored variant's requests/s as a share of the floor's (tail.py's variant of that
+    name: the least any in-process monitor does), per round, when the floor ran."""
+    for floor in [name for name in results if name.endswith(", floor")]:
+        endpoint = floor[:-len(", floor")]
+        for name, runs in results.items():
+            if name.startswith(f"{endpoint}, mlmon"):
+                got = [a["rps"] / b["rps"] for a, b in zip(runs, results[floor])]
+                print(f"{name}: {statistics.median(got):.3f} of the floor's requests/s (per round {min(got):.3f}–{max(got):.3f})")
 
 
 def bench_scrape(rounds: int) -> dict[str, list[float]]:

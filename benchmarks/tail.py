@@ -22,8 +22,11 @@ http       each variant in ``--copies`` uvicorn processes (one worker each) on 1
            servers on core 0 and ``wrk -t1 -c32`` on core 1 (``fleet.py``'s harness: the servers
            of an endpoint stay up and take ``--seconds``-long bursts in turn, in a new order each
            round; a variant's figure of a round is the mean over its processes): requests/s,
-           p99, p99.9 and the server's CPU time per request. The control, "bare, again", is
-           bare once more: its ratios to bare are what the method cannot tell from 1.
+           p99, p99.9 and the server's CPU time per request (and its part in user space). The
+           control, "bare, again", is bare once more: its ratios to bare are what the method
+           cannot tell from 1. When the floor ran, each mlmon variant's requests/s is also
+           given as a share of the floor's (per round): what is left above the least any
+           in-process monitor does.
 
 gc         the garbage collector in the served 22-feature endpoint: bare, mlmon, mlmon with
            ``freeze_startup`` off and mlmon with ``flush_batch`` 256, one server each, bursts of wrk in turn; per generation the
