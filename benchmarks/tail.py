@@ -174,6 +174,8 @@ def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str 
         variants[f"{endpoint}, mlmon"] = (1, True, env, bare)
         # the default before 2026-12-07: the pipeline ran every 256 records instead of 64
         variants[f"{endpoint}, mlmon, flush_batch 256"] = (1, True, {**env, "MLMON_FLUSH_BATCH": "256"}, bare)
+        # fewer, larger batches: the pipeline's code and data are cold at each batch's start
+        variants[f"{endpoint}, mlmon, flush_batch 1024"] = (1, True, {**env, "MLMON_FLUSH_BATCH": "1024"}, bare)
         # what the request path alone costs: records made, then dropped instead of queued
         variants[f"{endpoint}, mlmon, request path only"] = (1, True, {**env, "BENCH_REQUEST_PATH_ONLY": "1"}, bare)
         # the interpreter's switch interval left alone: the pipeline sleeps 50 µs every 50 µs of work
