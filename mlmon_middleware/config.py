@@ -95,6 +95,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "tracing": ("MLMON_TRACING", _parse_optional_bool),
     "trace_features": ("MLMON_TRACE_FEATURES", _parse_names),
     "metrics_path": ("MLMON_METRICS_PATH", _parse_optional_path),
+    "metrics_public": ("MLMON_METRICS_PUBLIC", _parse_bool),
     "prometheus_port": ("MLMON_PROMETHEUS_PORT", _parse_optional_int),
     "prometheus_addr": ("MLMON_PROMETHEUS_ADDR", str),
     "otlp_endpoint": ("MLMON_OTLP_ENDPOINT", str),
@@ -197,6 +198,10 @@ class MonitorConfig:
             ``/mlmon/metrics``, while no route of the app answers there (an app's own ``/metrics``
             keeps it, with a warning); ``"/mlmon/metrics"``: only there; None (``off``): nowhere
             on the app (scrape ``prometheus_port``).
+        metrics_public: serve the metrics on the app's paths without the token even when
+            ``api_token`` is set (off by default: with a token, a scrape sends it, as every read
+            of input-derived data does; the metrics hold inferred feature names and declared
+            segment values). For scrapers that cannot send a bearer token.
         prometheus_port: serve ``/metrics`` on this port from a thread of our own (off by default;
             the FastAPI adapter serves it on the app instead).
         prometheus_addr: address for ``prometheus_port``.
@@ -244,6 +249,7 @@ class MonitorConfig:
     tracing: bool | None = None
     trace_features: tuple[str, ...] = ()
     metrics_path: str | None = "/metrics"
+    metrics_public: bool = False
     prometheus_port: int | None = None
     prometheus_addr: str = "127.0.0.1"
     otlp_endpoint: str | None = None

@@ -9,12 +9,13 @@ speaks plain ASGI and serves no path); the FastAPI adapter builds its metrics ro
 
 The model registry's routes and ``POST alerts/{id}/ack`` are :mod:`~mlmon_middleware.routes_governance`'s.
 
-Access (:class:`~mlmon_middleware.routes_access.Access`): the metrics, the dashboard page and
-health's status are open. Routes that *write* (feedback, ``?refresh=true`` checks, registry
+Access (:class:`~mlmon_middleware.routes_access.Access`): the dashboard page and health's
+status are open. Routes that *write* (feedback, ``?refresh=true`` checks, registry
 steps, acknowledgements) need the bearer token ``api_token``; without
 one they answer 403, unless ``allow_anonymous_writes`` is set. With a token, every route that
-returns input-derived data (reports, logged predictions, explanations, health's details) needs it
-too; without one they are open (a service that sets no token publishes them to whoever reaches it).
+returns input-derived data (the metrics, reports, logged predictions, explanations, health's
+details) needs it too, the metrics unless ``metrics_public``; without one they are open (a
+service that sets no token publishes them to whoever reaches it).
 
 >>> from starlette.applications import Starlette
 >>> from starlette.testclient import TestClient
@@ -26,10 +27,12 @@ too; without one they are open (a service that sets no token publishes them to w
 ...     client.get("/mlmon/drift").status_code
 ...     client.get("/mlmon/health", headers={"Authorization": "Bearer s3cret"}).json()["models"]["iris"]["predictions"]
 ...     client.get("/mlmon/").headers["content-type"]
+...     client.get("/mlmon/metrics").status_code
 {'status': 'ok', 'token_required': True}
 401
 {'ok': 1, 'error': 0}
 'text/html; charset=utf-8'
+401
 >>> mon.shutdown()
 """
 
@@ -102,8 +105,15 @@ def metrics_endpoint(mon: Monitor) -> Callable[[Request], Response]:
     """The endpoint of ``GET metrics``: the Prometheus text of mlmon's private registry, or
     OpenMetrics (with exemplars linking to traces) when the scraper's ``Accept`` asks for it, as
     Prometheus does. Sync, so Starlette runs it in a worker thread: a scrape first flushes the
-    pipeline."""
+    pipeline. With ``api_token`` set it needs the token, as every route returning input-derived
+    data does (inferred feature names, declared segment values), unless ``metrics_public``."""
+    access = Access(mon)
+
     def metrics_text(request: Request) -> Response:
+        if not mon.config.metrics_public:
+            denied = access.read(request)
+            if denied is not None:
+                return denied
         body, content_type = mon.telemetry.prometheus_text(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 

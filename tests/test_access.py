@@ -14,7 +14,8 @@ from mlmon_middleware.limits import MAX_CATEGORY_CHARS, MAX_FEEDBACK_ITEMS, MAX_
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": "Bearer " + TOKEN}
-READS = ["/mlmon/drift", "/mlmon/performance", "/mlmon/alerts", "/mlmon/predictions", "/mlmon/predictions/some-id"]
+READS = ["/mlmon/drift", "/mlmon/performance", "/mlmon/alerts", "/mlmon/predictions", "/mlmon/predictions/some-id",
+         "/metrics", "/mlmon/metrics"]  # the metrics hold inferred feature names and declared segment values
 
 
 def make_app(mon, baseline=None, policy=None):
@@ -67,7 +68,7 @@ def test_with_a_token_every_input_derived_route_needs_it(tmp_path, harness_facto
                  client.get("/mlmon/drift", headers=auth_bytes(b"Bearer " + b"x" * 8000)),
                  client.post("/mlmon/feedback", json={"prediction_id": pid, "actual": 1})]
         probe = client.get("/mlmon/health").json()
-        open_routes = [client.get(p).status_code for p in ("/metrics", "/mlmon/")]
+        open_routes = [client.get(p).status_code for p in ("/mlmon/",)]
         allowed = {path: client.get(path.replace("some-id", pid), headers=auth_bytes(b"Bearer " + TOKEN.encode()))
                    for path in READS}
         full = client.get("/mlmon/health", headers=AUTH).json()
@@ -77,10 +78,47 @@ def test_with_a_token_every_input_derived_route_needs_it(tmp_path, harness_facto
     assert anonymous["/mlmon/drift"].headers["www-authenticate"].startswith("Bearer")
     assert [r.status_code for r in wrong] == [401] * 7
     assert probe == {"status": "ok", "token_required": True}
-    assert open_routes == [200, 200]
+    assert open_routes == [200]
     assert {p: r.status_code for p, r in allowed.items()} == dict.fromkeys(READS, 200)
     assert full["pid"] > 0 and full["prediction_log"].endswith("predictions.sqlite")
     assert labelled.json()["labelled"] == 1
+
+
+def test_metrics_public_opens_the_metrics_alone_to_scrapers_without_the_token(harness_factory):
+    scraped = {}
+    for public in (False, True):
+        h = harness_factory(tracing=False, check_interval=0, api_token=TOKEN, metrics_public=public)
+        app = FastAPI()
+
+        @app.post("/predict")
+        @monitor(model="m", registry=h.monitor, warmup_rows=10)  # a baseline from the first rows: drift per feature
+        def predict(row: dict) -> dict:
+            return {"prediction": 0.25}
+
+        instrument_app(app, registry=h.monitor)
+        with TestClient(app) as client:
+            for i in range(30):
+                client.post("/predict", json={"region": "eu", "amount": float(i)})
+            h.monitor.flush()
+            h.monitor.model("m").check_now()
+            scraped[public] = {path: client.get(path) for path in ("/metrics", "/mlmon/metrics")}
+            drift = client.get("/mlmon/drift")
+    closed, opened = scraped[False], scraped[True]
+    assert {path: r.status_code for path, r in closed.items()} == {"/metrics": 401, "/mlmon/metrics": 401}
+    assert all("region" not in r.text for r in closed.values())
+    assert {path: r.status_code for path, r in opened.items()} == {"/metrics": 200, "/mlmon/metrics": 200}
+    assert 'feature="region"' in opened["/metrics"].text  # a client-chosen field name: why it is closed by default
+    assert drift.status_code == 401  # every other input-derived read still needs the token
+
+
+def test_metrics_public_reads_its_environment_variable():
+    from mlmon_middleware import MonitorConfig
+    from mlmon_middleware.config import ConfigError
+
+    assert MonitorConfig().metrics_public is False
+    assert MonitorConfig().with_env({"MLMON_METRICS_PUBLIC": "true"}).metrics_public is True
+    with pytest.raises(ConfigError, match="MLMON_METRICS_PUBLIC"):
+        MonitorConfig().with_env({"MLMON_METRICS_PUBLIC": "maybe"})
 
 
 def test_on_demand_checks_are_rate_limited_and_never_fire_an_alert(harness_factory):

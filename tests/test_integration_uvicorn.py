@@ -104,13 +104,15 @@ def test_drifted_traffic_flags_exactly_the_drifted_features(trained):
                 assert client.post("/predict/batch", json=make_rows(50, rng, drift=1.0)).status_code == 200
             report = client.get("/mlmon/drift", params={"refresh": "true"},
                                 headers={"Authorization": "Bearer t0ken"}).json()["credit-risk"]
-            found = samples(client.get("/metrics").text)
+            closed = client.get("/metrics").status_code  # with a token, a scrape sends it too
+            found = samples(client.get("/metrics", headers={"Authorization": "Bearer t0ken"}).text)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
     from data import FEATURES
 
     drifting = set(FEATURES) - NOT_DRIFTING
+    assert closed == 401
     assert report["rows"] == 1000 and set(report["drifted"]) == drifting
     detected = {dict(labels)["feature"]: v for (name, labels), v in found.items() if name == "mlmon_feature_drift_detected"}
     assert detected == {f: (1.0 if f in drifting else 0.0) for f in FEATURES}

@@ -1,6 +1,8 @@
 """A real Prometheus server scrapes two processes of the example service: the fleet PSI of the
 recording rule equals mlmon's PSI on the union of their traffic, and the fleet drift alert fires
-if and only if the merged traffic drifted (not when each replica alone looks drifted)."""
+if and only if the merged traffic drifted (not when each replica alone looks drifted). The
+services set an API token, so the metrics need it: Prometheus sends it from a credentials file,
+as docs/deployment.md configures it."""
 
 import json
 import shutil
@@ -55,12 +57,16 @@ def start_prometheus(prometheus: str, config, tmp_path) -> tuple[subprocess.Pope
 
 @pytest.fixture
 def fleet(tmp_path):
-    """Two example processes and a Prometheus scraping both, with the rendered rules."""
+    """Two example processes (with an API token) and a Prometheus scraping both with the token,
+    with the rendered rules."""
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus is missing: `make test` installs Debian's prometheus package"
     demo = tmp_path / "demo"
     train(demo, rows=3000)
-    services = [start_service(demo, port := free_port(0), tmp_path / f"s{port}.log", env={"MLMON_CHECK_INTERVAL": "1"})
+    token = tmp_path / "mlmon-token"
+    token.write_text("fleet-t0ken\n")  # Prometheus strips the trailing newline
+    services = [start_service(demo, port := free_port(0), tmp_path / f"s{port}.log",
+                              env={"MLMON_CHECK_INTERVAL": "1", "MLMON_API_TOKEN": "fleet-t0ken"})
                 for _ in range(2)]
     ports = [int(s.args[s.args.index("--port") + 1]) for s in services]
     rules = tmp_path / "rules.yml"
@@ -70,6 +76,7 @@ def fleet(tmp_path):
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
         "scrape_configs": [{"job_name": "mlmon", "metrics_path": "/mlmon/metrics",
+                            "authorization": {"credentials_file": str(token)},
                             "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}]}))
     server, web = start_prometheus(prometheus, config, tmp_path)
     try:
@@ -99,6 +106,7 @@ def test_undrifted_traffic_split_unevenly_raises_no_fleet_alert(fleet):
         replicas = query(base, 'mlmon:feature_drift_alert:replica{subject="income"}')
         time.sleep(0.5)
     assert len(replicas) == 2, "each replica alone should see its half as drifted"
+    assert [httpx.get(f"http://127.0.0.1:{p}/mlmon/metrics", timeout=10).status_code for p in ports] == [401, 401]
     rows: list = []
     while time.monotonic() < deadline and not (rows and float(rows[0]["value"][1]) == 800):
         # the fleet's recorded rows and PSI come from one rule evaluation: wait until it saw all 800

@@ -118,10 +118,10 @@ def main() -> None:
     auth = {"Authorization": f"Bearer {token}"}
     urls = f"""  {base}/mlmon/#token={token}
                          the dashboard: drift per feature with histograms, performance, alerts, explanations
-  {base}/mlmon/metrics   Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
   {base}/docs            the API docs; try POST /predict
   {args.dir / 'service.log'}    the service's log
-  JSON reports, with the header 'Authorization: Bearer {token}' (curl -H ...):
+  with the header 'Authorization: Bearer {token}' (curl -H ...):
+  {base}/mlmon/metrics   Prometheus metrics (mlmon_predictions_total, mlmon_inference_duration_seconds, ...)
   {base}/mlmon/health    models, counts, window fill, capture and monitor errors (status only without the token)
   {base}/mlmon/drift     the latest drift check, every 10 s: per feature PSI, KS, JS, Wasserstein, chi², severity
   {base}/mlmon/performance  accuracy, AUC, ... over the labels the traffic posts 5 s after each prediction
