@@ -176,9 +176,9 @@ class MonitorConfig:
         share_interval: seconds between a worker's publications of its counters to the other
             workers (a scrape through any worker is at most this old for the others' counts).
         api_token: when set, every mlmon route that writes (feedback, on-demand checks) or returns
-            input-derived data (reports, logged predictions, explanations, health details)
-            requires ``Authorization: Bearer <token>``; the metrics, the dashboard page and a
-            status-only health stay open. Compared as bytes in constant time.
+            input-derived data (reports, logged predictions, explanations, health details, the
+            metrics unless ``metrics_public``) requires ``Authorization: Bearer <token>``; the
+            dashboard page and a status-only health stay open. Compared as bytes in constant time.
         allow_anonymous_writes: without ``api_token``, the routes that write answer 403 unless
             this is True (anyone may then post labels and run checks: only for a closed network).
         refresh_interval: seconds between two on-demand checks (``?refresh=true``) of one

@@ -107,10 +107,10 @@ def metrics_endpoint(mon: Monitor) -> Callable[[Request], Response]:
     Prometheus does. Sync, so Starlette runs it in a worker thread: a scrape first flushes the
     pipeline. With ``api_token`` set it needs the token, as every route returning input-derived
     data does (inferred feature names, declared segment values), unless ``metrics_public``."""
-    access = Access(mon)
+    access = None if mon.config.metrics_public else Access(mon)
 
     def metrics_text(request: Request) -> Response:
-        if not mon.config.metrics_public:
+        if access is not None:
             denied = access.read(request)
             if denied is not None:
                 return denied

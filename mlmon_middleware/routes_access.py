@@ -28,8 +28,9 @@ class Access:
     """Who may use a route. The dashboard page and health's status are open. Routes that
     *write* need the bearer token ``api_token``; without one they answer 403, unless
     ``allow_anonymous_writes`` is set. With a token, every route that returns input-derived data
-    needs it too (the metrics unless ``metrics_public``); without one those are open. The token is compared as bytes, in
-    constant time; a missing, malformed or non-ASCII ``Authorization`` header is a 401, never a 500.
+    needs it too (the metrics unless ``metrics_public``); without one those are open. The token
+    is compared as bytes, in constant time; a missing, malformed or non-ASCII ``Authorization``
+    header is a 401, never a 500.
 
     >>> from mlmon_middleware import Monitor, MonitorConfig
     >>> Access(Monitor(MonitorConfig(tracing=False))).write_denied  # no token, no opt-in
