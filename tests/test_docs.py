@@ -144,3 +144,11 @@ def test_every_rule_setting_is_documented():
 
     settings = (ROOT / "docs" / "alerting.md").read_text()
     assert [f.name for f in dataclasses.fields(RuleConfig) if f"\n{f.name}: " not in settings] == []
+
+
+def test_every_setting_read_from_the_environment_is_in_the_guide_and_the_docstring():
+    from mlmon_middleware.config import _ENV, MonitorConfig
+
+    rows = [line for line in (ROOT / "docs" / "guide.md").read_text().splitlines() if line.startswith("| `")]
+    assert [f for f, (var, _) in _ENV.items() if not any(f"`{f}`" in row and f"`{var}`" in row for row in rows)] == []
+    assert [f for f in _ENV if f"\n        {f}: " not in (MonitorConfig.__doc__ or "")] == []
