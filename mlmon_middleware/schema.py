@@ -33,6 +33,7 @@ from mlmon_middleware.columns import NUMBER_KINDS, Columns
 from mlmon_middleware.limits import MAX_NAME_CHARS, bounded_name, is_valid_text
 from mlmon_middleware.values import (
     MISSING,
+    PLAIN_NUMBERS,
     VALUE_REASONS,
     categorical_column,
     numeric_column,
@@ -319,13 +320,14 @@ class FeatureSchema:
         n = len(rows)
         numeric = np.empty((n, len(self.numeric_names)))
         if numeric_table is not None:
-            try:  # numpy finds the cells' common type in one C pass: numbers only give a number dtype
-                found = np.array(numeric_table)
-            except (OverflowError, ValueError):  # an integer beyond any dtype; cells of unequal shapes
+            cells = numeric_table if num_single else itertools.chain.from_iterable(numeric_table)
+            if not set(map(type, cells)) <= PLAIN_NUMBERS:
                 return None
-            if found.dtype.kind not in NUMBER_KINDS or found.shape != ((n,) if num_single else numeric.shape):
-                return None  # text, None, other objects; a cell holding a sequence
-            numeric = found.astype(np.float64, copy=False).reshape(numeric.shape)
+            try:  # one C loop over the cells in row order (np.array of the tuples would first find their shape)
+                cells = numeric_table if num_single else itertools.chain.from_iterable(numeric_table)
+                numeric = np.fromiter(cells, np.float64, numeric.size).reshape(numeric.shape)
+            except OverflowError:
+                return None
             if not np.isfinite(numeric).all():
                 return None
         categorical = np.empty((n, len(self.categorical_names)), dtype=object)

@@ -64,8 +64,6 @@ def numeric_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.nd
     for i, value in enumerate(column):
         if value is None or value is MISSING:
             continue
-        if hasattr(value, "__array__") and not isinstance(value, np.generic):  # an array-like scalar: a
-            value = _array_scalar(value)  # 0-d array or tensor of a number, as numpy reads it in a batch
         if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, (str, bytes)):
             try:
                 number = float(value)
@@ -82,21 +80,6 @@ def numeric_column(column: Sequence[Any], flags: dict[str, np.ndarray]) -> np.nd
         else:
             flags["type_mismatch"][i] = True
     return values
-
-
-def _array_scalar(value: Any) -> Any:
-    """The number a 0-d array-like holds (numpy's 0-d arrays, a framework's scalar tensors), as
-    ``np.array`` reads it when it converts a whole column; anything else unchanged (then flagged
-    as a type mismatch by the caller).
-
-    >>> _array_scalar(np.array(1.5)), _array_scalar(np.array([1.5])), _array_scalar(np.array("x"))
-    (np.float64(1.5), array([1.5]), array('x', dtype='<U1'))
-    """
-    try:
-        array = np.asarray(value)
-    except Exception:  # an __array__ that fails: not a number
-        return value
-    return array[()] if array.ndim == 0 and array.dtype.kind in NUMBER_KINDS else value
 
 
 def category_key(value: object) -> str | None:

@@ -125,27 +125,6 @@ def test_plain_rows_encode_in_one_pass_as_they_do_value_by_value(seed, monkeypat
     assert dict(huge.errors) == {"non_finite": 1} and np.isnan(huge.numeric[1, 0]) and huge.numeric[1, 1] == 3.0
 
 
-@pytest.mark.parametrize("cells", [
-    [[1.5], [2.5]],  # one-element lists: not numbers, whatever shape numpy would give them
-    [(1.0, 2.0), (3.0, 4.0)],
-    [True, 2.5], [True, False],  # booleans read as 1 and 0, as value by value
-    [2**63 + 7, 5], [2**63 + 7, -5], [2**64 + 1, 1.5],  # beyond int64: uint64, objects, a float
-    [np.float16(0.1), np.uint8(7)], ["1.5", 2.0], [None, 1.0], [np.datetime64("2026-01-01"), 1.0],
-    [np.array(1.5), 2.0], [np.array(True), np.array(7)], [np.array("x"), 1.0],  # 0-d arrays: their number, if any
-])
-def test_the_one_pass_encoding_reads_odd_cells_as_the_value_by_value_one(cells, monkeypatch):
-    for width in (1, 2):  # one numeric feature (a column of values) and two (rows of tuples)
-        names = [f"n{i}" for i in range(width)]
-        rows = [{name: cell for name in names} for cell in cells]
-        schema = FeatureSchema(names, ["numeric"] * width)
-        fast = schema.encode(rows)
-        with monkeypatch.context() as patched:
-            patched.setattr(FeatureSchema, "_encode_plain", lambda self, rows: None)
-            general = schema.encode(rows)
-        np.testing.assert_array_equal(fast.numeric, general.numeric)
-        assert dict(fast.errors) == dict(general.errors) and fast.feature_errors == general.feature_errors
-
-
 def test_infer_takes_kinds_from_values_and_overrides():
     rows = [{"a": None, "b": "x", "c": 1}, {"a": 2.0, "b": "y", "c": 2}]
     assert FeatureSchema.infer(rows).to_dict() == {"a": "numeric", "b": "categorical", "c": "numeric"}
