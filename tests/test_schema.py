@@ -125,6 +125,42 @@ def test_plain_rows_encode_in_one_pass_as_they_do_value_by_value(seed, monkeypat
     assert dict(huge.errors) == {"non_finite": 1} and np.isnan(huge.numeric[1, 0]) and huge.numeric[1, 1] == 3.0
 
 
+class _ArrayLike:
+    """A 0-d array-like whose ``__array__`` and ``__float__`` disagree (numpy's list conversion
+    would read it through either)."""
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(2.5)
+
+    def __float__(self):
+        return 7.0
+
+
+@pytest.mark.parametrize("cells", [
+    [1.5, 2], [True, 2.5], [True, False], [np.float16(0.1), np.uint8(7)],  # numbers of every kind
+    [2**63 + 7, 5], [2**63 + 7, -5], [2**64 + 1, 1.5], [-2**63 - 1, 1.0],  # beyond int64
+    [[1.5], [2.5]], [(1.0, 2.0), (3.0, 4.0)], [[], 1.0],  # sequences are not numbers, whatever their shape
+    ["1.5", 2.0], [None, 1.0], [np.datetime64("2026-01-01"), 1.0],
+    [np.array(1.5), 2.0], [_ArrayLike(), 1.0], [np.ma.masked, 1.0],  # array-likes are not numbers either
+])
+def test_the_one_pass_encoding_reads_odd_cells_as_the_value_by_value_one(cells, monkeypatch):
+    """Whatever a cell holds, a batch encodes as it does value by value (numbers, flags, counts)."""
+    for width in (1, 2):  # one numeric feature (a column of values) and two (rows of tuples)
+        names = [f"n{i}" for i in range(width)] + ["c"]
+        dicts = [{**{name: cell for name in names[:-1]}, "c": "x"} for cell in cells]
+        schema = FeatureSchema(names, ["numeric"] * width + ["categorical"])
+        for rows in (dicts, [list(row.values()) for row in dicts]):
+            fast = schema.encode(rows)
+            with monkeypatch.context() as patched:
+                patched.setattr(FeatureSchema, "_encode_plain", lambda self, rows: None)
+                general = schema.encode(rows)
+            np.testing.assert_array_equal(fast.numeric, general.numeric)
+            assert fast.categorical.tolist() == general.categorical.tolist()
+            assert dict(fast.errors) == dict(general.errors) and fast.feature_errors == general.feature_errors
+    plain = [{"n0": 1.5, "n1": 2, "c": "x"}, {"n0": -3.0, "n1": np.float32(0.5), "c": "y"}]  # the fast path takes these
+    assert FeatureSchema(["n0", "n1", "c"], ["numeric", "numeric", "categorical"])._encode_plain(plain) is not None
+
+
 def test_infer_takes_kinds_from_values_and_overrides():
     rows = [{"a": None, "b": "x", "c": 1}, {"a": 2.0, "b": "y", "c": 2}]
     assert FeatureSchema.infer(rows).to_dict() == {"a": "numeric", "b": "categorical", "c": "numeric"}
