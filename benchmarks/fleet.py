@@ -202,13 +202,21 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
 
 def _against_floor(results: dict[str, list[dict[str, float]]]) -> None:
     """Each monitored variant's requests/s as a share of the floor's (tail.py's variant of that
-    name: the least any in-process monitor does), per round, when the floor ran."""
+    name: the least any in-process monitor does), per round, when the floor ran; and the
+    pipeline's user CPU a request (mlmon's less its request path's alone), per round, when
+    both ran."""
     for floor in [name for name in results if name.endswith(", floor")]:
         endpoint = floor[:-len(", floor")]
         for name, runs in results.items():
             if name.startswith(f"{endpoint}, mlmon"):
                 got = [a["rps"] / b["rps"] for a, b in zip(runs, results[floor])]
                 print(f"{name}: {statistics.median(got):.3f} of the floor's requests/s (per round {min(got):.3f}–{max(got):.3f})")
+    for alone in [name for name in results if name.endswith(", mlmon, request path only")]:
+        whole = alone[:-len(", request path only")]
+        if whole in results:
+            got = [a["user_us"] - b["user_us"] for a, b in zip(results[whole], results[alone])]
+            print(f"{whole}: its pipeline takes {statistics.median(got):.1f} µs of user CPU a request "
+                  f"(per round {min(got):.1f} to {max(got):.1f})")
 
 
 def bench_scrape(rounds: int) -> dict[str, list[float]]:

@@ -26,7 +26,8 @@ http       each variant in ``--copies`` uvicorn processes (one worker each) on 1
            control, "bare, again", is bare once more: its ratios to bare are what the method
            cannot tell from 1. When the floor ran, each mlmon variant's requests/s is also
            given as a share of the floor's (per round): what is left above the least any
-           in-process monitor does.
+           in-process monitor does; when the request path alone ran, the pipeline's user CPU
+           a request (mlmon's less the request path's, per round).
 
 gc         the garbage collector in the served 22-feature endpoint: bare, mlmon, mlmon with
            ``freeze_startup`` off and mlmon with ``flush_batch`` 256, one server each, bursts of wrk in turn; per generation the
