@@ -192,6 +192,7 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
         user = statistics.median(r["user_us"] for r in runs)
         print(f"| {name} | {' | '.join(cells)} | {user:.1f} | {hold} |")
     _against_floor(results)
+    _pipeline_cost(results)
     if "3 workers, monitored (shared)" in results and "3 workers, monitored (sharing off)" in results:
         shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
         alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
@@ -202,15 +203,18 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
 
 def _against_floor(results: dict[str, list[dict[str, float]]]) -> None:
     """Each monitored variant's requests/s as a share of the floor's (tail.py's variant of that
-    name: the least any in-process monitor does), per round, when the floor ran; and the
-    pipeline's user CPU a request (mlmon's less its request path's alone), per round, when
-    both ran."""
+    name: the least any in-process monitor does), per round, when the floor ran."""
     for floor in [name for name in results if name.endswith(", floor")]:
         endpoint = floor[:-len(", floor")]
         for name, runs in results.items():
             if name.startswith(f"{endpoint}, mlmon"):
                 got = [a["rps"] / b["rps"] for a, b in zip(runs, results[floor])]
                 print(f"{name}: {statistics.median(got):.3f} of the floor's requests/s (per round {min(got):.3f}–{max(got):.3f})")
+
+
+def _pipeline_cost(results: dict[str, list[dict[str, float]]]) -> None:
+    """The pipeline's user CPU a request (mlmon's less its request path's alone), per round,
+    when both ran."""
     for alone in [name for name in results if name.endswith(", mlmon, request path only")]:
         whole = alone[:-len(", request path only")]
         if whole in results:
