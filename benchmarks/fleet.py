@@ -12,8 +12,10 @@ http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           the same round's bare bursts. Each variant runs as ``--copies`` servers, its figure of
           a round the mean over them, and a control ("bare, again", identical to bare) shows
           what the method cannot tell from 1. Beside requests/s and the tail, the server's CPU
-          time per request (all threads and workers, from /proc), and the part of it spent in
-          user space (the rest is the kernel's: sockets, scheduling). The shared/unshared pair
+          time per request (all threads and workers, from /proc), the part of it spent in
+          user space (the rest is the kernel's: sockets, scheduling), and the part spent by the
+          threads other than the serving ones (mlmon's pipeline, analyzer and exporters: the
+          background work, measured in the process that does it). The shared/unshared pair
           gives the extra cost of sharing per request.
 scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
 postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
@@ -115,17 +117,18 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
 
 def _burst(wrk: str, script: str, server: tuple[subprocess.Popen, int], seconds: int) -> dict[str, float]:
     """One ``seconds``-long burst of wrk at ``server``: requests/s, p99 and p99.9 (ms), and the
-    server's CPU time per request (µs), all of it and in user space."""
+    server's CPU time per request (µs): all of it, in user space, and in the threads other
+    than the serving ones (mlmon's pipeline, analyzer and exporters)."""
     proc, port = server
-    user_before, system_before = server_cpu(proc.pid)
+    before = server_cpu(proc.pid)
     out = run_wrk(wrk, script, port, seconds)
-    user_after, system_after = server_cpu(proc.pid)
-    user, used = user_after - user_before, user_after + system_after - user_before - system_before
+    user, system, background = (b - a for a, b in zip(before, server_cpu(proc.pid)))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
             "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
-            "cpu_us": used / requests * 1e6, "user_us": user / requests * 1e6}
+            "cpu_us": (user + system) / requests * 1e6, "user_us": user / requests * 1e6,
+            "background_us": background / requests * 1e6}
 
 
 def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
@@ -137,10 +140,12 @@ def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
     return out
 
 
-def server_cpu(pid: int) -> tuple[float, float]:
-    """Seconds of CPU (in user space, in the kernel) used so far by the server process ``pid``
-    and its children (uvicorn's workers): every thread, read from /proc."""
-    user = system = 0.0
+def server_cpu(pid: int) -> tuple[float, float, float]:
+    """Seconds of CPU used so far by the server process ``pid`` and its children (uvicorn's
+    workers), read from /proc: in user space and in the kernel (every thread), and by the
+    threads other than each process's main one, which serves the requests (user and kernel:
+    mlmon's pipeline, analyzer and exporters; a bare server has none)."""
+    user = system = background = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     with contextlib.suppress(OSError):
@@ -148,11 +153,22 @@ def server_cpu(pid: int) -> tuple[float, float]:
             pids += [int(p) for p in fh.read().split()]
     for each in pids:
         with contextlib.suppress(OSError):
-            with open(f"/proc/{each}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
+            fields = _stat(f"/proc/{each}/stat")
             user += int(fields[11]) / tick  # utime, stime: every thread of the process
             system += int(fields[12]) / tick
-    return user, system
+        with contextlib.suppress(OSError):
+            for thread in os.listdir(f"/proc/{each}/task"):
+                if int(thread) != each:
+                    with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                        fields = _stat(f"/proc/{each}/task/{thread}/stat")
+                        background += (int(fields[11]) + int(fields[12])) / tick
+    return user, system, background
+
+
+def _stat(path: str) -> list[str]:
+    """The fields of a /proc ``stat`` file after the command name (which may hold spaces)."""
+    with open(path) as fh:
+        return fh.read().rsplit(")", 1)[1].split()
 
 
 def longest_hold(port: int) -> float | None:
@@ -192,7 +208,7 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
         user = statistics.median(r["user_us"] for r in runs)
         print(f"| {name} | {' | '.join(cells)} | {user:.1f} | {hold} |")
     _against_floor(results)
-    _pipeline_cost(results)
+    _pipeline_cost(results, variants)
     if "3 workers, monitored (shared)" in results and "3 workers, monitored (sharing off)" in results:
         shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
         alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
@@ -212,14 +228,21 @@ def _against_floor(results: dict[str, list[dict[str, float]]]) -> None:
                 print(f"{name}: {statistics.median(got):.3f} of the floor's requests/s (per round {min(got):.3f}–{max(got):.3f})")
 
 
-def _pipeline_cost(results: dict[str, list[dict[str, float]]]) -> None:
-    """The pipeline's user CPU a request (mlmon's less its request path's alone), per round,
-    when both ran."""
+def _pipeline_cost(results: dict[str, list[dict[str, float]]], variants: Variants) -> None:
+    """What the pipeline costs a request, per round, two ways: the CPU of mlmon's background
+    threads (measured in the same process), and mlmon's user CPU less that of its request path
+    alone (another process: it also counts the serving thread's work made slower by the
+    pipeline's, and the two processes' differences)."""
+    for name, runs in results.items():
+        if variants[name][1] and not name.endswith("request path only"):
+            got = [r["background_us"] for r in runs]
+            print(f"{name}: its background threads take {statistics.median(got):.1f} µs of CPU a request "
+                  f"(per round {min(got):.1f} to {max(got):.1f})")
     for alone in [name for name in results if name.endswith(", mlmon, request path only")]:
         whole = alone[:-len(", request path only")]
         if whole in results:
             got = [a["user_us"] - b["user_us"] for a, b in zip(results[whole], results[alone])]
-            print(f"{whole}: its pipeline takes {statistics.median(got):.1f} µs of user CPU a request "
+            print(f"{whole}: its user CPU less its request path's alone: {statistics.median(got):.1f} µs a request "
                   f"(per round {min(got):.1f} to {max(got):.1f})")
 
 

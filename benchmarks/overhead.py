@@ -279,6 +279,11 @@ SERVICE = textwrap.dedent('''
             # which drops them, so no pipeline work follows
             from mlmon_middleware import Monitor
             Monitor.get().pipeline.submit = lambda record: True
+        elif os.environ.get("BENCH_NO_INGEST") == "1":
+            # the pipeline without its ingestion (tail.py http): records are queued, and the
+            # thread drains them every flush_batch records as usual, then drops each batch
+            import mlmon_middleware.pipeline
+            mlmon_middleware.pipeline.ingest = lambda *args, **kwargs: False
 
     if os.environ.get("BENCH_GC_STATS") == "1":
         # tail.py gc: each collection's thread, generation and duration, read (and reset) at /bench/gc

@@ -9,7 +9,9 @@ FastAPI, mlmon (tracing off), mlmon flushing every 256 records (the default befo
 and mlmon with the prediction log on (SQLite in a temporary folder);
 under real HTTP also mlmon with the interpreter's switch interval left alone, its pipeline
 sleeping between stretches instead (``MLMON_SWITCH_INTERVAL=0``), mlmon's request path alone
-(``BENCH_REQUEST_PATH_ONLY=1``: each record made, then dropped at the queue), and the floor
+(``BENCH_REQUEST_PATH_ONLY=1``: each record made, then dropped at the queue), mlmon's pipeline
+without its ingestion (``BENCH_NO_INGEST=1``: records queued, drained by the pipeline's thread,
+then dropped: what the queue and the thread cost without the work), and the floor
 (``BENCH_FLOOR=1``): a pass-through middleware that sees the status and a decorator that times
 the call and keeps its input and result, with no work after it. No Python monitor inside the
 process does less; its ratio to bare is how close to bare one can get.
@@ -26,8 +28,10 @@ http       each variant in ``--copies`` uvicorn processes (one worker each) on 1
            control, "bare, again", is bare once more: its ratios to bare are what the method
            cannot tell from 1. When the floor ran, each mlmon variant's requests/s is also
            given as a share of the floor's (per round): what is left above the least any
-           in-process monitor does; when the request path alone ran, the pipeline's user CPU
-           a request (mlmon's less the request path's, per round).
+           in-process monitor does. What the pipeline costs a request, per round: the CPU of
+           mlmon's background threads (pipeline, analyzer, exporters; in the same process), and
+           when the request path alone ran, mlmon's user CPU less the request path's (another
+           process: that also counts the serving thread slowed by the pipeline's work).
 
 gc         the garbage collector in the served 22-feature endpoint: bare, mlmon, mlmon with
            ``freeze_startup`` off and mlmon with ``flush_batch`` 256, one server each, bursts of wrk in turn; per generation the
@@ -179,6 +183,8 @@ def http_variants(store: str) -> dict[str, tuple[int, bool, dict[str, str], str 
         variants[f"{endpoint}, mlmon, flush_batch 1024"] = (1, True, {**env, "MLMON_FLUSH_BATCH": "1024"}, bare)
         # what the request path alone costs: records made, then dropped instead of queued
         variants[f"{endpoint}, mlmon, request path only"] = (1, True, {**env, "BENCH_REQUEST_PATH_ONLY": "1"}, bare)
+        # the queue and the pipeline's thread without the ingestion: records drained and dropped
+        variants[f"{endpoint}, mlmon, pipeline without ingest"] = (1, True, {**env, "BENCH_NO_INGEST": "1"}, bare)
         # the interpreter's switch interval left alone: the pipeline sleeps 50 µs every 50 µs of work
         variants[f"{endpoint}, mlmon, switch_interval 0"] = (1, True, {**env, "MLMON_SWITCH_INTERVAL": "0"}, bare)
         variants[f"{endpoint}, mlmon + log"] = (1, True, {**env, "MLMON_STORE_DIR": os.path.join(store, features)}, bare)
