@@ -122,13 +122,16 @@ def _burst(wrk: str, script: str, server: tuple[subprocess.Popen, int], seconds:
     proc, port = server
     before = server_cpu(proc.pid)
     out = run_wrk(wrk, script, port, seconds)
-    user, system, background = (b - a for a, b in zip(before, server_cpu(proc.pid)))
+    after = server_cpu(proc.pid)
+    user, system, background = (b - a for a, b in zip(before[:3], after[:3]))
+    used = {pid: cpu - before[3].get(pid, 0.0) for pid, cpu in after[3].items()}
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
             "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
             "cpu_us": (user + system) / requests * 1e6, "user_us": user / requests * 1e6,
-            "background_us": background / requests * 1e6}
+            "background_us": background / requests * 1e6,
+            "busiest": max(used.values()) / max(sum(used.values()), 1e-9)}
 
 
 def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
@@ -140,12 +143,15 @@ def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
     return out
 
 
-def server_cpu(pid: int) -> tuple[float, float, float]:
+def server_cpu(pid: int) -> tuple[float, float, float, dict[int, float]]:
     """Seconds of CPU used so far by the server process ``pid`` and its children (uvicorn's
-    workers), read from /proc: in user space and in the kernel (every thread), and by the
-    threads other than each process's main one, which serves the requests (user and kernel:
-    mlmon's pipeline, analyzer and exporters; a bare server has none)."""
+    workers), read from /proc: in user space and in the kernel (every thread), by the threads
+    other than each process's main one, which serves the requests (user and kernel: mlmon's
+    pipeline, analyzer and exporters; with an async endpoint a bare server has none, with a
+    sync one they include the pool threads that run it), and per process (user and
+    kernel: how the requests were shared between the workers)."""
     user = system = background = 0.0
+    per_process: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     with contextlib.suppress(OSError):
@@ -156,13 +162,14 @@ def server_cpu(pid: int) -> tuple[float, float, float]:
             fields = _stat(f"/proc/{each}/stat")
             user += int(fields[11]) / tick  # utime, stime: every thread of the process
             system += int(fields[12]) / tick
+            per_process[each] = (int(fields[11]) + int(fields[12])) / tick
         with contextlib.suppress(OSError):
             for thread in os.listdir(f"/proc/{each}/task"):
                 if int(thread) != each:
                     with contextlib.suppress(OSError):  # a thread that ended meanwhile
                         fields = _stat(f"/proc/{each}/task/{thread}/stat")
                         background += (int(fields[11]) + int(fields[12])) / tick
-    return user, system, background
+    return user, system, background, per_process
 
 
 def _stat(path: str) -> list[str]:
@@ -209,6 +216,11 @@ def print_http(results: dict[str, list[dict[str, float]]], variants: Variants = 
         print(f"| {name} | {' | '.join(cells)} | {user:.1f} | {hold} |")
     _against_floor(results)
     _pipeline_cost(results, variants)
+    for name, runs in results.items():
+        if variants[name][0] > 1:
+            got = [r["busiest"] for r in runs]
+            print(f"{name}: its busiest process used {statistics.median(got):.0%} of the server's CPU "
+                  f"(per round {min(got):.0%}–{max(got):.0%})")
     if "3 workers, monitored (shared)" in results and "3 workers, monitored (sharing off)" in results:
         shared = [r["rps"] for r in results["3 workers, monitored (shared)"]]
         alone = [r["rps"] for r in results["3 workers, monitored (sharing off)"]]
@@ -234,7 +246,8 @@ def _pipeline_cost(results: dict[str, list[dict[str, float]]], variants: Variant
     alone (another process: it also counts the serving thread's work made slower by the
     pipeline's, and the two processes' differences)."""
     for name, runs in results.items():
-        if variants[name][1] and not name.endswith("request path only"):
+        # a sync endpoint runs in threads of the server's pool: not background work
+        if variants[name][1] and not name.endswith("request path only") and "BENCH_MODEL_US" not in variants[name][2]:
             got = [r["background_us"] for r in runs]
             print(f"{name}: its background threads take {statistics.median(got):.1f} µs of CPU a request "
                   f"(per round {min(got):.1f} to {max(got):.1f})")

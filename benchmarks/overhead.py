@@ -185,7 +185,7 @@ def print_asgi(rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------------------------------ http
 # the trivial endpoint, or (BENCH_MODEL_US, used by fleet.py) a sync one that first computes for
-# that many µs, as a small scikit-learn model would (in the threadpool, as FastAPI runs sync endpoints);
+# that many µs of its thread's CPU, as a small scikit-learn model would (in the threadpool, as FastAPI runs sync endpoints);
 # BENCH_FEATURES=22 reads WIDE_FIELDS instead of BODY's four fields
 SERVICE = textwrap.dedent('''
     import os
@@ -262,8 +262,10 @@ SERVICE = textwrap.dedent('''
         @app.post("/predict")
         @decorate
         def predict(tx: Tx) -> dict:
-            end = time.perf_counter() + spend
-            while time.perf_counter() < end:
+            # that much of this thread's CPU, not of the clock: a thread that loses the GIL
+            # meanwhile (more often under mlmon's short switch interval) must not do less work
+            end = time.thread_time() + spend
+            while time.thread_time() < end:
                 pass
             return {"prediction": 0.42 if tx.amount > 100 else 0.1}
     else:
