@@ -1,22 +1,27 @@
 """What sharing between workers costs: bare vs monitored under real uvicorn with 1 and 3 workers.
 
     python benchmarks/fleet.py [http|scrape|postgres|all] [--rounds 10] [--seconds 3] [--copies 2]
+                               [--variants "1 worker, bare;1 worker, monitored;..."] [--before DIR]
 
 http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           ``benchmarks/overhead.py`` in real uvicorn processes on 127.0.0.1 (server on core 0, wrk
           on core 1): bare and monitored with 1 worker; bare, monitored (the workers share: summed
           metrics, one leader) and monitored with sharing off (``MLMON_MULTIPROC_DIR=off``) with 3
-          workers; the same with an endpoint that computes for 1 ms first (a small model). The
-          servers compared with one bare server stay up side by side and take ``--seconds``-long
-          bursts of wrk in turn, in a new order each round; each round's ratios are taken against
+          workers; the same with an endpoint that first does about 1 ms of fixed work (a small
+          model). The servers compared with one bare server stay up side by side and take
+          ``--seconds``-long bursts of wrk in turn, in a new order each round; each round's ratios are taken against
           the same round's bare bursts. Each variant runs as ``--copies`` servers, its figure of
           a round the mean over them, and a control ("bare, again", identical to bare) shows
           what the method cannot tell from 1. Beside requests/s and the tail, the server's CPU
           time per request (all threads and workers, from /proc), the part of it spent in
           user space (the rest is the kernel's: sockets, scheduling), and the part spent by the
           threads other than the serving ones (mlmon's pipeline, analyzer and exporters: the
-          background work, measured in the process that does it). The shared/unshared pair
-          gives the extra cost of sharing per request.
+          background work, measured in the process that does it); with several workers, the
+          busiest process's share of the server's CPU (wrk's keep-alive connections stay with
+          the worker that accepted them: on one core, often one worker serves nearly all). The
+          shared/unshared pair gives the extra cost of sharing per request. ``--before DIR`` (a checkout of an
+          earlier revision) runs every monitored variant a second time with that revision's
+          library, in the same rounds: a before/after comparison under load.
 scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
 postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
           (``benchmarks/store.py postgres``, which starts its own PostgreSQL).
@@ -46,7 +51,7 @@ done = function(summary, latency, requests)
   io.write(string.format("P999 %d\\n", latency:percentile(99.9)))
 end
 """
-MODEL_1MS = {"BENCH_MODEL_US": "1000"}  # the endpoint spends 1 ms computing, as a small model would
+MODEL_1MS = {"BENCH_MODEL_US": "1000"}  # the endpoint computes for about 1 ms (fixed work), as a small model would
 VARIANTS = {  # name -> (workers, monitored, extra environment, the bare variant it is compared with)
     "1 worker, bare": (1, False, {}, None),
     "1 worker, bare, again (the control: identical to bare)": (1, False, {}, "1 worker, bare"),
@@ -118,20 +123,24 @@ def bench_http(seconds: int, rounds: int, variants: Variants = VARIANTS,
 def _burst(wrk: str, script: str, server: tuple[subprocess.Popen, int], seconds: int) -> dict[str, float]:
     """One ``seconds``-long burst of wrk at ``server``: requests/s, p99 and p99.9 (ms), and the
     server's CPU time per request (µs): all of it, in user space, and in the threads other
-    than the serving ones (mlmon's pipeline, analyzer and exporters)."""
+    than the serving ones (mlmon's pipeline, analyzer and exporters), each a difference per
+    process or per thread between a read before and one after (one that ended meanwhile is left
+    out, one that began counts from zero); and the busiest process's share of that CPU."""
     proc, port = server
-    before = server_cpu(proc.pid)
+    processes, threads = server_cpu(proc.pid)
     out = run_wrk(wrk, script, port, seconds)
-    after = server_cpu(proc.pid)
-    user, system, background = (b - a for a, b in zip(before[:3], after[:3]))
-    used = {pid: cpu - before[3].get(pid, 0.0) for pid, cpu in after[3].items()}
+    processes_after, threads_after = server_cpu(proc.pid)
+    used = {pid: (u - processes.get(pid, (0.0, 0.0))[0], k - processes.get(pid, (0.0, 0.0))[1])
+            for pid, (u, k) in processes_after.items()}
+    user, system = sum(u for u, _ in used.values()), sum(k for _, k in used.values())
+    background = sum(cpu - threads.get(key, 0.0) for key, cpu in threads_after.items())
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p99_ms": int(re.search(r"P99 (\d+)", out).group(1)) / 1000,
             "p999_ms": int(re.search(r"P999 (\d+)", out).group(1)) / 1000,
             "cpu_us": (user + system) / requests * 1e6, "user_us": user / requests * 1e6,
             "background_us": background / requests * 1e6,
-            "busiest": max(used.values()) / max(sum(used.values()), 1e-9)}
+            "busiest": max((u + k for u, k in used.values()), default=0.0) / max(user + system, 1e-9)}
 
 
 def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
@@ -143,33 +152,31 @@ def run_wrk(wrk: str, script: str, port: int, seconds: int) -> str:
     return out
 
 
-def server_cpu(pid: int) -> tuple[float, float, float, dict[int, float]]:
+def server_cpu(pid: int) -> tuple[dict[int, tuple[float, float]], dict[tuple[int, int], float]]:
     """Seconds of CPU used so far by the server process ``pid`` and its children (uvicorn's
-    workers), read from /proc: in user space and in the kernel (every thread), by the threads
-    other than each process's main one, which serves the requests (user and kernel: mlmon's
-    pipeline, analyzer and exporters; with an async endpoint a bare server has none, with a
-    sync one they include the pool threads that run it), and per process (user and
-    kernel: how the requests were shared between the workers)."""
-    user = system = background = 0.0
-    per_process: dict[int, float] = {}
+    workers), read from /proc: per process, in user space and in the kernel (every thread,
+    ended ones included); and per thread other than its process's main one, which serves the
+    requests, user and kernel together, keyed by (process, thread). Those threads are mlmon's
+    (pipeline, analyzer, exporters), uvicorn's own in a worker of several (a thread that
+    answers the supervisor's pings: next to nothing), and with a sync endpoint the pool
+    threads that run it. /proc counts in clock ticks (10 ms)."""
     tick = os.sysconf("SC_CLK_TCK")
+    processes: dict[int, tuple[float, float]] = {}
+    threads: dict[tuple[int, int], float] = {}
     pids = [pid]
     with contextlib.suppress(OSError):
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
             pids += [int(p) for p in fh.read().split()]
     for each in pids:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
             fields = _stat(f"/proc/{each}/stat")
-            user += int(fields[11]) / tick  # utime, stime: every thread of the process
-            system += int(fields[12]) / tick
-            per_process[each] = (int(fields[11]) + int(fields[12])) / tick
-        with contextlib.suppress(OSError):
-            for thread in os.listdir(f"/proc/{each}/task"):
-                if int(thread) != each:
+            processes[each] = (int(fields[11]) / tick, int(fields[12]) / tick)  # utime, stime
+            for thread in map(int, os.listdir(f"/proc/{each}/task")):
+                if thread != each:
                     with contextlib.suppress(OSError):  # a thread that ended meanwhile
                         fields = _stat(f"/proc/{each}/task/{thread}/stat")
-                        background += (int(fields[11]) + int(fields[12])) / tick
-    return user, system, background, per_process
+                        threads[(each, thread)] = (int(fields[11]) + int(fields[12])) / tick
+    return processes, threads
 
 
 def _stat(path: str) -> list[str]:
@@ -284,17 +291,43 @@ def bench_scrape(rounds: int) -> dict[str, list[float]]:
     return times
 
 
+def chosen_variants(names: str | None, before: str | None) -> Variants:
+    """The variants named (``;``-separated; None: all), each with its bare one (KeyError when a
+    name is unknown or its bare one is not named), and with a checkout ``before``, every
+    monitored one a second time as ``"<name> (before)"``: the same server with that checkout's
+    ``mlmon_middleware`` and adapters first on its ``PYTHONPATH`` (the server runs in a folder of
+    its own, so the working tree's copy does not come first)."""
+    chosen = dict(VARIANTS) if names is None else {name.strip(): VARIANTS[name.strip()] for name in names.split(";")}
+    for _, _, _, bare in chosen.values():
+        if bare is not None and bare not in chosen:
+            raise KeyError(bare)
+    if before:
+        library = os.path.abspath(before)
+        path = os.pathsep.join([library, os.path.join(library, "adapters")])
+        for name, (workers, monitored, extra, bare) in list(chosen.items()):
+            if monitored:
+                chosen[f"{name} (before)"] = (workers, True, {**extra, "PYTHONPATH": path}, bare)
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all", choices=["http", "scrape", "postgres", "all"])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=3, help="wrk duration per burst")
     parser.add_argument("--copies", type=int, default=2, help="server processes per variant (http)")
+    parser.add_argument("--variants", help=f"separated by ';' (http; default: all): {'; '.join(VARIANTS)}")
+    parser.add_argument("--before", help="a checkout of an earlier revision (git worktree add DIR REV): its library "
+                                         "runs the monitored variants too, in the same rounds (http)")
     args = parser.parse_args()
+    try:
+        variants = chosen_variants(args.variants, args.before)
+    except KeyError as exc:
+        parser.error(f"unknown variant {exc} (a monitored one needs its bare one): {'; '.join(VARIANTS)}")
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores · "
           f"Python {platform.python_version()} · {' '.join(sys.argv)}")
     if args.what in ("http", "all"):
-        print_http(bench_http(args.seconds, args.rounds, copies=args.copies))
+        print_http(bench_http(args.seconds, args.rounds, variants, copies=args.copies), variants)
     if args.what in ("scrape", "all"):
         scrape = bench_scrape(args.rounds)
         print("\n| /metrics scrape through one worker | ms (median of 50, per round) |\n|---|---|")

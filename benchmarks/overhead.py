@@ -185,7 +185,8 @@ def print_asgi(rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------------------------------ http
 # the trivial endpoint, or (BENCH_MODEL_US, used by fleet.py) a sync one that first computes for
-# that many µs of its thread's CPU, as a small scikit-learn model would (in the threadpool, as FastAPI runs sync endpoints);
+# about that many µs (a fixed amount of Python work), as a small scikit-learn model would (in the
+# threadpool, as FastAPI runs sync endpoints);
 # BENCH_FEATURES=22 reads WIDE_FIELDS instead of BODY's four fields
 SERVICE = textwrap.dedent('''
     import os
@@ -205,7 +206,11 @@ SERVICE = textwrap.dedent('''
 
     app = FastAPI()
     monitored = os.environ["BENCH_MONITORED"] == "1"
-    spend = float(os.environ.get("BENCH_MODEL_US", "0")) / 1e6
+    # a fixed amount of work, not of time: 37 iterations of the loop below took 1 µs of CPU on
+    # the project's VM (2026-12-07); a spin on the clock did less work in a thread that lost the
+    # GIL meanwhile (more often under mlmon's short switch interval), and a spin on the thread's
+    # CPU clock spent most of its time in the kernel (that clock is read by a system call)
+    spend = int(float(os.environ.get("BENCH_MODEL_US", "0")) * 37)
     if monitored:
         from mlmon_fastapi import instrument_app
         from mlmon_middleware import monitor
@@ -262,11 +267,9 @@ SERVICE = textwrap.dedent('''
         @app.post("/predict")
         @decorate
         def predict(tx: Tx) -> dict:
-            # that much of this thread's CPU, not of the clock: a thread that loses the GIL
-            # meanwhile (more often under mlmon's short switch interval) must not do less work
-            end = time.thread_time() + spend
-            while time.thread_time() < end:
-                pass
+            x = 0
+            for i in range(spend):
+                x += i * i
             return {"prediction": 0.42 if tx.amount > 100 else 0.1}
     else:
         @app.post("/predict")

@@ -136,15 +136,16 @@ class MonitorConfig:
             few ms after the freeze (``benchmarks/tail.py gc``, docs/benchmarks.md). Objects
             frozen are still freed when nothing refers to them; only a reference cycle among
             them is never reclaimed.
-        switch_interval: seconds, at most 0.005 (the interpreter's default); while monitoring
-            runs (from the pipeline thread's start to its stop), the interpreter's switch
-            interval (``sys.setswitchinterval``) is at most this, so a thread waiting for the
-            GIL (the serving thread, while the pipeline works) usually gets it within about
-            this long (a switch waits for the running bytecode: a long C call or a garbage
-            collection is not cut short), and the pipeline works without pausing when no thread
-            waits. This is process-wide: the app's own threads that compete for the GIL switch
-            that often too. The interval before is put back when the last monitor stops (unless
-            something else changed it meanwhile). 0 leaves the interval alone; the pipeline then
+        switch_interval: seconds, at most 0.005 (the interpreter's default); while mlmon's
+            background threads work (the pipeline ingesting, the workers sharing, the log
+            writing, explanations in threads, an OTLP export), the interpreter's switch interval
+            (``sys.setswitchinterval``) is at most this, so a thread waiting for the GIL (the
+            serving thread) usually gets it within about this long (a switch waits for the
+            running bytecode: a long C call or a garbage collection is not cut short), and the
+            work goes on without pausing when no thread waits. The interval from before is put
+            back as soon as that work is done (unless something else changed it meanwhile): the
+            rest of the time the app's own threads that compete for the GIL (a sync endpoint's
+            pool) keep the interpreter's interval. 0 leaves the interval alone; the pipeline then
             sleeps ``50 µs`` after every ``50 µs`` of work instead (longer stretches, up to
             2 ms, when far behind), which costs a server more CPU under load, but keeps the tail
             of a loop of monitored calls that never waits on I/O nearer bare

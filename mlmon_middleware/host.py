@@ -38,6 +38,7 @@ from mlmon_middleware.analyzer import Counts
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.exchange import STOPPED, Exchange
 from mlmon_middleware.merge import families, merged_counts, merged_families
+from mlmon_middleware.pacing import switching
 from mlmon_middleware.reports import WorkersHealth
 from mlmon_middleware.reservoir import WindowSnapshot, rows_since
 from mlmon_middleware.schema import FeatureSchema
@@ -101,7 +102,8 @@ class HostShare:
     def _run(self) -> None:
         while not self._stop.wait(TICK):
             try:
-                self.tick()
+                with switching.working():
+                    self.tick()
             except Exception as exc:
                 self.errors.report("share", exc)
 

@@ -44,6 +44,7 @@ from mlmon_middleware._version import __version__
 from mlmon_middleware.config import MonitorConfig
 from mlmon_middleware.histograms import PreaggregatedHistogram
 from mlmon_middleware.otel_env import GRPC, OtlpTarget, otlp_target
+from mlmon_middleware.pacing import switching
 
 logger = logging.getLogger("mlmon_middleware")
 
@@ -133,8 +134,9 @@ class WithHistograms(MetricExporter):
         self._exporter, self._histograms, self._resource = exporter, histograms, resource
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        result: MetricExportResult = self._exporter.export(self._with_histograms(metrics_data),
-                                                           timeout_millis=timeout_millis, **kwargs)
+        with switching.working():  # the SDK's exporting thread: background work like the pipeline's
+            result: MetricExportResult = self._exporter.export(self._with_histograms(metrics_data),
+                                                               timeout_millis=timeout_millis, **kwargs)
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:

@@ -4,11 +4,12 @@ CPython's GIL is handed over on request only every ``sys.getswitchinterval()`` (
 background thread that works for 2 ms while the event loop waits delays every request by up
 to 2 ms (measured before pacing: in-process p99.9 12× bare). Two ways to keep that short:
 
-* :class:`SwitchInterval`: while the pipeline thread lives, the interpreter's switch interval
-  is lowered (to ``MonitorConfig.switch_interval``, 100 µs by default), so a thread that waits
-  for the GIL usually gets it that soon (a switch waits for the running bytecode: a long C call
-  is not cut short), and the pipeline runs on without a pause when none waits. Its pace points
-  then only measure (:meth:`Pacer.mark`).
+* :class:`SwitchInterval`: while a background thread works (the pipeline's flushes, the
+  workers' sharing, the log's writes, explanations in threads), the interpreter's switch
+  interval is lowered (to ``MonitorConfig.switch_interval``, 100 µs by default), so a thread
+  that waits for the GIL usually gets it that soon (a switch waits for the running bytecode: a
+  long C call is not cut short), and the work runs on without a pause when none waits. The
+  pipeline's pace points then only measure (:meth:`Pacer.mark`).
 * a :class:`Pacer` that sleeps: once ``budget`` seconds have passed since the thread last let
   go, it sleeps ``pause`` seconds, which releases the GIL long enough for a waiting thread to
   take it (a zero sleep often does not: the sleeper takes it straight back). Every pause costs
@@ -121,60 +122,87 @@ def pace_point() -> None:
 
 
 class SwitchInterval:
-    """The interpreter's switch interval, lowered while monitoring runs: :meth:`lower` by each
-    pipeline that starts (in any :class:`~mlmon_middleware.Monitor` of the process), put back
-    by :meth:`restore` after the last one stops, unless something else changed it meanwhile.
+    """The interpreter's switch interval, lowered while mlmon's background threads work: each
+    running pipeline calls :meth:`enable` with its monitor's interval (:meth:`disable` ends it), and
+    background work runs inside :meth:`working`, which lowers the interval to the shortest
+    enabled one for as long as any thread works, then puts back the one from before, unless
+    something else changed it meanwhile.
 
-    Lowered for as long as the pipeline thread lives, not only while it works: a thread that
-    starts waiting for the GIL reads the interval then, so an interval lowered once the
-    pipeline holds the GIL would come too late for a thread already waiting (up to 5 ms).
+    Lowered only while the work lasts, not for as long as monitoring runs: the rest of the
+    time the app's threads keep the interpreter's interval, and a sync endpoint's pool threads,
+    which compete for the GIL among themselves, hand it over fifty times less often (measured
+    under wrk with a sync endpoint computing for about 1 ms: 0.946 and 0.897 of bare's
+    requests/s with one and three workers when the interval stayed short throughout, 1.011 and
+    0.964 this way; docs/benchmarks.md). A thread that was already
+    waiting for the GIL read the old interval (up to 5 ms) when it started waiting: once the
+    interval is lowered, :meth:`working` lets go of the GIL once (``time.sleep(0)``), which
+    wakes a waiter, and its next wait reads the short interval.
 
     >>> original = sys.getswitchinterval(); sys.setswitchinterval(0.005)
     >>> switching = SwitchInterval()
-    >>> switching.lower(1e-4); round(sys.getswitchinterval() * 1e6)
+    >>> switching.enable(1e-4)
+    >>> with switching.working():
+    ...     round(sys.getswitchinterval() * 1e6)
     100
-    >>> switching.restore(); sys.getswitchinterval()
+    >>> sys.getswitchinterval()
     0.005
+    >>> switching.disable(1e-4)
     >>> sys.setswitchinterval(original + 1e-7)  # the interpreter truncates to whole µs
     """
 
     def __init__(self) -> None:
-        self._saved = 0.0  # the interval before the first lower
+        self._saved = 0.0  # the interval before the current work began
         self._lowered: float | None = None  # the interval set, while it is in force
         self._forget()
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
-        # a forked child has none of the parent's pipelines: its own lower it again when they start
+        # a forked child has none of the parent's pipelines or working threads
         self._put_back()
         self._lock = threading.Lock()
-        self._users = 0
+        self._enabled: list[float] = []  # the intervals of the running pipelines (0: none asked)
+        self._working = 0  # threads inside working()
 
     def _put_back(self) -> None:
-        """The interval from before the first lower, unless something else changed it meanwhile."""
+        """The interval from before the work began, unless something else changed it meanwhile."""
         if self._lowered is not None and sys.getswitchinterval() == self._lowered:
             _set(self._saved)
         self._lowered = None
 
-    def lower(self, interval: float) -> None:
-        """At most ``interval`` seconds from now on (0: left alone); each call needs one
-        :meth:`restore`."""
+    def enable(self, interval: float) -> None:
+        """Work inside :meth:`working` runs under at most ``interval`` seconds (0: left alone);
+        each call needs one :meth:`disable` with the same interval."""
         with self._lock:
-            self._users += 1
-            if self._users == 1:
-                self._saved = sys.getswitchinterval()
-            if 0 < interval < sys.getswitchinterval():
-                _set(interval)
-                self._lowered = sys.getswitchinterval()  # as the interpreter keeps it
+            self._enabled.append(interval)
 
-    def restore(self) -> None:
-        """Ends one :meth:`lower`; after the last, the interval is what it was before the first."""
+    def disable(self, interval: float) -> None:
+        """Ends one :meth:`enable` (one too many, from two shutdowns at once: nothing to end)."""
         with self._lock:
-            if self._users == 0:  # one restore too many (two shutdowns at once): nothing to end
-                return
-            self._users -= 1
-            if self._users == 0:
-                self._put_back()
+            if interval in self._enabled:
+                self._enabled.remove(interval)
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """A background thread's work: under the shortest enabled interval until the last
+        thread working leaves (see the class docstring)."""
+        with self._lock:
+            self._working += 1
+            if self._working == 1:
+                self._saved = sys.getswitchinterval()
+                target = min((i for i in self._enabled if i > 0), default=0.0)
+                if 0 < target < self._saved:
+                    _set(target)
+                    self._lowered = sys.getswitchinterval()  # as the interpreter keeps it
+            lowered = self._lowered is not None
+        try:
+            if lowered:
+                time.sleep(0)  # a thread already waiting for the GIL wakes, and waits again under the short interval
+            yield
+        finally:
+            with self._lock:
+                self._working -= 1
+                if self._working == 0:
+                    self._put_back()
 
 
 def _set(seconds: float) -> None:
@@ -183,5 +211,5 @@ def _set(seconds: float) -> None:
     sys.setswitchinterval(round(seconds * 1e6) / 1e6 + 1e-7)
 
 
-#: the process's one: every pipeline lowers and restores through it
+#: the process's one: every pipeline enables its interval there, and background work runs in its ``working()``
 switching = SwitchInterval()

@@ -7,7 +7,7 @@ The capture layers hand :class:`~mlmon_middleware.model.Record`\\ s to :meth:`Pi
 fills ``flush_batch`` records, and :func:`~mlmon_middleware.ingest.ingest` turns each model's
 records, in one direction, into: counts and timings (telemetry), feature and prediction rows in
 the model's windows, per-bin counts, prediction-log rows for the log writer, and spans. The
-process runs under a short switch interval while the thread lives
+process runs under a short switch interval while the pipeline ingests
 (``MonitorConfig.switch_interval``, 100 µs; :class:`~mlmon_middleware.pacing.SwitchInterval`):
 a request that waits for the GIL usually gets it within about that long, and the pipeline never
 pauses when none waits. With ``switch_interval=0`` it paces itself instead
@@ -97,7 +97,7 @@ class Pipeline:
         self._writer: StoreWriter | None = None
         self._pacer = Pacer()
         self._trim_due, self._trimmed = False, -math.inf  # a heap trim owed after oversized input, the last one
-        self._lowered = False  # this pipeline lowered the switch interval (a forked child's has not)
+        self._enabled = False  # this pipeline enabled its switch interval (a forked child's has not)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -136,9 +136,9 @@ class Pipeline:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
         self._thread.start()
-        if not self._lowered and self.config.switch_interval > 0:
-            switching.lower(self.config.switch_interval)
-            self._lowered = True
+        if not self._enabled:
+            switching.enable(self.config.switch_interval)
+            self._enabled = True
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -185,11 +185,13 @@ class Pipeline:
             n = len(queue)
             self.ingested += n
             row_cells = ROW_CELLS if pace is self._pacer else UNPAUSED_ROW_CELLS  # small pieces between pauses
-            batch, held = _drained(queue, n, pace)
-            self._trim_due |= self._ingest(batch, telemetry, pace, row_cells)
-            del batch  # the bodies go with it
-            with self._bodies_lock:
-                self._bodies -= held
+            if n:
+                with switching.working():
+                    batch, held = _drained(queue, n, pace)
+                    self._trim_due |= self._ingest(batch, telemetry, pace, row_cells)
+                    del batch  # the bodies go with it
+                with self._bodies_lock:
+                    self._bodies -= held
             now = time.monotonic()
             if self._trim_due and now - self._trimmed >= TRIM_INTERVAL:  # the batch is gone: hand its pages back
                 give_back()
@@ -215,9 +217,9 @@ class Pipeline:
         self.flush()
         self._telemetry = self._writer = None
         self._thread = None
-        if self._lowered:
-            switching.restore()
-            self._lowered = False
+        if self._enabled:
+            switching.disable(self.config.switch_interval)
+            self._enabled = False
 
     def forget(self) -> None:
         """In a forked child: drop the parent's thread, queue and exporters."""

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from mlmon_middleware.pacing import switching
 from mlmon_middleware.store import LogRow, PredictionStore
 
 
@@ -110,7 +111,9 @@ class StoreWriter:
         last_retention = time.monotonic()
         delay = self._interval
         while not self._stop.wait(delay):
-            delay = self._interval if self.flush() else min(delay * 2, self.MAX_BACKOFF)
+            with switching.working():
+                written = self.flush()
+            delay = self._interval if written else min(delay * 2, self.MAX_BACKOFF)
             if any(v is not None for v in self._retention) and time.monotonic() - last_retention >= self._retention_every:
                 last_retention = time.monotonic()
                 try:

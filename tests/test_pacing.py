@@ -32,7 +32,7 @@ def switching(monkeypatch):
     monkeypatch.setattr(pipeline_module, "switching", fresh)
     yield 0.005
     sys.setswitchinterval(original + 1e-7)  # the interpreter truncates to whole µs
-    assert (fresh._users, fresh._lowered) == (0, None)
+    assert (fresh._enabled, fresh._working, fresh._lowered) == ([], 0, None)
 
 
 def test_a_pacer_sleeps_once_its_budget_is_spent_and_keeps_the_longest_stretch():
@@ -131,33 +131,84 @@ def test_a_monitor_whose_start_fails_puts_the_interval_back(switching, monkeypat
     assert not mon.pipeline.running
 
 
-def test_monitoring_lowers_the_switch_interval_and_puts_it_back(switching):
+def intervals_while_ingesting(monkeypatch) -> list[float]:
+    """The switch interval each ingestion of the pipeline runs under, as they happen."""
+    import mlmon_middleware.pipeline as pipeline_module
+
+    seen: list[float] = []
+    real = pipeline_module.ingest
+
+    def watched(*args, **kwargs):
+        seen.append(sys.getswitchinterval())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "ingest", watched)
+    return seen
+
+
+def flushed_under(mon: Monitor, seen: list[float]) -> float:
+    """The interval one flush of a new record of ``mon`` ran under."""
+    mon.model("m").record(ROW, {"prediction": 0.5})
+    mon.flush()
+    return seen[-1]
+
+
+def test_the_switch_interval_is_short_only_while_the_pipeline_works(switching, monkeypatch):
     before = switching
+    seen = intervals_while_ingesting(monkeypatch)
     first = Monitor(MonitorConfig(tracing=False, switch_interval=4e-4))
     second = Monitor(MonitorConfig(tracing=False, switch_interval=2e-4))
     untouched = Monitor(MonitorConfig(tracing=False, switch_interval=0))
     third = Monitor(MonitorConfig(tracing=False, switch_interval=1e-4))
     try:
         untouched.start()
-        assert sys.getswitchinterval() == before
+        assert flushed_under(untouched, seen) == before and sys.getswitchinterval() == before
         first.start()
-        assert abs(sys.getswitchinterval() - 4e-4) < 1e-6
+        assert sys.getswitchinterval() == before  # idle: the app's threads keep the interpreter's interval
+        assert abs(flushed_under(first, seen) - 4e-4) < 1e-6
+        assert sys.getswitchinterval() == before
         second.start()
-        assert abs(sys.getswitchinterval() - 2e-4) < 1e-6
-        first.shutdown()  # another monitor still runs: still short
-        assert abs(sys.getswitchinterval() - 2e-4) < 1e-6
+        assert abs(flushed_under(first, seen) - 2e-4) < 1e-6  # the shortest any running monitor asks for
+        first.shutdown()
+        assert abs(flushed_under(second, seen) - 2e-4) < 1e-6
         second.shutdown()
-        assert sys.getswitchinterval() == before
+        assert flushed_under(untouched, seen) == before
         untouched.shutdown()
-        assert sys.getswitchinterval() == before
 
         third.start()
-        sys.setswitchinterval(0.001)  # the app sets its own meanwhile: it is kept
-        third.shutdown()
+        import mlmon_middleware.pipeline as pipeline_module
+        ingest = pipeline_module.ingest
+
+        def app_sets_its_own(*args, **kwargs):  # the app sets its own interval while the pipeline works: it is kept
+            sys.setswitchinterval(0.001)
+            return ingest(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline_module, "ingest", app_sets_its_own)
+        third.model("m").record(ROW, {"prediction": 0.5})
+        third.flush()
         assert abs(sys.getswitchinterval() - 0.001) < 1e-6
     finally:
         for mon in (first, second, untouched, third):
             mon.shutdown()
+
+
+def test_the_interval_stays_short_until_the_last_thread_working_leaves(switching):
+    from mlmon_middleware.pacing import SwitchInterval
+
+    shared = SwitchInterval()
+    shared.enable(1e-4)
+    try:
+        with shared.working():  # the pipeline
+            with shared.working():  # the workers' sharing, meanwhile
+                assert abs(sys.getswitchinterval() - 1e-4) < 1e-6
+            assert abs(sys.getswitchinterval() - 1e-4) < 1e-6  # the pipeline still works
+        assert sys.getswitchinterval() == switching
+        shared.disable(1e-4)
+        shared.disable(1e-4)  # one too many (two shutdowns at once): nothing to end
+        with shared.working():  # nothing enabled: left alone
+            assert sys.getswitchinterval() == switching
+    finally:
+        shared._forget()
 
 
 def test_a_forked_child_starts_from_the_interval_before_monitoring(switching):
@@ -167,13 +218,14 @@ def test_a_forked_child_starts_from_the_interval_before_monitoring(switching):
     mon = Monitor(MonitorConfig(tracing=False, switch_interval=1e-4))
     mon.start()
     try:
-        assert pipeline_module.switching._users == 1
-        pid = os.fork()
-        if pid == 0:  # the child: the parent's pipeline does not run here
-            os._exit(0 if sys.getswitchinterval() == before else 1)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert abs(sys.getswitchinterval() - 1e-4) < 1e-6  # the parent's is unchanged
+        assert pipeline_module.switching._enabled == [1e-4]
+        with pipeline_module.switching.working():  # forked while the pipeline works
+            pid = os.fork()
+            if pid == 0:  # the child: the parent's pipeline does not run here
+                os._exit(0 if sys.getswitchinterval() == before else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert abs(sys.getswitchinterval() - 1e-4) < 1e-6  # the parent's is unchanged
     finally:
         mon.shutdown()
     assert sys.getswitchinterval() == before
