@@ -41,7 +41,7 @@ from mlmon_middleware.drift.joint import rows_as_a_whole
 from mlmon_middleware.drift.policy import RANK, DriftPolicy
 from mlmon_middleware.errors import ErrorLog
 from mlmon_middleware.estimated import estimated_performance
-from mlmon_middleware.pacing import Pacer, pace_point, paced
+from mlmon_middleware.pacing import Pacer, pace_point, paced, switching
 from mlmon_middleware.performance import PerformanceTracker
 from mlmon_middleware.reports import (
     AlertEvent,
@@ -387,7 +387,9 @@ class Analyzer:
     def _loop(self) -> None:
         pacer = Pacer()
         while not self._stop.wait(self._interval):
-            with paced(pacer):  # the checks let go of the GIL between features (see pacing)
+            # the checks let go of the GIL between features (see pacing); the rest of their work
+            # (snapshots, performance, reports) runs under the short switch interval
+            with switching.working(), paced(pacer):
                 self._run_checks()
         if self._final is not None:
             self._final()

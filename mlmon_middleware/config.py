@@ -137,8 +137,8 @@ class MonitorConfig:
             frozen are still freed when nothing refers to them; only a reference cycle among
             them is never reclaimed.
         switch_interval: seconds, at most 0.005 (the interpreter's default); while mlmon's
-            background threads work (the pipeline ingesting, the workers sharing, the log
-            writing, explanations in threads, an OTLP export), the interpreter's switch interval
+            background threads work (the pipeline ingesting, the checks, the workers sharing,
+            the log writing, an OTLP metrics export), the interpreter's switch interval
             (``sys.setswitchinterval``) is at most this, so a thread waiting for the GIL (the
             serving thread) usually gets it within about this long (a switch waits for the
             running bytecode: a long C call or a garbage collection is not cut short), and the

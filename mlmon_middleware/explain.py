@@ -47,7 +47,6 @@ import numpy as np
 
 from mlmon_middleware.config import ConfigError
 from mlmon_middleware.explain_worker import build_explainer, native_contributions, worker_explain, worker_init
-from mlmon_middleware.pacing import switching
 
 ExplainerOutput = tuple[np.ndarray, np.ndarray, str]  # (base values, contributions, method name)
 
@@ -347,9 +346,7 @@ class _DaemonThreads(concurrent.futures.Executor):
             future, fn, args, kwargs = job
             if future.set_running_or_notify_cancel():
                 try:
-                    with switching.working():
-                        result = fn(*args, **kwargs)
-                    future.set_result(result)
+                    future.set_result(fn(*args, **kwargs))
                 except BaseException as exc:
                     future.set_exception(exc)
 

@@ -224,7 +224,7 @@ class Monitor:
                 if self._host is not None:
                     self._host.start(self._telemetry.registry)
                 self.gate.start()
-            except BaseException:  # a half start must not keep the lead, a metrics port, nor a short switch interval
+            except BaseException:  # a half start must not keep the lead, a metrics port, nor its switch interval enabled
                 self.pipeline.stop()
                 if self._host is not None:
                     self._host.lock.release()

@@ -5,10 +5,12 @@ background thread that works for 2 ms while the event loop waits delays every re
 to 2 ms (measured before pacing: in-process p99.9 12× bare). Two ways to keep that short:
 
 * :class:`SwitchInterval`: while a background thread works (the pipeline's flushes, the
-  workers' sharing, the log's writes, explanations in threads), the interpreter's switch
-  interval is lowered (to ``MonitorConfig.switch_interval``, 100 µs by default), so a thread
-  that waits for the GIL usually gets it that soon (a switch waits for the running bytecode: a
-  long C call is not cut short), and the work runs on without a pause when none waits. The
+  checks, the workers' sharing, the log's writes, OTLP metric exports), the interpreter's
+  switch interval is lowered (to ``MonitorConfig.switch_interval``, 100 µs by default), so a
+  thread that waits for the GIL usually gets it that soon (a switch waits for the running
+  bytecode: a long C call is not cut short), and the work runs on without a pause when none
+  waits. Not covered: a scrape of the metrics port (prometheus_client's own thread) and the
+  OpenTelemetry SDK's span exports, which run under the interpreter's interval. The
   pipeline's pace points then only measure (:meth:`Pacer.mark`).
 * a :class:`Pacer` that sleeps: once ``budget`` seconds have passed since the thread last let
   go, it sleeps ``pause`` seconds, which releases the GIL long enough for a waiting thread to
@@ -134,19 +136,20 @@ class SwitchInterval:
     under wrk with a sync endpoint computing for about 1 ms: 0.946 and 0.897 of bare's
     requests/s with one and three workers when the interval stayed short throughout, 1.011 and
     0.964 this way; docs/benchmarks.md). A thread that was already
-    waiting for the GIL read the old interval (up to 5 ms) when it started waiting: once the
-    interval is lowered, :meth:`working` lets go of the GIL once (``time.sleep(0)``), which
-    wakes a waiter, and its next wait reads the short interval.
+    waiting for the GIL read the old interval (up to 5 ms) when it started waiting: the thread
+    that lowers the interval then lets go of the GIL and the core once (``os.sched_yield``),
+    so that a waiter woken by the release takes the GIL, and its next wait reads the short
+    interval.
 
     >>> original = sys.getswitchinterval(); sys.setswitchinterval(0.005)
     >>> switching = SwitchInterval()
-    >>> switching.enable(1e-4)
+    >>> token = switching.enable(1e-4)
     >>> with switching.working():
     ...     round(sys.getswitchinterval() * 1e6)
     100
     >>> sys.getswitchinterval()
     0.005
-    >>> switching.disable(1e-4)
+    >>> switching.disable(token)
     >>> sys.setswitchinterval(original + 1e-7)  # the interpreter truncates to whole µs
     """
 
@@ -154,14 +157,17 @@ class SwitchInterval:
         self._saved = 0.0  # the interval before the current work began
         self._lowered: float | None = None  # the interval set, while it is in force
         self._forget()
-        os.register_at_fork(after_in_child=self._forget)
+        # no fork in the middle of a change (the child would keep a short interval for good)
+        os.register_at_fork(before=lambda: self._lock.acquire(), after_in_parent=lambda: self._lock.release(),
+                            after_in_child=self._forget)
 
     def _forget(self) -> None:
         # a forked child has none of the parent's pipelines or working threads
         self._put_back()
-        self._lock = threading.Lock()
-        self._enabled: list[float] = []  # the intervals of the running pipelines (0: none asked)
-        self._working = 0  # threads inside working()
+        self._lock = threading.RLock()  # reentrant: a signal handler may do work while its thread holds it
+        self._enabled: dict[object, float] = {}  # per running pipeline's token, its interval (0: none asked)
+        self._working = 0  # threads inside working() in this process
+        self._pid = os.getpid()
 
     def _put_back(self) -> None:
         """The interval from before the work began, unless something else changed it meanwhile."""
@@ -169,40 +175,53 @@ class SwitchInterval:
             _set(self._saved)
         self._lowered = None
 
-    def enable(self, interval: float) -> None:
-        """Work inside :meth:`working` runs under at most ``interval`` seconds (0: left alone);
-        each call needs one :meth:`disable` with the same interval."""
+    def enable(self, interval: float) -> object:
+        """Work inside :meth:`working` runs under at most ``interval`` seconds (0: left alone)
+        until :meth:`disable` with the token returned."""
+        token = object()
         with self._lock:
-            self._enabled.append(interval)
+            self._enabled[token] = interval
+        return token
 
-    def disable(self, interval: float) -> None:
-        """Ends one :meth:`enable` (one too many, from two shutdowns at once: nothing to end)."""
+    def disable(self, token: object) -> None:
+        """Ends an :meth:`enable` (a second time, from two shutdowns at once: nothing to end)."""
         with self._lock:
-            if interval in self._enabled:
-                self._enabled.remove(interval)
+            self._enabled.pop(token, None)
 
     @contextlib.contextmanager
     def working(self) -> Iterator[None]:
         """A background thread's work: under the shortest enabled interval until the last
         thread working leaves (see the class docstring)."""
-        with self._lock:
-            self._working += 1
-            if self._working == 1:
-                self._saved = sys.getswitchinterval()
-                target = min((i for i in self._enabled if i > 0), default=0.0)
-                if 0 < target < self._saved:
-                    _set(target)
-                    self._lowered = sys.getswitchinterval()  # as the interpreter keeps it
-            lowered = self._lowered is not None
+        pid, lowered_here = os.getpid(), False
         try:
-            if lowered:
-                time.sleep(0)  # a thread already waiting for the GIL wakes, and waits again under the short interval
+            with self._lock:
+                self._working += 1
+                if self._working == 1:
+                    self._saved = sys.getswitchinterval()
+                    target = min((i for i in self._enabled.values() if i > 0), default=0.0)
+                    if 0 < target < self._saved:
+                        _set(target)
+                        self._lowered = sys.getswitchinterval()  # as the interpreter keeps it
+                        lowered_here = True
+            if lowered_here:
+                _yield()  # a thread already waiting for the GIL takes it, and waits later under the short interval
             yield
         finally:
             with self._lock:
-                self._working -= 1
-                if self._working == 0:
-                    self._put_back()
+                if pid == self._pid:  # not in a child forked meanwhile: its count started afresh
+                    self._working -= 1
+                    if self._working == 0:
+                        self._put_back()
+
+
+def _yield() -> None:
+    """Let go of the GIL and of the core for a moment: ``os.sched_yield`` (about 1 µs; the
+    waiter woken by the release runs), else a zero sleep (on Linux it sleeps the timer slack,
+    about 50 µs)."""
+    if hasattr(os, "sched_yield"):
+        os.sched_yield()
+    else:  # pragma: no cover (Windows)
+        time.sleep(0)
 
 
 def _set(seconds: float) -> None:

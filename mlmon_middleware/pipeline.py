@@ -7,8 +7,8 @@ The capture layers hand :class:`~mlmon_middleware.model.Record`\\ s to :meth:`Pi
 fills ``flush_batch`` records, and :func:`~mlmon_middleware.ingest.ingest` turns each model's
 records, in one direction, into: counts and timings (telemetry), feature and prediction rows in
 the model's windows, per-bin counts, prediction-log rows for the log writer, and spans. The
-process runs under a short switch interval while the pipeline ingests
-(``MonitorConfig.switch_interval``, 100 µs; :class:`~mlmon_middleware.pacing.SwitchInterval`):
+process runs under a short switch interval while the pipeline (or another of mlmon's background
+threads) works (``MonitorConfig.switch_interval``, 100 µs; :class:`~mlmon_middleware.pacing.SwitchInterval`):
 a request that waits for the GIL usually gets it within about that long, and the pipeline never
 pauses when none waits. With ``switch_interval=0`` it paces itself instead
 (:class:`~mlmon_middleware.pacing.Pacer`): it sleeps after every few tens of µs of work, and
@@ -97,7 +97,7 @@ class Pipeline:
         self._writer: StoreWriter | None = None
         self._pacer = Pacer()
         self._trim_due, self._trimmed = False, -math.inf  # a heap trim owed after oversized input, the last one
-        self._enabled = False  # this pipeline enabled its switch interval (a forked child's has not)
+        self._interval_token: object | None = None  # its switch interval's, while enabled (a forked child's is not)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -136,9 +136,8 @@ class Pipeline:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="mlmon-pipeline", daemon=True)
         self._thread.start()
-        if not self._enabled:
-            switching.enable(self.config.switch_interval)
-            self._enabled = True
+        if self._interval_token is None:
+            self._interval_token = switching.enable(self.config.switch_interval)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -217,9 +216,9 @@ class Pipeline:
         self.flush()
         self._telemetry = self._writer = None
         self._thread = None
-        if self._enabled:
-            switching.disable(self.config.switch_interval)
-            self._enabled = False
+        token, self._interval_token = self._interval_token, None
+        if token is not None:
+            switching.disable(token)
 
     def forget(self) -> None:
         """In a forked child: drop the parent's thread, queue and exporters."""

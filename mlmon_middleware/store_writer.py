@@ -111,7 +111,10 @@ class StoreWriter:
         last_retention = time.monotonic()
         delay = self._interval
         while not self._stop.wait(delay):
-            with switching.working():
+            if self._queue:
+                with switching.working():
+                    written = self.flush()
+            else:
                 written = self.flush()
             delay = self._interval if written else min(delay * 2, self.MAX_BACKOFF)
             if any(v is not None for v in self._retention) and time.monotonic() - last_retention >= self._retention_every:

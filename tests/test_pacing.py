@@ -1,7 +1,8 @@
-"""The pipeline never keeps the serving thread waiting long for the GIL: while monitoring runs
-the switch interval is short (a waiting thread gets the GIL within it), or, with
-``switch_interval=0``, the pipeline sleeps between small pieces of work; behind on its queue, it
-then works in longer stretches rather than drop records."""
+"""The pipeline never keeps the serving thread waiting long for the GIL: while mlmon's background
+threads work the switch interval is short (a waiting thread gets the GIL within it), and the
+interpreter's the rest of the time; or, with ``switch_interval=0``, the pipeline sleeps between
+small pieces of work; behind on its queue, it then works in longer stretches rather than drop
+records."""
 
 import os
 import sys
@@ -18,21 +19,27 @@ from mlmon_middleware.pacing import Pacer
 ROW = {**{f"x{i}": float(i) for i in range(18)}, "a": "u", "b": "v", "c": "w", "d": "z"}
 
 
+SWITCHING_USERS = ("pacing", "pipeline", "analyzer", "host", "store_writer", "otlp_export")
+
+
 @pytest.fixture
 def switching(monkeypatch):
-    """The interpreter's default interval (5 ms) and a fresh record of who lowered it: monitors
-    that other tests of this process left running lower the process's own (and its interval),
-    and the measurements here need the default to compare with. Ends with no lower left open."""
-    import mlmon_middleware.pipeline as pipeline_module
+    """The interpreter's default interval (5 ms) and a fresh ``SwitchInterval`` in every module
+    that uses the process's one: monitors that other tests of this process left running have
+    enabled their intervals there, and the measurements here need the default to compare with.
+    Yields the fresh one; ends with nothing enabled or working."""
+    import importlib
+
     from mlmon_middleware.pacing import SwitchInterval
 
     original = sys.getswitchinterval()
     sys.setswitchinterval(0.005)
     fresh = SwitchInterval()
-    monkeypatch.setattr(pipeline_module, "switching", fresh)
-    yield 0.005
+    for name in SWITCHING_USERS:
+        monkeypatch.setattr(importlib.import_module(f"mlmon_middleware.{name}"), "switching", fresh)
+    yield fresh
     sys.setswitchinterval(original + 1e-7)  # the interpreter truncates to whole µs
-    assert (fresh._enabled, fresh._working, fresh._lowered) == ([], 0, None)
+    assert (fresh._enabled, fresh._working, fresh._lowered) == ({}, 0, None)
 
 
 def test_a_pacer_sleeps_once_its_budget_is_spent_and_keeps_the_longest_stretch():
@@ -117,7 +124,7 @@ def test_the_serving_thread_waits_far_less_behind_a_paced_pipeline_or_a_short_sw
     raise AssertionError(f"(paced, short interval, unpaced) (median, p99) lateness, s: {attempts}")
 
 
-def test_a_monitor_whose_start_fails_puts_the_interval_back(switching, monkeypatch):
+def test_a_monitor_whose_start_fails_enables_no_interval(switching, monkeypatch):
     monitor_module = sys.modules["mlmon_middleware.monitor"]  # the package's `monitor` is the decorator
 
     def broken(*args, **kwargs):
@@ -127,7 +134,7 @@ def test_a_monitor_whose_start_fails_puts_the_interval_back(switching, monkeypat
     mon = Monitor(MonitorConfig(tracing=False, switch_interval=1e-4))
     with pytest.raises(RuntimeError, match="cannot start"):
         mon.start()
-    assert sys.getswitchinterval() == switching
+    assert sys.getswitchinterval() == 0.005 and switching._enabled == {}
     assert not mon.pipeline.running
 
 
@@ -154,7 +161,7 @@ def flushed_under(mon: Monitor, seen: list[float]) -> float:
 
 
 def test_the_switch_interval_is_short_only_while_the_pipeline_works(switching, monkeypatch):
-    before = switching
+    before = 0.005
     seen = intervals_while_ingesting(monkeypatch)
     first = Monitor(MonitorConfig(tracing=False, switch_interval=4e-4))
     second = Monitor(MonitorConfig(tracing=False, switch_interval=2e-4))
@@ -192,40 +199,86 @@ def test_the_switch_interval_is_short_only_while_the_pipeline_works(switching, m
             mon.shutdown()
 
 
-def test_the_interval_stays_short_until_the_last_thread_working_leaves(switching):
-    from mlmon_middleware.pacing import SwitchInterval
+def test_the_interval_stays_short_until_the_last_thread_working_leaves(switching, monkeypatch):
+    import mlmon_middleware.pacing as pacing_module
 
-    shared = SwitchInterval()
-    shared.enable(1e-4)
+    yields = []
+    monkeypatch.setattr(pacing_module, "_yield", lambda: yields.append(sys.getswitchinterval()))
+    token = switching.enable(1e-4)
+    with switching.working():  # the pipeline
+        with switching.working():  # the workers' sharing, meanwhile
+            assert abs(sys.getswitchinterval() - 1e-4) < 1e-6
+        assert abs(sys.getswitchinterval() - 1e-4) < 1e-6  # the pipeline still works
+    assert sys.getswitchinterval() == 0.005
+    assert len(yields) == 1 and abs(yields[0] - 1e-4) < 1e-6  # the thread that lowered it let go once, after
+    second = switching.enable(1e-4)  # another monitor with the same interval
+    switching.disable(token)
+    switching.disable(token)  # a second time (two shutdowns at once): the other monitor's stays
+    with switching.working():
+        assert abs(sys.getswitchinterval() - 1e-4) < 1e-6
+    switching.disable(second)
+    with switching.working():  # nothing enabled: left alone, no yield
+        assert sys.getswitchinterval() == 0.005
+    assert len(yields) == 2
+    with pytest.raises(ValueError), switching.working():  # work that fails still ends
+        raise ValueError("the work failed")
+    assert switching._working == 0
+
+
+def test_the_checks_and_the_log_writes_run_as_background_work(switching, tmp_path, monkeypatch):
+    import contextlib
+
+    from mlmon_middleware.analyzer import Analyzer
+    from mlmon_middleware.store import LogRow, open_store
+    from mlmon_middleware.store_writer import StoreWriter
+
+    inside: list[str] = []
+    real = switching.working
+
+    @contextlib.contextmanager
+    def watched():
+        with real():
+            inside.append(threading.current_thread().name)
+            yield
+
+    monkeypatch.setattr(switching, "working", watched)
+    checked = threading.Event()
+    analyzer = Analyzer(lambda: (inside.append("check") if switching._working else None, checked.set()), 0.01)
+    writer = StoreWriter(open_store(str(tmp_path / "log.db")), interval=0.01)
     try:
-        with shared.working():  # the pipeline
-            with shared.working():  # the workers' sharing, meanwhile
-                assert abs(sys.getswitchinterval() - 1e-4) < 1e-6
-            assert abs(sys.getswitchinterval() - 1e-4) < 1e-6  # the pipeline still works
-        assert sys.getswitchinterval() == switching
-        shared.disable(1e-4)
-        shared.disable(1e-4)  # one too many (two shutdowns at once): nothing to end
-        with shared.working():  # nothing enabled: left alone
-            assert sys.getswitchinterval() == switching
+        writer.put([LogRow("p1", "m", "1", 1.0, "{}", "{}", None)])
+        assert checked.wait(10)
+        deadline = time.monotonic() + 10
+        while "mlmon-store" not in inside and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
-        shared._forget()
+        analyzer.stop()
+        writer.close()
+    assert {"mlmon-analyzer", "check", "mlmon-store"} <= set(inside)
 
 
 def test_a_forked_child_starts_from_the_interval_before_monitoring(switching):
-    import mlmon_middleware.pipeline as pipeline_module
-
-    before = switching
+    before = 0.005
     mon = Monitor(MonitorConfig(tracing=False, switch_interval=1e-4))
     mon.start()
     try:
-        assert pipeline_module.switching._enabled == [1e-4]
-        with pipeline_module.switching.working():  # forked while the pipeline works
+        assert list(switching._enabled.values()) == [1e-4]
+        child = False
+        with switching.working():  # forked while the pipeline works
             pid = os.fork()
-            if pid == 0:  # the child: the parent's pipeline does not run here
-                os._exit(0 if sys.getswitchinterval() == before else 1)
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
-            assert abs(sys.getswitchinterval() - 1e-4) < 1e-6  # the parent's is unchanged
+            child = pid == 0
+            if child:
+                fine = sys.getswitchinterval() == before and switching._enabled == {}
+        if child:  # the block inherited from the parent has ended: it must not count here
+            try:
+                fine = fine and switching._working == 0
+                with switching.working():  # nothing enabled in the child: left alone
+                    fine = fine and sys.getswitchinterval() == before
+            finally:
+                os._exit(0 if fine and switching._working == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert sys.getswitchinterval() == before  # the parent's work has ended too
     finally:
         mon.shutdown()
     assert sys.getswitchinterval() == before
