@@ -193,16 +193,16 @@ class SwitchInterval:
         """A background thread's work: under the shortest enabled interval until the last
         thread working leaves (see the class docstring)."""
         pid, lowered_here = os.getpid(), False
+        with self._lock:  # counted before the try: the finally never ends an entry not counted
+            self._working += 1
+            if self._working == 1 and self._lowered is None:  # (not lowered: a put-back may be under way)
+                self._saved = sys.getswitchinterval()
+                target = min((i for i in self._enabled.values() if i > 0), default=0.0)
+                if 0 < target < self._saved:
+                    _set(target)
+                    self._lowered = sys.getswitchinterval()  # as the interpreter keeps it
+                    lowered_here = True
         try:
-            with self._lock:
-                self._working += 1
-                if self._working == 1:
-                    self._saved = sys.getswitchinterval()
-                    target = min((i for i in self._enabled.values() if i > 0), default=0.0)
-                    if 0 < target < self._saved:
-                        _set(target)
-                        self._lowered = sys.getswitchinterval()  # as the interpreter keeps it
-                        lowered_here = True
             if lowered_here:
                 _yield()  # a thread already waiting for the GIL takes it, and waits later under the short interval
             yield

@@ -38,6 +38,9 @@ def switching(monkeypatch):
     for name in SWITCHING_USERS:
         monkeypatch.setattr(importlib.import_module(f"mlmon_middleware.{name}"), "switching", fresh)
     yield fresh
+    deadline = time.monotonic() + 5  # a monitor another test left running may be inside working() just now
+    while fresh._working and time.monotonic() < deadline:
+        time.sleep(0.01)
     sys.setswitchinterval(original + 1e-7)  # the interpreter truncates to whole µs
     assert (fresh._enabled, fresh._working, fresh._lowered) == ({}, 0, None)
 
@@ -263,19 +266,20 @@ def test_a_forked_child_starts_from_the_interval_before_monitoring(switching):
     mon.start()
     try:
         assert list(switching._enabled.values()) == [1e-4]
-        child = False
-        with switching.working():  # forked while the pipeline works
-            pid = os.fork()
-            child = pid == 0
-            if child:
-                fine = sys.getswitchinterval() == before and switching._enabled == {}
-        if child:  # the block inherited from the parent has ended: it must not count here
-            try:
+        pid, fine = -1, False
+        try:
+            with switching.working():  # forked while the pipeline works
+                pid = os.fork()
+                if pid == 0:
+                    fine = sys.getswitchinterval() == before and switching._enabled == {}
+            if pid == 0:  # the block inherited from the parent has ended: it must not count here
                 fine = fine and switching._working == 0
                 with switching.working():  # nothing enabled in the child: left alone
                     fine = fine and sys.getswitchinterval() == before
-            finally:
-                os._exit(0 if fine and switching._working == 0 else 1)
+                fine = fine and switching._working == 0
+        finally:
+            if pid == 0:
+                os._exit(0 if fine else 1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert sys.getswitchinterval() == before  # the parent's work has ended too

@@ -675,13 +675,14 @@ def test_a_user_who_may_only_use_the_tables_opens_a_log_its_owner_created(postgr
     finally:
         store.close()
         with psycopg.connect(postgres_url, autocommit=True) as owner:  # roles are the server's, not the database's
-            owner.execute("DROP OWNED BY app_user")
             # a session's server process ends (dropping its temporary table, which the role owns)
             # a moment after the client closed it: wait for app_user's sessions to be gone
+            sessions = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user'"
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and owner.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user'").fetchone()[0]:
+            while time.monotonic() < deadline and owner.execute(sessions).fetchone()[0]:
                 time.sleep(0.05)
+            assert owner.execute(sessions).fetchone()[0] == 0, "app_user's sessions did not end within 10 s"
+            owner.execute("DROP OWNED BY app_user")
             owner.execute("DROP ROLE app_user")
 
 
