@@ -254,10 +254,16 @@ def test_the_checks_and_the_log_writes_run_as_background_work(switching, tmp_pat
         deadline = time.monotonic() + 10
         while "mlmon-store" not in inside and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert {"mlmon-analyzer", "check", "mlmon-store"} <= set(inside)
+        while len(writer):  # written: the writer's next looks find nothing to write
+            time.sleep(0.01)
+        time.sleep(0.05)
+        inside.clear()
+        time.sleep(0.2)  # twenty of the writer's intervals
+        assert "mlmon-store" not in inside  # an idle writer does not shorten the interval
     finally:
         analyzer.stop()
         writer.close()
-    assert {"mlmon-analyzer", "check", "mlmon-store"} <= set(inside)
 
 
 def test_a_forked_child_starts_from_the_interval_before_monitoring(switching):
