@@ -14,6 +14,7 @@ request path and off the pipeline's own thread, retrying what fails for a while.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -111,10 +112,7 @@ class StoreWriter:
         last_retention = time.monotonic()
         delay = self._interval
         while not self._stop.wait(delay):
-            if self._queue:
-                with switching.working():
-                    written = self.flush()
-            else:
+            with switching.working() if self._queue else contextlib.nullcontext():  # idle: nothing to shorten
                 written = self.flush()
             delay = self._interval if written else min(delay * 2, self.MAX_BACKOFF)
             if any(v is not None for v in self._retention) and time.monotonic() - last_retention >= self._retention_every:
