@@ -183,8 +183,8 @@ class Pipeline:
                     pace = self._pacer
             n = len(queue)
             self.ingested += n
-            row_cells = ROW_CELLS if pace is self._pacer else UNPAUSED_ROW_CELLS  # small pieces between pauses
             if n:
+                row_cells = ROW_CELLS if pace is self._pacer else UNPAUSED_ROW_CELLS  # small pieces between pauses
                 with switching.working():
                     batch, held = _drained(queue, n, pace)
                     self._trim_due |= self._ingest(batch, telemetry, pace, row_cells)
