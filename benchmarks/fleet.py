@@ -9,8 +9,8 @@ http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           metrics, one leader) and monitored with sharing off (``MLMON_MULTIPROC_DIR=off``) with 3
           workers; the same with an endpoint that first does about 1 ms of fixed work (a small
           model). The servers compared with one bare server stay up side by side and take
-          ``--seconds``-long bursts of wrk in turn, in a new order each round; each round's ratios are taken against
-          the same round's bare bursts. Each variant runs as ``--copies`` servers, its figure of
+          ``--seconds``-long bursts of wrk in turn, in a new order each round; each round's
+          ratios are taken against the same round's bare bursts. Each variant runs as ``--copies`` servers, its figure of
           a round the mean over them, and a control ("bare, again", identical to bare) shows
           what the method cannot tell from 1. Beside requests/s and the tail, the server's CPU
           time per request (all threads and workers, from /proc), the part of it spent in
@@ -19,9 +19,9 @@ http      requests/s and tail latency (p99, p99.9) of the benchmark endpoint of
           background work, measured in the process that does it); with several workers, the
           busiest process's share of the server's CPU (wrk's keep-alive connections stay with
           the worker that accepted them: on one core, often one worker serves nearly all). The
-          shared/unshared pair gives the extra cost of sharing per request. ``--before DIR`` (a checkout of an
-          earlier revision) runs every monitored variant a second time with that revision's
-          library, in the same rounds: a before/after comparison under load.
+          shared/unshared pair gives the extra cost of sharing per request. ``--before DIR``
+          (a checkout of an earlier revision) runs every monitored variant a second time with
+          that revision's library, in the same rounds: a before/after comparison under load.
 scrape    the time of a ``/metrics`` scrape through one worker: alone vs summing 3 workers.
 postgres  the PostgreSQL prediction log's rows/s and labels/s against SQLite
           (``benchmarks/store.py postgres``, which starts its own PostgreSQL).
@@ -130,8 +130,8 @@ def _burst(wrk: str, script: str, server: tuple[subprocess.Popen, int], seconds:
     processes, threads = server_cpu(proc.pid)
     out = run_wrk(wrk, script, port, seconds)
     processes_after, threads_after = server_cpu(proc.pid)
-    used = {pid: (u - processes.get(pid, (0.0, 0.0))[0], k - processes.get(pid, (0.0, 0.0))[1])
-            for pid, (u, k) in processes_after.items()}
+    used = {pid: (u - u0, k - k0) for pid, (u, k) in processes_after.items()
+            for u0, k0 in [processes.get(pid, (0.0, 0.0))]}
     user, system = sum(u for u, _ in used.values()), sum(k for _, k in used.values())
     background = sum(cpu - threads.get(key, 0.0) for key, cpu in threads_after.items())
     requests = int(re.search(r"(\d+) requests in", out).group(1))

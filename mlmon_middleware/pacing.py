@@ -125,21 +125,20 @@ def pace_point() -> None:
 
 class SwitchInterval:
     """The interpreter's switch interval, lowered while mlmon's background threads work: each
-    running pipeline calls :meth:`enable` with its monitor's interval (:meth:`disable` ends it), and
-    background work runs inside :meth:`working`, which lowers the interval to the shortest
-    enabled one for as long as any thread works, then puts back the one from before, unless
-    something else changed it meanwhile.
+    running pipeline calls :meth:`enable` with its monitor's interval (:meth:`disable` ends
+    it), and background work runs inside :meth:`working`, which lowers the interval to the
+    shortest enabled one for as long as any thread works, then puts back the one from before,
+    unless something else changed it meanwhile.
 
     Lowered only while the work lasts, not for as long as monitoring runs: the rest of the
     time the app's threads keep the interpreter's interval, and a sync endpoint's pool threads,
     which compete for the GIL among themselves, hand it over fifty times less often (measured
     under wrk with a sync endpoint computing for about 1 ms, one and three workers, two runs:
     0.90–0.95 of bare's requests/s when the interval stayed short throughout, 0.96–1.01 this
-    way; docs/benchmarks.md). A thread that was already
-    waiting for the GIL read the old interval (up to 5 ms) when it started waiting: the thread
-    that lowers the interval then lets go of the GIL and the core once (``os.sched_yield``),
-    so that a waiter woken by the release takes the GIL, and its next wait reads the short
-    interval.
+    way; docs/benchmarks.md). A thread that was already waiting for the GIL read the old
+    interval (up to 5 ms) when it started waiting: the thread that lowers the interval then
+    lets go of the GIL and the core once (``os.sched_yield``), so that a waiter woken by the
+    release takes the GIL, and its next wait reads the short interval.
 
     >>> original = sys.getswitchinterval(); sys.setswitchinterval(0.005)
     >>> switching = SwitchInterval()
